@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Sets up (packages + build) and runs the main job: train resnet20 on Fashion-MNIST (or reuse the
+# cached checkpoint in runs/demo), lock it with l1 and bn at ratio 0.05, compare with random
+# extraction over 5 seeds, unlock, and print one table. Extra arguments go to `corelocker demo`.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+build="${CORELOCKER_BUILD_DIR:-$root/build}"
+"$root/scripts/setup.sh" "$build"
+cd "$root"
+exec "$build/corelocker" demo --workdir "${CORELOCKER_WORKDIR:-runs/demo}" "$@"

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Installs every Debian package corelocker needs and builds it. Idempotent and
+# non-interactive; uses sudo when not root. Usage: scripts/setup.sh [build-dir]
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+build="${1:-$root/build}"
+
+packages=(
+  build-essential cmake pkg-config
+  libtorch-dev libopenblas0-pthread
+  libcli11-dev nlohmann-json3-dev libsodium-dev zlib1g-dev
+  libgtest-dev libgmock-dev libbenchmark-dev
+  dataset-fashion-mnist gnuplot-nox
+)
+
+sudo_cmd=()
+if [ "$(id -u)" -ne 0 ]; then sudo_cmd=(sudo); fi
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "setup: installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  "${sudo_cmd[@]}" apt-get update -qq
+  "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Debian's default libblas.so.3 is the reference BLAS; OpenBLAS makes matrix products ~25x faster.
+if command -v update-alternatives >/dev/null; then
+  blas="$(update-alternatives --list libblas.so.3-x86_64-linux-gnu 2>/dev/null | grep openblas-pthread | head -1 || true)"
+  if [ -n "$blas" ]; then
+    "${sudo_cmd[@]}" update-alternatives --set libblas.so.3-x86_64-linux-gnu "$blas" >/dev/null
+  fi
+  lapack="$(update-alternatives --list liblapack.so.3-x86_64-linux-gnu 2>/dev/null | grep openblas-pthread | head -1 || true)"
+  if [ -n "$lapack" ]; then
+    "${sudo_cmd[@]}" update-alternatives --set liblapack.so.3-x86_64-linux-gnu "$lapack" >/dev/null
+  fi
+fi
+
+cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release ${CORELOCKER_CMAKE_ARGS:-} >/dev/null
+cmake --build "$build" -j"${CORELOCKER_JOBS:-2}"

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Sets up (packages + build, warnings as errors) and runs the whole test suite with ctest.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+build="${CORELOCKER_BUILD_DIR:-$root/build}"
+CORELOCKER_CMAKE_ARGS="-DCORELOCKER_WERROR=ON ${CORELOCKER_CMAKE_ARGS:-}" "$root/scripts/setup.sh" "$build"
+cd "$build"
+ctest --output-on-failure -j"${CORELOCKER_TEST_JOBS:-2}" --timeout 900

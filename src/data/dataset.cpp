@@ -1,0 +1,129 @@
+#include "data/dataset.h"
+
+#include <random>
+
+#include "data/idx.h"
+#include "util/atomic_file.h"
+#include "util/error.h"
+
+namespace corelocker {
+
+DatasetInfo dataset_info(const std::string& name) {
+  if (name == "fashion-mnist" || name == "fmnist") {
+    return {"fashion-mnist", {1, 28, 28}, 10, {0.2860}, {0.3530}, kDefaultFashionMnistDir};
+  }
+  throw UsageError("dataset '" + name + "': unknown (known: fashion-mnist)");
+}
+
+Dataset load_dataset(const std::string& name, const std::string& dir, Split split) {
+  const DatasetInfo info = dataset_info(name);
+  const std::string folder = dir.empty() ? info.default_dir : dir;
+  return load_fashion_mnist(folder, split);
+}
+
+namespace {
+
+std::string find_file(const std::string& dir, const std::string& base) {
+  for (const char* suffix : {".gz", ""}) {
+    std::string p = dir + "/" + base + suffix;
+    if (file_exists(p)) return p;
+  }
+  throw IoError("data set file '" + dir + "/" + base + ".gz' not found (is dataset-fashion-mnist installed, or --data-dir right?)");
+}
+
+}  // namespace
+
+Dataset load_fashion_mnist(const std::string& dir, Split split) {
+  const std::string prefix = split == Split::kTrain ? "train" : "t10k";
+  const std::string image_path = find_file(dir, prefix + "-images-idx3-ubyte");
+  const std::string label_path = find_file(dir, prefix + "-labels-idx1-ubyte");
+  IdxArray images = read_idx_file(image_path);
+  IdxArray labels = read_idx_file(label_path);
+  if (images.dims.size() != 3) {
+    throw FormatError("'" + image_path + "': " + std::to_string(images.dims.size()) +
+                      " dimensions, expected 3 (count, rows, columns)");
+  }
+  if (images.dims[1] != 28 || images.dims[2] != 28) {
+    throw FormatError("'" + image_path + "': images are " + std::to_string(images.dims[1]) + "x" +
+                      std::to_string(images.dims[2]) + ", expected 28x28");
+  }
+  if (labels.dims.size() != 1) {
+    throw FormatError("'" + label_path + "': " + std::to_string(labels.dims.size()) +
+                      " dimensions, expected 1");
+  }
+  if (images.dims[0] != labels.dims[0]) {
+    throw FormatError("'" + image_path + "' has " + std::to_string(images.dims[0]) + " images but '" +
+                      label_path + "' has " + std::to_string(labels.dims[0]) + " labels");
+  }
+  if (images.dims[0] == 0) throw FormatError("'" + image_path + "': no images");
+  for (size_t i = 0; i < labels.data.size(); ++i) {
+    if (labels.data[i] >= 10) {
+      throw FormatError("'" + label_path + "': label " + std::to_string(labels.data[i]) + " at index " +
+                        std::to_string(i) + " out of range 0..9");
+    }
+  }
+  const int64_t n = images.dims[0];
+  Dataset d;
+  d.name = "fashion-mnist";
+  d.classes = 10;
+  d.images = torch::from_blob(images.data.data(), {n, 1, 28, 28}, torch::kUInt8).clone();
+  d.labels = torch::from_blob(labels.data.data(), {n}, torch::kUInt8).to(torch::kInt64);
+  return d;
+}
+
+Dataset select(const Dataset& data, const torch::Tensor& index) {
+  Dataset out = data;
+  out.images = data.images.index_select(0, index);
+  out.labels = data.labels.index_select(0, index);
+  return out;
+}
+
+Dataset subset(const Dataset& data, int64_t n, uint64_t seed) {
+  if (n <= 0 || n >= data.size()) return data;
+  std::vector<int64_t> idx(static_cast<size_t>(data.size()));
+  for (size_t i = 0; i < idx.size(); ++i) idx[i] = static_cast<int64_t>(i);
+  std::mt19937_64 rng(seed);
+  // Partial Fisher-Yates with an explicit modulo-free draw keeps subsets identical across
+  // standard libraries (std::uniform_int_distribution is implementation-defined).
+  for (int64_t i = 0; i < n; ++i) {
+    const uint64_t span = idx.size() - static_cast<uint64_t>(i);
+    const uint64_t limit = UINT64_MAX - UINT64_MAX % span;
+    uint64_t r;
+    do r = rng(); while (r >= limit);
+    std::swap(idx[static_cast<size_t>(i)], idx[static_cast<size_t>(i) + r % span]);
+  }
+  idx.resize(static_cast<size_t>(n));
+  std::sort(idx.begin(), idx.end());
+  return select(data, torch::tensor(idx, torch::kInt64));
+}
+
+torch::Tensor preprocess_batch(const torch::Tensor& images, const Preprocess& pp, bool augment, bool flip) {
+  auto x = images.to(torch::kFloat32).div_(255.0);
+  const int64_t h = x.size(2), w = x.size(3);
+  if (pp.pad_to > h || pp.pad_to > w) {
+    const int64_t ph = std::max<int64_t>(pp.pad_to - h, 0), pw = std::max<int64_t>(pp.pad_to - w, 0);
+    x = torch::constant_pad_nd(x, {pw / 2, pw - pw / 2, ph / 2, ph - ph / 2});
+  }
+  if (augment) {
+    constexpr int64_t kBorder = 4;
+    const int64_t b = x.size(0), hh = x.size(2), ww = x.size(3);
+    auto padded = torch::constant_pad_nd(x, {kBorder, kBorder, kBorder, kBorder});
+    auto offsets = torch::randint(0, 2 * kBorder + 1, {b, 2}, torch::kInt64);
+    auto flips = torch::rand({b});
+    auto out = torch::empty_like(x);
+    auto off = offsets.accessor<int64_t, 2>();
+    auto fl = flips.accessor<float, 1>();
+    for (int64_t i = 0; i < b; ++i) {
+      auto crop = padded[i].narrow(1, off[i][0], hh).narrow(2, off[i][1], ww);
+      if (flip && fl[i] < 0.5f) crop = crop.flip({2});
+      out[i].copy_(crop);
+    }
+    x = out;
+  }
+  const int64_t c = x.size(1);
+  auto mean = torch::tensor(pp.mean, torch::kFloat64).to(torch::kFloat32).view({1, c, 1, 1});
+  auto stdv = torch::tensor(pp.std, torch::kFloat64).to(torch::kFloat32).view({1, c, 1, 1});
+  return x.sub_(mean).div_(stdv);
+}
+
+}  // namespace corelocker

@@ -1,0 +1,77 @@
+// Which units a lock extracts. Units are ranked once per criterion (the ranking can be reused
+// across ratios, tiers and sweeps); a plan takes the top fraction of each group.
+//
+//   l1      conv kernel F[o,i,:,:] scored by sum |w|; linear weight W[i,j] scored by |W[i,j]|
+//   bn      BatchNorm / LayerNorm channel c scored by |gamma_c|; takes gamma_c, beta_c and, when
+//           an eligible conv feeds the norm directly, that conv's filter F[c,:,:,:] and bias
+//   random  the l1 units (or the bn units) in a seeded uniformly random order
+//
+// Scope `layer` ranks inside each eligible layer and takes the same fraction of each; scope
+// `global` ranks all units of a kind (conv kernels, linear weights, norm channels) together.
+// Eligible: every layer of the structure except the first and the last, unless include_io.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "keyfile/key_file.h"
+#include "models/network.h"
+
+namespace corelocker {
+
+struct LockOptions {
+  Criterion criterion = Criterion::kL1;
+  Scope scope = Scope::kLayer;
+  double ratio = 0.05;
+  uint64_t seed = 0;
+  bool include_io = false;
+  bool random_bn_units = false;  // random criterion: draw bn units instead of l1 units
+};
+
+// The paper's default scope for a criterion: l1 (and random) rank per layer, bn globally.
+Scope default_scope(Criterion c);
+
+struct RankedUnit {
+  int layer;       // index into the structure
+  int64_t index;   // unit index within the layer
+  float score;
+};
+
+// Units competing for one fraction: one layer (scope layer) or one kind of unit (scope global).
+struct UnitGroup {
+  std::string label;
+  std::vector<RankedUnit> ranked;  // best first
+};
+
+struct Ranking {
+  LockOptions options;  // ratio unused
+  std::vector<UnitGroup> groups;
+  int64_t total_units() const;
+};
+
+// Ranks the units of the eligible layers. Throws UsageError when there is nothing eligible
+// (for example bn on a network without normalisation layers) and Error when a tensor the
+// structure names is missing.
+Ranking rank_units(const std::vector<NamedTensor>& tensors, const Structure& structure,
+                   const LockOptions& options);
+
+struct PlanEntry {
+  std::string tensor;
+  int64_t unit_size = 1;
+  std::vector<int64_t> units;  // sorted, unique
+};
+
+struct ExtractionPlan {
+  std::vector<PlanEntry> entries;  // in structure order
+  int64_t units = 0;               // units as the criterion counts them
+};
+
+// Number of units a group of n contributes at `ratio` (rounded to nearest).
+int64_t units_at_ratio(int64_t n, double ratio);
+
+// The top `ratio` of every group, expanded into per-tensor unit indices.
+ExtractionPlan plan_at(const Ranking& ranking, const std::vector<NamedTensor>& tensors,
+                       const Structure& structure, double ratio);
+
+}  // namespace corelocker

@@ -1,0 +1,57 @@
+// Supervised training: SGD with (Nesterov) momentum and weight decay, a one-cycle or cosine
+// learning-rate schedule, random-crop augmentation.
+#pragma once
+
+#include <functional>
+#include <string>
+
+#include "data/dataset.h"
+#include "models/network.h"
+
+namespace corelocker {
+
+struct TrainOptions {
+  int epochs = 2;
+  int64_t batch_size = 128;
+  double lr = 0.1;  // peak learning rate
+  double momentum = 0.9;
+  double weight_decay = 5e-4;
+  std::string schedule = "onecycle";  // onecycle | cosine | constant
+  bool augment = true;
+  bool flip = false;  // horizontal flips (CIFAR); off for Fashion-MNIST
+  uint64_t seed = 0;
+};
+
+struct TrainProgress {
+  int epoch = 0;  // 1-based
+  int epochs = 0;
+  int64_t step = 0;   // within the epoch, 1-based
+  int64_t steps = 0;  // per epoch
+  double loss = 0.0;  // running mean over the epoch
+  double accuracy = 0.0;  // running train top-1 (percent)
+  double lr = 0.0;
+  double images_per_second = 0.0;
+  double eta_seconds = 0.0;
+  bool epoch_done = false;
+};
+
+struct TrainSummary {
+  int epochs = 0;
+  double seconds = 0.0;
+  double final_loss = 0.0;
+  double final_train_accuracy = 0.0;
+};
+
+// Learning rate at step t of T for a schedule peaking at `lr`. Throws UsageError.
+double scheduled_lr(const std::string& schedule, double lr, int64_t t, int64_t total);
+
+// Re-lays out every 4-D parameter in `format` (values unchanged).
+void set_memory_format(torch::nn::Module& net, torch::MemoryFormat format);
+
+// Trains in place. `on_progress` is called after every step; returning false from `keep_going`
+// stops at the end of the current step. Throws UsageError for bad options.
+TrainSummary train(Network& net, const Dataset& data, const Preprocess& pp, const TrainOptions& options,
+                   const std::function<void(const TrainProgress&)>& on_progress = nullptr,
+                   const std::function<bool()>& keep_going = nullptr);
+
+}  // namespace corelocker

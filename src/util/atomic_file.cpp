@@ -1,0 +1,122 @@
+#include "util/atomic_file.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+
+#include "util/error.h"
+
+namespace corelocker {
+namespace {
+
+std::string os_error(const std::string& action, const std::string& path) {
+  return action + " '" + path + "': " + std::strerror(errno);
+}
+
+void fsync_path(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY);
+  if (fd < 0) throw IoError(os_error("cannot open", path));
+  int rc = ::fsync(fd);
+  ::close(fd);
+  if (rc != 0) throw IoError(os_error("cannot fsync", path));
+}
+
+std::string parent_dir(const std::string& path) {
+  auto slash = path.find_last_of('/');
+  if (slash == std::string::npos) return ".";
+  if (slash == 0) return "/";
+  return path.substr(0, slash);
+}
+
+}  // namespace
+
+std::vector<uint8_t> read_file(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY);
+  if (fd < 0) throw IoError(os_error("cannot open", path));
+  struct stat st {};
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd);
+    throw IoError("cannot read '" + path + "': not a regular file");
+  }
+  std::vector<uint8_t> out(static_cast<size_t>(st.st_size));
+  size_t got = 0;
+  while (got < out.size()) {
+    ssize_t n = ::read(fd, out.data() + got, out.size() - got);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      ::close(fd);
+      throw IoError(os_error("cannot read", path));
+    }
+    got += static_cast<size_t>(n);
+  }
+  ::close(fd);
+  return out;
+}
+
+PendingFile::PendingFile(std::string path) : path_(std::move(path)) {
+  std::string tmpl = path_ + ".tmp-XXXXXX";
+  std::vector<char> buf(tmpl.begin(), tmpl.end());
+  buf.push_back('\0');
+  int fd = ::mkstemp(buf.data());
+  if (fd < 0) throw IoError(os_error("cannot create a temporary file next to", path_));
+  ::close(fd);
+  temp_ = buf.data();
+}
+
+PendingFile::~PendingFile() {
+  if (!committed_) ::unlink(temp_.c_str());
+}
+
+void PendingFile::commit() {
+  fsync_path(temp_);
+  // mkstemp creates 0600; give the file the usual permissions of a new file.
+  mode_t mask = ::umask(0);
+  ::umask(mask);
+  ::chmod(temp_.c_str(), 0666 & ~mask);
+  if (::rename(temp_.c_str(), path_.c_str()) != 0) throw IoError(os_error("cannot rename onto", path_));
+  committed_ = true;
+  int dfd = ::open(parent_dir(path_).c_str(), O_RDONLY | O_DIRECTORY);
+  if (dfd >= 0) {
+    ::fsync(dfd);
+    ::close(dfd);
+  }
+}
+
+static void write_all(const std::string& path, const void* data, size_t size) {
+  PendingFile pending(path);
+  int fd = ::open(pending.temp_path().c_str(), O_WRONLY | O_TRUNC);
+  if (fd < 0) throw IoError(os_error("cannot open", pending.temp_path()));
+  const auto* p = static_cast<const uint8_t*>(data);
+  size_t left = size;
+  while (left > 0) {
+    ssize_t n = ::write(fd, p, left);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      ::close(fd);
+      throw IoError(os_error("cannot write", pending.temp_path()));
+    }
+    p += n;
+    left -= static_cast<size_t>(n);
+  }
+  if (::close(fd) != 0) throw IoError(os_error("cannot close", pending.temp_path()));
+  pending.commit();
+}
+
+void write_file_atomic(const std::string& path, const std::vector<uint8_t>& bytes) {
+  write_all(path, bytes.data(), bytes.size());
+}
+
+void write_file_atomic(const std::string& path, const std::string& bytes) {
+  write_all(path, bytes.data(), bytes.size());
+}
+
+bool file_exists(const std::string& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
+}  // namespace corelocker

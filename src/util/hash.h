@@ -1,0 +1,45 @@
+// BLAKE2b-256 (libsodium's crypto_generichash) for fingerprints and key-file checksums.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace corelocker {
+
+using Digest = std::array<uint8_t, 32>;
+
+// Incremental BLAKE2b-256.
+class Hasher {
+ public:
+  Hasher();
+  ~Hasher();
+  Hasher(const Hasher&) = delete;
+  Hasher& operator=(const Hasher&) = delete;
+  void update(const void* data, size_t size);
+  void update_u64(uint64_t v) { update(&v, sizeof v); }
+  void update_str(const std::string& s) {
+    update_u64(s.size());
+    update(s.data(), s.size());
+  }
+  Digest finish();
+
+ private:
+  alignas(64) unsigned char state_[384];
+};
+
+// BLAKE2b-256 of a buffer.
+Digest hash_bytes(const void* data, size_t size);
+
+// Lower-case hex of a byte sequence.
+std::string to_hex(const uint8_t* data, size_t size);
+inline std::string to_hex(const Digest& d) { return to_hex(d.data(), d.size()); }
+
+// Parses lower- or upper-case hex of exactly `out.size()` bytes. Returns false on bad input.
+bool from_hex(const std::string& hex, uint8_t* out, size_t size);
+
+// Fills `out` with cryptographically secure random bytes.
+void random_bytes(void* out, size_t size);
+
+}  // namespace corelocker

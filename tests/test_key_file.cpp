@@ -1,0 +1,151 @@
+// Key file round trip and a matrix of hand-made broken files, one defect each.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <functional>
+
+#include "keyfile/key_file.h"
+#include "temp_dir.h"
+#include "util/atomic_file.h"
+#include "util/error.h"
+
+namespace corelocker {
+namespace {
+
+std::vector<uint8_t> f32_bytes(std::vector<float> v) {
+  std::vector<uint8_t> b(v.size() * 4);
+  std::memcpy(b.data(), v.data(), b.size());
+  return b;
+}
+
+KeyFile sample_key() {
+  KeyFile k;
+  k.header.locked_fingerprint.fill(0x11);
+  k.header.original_fingerprint.fill(0x22);
+  k.header.key_id.fill(0x33);
+  k.header.criterion = Criterion::kBn;
+  k.header.scope = Scope::kGlobal;
+  k.header.ratio = 0.05;
+  k.header.units = 2;
+  k.entries.push_back({"a.weight", DType::kF32, {4, 3}, 3, {0, 2}, f32_bytes({1, 2, 3, 4, 5, 6})});
+  k.entries.push_back({"b.weight", DType::kF32, {5}, 1, {1, 4}, f32_bytes({7, 8})});
+  return k;
+}
+
+// Offsets in sample_key()'s serialisation.
+constexpr size_t kVersion = 8, kHeaderSize = 12, kCriterion = 96, kRatio = 100, kEntryCount = 124;
+constexpr size_t kName0Len = 136, kDtype0 = 148, kNdim0 = 149, kUnitSize0 = 168, kCount0 = 176, kIndex0 = 184;
+constexpr size_t kName1 = 228;
+
+void put32(std::vector<uint8_t>& b, size_t at, uint32_t v) { std::memcpy(&b[at], &v, 4); }
+void put64(std::vector<uint8_t>& b, size_t at, uint64_t v) { std::memcpy(&b[at], &v, 8); }
+
+// Recomputes the trailing checksum, so that a structural defect is what the parser meets.
+void reseal(std::vector<uint8_t>& b) {
+  Digest d = hash_bytes(b.data(), b.size() - 32);
+  std::memcpy(&b[b.size() - 32], d.data(), 32);
+}
+
+struct Case {
+  const char* name;
+  std::function<void(std::vector<uint8_t>&)> damage;
+  const char* expected;
+};
+
+class KeyBroken : public ::testing::TestWithParam<Case> {};
+
+TEST_P(KeyBroken, IsRefusedWithTheRightError) {
+  auto bytes = serialize_key(sample_key());
+  GetParam().damage(bytes);
+  try {
+    parse_key(bytes.data(), bytes.size(), "key 'k.clk'");
+    FAIL() << GetParam().name << " was accepted";
+  } catch (const FormatError& e) {
+    EXPECT_NE(std::string(e.what()).find(GetParam().expected), std::string::npos) << GetParam().name << ": " << e.what();
+    EXPECT_NE(std::string(e.what()).find("k.clk"), std::string::npos) << e.what();
+  }
+}
+
+const Case kCases[] = {
+    {"empty", [](auto& b) { b.clear(); }, "bad magic"},
+    {"bad magic", [](auto& b) { b[0] = 'X'; }, "bad magic"},
+    {"future version", [](auto& b) { put32(b, kVersion, 2); }, "version 2, this build reads up to 1"},
+    {"version zero", [](auto& b) { put32(b, kVersion, 0); }, "version 0"},
+    {"header size", [](auto& b) { put32(b, kHeaderSize, 100); }, "header size 100"},
+    {"truncated header", [](auto& b) { b.resize(50); }, "truncated"},
+    {"truncated payload", [](auto& b) { b.resize(b.size() - 40); }, "(truncated)"},
+    {"trailing byte", [](auto& b) { b.push_back(0); }, "(trailing bytes)"},
+    {"flipped header byte", [](auto& b) { b[20] ^= 1; }, "checksum mismatch"},
+    {"flipped value byte", [](auto& b) { b[210] ^= 0x80; }, "checksum mismatch"},
+    {"flipped checksum byte", [](auto& b) { b.back() ^= 1; }, "checksum mismatch"},
+    {"unknown criterion", [](auto& b) { b[kCriterion] = 7; reseal(b); }, "unknown criterion code 7"},
+    {"ratio out of range", [](auto& b) { double r = 2.0; std::memcpy(&b[kRatio], &r, 8); reseal(b); }, "outside [0, 1]"},
+    {"count larger than data", [](auto& b) { put64(b, kCount0, 1000); reseal(b); }, "truncated while reading unit indices"},
+    {"huge count", [](auto& b) { put64(b, kCount0, UINT64_MAX / 4); reseal(b); }, "overflow"},
+    {"index out of range", [](auto& b) { put64(b, kIndex0 + 8, 4); reseal(b); }, "unit index 4 out of range"},
+    {"indices not increasing", [](auto& b) { put64(b, kIndex0, 2); reseal(b); }, "strictly increasing"},
+    {"duplicate tensor", [](auto& b) { b[kName1] = 'a'; reseal(b); }, "duplicate entry for tensor 'a.weight'"},
+    {"unit size does not divide", [](auto& b) { put64(b, kUnitSize0, 5); reseal(b); }, "does not divide"},
+    {"unknown dtype", [](auto& b) { b[kDtype0] = 9; reseal(b); }, "unknown dtype code 9"},
+    {"zero dimensions", [](auto& b) { b[kNdim0] = 0; reseal(b); }, "0 dimensions"},
+    {"empty name", [](auto& b) { put32(b, kName0Len, 0); reseal(b); }, "name length 0"},
+    {"more entries than payload", [](auto& b) { put32(b, kEntryCount, 3); reseal(b); }, "truncated while reading name length"},
+    {"fewer entries than payload", [](auto& b) { put32(b, kEntryCount, 1); reseal(b); }, "bytes left in the payload"},
+};
+
+INSTANTIATE_TEST_SUITE_P(Defects, KeyBroken, ::testing::ValuesIn(kCases),
+                         [](const ::testing::TestParamInfo<Case>& i) {
+                           std::string n = i.param.name;
+                           for (auto& c : n) if (!isalnum(static_cast<unsigned char>(c))) c = '_';
+                           return n;
+                         });
+
+TEST(KeyFile, RoundTrips) {
+  KeyFile k = sample_key();
+  auto bytes = serialize_key(k);
+  KeyFile back = parse_key(bytes.data(), bytes.size(), "k");
+  EXPECT_EQ(back.header.locked_fingerprint, k.header.locked_fingerprint);
+  EXPECT_EQ(back.header.original_fingerprint, k.header.original_fingerprint);
+  EXPECT_EQ(back.header.key_id, k.header.key_id);
+  EXPECT_EQ(back.header.criterion, Criterion::kBn);
+  EXPECT_EQ(back.header.scope, Scope::kGlobal);
+  EXPECT_DOUBLE_EQ(back.header.ratio, 0.05);
+  ASSERT_EQ(back.entries.size(), 2u);
+  for (size_t i = 0; i < 2; ++i) {
+    EXPECT_EQ(back.entries[i].tensor, k.entries[i].tensor);
+    EXPECT_EQ(back.entries[i].shape, k.entries[i].shape);
+    EXPECT_EQ(back.entries[i].unit_size, k.entries[i].unit_size);
+    EXPECT_EQ(back.entries[i].units, k.entries[i].units);
+    EXPECT_EQ(back.entries[i].values, k.entries[i].values);
+  }
+  EXPECT_EQ(back.value_count(), 8u);
+  // The offsets the broken-file matrix relies on.
+  EXPECT_EQ(bytes[kName0Len], 8);
+  EXPECT_EQ(bytes[kName1], 'b');
+}
+
+TEST(KeyFile, SerializeRefusesInconsistentKeys) {
+  KeyFile k = sample_key();
+  k.entries[1].tensor = "a.weight";
+  EXPECT_THROW(serialize_key(k), Error);
+  k = sample_key();
+  k.entries[0].values.pop_back();
+  EXPECT_THROW(serialize_key(k), FormatError);
+}
+
+TEST(KeyFile, WritesAtomicallyAndReadsBack) {
+  testing::TempDir dir;
+  const uint64_t n = write_key_file(dir.file("k.clk"), sample_key());
+  EXPECT_EQ(n, read_file(dir.file("k.clk")).size());
+  EXPECT_EQ(read_key_file(dir.file("k.clk")).entries.size(), 2u);
+}
+
+TEST(KeyFile, NamesParse) {
+  EXPECT_EQ(parse_criterion("bn"), Criterion::kBn);
+  EXPECT_THROW(parse_criterion("l2"), UsageError);
+  EXPECT_EQ(parse_scope("global"), Scope::kGlobal);
+  EXPECT_THROW(parse_scope("model"), UsageError);
+}
+
+}  // namespace
+}  // namespace corelocker
