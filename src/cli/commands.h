@@ -5,6 +5,16 @@
 
 namespace corelocker::cli {
 
+// One function per subcommand (cmd_*.cpp); each adds its options and handler.
+void add_train(CLI::App& app);
+void add_eval(CLI::App& app);
+void add_models(CLI::App& app);
+void add_lock(CLI::App& app);
+void add_unlock(CLI::App& app);
+void add_fingerprint(CLI::App& app);
+void add_inspect(CLI::App& app);
+void add_demo(CLI::App& app);
+
 // Adds every subcommand and its options to `app`.
 void register_commands(CLI::App& app);
 

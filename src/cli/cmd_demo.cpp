@@ -1,0 +1,137 @@
+// `demo`: the README's main job.
+#include <csignal>
+#include <cstdio>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "cli/commands.h"
+#include "cli/common.h"
+#include "cli/progress.h"
+#include "data/dataset.h"
+#include "eval/evaluate.h"
+#include "keyfile/key_file.h"
+#include "locking/fingerprint.h"
+#include "locking/lock.h"
+#include "models/checkpoint.h"
+#include "train/trainer.h"
+#include "util/atomic_file.h"
+#include "util/error.h"
+
+namespace corelocker::cli {
+
+// ---------------------------------------------------------------- demo (the README's main job)
+void add_demo(CLI::App& app) {
+  auto* c = app.add_subcommand("demo", "Train (or reuse) resnet20 on Fashion-MNIST, lock with l1 / bn / random, unlock, print one table");
+  static TrainArgs a;
+  static Common common;
+  static std::string workdir = "runs/demo";
+  static double ratio = 0.05;
+  static int seeds = 5;
+  static bool retrain = false;
+  add_train_args(c, a);
+  add_threads(c, common);
+  add_data(c, common);
+  c->add_option("--workdir", workdir, "Folder for the checkpoint, locked models and keys")->capture_default_str();
+  c->add_option("--ratio", ratio, "Extraction ratio")->capture_default_str()->check(CLI::Range(0.0, 1.0));
+  c->add_option("--seeds", seeds, "Seeds for the random baseline")->capture_default_str()->check(CLI::PositiveNumber);
+  c->add_flag("--retrain", retrain, "Train even when a cached checkpoint exists");
+  handlers()[c] = [] {
+    apply_threads(common);
+    if (std::system(("mkdir -p '" + workdir + "'").c_str()) != 0) throw IoError("cannot create '" + workdir + "'");
+    const std::string ckpt = workdir + "/" + a.arch + ".ckpt";
+    if (retrain || !file_exists(ckpt)) {
+      std::printf("training %s on %s for %d epochs -> %s\n", a.arch.c_str(), a.dataset.c_str(), a.opts.epochs, ckpt.c_str());
+      std::fflush(stdout);
+      Json summary;
+      LoadedModel m = train_model(a, common, summary);
+      save_model(ckpt, m);
+      if (summary.contains("seconds")) std::printf("trained in %s\n", format_duration(summary["seconds"].get<double>()).c_str());
+    } else {
+      std::printf("reusing cached checkpoint %s (--retrain to train again)\n", ckpt.c_str());
+    }
+    LoadedModel original = load_model(ckpt);
+    const Digest original_fp = model_fingerprint(original);
+    Dataset test = test_set(original.meta, common);
+    struct Row {
+      Row(std::string n, EvalResult e) : name(std::move(n)), r(e) {}
+      std::string name;
+      EvalResult r;
+      std::string key_bytes = "-", extracted = "-", spread;
+    };
+    std::vector<Row> rows;
+    rows.emplace_back("original", evaluate(*original.net, test, original.meta.preprocess));
+
+    std::vector<std::pair<std::string, std::string>> locked_files;
+    for (Criterion crit : {Criterion::kL1, Criterion::kBn}) {
+      LockOptions o;
+      o.criterion = crit;
+      o.scope = default_scope(crit);
+      o.ratio = ratio;
+      LoadedModel m = load_model(ckpt);
+      LockOutcome out = lock_model(m, o);
+      const std::string name = to_string(crit);
+      const std::string locked_path = workdir + "/locked-" + name + ".ckpt", key_path = workdir + "/key-" + name + ".clk";
+      const uint64_t bytes = write_key_file(key_path, out.key);
+      save_model(locked_path, m);
+      locked_files.push_back({locked_path, key_path});
+      Row row("locked " + name + " (" + to_string(o.scope) + ")", evaluate(*m.net, test, m.meta.preprocess));
+      row.key_bytes = std::to_string(bytes);
+      row.extracted = fixed(100.0 * out.stats.param_fraction(), 3) + "%";
+      rows.push_back(row);
+    }
+    {
+      Progress line;
+      std::vector<double> top1, top3;
+      LockStats stats;
+      for (int s = 0; s < seeds; ++s) {
+        line.update("random baseline: seed " + std::to_string(s + 1) + "/" + std::to_string(seeds));
+        LockOptions o;
+        o.criterion = Criterion::kRandom;
+        o.ratio = ratio;
+        o.seed = static_cast<uint64_t>(s);
+        LoadedModel m = load_model(ckpt);
+        stats = lock_model(m, o).stats;
+        EvalResult r = evaluate(*m.net, test, m.meta.preprocess);
+        top1.push_back(r.top1);
+        top3.push_back(r.top3);
+      }
+      line.finish("random baseline: " + std::to_string(seeds) + " seeds done");
+      auto [m1, sd1] = mean_sd(top1);
+      auto [m3, sd3] = mean_sd(top3);
+      double lo = *std::min_element(top1.begin(), top1.end()), hi = *std::max_element(top1.begin(), top1.end());
+      EvalResult mean_result;
+      mean_result.top1 = m1;
+      mean_result.top3 = m3;
+      mean_result.n = test.size();
+      Row row("random (mean of " + std::to_string(seeds) + ")", mean_result);
+      row.extracted = fixed(100.0 * stats.param_fraction(), 3) + "%";
+      row.spread = "top-1 sd " + fixed(sd1, 2) + ", min " + pct(lo) + ", max " + pct(hi) + "; top-3 sd " + fixed(sd3, 2);
+      rows.push_back(row);
+    }
+    bool all_exact = true;
+    for (const auto& [locked_path, key_path] : locked_files) {
+      LoadedModel m = load_model(locked_path);
+      unlock_model(m, read_key_file(key_path));
+      const std::string restored_path = locked_path.substr(0, locked_path.size() - 5) + "-restored.ckpt";
+      save_model(restored_path, m);
+      LoadedModel back = load_model(restored_path);
+      const bool exact = model_fingerprint(back) == original_fp;
+      all_exact = all_exact && exact;
+      Row row("restored from " + key_path.substr(key_path.find_last_of('/') + 1), evaluate(*back.net, test, back.meta.preprocess));
+      row.spread = exact ? "fingerprint equals original" : "FINGERPRINT DIFFERS";
+      rows.push_back(row);
+    }
+    std::printf("\n%s, %s, %lld test images, extraction ratio %s\n\n", a.arch.c_str(), original.meta.dataset.c_str(),
+                static_cast<long long>(test.size()), fixed(ratio, 4).c_str());
+    std::printf("%-28s %8s %8s %10s %10s  %s\n", "model", "top-1 %", "top-3 %", "key bytes", "params", "notes");
+    for (const auto& r : rows) {
+      std::printf("%-28s %8s %8s %10s %10s  %s\n", r.name.c_str(), pct(r.r.top1).c_str(), pct(r.r.top3).c_str(),
+                  r.key_bytes.c_str(), r.extracted.c_str(), r.spread.c_str());
+    }
+    std::printf("\noriginal fingerprint %s\nrestore bit-exact: %s\n", to_hex(original_fp).c_str(), all_exact ? "yes" : "NO");
+    return all_exact ? 0 : 1;
+  };
+}
+
+
+}  // namespace corelocker::cli

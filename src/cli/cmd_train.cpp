@@ -1,0 +1,100 @@
+// `train`, `eval`, `models`.
+#include <csignal>
+#include <cstdio>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "cli/commands.h"
+#include "cli/common.h"
+#include "cli/progress.h"
+#include "data/dataset.h"
+#include "eval/evaluate.h"
+#include "keyfile/key_file.h"
+#include "locking/fingerprint.h"
+#include "locking/lock.h"
+#include "models/checkpoint.h"
+#include "train/trainer.h"
+#include "util/atomic_file.h"
+#include "util/error.h"
+
+namespace corelocker::cli {
+
+// ---------------------------------------------------------------- train
+void add_train(CLI::App& app) {
+  auto* c = app.add_subcommand("train", "Train a built-in architecture and write a checkpoint");
+  static TrainArgs a;
+  static Common common;
+  static std::string out;
+  static bool eval_after = true;
+  add_train_args(c, a);
+  add_threads(c, common);
+  add_data(c, common);
+  c->add_option("--out", out, "Checkpoint to write")->required();
+  c->add_flag("!--no-eval", eval_after, "Skip the test-set evaluation at the end");
+  handlers()[c] = [] {
+    apply_threads(common);
+    Json summary;
+    LoadedModel model = train_model(a, common, summary);
+    if (eval_after && a.opts.epochs > 0) {
+      EvalResult r = evaluate(*model.net, test_set(model.meta, common), model.meta.preprocess);
+      summary["test_top1"] = r.top1;
+      summary["test_top3"] = r.top3;
+      model.meta.training_json = summary.dump();
+      std::printf("test accuracy: top-1 %s%%, top-3 %s%% (%lld images)\n", pct(r.top1).c_str(), pct(r.top3).c_str(),
+                  static_cast<long long>(r.n));
+    }
+    save_model(out, model);
+    std::printf("wrote %s (%s, %lld parameters", out.c_str(), model.meta.arch.c_str(),
+                static_cast<long long>(parameter_count(*model.net)));
+    if (summary.contains("seconds")) std::printf(", trained %s", format_duration(summary["seconds"].get<double>()).c_str());
+    std::printf(")\n");
+    return 0;
+  };
+}
+
+// ---------------------------------------------------------------- eval
+void add_eval(CLI::App& app) {
+  auto* c = app.add_subcommand("eval", "Top-1 / top-3 accuracy of a model on the test split");
+  static std::string model_path, key_path;
+  static bool json = false;
+  static Common common;
+  c->add_option("--model", model_path, "Model checkpoint (original or locked)")->required();
+  c->add_option("--key", key_path, "Unlock in memory with this key before evaluating (nothing is written)");
+  c->add_flag("--json", json, "Print one JSON object");
+  add_threads(c, common);
+  add_data(c, common);
+  handlers()[c] = [] {
+    apply_threads(common);
+    LoadedModel model = load_model(model_path);
+    if (!key_path.empty()) unlock_model(model, read_key_file(key_path));
+    EvalResult r = evaluate(*model.net, test_set(model.meta, common), model.meta.preprocess);
+    if (json) {
+      Json j = {{"model", model_path}, {"top1", r.top1}, {"top3", r.top3}, {"n", r.n},
+                {"locked", model.meta.lock.has_value()}, {"seconds", r.seconds}};
+      std::printf("%s\n", j.dump().c_str());
+    } else {
+      std::printf("%s: top-1 %s%%, top-3 %s%% on %lld test images%s\n", model_path.c_str(), pct(r.top1).c_str(),
+                  pct(r.top3).c_str(), static_cast<long long>(r.n), model.meta.lock ? " (locked)" : "");
+    }
+    return 0;
+  };
+}
+
+
+// ---------------------------------------------------------------- models
+void add_models(CLI::App& app) {
+  auto* c = app.add_subcommand("models", "List the built-in architectures with parameter counts");
+  static std::string dataset = "fashion-mnist";
+  c->add_option("--dataset", dataset, "Data set that sets input shape and classes")->capture_default_str();
+  handlers()[c] = [] {
+    for (const auto& a : list_architectures()) {
+      LoadedModel m = create_model(new_model_meta(a.name, dataset));
+      std::printf("%-10s %10lld parameters  %s\n", a.name.c_str(), static_cast<long long>(parameter_count(*m.net)),
+                  a.description.c_str());
+    }
+    return 0;
+  };
+}
+
+
+}  // namespace corelocker::cli

@@ -1,0 +1,59 @@
+// Pieces shared by the subcommands: option groups, the handler registry, number formatting.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <functional>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "data/dataset.h"
+#include "locking/lock.h"
+#include "models/checkpoint.h"
+#include "train/trainer.h"
+
+namespace corelocker::cli {
+
+using Json = nlohmann::json;
+
+// Subcommand -> what runs it. Filled by the add_* functions.
+std::map<CLI::App*, std::function<int()>>& handlers();
+
+// Options shared by commands that touch data or compute.
+struct Common {
+  int threads = 0;
+  std::string data_dir;
+  int64_t test_subset = 0;
+};
+
+void add_threads(CLI::App* c, Common& o);
+void add_data(CLI::App* c, Common& o);
+// Sets LibTorch's thread count (default: all cores).
+void apply_threads(const Common& o);
+// The test split of the model's data set, or the requested subset of it.
+Dataset test_set(const ModelMeta& meta, const Common& o);
+
+std::string pct(double v);                // "12.34"
+std::string fixed(double v, int digits);  // printf("%.*f")
+
+// Mean and sample standard deviation.
+std::pair<double, double> mean_sd(const std::vector<double>& v);
+
+// Options of `train` (also used by `demo`).
+struct TrainArgs {
+  std::string arch = "resnet20";
+  std::string dataset = "fashion-mnist";
+  int64_t depth = 20;
+  int64_t width = 8;
+  int64_t train_subset = 0;
+  TrainOptions opts;
+};
+void add_train_args(CLI::App* c, TrainArgs& a);
+// Builds and trains a model with terminal progress; Ctrl-C stops it with an error.
+LoadedModel train_model(const TrainArgs& a, const Common& common, Json& summary_out);
+
+// The lines `lock` prints about what went into a key.
+void print_lock_stats(const LockOutcome& o, uint64_t key_bytes);
+
+}  // namespace corelocker::cli
