@@ -130,3 +130,107 @@ TEST_F(Cli, EvalJsonHasTheContractFields) {
 
 }  // namespace
 }  // namespace corelocker
+
+namespace corelocker {
+namespace {
+
+class CliKeys : public Cli {
+ protected:
+  void SetUp() override {
+    Cli::SetUp();
+    write_file_atomic(dir_.file("pw"), std::string("correct horse battery staple\n"));
+    write_file_atomic(dir_.file("wrong"), std::string("correct horse battery stapler\n"));
+  }
+  std::string model() { return " --model " + dir_.file("m.ckpt"); }
+  std::string pw(const char* file = "pw") { return " --passphrase-file " + dir_.file(file); }
+};
+
+TEST_F(CliKeys, EncryptedKeyUnlocksOnlyWithThePassphrase) {
+  CliRun l = run("lock" + model() + " --out " + dir_.file("el.ckpt") + " --key-out " + dir_.file("e.clk") + pw() + " --kdf interactive");
+  ASSERT_EQ(l.code, 0) << l.out;
+  EXPECT_NE(l.out.find("encrypted"), std::string::npos) << l.out;
+  const std::string unlock = "unlock --model " + dir_.file("el.ckpt") + " --key " + dir_.file("e.clk") + " --out " + dir_.file("r.ckpt");
+  CliRun wrong = run(unlock + pw("wrong"));
+  EXPECT_EQ(wrong.code, 3) << wrong.out;
+  EXPECT_NE(wrong.out.find("wrong passphrase or key file altered"), std::string::npos) << wrong.out;
+  EXPECT_FALSE(file_exists(dir_.file("r.ckpt")));
+  CliRun none = run(unlock);
+  EXPECT_EQ(none.code, 2) << none.out;
+  EXPECT_NE(none.out.find("encrypted with a passphrase"), std::string::npos) << none.out;
+  EXPECT_FALSE(file_exists(dir_.file("r.ckpt")));
+  auto bytes = read_file(dir_.file("e.clk"));
+  bytes[bytes.size() - 40] ^= 0x04;  // a ciphertext byte
+  write_file_atomic(dir_.file("flipped.clk"), bytes);
+  CliRun flipped = run("unlock --model " + dir_.file("el.ckpt") + " --key " + dir_.file("flipped.clk") + " --out " + dir_.file("r.ckpt") + pw());
+  EXPECT_EQ(flipped.code, 3) << flipped.out;
+  EXPECT_FALSE(file_exists(dir_.file("r.ckpt")));
+  setenv("CORELOCKER_TEST_PW", "correct horse battery staple", 1);
+  CliRun ok = run(unlock + " --passphrase-env CORELOCKER_TEST_PW");
+  ASSERT_EQ(ok.code, 0) << ok.out;
+  EXPECT_EQ(run("fingerprint " + dir_.file("r.ckpt")).out, run("fingerprint " + dir_.file("m.ckpt")).out);
+}
+
+TEST_F(CliKeys, InspectShowsTheHeaderOfAnEncryptedKeyButNotItsContents) {
+  ASSERT_EQ(run("lock" + model() + " --out " + dir_.file("el.ckpt") + " --key-out " + dir_.file("e.clk") + pw() + " --kdf interactive").code, 0);
+  CliRun h = run("inspect --json " + dir_.file("e.clk"));
+  ASSERT_EQ(h.code, 0) << h.out;
+  EXPECT_NE(h.out.find("\"criterion\":\"l1\""), std::string::npos) << h.out;
+  EXPECT_NE(h.out.find("\"authenticated\":false"), std::string::npos) << h.out;
+  EXPECT_EQ(h.out.find("conv2.weight"), std::string::npos) << h.out;
+  CliRun full = run("inspect --json " + dir_.file("e.clk") + pw());
+  ASSERT_EQ(full.code, 0) << full.out;
+  EXPECT_NE(full.out.find("conv2.weight"), std::string::npos) << full.out;
+}
+
+TEST_F(CliKeys, EvalWithAnEncryptedKeyWritesNothing) {
+  ASSERT_EQ(run("lock" + model() + " --out " + dir_.file("el.ckpt") + " --key-out " + dir_.file("e.clk") + pw() + " --kdf interactive").code, 0);
+  const std::string before = run("ls " + dir_.path() + "; ls /tmp | grep -c corelocker || true").out;
+  CliRun e = run("eval --test-subset 100 --model " + dir_.file("el.ckpt") + " --key " + dir_.file("e.clk") + pw() + " --json");
+  ASSERT_EQ(e.code, 0) << e.out;
+  EXPECT_NE(e.out.find("\"locked\":false"), std::string::npos) << e.out;
+  EXPECT_EQ(run("ls " + dir_.path() + "; ls /tmp | grep -c corelocker || true").out, before);
+}
+
+TEST_F(CliKeys, TiersNestAndUnlockInOrderOnly) {
+  CliRun l = run("lock" + model() + " --tiers 0.2,0.05,0.1 --out " + dir_.file("tl.ckpt") + " --key-out " + dir_.file("t.clk"));
+  ASSERT_EQ(l.code, 0) << l.out;
+  for (int i = 1; i <= 3; ++i) EXPECT_TRUE(file_exists(dir_.file("t.tier" + std::to_string(i) + ".clk"))) << l.out;
+  const std::string base = "unlock --model " + dir_.file("tl.ckpt") + " --out " + dir_.file("r.ckpt");
+  CliRun wrong = run(base + " --key " + dir_.file("t.tier2.clk"));
+  EXPECT_EQ(wrong.code, 1);
+  EXPECT_NE(wrong.out.find("in order"), std::string::npos) << wrong.out;
+  EXPECT_FALSE(file_exists(dir_.file("r.ckpt")));
+  CliRun partial = run(base + " --key " + dir_.file("t.tier1.clk"));
+  ASSERT_EQ(partial.code, 0) << partial.out;
+  EXPECT_NE(partial.out.find("still locked at ratio 0.1"), std::string::npos) << partial.out;
+  CliRun all = run(base + " --key " + dir_.file("t.tier1.clk") + " --key " + dir_.file("t.tier2.clk") + " --key " + dir_.file("t.tier3.clk"));
+  ASSERT_EQ(all.code, 0) << all.out;
+  EXPECT_EQ(run("fingerprint " + dir_.file("r.ckpt")).out, run("fingerprint " + dir_.file("m.ckpt")).out);
+}
+
+TEST_F(CliKeys, PredictUnlocksInMemory) {
+  // Three all-black 28x28 images as an IDX file.
+  std::vector<uint8_t> idx = {0, 0, 8, 3, 0, 0, 0, 3, 0, 0, 0, 28, 0, 0, 0, 28};
+  idx.resize(idx.size() + 3 * 28 * 28, 0);
+  write_file_atomic(dir_.file("x.idx"), idx);
+  CliRun p = run("predict --model " + dir_.file("locked.ckpt") + " --key " + dir_.file("key.clk") + " --input " + dir_.file("x.idx") + " --json");
+  ASSERT_EQ(p.code, 0) << p.out;
+  EXPECT_NE(p.out.find("\"locked\":false"), std::string::npos) << p.out;
+  EXPECT_NE(p.out.find("\"index\":2"), std::string::npos) << p.out;
+  write_file_atomic(dir_.file("bad.raw"), std::string(100, 'x'));
+  CliRun bad = run("predict --model " + dir_.file("m.ckpt") + " --raw --input " + dir_.file("bad.raw"));
+  EXPECT_EQ(bad.code, 1);
+  EXPECT_NE(bad.out.find("not a positive multiple"), std::string::npos) << bad.out;
+}
+
+TEST_F(CliKeys, SecretFileMustHold32Bytes) {
+  write_file_atomic(dir_.file("short.key"), std::string(31, 's'));
+  CliRun r = run("lock" + model() + " --out " + dir_.file("x.ckpt") + " --key-out " + dir_.file("x.clk") + " --secret-file " + dir_.file("short.key"));
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("has 31 bytes, expected 32"), std::string::npos) << r.out;
+  EXPECT_FALSE(file_exists(dir_.file("x.ckpt")));
+  EXPECT_FALSE(file_exists(dir_.file("x.clk")));
+}
+
+}  // namespace
+}  // namespace corelocker

@@ -32,11 +32,13 @@ KeyFile sample_key() {
   return k;
 }
 
-// Offsets in sample_key()'s serialisation.
-constexpr size_t kVersion = 8, kHeaderSize = 12, kCriterion = 96, kRatio = 100, kEntryCount = 124;
-constexpr size_t kName0Len = 136, kDtype0 = 148, kNdim0 = 149, kUnitSize0 = 168, kCount0 = 176, kIndex0 = 184;
-constexpr size_t kName1 = 228;
+// Offsets in sample_key()'s serialisation (version 2, unencrypted).
+constexpr size_t kVersion = 8, kHeaderSize = 12, kCriterion = 96, kRatio = 100, kRatioAfter = 108;
+constexpr size_t kTier = 132, kEncryption = 136, kEntryCount = 204;
+constexpr size_t kName0Len = 208, kDtype0 = 220, kNdim0 = 221, kUnitSize0 = 240, kCount0 = 248, kIndex0 = 256;
+constexpr size_t kValue0 = 272, kName1 = 300;
 
+void put16(std::vector<uint8_t>& b, size_t at, uint16_t v) { std::memcpy(&b[at], &v, 2); }
 void put32(std::vector<uint8_t>& b, size_t at, uint32_t v) { std::memcpy(&b[at], &v, 4); }
 void put64(std::vector<uint8_t>& b, size_t at, uint64_t v) { std::memcpy(&b[at], &v, 8); }
 
@@ -69,17 +71,20 @@ TEST_P(KeyBroken, IsRefusedWithTheRightError) {
 const Case kCases[] = {
     {"empty", [](auto& b) { b.clear(); }, "bad magic"},
     {"bad magic", [](auto& b) { b[0] = 'X'; }, "bad magic"},
-    {"future version", [](auto& b) { put32(b, kVersion, 2); }, "version 2, this build reads up to 1"},
+    {"future version", [](auto& b) { put32(b, kVersion, 3); }, "version 3, this build reads up to 2"},
     {"version zero", [](auto& b) { put32(b, kVersion, 0); }, "version 0"},
     {"header size", [](auto& b) { put32(b, kHeaderSize, 100); }, "header size 100"},
     {"truncated header", [](auto& b) { b.resize(50); }, "truncated"},
     {"truncated payload", [](auto& b) { b.resize(b.size() - 40); }, "(truncated)"},
     {"trailing byte", [](auto& b) { b.push_back(0); }, "(trailing bytes)"},
     {"flipped header byte", [](auto& b) { b[20] ^= 1; }, "checksum mismatch"},
-    {"flipped value byte", [](auto& b) { b[210] ^= 0x80; }, "checksum mismatch"},
+    {"flipped value byte", [](auto& b) { b[kValue0 + 3] ^= 0x80; }, "checksum mismatch"},
     {"flipped checksum byte", [](auto& b) { b.back() ^= 1; }, "checksum mismatch"},
     {"unknown criterion", [](auto& b) { b[kCriterion] = 7; reseal(b); }, "unknown criterion code 7"},
     {"ratio out of range", [](auto& b) { double r = 2.0; std::memcpy(&b[kRatio], &r, 8); reseal(b); }, "outside [0, 1]"},
+    {"ratio after above ratio", [](auto& b) { double r = 0.5; std::memcpy(&b[kRatioAfter], &r, 8); reseal(b); }, "is not below the ratio"},
+    {"tier beyond tier count", [](auto& b) { put16(b, kTier, 3); reseal(b); }, "tier 3 of 1"},
+    {"unknown encryption", [](auto& b) { b[kEncryption] = 9; }, "(trailing bytes)"},
     {"count larger than data", [](auto& b) { put64(b, kCount0, 1000); reseal(b); }, "truncated while reading unit indices"},
     {"huge count", [](auto& b) { put64(b, kCount0, UINT64_MAX / 4); reseal(b); }, "overflow"},
     {"index out of range", [](auto& b) { put64(b, kIndex0 + 8, 4); reseal(b); }, "unit index 4 out of range"},
@@ -120,8 +125,150 @@ TEST(KeyFile, RoundTrips) {
   }
   EXPECT_EQ(back.value_count(), 8u);
   // The offsets the broken-file matrix relies on.
+  EXPECT_EQ(bytes[kEntryCount], 2);
   EXPECT_EQ(bytes[kName0Len], 8);
   EXPECT_EQ(bytes[kName1], 'b');
+  EXPECT_EQ(back.header.version, kKeyVersion);
+}
+
+// A version-1 file, written the way corelocker 0.1 wrote it.
+std::vector<uint8_t> v1_bytes(const KeyFile& k) {
+  std::vector<uint8_t> b(kKeyMagic, kKeyMagic + 8);
+  auto raw = [&](const void* p, size_t n) { b.insert(b.end(), static_cast<const uint8_t*>(p), static_cast<const uint8_t*>(p) + n); };
+  auto u8 = [&](uint8_t v) { b.push_back(v); };
+  auto u32 = [&](uint32_t v) { raw(&v, 4); };
+  auto u64 = [&](uint64_t v) { raw(&v, 8); };
+  u32(1);
+  u32(kKeyHeaderSizeV1);
+  raw(k.header.locked_fingerprint.data(), 32);
+  raw(k.header.original_fingerprint.data(), 32);
+  raw(k.header.key_id.data(), 16);
+  u8(static_cast<uint8_t>(k.header.criterion));
+  u8(static_cast<uint8_t>(k.header.scope));
+  u8(0);
+  u8(0);
+  raw(&k.header.ratio, 8);
+  u64(k.header.seed);
+  u64(k.header.units);
+  u32(static_cast<uint32_t>(k.entries.size()));
+  std::vector<uint8_t> payload;
+  std::swap(b, payload);
+  for (const auto& e : k.entries) {
+    u32(static_cast<uint32_t>(e.tensor.size()));
+    raw(e.tensor.data(), e.tensor.size());
+    u8(static_cast<uint8_t>(e.dtype));
+    u8(static_cast<uint8_t>(e.shape.size()));
+    u8(0);
+    u8(0);
+    for (auto d : e.shape) u64(d);
+    u64(e.unit_size);
+    u64(e.units.size());
+    for (auto u : e.units) u64(u);
+    raw(e.values.data(), e.values.size());
+  }
+  std::swap(b, payload);
+  u64(payload.size());
+  raw(payload.data(), payload.size());
+  Digest d = hash_bytes(b.data(), b.size());
+  raw(d.data(), 32);
+  return b;
+}
+
+TEST(KeyFile, Version1IsStillRead) {
+  KeyFile k = sample_key();
+  auto bytes = v1_bytes(k);
+  ASSERT_EQ(bytes.size(), 16u + kKeyHeaderSizeV1 + (bytes.size() - 16 - kKeyHeaderSizeV1 - 32) + 32);
+  KeyFile back = parse_key(bytes.data(), bytes.size(), "v1");
+  EXPECT_EQ(back.header.version, 1u);
+  EXPECT_EQ(back.header.criterion, Criterion::kBn);
+  EXPECT_DOUBLE_EQ(back.header.ratio, 0.05);
+  EXPECT_EQ(back.header.tier, 1);
+  EXPECT_EQ(back.header.tiers, 1);
+  EXPECT_EQ(back.header.encryption, Encryption::kNone);
+  ASSERT_EQ(back.entries.size(), 2u);
+  EXPECT_EQ(back.entries[1].values, k.entries[1].values);
+  bytes[100] ^= 1;  // still checksummed
+  EXPECT_THROW(parse_key(bytes.data(), bytes.size(), "v1"), FormatError);
+}
+
+KeyCredentials passphrase(const std::string& p) {
+  KeyCredentials c;
+  c.kind = Encryption::kPassphrase;
+  c.passphrase = p;
+  set_kdf_preset(c, "min");  // fast Argon2id for tests
+  return c;
+}
+
+TEST(KeyEncryption, PassphraseRoundTripHidesTheContents) {
+  KeyFile k = sample_key();
+  auto bytes = serialize_key(k, passphrase("correct horse"));
+  // Names, indices and values live only inside the ciphertext.
+  const std::string text(bytes.begin(), bytes.end());
+  EXPECT_EQ(text.find("a.weight"), std::string::npos);
+  KeyFile back = parse_key(bytes.data(), bytes.size(), "k", passphrase("correct horse"));
+  EXPECT_EQ(back.header.encryption, Encryption::kPassphrase);
+  ASSERT_EQ(back.entries.size(), 2u);
+  EXPECT_EQ(back.entries[0].values, k.entries[0].values);
+  // The header is readable without the passphrase.
+  KeyHeader h = parse_key_header(bytes.data(), bytes.size(), "k");
+  EXPECT_EQ(h.criterion, Criterion::kBn);
+  EXPECT_EQ(h.locked_fingerprint, k.header.locked_fingerprint);
+  EXPECT_NE(h.kdf_memlimit, 0u);
+  // Two encryptions of the same key differ (fresh salt and nonce).
+  EXPECT_NE(serialize_key(k, passphrase("correct horse")), bytes);
+}
+
+TEST(KeyEncryption, WrongPassphraseIsAnAuthError) {
+  auto bytes = serialize_key(sample_key(), passphrase("correct horse"));
+  try {
+    parse_key(bytes.data(), bytes.size(), "k", passphrase("battery staple"));
+    FAIL();
+  } catch (const AuthError& e) {
+    EXPECT_NE(std::string(e.what()).find("wrong passphrase or key file altered"), std::string::npos);
+  }
+}
+
+TEST(KeyEncryption, EveryFlippedByteAfterTheFramingIsAnAuthError) {
+  auto good = serialize_key(sample_key(), passphrase("pw"));
+  // Every header field after the framing, and a sample of the ciphertext and tag.
+  std::vector<size_t> positions;
+  for (size_t i = 16; i < 196; ++i) positions.push_back(i);
+  for (size_t i = 204; i < good.size(); i += 7) positions.push_back(i);
+  positions.push_back(good.size() - 1);
+  for (size_t i : positions) {
+    if (i == kEncryption) continue;  // changes the framing itself: see below
+    auto bytes = good;
+    bytes[i] ^= 0x01;
+    EXPECT_THROW(parse_key(bytes.data(), bytes.size(), "k", passphrase("pw")), AuthError) << "byte " << i;
+  }
+  auto bytes = good;
+  bytes[kEncryption] = 0;  // pretend to be plain: no checksum where one would have to be
+  EXPECT_THROW(parse_key(bytes.data(), bytes.size(), "k", passphrase("pw")), FormatError);
+}
+
+TEST(KeyEncryption, MissingOrMismatchedCredentialsAreUsageErrors) {
+  auto bytes = serialize_key(sample_key(), passphrase("pw"));
+  EXPECT_THROW(parse_key(bytes.data(), bytes.size(), "k"), UsageError);
+  KeyCredentials secret;
+  secret.kind = Encryption::kSecret;
+  EXPECT_THROW(parse_key(bytes.data(), bytes.size(), "k", secret), UsageError);
+}
+
+TEST(KeyEncryption, RawSecret) {
+  KeyCredentials secret;
+  secret.kind = Encryption::kSecret;
+  random_bytes(secret.secret.data(), 32);
+  auto bytes = serialize_key(sample_key(), secret);
+  EXPECT_EQ(parse_key(bytes.data(), bytes.size(), "k", secret).entries.size(), 2u);
+  KeyCredentials other = secret;
+  other.secret[0] ^= 1;
+  EXPECT_THROW(parse_key(bytes.data(), bytes.size(), "k", other), AuthError);
+}
+
+TEST(KeyEncryption, HostileArgonCostIsRefusedBeforeRunning) {
+  auto bytes = serialize_key(sample_key(), passphrase("pw"));
+  put64(bytes, 148, uint64_t{1} << 50);  // memlimit: 1 PiB
+  EXPECT_THROW(parse_key(bytes.data(), bytes.size(), "k", passphrase("pw")), AuthError);
 }
 
 TEST(KeyFile, SerializeRefusesInconsistentKeys) {

@@ -1,5 +1,7 @@
 // `lock`, `unlock`, `fingerprint`, `inspect`.
 #include <csignal>
+#include <memory>
+#include <sstream>
 #include <cstdio>
 #include <nlohmann/json.hpp>
 #include <thread>
@@ -19,23 +21,52 @@
 
 namespace corelocker::cli {
 
+// "model.clk" -> "model.tier1.clk" (tier 1 is applied first).
+std::string tier_path(const std::string& key_out, int tier) {
+  const auto slash = key_out.find_last_of('/');
+  const auto dot = key_out.find_last_of('.');
+  const std::string t = ".tier" + std::to_string(tier);
+  if (dot == std::string::npos || (slash != std::string::npos && dot < slash)) return key_out + t;
+  return key_out.substr(0, dot) + t + key_out.substr(dot);
+}
+
+std::vector<double> parse_ratios(const std::string& list) {
+  std::vector<double> out;
+  std::stringstream ss(list);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    try {
+      size_t used = 0;
+      out.push_back(std::stod(item, &used));
+      if (used != item.size()) throw std::invalid_argument(item);
+    } catch (const std::exception&) {
+      throw UsageError("ratio list '" + list + "': '" + item + "' is not a number");
+    }
+  }
+  return out;
+}
+
 void add_lock(CLI::App& app) {
   auto* c = app.add_subcommand("lock", "Extract the most significant units into an access key");
-  static std::string model_path, out, key_out, criterion = "l1", scope, units = "l1";
+  static std::string model_path, out, key_out, criterion = "l1", scope, units = "l1", fill = "zero", tiers;
   static double ratio = 0.05;
   static uint64_t seed = 0;
   static bool include_io = false, eval_after = false;
   static Common common;
+  static KeyAccess access;
   c->add_option("--model", model_path, "Model checkpoint to lock")->required();
   c->add_option("--criterion", criterion, "l1 | bn | random")->capture_default_str();
   c->add_option("--ratio", ratio, "Fraction of units to extract")->capture_default_str()->check(CLI::Range(0.0, 1.0));
+  c->add_option("--tiers", tiers, "Tiered keys: comma-separated ratios, e.g. 0.005,0.02,0.05 (replaces --ratio)");
   c->add_option("--scope", scope, "layer | global (default: layer for l1/random, global for bn)");
   c->add_option("--seed", seed, "Seed for --criterion random")->capture_default_str();
   c->add_option("--units", units, "Units drawn by --criterion random: l1 | bn")->capture_default_str();
+  c->add_option("--fill", fill, "What extracted positions hold: zero | decoy")->capture_default_str();
   c->add_flag("--include-io", include_io, "Also extract from the first and last layer");
   c->add_option("--out", out, "Locked model to write")->required();
-  c->add_option("--key-out", key_out, "Access key to write")->required();
-  c->add_flag("--eval", eval_after, "Evaluate the locked model on the test split");
+  c->add_option("--key-out", key_out, "Access key to write (with --tiers: NAME.tierN.EXT, N in order of application)")->required();
+  c->add_flag("--eval", eval_after, "Evaluate the locked model (every tier) on the test split");
+  add_key_access(c, access, /*writing=*/true);
   add_threads(c, common);
   add_data(c, common);
   handlers()[c] = [] {
@@ -46,49 +77,101 @@ void add_lock(CLI::App& app) {
     o.ratio = ratio;
     o.seed = seed;
     o.include_io = include_io;
+    o.fill = parse_fill(fill);
     if (units != "l1" && units != "bn") throw UsageError("units '" + units + "': expected l1 or bn");
     o.random_bn_units = units == "bn";
     if (out == key_out) throw UsageError("--out and --key-out name the same file '" + out + "'");
+    const KeyCredentials creds = credentials(access);
     LoadedModel model = load_model(model_path);
-    LockOutcome outcome = lock_model(model, o);
-    // Key first: a locked model without its key would be lost utility.
-    const uint64_t key_bytes = write_key_file(key_out, outcome.key);
-    save_model(out, model);
-    std::printf("locked %s with %s (scope %s) at ratio %s\n", model_path.c_str(), criterion.c_str(),
-                to_string(o.scope), fixed(ratio, 6).c_str());
-    print_lock_stats(outcome, key_bytes);
-    std::printf("  locked model:         %s (fingerprint %s)\n", out.c_str(),
-                to_hex(outcome.key.header.locked_fingerprint).substr(0, 16).c_str());
-    std::printf("  key:                  %s (key id %s)\n", key_out.c_str(), model.meta.lock->key_id.c_str());
-    if (eval_after) {
-      EvalResult r = evaluate(*model.net, test_set(model.meta, common), model.meta.preprocess);
-      std::printf("  locked accuracy:      top-1 %s%%, top-3 %s%%\n", pct(r.top1).c_str(), pct(r.top3).c_str());
+    std::unique_ptr<Dataset> test;
+    auto eval_state = [&](const char* label) {
+      if (!test) test = std::make_unique<Dataset>(test_set(model.meta, common));
+      EvalResult r = evaluate(*model.net, *test, model.meta.preprocess);
+      std::printf("  %-21s top-1 %s%%, top-3 %s%%\n", label, pct(r.top1).c_str(), pct(r.top3).c_str());
+    };
+    std::vector<std::pair<std::string, KeyFile>> keys;
+    std::vector<LockStats> stats;
+    if (tiers.empty()) {
+      LockOutcome outcome = lock_model(model, o);
+      keys.emplace_back(key_out, std::move(outcome.key));
+      stats.push_back(outcome.stats);
+    } else {
+      std::vector<double> ratios = parse_ratios(tiers);
+      std::printf("tiered lock of %s with %s (scope %s, fill %s)\n", model_path.c_str(), criterion.c_str(),
+                  to_string(o.scope), fill.c_str());
+      auto outcomes = lock_model_tiers(model, o, ratios, [&](double r, LoadedModel&) {
+        if (eval_after) eval_state(("locked at " + fixed(r, 4) + ":").c_str());
+      });
+      for (auto& t : outcomes) {
+        keys.emplace_back(tier_path(key_out, t.key.header.tier), std::move(t.key));
+        stats.push_back(t.stats);
+      }
     }
+    // Keys first (a locked model without its keys would be lost utility); if anything fails,
+    // remove what was written so far.
+    std::vector<uint64_t> sizes;
+    try {
+      for (const auto& [path, key] : keys) sizes.push_back(write_key_file(path, key, creds));
+      save_model(out, model);
+    } catch (...) {
+      for (size_t i = 0; i < sizes.size(); ++i) std::remove(keys[i].first.c_str());
+      throw;
+    }
+    if (tiers.empty()) {
+      std::printf("locked %s with %s (scope %s, fill %s) at ratio %s\n", model_path.c_str(), criterion.c_str(),
+                  to_string(o.scope), fill.c_str(), fixed(ratio, 6).c_str());
+      print_lock_stats(LockOutcome{keys[0].second, stats[0]}, sizes[0]);
+    }
+    std::printf("  locked model:         %s (fingerprint %s)\n", out.c_str(),
+                to_hex(keys[0].second.header.locked_fingerprint).substr(0, 16).c_str());
+    for (size_t i = 0; i < keys.size(); ++i) {
+      const auto& h = keys[i].second.header;
+      if (tiers.empty()) {
+        std::printf("  key:                  %s (key id %s%s)\n", keys[i].first.c_str(), model.meta.lock->key_id.c_str(),
+                    creds.kind == Encryption::kNone ? "" : ", encrypted");
+      } else {
+        std::printf("  tier %u of %u: %s takes ratio %s -> %s; %lld units, %llu bytes%s\n", h.tier, h.tiers,
+                    keys[i].first.c_str(), fixed(h.ratio, 4).c_str(),
+                    h.ratio_after > 0 ? fixed(h.ratio_after, 4).c_str() : "original",
+                    static_cast<long long>(h.units), static_cast<unsigned long long>(sizes[i]),
+                    creds.kind == Encryption::kNone ? "" : ", encrypted");
+      }
+    }
+    if (eval_after && tiers.empty()) eval_state("locked accuracy:");
     return 0;
   };
 }
 
 // ---------------------------------------------------------------- unlock
 void add_unlock(CLI::App& app) {
-  auto* c = app.add_subcommand("unlock", "Restore the original model from a locked model and its key");
-  static std::string model_path, key_path, out;
+  auto* c = app.add_subcommand("unlock", "Restore the original model from a locked model and its key(s)");
+  static std::string model_path, out;
+  static std::vector<std::string> key_paths;
+  static KeyAccess access;
   c->add_option("--model", model_path, "Locked model")->required();
-  c->add_option("--key", key_path, "Access key")->required();
-  c->add_option("--out", out, "Restored model to write")->required();
+  c->add_option("--key", key_paths, "Access key; repeat for tier keys, in order (tier 1 first)")->required();
+  c->add_option("--out", out, "Model to write (the original once every tier key is applied)")->required();
+  add_key_access(c, access, /*writing=*/false);
   handlers()[c] = [] {
     LoadedModel model = load_model(model_path);
-    KeyFile key = read_key_file(key_path);
-    unlock_model(model, key);  // checks both fingerprints; throws before anything is written
+    const std::vector<KeyFile> keys = read_keys(key_paths, access);
+    unlock_model(model, keys);  // checks every fingerprint; throws before anything is written
     save_model(out, model);
-    // Re-read what was written: the file on disk must be the original too.
+    // Re-read what was written: the file on disk must be the state the last key produces.
     LoadedModel written = load_model(out);
     const Digest fp = model_fingerprint(written);
-    if (fp != key.header.original_fingerprint) {
+    if (fp != keys.back().header.original_fingerprint) {
       std::remove(out.c_str());
-      throw Error("written model '" + out + "' does not match the original fingerprint; removed it");
+      throw Error("written model '" + out + "' does not match the fingerprint the key expects; removed it");
     }
-    std::printf("restored %s -> %s\n  fingerprint %s (matches the original recorded in the key)\n",
-                model_path.c_str(), out.c_str(), to_hex(fp).c_str());
+    if (written.meta.lock) {
+      std::printf("applied %zu key(s) to %s -> %s: still locked at ratio %s (%lld tier key(s) to go)\n  fingerprint %s\n",
+                  keys.size(), model_path.c_str(), out.c_str(), fixed(written.meta.lock->ratio, 4).c_str(),
+                  static_cast<long long>(written.meta.lock->tiers), to_hex(fp).c_str());
+    } else {
+      std::printf("restored %s -> %s\n  fingerprint %s (matches the original recorded in the key)\n",
+                  model_path.c_str(), out.c_str(), to_hex(fp).c_str());
+    }
     return 0;
   };
 }
@@ -107,20 +190,27 @@ void add_fingerprint(CLI::App& app) {
 
 
 // ---------------------------------------------------------------- inspect
-Json describe_key(const KeyFile& key, uint64_t size) {
-  const auto& h = key.header;
-  Json entries = Json::array();
-  for (const auto& e : key.entries) {
-    entries.push_back({{"tensor", e.tensor}, {"dtype", to_string(e.dtype)}, {"shape", e.shape},
-                       {"unit_size", e.unit_size}, {"units", e.units.size()}});
+Json describe_key(const KeyHeader& h, const KeyFile* key, uint64_t size) {
+  Json entries = "encrypted (give the passphrase or secret to list them)";
+  if (key != nullptr) {
+    entries = Json::array();
+    for (const auto& e : key->entries) {
+      entries.push_back({{"tensor", e.tensor}, {"dtype", to_string(e.dtype)}, {"shape", e.shape},
+                         {"unit_size", e.unit_size}, {"units", e.units.size()}});
+    }
   }
-  return {{"type", "key"}, {"version", kKeyVersion}, {"bytes", size},
+  Json j = {{"type", "key"}, {"version", h.version}, {"bytes", size},
           {"key_id", to_hex(h.key_id.data(), h.key_id.size())},
           {"locked_fingerprint", to_hex(h.locked_fingerprint)},
           {"original_fingerprint", to_hex(h.original_fingerprint)},
           {"criterion", to_string(h.criterion)}, {"scope", to_string(h.scope)}, {"fill", to_string(h.fill)},
-          {"ratio", h.ratio}, {"seed", h.seed}, {"include_io", h.include_io}, {"units", h.units},
-          {"values", key.value_count()}, {"entries", entries}};
+          {"ratio", h.ratio}, {"ratio_after", h.ratio_after}, {"tier", h.tier}, {"tiers", h.tiers},
+          {"seed", h.seed}, {"include_io", h.include_io}, {"units", h.units},
+          {"encryption", to_string(h.encryption)}, {"entries", entries}};
+  if (key != nullptr) j["values"] = key->value_count();
+  if (h.encryption != Encryption::kNone && key == nullptr) j["authenticated"] = false;
+  if (h.encryption == Encryption::kPassphrase) j["kdf"] = {{"opslimit", h.kdf_opslimit}, {"memlimit", h.kdf_memlimit}};
+  return j;
 }
 
 Json describe_model(const std::string& path) {
@@ -176,12 +266,26 @@ void add_inspect(CLI::App& app) {
   auto* c = app.add_subcommand("inspect", "Describe a checkpoint, a locked model or a key");
   static std::string path;
   static bool json = false;
+  static KeyAccess access;
   c->add_option("file", path, "File to describe")->required();
   c->add_flag("--json", json, "Print one JSON object");
+  add_key_access(c, access, /*writing=*/false);
   handlers()[c] = [] {
     auto bytes = read_file(path);
-    Json j = looks_like_key(bytes) ? describe_key(parse_key(bytes.data(), bytes.size(), "key '" + path + "'"), bytes.size())
-                                   : describe_model(path);
+    Json j;
+    if (looks_like_key(bytes)) {
+      const std::string what = "key '" + path + "'";
+      const KeyHeader h = parse_key_header(bytes.data(), bytes.size(), what);
+      const KeyCredentials creds = credentials(access);
+      if (h.encryption != Encryption::kNone && creds.kind == Encryption::kNone) {
+        j = describe_key(h, nullptr, bytes.size());
+      } else {
+        const KeyFile key = parse_key(bytes.data(), bytes.size(), what, creds);
+        j = describe_key(key.header, &key, bytes.size());
+      }
+    } else {
+      j = describe_model(path);
+    }
     j["file"] = path;
     if (json) std::printf("%s\n", j.dump().c_str());
     else print_json_as_text(j);

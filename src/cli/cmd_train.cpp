@@ -55,18 +55,20 @@ void add_train(CLI::App& app) {
 // ---------------------------------------------------------------- eval
 void add_eval(CLI::App& app) {
   auto* c = app.add_subcommand("eval", "Top-1 / top-3 accuracy of a model on the test split");
-  static std::string model_path, key_path;
+  static std::string model_path;
+  static std::vector<std::string> key_paths;
   static bool json = false;
   static Common common;
+  static KeyAccess access;
   c->add_option("--model", model_path, "Model checkpoint (original or locked)")->required();
-  c->add_option("--key", key_path, "Unlock in memory with this key before evaluating (nothing is written)");
+  c->add_option("--key", key_paths, "Unlock in memory with this key (repeat for tier keys) before evaluating; nothing is written");
+  add_key_access(c, access, /*writing=*/false);
   c->add_flag("--json", json, "Print one JSON object");
   add_threads(c, common);
   add_data(c, common);
   handlers()[c] = [] {
     apply_threads(common);
-    LoadedModel model = load_model(model_path);
-    if (!key_path.empty()) unlock_model(model, read_key_file(key_path));
+    LoadedModel model = key_paths.empty() ? load_model(model_path) : load_unlocked(model_path, read_keys(key_paths, access));
     EvalResult r = evaluate(*model.net, test_set(model.meta, common), model.meta.preprocess);
     if (json) {
       Json j = {{"model", model_path}, {"top1", r.top1}, {"top3", r.top3}, {"n", r.n},

@@ -14,6 +14,8 @@ void register_commands(CLI::App& app) {
   add_inspect(app);
   add_models(app);
   add_demo(app);
+  add_predict(app);
+  add_detect(app);
 }
 
 int run_selected(CLI::App& app) {

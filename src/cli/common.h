@@ -53,6 +53,16 @@ void add_train_args(CLI::App* c, TrainArgs& a);
 // Builds and trains a model with terminal progress; Ctrl-C stops it with an error.
 LoadedModel train_model(const TrainArgs& a, const Common& common, Json& summary_out);
 
+// --passphrase-file / --passphrase-env / --secret-file (and --kdf when writing keys).
+struct KeyAccess {
+  std::string passphrase_file, passphrase_env, secret_file, kdf = "moderate";
+};
+void add_key_access(CLI::App* c, KeyAccess& k, bool writing);
+// Credentials from the options (kind kNone when none given). Throws UsageError / IoError.
+KeyCredentials credentials(const KeyAccess& k);
+// Reads keys with the same credentials.
+std::vector<KeyFile> read_keys(const std::vector<std::string>& paths, const KeyAccess& k);
+
 // The lines `lock` prints about what went into a key.
 void print_lock_stats(const LockOutcome& o, uint64_t key_bytes);
 

@@ -1,35 +1,37 @@
-// The access key file. Version 1 layout (all integers little-endian):
+// The access key file. Version 2 layout (all integers little-endian); the full description,
+// and version 1 (still read), are in docs/key-format.md.
 //
 //   offset  size  field
 //   0       8     magic "CLOCKKEY"
-//   8       4     u32 version (1)
-//   12      4     u32 header size H (120 in version 1)
+//   8       4     u32 version (2)
+//   12      4     u32 header size H (188 in version 2)
 //   16      H     header:
-//                   32  BLAKE2b-256 fingerprint of the locked model this key applies to
-//                   32  fingerprint of the original model the key restores
-//                   16  key id (random, also stored in the locked model's metadata)
-//                   u8  criterion (0 l1, 1 bn, 2 random)
-//                   u8  scope (0 layer, 1 global)
-//                   u8  fill (0 zero)
-//                   u8  flags (bit 0: first/last layer included; bit 1: random over bn units)
-//                   f64 extraction ratio (fraction of units)
-//                   u64 seed (random criterion; 0 otherwise)
-//                   u64 units extracted (as counted by the criterion)
-//                   u32 entry count E
+//                   32  fingerprint of the model state this key applies to ("locked")
+//                   32  fingerprint of the state it produces ("original"; for a tier key
+//                       that is not the last, the model locked at the next smaller ratio)
+//                   16  key id (random; shared by the keys of one tiered lock)
+//                   u8  criterion (0 l1, 1 bn, 2 random), u8 scope (0 layer, 1 global),
+//                   u8  fill (0 zero, 1 decoy), u8 flags (bit 0 include io, bit 1 random bn units)
+//                   f64 ratio of the state the key applies to
+//                   f64 ratio of the state it produces (0: the original)
+//                   u64 seed, u64 units restored by this key
+//                   u16 tier index (1-based, in order of application), u16 tier count
+//                   u8  encryption (0 none, 1 passphrase/Argon2id, 2 raw 32-byte secret), u8[3] 0
+//                   u64 Argon2id opslimit, u64 memlimit (bytes), 16 salt   (0 unless passphrase)
+//                   24  XChaCha20-Poly1305 nonce                           (0 unless encrypted)
 //                   u64 payload size P
-//   16+H    P     payload: E entries, each
-//                   u32 name length n (1..4096), n bytes of tensor name
-//                   u8  dtype (1 f32, 2 f64, 3 f16, 4 bf16), u8 ndim (1..8), u16 zero
-//                   u64 dims[ndim]
-//                   u64 unit size s (elements per unit; divides the tensor's element count)
-//                   u64 unit count k
-//                   u64 unit indices[k], strictly increasing, each < numel / s
-//                   k * s elements of dtype: the original values, unit after unit
-//   16+H+P  32    BLAKE2b-256 of every byte before it
+//   16+H    P     payload. Plain: u32 entry count E, then E entries. Encrypted: that plain
+//                 payload sealed with XChaCha20-Poly1305 (16-byte tag at the end), bytes
+//                 [0, 16+H) as associated data.
+//   16+H+P  32    (unencrypted only) BLAKE2b-256 of every byte before it
+//
+// Entry: u32 name length n (1..4096), n bytes of tensor name, u8 dtype (1 f32, 2 f64, 3 f16,
+// 4 bf16), u8 ndim (1..8), u16 0, u64 dims[ndim], u64 unit size s (elements per unit; divides
+// the element count), u64 unit count k, u64 unit indices[k] (strictly increasing, < numel/s),
+// then k*s elements of dtype: the original values, unit after unit.
 //
 // A unit is the contiguous block [index*s, (index+1)*s) of the tensor's row-major elements:
 // a conv kernel F[o,i,:,:], a whole filter F[o,:,:,:], or one weight.
-// Full documentation: docs/key-format.md.
 #pragma once
 
 #include <array>
@@ -42,41 +44,70 @@
 namespace corelocker {
 
 constexpr char kKeyMagic[8] = {'C', 'L', 'O', 'C', 'K', 'K', 'E', 'Y'};
-constexpr uint32_t kKeyVersion = 1;
+constexpr uint32_t kKeyVersion = 2;  // written; versions 1 and 2 are read
 constexpr uint32_t kKeyHeaderSizeV1 = 120;
+constexpr uint32_t kKeyHeaderSizeV2 = 188;
 constexpr uint32_t kKeyMaxNameLength = 4096;
 constexpr uint32_t kKeyMaxDims = 8;
 
 enum class Criterion : uint8_t { kL1 = 0, kBn = 1, kRandom = 2 };
 enum class Scope : uint8_t { kLayer = 0, kGlobal = 1 };
-enum class Fill : uint8_t { kZero = 0 };
+enum class Fill : uint8_t { kZero = 0, kDecoy = 1 };
+enum class Encryption : uint8_t { kNone = 0, kPassphrase = 1, kSecret = 2 };
 enum class DType : uint8_t { kF32 = 1, kF64 = 2, kF16 = 3, kBF16 = 4 };
 
 const char* to_string(Criterion c);
 const char* to_string(Scope s);
 const char* to_string(Fill f);
 const char* to_string(DType d);
-// Parse user-facing names ("l1", "bn", "random"; "layer", "global"). Throw UsageError.
+const char* to_string(Encryption e);
+// Parse user-facing names ("l1", "bn", "random"; "layer", "global"; "zero", "decoy").
+// Throw UsageError.
 Criterion parse_criterion(const std::string& s);
 Scope parse_scope(const std::string& s);
+Fill parse_fill(const std::string& s);
 // Bytes per element of a dtype.
 size_t dtype_size(DType d);
 
 using KeyId = std::array<uint8_t, 16>;
 
 struct KeyHeader {
-  Digest locked_fingerprint{};
-  Digest original_fingerprint{};
+  uint32_t version = kKeyVersion;  // as read; written keys are always the newest version
+  Digest locked_fingerprint{};    // the state the key applies to
+  Digest original_fingerprint{};  // the state it produces
   KeyId key_id{};
   Criterion criterion = Criterion::kL1;
   Scope scope = Scope::kLayer;
   Fill fill = Fill::kZero;
   bool include_io = false;
   bool random_bn_units = false;
-  double ratio = 0.0;
+  double ratio = 0.0;        // of the state the key applies to
+  double ratio_after = 0.0;  // of the state it produces; 0 for the original
   uint64_t seed = 0;
   uint64_t units = 0;
+  uint16_t tier = 1;  // 1-based position in the order of application
+  uint16_t tiers = 1;
+  Encryption encryption = Encryption::kNone;
+  uint64_t kdf_opslimit = 0;
+  uint64_t kdf_memlimit = 0;
+  std::array<uint8_t, 16> salt{};
+  std::array<uint8_t, 24> nonce{};
 };
+
+// What unlocks an encrypted key (or encrypts a new one).
+struct KeyCredentials {
+  Encryption kind = Encryption::kNone;
+  std::string passphrase;            // kPassphrase
+  std::array<uint8_t, 32> secret{};  // kSecret
+  // Argon2id cost for new keys (libsodium's MODERATE by default).
+  uint64_t opslimit = 3;
+  uint64_t memlimit = uint64_t{256} << 20;
+  ~KeyCredentials();
+};
+
+// Argon2id cost presets: "interactive", "moderate", "sensitive", or "min" (tests only).
+// Throws UsageError.
+void set_kdf_preset(KeyCredentials& c, const std::string& preset);
 
 struct KeyEntry {
   std::string tensor;
@@ -97,19 +128,29 @@ struct KeyFile {
   uint64_t value_count() const;
 };
 
-// Serialises a key to the version-1 byte layout. Throws Error when the key is inconsistent.
-std::vector<uint8_t> serialize_key(const KeyFile& key);
+// Serialises a key in the newest layout, encrypted when `credentials` name a passphrase or a
+// secret (fresh salt and nonce each time). Throws Error when the key is inconsistent.
+std::vector<uint8_t> serialize_key(const KeyFile& key, const KeyCredentials& credentials = {});
 
-// Parses and validates key bytes; `what` names the source in errors. Throws FormatError.
-KeyFile parse_key(const uint8_t* data, size_t size, const std::string& what);
+// Parses and validates key bytes; `what` names the source in errors. An encrypted key needs
+// credentials (UsageError without); a wrong passphrase/secret or any altered byte of an
+// encrypted key is an AuthError. Malformed framing is a FormatError.
+KeyFile parse_key(const uint8_t* data, size_t size, const std::string& what,
+                  const KeyCredentials& credentials = {});
+
+// Parses only the preamble and header (no credentials needed; nothing is decrypted and, for
+// an unencrypted key, the checksum is still verified). Throws FormatError.
+KeyHeader parse_key_header(const uint8_t* data, size_t size, const std::string& what);
 
 // True when the bytes start with the key magic.
 bool looks_like_key(const std::vector<uint8_t>& bytes);
 
-// Reads and parses a key file. Throws IoError / FormatError.
-KeyFile read_key_file(const std::string& path);
+// Reads and parses a key file. Throws IoError / FormatError / AuthError / UsageError.
+KeyFile read_key_file(const std::string& path, const KeyCredentials& credentials = {});
 
-// Writes a key file atomically; returns its size in bytes. Throws IoError.
-uint64_t write_key_file(const std::string& path, const KeyFile& key);
+// Writes a key file atomically (encrypted with `credentials` when given); returns its size in
+// bytes. Throws IoError.
+uint64_t write_key_file(const std::string& path, const KeyFile& key,
+                        const KeyCredentials& credentials = {});
 
 }  // namespace corelocker

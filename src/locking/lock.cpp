@@ -1,6 +1,10 @@
 #include "locking/lock.h"
 
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <algorithm>
 #include <cstring>
+#include <iterator>
 #include <unordered_map>
 
 #include "locking/fingerprint.h"
@@ -44,16 +48,79 @@ torch::Tensor unit_view(const torch::Tensor& t, int64_t unit_size, const std::st
 
 std::string short_fp(const Digest& d) { return to_hex(d).substr(0, 16); }
 
+// Overwrites the `targets` rows of `view` [N, s] with decoys: each gets the l1 norm of a random
+// donor unit and elements drawn from random positions of random donors, so that its size and
+// value distribution are those of the tensor's remaining units, yet it copies none of them.
+void decoy_fill(const torch::Tensor& view, const std::vector<int64_t>& targets, const std::vector<int64_t>& excluded,
+                uint64_t seed) {
+  const int64_t n = view.size(0), s = view.size(1), t = static_cast<int64_t>(targets.size());
+  std::vector<char> taken(static_cast<size_t>(n), 0);
+  for (auto u : excluded) taken[static_cast<size_t>(u)] = 1;
+  for (auto u : targets) taken[static_cast<size_t>(u)] = 1;
+  std::vector<int64_t> donor_list;
+  for (int64_t u = 0; u < n; ++u) {
+    if (!taken[static_cast<size_t>(u)]) donor_list.push_back(u);
+  }
+  auto target_idx = torch::tensor(targets, torch::kInt64);
+  if (donor_list.empty() || t == 0) {
+    view.index_fill_(0, target_idx, 0);
+    return;
+  }
+  auto gen = at::detail::createCPUGenerator(seed);
+  auto donors = torch::tensor(donor_list, torch::kInt64);
+  const int64_t d = donors.numel();
+  auto pick = [&](int64_t count) { return donors.index_select(0, torch::randint(d, {count}, gen, torch::kInt64)); };
+  auto flat = view.reshape({-1});
+  auto elem_idx = pick(t * s) * s + torch::randint(s, {t * s}, gen, torch::kInt64);
+  auto decoys = flat.index_select(0, elem_idx).view({t, s}).to(torch::kFloat64);
+  if (s > 1) {
+    auto norms = view.index_select(0, pick(t)).to(torch::kFloat64).abs().sum(1);
+    decoys.mul_((norms / decoys.abs().sum(1).clamp_min(1e-30)).unsqueeze(1));
+  }
+  view.index_copy_(0, target_idx, decoys.to(view.scalar_type()));
+}
+
+}  // namespace
+
+ExtractionPlan plan_difference(const ExtractionPlan& larger, const ExtractionPlan& smaller) {
+  ExtractionPlan out;
+  out.units = larger.units - smaller.units;
+  for (const auto& e : larger.entries) {
+    const PlanEntry* s = nullptr;
+    for (const auto& c : smaller.entries) {
+      if (c.tensor == e.tensor) s = &c;
+    }
+    PlanEntry d{e.tensor, e.unit_size, {}};
+    if (s == nullptr) {
+      d.units = e.units;
+    } else {
+      std::set_difference(e.units.begin(), e.units.end(), s->units.begin(), s->units.end(),
+                          std::back_inserter(d.units));
+    }
+    if (!d.units.empty()) out.entries.push_back(std::move(d));
+  }
+  return out;
+}
+
+namespace {
+
+int64_t plan_values(const ExtractionPlan& plan) {
+  int64_t n = 0;
+  for (const auto& e : plan.entries) n += static_cast<int64_t>(e.units.size()) * e.unit_size;
+  return n;
+}
+
 }  // namespace
 
 KeyFile extract_units(std::vector<NamedTensor>& tensors, const ExtractionPlan& plan,
-                      const LockOptions& options) {
+                      const LockOptions& options, const ExtractionPlan* no_donors) {
   torch::NoGradGuard no_grad;
   auto named = by_name(tensors);
   KeyFile key;
   key.header.original_fingerprint = fingerprint(tensors);
   random_bytes(key.header.key_id.data(), key.header.key_id.size());
   key.header.criterion = options.criterion;
+  key.header.fill = options.fill;
   key.header.scope = options.scope;
   key.header.include_io = options.include_io;
   key.header.random_bn_units = options.criterion == Criterion::kRandom && options.random_bn_units;
@@ -78,9 +145,21 @@ KeyFile extract_units(std::vector<NamedTensor>& tensors, const ExtractionPlan& p
     if (!e.values.empty()) std::memcpy(e.values.data(), values.data_ptr(), e.values.size());
     key.entries.push_back(std::move(e));
   }
+  uint64_t decoy_seed = 0;
+  random_bytes(&decoy_seed, sizeof decoy_seed);  // decoys must not be predictable
   for (const auto& p : plan.entries) {
-    auto idx = torch::tensor(p.units, torch::kInt64);
-    unit_view(*named[p.tensor], p.unit_size, p.tensor).index_fill_(0, idx, 0);
+    auto view = unit_view(*named[p.tensor], p.unit_size, p.tensor);
+    if (options.fill == Fill::kZero) {
+      view.index_fill_(0, torch::tensor(p.units, torch::kInt64), 0);
+      continue;
+    }
+    std::vector<int64_t> excluded;
+    if (no_donors != nullptr) {
+      for (const auto& e : no_donors->entries) {
+        if (e.tensor == p.tensor) excluded = e.units;
+      }
+    }
+    decoy_fill(view, p.units, excluded, decoy_seed++);
   }
   key.header.locked_fingerprint = fingerprint(tensors);
   return key;
@@ -154,14 +233,106 @@ LockOutcome lock_model(LoadedModel& model, const Ranking& ranking, double ratio)
                              to_string(options.criterion),
                              to_string(options.scope),
                              ratio,
-                             CORELOCKER_VERSION};
+                             CORELOCKER_VERSION,
+                             to_string(options.fill),
+                             1};
   return out;
 }
 
 void unlock_model(LoadedModel& model, const KeyFile& key) {
   auto tensors = named_tensors(*model.net);
-  restore_units(tensors, key);
-  model.meta.lock.reset();
+  const auto& h = key.header;
+  const std::string key_id = to_hex(h.key_id.data(), h.key_id.size());
+  try {
+    restore_units(tensors, key);
+  } catch (const MismatchError&) {
+    if (h.tiers > 1 && model.meta.lock && model.meta.lock->key_id == key_id) {
+      throw MismatchError("tier key " + std::to_string(h.tier) + " of " + std::to_string(h.tiers) +
+                          " applies to the model locked at ratio " + std::to_string(h.ratio) +
+                          ", but this model is locked at ratio " + std::to_string(model.meta.lock->ratio) +
+                          ": apply the tier keys in order, largest ratio first");
+    }
+    throw;
+  }
+  if (h.ratio_after > 0.0 && model.meta.lock) {
+    model.meta.lock->ratio = h.ratio_after;
+    model.meta.lock->tiers = h.tiers - h.tier;
+  } else {
+    model.meta.lock.reset();
+  }
+}
+
+void unlock_model(LoadedModel& model, const std::vector<KeyFile>& keys) {
+  for (const auto& k : keys) unlock_model(model, k);
+}
+
+LoadedModel load_unlocked(const std::string& locked_path, const std::vector<KeyFile>& keys) {
+  LoadedModel m = load_model(locked_path);
+  unlock_model(m, keys);
+  return m;
+}
+
+std::vector<TierOutcome> lock_model_tiers(LoadedModel& model, const LockOptions& options, std::vector<double> ratios,
+                                          const std::function<void(double, LoadedModel&)>& on_state) {
+  if (ratios.empty()) throw UsageError("tiers: give at least one ratio");
+  if (ratios.size() > 1000) throw UsageError("tiers: " + std::to_string(ratios.size()) + " ratios (at most 1000)");
+  std::sort(ratios.begin(), ratios.end());
+  for (size_t i = 0; i < ratios.size(); ++i) {
+    if (!(ratios[i] > 0.0 && ratios[i] <= 1.0)) {
+      throw UsageError("tier ratio " + std::to_string(ratios[i]) + ": must be within (0, 1]");
+    }
+    if (i > 0 && ratios[i] == ratios[i - 1]) throw UsageError("tier ratio " + std::to_string(ratios[i]) + " given twice");
+  }
+  if (model.meta.lock) {
+    throw UsageError("model is already locked (key id " + model.meta.lock->key_id + "); unlock it first");
+  }
+  auto tensors = named_tensors(*model.net);
+  const Ranking ranking = rank_units(tensors, model.net->structure(), options);
+  std::vector<ExtractionPlan> plans;
+  for (size_t i = 0; i < ratios.size(); ++i) {
+    plans.push_back(plan_at(ranking, tensors, model.net->structure(), ratios[i]));
+    if (i > 0 && plans[i].units == plans[i - 1].units) {
+      throw UsageError("tiers " + std::to_string(ratios[i - 1]) + " and " + std::to_string(ratios[i]) + " both extract " +
+                       std::to_string(plans[i].units) + " units: choose ratios further apart");
+    }
+  }
+  if (plans.front().units == 0) {
+    throw UsageError("tier ratio " + std::to_string(ratios.front()) + " extracts no unit");
+  }
+  KeyId lock_id{};
+  random_bytes(lock_id.data(), lock_id.size());
+  const uint16_t n = static_cast<uint16_t>(ratios.size());
+  std::vector<TierOutcome> out;
+  ExtractionPlan previous;
+  for (size_t i = 0; i < ratios.size(); ++i) {
+    LockOptions o = options;
+    o.ratio = ratios[i];
+    TierOutcome t;
+    t.key = extract_units(tensors, plan_difference(plans[i], previous), o, &plans.back());
+    t.key.header.key_id = lock_id;
+    t.key.header.ratio_after = i == 0 ? 0.0 : ratios[i - 1];
+    t.key.header.tier = static_cast<uint16_t>(n - i);
+    t.key.header.tiers = n;
+    t.stats.units = plans[i].units;
+    t.stats.candidates = ranking.total_units();
+    t.stats.values = plan_values(plans[i]);
+    t.stats.parameters = parameter_count(*model.net);
+    model.meta.lock = LockInfo{to_hex(lock_id.data(), lock_id.size()),
+                               to_hex(t.key.header.original_fingerprint),
+                               to_string(o.criterion),
+                               to_string(o.scope),
+                               ratios[i],
+                               CORELOCKER_VERSION,
+                               to_string(o.fill),
+                               static_cast<int64_t>(i + 1)};
+    if (on_state) on_state(ratios[i], model);
+    out.push_back(std::move(t));
+    previous = plans[i];
+  }
+  // The locked model records the fingerprint of the original, not of an intermediate state.
+  model.meta.lock->original_fingerprint = to_hex(out.front().key.header.original_fingerprint);
+  std::reverse(out.begin(), out.end());
+  return out;
 }
 
 void zero_weights(LoadedModel& model) {

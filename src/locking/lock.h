@@ -2,6 +2,8 @@
 // model) and write a key's values back, checking fingerprints on both sides.
 #pragma once
 
+#include <functional>
+#include <string>
 #include <vector>
 
 #include "keyfile/key_file.h"
@@ -10,10 +12,15 @@
 
 namespace corelocker {
 
-// Moves the plan's units out of `tensors` (they become 0) into a key whose header records the
-// fingerprints before and after, the options and a fresh random key id. Throws Error.
+// Moves the plan's units out of `tensors` into a key whose header records the fingerprints
+// before and after, the options and a fresh random key id. Extracted positions become 0, or
+// with Fill::kDecoy values resampled from the same tensor's other units (never from units in
+// `no_donors`, e.g. those a later tier extracts). Throws Error.
 KeyFile extract_units(std::vector<NamedTensor>& tensors, const ExtractionPlan& plan,
-                      const LockOptions& options);
+                      const LockOptions& options, const ExtractionPlan* no_donors = nullptr);
+
+// Units of `larger` that are not in `smaller` (both from the same ranking).
+ExtractionPlan plan_difference(const ExtractionPlan& larger, const ExtractionPlan& smaller);
 
 // Checks that `tensors` are the locked model the key belongs to (MismatchError otherwise),
 // writes the original values back and checks the result against the original fingerprint.
@@ -40,8 +47,29 @@ LockOutcome lock_model(LoadedModel& model, const LockOptions& options);
 // Same, from a ranking computed before (reused across ratios or seeds).
 LockOutcome lock_model(LoadedModel& model, const Ranking& ranking, double ratio);
 
-// Unlocks a model in memory and clears its lock metadata. Throws MismatchError / Error.
+// Unlocks a model in memory: applies the keys in order (tier keys: largest ratio first) and
+// updates its lock metadata (cleared once the original is back). Nothing is written to disk.
+// Throws MismatchError (key of another model, or a tier key out of order) / Error.
 void unlock_model(LoadedModel& model, const KeyFile& key);
+void unlock_model(LoadedModel& model, const std::vector<KeyFile>& keys);
+
+// Loads a locked model and returns it unlocked with `keys`, without writing restored weights
+// anywhere. Throws what load_model and unlock_model throw.
+LoadedModel load_unlocked(const std::string& locked_path, const std::vector<KeyFile>& keys);
+
+struct TierOutcome {
+  KeyFile key;      // applies to the model locked at key.header.ratio
+  LockStats stats;  // of the state the key applies to (the lock at that ratio)
+};
+
+// Tiered lock: ranks once, locks at the largest ratio, and returns one key per tier in the
+// order of application (largest ratio first): applying the first gives the model locked at
+// the next smaller ratio, ..., the last gives the original. Every tier uses the same units as
+// a single lock at its ratio. `on_state` sees each locked state, smallest ratio first.
+// Throws UsageError (fewer than one ratio, duplicates, tiers that extract the same units).
+std::vector<TierOutcome> lock_model_tiers(
+    LoadedModel& model, const LockOptions& options, std::vector<double> ratios,
+    const std::function<void(double ratio, LoadedModel& state)>& on_state = nullptr);
 
 // Zeroes every weight of the network but keeps biases and normalisation statistics: the
 // paper's ideal unusable network f^0, a reference for what "no utility" means.

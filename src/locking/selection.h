@@ -27,6 +27,7 @@ struct LockOptions {
   uint64_t seed = 0;
   bool include_io = false;
   bool random_bn_units = false;  // random criterion: draw bn units instead of l1 units
+  Fill fill = Fill::kZero;       // what extracted positions hold in the locked model
 };
 
 // The paper's default scope for a criterion: l1 (and random) rank per layer, bn globally.

@@ -29,7 +29,9 @@ std::string meta_to_json(const ModelMeta& m) {
                  {"criterion", m.lock->criterion},
                  {"scope", m.lock->scope},
                  {"ratio", m.lock->ratio},
-                 {"tool_version", m.lock->tool_version}};
+                 {"tool_version", m.lock->tool_version},
+                 {"fill", m.lock->fill},
+                 {"tiers", m.lock->tiers}};
   }
   return j.dump();
 }
@@ -67,7 +69,9 @@ ModelMeta meta_from_json(const std::string& text, const std::string& what) {
                         l.at("criterion").get<std::string>(),
                         l.at("scope").get<std::string>(),
                         l.at("ratio").get<double>(),
-                        l.value("tool_version", "")};
+                        l.value("tool_version", ""),
+                        l.value("fill", "zero"),
+                        l.value("tiers", int64_t{1})};
     }
     if (m.input.channels < 1 || m.input.height < 1 || m.input.width < 1) {
       throw FormatError(what + ": input shape must be positive");

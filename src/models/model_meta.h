@@ -34,6 +34,8 @@ struct LockInfo {
   std::string scope;
   double ratio = 0.0;
   std::string tool_version;
+  std::string fill = "zero";
+  int64_t tiers = 1;  // keys still to apply, largest ratio first, to get the original back
 };
 
 struct ModelMeta {

@@ -1,0 +1,149 @@
+// Keys that are safe to ship: tiered keys, encrypted keys end to end, in-memory unlock, decoy fill.
+#include <gtest/gtest.h>
+
+#include "locking/detect.h"
+#include "locking/fingerprint.h"
+#include "locking/lock.h"
+#include "temp_dir.h"
+#include "test_support.h"
+#include "util/error.h"
+
+namespace corelocker {
+namespace {
+
+using testing::clone;
+using testing::fresh_tiny;
+using testing::same_tensors;
+
+LockOptions l1_at(double ratio) {
+  LockOptions o;
+  o.ratio = ratio;
+  return o;
+}
+
+Digest single_lock_fingerprint(LoadedModel& original, LockOptions o) {
+  LoadedModel m = clone(original);
+  lock_model(m, o);
+  return model_fingerprint(m);
+}
+
+TEST(Tiers, EachKeyLandsOnTheSingleRatioLockAndTheLastOnTheOriginal) {
+  LoadedModel original = fresh_tiny(11);
+  LoadedModel m = clone(original);
+  std::vector<double> seen;
+  auto tiers = lock_model_tiers(m, l1_at(0), {0.2, 0.05, 0.1}, [&](double r, LoadedModel&) { seen.push_back(r); });
+  EXPECT_EQ(seen, (std::vector<double>{0.05, 0.1, 0.2}));
+  ASSERT_EQ(tiers.size(), 3u);
+  // The locked model is the lock at the largest ratio, unit for unit.
+  EXPECT_EQ(model_fingerprint(m), single_lock_fingerprint(original, l1_at(0.2)));
+  EXPECT_EQ(tiers[0].key.header.tier, 1);
+  EXPECT_EQ(tiers[0].key.header.tiers, 3);
+  EXPECT_DOUBLE_EQ(tiers[0].key.header.ratio, 0.2);
+  EXPECT_DOUBLE_EQ(tiers[0].key.header.ratio_after, 0.1);
+  EXPECT_EQ(tiers[0].key.header.key_id, tiers[2].key.header.key_id);
+  unlock_model(m, tiers[0].key);
+  EXPECT_EQ(model_fingerprint(m), single_lock_fingerprint(original, l1_at(0.1)));
+  ASSERT_TRUE(m.meta.lock.has_value());
+  EXPECT_DOUBLE_EQ(m.meta.lock->ratio, 0.1);
+  EXPECT_EQ(m.meta.lock->tiers, 2);
+  unlock_model(m, tiers[1].key);
+  EXPECT_EQ(model_fingerprint(m), single_lock_fingerprint(original, l1_at(0.05)));
+  unlock_model(m, tiers[2].key);
+  EXPECT_TRUE(same_tensors(m, original));
+  EXPECT_FALSE(m.meta.lock.has_value());
+}
+
+TEST(Tiers, OutOfOrderIsRefusedWithAClearMessage) {
+  LoadedModel m = fresh_tiny(12);
+  auto tiers = lock_model_tiers(m, l1_at(0), {0.05, 0.1});
+  LoadedModel before = clone(m);
+  try {
+    unlock_model(m, tiers[1].key);
+    FAIL() << "applied tier 2 before tier 1";
+  } catch (const MismatchError& e) {
+    EXPECT_NE(std::string(e.what()).find("in order"), std::string::npos) << e.what();
+  }
+  EXPECT_TRUE(same_tensors(m, before));
+}
+
+TEST(Tiers, KeysAreSeparatelyEncryptable) {
+  LoadedModel original = fresh_tiny(13);
+  LoadedModel m = clone(original);
+  LockOptions o;
+  o.criterion = Criterion::kBn;
+  o.scope = Scope::kGlobal;
+  auto tiers = lock_model_tiers(m, o, {0.1, 0.3});
+  std::vector<KeyFile> read_back;
+  for (size_t i = 0; i < tiers.size(); ++i) {
+    KeyCredentials c;
+    c.kind = Encryption::kPassphrase;
+    c.passphrase = "tier " + std::to_string(i);
+    set_kdf_preset(c, "min");
+    auto bytes = serialize_key(tiers[i].key, c);
+    read_back.push_back(parse_key(bytes.data(), bytes.size(), "k", c));
+  }
+  unlock_model(m, read_back);
+  EXPECT_TRUE(same_tensors(m, original));
+}
+
+TEST(Tiers, BadRatioListsAreUsageErrors) {
+  LoadedModel m = fresh_tiny();
+  EXPECT_THROW(lock_model_tiers(m, l1_at(0), {}), UsageError);
+  EXPECT_THROW(lock_model_tiers(m, l1_at(0), {0.1, 0.1}), UsageError);
+  EXPECT_THROW(lock_model_tiers(m, l1_at(0), {0.1, 1.5}), UsageError);
+  EXPECT_THROW(lock_model_tiers(m, l1_at(0), {0.1, 0.1000001}), UsageError);  // same units
+  EXPECT_FALSE(m.meta.lock.has_value());
+}
+
+TEST(InMemoryUnlock, LoadUnlockedWritesNothing) {
+  testing::TempDir dir;
+  LoadedModel original = fresh_tiny(14);
+  LoadedModel m = clone(original);
+  LockOutcome out = lock_model(m, l1_at(0.1));
+  save_model(dir.file("locked.ckpt"), m);
+  LoadedModel back = load_unlocked(dir.file("locked.ckpt"), {out.key});
+  EXPECT_TRUE(same_tensors(back, original));
+  EXPECT_EQ(std::system(("test $(ls '" + dir.path() + "' | wc -l) -eq 1").c_str()), 0);
+}
+
+TEST(Decoy, LeavesNoExactZerosAndRestoresExactly) {
+  LoadedModel original = fresh_tiny(15);
+  LoadedModel m = clone(original);
+  LockOptions o = l1_at(0.1);
+  o.fill = Fill::kDecoy;
+  LockOutcome out = lock_model(m, o);
+  EXPECT_EQ(out.key.header.fill, Fill::kDecoy);
+  for (const auto& e : out.key.entries) {
+    auto t = named_tensors(*m.net);
+    for (auto& nt : t) {
+      if (nt.name != e.tensor) continue;
+      auto units = nt.tensor.reshape({-1, static_cast<int64_t>(e.unit_size)});
+      std::vector<int64_t> idx(e.units.begin(), e.units.end());
+      auto picked = units.index_select(0, torch::tensor(idx, torch::kInt64));
+      EXPECT_EQ(picked.eq(0).all(1).sum().item<int64_t>(), 0) << e.tensor;
+    }
+  }
+  EXPECT_EQ(m.meta.lock->fill, "decoy");
+  unlock_model(m, out.key);
+  EXPECT_TRUE(same_tensors(m, original));
+}
+
+TEST(Decoy, TheDetectorFindsZeroFillButNotDecoys) {
+  LoadedModel original = testing::trained_resnet();
+  for (Fill fill : {Fill::kZero, Fill::kDecoy}) {
+    LoadedModel m = clone(original);
+    LockOptions o = l1_at(0.05);
+    o.fill = fill;
+    LockOutcome out = lock_model(m, o);
+    DetectionReport r = detect_extracted(named_tensors(*m.net), out.key);
+    EXPECT_NEAR(r.chance(), 0.05, 0.01);
+    if (fill == Fill::kZero) {
+      EXPECT_GE(r.precision(), 0.95);
+    } else {
+      EXPECT_LE(r.precision(), 2.0 * r.chance()) << "decoys stand out";
+    }
+  }
+}
+
+}  // namespace
+}  // namespace corelocker
