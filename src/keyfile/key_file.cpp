@@ -106,7 +106,6 @@ uint64_t KeyFile::value_count() const {
 
 namespace {
 
-constexpr size_t kPreambleSize = 16;
 constexpr size_t kChecksumSize = 32;
 constexpr size_t kTagSize = crypto_aead_xchacha20poly1305_ietf_ABYTES;
 // Argon2id costs a reader accepts: a key file must not make us allocate without bound.

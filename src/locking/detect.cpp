@@ -32,19 +32,25 @@ DetectionReport detect_extracted(const std::vector<NamedTensor>& tensors, const 
     auto zero = units.eq(0).all(1);
     const double median = norms.median().item<double>();
     const double mad = std::max((norms - median).abs().median().item<double>(), 1e-12);
-    // Suspicion: exact zeros above everything, then distance from the median norm.
-    auto suspicion = ((norms - median).abs() / mad) + zero.to(torch::kFloat64) * 1e12;
     const int64_t k = static_cast<int64_t>(e.units.size());
-    auto flagged = std::get<1>(suspicion.topk(k));
     auto is_extracted = torch::zeros({n}, torch::kBool);
     std::vector<int64_t> idx(e.units.begin(), e.units.end());
     is_extracted.index_fill_(0, torch::tensor(idx, torch::kInt64), true);
+    // Two attackers, exact zeros first for both: one flags the norms furthest from the median
+    // (outliers either way), one the smallest norms (fills that shrink the units). The report
+    // keeps the better of the two for each tensor.
+    auto zero_bonus = zero.to(torch::kFloat64) * 1e12;
+    int64_t best = 0;
+    for (const auto& suspicion : {(norms - median).abs() / mad + zero_bonus, -norms / mad + zero_bonus}) {
+      auto flagged = std::get<1>(suspicion.topk(k));
+      best = std::max(best, is_extracted.index_select(0, flagged).sum().item<int64_t>());
+    }
     DetectionLayer l;
     l.tensor = e.tensor;
     l.units = n;
     l.extracted = k;
     l.flagged = k;
-    l.hits = is_extracted.index_select(0, flagged).sum().item<int64_t>();
+    l.hits = best;
     l.exact_zero = zero.sum().item<int64_t>();
     report.flagged += l.flagged;
     report.hits += l.hits;

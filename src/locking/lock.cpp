@@ -48,9 +48,12 @@ torch::Tensor unit_view(const torch::Tensor& t, int64_t unit_size, const std::st
 
 std::string short_fp(const Digest& d) { return to_hex(d).substr(0, 16); }
 
+// Decoy donors are the lowest 1/kDecoyDonorDivisor of a tensor's remaining units by l1 norm.
+constexpr int64_t kDecoyDonorDivisor = 2;
+
 // Overwrites the `targets` rows of `view` [N, s] with decoys: each gets the l1 norm of a random
 // donor unit and elements drawn from random positions of random donors, so that its size and
-// value distribution are those of the tensor's remaining units, yet it copies none of them.
+// value distribution are those of the tensor's low-importance units, yet it copies none of them.
 void decoy_fill(const torch::Tensor& view, const std::vector<int64_t>& targets, const std::vector<int64_t>& excluded,
                 uint64_t seed) {
   const int64_t n = view.size(0), s = view.size(1), t = static_cast<int64_t>(targets.size());
@@ -68,6 +71,14 @@ void decoy_fill(const torch::Tensor& view, const std::vector<int64_t>& targets, 
   }
   auto gen = at::detail::createCPUGenerator(seed);
   auto donors = torch::tensor(donor_list, torch::kInt64);
+  // Donors come from the lowest part (by l1 norm) of the remaining units: replacing the most
+  // significant units with typical ones would give back part of the utility, and units of
+  // the lower half are still ordinary members of the tensor.
+  if (donors.numel() >= 2) {
+    auto donor_norms = view.index_select(0, donors).to(torch::kFloat64).abs().sum(1);
+    auto order = std::get<1>(donor_norms.sort());
+    donors = donors.index_select(0, order.narrow(0, 0, std::max<int64_t>(1, donors.numel() / kDecoyDonorDivisor)));
+  }
   const int64_t d = donors.numel();
   auto pick = [&](int64_t count) { return donors.index_select(0, torch::randint(d, {count}, gen, torch::kInt64)); };
   auto flat = view.reshape({-1});
