@@ -178,6 +178,10 @@ LoadedModel train_model(const TrainArgs& a, const Common& common, Json& summary_
     if (a.checkpoint.empty()) throw UsageError("--resume needs the checkpoint to go on from (--out)");
     model = load_model(a.checkpoint);
     summary = Json::parse(model.meta.training_json, nullptr, /*allow_exceptions=*/false);
+    if (summary.is_object() && !summary.contains("epochs_done") && summary.contains("final_train_loss")) {
+      throw UsageError("'" + a.checkpoint + "' has finished all " + std::to_string(summary.value("epochs", 0)) +
+                       " epochs; nothing to resume");
+    }
     if (!summary.is_object() || !summary.contains("epochs_done")) {
       throw UsageError("cannot resume from '" + a.checkpoint + "': it is not a checkpoint of an unfinished training run");
     }
