@@ -11,6 +11,7 @@ packages=(
   libcli11-dev nlohmann-json3-dev libsodium-dev zlib1g-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   dataset-fashion-mnist gnuplot-nox
+  python3-torch
 )
 
 sudo_cmd=()

@@ -44,6 +44,7 @@ void add_demo(CLI::App& app) {
       std::fflush(stdout);
       Json summary;
       LoadedModel m = train_model(a, common, summary);
+      if (summary.value("interrupted", false)) throw Error("training interrupted (Ctrl-C); nothing written");
       save_model(ckpt, m);
       if (summary.contains("seconds")) std::printf("trained in %s\n", format_duration(summary["seconds"].get<double>()).c_str());
     } else {

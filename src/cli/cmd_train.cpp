@@ -29,13 +29,25 @@ void add_train(CLI::App& app) {
   add_train_args(c, a);
   add_threads(c, common);
   add_data(c, common);
-  c->add_option("--out", out, "Checkpoint to write")->required();
+  c->add_option("--out", out, "Checkpoint to write (also after every epoch, with OUT.optim)")->required();
+  c->add_flag("--resume", a.resume, "Go on training from the unfinished checkpoint --out (its options win)");
   c->add_flag("!--no-eval", eval_after, "Skip the test-set evaluation at the end");
   handlers()[c] = [] {
     apply_threads(common);
     Json summary;
+    a.checkpoint = out;
     LoadedModel model = train_model(a, common, summary);
-    if (eval_after && a.opts.epochs > 0) {
+    if (summary.value("interrupted", false)) {
+      const int done = summary.value("epochs_done", 0);
+      if (done > 0) {
+        std::printf("interrupted: %s holds epoch %d of %d; `train --out %s --resume` goes on\n", out.c_str(), done,
+                    summary.value("epochs", 0), out.c_str());
+      } else {
+        std::printf("interrupted before the first epoch ended; nothing written\n");
+      }
+      return 130;
+    }
+    if (eval_after && summary.contains("train_images")) {
       EvalResult r = evaluate(*model.net, test_set(model.meta, common), model.meta.preprocess);
       summary["test_top1"] = r.top1;
       summary["test_top3"] = r.top3;
@@ -89,10 +101,20 @@ void add_models(CLI::App& app) {
   static std::string dataset = "fashion-mnist";
   c->add_option("--dataset", dataset, "Data set that sets input shape and classes")->capture_default_str();
   handlers()[c] = [] {
+    const DatasetInfo info = dataset_info(dataset);
+    std::printf("on %s (%lldx%lldx%lld, %lld classes), default options:\n", info.name.c_str(),
+                static_cast<long long>(info.input.channels), static_cast<long long>(info.input.height),
+                static_cast<long long>(info.input.width), static_cast<long long>(info.classes));
     for (const auto& a : list_architectures()) {
       LoadedModel m = create_model(new_model_meta(a.name, dataset));
       std::printf("%-10s %10lld parameters  %s\n", a.name.c_str(), static_cast<long long>(parameter_count(*m.net)),
                   a.description.c_str());
+      std::string opts;
+      for (const auto& o : a.options) {
+        opts += "  " + o.name + "=" + std::to_string(o.fallback) + " (" + o.help + ")";
+      }
+      if (a.pad_to > 0) opts += "  [input padded to " + std::to_string(a.pad_to) + "x" + std::to_string(a.pad_to) + "]";
+      std::printf("%-10s %10s %s\n", "", "", opts.c_str());
     }
     return 0;
   };

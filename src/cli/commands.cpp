@@ -16,6 +16,7 @@ void register_commands(CLI::App& app) {
   add_demo(app);
   add_predict(app);
   add_detect(app);
+  add_bench(app);
 }
 
 int run_selected(CLI::App& app) {

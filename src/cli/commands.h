@@ -16,6 +16,7 @@ void add_inspect(CLI::App& app);
 void add_demo(CLI::App& app);
 void add_predict(CLI::App& app);
 void add_detect(CLI::App& app);
+void add_bench(CLI::App& app);
 
 // Adds every subcommand and its options to `app`.
 void register_commands(CLI::App& app);

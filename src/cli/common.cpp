@@ -6,7 +6,9 @@
 #include <cstring>
 
 #include <atomic>
+#include <chrono>
 #include <cmath>
+#include <cstdint>
 #include <csignal>
 #include <cstdio>
 #include <nlohmann/json.hpp>
@@ -82,9 +84,10 @@ void train_progress(Progress& bar_line, const TrainProgress& p) {
 
 void add_train_args(CLI::App* c, TrainArgs& a) {
   c->add_option("--arch", a.arch, "Architecture (see `corelocker models`)")->capture_default_str();
-  c->add_option("--dataset", a.dataset, "Data set")->capture_default_str();
-  c->add_option("--depth", a.depth, "Depth for resnet (6n+2)")->capture_default_str();
-  c->add_option("--width", a.width, "Width for tinycnn")->capture_default_str();
+  c->add_option("--dataset", a.dataset, "Data set: fashion-mnist, cifar10, cifar100")->capture_default_str();
+  c->add_option("--depth", a.depth, "Depth option of the architecture (default: its own)");
+  c->add_option("--width", a.width, "Width option of the architecture (default: its own)");
+  c->add_option("--set", a.set, "Architecture option KEY=VALUE (repeatable; see `corelocker models`)");
   c->add_option("--epochs", a.opts.epochs, "Epochs (0 writes a freshly initialised model)")->capture_default_str();
   c->add_option("--batch-size", a.opts.batch_size, "Batch size")->capture_default_str();
   c->add_option("--lr", a.opts.lr, "Peak learning rate")->capture_default_str();
@@ -93,33 +96,161 @@ void add_train_args(CLI::App* c, TrainArgs& a) {
   c->add_option("--schedule", a.opts.schedule, "onecycle | cosine | constant")->capture_default_str();
   c->add_option("--seed", a.opts.seed, "Random seed")->capture_default_str();
   c->add_option("--train-subset", a.train_subset, "Train on a random N-image subset (0: all)");
-  c->add_flag("!--no-augment", a.opts.augment, "Disable random-crop augmentation");
+  c->add_flag("!--no-augment", a.opts.augment, "Disable random-crop (and flip) augmentation");
+  c->add_flag("--flip", a.flip, "Random horizontal flips (default: on for CIFAR, off otherwise)");
 }
 
+std::map<std::string, int64_t> arch_options(const TrainArgs& a) {
+  std::map<std::string, int64_t> o;
+  if (a.depth != 0) o["depth"] = a.depth;
+  if (a.width != 0) o["width"] = a.width;
+  for (const auto& kv : a.set) {
+    const auto eq = kv.find('=');
+    if (eq == std::string::npos || eq == 0) throw UsageError("--set '" + kv + "': expected KEY=VALUE");
+    const std::string key = kv.substr(0, eq), value = kv.substr(eq + 1);
+    size_t used = 0;
+    int64_t v = 0;
+    try {
+      v = std::stoll(value, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used == 0 || used != value.size()) {
+      throw UsageError("--set '" + kv + "': value '" + value + "' is not an integer");
+    }
+    o[key] = v;
+  }
+  return o;
+}
+
+namespace {
+
+std::string optim_path(const std::string& checkpoint) { return checkpoint + ".optim"; }
+
+void save_optimizer(const std::string& path, torch::optim::Optimizer& optimizer) {
+  torch::serialize::OutputArchive archive;
+  optimizer.save(archive);
+  PendingFile pending(path);
+  try {
+    archive.save_to(pending.temp_path());
+  } catch (const c10::Error& e) {
+    throw IoError("cannot write optimizer state '" + path + "': " + e.what_without_backtrace());
+  }
+  pending.commit();
+}
+
+void load_optimizer(const std::string& path, torch::optim::Optimizer& optimizer) {
+  if (!file_exists(path)) {
+    throw IoError("cannot resume: optimizer state '" + path + "' not found (written beside the checkpoint after every epoch)");
+  }
+  try {
+    torch::serialize::InputArchive archive;
+    archive.load_from(path);
+    optimizer.load(archive);
+  } catch (const c10::Error& e) {
+    throw FormatError("optimizer state '" + path + "': unreadable (" + e.what_without_backtrace() + ")");
+  }
+}
+
+// The training options a checkpoint was written with, so that a resumed run goes on with them.
+TrainOptions recorded_options(const Json& j, const std::string& path) {
+  try {
+    TrainOptions o;
+    o.epochs = j.at("epochs").get<int>();
+    o.batch_size = j.at("batch_size").get<int64_t>();
+    o.lr = j.at("lr").get<double>();
+    o.momentum = j.at("momentum").get<double>();
+    o.weight_decay = j.at("weight_decay").get<double>();
+    o.schedule = j.at("schedule").get<std::string>();
+    o.seed = j.at("seed").get<uint64_t>();
+    o.augment = j.at("augment").get<bool>();
+    o.flip = j.value("flip", false);
+    o.start_epoch = j.at("epochs_done").get<int>();
+    return o;
+  } catch (const Json::exception& e) {
+    throw FormatError("cannot resume from '" + path + "': its training record lacks " + e.what());
+  }
+}
+
+}  // namespace
+
 LoadedModel train_model(const TrainArgs& a, const Common& common, Json& summary_out) {
-  ModelMeta meta = new_model_meta(a.arch, a.dataset);
-  if (a.arch == "resnet20" || a.arch == "resnet") meta.options["depth"] = a.depth;
-  if (a.arch == "tinycnn") meta.options["width"] = a.width;
-  torch::manual_seed(a.opts.seed);
-  LoadedModel model = create_model(meta);
-  Json summary = {{"epochs", a.opts.epochs}, {"batch_size", a.opts.batch_size}, {"lr", a.opts.lr},
-                  {"schedule", a.opts.schedule}, {"seed", a.opts.seed}, {"augment", a.opts.augment},
-                  {"weight_decay", a.opts.weight_decay}, {"momentum", a.opts.momentum}};
-  if (a.opts.epochs > 0) {
-    Dataset train_data = load_dataset(a.dataset, common.data_dir, Split::kTrain);
-    train_data = subset(train_data, a.train_subset, a.opts.seed);
+  LoadedModel model;
+  TrainOptions opts = a.opts;
+  int64_t train_subset = a.train_subset;
+  Json summary;
+  if (a.resume) {
+    if (a.checkpoint.empty()) throw UsageError("--resume needs the checkpoint to go on from (--out)");
+    model = load_model(a.checkpoint);
+    summary = Json::parse(model.meta.training_json, nullptr, /*allow_exceptions=*/false);
+    if (summary.is_object() && !summary.contains("epochs_done") && summary.contains("final_train_loss")) {
+      throw UsageError("'" + a.checkpoint + "' has finished all " + std::to_string(summary.value("epochs", 0)) +
+                       " epochs; nothing to resume");
+    }
+    if (!summary.is_object() || !summary.contains("epochs_done")) {
+      throw UsageError("cannot resume from '" + a.checkpoint + "': it is not a checkpoint of an unfinished training run");
+    }
+    opts = recorded_options(summary, a.checkpoint);
+    train_subset = summary.value("train_subset", int64_t{0});
+    if (opts.start_epoch >= opts.epochs) {
+      throw UsageError("'" + a.checkpoint + "' has finished all " + std::to_string(opts.epochs) + " epochs; nothing to resume");
+    }
+  } else {
+    ModelMeta meta = new_model_meta(a.arch, a.dataset, arch_options(a));
+    opts.flip = opts.augment && (a.flip || dataset_info(a.dataset).flip);
+    torch::manual_seed(opts.seed);
+    model = create_model(meta);
+    summary = {{"epochs", opts.epochs}, {"batch_size", opts.batch_size}, {"lr", opts.lr},
+               {"schedule", opts.schedule}, {"seed", opts.seed}, {"augment", opts.augment},
+               {"flip", opts.flip}, {"weight_decay", opts.weight_decay}, {"momentum", opts.momentum},
+               {"train_subset", train_subset}};
+  }
+  if (opts.epochs > opts.start_epoch) {
+    Dataset train_data = load_dataset(model.meta.dataset, common.data_dir, Split::kTrain);
+    train_data = subset(train_data, train_subset, opts.seed);
     summary["train_images"] = train_data.size();
+    const double seconds_before = summary.value("seconds", 0.0);
+    if (opts.start_epoch > 0) {
+      std::printf("resuming %s at epoch %d of %d\n", a.checkpoint.c_str(), opts.start_epoch + 1, opts.epochs);
+      std::fflush(stdout);
+    }
     Progress line;
     g_interrupted = false;
     auto previous = std::signal(SIGINT, on_sigint);
-    TrainSummary s = train(*model.net, train_data, meta.preprocess, a.opts,
-                           [&](const TrainProgress& p) { train_progress(line, p); },
-                           [] { return !g_interrupted.load(); });
+    TrainHooks hooks;
+    hooks.on_progress = [&](const TrainProgress& p) { train_progress(line, p); };
+    hooks.keep_going = [] { return !g_interrupted.load(); };
+    const auto start = std::chrono::steady_clock::now();
+    if (!a.checkpoint.empty()) {
+      if (opts.start_epoch > 0) hooks.restore = [&](torch::optim::Optimizer& o) { load_optimizer(optim_path(a.checkpoint), o); };
+      hooks.on_epoch_end = [&](int epoch, torch::optim::Optimizer& o) {
+        summary["epochs_done"] = epoch;
+        summary["seconds"] = seconds_before + std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        model.meta.training_json = summary.dump();
+        // Optimizer state first: a checkpoint on disk always has the state that goes with it.
+        save_optimizer(optim_path(a.checkpoint), o);
+        save_model(a.checkpoint, model);
+      };
+    }
+    TrainSummary s;
+    try {
+      s = train(*model.net, train_data, model.meta.preprocess, opts, hooks);
+    } catch (...) {
+      std::signal(SIGINT, previous);
+      throw;
+    }
     std::signal(SIGINT, previous);
-    if (g_interrupted) throw Error("training interrupted (Ctrl-C) after " + std::to_string(s.epochs) + " epochs; nothing written");
-    summary["seconds"] = s.seconds;
+    if (s.epochs < opts.epochs) {
+      summary["interrupted"] = true;
+      summary_out = summary;
+      if (!a.checkpoint.empty() && s.epochs > opts.start_epoch) return load_model(a.checkpoint);
+      return model;
+    }
+    summary.erase("epochs_done");
+    summary["seconds"] = seconds_before + s.seconds;
     summary["final_train_loss"] = s.final_loss;
     summary["final_train_accuracy"] = s.final_train_accuracy;
+    if (!a.checkpoint.empty()) std::remove(optim_path(a.checkpoint).c_str());
   }
   model.meta.training_json = summary.dump();
   summary_out = summary;

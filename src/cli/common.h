@@ -44,13 +44,23 @@ std::pair<double, double> mean_sd(const std::vector<double>& v);
 struct TrainArgs {
   std::string arch = "resnet20";
   std::string dataset = "fashion-mnist";
-  int64_t depth = 20;
-  int64_t width = 8;
+  int64_t depth = 0;  // 0: the architecture's default
+  int64_t width = 0;  // 0: the architecture's default
+  std::vector<std::string> set;  // KEY=VALUE architecture options
+  bool flip = false;             // force horizontal flips (on by default for CIFAR)
   int64_t train_subset = 0;
   TrainOptions opts;
+  // Written after every epoch (with CHECKPOINT.optim holding the optimizer state) when not
+  // empty; with `resume`, training goes on from it.
+  std::string checkpoint;
+  bool resume = false;
 };
 void add_train_args(CLI::App* c, TrainArgs& a);
-// Builds and trains a model with terminal progress; Ctrl-C stops it with an error.
+// The architecture options that --depth, --width and --set KEY=VALUE ask for. Throws UsageError.
+std::map<std::string, int64_t> arch_options(const TrainArgs& a);
+// Builds (or, with a.resume, reloads) and trains a model with terminal progress. Ctrl-C stops
+// training at the end of the current step: summary_out["interrupted"] is then true and the
+// model is the one of the last completed epoch's checkpoint (if any).
 LoadedModel train_model(const TrainArgs& a, const Common& common, Json& summary_out);
 
 // --passphrase-file / --passphrase-env / --secret-file (and --kdf when writing keys).

@@ -2,6 +2,7 @@
 
 #include <random>
 
+#include "data/cifar.h"
 #include "data/idx.h"
 #include "util/atomic_file.h"
 #include "util/error.h"
@@ -10,15 +11,49 @@ namespace corelocker {
 
 DatasetInfo dataset_info(const std::string& name) {
   if (name == "fashion-mnist" || name == "fmnist") {
-    return {"fashion-mnist", {1, 28, 28}, 10, {0.2860}, {0.3530}, kDefaultFashionMnistDir};
+    return {"fashion-mnist", {1, 28, 28}, 10, {0.2860}, {0.3530}, kDefaultFashionMnistDir, false};
   }
-  throw UsageError("dataset '" + name + "': unknown (known: fashion-mnist)");
+  // Per-channel mean and standard deviation of the training images.
+  if (name == "cifar10" || name == "cifar-10") {
+    return {"cifar10", {3, 32, 32}, 10, {0.4914, 0.4822, 0.4465}, {0.2470, 0.2435, 0.2616}, "", true};
+  }
+  if (name == "cifar100" || name == "cifar-100") {
+    return {"cifar100", {3, 32, 32}, 100, {0.5071, 0.4865, 0.4409}, {0.2673, 0.2564, 0.2762}, "", true};
+  }
+  throw UsageError("dataset '" + name + "': unknown (known: fashion-mnist, cifar10, cifar100)");
 }
 
 Dataset load_dataset(const std::string& name, const std::string& dir, Split split) {
   const DatasetInfo info = dataset_info(name);
   const std::string folder = dir.empty() ? info.default_dir : dir;
+  if (folder.empty()) {
+    throw UsageError("dataset '" + info.name + "' has no standard folder here: give --data-dir");
+  }
+  if (info.name == "cifar10" || info.name == "cifar100") {
+    return load_cifar(folder, info.name == "cifar100", split);
+  }
   return load_fashion_mnist(folder, split);
+}
+
+Dataset load_cifar(const std::string& dir, bool cifar100, Split split) {
+  const CifarKind kind = cifar100 ? CifarKind::kCifar100 : CifarKind::kCifar10;
+  CifarArray all;
+  for (const auto& f : cifar_files(kind, split == Split::kTrain)) {
+    const std::string path = dir + "/" + f;
+    if (!file_exists(path)) {
+      throw IoError("data set file '" + path + "' not found (" + (cifar100 ? "CIFAR-100" : "CIFAR-10") +
+                    " binary version expected in --data-dir)");
+    }
+    // A CIFAR file is at most 50,000 records; anything far larger is not one.
+    append_cifar(all, parse_cifar(read_maybe_gzip(path, uint64_t{1} << 28), kind, "'" + path + "'"));
+  }
+  const auto n = static_cast<int64_t>(all.count);
+  Dataset d;
+  d.name = cifar100 ? "cifar100" : "cifar10";
+  d.classes = cifar100 ? 100 : 10;
+  d.images = torch::from_blob(all.images.data(), {n, 3, 32, 32}, torch::kUInt8).clone();
+  d.labels = torch::from_blob(all.labels.data(), {n}, torch::kUInt8).to(torch::kInt64);
+  return d;
 }
 
 namespace {

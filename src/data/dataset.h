@@ -21,10 +21,12 @@ struct DatasetInfo {
   int64_t classes;
   std::vector<double> mean;
   std::vector<double> std;
-  std::string default_dir;
+  std::string default_dir;  // empty: the user must name the folder
+  bool flip = false;        // horizontal flips are a valid augmentation
 };
 
-// Facts about a named data set ("fashion-mnist"). Throws UsageError for an unknown name.
+// Facts about a named data set (fashion-mnist, cifar10, cifar100). Throws UsageError for an
+// unknown name.
 DatasetInfo dataset_info(const std::string& name);
 
 struct Dataset {
@@ -42,6 +44,10 @@ Dataset load_dataset(const std::string& name, const std::string& dir, Split spli
 
 // Fashion-MNIST from {train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz] in `dir`.
 Dataset load_fashion_mnist(const std::string& dir, Split split);
+
+// CIFAR-10 (data_batch_{1..5}.bin / test_batch.bin) or CIFAR-100 (train.bin / test.bin, fine
+// labels) in `dir`. Throws IoError for a missing file, FormatError for a malformed one.
+Dataset load_cifar(const std::string& dir, bool cifar100, Split split);
 
 // A random subset of n samples (all when n <= 0 or n >= size), chosen with `seed`.
 Dataset subset(const Dataset& data, int64_t n, uint64_t seed);

@@ -33,17 +33,20 @@ ModelMeta read_meta(torch::serialize::InputArchive& archive, const std::string& 
 
 }  // namespace
 
-ModelMeta new_model_meta(const std::string& arch, const std::string& dataset) {
+ModelMeta new_model_meta(const std::string& arch, const std::string& dataset,
+                         const std::map<std::string, int64_t>& options) {
   const DatasetInfo info = dataset_info(dataset);
+  const ArchInfo a = architecture(arch);
   ModelMeta meta;
-  meta.arch = arch;
+  meta.arch = a.name;
+  meta.options = resolve_options(a, options);
   meta.dataset = info.name;
   meta.input = info.input;
   meta.classes = info.classes;
   meta.preprocess.mean = info.mean;
   meta.preprocess.std = info.std;
-  // CIFAR-style networks take 28x28 inputs padded to 32x32.
-  meta.preprocess.pad_to = (arch == "tinycnn") ? 0 : 32;
+  // CIFAR-style networks take 28x28 inputs padded to 32x32; the others take the image as is.
+  meta.preprocess.pad_to = a.pad_to;
   return meta;
 }
 

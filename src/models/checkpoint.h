@@ -16,9 +16,11 @@ struct LoadedModel {
   std::shared_ptr<Network> net;
 };
 
-// Metadata for a new model of `arch` on a data set (input shape, normalisation, classes).
-// Throws UsageError for an unknown data set.
-ModelMeta new_model_meta(const std::string& arch, const std::string& dataset);
+// Metadata for a new model of `arch` on a data set (input shape, normalisation, classes), with
+// every architecture option recorded (defaults, overridden by `options`). Throws UsageError for
+// an unknown architecture, data set or option.
+ModelMeta new_model_meta(const std::string& arch, const std::string& dataset,
+                         const std::map<std::string, int64_t>& options = {});
 
 // Builds a freshly initialised model (seeded from the current torch generator).
 LoadedModel create_model(const ModelMeta& meta);

@@ -4,6 +4,7 @@
 
 #include <torch/torch.h>
 
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -29,18 +30,41 @@ class Network : public torch::nn::Module {
   // Register helpers that also record the layer in the structure; return its index there.
   int record_conv(const std::string& path, const torch::nn::Conv2d& conv);
   int record_linear(const std::string& path, const torch::nn::Linear& linear);
+  // A normalisation layer; `producer` is the index of the conv or linear layer feeding it
+  // directly, -1 when it is fed by anything else (a sum, a concatenation, a pre-activation).
   int record_bn(const std::string& path, int producer);
+  int record_layernorm(const std::string& path);
+  // A weight matrix that is not a torch::nn::Linear (LSTM gates, fused projections): its
+  // entries are l1 units like a linear layer's. `bias` may be empty.
+  int record_matrix(const std::string& name, const std::string& weight, const std::string& bias);
 
   Structure structure_;
+};
+
+// An integer option of an architecture, stored in ModelMeta.options.
+struct ArchOption {
+  std::string name;
+  int64_t fallback;
+  std::string help;
 };
 
 struct ArchInfo {
   std::string name;
   std::string description;
+  std::vector<ArchOption> options;  // every option the architecture reads, with its default
+  int64_t pad_to = 0;               // input padding (CIFAR-style networks take 28x28 as 32x32)
 };
 
 // The architectures `build_network` knows.
 std::vector<ArchInfo> list_architectures();
+
+// One architecture (aliases resolved). Throws UsageError for an unknown name.
+ArchInfo architecture(const std::string& name);
+
+// The architecture's options with defaults filled in and `given` applied over them.
+// Throws UsageError for an option the architecture does not have.
+std::map<std::string, int64_t> resolve_options(const ArchInfo& arch,
+                                               const std::map<std::string, int64_t>& given);
 
 // Builds an untrained network for meta.arch / meta.options / meta.input / meta.classes.
 // Throws UsageError for an unknown architecture or invalid options.

@@ -17,8 +17,10 @@ struct LayerSpec {
   LayerKind kind;
   std::string weight;  // full tensor name, e.g. "layer1.0.conv1.weight"
   std::string bias;    // empty when the layer has none
-  // For a normalisation layer fed directly by a convolution (conv -> BN): that conv's index in
-  // the structure. -1 in pre-activation blocks (BN -> ReLU -> conv) and for other layers.
+  // For a normalisation layer fed directly by a convolution or linear layer (conv -> BN,
+  // linear -> BN): that layer's index in the structure; its output filter / neuron c goes with
+  // channel c. -1 in pre-activation blocks (BN -> ReLU -> conv), for norms of sums or
+  // concatenations (residual streams, dense blocks, LayerNorm) and for other layers.
   int producer = -1;
 };
 

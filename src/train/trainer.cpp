@@ -34,11 +34,23 @@ void set_memory_format(torch::nn::Module& net, torch::MemoryFormat format) {
 TrainSummary train(Network& net, const Dataset& data, const Preprocess& pp, const TrainOptions& o,
                    const std::function<void(const TrainProgress&)>& on_progress,
                    const std::function<bool()>& keep_going) {
+  TrainHooks hooks;
+  hooks.on_progress = on_progress;
+  hooks.keep_going = keep_going;
+  return train(net, data, pp, o, hooks);
+}
+
+TrainSummary train(Network& net, const Dataset& data, const Preprocess& pp, const TrainOptions& o,
+                   const TrainHooks& hooks) {
   if (o.epochs < 0) throw UsageError("epochs " + std::to_string(o.epochs) + ": must be >= 0");
+  if (o.start_epoch < 0 || o.start_epoch > o.epochs) {
+    throw UsageError("start epoch " + std::to_string(o.start_epoch) + ": must be within 0.." +
+                     std::to_string(o.epochs));
+  }
   if (o.batch_size < 1) throw UsageError("batch size " + std::to_string(o.batch_size) + ": must be >= 1");
   if (!(o.lr > 0)) throw UsageError("learning rate " + std::to_string(o.lr) + ": must be > 0");
+  if (data.size() < 1 && o.epochs > o.start_epoch) throw UsageError("training set is empty");
   scheduled_lr(o.schedule, o.lr, 0, 1);  // validates the name
-  torch::manual_seed(o.seed);
   const int64_t n = data.size();
   const int64_t steps = (n + o.batch_size - 1) / o.batch_size;
   const int64_t total = steps * o.epochs;
@@ -54,15 +66,26 @@ TrainSummary train(Network& net, const Dataset& data, const Preprocess& pp, cons
   groups.emplace_back(no_decay, std::make_unique<torch::optim::SGDOptions>(
                                     torch::optim::SGDOptions(o.lr).momentum(o.momentum).nesterov(o.momentum > 0).weight_decay(0)));
   torch::optim::SGD optimizer(groups, torch::optim::SGDOptions(o.lr));
+  if (hooks.restore) hooks.restore(optimizer);
 
   // oneDNN convolutions run about twice as fast on channels-last tensors on CPU; weights go
   // back to the standard layout afterwards, which the rest of the library relies on.
   set_memory_format(net, torch::MemoryFormat::ChannelsLast);
   net.train();
   TrainSummary summary;
+  summary.epochs = o.start_epoch;
   const auto start = std::chrono::steady_clock::now();
-  int64_t global_step = 0;
-  for (int epoch = 1; epoch <= o.epochs; ++epoch) {
+  auto finish = [&] {
+    summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    set_memory_format(net, torch::MemoryFormat::Contiguous);
+    net.eval();
+    return summary;
+  };
+  int64_t global_step = steps * o.start_epoch;
+  int64_t run_steps = 0, run_images = 0;  // in this call (for speed and ETA)
+  for (int epoch = o.start_epoch + 1; epoch <= o.epochs; ++epoch) {
+    // Seeded per epoch, so that a resumed run sees the batches an uninterrupted one would.
+    torch::manual_seed(o.seed * 1000003ULL + static_cast<uint64_t>(epoch));
     auto perm = torch::randperm(n, torch::kInt64);
     double loss_sum = 0.0;
     int64_t correct = 0, seen = 0;
@@ -80,10 +103,12 @@ TrainSummary train(Network& net, const Dataset& data, const Preprocess& pp, cons
       loss.backward();
       optimizer.step();
       ++global_step;
+      ++run_steps;
+      run_images += b;
       loss_sum += loss.item<double>() * double(b);
       correct += logits.argmax(1).eq(y).sum().item<int64_t>();
       seen += b;
-      if (on_progress) {
+      if (hooks.on_progress) {
         const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
         TrainProgress p;
         p.epoch = epoch;
@@ -93,27 +118,24 @@ TrainSummary train(Network& net, const Dataset& data, const Preprocess& pp, cons
         p.loss = loss_sum / double(seen);
         p.accuracy = 100.0 * double(correct) / double(seen);
         p.lr = lr;
-        p.images_per_second = double(global_step * o.batch_size) / std::max(elapsed, 1e-9);
-        p.eta_seconds = elapsed / double(global_step) * double(total - global_step);
+        p.images_per_second = double(run_images) / std::max(elapsed, 1e-9);
+        p.eta_seconds = elapsed / double(run_steps) * double(total - global_step);
         p.epoch_done = s + 1 == steps;
-        on_progress(p);
+        hooks.on_progress(p);
       }
-      if (keep_going && !keep_going()) {
-        summary.epochs = epoch - 1;
-        summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-        set_memory_format(net, torch::MemoryFormat::Contiguous);
-        net.eval();
-        return summary;
-      }
+      if (hooks.keep_going && !hooks.keep_going() && s + 1 < steps) return finish();
     }
     summary.epochs = epoch;
     summary.final_loss = loss_sum / double(std::max<int64_t>(seen, 1));
     summary.final_train_accuracy = 100.0 * double(correct) / double(std::max<int64_t>(seen, 1));
+    if (hooks.on_epoch_end) {
+      set_memory_format(net, torch::MemoryFormat::Contiguous);
+      hooks.on_epoch_end(epoch, optimizer);
+      set_memory_format(net, torch::MemoryFormat::ChannelsLast);
+    }
+    if (hooks.keep_going && !hooks.keep_going()) return finish();
   }
-  summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  set_memory_format(net, torch::MemoryFormat::Contiguous);
-  net.eval();
-  return summary;
+  return finish();
 }
 
 }  // namespace corelocker

@@ -20,6 +20,7 @@ struct TrainOptions {
   bool augment = true;
   bool flip = false;  // horizontal flips (CIFAR); off for Fashion-MNIST
   uint64_t seed = 0;
+  int start_epoch = 0;  // epochs already done (resuming): the schedule and data order go on from there
 };
 
 struct TrainProgress {
@@ -48,8 +49,25 @@ double scheduled_lr(const std::string& schedule, double lr, int64_t t, int64_t t
 // Re-lays out every 4-D parameter in `format` (values unchanged).
 void set_memory_format(torch::nn::Module& net, torch::MemoryFormat format);
 
-// Trains in place. `on_progress` is called after every step; returning false from `keep_going`
-// stops at the end of the current step. Throws UsageError for bad options.
+struct TrainHooks {
+  // After every step.
+  std::function<void(const TrainProgress&)> on_progress;
+  // Polled after every step; false stops training at the end of that step.
+  std::function<bool()> keep_going;
+  // Before the first step, to load optimizer state (momentum buffers) saved by on_epoch_end.
+  std::function<void(torch::optim::Optimizer&)> restore;
+  // After every completed epoch (1-based), with the network's weights in standard layout.
+  std::function<void(int epoch, torch::optim::Optimizer&)> on_epoch_end;
+};
+
+// Trains in place from epoch options.start_epoch + 1 to options.epochs. The data order and
+// augmentation of epoch e depend only on (seed, e), so a run resumed from a checkpoint with its
+// optimizer state sees the same batches as an uninterrupted one. Throws UsageError for bad
+// options.
+TrainSummary train(Network& net, const Dataset& data, const Preprocess& pp, const TrainOptions& options,
+                   const TrainHooks& hooks);
+
+// The same with only the progress and stop callbacks.
 TrainSummary train(Network& net, const Dataset& data, const Preprocess& pp, const TrainOptions& options,
                    const std::function<void(const TrainProgress&)>& on_progress = nullptr,
                    const std::function<bool()>& keep_going = nullptr);

@@ -1,0 +1,340 @@
+// The paper's networks: sizes, forward passes on both input shapes, the structure each one
+// states for extraction, and lock/unlock with every criterion.
+#include <gtest/gtest.h>
+
+#include <set>
+
+#include "locking/fingerprint.h"
+#include "locking/lock.h"
+#include "models/checkpoint.h"
+#include "test_support.h"
+#include "util/error.h"
+
+namespace corelocker {
+namespace {
+
+int64_t params(const std::string& arch, const std::string& dataset) {
+  LoadedModel m = create_model(new_model_meta(arch, dataset));
+  return parameter_count(*m.net);
+}
+
+// Network Slimming (Liu et al., ICCV 2017), Table 1 (CIFAR-10 baselines): 20.04M, 1.70M, 1.02M
+// (Huang et al. round DenseNet-40 to 1.0M).
+TEST(Architectures, ParameterCountsMatchThePapers) {
+  EXPECT_NEAR(double(params("vgg19", "cifar10")), 20.04e6, 0.02 * 20.04e6);
+  EXPECT_NEAR(double(params("preresnet", "cifar10")), 1.70e6, 0.02 * 1.70e6);
+  EXPECT_NEAR(double(params("densenet", "cifar10")), 1.02e6, 0.02 * 1.02e6);
+}
+
+TEST(Architectures, Vgg19HasSixteenConvBnPairsAndOneClassifier) {
+  LoadedModel m = create_model(new_model_meta("vgg19", "cifar10", {{"width", 4}}));
+  const Structure& s = m.net->structure();
+  ASSERT_EQ(s.size(), 33u);
+  EXPECT_EQ(s.front().weight, "feature.0.weight");
+  EXPECT_EQ(s.back().weight, "classifier.weight");
+  for (size_t i = 0; i < 32; i += 2) {
+    EXPECT_EQ(s[i].kind, LayerKind::kConv2d);
+    EXPECT_EQ(s[i + 1].kind, LayerKind::kBatchNorm);
+    EXPECT_EQ(s[i + 1].producer, static_cast<int>(i));
+  }
+}
+
+TEST(Architectures, PreResNetDepthAndBlockType) {
+  ModelMeta meta = new_model_meta("preresnet", "cifar10", {{"depth", 20}});  // 9*2+2
+  EXPECT_EQ(create_model(meta).net->structure().size(),
+            1u + 6u * 6u + 3u + 2u);  // stem, 6 blocks, 3 downsamples, bn, fc
+  meta.options["depth"] = 21;
+  EXPECT_THROW(create_model(meta), UsageError);
+  meta.options["bottleneck"] = 0;
+  EXPECT_THROW(create_model(meta), UsageError);
+  meta.options["depth"] = 20;  // 6*3+2, basic
+  LoadedModel basic = create_model(meta);
+  for (const auto& l : basic.net->structure()) {
+    if (l.kind == LayerKind::kBatchNorm) {
+      EXPECT_EQ(l.producer, -1) << l.name;
+    }
+  }
+}
+
+TEST(Architectures, UnknownOptionsAreUsageErrors) {
+  EXPECT_THROW(new_model_meta("densenet", "cifar10", {{"width", 3}}), UsageError);
+  EXPECT_THROW(create_model(new_model_meta("densenet", "cifar10", {{"depth", 41}})), UsageError);
+  EXPECT_THROW(create_model(new_model_meta("vit", "cifar10", {{"patch", 5}})), UsageError);
+  EXPECT_THROW(create_model(new_model_meta("vit", "cifar10", {{"heads", 3}})), UsageError);
+  EXPECT_THROW(new_model_meta("vgg19", "imagenet"), UsageError);
+}
+
+TEST(Architectures, OptionsAreRecordedWithDefaults) {
+  ModelMeta meta = new_model_meta("preresnet", "cifar100", {{"depth", 47}});
+  EXPECT_EQ(meta.options.at("depth"), 47);
+  EXPECT_EQ(meta.options.at("bottleneck"), 1);
+  EXPECT_EQ(meta.classes, 100);
+  EXPECT_EQ(meta.preprocess.pad_to, 32);
+  EXPECT_EQ(new_model_meta("fcn", "fashion-mnist").preprocess.pad_to, 0);
+}
+
+struct Shape {
+  const char* dataset;
+  int64_t channels, size, classes;
+};
+
+// Every architecture at its default size, on Fashion-MNIST as the model takes it (padded to
+// 32 where it asks) and on CIFAR-shaped input with 10 and 100 classes.
+TEST(Architectures, ForwardOnFashionMnistAndCifarShapes) {
+  torch::NoGradGuard no_grad;
+  for (const Shape& sh : {Shape{"fashion-mnist", 1, 28, 10}, Shape{"cifar10", 3, 32, 10},
+                          Shape{"cifar100", 3, 32, 100}}) {
+    for (const auto& a : list_architectures()) {
+      SCOPED_TRACE(a.name + " on " + sh.dataset);
+      LoadedModel m = create_model(new_model_meta(a.name, sh.dataset));
+      m.net->eval();
+      auto images = torch::randint(0, 256, {2, sh.channels, sh.size, sh.size}, torch::kUInt8);
+      auto x = preprocess_batch(images, m.meta.preprocess, /*augment=*/false);
+      if (a.pad_to == 32) {
+        EXPECT_EQ(x.size(2), 32);
+      }
+      auto y = m.net->forward(x);
+      EXPECT_EQ(y.sizes(), (std::vector<int64_t>{2, sh.classes}));
+      EXPECT_TRUE(torch::isfinite(y).all().item<bool>());
+    }
+  }
+}
+
+// Small versions of every family, for the lock tests.
+std::vector<std::pair<std::string, std::map<std::string, int64_t>>> small_models() {
+  return {
+      {"resnet20", {{"depth", 8}}},
+      {"vgg19", {{"width", 4}}},
+      {"preresnet", {{"depth", 11}}},
+      {"preresnet", {{"depth", 8}, {"bottleneck", 0}}},
+      {"densenet", {{"depth", 10}, {"growth", 4}}},
+      {"fcn", {{"depth", 2}, {"width", 32}}},
+      {"vit", {{"dim", 16}, {"depth", 2}, {"heads", 2}, {"mlp", 32}, {"patch", 4}}},
+      {"cnnlstm", {{"width", 4}, {"hidden", 8}}},
+      {"tinycnn", {}},
+  };
+}
+
+// Every parameter random and non-zero, so that any extraction changes what it touches.
+LoadedModel random_model(const std::string& arch, const std::map<std::string, int64_t>& opts,
+                         const std::string& dataset = "fashion-mnist") {
+  torch::manual_seed(3);
+  LoadedModel m = create_model(new_model_meta(arch, dataset, opts));
+  torch::NoGradGuard no_grad;
+  for (auto& t : named_tensors(*m.net)) {
+    if (!t.is_buffer)
+      t.tensor.uniform_(0.1, 1.0).mul_(torch::randint(0, 2, t.tensor.sizes()).mul(2).sub(1));
+  }
+  return m;
+}
+
+std::set<std::string> changed_tensors(LoadedModel& before, LoadedModel& after) {
+  std::set<std::string> out;
+  auto a = named_tensors(*before.net), b = named_tensors(*after.net);
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (!a[i].tensor.equal(b[i].tensor)) out.insert(a[i].name);
+  }
+  return out;
+}
+
+TEST(Architectures, StructureNamesEveryWeightMatrixAndNormOnce) {
+  for (const auto& [arch, opts] : small_models()) {
+    SCOPED_TRACE(arch);
+    LoadedModel m = create_model(new_model_meta(arch, "fashion-mnist", opts));
+    const Structure& s = m.net->structure();
+    std::set<std::string> in_structure;
+    for (size_t i = 0; i < s.size(); ++i) {
+      EXPECT_TRUE(in_structure.insert(s[i].weight).second) << "twice: " << s[i].weight;
+      if (s[i].producer >= 0) {
+        ASSERT_LT(s[i].producer, static_cast<int>(i));
+        const LayerKind k = s[static_cast<size_t>(s[i].producer)].kind;
+        EXPECT_TRUE(k == LayerKind::kConv2d || k == LayerKind::kLinear) << s[i].name;
+      }
+    }
+    EXPECT_EQ(s.back().kind, LayerKind::kLinear);
+    std::set<std::string> names;
+    for (const auto& t : named_tensors(*m.net)) names.insert(t.name);
+    for (const auto& l : s) {
+      EXPECT_TRUE(names.count(l.weight)) << l.weight;
+      if (!l.bias.empty()) {
+        EXPECT_TRUE(names.count(l.bias)) << l.bias;
+      }
+    }
+    // Every matrix, kernel and norm scale is a unit somewhere (embeddings excepted).
+    for (const auto& t : named_tensors(*m.net)) {
+      if (t.is_buffer || t.name == "cls_token" || t.name == "pos_embed") continue;
+      const bool matrix = t.tensor.dim() >= 2;
+      const bool norm_scale =
+          t.tensor.dim() == 1 && t.name.size() > 7 && t.name.substr(t.name.size() - 7) == ".weight";
+      if (matrix || norm_scale) {
+        EXPECT_TRUE(in_structure.count(t.name)) << t.name << " is not in the structure";
+      }
+    }
+  }
+}
+
+// Lock then unlock restores the fingerprint exactly; the first and last layers stay untouched.
+TEST(Architectures, LockUnlockRestoresEveryFamilyWithEveryCriterion) {
+  for (const auto& [arch, opts] : small_models()) {
+    for (Criterion c : {Criterion::kL1, Criterion::kBn, Criterion::kRandom}) {
+      SCOPED_TRACE(arch + " " + to_string(c));
+      LoadedModel m = random_model(arch, opts);
+      LoadedModel original = testing::clone(m);
+      const Digest fp = model_fingerprint(m);
+      LockOptions o;
+      o.criterion = c;
+      o.scope = default_scope(c);
+      o.ratio = 0.2;
+      o.seed = 11;
+      LockOutcome out = lock_model(m, o);
+      EXPECT_GT(out.stats.units, 0);
+      EXPECT_NE(model_fingerprint(m), fp);
+      const auto changed = changed_tensors(original, m);
+      const Structure& s = m.net->structure();
+      for (const LayerSpec* l : {&s.front(), &s.back()}) {
+        EXPECT_FALSE(changed.count(l->weight)) << l->weight;
+        if (!l->bias.empty()) {
+          EXPECT_FALSE(changed.count(l->bias)) << l->bias;
+        }
+      }
+      unlock_model(m, out.key);
+      EXPECT_EQ(model_fingerprint(m), fp);
+      EXPECT_TRUE(testing::same_tensors(m, original));
+    }
+  }
+}
+
+std::set<std::string> bn_lock_changes(const std::string& arch,
+                                      const std::map<std::string, int64_t>& opts) {
+  LoadedModel m = random_model(arch, opts);
+  LoadedModel original = testing::clone(m);
+  LockOptions o;
+  o.criterion = Criterion::kBn;
+  o.scope = Scope::kGlobal;
+  o.ratio = 0.3;
+  lock_model(m, o);
+  return changed_tensors(original, m);
+}
+
+bool is_norm_tensor(const Structure& s, const std::string& name) {
+  for (const auto& l : s) {
+    if ((l.kind == LayerKind::kBatchNorm || l.kind == LayerKind::kLayerNorm) &&
+        (name == l.weight || name == l.bias))
+      return true;
+  }
+  return false;
+}
+
+// Pre-activation networks and norms of sums or concatenations: gamma and beta only.
+TEST(Architectures, BnOnPreActivationDenseAndTransformerTakesOnlyGammaBeta) {
+  for (const auto& [arch, opts] : small_models()) {
+    if (arch != "preresnet" && arch != "densenet" && arch != "vit") continue;
+    SCOPED_TRACE(arch);
+    const auto changed = bn_lock_changes(arch, opts);
+    LoadedModel m = create_model(new_model_meta(arch, "fashion-mnist", opts));
+    EXPECT_FALSE(changed.empty());
+    bool gamma = false, beta = false;
+    for (const auto& name : changed) {
+      EXPECT_TRUE(is_norm_tensor(m.net->structure(), name)) << name << " changed";
+      gamma |= name.size() > 7 && name.substr(name.size() - 7) == ".weight";
+      beta |= name.size() > 5 && name.substr(name.size() - 5) == ".bias";
+    }
+    EXPECT_TRUE(gamma && beta);
+  }
+}
+
+// conv -> BN (and linear -> BN): gamma/beta plus the producing filters (rows), exactly those.
+TEST(Architectures, BnOnConvBnNetworksTakesTheProducingFilters) {
+  for (const auto& [arch, opts] :
+       std::vector<std::pair<std::string, std::map<std::string, int64_t>>>{
+           {"vgg19", {{"width", 4}}},
+           {"fcn", {{"depth", 3}, {"width", 16}}},
+           {"resnet20", {{"depth", 8}}}}) {
+    SCOPED_TRACE(arch);
+    LoadedModel m = random_model(arch, opts);
+    LoadedModel original = testing::clone(m);
+    LockOptions o;
+    o.criterion = Criterion::kBn;
+    o.scope = Scope::kGlobal;
+    o.ratio = 0.3;
+    lock_model(m, o);
+    const Structure& s = m.net->structure();
+    auto before = named_tensors(*original.net), after = named_tensors(*m.net);
+    auto find = [](std::vector<NamedTensor>& v, const std::string& n) {
+      for (auto& t : v)
+        if (t.name == n) return t.tensor;
+      throw std::runtime_error(n);
+    };
+    int with_filters = 0;
+    for (size_t i = 0; i < s.size(); ++i) {
+      if (s[i].kind != LayerKind::kBatchNorm || s[i].producer < 0) continue;
+      const LayerSpec& prod = s[static_cast<size_t>(s[i].producer)];
+      // Channels whose gamma was extracted, and filters (rows) that changed: the same set,
+      // unless the producer is the excluded first layer.
+      auto gamma_taken = find(after, s[i].weight).eq(0) & find(before, s[i].weight).ne(0);
+      auto w0 = find(before, prod.weight), w1 = find(after, prod.weight);
+      auto rows_changed = w0.reshape({w0.size(0), -1}).ne(w1.reshape({w1.size(0), -1})).any(1);
+      if (s[i].producer == 0) {
+        EXPECT_FALSE(rows_changed.any().item<bool>()) << prod.weight;
+      } else {
+        EXPECT_TRUE(rows_changed.equal(gamma_taken)) << s[i].name;
+        // A taken filter is zero entirely.
+        auto rows = w1.reshape({w1.size(0), -1}).index({gamma_taken});
+        EXPECT_TRUE(rows.eq(0).all().item<bool>());
+        with_filters += gamma_taken.any().item<bool>() ? 1 : 0;
+      }
+    }
+    EXPECT_GT(with_filters, 0);
+  }
+}
+
+TEST(Architectures, L1TreatsLstmAndAttentionMatricesAsLinearUnits) {
+  for (const auto& [arch, opts] : small_models()) {
+    if (arch != "cnnlstm" && arch != "vit") continue;
+    SCOPED_TRACE(arch);
+    LoadedModel m = random_model(arch, opts);
+    auto tensors = named_tensors(*m.net);
+    LockOptions o;
+    o.ratio = 0.1;
+    ExtractionPlan plan =
+        plan_at(rank_units(tensors, m.net->structure(), o), tensors, m.net->structure(), o.ratio);
+    std::vector<std::string> want =
+        arch == "cnnlstm" ? std::vector<std::string>{"lstm.weight_ih_l0", "lstm.weight_hh_l0"}
+                          : std::vector<std::string>{"blocks.0.qkv.weight", "blocks.1.proj.weight"};
+    for (const auto& name : want) {
+      const PlanEntry* e = nullptr;
+      for (const auto& p : plan.entries)
+        if (p.tensor == name) e = &p;
+      ASSERT_TRUE(e) << name;
+      int64_t numel = 0;
+      for (const auto& t : tensors)
+        if (t.name == name) numel = t.tensor.numel();
+      EXPECT_EQ(e->unit_size, 1);
+      EXPECT_EQ(static_cast<int64_t>(e->units.size()), units_at_ratio(numel, 0.1)) << name;
+    }
+  }
+}
+
+TEST(Architectures, FcnWithoutNormHasNoBnUnits) {
+  LoadedModel m = random_model("fcn", {{"depth", 2}, {"width", 8}, {"norm", 0}});
+  LockOptions o;
+  o.criterion = Criterion::kBn;
+  o.scope = Scope::kGlobal;
+  EXPECT_THROW(lock_model(m, o), UsageError);
+}
+
+TEST(Architectures, CheckpointRoundTripOfEveryFamily) {
+  for (const auto& [arch, opts] : small_models()) {
+    SCOPED_TRACE(arch);
+    LoadedModel m = random_model(arch, opts, "cifar100");
+    const std::string path = std::string(::testing::TempDir()) + "/arch-" + arch + ".ckpt";
+    save_model(path, m);
+    LoadedModel back = load_model(path);
+    EXPECT_TRUE(testing::same_tensors(m, back));
+    EXPECT_EQ(back.meta.options, m.meta.options);
+    std::remove(path.c_str());
+  }
+}
+
+}  // namespace
+}  // namespace corelocker
