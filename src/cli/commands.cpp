@@ -14,6 +14,9 @@ void register_commands(CLI::App& app) {
   add_inspect(app);
   add_models(app);
   add_demo(app);
+  add_sweep(app);
+  add_calibrate(app);
+  add_bands(app);
 }
 
 int run_selected(CLI::App& app) {
