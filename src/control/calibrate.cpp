@@ -267,6 +267,8 @@ Calibration search_band(const std::vector<int64_t>& groups, const Evaluator& eva
   auto side = [&](const Probe& q) { return q.top1 > band.high ? 1 : q.top1 < band.low ? -1 : 0; };
   std::string collapsed;  // the last pair that had no unit count left between its ends
   bool explored_up = false, explored_down = false;
+  int last_side = 0;
+  bool same_side_twice = false;
   for (;;) {
     const auto probes = prober.by_ratio();
     const Probe* a = nullptr;
@@ -287,7 +289,10 @@ Calibration search_band(const std::vector<int64_t>& groups, const Evaluator& eva
     double next = 0.0;
     if (a) {
       const double xa = prober.log_ratio(a->ratio), xb = prober.log_ratio(b->ratio);
-      const double t = std::clamp((a->top1 - target) / (a->top1 - b->top1), 0.2, 0.8);
+      // Interpolation stalls on a cliff (one end keeps moving by the 20% floor): after a probe
+      // lands on the same side twice in a row, bisect instead.
+      const double t =
+          same_side_twice ? 0.5 : std::clamp((a->top1 - target) / (a->top1 - b->top1), 0.2, 0.8);
       if (!prober.between(a->ratio, b->ratio, std::exp(xa + t * (xb - xa)), &next)) {
         throw Error("calibrate: no ratio found between " + describe(*a) + " and " + describe(*b));
       }
@@ -313,6 +318,8 @@ Calibration search_band(const std::vector<int64_t>& groups, const Evaluator& eva
       out.chosen = p;
       return finish(CalibrationStatus::kFound, describe(p) + ", inside " + band_text);
     }
+    same_side_twice = a && side(p) == last_side;
+    last_side = a ? side(p) : 0;
   }
 }
 
