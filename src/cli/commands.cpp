@@ -17,6 +17,9 @@ void register_commands(CLI::App& app) {
   add_predict(app);
   add_detect(app);
   add_bench(app);
+  add_sweep(app);
+  add_calibrate(app);
+  add_bands(app);
 }
 
 int run_selected(CLI::App& app) {

@@ -17,6 +17,9 @@ void add_demo(CLI::App& app);
 void add_predict(CLI::App& app);
 void add_detect(CLI::App& app);
 void add_bench(CLI::App& app);
+void add_sweep(CLI::App& app);
+void add_calibrate(CLI::App& app);
+void add_bands(CLI::App& app);
 
 // Adds every subcommand and its options to `app`.
 void register_commands(CLI::App& app);

@@ -1,0 +1,507 @@
+// `sweep`, `calibrate`, `bands`: granular utility control (accuracy against extraction ratio).
+#include <sys/stat.h>
+
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <csignal>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <nlohmann/json.hpp>
+
+#include "cli/commands.h"
+#include "cli/common.h"
+#include "cli/progress.h"
+#include "control/calibrate.h"
+#include "control/utility_curve.h"
+#include "keyfile/key_file.h"
+#include "locking/fingerprint.h"
+#include "locking/lock.h"
+#include "models/checkpoint.h"
+#include "report/csv_log.h"
+#include "report/gnuplot.h"
+#include "util/atomic_file.h"
+#include "util/error.h"
+
+namespace corelocker::cli {
+namespace {
+
+std::atomic<bool> g_stop{false};
+extern "C" void on_stop_signal(int) { g_stop = true; }
+
+// Ctrl-C asks a long command to stop after the evaluation in flight (restoring the model and
+// keeping what was measured); the previous handler comes back when this goes out of scope.
+class StopOnSigint {
+ public:
+  StopOnSigint() {
+    g_stop = false;
+    previous_ = std::signal(SIGINT, on_stop_signal);
+  }
+  ~StopOnSigint() { std::signal(SIGINT, previous_); }
+  bool stopped() const { return g_stop.load(); }
+
+ private:
+  void (*previous_)(int) = SIG_DFL;
+};
+
+// Options that say which units compete: the same meaning as in `lock`.
+struct UnitArgs {
+  std::string criterion = "l1";
+  std::string scope;
+  std::string units = "l1";
+  uint64_t seed = 0;
+  bool include_io = false;
+};
+
+void add_unit_args(CLI::App* c, UnitArgs& a, bool random_allowed) {
+  c->add_option("--criterion", a.criterion, random_allowed ? "l1 | bn | random" : "l1 | bn")
+      ->capture_default_str();
+  c->add_option("--scope", a.scope, "layer | global (default: layer for l1/random, global for bn)");
+  c->add_option("--seed", a.seed, "Seed for --criterion random")->capture_default_str();
+  c->add_option("--units", a.units, "Units drawn by --criterion random: l1 | bn")
+      ->capture_default_str();
+  c->add_flag("--include-io", a.include_io, "Also extract from the first and last layer");
+}
+
+LockOptions lock_options(const UnitArgs& a) {
+  LockOptions o;
+  o.criterion = parse_criterion(a.criterion);
+  o.scope = a.scope.empty() ? default_scope(o.criterion) : parse_scope(a.scope);
+  o.seed = a.seed;
+  o.include_io = a.include_io;
+  if (a.units != "l1" && a.units != "bn")
+    throw UsageError("units '" + a.units + "': expected l1 or bn");
+  o.random_bn_units = a.units == "bn";
+  return o;
+}
+
+// The validation split: a seeded subset of the TRAINING split, never the test split.
+struct ValArgs {
+  int64_t size = 5000;
+  uint64_t seed = 1;
+};
+
+void add_val_args(CLI::App* c, ValArgs& v) {
+  c->add_option("--val-size", v.size, "Validation images, drawn from the training split")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  c->add_option("--val-seed", v.seed, "Seed that draws the validation images")
+      ->capture_default_str();
+}
+
+Dataset validation_set(const ModelMeta& meta, const Common& common, const ValArgs& v) {
+  Dataset train = load_dataset(meta.dataset.empty() ? "fashion-mnist" : meta.dataset,
+                               common.data_dir, Split::kTrain);
+  return subset(train, v.size, v.seed);
+}
+
+std::string ratio_text(double r) { return fixed(r, 6); }
+
+std::string probe_line(int n, const Probe& p) {
+  char b[200];
+  std::snprintf(
+      b, sizeof b, "  eval %2d: ratio %s  units %7lld  params %6s%%  val top-1 %6s%%  top-3 %6s%%",
+      n, ratio_text(p.ratio).c_str(), static_cast<long long>(p.units),
+      fixed(100.0 * p.param_fraction, 3).c_str(), pct(p.top1).c_str(), pct(p.top3).c_str());
+  return b;
+}
+
+void make_dir(const std::string& dir) {
+  if (::mkdir(dir.c_str(), 0777) != 0 && errno != EEXIST) {
+    throw IoError("cannot create folder '" + dir + "': " + std::strerror(errno));
+  }
+  struct stat st {};
+  if (::stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
+    throw IoError("'" + dir + "' is not a folder");
+}
+
+Json point_json(const CurvePoint& p) {
+  return {{"criterion", to_string(p.criterion)},
+          {"scope", to_string(p.scope)},
+          {"ratio", p.ratio},
+          {"units", p.units},
+          {"candidates", p.candidates},
+          {"param_fraction", p.param_fraction},
+          {"seeds", p.top1_runs.size()},
+          {"top1", p.top1},
+          {"top1_sd", p.top1_sd},
+          {"top3", p.top3},
+          {"top3_sd", p.top3_sd},
+          {"top1_runs", p.top1_runs},
+          {"top3_runs", p.top3_runs},
+          {"images", p.images},
+          {"seconds", p.seconds}};
+}
+
+PlotSpec sweep_plot(const std::string& model_path, const std::vector<Criterion>& criteria,
+                    const std::vector<CurvePoint>& points, const EvalResult& original,
+                    double chance, int seeds) {
+  PlotSpec spec;
+  spec.title = "corelocker sweep: " + model_path;
+  spec.x_label = "extraction ratio (fraction of units)";
+  spec.log_x = true;
+  for (int k = 0; k < 2; ++k) {
+    PlotPanel panel;
+    panel.title = k == 0 ? "top-1 accuracy" : "top-3 accuracy";
+    panel.y_label = k == 0 ? "top-1 (%)" : "top-3 (%)";
+    for (Criterion c : criteria) {
+      PlotSeries s;
+      s.name =
+          c == Criterion::kRandom ? "random (" + std::to_string(seeds) + " seeds)" : to_string(c);
+      for (const auto& p : points) {
+        if (p.criterion != c) continue;
+        s.x.push_back(p.ratio);
+        s.y.push_back(k == 0 ? p.top1 : p.top3);
+        if (c == Criterion::kRandom) s.spread.push_back(k == 0 ? p.top1_sd : p.top3_sd);
+      }
+      panel.series.push_back(s);
+    }
+    panel.levels = {{"unlocked (" + pct(k == 0 ? original.top1 : original.top3) + "%)",
+                     k == 0 ? original.top1 : original.top3},
+                    {"chance (" + pct(k == 0 ? chance : std::min(100.0, 3 * chance)) + "%)",
+                     k == 0 ? chance : std::min(100.0, 3 * chance)}};
+    spec.panels.push_back(panel);
+  }
+  return spec;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- sweep
+void add_sweep(CLI::App& app) {
+  auto* c = app.add_subcommand(
+      "sweep", "Accuracy against extraction ratio for several criteria (CSV, JSON, plot)");
+  static std::string model_path, ratios, criteria = "l1,bn,random", units = "l1", out_dir;
+  static double from = 0.0, to = 0.0;
+  static int steps = 0, seeds = 5;
+  static uint64_t first_seed = 0;
+  static bool log_space = false, include_io = false, no_plot = false;
+  static Common common;
+  c->add_option("--model", model_path, "Model checkpoint (unlocked)")->required();
+  auto* r = c->add_option("--ratios", ratios, "Comma-separated ratios, e.g. 0.0005,0.001,0.005");
+  auto* f = c->add_option("--from", from, "First ratio of a range")->check(CLI::Range(0.0, 1.0));
+  auto* t = c->add_option("--to", to, "Last ratio of a range")->check(CLI::Range(0.0, 1.0));
+  auto* s = c->add_option("--steps", steps, "Ratios in the range, ends included")
+                ->check(CLI::PositiveNumber);
+  c->add_flag("--log", log_space, "Space the range evenly in log(ratio) (default: linearly)");
+  r->excludes(f)->excludes(t)->excludes(s);
+  c->add_option("--criteria", criteria, "Comma-separated: l1, bn, random")->capture_default_str();
+  c->add_option("--seeds", seeds, "Seeds for random (mean and sample sd)")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  c->add_option("--first-seed", first_seed, "First seed for random")->capture_default_str();
+  c->add_option("--units", units, "Units drawn by random: l1 | bn")->capture_default_str();
+  c->add_flag("--include-io", include_io, "Also extract from the first and last layer");
+  c->add_option("--out-dir", out_dir,
+                "Folder for sweep.csv (row by row), sweep.json, sweep.png, sweep.svg, sweep.gp");
+  c->add_flag("--no-plot", no_plot, "Skip the plot (no gnuplot needed)");
+  add_threads(c, common);
+  add_data(c, common);
+  handlers()[c] = [] {
+    apply_threads(common);
+    SweepOptions o;
+    if (!ratios.empty()) {
+      o.ratios = parse_ratios(ratios);
+    } else {
+      if (steps == 0) throw UsageError("give --ratios or --from, --to and --steps");
+      o.ratios = ratio_steps(from, to, steps, log_space);
+    }
+    o.criteria = parse_criteria(criteria);
+    o.seeds = seeds;
+    o.first_seed = first_seed;
+    o.include_io = include_io;
+    if (units != "l1" && units != "bn")
+      throw UsageError("units '" + units + "': expected l1 or bn");
+    o.random_bn_units = units == "bn";
+
+    LoadedModel model = load_model(model_path);
+    if (model.meta.lock)
+      throw UsageError("model '" + model_path + "' is locked; sweep an unlocked model");
+    const Digest fp_before = model_fingerprint(model);
+    const Dataset data = test_set(model.meta, common);
+    const EvalResult original = evaluate(*model.net, data, model.meta.preprocess);
+    const double chance = 100.0 / double(data.classes);
+    std::unique_ptr<CsvLog> csv;
+    if (!out_dir.empty()) {
+      make_dir(out_dir);
+      csv = std::make_unique<CsvLog>(
+          out_dir + "/sweep.csv",
+          std::vector<std::string>{"criterion", "scope", "ratio", "units", "candidates",
+                                   "param_fraction", "seeds", "top1", "top1_sd", "top3", "top3_sd",
+                                   "images", "seconds"});
+    }
+    std::printf("sweep %s on %lld test images: unlocked top-1 %s%%, top-3 %s%%\n",
+                model_path.c_str(), static_cast<long long>(data.size()), pct(original.top1).c_str(),
+                pct(original.top3).c_str());
+    std::printf("%-9s %10s %9s %9s %16s %16s\n", "criterion", "ratio", "units", "params%",
+                "top-1 %", "top-3 %");
+    std::fflush(stdout);
+    const size_t total = o.ratios.size() * o.criteria.size();
+    Progress line;
+    StopOnSigint stop;
+    const auto start = std::chrono::steady_clock::now();
+    auto points = sweep(model, data, o, [&](const CurvePoint& p) {
+      const bool spread = p.top1_runs.size() > 1;
+      auto acc = [&](double m, double sd) {
+        return spread ? pct(m) + " +- " + fixed(sd, 2) : pct(m);
+      };
+      line.finish("");
+      std::printf("%-9s %10s %9lld %9s %16s %16s\n", to_string(p.criterion),
+                  ratio_text(p.ratio).c_str(), static_cast<long long>(p.units),
+                  fixed(100.0 * p.param_fraction, 3).c_str(), acc(p.top1, p.top1_sd).c_str(),
+                  acc(p.top3, p.top3_sd).c_str());
+      std::fflush(stdout);
+      if (csv) {
+        csv->append({to_string(p.criterion), to_string(p.scope), fixed(p.ratio, 8),
+                     std::to_string(p.units), std::to_string(p.candidates),
+                     fixed(p.param_fraction, 8), std::to_string(p.top1_runs.size()),
+                     fixed(p.top1, 4), fixed(p.top1_sd, 4), fixed(p.top3, 4), fixed(p.top3_sd, 4),
+                     std::to_string(p.images), fixed(p.seconds, 3)});
+      }
+      return !stop.stopped();
+    });
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    line.finish("");
+    // The sweep restored every point from memory: the model must be exactly the one loaded.
+    if (model_fingerprint(model) != fp_before)
+      throw Error("model changed during the sweep (fingerprint differs)");
+    const bool complete = points.size() == total;
+    std::printf("%zu of %zu points in %s\n", points.size(), total,
+                format_duration(seconds).c_str());
+    if (!out_dir.empty()) {
+      Json j = {{"model", model_path},
+                {"fingerprint", to_hex(fp_before)},
+                {"dataset", model.meta.dataset},
+                {"test_images", data.size()},
+                {"unlocked", {{"top1", original.top1}, {"top3", original.top3}}},
+                {"chance", chance},
+                {"seeds", seeds},
+                {"first_seed", first_seed},
+                {"include_io", include_io},
+                {"random_units", units},
+                {"ratios", o.ratios},
+                {"complete", complete},
+                {"seconds", seconds}};
+      Json crit = Json::array();
+      for (Criterion k : o.criteria) crit.push_back(to_string(k));
+      j["criteria"] = crit;
+      Json pts = Json::array();
+      for (const auto& p : points) pts.push_back(point_json(p));
+      j["points"] = pts;
+      write_file_atomic(out_dir + "/sweep.json", j.dump(2) + "\n");
+      std::printf("wrote %s/sweep.csv, %s/sweep.json\n", out_dir.c_str(), out_dir.c_str());
+      if (!no_plot && !points.empty()) {
+        render_plot(sweep_plot(model_path, o.criteria, points, original, chance, seeds),
+                    out_dir + "/sweep.png", out_dir + "/sweep.svg", out_dir + "/sweep.gp");
+        std::printf("wrote %s/sweep.png, %s/sweep.svg (gnuplot script %s/sweep.gp)\n",
+                    out_dir.c_str(), out_dir.c_str(), out_dir.c_str());
+      }
+    }
+    if (!complete)
+      throw Error("sweep interrupted after " + std::to_string(points.size()) + " of " +
+                  std::to_string(total) + " points; the files hold the points measured");
+    return 0;
+  };
+}
+
+// ---------------------------------------------------------------- calibrate
+void add_calibrate(CLI::App& app) {
+  auto* c = app.add_subcommand("calibrate",
+                               "Find an extraction ratio whose accuracy falls in a target band");
+  static std::string model_path, target, out, key_out;
+  static UnitArgs unit_args;
+  static ValArgs val;
+  static CalibrationOptions copt;
+  static Common common;
+  c->add_option("--model", model_path, "Model checkpoint (unlocked)")->required();
+  c->add_option("--target", target, "Top-1 band in percent, e.g. 50-55 (measured on validation)")
+      ->required();
+  add_unit_args(c, unit_args, /*random_allowed=*/true);
+  add_val_args(c, val);
+  c->add_option("--max-evals", copt.max_evaluations, "Most evaluations to spend")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  c->add_option("--start", copt.start_ratio, "First ratio tried")
+      ->capture_default_str()
+      ->check(CLI::Range(1e-9, 1.0));
+  c->add_option("--step", copt.step, "Bracketing factor")->capture_default_str();
+  c->add_option("--out", out, "Write the model locked at the chosen ratio here (with --key-out)");
+  c->add_option("--key-out", key_out, "Write its access key here (with --out)");
+  add_threads(c, common);
+  add_data(c, common);
+  handlers()[c] = [] {
+    apply_threads(common);
+    const Band band = parse_band(target);
+    const LockOptions lopt = lock_options(unit_args);
+    if (out.empty() != key_out.empty()) throw UsageError("--out and --key-out go together");
+    if (!out.empty() && out == key_out)
+      throw UsageError("--out and --key-out name the same file '" + out + "'");
+    LoadedModel model = load_model(model_path);
+    if (model.meta.lock)
+      throw UsageError("model '" + model_path + "' is locked; calibrate an unlocked model");
+    const Dataset val_data = validation_set(model.meta, common, val);
+    const Ranking ranking = rank_units(named_tensors(*model.net), model.net->structure(), lopt);
+    std::printf(
+        "calibrate %s: %s (scope %s) to top-1 %s-%s%% on %lld validation images from the training "
+        "split "
+        "(seed %llu)\n",
+        model_path.c_str(), to_string(lopt.criterion), to_string(lopt.scope),
+        fixed(band.low, 1).c_str(), fixed(band.high, 1).c_str(),
+        static_cast<long long>(val_data.size()), static_cast<unsigned long long>(val.seed));
+    std::fflush(stdout);
+    int n = 0;
+    Calibration cal = calibrate(model, ranking, val_data, band, copt, [&](const Probe& p) {
+      std::printf("%s\n", probe_line(++n, p).c_str());
+      std::fflush(stdout);
+    });
+    std::printf("%s after %d evaluations: %s\n", to_string(cal.status),
+                static_cast<int>(cal.probes.size()), cal.explanation.c_str());
+    std::printf("  validation top-1 seen: %s%% .. %s%%\n", pct(cal.reach_low).c_str(),
+                pct(cal.reach_high).c_str());
+    if (!cal.found()) {
+      if (!cal.probes.empty()) {
+        std::printf("  closest: ratio %s gives %s%% on validation\n",
+                    ratio_text(cal.chosen.ratio).c_str(), pct(cal.chosen.top1).c_str());
+      }
+      throw Error("no ratio found for band " + target + ": " + cal.explanation +
+                  "; nothing written");
+    }
+    const Dataset test_data = test_set(model.meta, common);
+    const LockedEval on_test = evaluate_locked(model, ranking, cal.chosen.ratio, test_data);
+    std::printf("chosen ratio %s: %lld units, %s%% of parameters\n",
+                ratio_text(cal.chosen.ratio).c_str(), static_cast<long long>(cal.chosen.units),
+                fixed(100.0 * cal.chosen.param_fraction, 3).c_str());
+    std::printf("  validation top-1 %s%%  top-3 %s%%\n", pct(cal.chosen.top1).c_str(),
+                pct(cal.chosen.top3).c_str());
+    std::printf("  test       top-1 %s%%  top-3 %s%% (%lld images)\n",
+                pct(on_test.eval.top1).c_str(), pct(on_test.eval.top3).c_str(),
+                static_cast<long long>(on_test.eval.n));
+    if (!out.empty()) {
+      LockOutcome outcome = lock_model(model, ranking, cal.chosen.ratio);
+      // Key first: a locked model without its key would be lost utility.
+      const uint64_t key_bytes = write_key_file(key_out, outcome.key);
+      save_model(out, model);
+      std::printf("locked at ratio %s\n", ratio_text(cal.chosen.ratio).c_str());
+      print_lock_stats(outcome, key_bytes);
+      std::printf("  locked model:         %s\n  key:                  %s (key id %s)\n",
+                  out.c_str(), key_out.c_str(), model.meta.lock->key_id.c_str());
+    }
+    return 0;
+  };
+}
+
+// ---------------------------------------------------------------- bands
+void add_bands(CLI::App& app) {
+  auto* c = app.add_subcommand(
+      "bands", "The smallest ratio for each utility band (the paper's Tables 5 and 6)");
+  static std::string model_path, json_out;
+  static UnitArgs unit_args;
+  static ValArgs val;
+  static BandsOptions bopt;
+  static bool no_test = false;
+  static Common common;
+  c->add_option("--model", model_path, "Model checkpoint (unlocked)")->required();
+  c->add_option("--width", bopt.width, "Band width in points")->capture_default_str();
+  add_unit_args(c, unit_args, /*random_allowed=*/true);
+  add_val_args(c, val);
+  c->add_option("--tolerance", bopt.tolerance, "Relative precision of each band's smallest ratio")
+      ->capture_default_str();
+  c->add_option("--max-evals", bopt.max_evaluations,
+                "Most validation evaluations for the whole table")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  c->add_flag("--no-test", no_test, "Do not evaluate each band's ratio on the test split");
+  c->add_option("--json", json_out, "Also write the table as JSON");
+  add_threads(c, common);
+  add_data(c, common);
+  handlers()[c] = [] {
+    apply_threads(common);
+    const LockOptions lopt = lock_options(unit_args);
+    LoadedModel model = load_model(model_path);
+    if (model.meta.lock)
+      throw UsageError("model '" + model_path + "' is locked; use an unlocked model");
+    const Dataset val_data = validation_set(model.meta, common, val);
+    const Ranking ranking = rank_units(named_tensors(*model.net), model.net->structure(), lopt);
+    std::printf(
+        "bands %s: %s (scope %s), %s-point bands, on %lld validation images from the training "
+        "split\n",
+        model_path.c_str(), to_string(lopt.criterion), to_string(lopt.scope),
+        fixed(bopt.width, 1).c_str(), static_cast<long long>(val_data.size()));
+    std::fflush(stdout);
+    int n = 0;
+    BandsTable table = utility_bands(model, ranking, val_data, bopt, [&](const Probe& p) {
+      std::printf("%s\n", probe_line(++n, p).c_str());
+      std::fflush(stdout);
+    });
+    Dataset test_data;
+    if (!no_test) test_data = test_set(model.meta, common);
+    std::printf("\nunlocked: validation top-1 %s%%; chance %s%%; %d evaluations%s\n",
+                pct(table.original_top1).c_str(), pct(table.chance).c_str(), table.evaluations,
+                table.complete ? "" : " (budget ran out: table incomplete)");
+    std::printf("%-12s %10s %9s %9s %11s %11s\n", "band", "ratio", "units", "params%", "val top-1",
+                "test top-1");
+    Json rows = Json::array();
+    for (const auto& row : table.rows) {
+      const std::string label = fixed(row.band.low, 0) + "-" + fixed(row.band.high, 0) + "%";
+      Json jr = {{"low", row.band.low}, {"high", row.band.high}, {"reached", row.reached}};
+      if (!row.reached) {
+        if (row.first.units > 0 || row.first.ratio > 0) {
+          std::printf("%-12s skipped: ratio %s (%s%%) -> %s (%s%%)\n", label.c_str(),
+                      ratio_text(row.below_ratio).c_str(), pct(row.below_top1).c_str(),
+                      ratio_text(row.first.ratio).c_str(), pct(row.first.top1).c_str());
+        } else {
+          std::printf("%-12s not reached\n", label.c_str());
+        }
+        rows.push_back(jr);
+        continue;
+      }
+      std::string test_col = "-";
+      if (!no_test) {
+        const LockedEval e = evaluate_locked(model, ranking, row.first.ratio, test_data);
+        test_col = pct(e.eval.top1);
+        jr["test_top1"] = e.eval.top1;
+        jr["test_top3"] = e.eval.top3;
+      }
+      std::printf("%-12s %10s %9lld %9s %11s %11s\n", label.c_str(),
+                  ratio_text(row.first.ratio).c_str(), static_cast<long long>(row.first.units),
+                  fixed(100.0 * row.first.param_fraction, 3).c_str(), pct(row.first.top1).c_str(),
+                  test_col.c_str());
+      std::fflush(stdout);
+      jr.update({{"ratio", row.first.ratio},
+                 {"units", row.first.units},
+                 {"param_fraction", row.first.param_fraction},
+                 {"val_top1", row.first.top1},
+                 {"val_top3", row.first.top3}});
+      rows.push_back(jr);
+    }
+    if (!json_out.empty()) {
+      Json probes = Json::array();
+      for (const auto& p : table.probes) {
+        probes.push_back(
+            {{"ratio", p.ratio}, {"units", p.units}, {"top1", p.top1}, {"top3", p.top3}});
+      }
+      Json j = {{"model", model_path},
+                {"criterion", to_string(lopt.criterion)},
+                {"scope", to_string(lopt.scope)},
+                {"width", bopt.width},
+                {"val_size", val_data.size()},
+                {"val_seed", val.seed},
+                {"unlocked_val_top1", table.original_top1},
+                {"chance", table.chance},
+                {"evaluations", table.evaluations},
+                {"complete", table.complete},
+                {"rows", rows},
+                {"probes", probes}};
+      write_file_atomic(json_out, j.dump(2) + "\n");
+      std::printf("wrote %s\n", json_out.c_str());
+    }
+    if (!table.complete)
+      throw Error("bands: --max-evals " + std::to_string(bopt.max_evaluations) +
+                  " ran out; table incomplete");
+    return 0;
+  };
+}
+
+}  // namespace corelocker::cli

@@ -1,0 +1,125 @@
+// Finding extraction ratios for a target utility: `calibrate` finds a ratio whose locked
+// accuracy falls inside a band, `utility_bands` the smallest ratio for each band of a table
+// (the paper's Tables 5 and 6). Both bracket the ratio and bisect in log space (the curve spans
+// decades of ratio), interpolating the accuracy between the bracket's ends; plans that extract
+// the same units are evaluated once. The model is locked and restored in memory at each probe
+// and ends as it started.
+//
+// Noisy, non-monotone stretches: the search only ever keeps a bracket whose smaller ratio is
+// above the band and whose larger ratio is below it, and probes strictly inside it; whatever a
+// probe returns, one end moves in, so a crossing stays between the ends however the curve
+// wiggles, and the search ends when the bracket has no unit count left inside it.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "control/utility_curve.h"
+
+namespace corelocker {
+
+// An accuracy band in percent, both ends included.
+struct Band {
+  double low = 0.0;
+  double high = 100.0;
+  bool contains(double acc) const { return acc >= low && acc <= high; }
+};
+
+// Parses "50-55" (percent). Throws UsageError unless 0 <= low < high <= 100.
+Band parse_band(const std::string& text);
+
+struct CalibrationOptions {
+  int max_evaluations = 8;
+  double start_ratio = 0.005;  // first probe
+  double step = 4.0;           // bracketing: multiply / divide the ratio by this
+  double max_ratio = 1.0;
+  int64_t batch_size = 500;
+};
+
+// One evaluation the search made (top-1 / top-3 on the data it was given).
+struct Probe {
+  double ratio = 0.0;
+  int64_t units = 0;
+  double param_fraction = 0.0;
+  double top1 = 0.0;
+  double top3 = 0.0;
+};
+
+enum class CalibrationStatus {
+  kFound,         // `chosen` is inside the band
+  kAboveReach,    // even ratio 0 (the original model) is below the band
+  kBelowReach,    // even max_ratio is above the band
+  kBetweenSteps,  // one more unit jumps from above the band to below it
+  kOutOfBudget,   // max_evaluations reached; `chosen` is the probe closest to the band
+};
+const char* to_string(CalibrationStatus s);
+
+struct Calibration {
+  CalibrationStatus status = CalibrationStatus::kOutOfBudget;
+  Probe chosen;
+  std::vector<Probe> probes;  // every evaluation, in the order made
+  double reach_low = 0.0;     // lowest and highest top-1 among the probes
+  double reach_high = 0.0;
+  std::string explanation;  // one sentence with the numbers, for every status
+  bool found() const { return status == CalibrationStatus::kFound; }
+};
+
+using ProbeCallback = std::function<void(const Probe&)>;
+
+// The curve a search walks: what locking at a ratio gives. The searches call it once per
+// distinct plan (per distinct vector of per-group unit counts).
+using Evaluator = std::function<Probe(double ratio)>;
+
+// Sizes of the groups that compete for a fraction (what turns a ratio into unit counts).
+std::vector<int64_t> group_sizes(const Ranking& ranking);
+
+// The search behind `calibrate`, on any curve: `groups` are the ranking's group sizes.
+// Throws UsageError for bad options.
+Calibration search_band(const std::vector<int64_t>& groups, const Evaluator& evaluate, Band band,
+                        const CalibrationOptions& options, const ProbeCallback& on_probe = {});
+
+// Searches a ratio whose top-1 accuracy on `data` (a validation split) lies in `band`.
+// Throws UsageError (bad options, model locked) / Error.
+Calibration calibrate(LoadedModel& model, const Ranking& ranking, const Dataset& data, Band band,
+                      const CalibrationOptions& options, const ProbeCallback& on_probe = {});
+
+struct BandsOptions {
+  double width = 5.0;         // band width in points
+  double tolerance = 0.05;    // a band's ratio is the smallest within this relative precision
+  int max_evaluations = 200;  // for the whole table
+  double step = 4.0;
+  double start_ratio = 0.001;
+  int64_t batch_size = 500;
+};
+
+struct BandRow {
+  Band band;  // [low, high): accuracy below `high` and at least `low`
+  bool reached = false;
+  Probe first;               // the smallest ratio whose accuracy fell below `high`
+  double below_ratio = 0.0;  // the largest ratio known to stay at or above `high`
+  double below_top1 = 0.0;
+};
+
+struct BandsTable {
+  double original_top1 = 0.0;
+  double chance = 0.0;        // 100 / classes
+  std::vector<BandRow> rows;  // from the highest band down
+  std::vector<Probe> probes;  // every evaluation, in ratio order
+  int evaluations = 0;
+  bool complete = true;  // false when max_evaluations ran out
+};
+
+// The search behind `utility_bands`, on any curve; `chance` is the lowest band's floor.
+BandsTable search_bands(const std::vector<int64_t>& groups, const Evaluator& evaluate,
+                        double chance, const BandsOptions& options,
+                        const ProbeCallback& on_probe = {});
+
+// For each `width`-point band from the original accuracy (rounded down to a multiple of width)
+// down to chance (100 / classes), the smallest ratio whose top-1 on `data` falls into it.
+// Throws UsageError / Error.
+BandsTable utility_bands(LoadedModel& model, const Ranking& ranking, const Dataset& data,
+                         const BandsOptions& options, const ProbeCallback& on_probe = {});
+
+}  // namespace corelocker

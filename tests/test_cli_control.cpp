@@ -1,0 +1,173 @@
+// The command-line contract of `sweep` and `calibrate`: files written, partial results kept
+// when a sweep is stopped, nothing written when calibration fails.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <array>
+#include <chrono>
+#include <cstdio>
+#include <thread>
+
+#include "report/csv_log.h"
+#include "temp_dir.h"
+#include "util/atomic_file.h"
+
+namespace corelocker {
+namespace {
+
+struct CliRun {
+  int code;
+  std::string out;
+};
+
+CliRun run(const std::string& args) {
+  std::string cmd = std::string(CORELOCKER_BIN) + " " + args + " 2>&1";
+  FILE* p = popen(cmd.c_str(), "r");
+  std::string out;
+  std::array<char, 4096> buf{};
+  while (size_t n = fread(buf.data(), 1, buf.size(), p)) out.append(buf.data(), n);
+  int status = pclose(p);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+std::string text_of(const std::string& path) {
+  auto b = read_file(path);
+  return std::string(b.begin(), b.end());
+}
+
+size_t lines_in(const std::string& path) {
+  if (!file_exists(path)) return 0;
+  size_t n = 0;
+  for (char c : text_of(path)) n += c == '\n';
+  return n;
+}
+
+// Starts a long sweep in the background, waits for `rows` rows in its CSV, sends `sig` and
+// returns the exit status.
+int interrupt_sweep(const testing::TempDir& dir, size_t rows, int sig) {
+  const std::string model = dir.file("m.ckpt"), out = dir.file("out");
+  const pid_t pid = fork();
+  if (pid == 0) {
+    const int null_fd = ::open("/dev/null", O_WRONLY);
+    ::dup2(null_fd, 1);
+    ::dup2(null_fd, 2);
+    ::execl(CORELOCKER_BIN, CORELOCKER_BIN, "sweep", "--model", model.c_str(), "--from", "0.001",
+            "--to", "0.9", "--steps", "400", "--log", "--criteria", "l1,bn,random", "--seeds", "5",
+            "--test-subset", "300", "--threads", "1", "--out-dir", out.c_str(),
+            static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  while (lines_in(out + "/sweep.csv") < rows + 1 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ::kill(pid, sig);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  return status;
+}
+
+void expect_readable_partial_csv(const std::string& path, size_t at_least) {
+  auto rows = parse_csv(text_of(path), path);  // throws on a cut-off or ragged line
+  ASSERT_GE(rows.size(), at_least + 1);
+  EXPECT_EQ(rows[0][0], "criterion");
+  EXPECT_EQ(rows[0].size(), 13u);
+  for (size_t i = 1; i < rows.size(); ++i) {
+    EXPECT_GT(std::stod(rows[i][2]), 0.0);  // ratio
+    EXPECT_GE(std::stod(rows[i][7]), 0.0);  // top1
+    EXPECT_LE(std::stod(rows[i][7]), 100.0);
+  }
+}
+
+class CliControl : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    CliRun r = run("train --arch tinycnn --epochs 0 --seed 1 --out " + dir_.file("m.ckpt"));
+    ASSERT_EQ(r.code, 0) << r.out;
+  }
+  testing::TempDir dir_;
+};
+
+TEST_F(CliControl, SweepWritesCsvJsonAndPlots) {
+  CliRun r = run("sweep --model " + dir_.file("m.ckpt") +
+                 " --ratios 0.01,0.1 --criteria l1,random --seeds 2 " +
+                 "--test-subset 100 --out-dir " + dir_.file("out"));
+  ASSERT_EQ(r.code, 0) << r.out;
+  auto rows = parse_csv(text_of(dir_.file("out/sweep.csv")), "sweep.csv");
+  ASSERT_EQ(rows.size(), 5u);  // header + 2 ratios x 2 criteria
+  EXPECT_EQ(rows[1][0], "l1");
+  EXPECT_EQ(rows[2][0], "random");
+  EXPECT_EQ(rows[2][6], "2");  // seeds
+  const std::string json = text_of(dir_.file("out/sweep.json"));
+  EXPECT_NE(json.find("\"complete\": true"), std::string::npos) << json;
+  EXPECT_NE(json.find("\"top1_runs\""), std::string::npos);
+  EXPECT_GT(read_file(dir_.file("out/sweep.png")).size(), 1000u);
+  EXPECT_NE(text_of(dir_.file("out/sweep.svg")).find("<svg"), std::string::npos);
+  EXPECT_TRUE(file_exists(dir_.file("out/sweep.gp")));
+}
+
+TEST_F(CliControl, SweepNeedsRatios) {
+  CliRun r = run("sweep --model " + dir_.file("m.ckpt") + " --criteria l1");
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_NE(r.out.find("--ratios"), std::string::npos) << r.out;
+  r = run("sweep --model " + dir_.file("m.ckpt") + " --ratios 0.1,abc");
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_NE(r.out.find("'abc'"), std::string::npos) << r.out;
+}
+
+TEST_F(CliControl, KilledSweepLeavesAReadablePartialCsv) {
+  const int status = interrupt_sweep(dir_, 3, SIGKILL);
+  ASSERT_TRUE(WIFSIGNALED(status));
+  expect_readable_partial_csv(dir_.file("out/sweep.csv"), 3);
+  EXPECT_FALSE(file_exists(dir_.file("out/sweep.json")));  // never half-written
+}
+
+TEST_F(CliControl, CtrlCStopsTheSweepAndKeepsWhatWasMeasured) {
+  const int status = interrupt_sweep(dir_, 2, SIGINT);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 1);
+  expect_readable_partial_csv(dir_.file("out/sweep.csv"), 2);
+  const std::string json = text_of(dir_.file("out/sweep.json"));
+  EXPECT_NE(json.find("\"complete\": false"), std::string::npos);
+  const size_t csv_rows = parse_csv(text_of(dir_.file("out/sweep.csv")), "csv").size() - 1;
+  size_t json_points = 0;
+  for (size_t at = json.find("\"criterion\""); at != std::string::npos;
+       at = json.find("\"criterion\"", at + 1)) {
+    ++json_points;
+  }
+  EXPECT_EQ(json_points, csv_rows);  // the JSON holds exactly the rows of the CSV
+}
+
+TEST_F(CliControl, CalibrateWritesTheLockedModelAndAKeyThatRestoresIt) {
+  // An untrained model sits near 10%: the band 0-100 is met by the first probe.
+  CliRun r = run("calibrate --model " + dir_.file("m.ckpt") +
+                 " --target 0-100 --val-size 200 --test-subset 100 " + "--out " +
+                 dir_.file("locked.ckpt") + " --key-out " + dir_.file("key.clk"));
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("eval  1: ratio 0.005000"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("test       top-1"), std::string::npos) << r.out;
+  r = run("unlock --model " + dir_.file("locked.ckpt") + " --key " + dir_.file("key.clk") +
+          " --out " + dir_.file("restored.ckpt"));
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_EQ(run("fingerprint " + dir_.file("restored.ckpt")).out,
+            run("fingerprint " + dir_.file("m.ckpt")).out);
+}
+
+TEST_F(CliControl, UnreachableBandSaysSoAndWritesNothing) {
+  CliRun r = run("calibrate --model " + dir_.file("m.ckpt") +
+                 " --target 95-99 --val-size 200 --test-subset 100 " + "--max-evals 12 --out " +
+                 dir_.file("locked.ckpt") + " --key-out " + dir_.file("key.clk"));
+  EXPECT_EQ(r.code, 1) << r.out;
+  EXPECT_NE(r.out.find("above reach"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("validation top-1 seen"), std::string::npos) << r.out;
+  EXPECT_FALSE(file_exists(dir_.file("locked.ckpt")));
+  EXPECT_FALSE(file_exists(dir_.file("key.clk")));
+  r = run("calibrate --model " + dir_.file("m.ckpt") + " --target 55-50");
+  EXPECT_EQ(r.code, 2) << r.out;
+}
+
+}  // namespace
+}  // namespace corelocker

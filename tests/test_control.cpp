@@ -1,0 +1,318 @@
+// Granular utility control: in-memory sweeps, calibration to a band, the bands table.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "control/calibrate.h"
+#include "control/utility_curve.h"
+#include "locking/lock.h"
+#include "test_support.h"
+#include "util/error.h"
+
+namespace corelocker {
+namespace {
+
+using testing::clone;
+using testing::fmnist_test;
+using testing::fresh_tiny;
+using testing::same_tensors;
+using testing::trained_resnet;
+
+Ranking rank(LoadedModel& m, Criterion c, uint64_t seed = 0) {
+  LockOptions o;
+  o.criterion = c;
+  o.scope = default_scope(c);
+  o.seed = seed;
+  return rank_units(named_tensors(*m.net), m.net->structure(), o);
+}
+
+// ---------------------------------------------------------------- parsing
+TEST(ControlParsing, RatiosCriteriaBandsAndSteps) {
+  EXPECT_EQ(parse_ratios("0.001,0.5,1"), (std::vector<double>{0.001, 0.5, 1.0}));
+  EXPECT_THROW(parse_ratios("0.1,x"), UsageError);
+  EXPECT_THROW(parse_ratios("0.1,,0.2"), UsageError);
+  EXPECT_THROW(parse_ratios("1.5"), UsageError);
+  EXPECT_THROW(parse_ratios("0.1abc"), UsageError);
+  EXPECT_EQ(parse_criteria("l1,random"),
+            (std::vector<Criterion>{Criterion::kL1, Criterion::kRandom}));
+  EXPECT_THROW(parse_criteria("l1,l1"), UsageError);
+  EXPECT_THROW(parse_criteria("l2"), UsageError);
+  Band b = parse_band("50-55");
+  EXPECT_EQ(b.low, 50.0);
+  EXPECT_EQ(b.high, 55.0);
+  EXPECT_TRUE(b.contains(55.0));
+  EXPECT_FALSE(b.contains(55.01));
+  EXPECT_THROW(parse_band("55-50"), UsageError);
+  EXPECT_THROW(parse_band("50"), UsageError);
+  EXPECT_THROW(parse_band("50-x"), UsageError);
+  EXPECT_THROW(parse_band("90-101"), UsageError);
+  auto log_steps = ratio_steps(0.0005, 0.05, 12, /*log=*/true);
+  ASSERT_EQ(log_steps.size(), 12u);
+  EXPECT_DOUBLE_EQ(log_steps.front(), 0.0005);
+  EXPECT_EQ(log_steps.back(), 0.05);
+  // Evenly spaced in log space: constant ratio between neighbours.
+  EXPECT_NEAR(log_steps[1] / log_steps[0], log_steps[11] / log_steps[10], 1e-9);
+  EXPECT_THROW(ratio_steps(0.0, 0.1, 5, /*log=*/true), UsageError);
+  EXPECT_EQ(ratio_steps(0.0, 0.1, 3, /*log=*/false), (std::vector<double>{0.0, 0.05, 0.1}));
+  double m = 0, sd = 0;
+  sample_mean_sd({1.0, 2.0, 3.0, 4.0}, &m, &sd);
+  EXPECT_DOUBLE_EQ(m, 2.5);
+  EXPECT_NEAR(sd, 1.2909944, 1e-6);  // sample (n-1), not population
+}
+
+// ---------------------------------------------------------------- sweep
+TEST(Sweep, RestoresTheModelBitForBitAndMatchesAFreshLock) {
+  LoadedModel model = fresh_tiny(3);
+  LoadedModel original = clone(model);
+  const Digest fp = model_fingerprint(model);
+  Dataset data = fmnist_test(200);
+  SweepOptions o;
+  o.criteria = {Criterion::kL1, Criterion::kBn, Criterion::kRandom};
+  o.ratios = {0.02, 0.1, 0.4};
+  o.seeds = 3;
+  auto points = sweep(model, data, o);
+  ASSERT_EQ(points.size(), 9u);
+  EXPECT_TRUE(same_tensors(model, original));
+  EXPECT_EQ(model_fingerprint(model), fp);
+  EXPECT_FALSE(model.meta.lock.has_value());
+  for (const auto& p : points) {
+    // Every point agrees with locking a fresh copy from scratch (ranking recomputed, file-free).
+    LoadedModel fresh = clone(original);
+    LockOptions lo;
+    lo.criterion = p.criterion;
+    lo.scope = default_scope(p.criterion);
+    lo.ratio = p.ratio;
+    lo.seed = o.first_seed + (p.criterion == Criterion::kRandom ? 1 : 0);  // the second seed
+    LockOutcome out = lock_model(fresh, lo);
+    EXPECT_EQ(p.units, out.stats.units) << to_string(p.criterion) << " " << p.ratio;
+    const EvalResult e = evaluate(*fresh.net, data, fresh.meta.preprocess);
+    const size_t run = p.criterion == Criterion::kRandom ? 1 : 0;
+    ASSERT_GT(p.top1_runs.size(), run);
+    EXPECT_DOUBLE_EQ(p.top1_runs[run], e.top1) << to_string(p.criterion) << " " << p.ratio;
+    EXPECT_DOUBLE_EQ(p.top3_runs[run], e.top3);
+    EXPECT_EQ(p.top1_runs.size(), p.criterion == Criterion::kRandom ? 3u : 1u);
+  }
+  // Units grow with the ratio for every criterion.
+  for (size_t c = 0; c < 3; ++c) {
+    EXPECT_LT(points[c].units, points[3 + c].units);
+    EXPECT_LT(points[3 + c].units, points[6 + c].units);
+  }
+}
+
+TEST(Sweep, ReusedRankingGivesTheSamePlanAsAFreshLock) {
+  LoadedModel model = fresh_tiny(5);
+  for (Criterion c : {Criterion::kL1, Criterion::kBn, Criterion::kRandom}) {
+    const Ranking ranking = rank(model, c, /*seed=*/4);
+    for (double ratio : {0.01, 0.05, 0.3}) {
+      LoadedModel a = clone(model), b = clone(model);
+      LockOptions o = ranking.options;
+      o.ratio = ratio;
+      LockOutcome fresh = lock_model(a, o);
+      LockOutcome reused = lock_model(b, ranking, ratio);
+      EXPECT_EQ(fresh.key.header.locked_fingerprint, reused.key.header.locked_fingerprint)
+          << to_string(c) << " " << ratio;
+      EXPECT_TRUE(same_tensors(a, b));
+      ASSERT_EQ(fresh.key.entries.size(), reused.key.entries.size());
+      for (size_t i = 0; i < fresh.key.entries.size(); ++i) {
+        EXPECT_EQ(fresh.key.entries[i].units, reused.key.entries[i].units);
+      }
+      EXPECT_EQ(units_at(ranking, ratio), reused.stats.units);
+    }
+  }
+}
+
+TEST(Sweep, CallbackStopsAfterThePointAndTheModelIsRestored) {
+  LoadedModel model = fresh_tiny(2);
+  LoadedModel original = clone(model);
+  SweepOptions o;
+  o.criteria = {Criterion::kL1};
+  o.ratios = {0.01, 0.02, 0.03, 0.04};
+  int seen = 0;
+  auto points = sweep(model, fmnist_test(100), o, [&](const CurvePoint&) { return ++seen < 2; });
+  EXPECT_EQ(points.size(), 2u);
+  EXPECT_TRUE(same_tensors(model, original));
+}
+
+TEST(Sweep, RefusesALockedModelAndBadOptions) {
+  LoadedModel model = fresh_tiny(1);
+  SweepOptions o;
+  o.ratios = {0.1};
+  o.seeds = 0;
+  EXPECT_THROW(sweep(model, fmnist_test(10), o), UsageError);
+  o.seeds = 1;
+  o.ratios = {1.5};
+  EXPECT_THROW(sweep(model, fmnist_test(10), o), UsageError);
+  LockOptions lo;
+  lock_model(model, lo);
+  o.ratios = {0.1};
+  EXPECT_THROW(sweep(model, fmnist_test(10), o), UsageError);
+}
+
+TEST(Sweep, TrainedResnetL1DropsAndRandomKeepsUtility) {
+  LoadedModel model = trained_resnet();
+  Dataset data = fmnist_test(500);
+  SweepOptions o;
+  o.criteria = {Criterion::kL1, Criterion::kRandom};
+  o.ratios = {0.001, 0.05};
+  o.seeds = 3;
+  auto points = sweep(model, data, o);
+  ASSERT_EQ(points.size(), 4u);
+  const CurvePoint& l1_small = points[0];
+  const CurvePoint& l1_big = points[2];
+  const CurvePoint& random_big = points[3];
+  EXPECT_GT(l1_small.top1, l1_big.top1 + 20.0);
+  EXPECT_GT(random_big.top1, l1_big.top1 + 20.0);
+  EXPECT_GT(random_big.top1_sd, 0.0);  // the seeds draw different units
+  EXPECT_GT(random_big.param_fraction, 0.0);
+}
+
+// ---------------------------------------------------------------- search on synthetic curves
+// A falling sigmoid in log(ratio) from 90% to 10%, centred on 0.005.
+Probe smooth(double ratio, double wiggle = 0.0) {
+  const double x = std::log(std::max(ratio, 1e-7) / 0.005);
+  double acc = 10.0 + 80.0 / (1.0 + std::exp(2.5 * x));
+  acc += wiggle * std::sin(40.0 * x);  // non-monotone noise
+  if (ratio == 0.0) acc = 90.0;
+  return Probe{ratio, 0, 0.0, acc, std::min(100.0, acc + 5.0)};
+}
+
+TEST(SearchBand, LandsInEveryBandWithinEightEvaluations) {
+  const std::vector<int64_t> groups = {20000, 50000};
+  for (double wiggle : {0.0, 3.0}) {
+    for (const char* text : {"70-75", "50-55", "30-35", "12-15", "85-88"}) {
+      const Band band = parse_band(text);
+      int calls = 0;
+      Calibration c = search_band(
+          groups,
+          [&](double r) {
+            ++calls;
+            return smooth(r, wiggle);
+          },
+          band, CalibrationOptions{});
+      EXPECT_TRUE(c.found()) << text << " wiggle " << wiggle << ": " << c.explanation;
+      EXPECT_TRUE(band.contains(c.chosen.top1)) << text;
+      EXPECT_LE(calls, 8) << text;
+      EXPECT_EQ(static_cast<int>(c.probes.size()), calls);
+      EXPECT_DOUBLE_EQ(smooth(c.chosen.ratio, wiggle).top1, c.chosen.top1);
+    }
+  }
+}
+
+TEST(SearchBand, FindsTheBandBeyondANonMonotoneStretch) {
+  // Unit counts of one group of 1000: the curve dips to 30% at 3-4 units, rises back to 70% at
+  // 5-9, and only reaches 50-55 at 10-29 units. The first crossing jumps over the band.
+  auto bumpy = [](double r) {
+    const int64_t u = units_at_ratio(1000, r);
+    const double acc = u <= 2 ? 90.0 : u <= 4 ? 30.0 : u <= 9 ? 70.0 : u <= 29 ? 52.0 : 10.0;
+    return Probe{r, u, 0.0, acc, acc};
+  };
+  CalibrationOptions o;
+  o.start_ratio = 0.001;
+  Calibration c = search_band({1000}, bumpy, parse_band("50-55"), o);
+  ASSERT_TRUE(c.found()) << c.explanation;
+  EXPECT_DOUBLE_EQ(c.chosen.top1, 52.0);
+  EXPECT_LE(c.probes.size(), 8u);
+  // With the same curve, a band nothing lands in ends between two unit counts, not in a loop.
+  o.max_evaluations = 30;
+  Calibration none = search_band({1000}, bumpy, parse_band("40-45"), o);
+  EXPECT_EQ(none.status, CalibrationStatus::kBetweenSteps) << none.explanation;
+  EXPECT_LT(none.probes.size(), 30u);
+}
+
+TEST(SearchBand, SaysWhatIsReachableWhenTheBandIsNot) {
+  CalibrationOptions o;
+  o.max_evaluations = 20;
+  Calibration above = search_band(
+      {10000}, [](double r) { return smooth(r); }, parse_band("95-99"), o);
+  EXPECT_EQ(above.status, CalibrationStatus::kAboveReach);
+  EXPECT_NE(above.explanation.find("90.00%"), std::string::npos) << above.explanation;
+  EXPECT_DOUBLE_EQ(above.reach_high, 90.0);
+  // The floor of this curve is 10% plus a little: 0-5 lies below it.
+  Calibration below = search_band(
+      {10000}, [](double r) { return smooth(r); }, parse_band("0-5"), o);
+  EXPECT_EQ(below.status, CalibrationStatus::kBelowReach);
+  EXPECT_EQ(below.probes.back().ratio, 1.0);
+  EXPECT_GE(below.reach_low, 10.0);
+  EXPECT_LT(below.reach_low, 11.0);
+}
+
+TEST(SearchBand, BandBetweenTwoUnitCountsIsReportedAsSuch) {
+  // Ten units; the fifth takes accuracy from 90% straight to 10%.
+  auto cliff = [](double r) {
+    const double acc = units_at_ratio(10, r) < 5 ? 90.0 : 10.0;
+    return Probe{r, units_at_ratio(10, r), 0.0, acc, acc};
+  };
+  CalibrationOptions o;
+  o.max_evaluations = 20;
+  Calibration c = search_band({10}, cliff, parse_band("50-55"), o);
+  EXPECT_EQ(c.status, CalibrationStatus::kBetweenSteps) << c.explanation;
+  EXPECT_NE(c.explanation.find("(4 units)"), std::string::npos) << c.explanation;
+  EXPECT_NE(c.explanation.find("(5 units)"), std::string::npos) << c.explanation;
+}
+
+TEST(SearchBand, RunsOutOfBudgetWithTheClosestProbe) {
+  CalibrationOptions o;
+  o.max_evaluations = 2;
+  Calibration c = search_band(
+      {10000}, [](double r) { return smooth(r); }, parse_band("50.3-50.31"), o);
+  EXPECT_EQ(c.status, CalibrationStatus::kOutOfBudget);
+  EXPECT_EQ(c.probes.size(), 2u);
+}
+
+TEST(SearchBands, SmallestRatioPerBandOnASmoothCurve) {
+  BandsOptions o;
+  o.width = 10.0;
+  int calls = 0;
+  BandsTable t = search_bands(
+      {100000},
+      [&](double r) {
+        ++calls;
+        return smooth(r);
+      },
+      10.0, o);
+  EXPECT_TRUE(t.complete);
+  EXPECT_EQ(t.evaluations, calls);
+  EXPECT_DOUBLE_EQ(t.original_top1, 90.0);
+  ASSERT_EQ(t.rows.size(), 8u);  // 80-90 down to 10-20
+  double previous = 0.0;
+  for (const auto& row : t.rows) {
+    ASSERT_TRUE(row.reached) << row.band.low;
+    EXPECT_LT(row.first.top1, row.band.high);
+    EXPECT_GE(row.first.top1, row.band.low);
+    EXPECT_GE(row.below_top1, row.band.high);  // the ratio just below stays above the band
+    // Pinned down to the tolerance, or to neighbouring unit counts.
+    const bool adjacent =
+        units_at_ratio(100000, row.first.ratio) - units_at_ratio(100000, row.below_ratio) <= 1;
+    EXPECT_TRUE(adjacent || row.first.ratio / row.below_ratio <= 1.0 + o.tolerance + 1e-9)
+        << row.below_ratio << " " << row.first.ratio;
+    EXPECT_GT(row.first.ratio, previous);
+    previous = row.first.ratio;
+  }
+}
+
+// ---------------------------------------------------------------- on a real model
+TEST(Calibrate, TrainedResnetLandsInAReachableBandAndRestores) {
+  LoadedModel model = trained_resnet();
+  const Digest fp = model_fingerprint(model);
+  Dataset data = fmnist_test(500);
+  const Ranking ranking = rank(model, Criterion::kL1);
+  CalibrationOptions o;
+  o.max_evaluations = 10;
+  Calibration c = calibrate(model, ranking, data, parse_band("40-60"), o);
+  ASSERT_TRUE(c.found()) << c.explanation;
+  EXPECT_GE(c.chosen.top1, 40.0);
+  EXPECT_LE(c.chosen.top1, 60.0);
+  EXPECT_LE(c.probes.size(), 10u);
+  EXPECT_EQ(model_fingerprint(model), fp);
+  // The chosen ratio reproduces its accuracy when locked for real.
+  LoadedModel locked = clone(model);
+  lock_model(locked, ranking, c.chosen.ratio);
+  EXPECT_DOUBLE_EQ(evaluate(*locked.net, data, locked.meta.preprocess).top1, c.chosen.top1);
+  // And a band above the unlocked accuracy is said to be out of reach.
+  Calibration none = calibrate(model, ranking, data, parse_band("99.5-100"), o);
+  EXPECT_EQ(none.status, CalibrationStatus::kAboveReach) << none.explanation;
+  EXPECT_EQ(model_fingerprint(model), fp);
+}
+
+}  // namespace
+}  // namespace corelocker
