@@ -14,6 +14,7 @@ void register_commands(CLI::App& app) {
   add_inspect(app);
   add_models(app);
   add_demo(app);
+  add_attack(app);
 }
 
 int run_selected(CLI::App& app) {

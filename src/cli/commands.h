@@ -14,6 +14,7 @@ void add_unlock(CLI::App& app);
 void add_fingerprint(CLI::App& app);
 void add_inspect(CLI::App& app);
 void add_demo(CLI::App& app);
+void add_attack(CLI::App& app);
 
 // Adds every subcommand and its options to `app`.
 void register_commands(CLI::App& app);
