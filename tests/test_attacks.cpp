@@ -65,6 +65,60 @@ void expect_equal_outside(LoadedModel& before, LoadedModel& after,
   }
 }
 
+// ---------------------------------------------------------------- trainer hooks
+TEST(TrainerHooks, ParametersOutsideTheFilterAndMaskedPositionsStayBitForBit) {
+  LoadedModel m = fresh_tiny(20);
+  LoadedModel before = clone(m);
+  TrainOptions o = quick();
+  o.trainable = [](const std::string& n) { return n == "fc1.weight" || n == "fc2.bias"; };
+  auto mask = torch::zeros({64, 784}, torch::kBool);
+  mask.narrow(0, 0, 8).fill_(true);  // only the first 8 rows of fc1 may move
+  o.update_masks["fc1.weight"] = mask;
+  train(*m.net, small_train(128), m.meta.preprocess, o);
+  expect_equal_outside(before, m,
+                       {{"fc1.weight", mask},
+                        {"fc2.bias", torch::ones({10}, torch::kBool)},
+                        // BatchNorm statistics update in ordinary training mode
+                        {"bn1.running_mean", torch::ones({8}, torch::kBool)},
+                        {"bn1.running_var", torch::ones({8}, torch::kBool)},
+                        {"bn1.num_batches_tracked", torch::ones({}, torch::kBool)},
+                        {"bn2.running_mean", torch::ones({16}, torch::kBool)},
+                        {"bn2.running_var", torch::ones({16}, torch::kBool)},
+                        {"bn2.num_batches_tracked", torch::ones({}, torch::kBool)}});
+  EXPECT_FALSE(tensor_of(m, "fc1.weight").equal(tensor_of(before, "fc1.weight")));
+  EXPECT_FALSE(tensor_of(m, "fc2.bias").equal(tensor_of(before, "fc2.bias")));
+  // Every parameter trains again afterwards.
+  for (auto& p : m.net->parameters()) EXPECT_TRUE(p.requires_grad());
+}
+
+TEST(TrainerHooks, FrozenBatchNormStatisticsDoNotMove) {
+  LoadedModel m = fresh_tiny(21);
+  LoadedModel before = clone(m);
+  TrainOptions o = quick();
+  o.freeze_bn_stats = true;
+  train(*m.net, small_train(128), m.meta.preprocess, o);
+  for (auto& t : named_tensors(*m.net)) {
+    if (t.is_buffer) {
+      EXPECT_TRUE(t.tensor.equal(tensor_of(before, t.name))) << t.name;
+    }
+  }
+  EXPECT_FALSE(tensor_of(m, "conv2.weight").equal(tensor_of(before, "conv2.weight")));
+}
+
+TEST(TrainerHooks, BadMasksAndNothingTrainableAreUsageErrors) {
+  LoadedModel m = fresh_tiny(22);
+  Dataset data = small_train(32);
+  TrainOptions o = quick();
+  o.update_masks["fc9.weight"] = torch::ones({1}, torch::kBool);
+  EXPECT_THROW(train(*m.net, data, m.meta.preprocess, o), UsageError);
+  o.update_masks.clear();
+  o.update_masks["fc2.weight"] = torch::ones({10, 63}, torch::kBool);
+  EXPECT_THROW(train(*m.net, data, m.meta.preprocess, o), UsageError);
+  o.update_masks.clear();
+  o.trainable = [](const std::string&) { return false; };
+  EXPECT_THROW(train(*m.net, data, m.meta.preprocess, o), UsageError);
+}
+
 // ---------------------------------------------------------------- prune
 TEST(Prune, RemovesExactlyTheRequestedFractionOfTheSmallestWeights) {
   for (double ratio : {0.2, 0.4}) {
@@ -394,7 +448,15 @@ TEST(Report, AdvantageIsPairedByTrialAndTheTableHasEveryRow) {
   EXPECT_THROW(compare_to_scratch(other, scratch), UsageError);
   const std::string table = report_table({ft, scratch});
   EXPECT_NE(table.find("finetune"), std::string::npos) << table;
-  EXPECT_NE(table.find("+5.33"), std::string::npos) << table;
+  EXPECT_NE(table.find("+5.33 ± 3.51"), std::string::npos) << table;
+  // One trial has no spread to show.
+  AttackReport single = make(AttackKind::kFinetune, {55, 62, 79});
+  single.trials.resize(1);
+  AttackReport scratch1 = scratch;
+  scratch1.trials.resize(1);
+  compare_to_scratch(single, scratch1);
+  EXPECT_EQ(single.advantage_pairs, 1);
+  EXPECT_EQ(report_table({single}).find("±"), std::string::npos) << report_table({single});
   EXPECT_NE(table.find("(baseline)"), std::string::npos) << table;
   auto j = report_json({ft, scratch});
   EXPECT_EQ(j["attacks"].size(), 2u);

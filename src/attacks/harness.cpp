@@ -187,6 +187,7 @@ void compare_to_scratch(AttackReport& report, const AttackReport& scratch) {
   auto [m, sd] = mean_sd(diff);
   report.advantage = m;
   report.sd_advantage = sd;
+  report.advantage_pairs = static_cast<int>(diff.size());
 }
 
 std::string report_table(const std::vector<AttackReport>& reports) {
@@ -205,7 +206,8 @@ std::string report_table(const std::vector<AttackReport>& reports) {
     if (r.config.kind == AttackKind::kScratch)
       adv = "(baseline)";
     else if (r.advantage)
-      adv = signed_pm(*r.advantage, r.sd_advantage.value_or(0.0), n > 1 ? n : 2);
+      adv = signed_pm(*r.advantage, r.sd_advantage.value_or(0.0),
+                      static_cast<size_t>(r.advantage_pairs));
     const std::string cells[] = {r.label,
                                  data,
                                  std::to_string(n),

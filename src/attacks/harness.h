@@ -60,6 +60,7 @@ struct AttackReport {
   // Set by compare_to_scratch: mean over trials of (attack top-1 - scratch top-1), paired by
   // trial, and its sample sd.
   std::optional<double> advantage, sd_advantage;
+  int advantage_pairs = 0;  // differences behind the advantage (sd needs two)
 };
 
 struct AttackHooks {

@@ -178,14 +178,18 @@ void add_attack(CLI::App& app) {
     }
     std::printf("locked top-1 %s%%", pct(locked_top1).c_str());
     if (original_top1) std::printf(", original top-1 %s%%", pct(*original_top1).c_str());
-    std::printf(
-        "\nbudget: %s epochs (prune: %s), lr %s %s, batch %lld, weight decay %s; %d trial(s), seed "
-        "%llu\n\n",
-        epochs >= 0 ? std::to_string(epochs).c_str() : "2",
-        std::to_string(all ? prune_epochs : std::max(epochs, 0)).c_str(),
-        fixed(topts.lr, 4).c_str(), topts.schedule.c_str(),
-        static_cast<long long>(topts.batch_size), fixed(topts.weight_decay, 5).c_str(), trials,
-        static_cast<unsigned long long>(seed));
+    bool any_training = false;
+    for (const auto& cfg : configs) any_training = any_training || cfg.uses_data();
+    if (!any_training) {
+      std::printf("\nbudget: no attacker data, no training (pruning only)\n\n");
+    } else {
+      std::string epochs_text = std::to_string(epochs >= 0 ? epochs : 2) + " epoch(s)";
+      if (all) epochs_text += " (prune: " + std::to_string(prune_epochs) + ")";
+      std::printf("\nbudget: %s, lr %s %s, batch %lld, weight decay %s; %d trial(s), seed %llu\n\n",
+                  epochs_text.c_str(), fixed(topts.lr, 4).c_str(), topts.schedule.c_str(),
+                  static_cast<long long>(topts.batch_size), fixed(topts.weight_decay, 5).c_str(),
+                  trials, static_cast<unsigned long long>(seed));
+    }
     std::printf("%s", report_table(reports).c_str());
     std::printf(
         "\nrecovered = after attack - locked; vs scratch = after attack - scratch, paired by trial "
