@@ -20,6 +20,7 @@ void register_commands(CLI::App& app) {
   add_sweep(app);
   add_calibrate(app);
   add_bands(app);
+  add_attack(app);
 }
 
 int run_selected(CLI::App& app) {

@@ -56,22 +56,67 @@ TrainSummary train(Network& net, const Dataset& data, const Preprocess& pp, cons
   const int64_t total = steps * o.epochs;
 
   // Weight decay on weights only: normalisation parameters and biases are left alone.
-  std::vector<torch::Tensor> decay, no_decay;
+  std::vector<torch::Tensor> decay, no_decay, frozen_params;
   for (const auto& p : net.named_parameters(/*recurse=*/true)) {
+    if (o.trainable && !o.trainable(p.key())) {
+      if (p.value().requires_grad()) frozen_params.push_back(p.value());
+      continue;
+    }
     (p.value().dim() <= 1 ? no_decay : decay).push_back(p.value());
   }
+  // Parameters that do not train need no gradient (saves the weight-gradient work); restored on
+  // every way out.
+  struct RequiresGradBack {
+    std::vector<torch::Tensor>& params;
+    ~RequiresGradBack() {
+      for (auto& p : params) p.requires_grad_(true);
+    }
+  } requires_grad_back{frozen_params};
+  for (auto& p : frozen_params) p.requires_grad_(false);
+  // Update masks: the parameter, a 0/1 float mask, and the values the masked-out positions keep.
+  struct Masked {
+    torch::Tensor param, mask, frozen;
+  };
+  std::vector<Masked> masked;
+  {
+    auto params = net.named_parameters(/*recurse=*/true);
+    for (const auto& [name, mask] : o.update_masks) {
+      const torch::Tensor* p = params.find(name);
+      if (!p) throw UsageError("update mask names parameter '" + name + "', which the network does not have");
+      if (mask.sizes() != p->sizes()) {
+        throw UsageError("update mask for '" + name + "' has shape " + c10::str(mask.sizes()) +
+                         ", the parameter has " + c10::str(p->sizes()));
+      }
+      masked.push_back({*p, mask.ne(0).to(p->scalar_type()), torch::Tensor()});
+    }
+  }
+  // An optimizer with no parameters at all would throw deep inside LibTorch; say why instead.
+  if (decay.empty() && no_decay.empty()) {
+    if (o.epochs > 0) throw UsageError("no parameter is trainable");
+    return TrainSummary{};
+  }
   std::vector<torch::optim::OptimizerParamGroup> groups;
-  groups.emplace_back(decay, std::make_unique<torch::optim::SGDOptions>(
-                                 torch::optim::SGDOptions(o.lr).momentum(o.momentum).nesterov(o.momentum > 0).weight_decay(o.weight_decay)));
-  groups.emplace_back(no_decay, std::make_unique<torch::optim::SGDOptions>(
-                                    torch::optim::SGDOptions(o.lr).momentum(o.momentum).nesterov(o.momentum > 0).weight_decay(0)));
+  if (!decay.empty()) {
+    groups.emplace_back(decay, std::make_unique<torch::optim::SGDOptions>(
+                                   torch::optim::SGDOptions(o.lr).momentum(o.momentum).nesterov(o.momentum > 0).weight_decay(o.weight_decay)));
+  }
+  if (!no_decay.empty()) {
+    groups.emplace_back(no_decay, std::make_unique<torch::optim::SGDOptions>(
+                                      torch::optim::SGDOptions(o.lr).momentum(o.momentum).nesterov(o.momentum > 0).weight_decay(0)));
+  }
   torch::optim::SGD optimizer(groups, torch::optim::SGDOptions(o.lr));
   if (hooks.restore) hooks.restore(optimizer);
 
   // oneDNN convolutions run about twice as fast on channels-last tensors on CPU; weights go
   // back to the standard layout afterwards, which the rest of the library relies on.
   set_memory_format(net, torch::MemoryFormat::ChannelsLast);
+  for (auto& m : masked) m.frozen = m.param.detach().clone();  // after the layout change
   net.train();
+  if (o.freeze_bn_stats) {
+    for (auto& m : net.modules(/*include_self=*/false)) {
+      if (m->as<torch::nn::BatchNorm2d>() || m->as<torch::nn::BatchNorm1d>()) m->eval();
+    }
+  }
   TrainSummary summary;
   summary.epochs = o.start_epoch;
   const auto start = std::chrono::steady_clock::now();
@@ -101,7 +146,14 @@ TrainSummary train(Network& net, const Dataset& data, const Preprocess& pp, cons
       auto logits = net.forward(x);
       auto loss = torch::nn::functional::cross_entropy(logits, y);
       loss.backward();
+      for (auto& m : masked) {
+        if (m.param.grad().defined()) m.param.grad().mul_(m.mask);
+      }
       optimizer.step();
+      if (!masked.empty()) {
+        torch::NoGradGuard no_grad;
+        for (auto& m : masked) m.param.copy_(torch::where(m.mask.ne(0), m.param, m.frozen));
+      }
       ++global_step;
       ++run_steps;
       run_images += b;

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <functional>
+#include <map>
 #include <string>
 
 #include "data/dataset.h"
@@ -21,6 +22,16 @@ struct TrainOptions {
   bool flip = false;  // horizontal flips (CIFAR); off for Fashion-MNIST
   uint64_t seed = 0;
   int start_epoch = 0;  // epochs already done (resuming): the schedule and data order go on from there
+
+  // Which parameters train, by name (null: all). The others stay exactly as they are.
+  std::function<bool(const std::string& name)> trainable;
+  // Parameter name -> mask of its shape (nonzero: may change). Masked-out positions keep their
+  // values exactly: their gradients are zeroed and, since weight decay and momentum would still
+  // move them, they are written back after every step. Parameters without a mask train freely.
+  std::map<std::string, torch::Tensor> update_masks;
+  // Keep BatchNorm layers in eval mode while training, so that their running statistics do not
+  // change (the affine parameters still train unless `trainable` excludes them).
+  bool freeze_bn_stats = false;
 };
 
 struct TrainProgress {
@@ -68,6 +79,10 @@ TrainSummary train(Network& net, const Dataset& data, const Preprocess& pp, cons
                    const TrainHooks& hooks);
 
 // The same with only the progress and stop callbacks.
+// Trains in place (all parameters unless options.trainable / update_masks say otherwise).
+// `on_progress` is called after every step; returning false from `keep_going`
+// stops at the end of the current step. Throws UsageError for bad options (also for an update mask
+// that names no parameter or has the wrong shape).
 TrainSummary train(Network& net, const Dataset& data, const Preprocess& pp, const TrainOptions& options,
                    const std::function<void(const TrainProgress&)>& on_progress = nullptr,
                    const std::function<bool()>& keep_going = nullptr);

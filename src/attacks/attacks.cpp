@@ -1,0 +1,244 @@
+#include "attacks/attacks.h"
+
+#include <cmath>
+#include <set>
+#include <unordered_map>
+
+#include "util/error.h"
+
+namespace corelocker {
+namespace {
+
+std::unordered_map<std::string, torch::Tensor> tensor_map(LoadedModel& model) {
+  std::unordered_map<std::string, torch::Tensor> m;
+  for (auto& t : named_tensors(*model.net)) m[t.name] = t.tensor;
+  return m;
+}
+
+const torch::Tensor& need(const std::unordered_map<std::string, torch::Tensor>& m,
+                          const std::string& name) {
+  auto it = m.find(name);
+  if (it == m.end())
+    throw Error("structure names tensor '" + name + "', which the model does not have");
+  return it->second;
+}
+
+std::vector<torch::nn::BatchNorm2dImpl*> batchnorms2d(torch::nn::Module& net) {
+  std::vector<torch::nn::BatchNorm2dImpl*> out;
+  for (auto& m : net.modules(/*include_self=*/false)) {
+    if (auto* bn = m->as<torch::nn::BatchNorm2d>()) out.push_back(bn);
+  }
+  return out;
+}
+
+}  // namespace
+
+const char* to_string(AttackKind k) {
+  switch (k) {
+    case AttackKind::kFinetune:
+      return "finetune";
+    case AttackKind::kPrune:
+      return "prune";
+    case AttackKind::kZeroRetrain:
+      return "zero-retrain";
+    case AttackKind::kBnRecalibrate:
+      return "bn-recalibrate";
+    case AttackKind::kScratch:
+      return "scratch";
+  }
+  return "?";
+}
+
+AttackKind parse_attack_kind(const std::string& s) {
+  for (AttackKind k : all_attack_kinds()) {
+    if (s == to_string(k)) return k;
+  }
+  throw UsageError("attack '" + s +
+                   "': expected finetune, prune, zero-retrain, bn-recalibrate or scratch");
+}
+
+std::vector<AttackKind> all_attack_kinds() {
+  return {AttackKind::kFinetune, AttackKind::kPrune, AttackKind::kZeroRetrain,
+          AttackKind::kBnRecalibrate, AttackKind::kScratch};
+}
+
+TrainSummary finetune(LoadedModel& model, const Dataset& data, const TrainOptions& options,
+                      const TrainCallback& progress) {
+  TrainOptions o = options;
+  o.trainable = nullptr;
+  o.update_masks.clear();
+  return train(*model.net, data, model.meta.preprocess, o, progress);
+}
+
+// ---------------------------------------------------------------- prune
+PruneResult prune_smallest(LoadedModel& model, double ratio) {
+  if (!(ratio >= 0.0 && ratio <= 1.0))
+    throw UsageError("prune ratio " + std::to_string(ratio) + ": must be within [0, 1]");
+  torch::NoGradGuard no_grad;
+  auto tensors = tensor_map(model);
+  std::vector<std::string> names;
+  std::vector<torch::Tensor> flat;
+  for (const auto& layer : model.net->structure()) {
+    if (layer.kind != LayerKind::kConv2d && layer.kind != LayerKind::kLinear) continue;
+    names.push_back(layer.weight);
+    flat.push_back(need(tensors, layer.weight).detach().reshape({-1}));
+  }
+  PruneResult r;
+  if (names.empty()) return r;
+  auto all = torch::cat(flat).abs();
+  r.candidates = all.numel();
+  r.pruned = static_cast<int64_t>(std::llround(ratio * double(r.candidates)));
+  // A stable sort breaks ties by position, so exactly r.pruned positions go.
+  auto order = std::get<1>(torch::sort(all, /*stable=*/true, /*dim=*/0, /*descending=*/false));
+  auto gone = order.narrow(0, 0, r.pruned);
+  r.already_zero = all.index_select(0, gone).eq(0).sum().item<int64_t>();
+  auto kept = torch::ones({r.candidates}, torch::kBool);
+  kept.index_fill_(0, gone, false);
+  int64_t offset = 0;
+  for (size_t i = 0; i < names.size(); ++i) {
+    torch::Tensor w = need(tensors, names[i]);
+    auto k = kept.narrow(0, offset, w.numel()).reshape(w.sizes());
+    offset += w.numel();
+    w.masked_fill_(k.logical_not(), 0);
+    r.kept[names[i]] = k;
+  }
+  return r;
+}
+
+TrainSummary finetune_pruned(LoadedModel& model, const PruneResult& pruned, const Dataset& data,
+                             const TrainOptions& options, const TrainCallback& progress) {
+  TrainOptions o = options;
+  o.trainable = nullptr;
+  o.update_masks = pruned.kept;
+  return train(*model.net, data, model.meta.preprocess, o, progress);
+}
+
+// ---------------------------------------------------------------- zero-retrain
+std::vector<Suspect> find_extracted(LoadedModel& model) {
+  torch::NoGradGuard no_grad;
+  auto tensors = tensor_map(model);
+  std::vector<Suspect> out;
+  auto add = [&](const std::string& name, torch::Tensor mask, int64_t units, const char* unit) {
+    if (units > 0) out.push_back({name, std::move(mask), units, unit});
+  };
+  for (const auto& layer : model.net->structure()) {
+    const torch::Tensor& w = need(tensors, layer.weight);
+    switch (layer.kind) {
+      case LayerKind::kConv2d: {
+        const int64_t o = w.size(0), i = w.size(1);
+        auto zero_kernel = w.detach().reshape({o, i, -1}).eq(0).all(2);  // [o, i]
+        add(layer.weight, zero_kernel.unsqueeze(2).unsqueeze(3).expand(w.sizes()).contiguous(),
+            zero_kernel.sum().item<int64_t>(), "kernel");
+        if (!layer.bias.empty()) {
+          const torch::Tensor& b = need(tensors, layer.bias);
+          auto m = zero_kernel.all(1).logical_and(b.detach().eq(0));
+          add(layer.bias, m, m.sum().item<int64_t>(), "bias");
+        }
+        break;
+      }
+      case LayerKind::kLinear: {
+        auto m = w.detach().eq(0);
+        add(layer.weight, m, m.sum().item<int64_t>(), "weight");
+        break;
+      }
+      case LayerKind::kBatchNorm:
+      case LayerKind::kLayerNorm: {
+        auto dead = w.detach().eq(0);
+        add(layer.weight, dead, dead.sum().item<int64_t>(), "channel");
+        if (!layer.bias.empty()) {
+          auto m = dead.logical_and(need(tensors, layer.bias).detach().eq(0));
+          add(layer.bias, m, m.sum().item<int64_t>(), "bias");
+        }
+        break;
+      }
+    }
+  }
+  return out;
+}
+
+ZeroRetrainResult zero_retrain(LoadedModel& model, const Dataset& data, const TrainOptions& options,
+                               const TrainCallback& progress) {
+  ZeroRetrainResult r;
+  r.suspects = find_extracted(model);
+  if (r.suspects.empty()) return r;
+  auto tensors = tensor_map(model);
+  TrainOptions o = options;
+  o.update_masks.clear();
+  std::set<std::string> names;
+  {
+    torch::NoGradGuard no_grad;
+    torch::manual_seed(options.seed);
+    for (const auto& s : r.suspects) {
+      torch::Tensor t = tensors.at(s.tensor);
+      auto others = t.detach().masked_select(s.mask.logical_not());
+      // The layer's own distribution where there is one; a small spread around 0 otherwise.
+      const double mean = others.numel() > 0 ? others.mean().item<double>() : 0.0;
+      const double sd = others.numel() > 1 ? others.std().item<double>() : 0.01;
+      auto fresh = torch::randn(t.sizes(), t.options()) * sd + mean;
+      t.copy_(torch::where(s.mask, fresh, t));
+      r.positions += s.mask.sum().item<int64_t>();
+      names.insert(s.tensor);
+      o.update_masks[s.tensor] = s.mask;
+    }
+  }
+  o.trainable = [names](const std::string& n) { return names.count(n) > 0; };
+  // The running statistics belong to the original weights the attacker tries to reconstruct.
+  o.freeze_bn_stats = true;
+  r.train = train(*model.net, data, model.meta.preprocess, o, progress);
+  return r;
+}
+
+// ---------------------------------------------------------------- bn-recalibrate
+BnRecalibrateResult bn_recalibrate(LoadedModel& model, const Dataset& data,
+                                   const TrainOptions& options, bool train_affine,
+                                   const TrainCallback& progress) {
+  auto bns = batchnorms2d(*model.net);
+  if (bns.empty())
+    throw UsageError("model '" + model.meta.arch + "' has no BatchNorm layer to recalibrate");
+  if (options.batch_size < 1)
+    throw UsageError("batch size " + std::to_string(options.batch_size) + ": must be >= 1");
+  BnRecalibrateResult r;
+  r.layers = static_cast<int64_t>(bns.size());
+  r.images = data.size();
+  {
+    torch::NoGradGuard no_grad;
+    std::vector<c10::optional<double>> momentum;
+    for (auto* bn : bns) {
+      momentum.push_back(bn->options.momentum());
+      bn->options.momentum(c10::nullopt);  // cumulative average over the batches
+      bn->reset_running_stats();
+    }
+    model.net->train();
+    for (int64_t s = 0; s < data.size(); s += options.batch_size) {
+      const int64_t b = std::min(options.batch_size, data.size() - s);
+      model.net->forward(
+          preprocess_batch(data.images.narrow(0, s, b), model.meta.preprocess, /*augment=*/false));
+    }
+    for (size_t i = 0; i < bns.size(); ++i) bns[i]->options.momentum(momentum[i]);
+    model.net->eval();
+  }
+  if (train_affine) {
+    std::set<std::string> names;
+    for (const auto& layer : model.net->structure()) {
+      if (layer.kind != LayerKind::kBatchNorm) continue;
+      names.insert(layer.weight);
+      if (!layer.bias.empty()) names.insert(layer.bias);
+    }
+    TrainOptions o = options;
+    o.update_masks.clear();
+    o.trainable = [names](const std::string& n) { return names.count(n) > 0; };
+    r.train = train(*model.net, data, model.meta.preprocess, o, progress);
+  }
+  return r;
+}
+
+// ---------------------------------------------------------------- scratch
+LoadedModel scratch_model(const ModelMeta& meta, uint64_t seed) {
+  ModelMeta m = meta;
+  m.lock.reset();
+  m.training_json = "{}";
+  torch::manual_seed(seed);
+  return create_model(m);
+}
+
+}  // namespace corelocker

@@ -1,0 +1,265 @@
+#include "attacks/harness.h"
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+
+#include "util/error.h"
+
+namespace corelocker {
+namespace {
+
+std::pair<double, double> mean_sd(const std::vector<double>& v) {
+  if (v.empty()) return {0.0, 0.0};
+  double m = 0, q = 0;
+  for (double x : v) m += x;
+  m /= double(v.size());
+  for (double x : v) q += (x - m) * (x - m);
+  return {m, v.size() > 1 ? std::sqrt(q / double(v.size() - 1)) : 0.0};
+}
+
+std::string fmt(const char* f, double v) {
+  char b[64];
+  std::snprintf(b, sizeof b, f, v);
+  return b;
+}
+
+std::string mean_pm(double m, double sd, size_t n) {
+  return n > 1 ? fmt("%.2f", m) + " ± " + fmt("%.2f", sd) : fmt("%.2f", m);
+}
+
+std::string signed_pm(double m, double sd, size_t n) {
+  return n > 1 ? fmt("%+.2f", m) + " ± " + fmt("%.2f", sd) : fmt("%+.2f", m);
+}
+
+// Pads by code points, so that "±" counts as one column.
+std::string pad(const std::string& s, size_t width, bool left = true) {
+  size_t cols = 0;
+  for (unsigned char c : s) cols += (c & 0xC0) != 0x80;
+  if (cols >= width) return s;
+  return left ? s + std::string(width - cols, ' ') : std::string(width - cols, ' ') + s;
+}
+
+}  // namespace
+
+std::string AttackConfig::label() const {
+  std::string s = to_string(kind);
+  if (kind == AttackKind::kPrune) {
+    s += " " + fmt("%.2f", prune_ratio);
+    if (train.epochs > 0) s += " + finetune";
+  }
+  if (kind == AttackKind::kBnRecalibrate && bn_train_affine) s += " + affine";
+  return s;
+}
+
+bool AttackConfig::uses_data() const { return !(kind == AttackKind::kPrune && train.epochs == 0); }
+
+Dataset attacker_data(const Dataset& train_split, double fraction, uint64_t seed) {
+  if (!(fraction > 0.0 && fraction <= 1.0)) {
+    throw UsageError("data fraction " + std::to_string(fraction) + ": must be within (0, 1]");
+  }
+  const auto n = static_cast<int64_t>(std::llround(fraction * double(train_split.size())));
+  if (n < 1) {
+    throw UsageError("data fraction " + std::to_string(fraction) + " of " +
+                     std::to_string(train_split.size()) + " training images selects no image");
+  }
+  // subset() returns everything for n >= size, in the original order; that is what 1.0 means.
+  return subset(train_split, n, seed);
+}
+
+LoadedModel copy_model(LoadedModel& model) {
+  LoadedModel c = create_model(model.meta);
+  c.meta = model.meta;
+  torch::NoGradGuard no_grad;
+  auto src = named_tensors(*model.net);
+  auto dst = named_tensors(*c.net);
+  if (src.size() != dst.size())
+    throw Error("copy of model '" + model.meta.arch + "' has a different tensor list");
+  for (size_t i = 0; i < src.size(); ++i) dst[i].tensor.copy_(src[i].tensor);
+  c.net->eval();
+  return c;
+}
+
+AttackReport run_attack(LoadedModel& locked, const Dataset& train_split, const Dataset& test,
+                        double locked_top1, std::optional<double> original_top1,
+                        const AttackConfig& config, const HarnessOptions& options,
+                        const AttackHooks& hooks) {
+  if (options.trials < 1)
+    throw UsageError("trials " + std::to_string(options.trials) + ": must be >= 1");
+  if (config.train.epochs < 0)
+    throw UsageError("epochs " + std::to_string(config.train.epochs) + ": must be >= 0");
+  if ((config.kind == AttackKind::kFinetune || config.kind == AttackKind::kZeroRetrain ||
+       config.kind == AttackKind::kScratch) &&
+      config.train.epochs == 0) {
+    throw UsageError(std::string(to_string(config.kind)) + " needs --epochs >= 1");
+  }
+  AttackReport report;
+  report.config = config;
+  report.options = options;
+  report.label = config.label();
+  report.train_split_size = train_split.size();
+  report.locked_top1 = locked_top1;
+  report.original_top1 = original_top1;
+  const int trials = config.uses_data() ? options.trials : 1;
+  std::vector<double> top1, recovered;
+  for (int t = 0; t < trials; ++t) {
+    TrialResult r;
+    r.trial = t;
+    r.seed = options.seed + static_cast<uint64_t>(t);
+    // Drawn even when unused, so that a bad fraction fails the same way for every attack.
+    Dataset data = attacker_data(train_split, options.data_fraction, r.seed);
+    r.train_images = config.uses_data() ? data.size() : 0;
+    TrainOptions o = config.train;
+    o.seed = r.seed;
+    auto progress = [&](const TrainProgress& p) {
+      if (hooks.on_train) hooks.on_train(report.label, t, p);
+    };
+    const auto start = std::chrono::steady_clock::now();
+    LoadedModel m = config.kind == AttackKind::kScratch ? scratch_model(locked.meta, r.seed)
+                                                        : copy_model(locked);
+    switch (config.kind) {
+      case AttackKind::kFinetune:
+        finetune(m, data, o, progress);
+        break;
+      case AttackKind::kScratch:
+        train(*m.net, data, m.meta.preprocess, o, progress);
+        break;
+      case AttackKind::kPrune: {
+        PruneResult p = prune_smallest(m, config.prune_ratio);
+        r.detail = std::to_string(p.pruned) + " of " + std::to_string(p.candidates) +
+                   " weights pruned (" + std::to_string(p.already_zero) + " of them already zero)";
+        if (o.epochs > 0) finetune_pruned(m, p, data, o, progress);
+        break;
+      }
+      case AttackKind::kZeroRetrain: {
+        ZeroRetrainResult z = zero_retrain(m, data, o, progress);
+        int64_t kernels = 0, weights = 0, channels = 0;
+        for (const auto& s : z.suspects) {
+          if (s.unit == "kernel") kernels += s.units;
+          if (s.unit == "weight") weights += s.units;
+          if (s.unit == "channel") channels += s.units;
+        }
+        r.detail = std::to_string(z.positions) + " values retrained: " + std::to_string(kernels) +
+                   " zero kernels, " + std::to_string(weights) + " zero linear weights, " +
+                   std::to_string(channels) + " zero-gamma channels";
+        break;
+      }
+      case AttackKind::kBnRecalibrate: {
+        BnRecalibrateResult b = bn_recalibrate(m, data, o, config.bn_train_affine, progress);
+        r.detail = std::to_string(b.layers) + " BatchNorm layers recalibrated on " +
+                   std::to_string(b.images) + " images";
+        break;
+      }
+    }
+    r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    if (hooks.on_trial) hooks.on_trial(t, data, m);
+    r.top1 = evaluate(*m.net, test, m.meta.preprocess, options.eval_batch).top1;
+    r.recovered = r.top1 - locked_top1;
+    top1.push_back(r.top1);
+    recovered.push_back(r.recovered);
+    report.trials.push_back(r);
+  }
+  std::tie(report.mean_top1, report.sd_top1) = mean_sd(top1);
+  std::tie(report.mean_recovered, report.sd_recovered) = mean_sd(recovered);
+  return report;
+}
+
+void compare_to_scratch(AttackReport& report, const AttackReport& scratch) {
+  if (scratch.config.kind != AttackKind::kScratch)
+    throw UsageError("compare_to_scratch: '" + scratch.label + "' is not scratch");
+  if (report.options.data_fraction != scratch.options.data_fraction ||
+      report.options.seed != scratch.options.seed ||
+      report.train_split_size != scratch.train_split_size) {
+    throw UsageError("'" + report.label + "' and scratch used different data (fraction " +
+                     std::to_string(report.options.data_fraction) + " vs " +
+                     std::to_string(scratch.options.data_fraction) + ", seed " +
+                     std::to_string(report.options.seed) + " vs " +
+                     std::to_string(scratch.options.seed) + ")");
+  }
+  std::vector<double> diff;
+  if (report.trials.size() == 1 && !report.config.uses_data()) {
+    for (const auto& s : scratch.trials) diff.push_back(report.trials[0].top1 - s.top1);
+  } else {
+    const size_t n = std::min(report.trials.size(), scratch.trials.size());
+    for (size_t i = 0; i < n; ++i) diff.push_back(report.trials[i].top1 - scratch.trials[i].top1);
+  }
+  if (diff.empty()) return;
+  auto [m, sd] = mean_sd(diff);
+  report.advantage = m;
+  report.sd_advantage = sd;
+  report.advantage_pairs = static_cast<int>(diff.size());
+}
+
+std::string report_table(const std::vector<AttackReport>& reports) {
+  std::string out;
+  const size_t w[] = {26, 7, 7, 8, 16, 16, 16, 10};
+  const char* head[] = {"attack",         "data",      "trials",     "locked",
+                        "after attack %", "recovered", "vs scratch", "s/trial"};
+  for (size_t i = 0; i < 8; ++i) out += pad(head[i], w[i], i == 0) + (i < 7 ? " " : "\n");
+  for (const auto& r : reports) {
+    const size_t n = r.trials.size();
+    double secs = 0;
+    for (const auto& t : r.trials) secs += t.seconds;
+    const std::string data =
+        r.config.uses_data() ? fmt("%.3g%%", 100.0 * r.options.data_fraction) : "-";
+    std::string adv = "-";
+    if (r.config.kind == AttackKind::kScratch)
+      adv = "(baseline)";
+    else if (r.advantage)
+      adv = signed_pm(*r.advantage, r.sd_advantage.value_or(0.0),
+                      static_cast<size_t>(r.advantage_pairs));
+    const std::string cells[] = {r.label,
+                                 data,
+                                 std::to_string(n),
+                                 fmt("%.2f", r.locked_top1),
+                                 mean_pm(r.mean_top1, r.sd_top1, n),
+                                 signed_pm(r.mean_recovered, r.sd_recovered, n),
+                                 adv,
+                                 fmt("%.1f", n ? secs / double(n) : 0.0)};
+    for (size_t i = 0; i < 8; ++i) out += pad(cells[i], w[i], i == 0) + (i < 7 ? " " : "\n");
+  }
+  return out;
+}
+
+nlohmann::json report_json(const std::vector<AttackReport>& reports) {
+  nlohmann::json arr = nlohmann::json::array();
+  for (const auto& r : reports) {
+    nlohmann::json trials = nlohmann::json::array();
+    for (const auto& t : r.trials) {
+      trials.push_back({{"trial", t.trial},
+                        {"seed", t.seed},
+                        {"train_images", t.train_images},
+                        {"top1", t.top1},
+                        {"recovered", t.recovered},
+                        {"seconds", t.seconds},
+                        {"detail", t.detail}});
+    }
+    nlohmann::json j = {
+        {"attack", to_string(r.config.kind)},
+        {"label", r.label},
+        {"data_fraction",
+         r.config.uses_data() ? nlohmann::json(r.options.data_fraction) : nlohmann::json()},
+        {"train_split_size", r.train_split_size},
+        {"epochs", r.config.train.epochs},
+        {"lr", r.config.train.lr},
+        {"batch_size", r.config.train.batch_size},
+        {"schedule", r.config.train.schedule},
+        {"seed", r.options.seed},
+        {"locked_top1", r.locked_top1},
+        {"mean_top1", r.mean_top1},
+        {"sd_top1", r.sd_top1},
+        {"mean_recovered", r.mean_recovered},
+        {"sd_recovered", r.sd_recovered},
+        {"trials", trials}};
+    if (r.config.kind == AttackKind::kPrune) j["prune_ratio"] = r.config.prune_ratio;
+    if (r.config.kind == AttackKind::kBnRecalibrate) j["train_affine"] = r.config.bn_train_affine;
+    j["original_top1"] = r.original_top1 ? nlohmann::json(*r.original_top1) : nlohmann::json();
+    j["advantage_over_scratch"] = r.advantage ? nlohmann::json(*r.advantage) : nlohmann::json();
+    j["sd_advantage_over_scratch"] =
+        r.sd_advantage ? nlohmann::json(*r.sd_advantage) : nlohmann::json();
+    arr.push_back(j);
+  }
+  return {{"attacks", arr}};
+}
+
+}  // namespace corelocker

@@ -1,0 +1,102 @@
+// The attack harness: runs an attack over several trials, each on a fresh random subset of the
+// training split, and measures the test accuracy it wins back. The test split is only ever
+// evaluated on, never trained or calibrated on.
+//
+// Trial t (0-based) draws round(data_fraction * |train|) training images with seed `seed + t`
+// and trains with the same seed, so every attack of one run sees the same data in trial t:
+// differences between attacks (and against `scratch`) are paired.
+#pragma once
+
+#include <functional>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "attacks/attacks.h"
+#include "eval/evaluate.h"
+
+namespace corelocker {
+
+struct AttackConfig {
+  AttackKind kind = AttackKind::kFinetune;
+  TrainOptions train;            // the budget: epochs, lr, batch size, schedule
+  double prune_ratio = 0.2;      // prune
+  bool bn_train_affine = false;  // bn-recalibrate
+  // "finetune", "prune 0.20", "prune 0.20 + finetune", "bn-recalibrate + affine", ...
+  std::string label() const;
+  // False when the attack ignores the attacker's data (prune without fine-tuning): one trial is
+  // then enough, as every trial would give the same model.
+  bool uses_data() const;
+};
+
+struct HarnessOptions {
+  double data_fraction = 0.05;  // of the training split, in (0, 1]
+  int trials = 3;
+  uint64_t seed = 0;
+  int64_t eval_batch = 500;
+};
+
+struct TrialResult {
+  int trial = 0;
+  uint64_t seed = 0;
+  int64_t train_images = 0;
+  double top1 = 0.0;       // test accuracy after the attack (percent)
+  double recovered = 0.0;  // top1 - locked top1 (points)
+  double seconds = 0.0;    // attack time, evaluation excluded
+  std::string detail;      // what the attack found or did, in words
+};
+
+struct AttackReport {
+  AttackConfig config;
+  HarnessOptions options;
+  std::string label;
+  int64_t train_split_size = 0;
+  double locked_top1 = 0.0;
+  std::optional<double> original_top1;
+  std::vector<TrialResult> trials;
+  double mean_top1 = 0.0, sd_top1 = 0.0;            // sample sd over trials
+  double mean_recovered = 0.0, sd_recovered = 0.0;  // points
+  // Set by compare_to_scratch: mean over trials of (attack top-1 - scratch top-1), paired by
+  // trial, and its sample sd.
+  std::optional<double> advantage, sd_advantage;
+  int advantage_pairs = 0;  // differences behind the advantage (sd needs two)
+};
+
+struct AttackHooks {
+  // Progress of any training inside a trial.
+  std::function<void(const std::string& label, int trial, const TrainProgress&)> on_train;
+  // After each trial: the attacker's data and the attacked model (before evaluation).
+  std::function<void(int trial, const Dataset& attacker_data, LoadedModel& attacked)> on_trial;
+};
+
+// The attacker's data for one trial: round(fraction * |train|) images drawn with `seed`.
+// Throws UsageError when the fraction is outside (0, 1] or selects no image.
+Dataset attacker_data(const Dataset& train_split, double fraction, uint64_t seed);
+
+// Runs one attack over options.trials trials (one when the attack uses no data). `locked` is
+// never modified: each trial attacks a copy (scratch builds a fresh model from the metadata
+// only). `locked_top1` is the locked model's accuracy on `test` (evaluate it once and pass it to
+// every attack); `original_top1`, when known, is recorded for the report. Throws UsageError for
+// bad options.
+AttackReport run_attack(LoadedModel& locked, const Dataset& train_split, const Dataset& test,
+                        double locked_top1, std::optional<double> original_top1,
+                        const AttackConfig& config, const HarnessOptions& options,
+                        const AttackHooks& hooks = {});
+
+// Fills report.advantage from a scratch report of the same data fraction and seed (paired by
+// trial; an attack with a single trial is compared with every scratch trial). Throws UsageError
+// when the two runs did not use the same data.
+void compare_to_scratch(AttackReport& report, const AttackReport& scratch);
+
+// A deep copy of a model: metadata and every parameter and buffer.
+LoadedModel copy_model(LoadedModel& model);
+
+// One table, one row per report: attack, data, trials, locked, after attack, recovered,
+// advantage over scratch, time per trial.
+std::string report_table(const std::vector<AttackReport>& reports);
+
+// All reports with every trial, as one JSON object.
+nlohmann::json report_json(const std::vector<AttackReport>& reports);
+
+}  // namespace corelocker

@@ -1,0 +1,213 @@
+// `attack`: try to win back a locked model's utility without the key, and measure it against
+// training from scratch on the same data and budget.
+#include <algorithm>
+#include <cstdio>
+#include <nlohmann/json.hpp>
+
+#include "attacks/harness.h"
+#include "cli/commands.h"
+#include "cli/common.h"
+#include "cli/progress.h"
+#include "data/dataset.h"
+#include "eval/evaluate.h"
+#include "models/checkpoint.h"
+#include "util/atomic_file.h"
+#include "util/error.h"
+
+namespace corelocker::cli {
+
+void add_attack(CLI::App& app) {
+  auto* c = app.add_subcommand("attack",
+                               "Attack a locked model without its key: finetune | prune | "
+                               "zero-retrain | bn-recalibrate | scratch | all");
+  static std::string kind, model_path, original_path, report_path;
+  static std::vector<double> fractions, ratios;
+  static int trials = 3, epochs = -1, prune_epochs = 0;
+  static uint64_t seed = 0;
+  static bool affine = false, json = false;
+  static TrainOptions topts;
+  static Common common;
+  topts.lr = 0.05;
+  c->add_option("kind", kind, "finetune | prune | zero-retrain | bn-recalibrate | scratch | all")
+      ->required();
+  c->add_option("--model", model_path, "Locked model to attack")->required();
+  c->add_option("--original", original_path,
+                "Original model: report its accuracy beside the attack's");
+  c->add_option("--data-fraction", fractions,
+                "Attacker's share of the training split, fresh random subset per trial; several "
+                "(0.05,0.1) run one "
+                "set each (default 0.05)")
+      ->delimiter(',');
+  c->add_option("--trials", trials, "Trials per attack (each on its own data subset)")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  c->add_option("--seed", seed, "Trial t draws its data and trains with seed + t")
+      ->capture_default_str();
+  c->add_option("--epochs", epochs,
+                "Training epochs of the attack (default 2; prune: 0, no fine-tuning)")
+      ->check(CLI::NonNegativeNumber);
+  c->add_option("--lr", topts.lr, "Peak learning rate")->capture_default_str();
+  c->add_option("--batch-size", topts.batch_size, "Batch size")->capture_default_str();
+  c->add_option("--schedule", topts.schedule, "onecycle | cosine | constant")
+      ->capture_default_str();
+  c->add_option("--weight-decay", topts.weight_decay, "Weight decay")->capture_default_str();
+  c->add_option("--ratio", ratios,
+                "prune: fraction of conv/linear weights to prune (default 0.2; all: 0.2,0.4)")
+      ->delimiter(',')
+      ->check(CLI::Range(0.0, 1.0));
+  c->add_option("--prune-epochs", prune_epochs, "all: fine-tuning epochs after pruning")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  c->add_flag("--affine", affine,
+              "bn-recalibrate: then train the BatchNorm affine parameters (all runs both)");
+  c->add_flag("--json", json, "Print one JSON object instead of the table");
+  c->add_option("--report", report_path, "Also write the JSON report to this file");
+  add_threads(c, common);
+  add_data(c, common);
+  handlers()[c] = [] {
+    apply_threads(common);
+    std::vector<AttackKind> kinds;
+    const bool all = kind == "all";
+    if (all)
+      kinds = all_attack_kinds();
+    else
+      kinds = {parse_attack_kind(kind)};
+    if (fractions.empty()) fractions = {0.05};
+    if (ratios.empty()) ratios = all ? std::vector<double>{0.2, 0.4} : std::vector<double>{0.2};
+
+    LoadedModel locked = load_model(model_path);
+    const std::string dataset = locked.meta.dataset.empty() ? "fashion-mnist" : locked.meta.dataset;
+    Dataset train_split = load_dataset(dataset, common.data_dir, Split::kTrain);
+    Dataset test = test_set(locked.meta, common);
+    const double locked_top1 = evaluate(*locked.net, test, locked.meta.preprocess).top1;
+    std::optional<double> original_top1;
+    if (!original_path.empty()) {
+      LoadedModel original = load_model(original_path);
+      if (original.meta.arch != locked.meta.arch || original.meta.options != locked.meta.options) {
+        throw UsageError("--original '" + original_path + "' is a " + original.meta.arch +
+                         ", the locked model is a " + locked.meta.arch);
+      }
+      original_top1 = evaluate(*original.net, test, original.meta.preprocess).top1;
+    }
+
+    // The configurations, in table order; prune ignores the data, so it runs once.
+    std::vector<AttackConfig> configs;
+    for (AttackKind k : kinds) {
+      AttackConfig cfg;
+      cfg.kind = k;
+      cfg.train = topts;
+      cfg.train.epochs = epochs >= 0 ? epochs : (k == AttackKind::kPrune ? 0 : 2);
+      if (k == AttackKind::kPrune) {
+        if (all) cfg.train.epochs = prune_epochs;
+        for (double r : ratios) {
+          cfg.prune_ratio = r;
+          configs.push_back(cfg);
+        }
+      } else if (k == AttackKind::kBnRecalibrate && all) {
+        configs.push_back(cfg);
+        cfg.bn_train_affine = true;
+        configs.push_back(cfg);
+      } else {
+        cfg.bn_train_affine = affine;
+        configs.push_back(cfg);
+      }
+    }
+
+    Progress line;
+    AttackHooks hooks;
+    std::string current;
+    hooks.on_train = [&](const std::string& label, int trial, const TrainProgress& p) {
+      if (p.step % 5 != 0 && !p.epoch_done) return;
+      line.update(current + " trial " + std::to_string(trial + 1) + " epoch " +
+                  std::to_string(p.epoch) + "/" + std::to_string(p.epochs) + " " +
+                  bar(double(p.step) / double(p.steps)) + " loss " + fixed(p.loss, 3) + " ETA " +
+                  format_duration(p.eta_seconds));
+      (void)label;
+    };
+    std::vector<AttackReport> reports;
+    for (double fraction : fractions) {
+      HarnessOptions h;
+      h.data_fraction = fraction;
+      h.trials = trials;
+      h.seed = seed;
+      std::vector<AttackReport> set;
+      for (const auto& cfg : configs) {
+        // Pruning without fine-tuning does not depend on the data: one row for all fractions.
+        if (!cfg.uses_data() && fraction != fractions.front()) continue;
+        current = cfg.label() + " (" + fixed(100.0 * fraction, 0) + "% data)";
+        line.update(current + " ...");
+        set.push_back(
+            run_attack(locked, train_split, test, locked_top1, original_top1, cfg, h, hooks));
+        line.finish(current + ": " + pct(set.back().mean_top1) + "%");
+      }
+      const AttackReport* scratch = nullptr;
+      for (const auto& r : set) {
+        if (r.config.kind == AttackKind::kScratch) scratch = &r;
+      }
+      if (scratch) {
+        for (auto& r : set) {
+          if (&r != scratch) compare_to_scratch(r, *scratch);
+        }
+      }
+      reports.insert(reports.end(), set.begin(), set.end());
+    }
+
+    Json j = report_json(reports);
+    j["model"] = model_path;
+    j["arch"] = locked.meta.arch;
+    j["dataset"] = dataset;
+    j["test_images"] = test.size();
+    j["locked_top1"] = locked_top1;
+    j["original_top1"] = original_top1 ? Json(*original_top1) : Json();
+    j["lock"] = locked.meta.lock ? Json{{"criterion", locked.meta.lock->criterion},
+                                        {"scope", locked.meta.lock->scope},
+                                        {"ratio", locked.meta.lock->ratio}}
+                                 : Json();
+    if (!report_path.empty()) write_file_atomic(report_path, j.dump(2) + "\n");
+    if (json) {
+      std::printf("%s\n", j.dump().c_str());
+      return 0;
+    }
+    std::printf("\n%s (%s), %s, %lld test images\n", model_path.c_str(), locked.meta.arch.c_str(),
+                dataset.c_str(), static_cast<long long>(test.size()));
+    if (locked.meta.lock) {
+      std::printf("lock: %s, scope %s, ratio %s\n", locked.meta.lock->criterion.c_str(),
+                  locked.meta.lock->scope.c_str(), fixed(locked.meta.lock->ratio, 4).c_str());
+    } else {
+      std::printf("lock: none recorded in the model's metadata\n");
+    }
+    std::printf("locked top-1 %s%%", pct(locked_top1).c_str());
+    if (original_top1) std::printf(", original top-1 %s%%", pct(*original_top1).c_str());
+    bool any_training = false;
+    for (const auto& cfg : configs) any_training = any_training || cfg.uses_data();
+    if (!any_training) {
+      std::printf("\nbudget: no attacker data, no training (pruning only)\n\n");
+    } else {
+      std::string epochs_text = std::to_string(epochs >= 0 ? epochs : 2) + " epoch(s)";
+      if (all) epochs_text += " (prune: " + std::to_string(prune_epochs) + ")";
+      std::printf("\nbudget: %s, lr %s %s, batch %lld, weight decay %s; %d trial(s), seed %llu\n\n",
+                  epochs_text.c_str(), fixed(topts.lr, 4).c_str(), topts.schedule.c_str(),
+                  static_cast<long long>(topts.batch_size), fixed(topts.weight_decay, 5).c_str(),
+                  trials, static_cast<unsigned long long>(seed));
+    }
+    std::printf("%s", report_table(reports).c_str());
+    std::printf(
+        "\nrecovered = after attack - locked; vs scratch = after attack - scratch, paired by trial "
+        "(same data);\n"
+        "mean ± sample sd over trials, accuracies in %% top-1\n");
+    std::vector<std::string> details;  // first trial of each row, repeated lines once
+    for (const auto& r : reports) {
+      if (r.trials.empty() || r.trials.front().detail.empty()) continue;
+      std::string d =
+          "  " + r.label +
+          (r.config.uses_data() ? " (" + fixed(100.0 * r.options.data_fraction, 1) + "% data)"
+                                : "") +
+          ": " + r.trials.front().detail;
+      if (std::find(details.begin(), details.end(), d) == details.end()) details.push_back(d);
+    }
+    for (const auto& d : details) std::printf("%s\n", d.c_str());
+    return 0;
+  };
+}
+
+}  // namespace corelocker::cli
