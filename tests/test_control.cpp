@@ -248,6 +248,15 @@ TEST(SearchBand, BandBetweenTwoUnitCountsIsReportedAsSuch) {
   EXPECT_EQ(c.status, CalibrationStatus::kBetweenSteps) << c.explanation;
   EXPECT_NE(c.explanation.find("(4 units)"), std::string::npos) << c.explanation;
   EXPECT_NE(c.explanation.find("(5 units)"), std::string::npos) << c.explanation;
+  // Two groups of the same size gain their units together: totals jump by two, 8 -> 10.
+  auto twin_cliff = [](double r) {
+    const int64_t u = 2 * units_at_ratio(10, r);
+    return Probe{r, u, 0.0, u < 10 ? 90.0 : 10.0, 0.0};
+  };
+  Calibration twin = search_band({10, 10}, twin_cliff, parse_band("50-55"), o);
+  EXPECT_EQ(twin.status, CalibrationStatus::kBetweenSteps) << twin.explanation;
+  EXPECT_NE(twin.explanation.find("(8 units)"), std::string::npos) << twin.explanation;
+  EXPECT_NE(twin.explanation.find("(10 units)"), std::string::npos) << twin.explanation;
 }
 
 TEST(SearchBand, RunsOutOfBudgetWithTheClosestProbe) {

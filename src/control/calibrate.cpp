@@ -66,7 +66,7 @@ class Prober {
   // theirs, as close to `wanted` (in log space) as the unit counts allow; false when none.
   bool between(double lo, double hi, double wanted, double* out) const {
     const int64_t ulo = units(lo), uhi = units(hi);
-    if (uhi - ulo <= 1) return false;
+    if (uhi - ulo <= 1) return false;  // a necessary condition only: see the search loops
     double r = wanted;
     // Unit counts grow with the ratio: bisect (no evaluation) toward the side that has room.
     double a = lo, b = hi;
@@ -273,10 +273,15 @@ Calibration search_band(const std::vector<int64_t>& groups, const Evaluator& eva
     const auto probes = prober.by_ratio();
     const Probe* a = nullptr;
     const Probe* b = nullptr;
+    double pair_mid = 0.0;  // a ratio strictly inside the chosen pair
     for (size_t i = 0; i + 1 < probes.size(); ++i) {
       const Probe &x = probes[i], &y = probes[i + 1];
       if (side(x) * side(y) != -1) continue;
-      if (prober.units(y.ratio) - prober.units(x.ratio) <= 1) {
+      // Layers of the same size gain a unit at the same ratio, so neighbouring totals can
+      // differ by several units with no plan in between: ask for one rather than subtract.
+      double probe_at = 0.0;
+      const double mid = std::exp((prober.log_ratio(x.ratio) + prober.log_ratio(y.ratio)) / 2.0);
+      if (!prober.between(x.ratio, y.ratio, mid, &probe_at)) {
         collapsed = describe(x) + ", " + describe(y);
         continue;
       }
@@ -284,6 +289,7 @@ Calibration search_band(const std::vector<int64_t>& groups, const Evaluator& eva
       if (!a || gap > prober.log_ratio(b->ratio) - prober.log_ratio(a->ratio)) {
         a = &x;
         b = &y;
+        pair_mid = probe_at;
       }
     }
     double next = 0.0;
@@ -293,9 +299,8 @@ Calibration search_band(const std::vector<int64_t>& groups, const Evaluator& eva
       // lands on the same side twice in a row, bisect instead.
       const double t =
           same_side_twice ? 0.5 : std::clamp((a->top1 - target) / (a->top1 - b->top1), 0.2, 0.8);
-      if (!prober.between(a->ratio, b->ratio, std::exp(xa + t * (xb - xa)), &next)) {
-        throw Error("calibrate: no ratio found between " + describe(*a) + " and " + describe(*b));
-      }
+      if (!prober.between(a->ratio, b->ratio, std::exp(xa + t * (xb - xa)), &next))
+        next = pair_mid;  // exists: checked above
     } else if (!explored_up && probes.back().ratio < options.max_ratio) {
       // Every crossing found is a jump over the band. A noisy curve may still cross it again
       // further out: look once beyond each end before giving up.
