@@ -29,6 +29,7 @@ TEST(Training, ResumedRunEqualsAnUninterruptedOne) {
 
   // Stop after epoch 1, keeping the model and optimizer state as a checkpoint would.
   std::ostringstream optim_state;
+  torch::Tensor rng;
   LoadedModel saved;
   TrainHooks hooks;
   int epochs_seen = 0;
@@ -37,6 +38,7 @@ TEST(Training, ResumedRunEqualsAnUninterruptedOne) {
     torch::serialize::OutputArchive a;
     opt.save(a);
     a.save_to(optim_state);
+    rng = rng_state();
     saved = testing::clone(part);
   };
   hooks.keep_going = [&] { return epochs_seen < 1; };
@@ -52,6 +54,7 @@ TEST(Training, ResumedRunEqualsAnUninterruptedOne) {
     torch::serialize::InputArchive a;
     a.load_from(in);
     opt.load(a);
+    set_rng_state(rng);
   };
   std::vector<int> epochs;
   restore.on_epoch_end = [&](int epoch, torch::optim::Optimizer&) { epochs.push_back(epoch); };
@@ -59,6 +62,10 @@ TEST(Training, ResumedRunEqualsAnUninterruptedOne) {
   EXPECT_EQ(s.epochs, 3);
   EXPECT_EQ(epochs, (std::vector<int>{2, 3}));
   EXPECT_TRUE(testing::same_tensors(saved, full));
+}
+
+TEST(Training, GarbageGeneratorStateIsRefused) {
+  EXPECT_THROW(set_rng_state(torch::zeros({3}, torch::kUInt8)), Error);
 }
 
 TEST(Training, StopInsideAnEpochReportsTheEpochsCompleted) {

@@ -125,11 +125,13 @@ std::map<std::string, int64_t> arch_options(const TrainArgs& a) {
 
 namespace {
 
+// Optimizer state (momentum buffers) and the random generator's state, beside the checkpoint.
 std::string optim_path(const std::string& checkpoint) { return checkpoint + ".optim"; }
 
 void save_optimizer(const std::string& path, torch::optim::Optimizer& optimizer) {
   torch::serialize::OutputArchive archive;
   optimizer.save(archive);
+  archive.write("rng_state", rng_state(), /*is_buffer=*/true);
   PendingFile pending(path);
   try {
     archive.save_to(pending.temp_path());
@@ -147,6 +149,9 @@ void load_optimizer(const std::string& path, torch::optim::Optimizer& optimizer)
     torch::serialize::InputArchive archive;
     archive.load_from(path);
     optimizer.load(archive);
+    torch::Tensor rng;
+    archive.read("rng_state", rng, /*is_buffer=*/true);
+    set_rng_state(rng);
   } catch (const c10::Error& e) {
     throw FormatError("optimizer state '" + path + "': unreadable (" + e.what_without_backtrace() + ")");
   }

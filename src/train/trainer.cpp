@@ -2,6 +2,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <mutex>
 
 #include "util/error.h"
 
@@ -22,6 +23,18 @@ double scheduled_lr(const std::string& schedule, double lr, int64_t t, int64_t t
     return end + (lr - end) * 0.5 * (1.0 + std::cos(pi * q));
   }
   throw UsageError("schedule '" + schedule + "': expected onecycle, cosine or constant");
+}
+
+torch::Tensor rng_state() { return at::detail::getDefaultCPUGenerator().get_state(); }
+
+void set_rng_state(const torch::Tensor& state) {
+  try {
+    auto gen = at::detail::getDefaultCPUGenerator();
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    gen.set_state(state);
+  } catch (const c10::Error& e) {
+    throw Error(std::string("cannot restore the random generator state: ") + e.what_without_backtrace());
+  }
 }
 
 void set_memory_format(torch::nn::Module& net, torch::MemoryFormat format) {
@@ -105,6 +118,9 @@ TrainSummary train(Network& net, const Dataset& data, const Preprocess& pp, cons
                                       torch::optim::SGDOptions(o.lr).momentum(o.momentum).nesterov(o.momentum > 0).weight_decay(0)));
   }
   torch::optim::SGD optimizer(groups, torch::optim::SGDOptions(o.lr));
+  // A fresh run seeds the global generator; a resumed one goes on with the generator state that
+  // hooks.restore brought back (see rng_state), so it sees the batches an uninterrupted run would.
+  if (o.start_epoch == 0) torch::manual_seed(o.seed);
   if (hooks.restore) hooks.restore(optimizer);
 
   // oneDNN convolutions run about twice as fast on channels-last tensors on CPU; weights go
@@ -129,8 +145,6 @@ TrainSummary train(Network& net, const Dataset& data, const Preprocess& pp, cons
   int64_t global_step = steps * o.start_epoch;
   int64_t run_steps = 0, run_images = 0;  // in this call (for speed and ETA)
   for (int epoch = o.start_epoch + 1; epoch <= o.epochs; ++epoch) {
-    // Seeded per epoch, so that a resumed run sees the batches an uninterrupted one would.
-    torch::manual_seed(o.seed * 1000003ULL + static_cast<uint64_t>(epoch));
     auto perm = torch::randperm(n, torch::kInt64);
     double loss_sum = 0.0;
     int64_t correct = 0, seen = 0;

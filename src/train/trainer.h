@@ -71,10 +71,16 @@ struct TrainHooks {
   std::function<void(int epoch, torch::optim::Optimizer&)> on_epoch_end;
 };
 
-// Trains in place from epoch options.start_epoch + 1 to options.epochs. The data order and
-// augmentation of epoch e depend only on (seed, e), so a run resumed from a checkpoint with its
-// optimizer state sees the same batches as an uninterrupted one. Throws UsageError for bad
-// options.
+// The global CPU generator's state (data order and augmentation draw from it), to be saved
+// with a checkpoint in on_epoch_end and brought back in restore; set_rng_state throws Error
+// for a state that is not one.
+torch::Tensor rng_state();
+void set_rng_state(const torch::Tensor& state);
+
+// Trains in place from epoch options.start_epoch + 1 to options.epochs. A fresh run
+// (start_epoch 0) seeds the global generator with options.seed; a resumed one whose restore
+// hook brings back the optimizer and generator state saved at the end of the last epoch sees
+// the same batches as an uninterrupted run. Throws UsageError for bad options.
 TrainSummary train(Network& net, const Dataset& data, const Preprocess& pp, const TrainOptions& options,
                    const TrainHooks& hooks);
 
