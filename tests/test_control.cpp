@@ -323,5 +323,34 @@ TEST(Calibrate, TrainedResnetLandsInAReachableBandAndRestores) {
   EXPECT_EQ(model_fingerprint(model), fp);
 }
 
+TEST(Calibrate, TierBandsGiveNestedKeysWhoseStatesLandInTheirBands) {
+  LoadedModel model = trained_resnet();
+  LoadedModel original = clone(model);
+  Dataset data = fmnist_test(500);
+  const Ranking ranking = rank(model, Criterion::kL1);
+  CalibrationOptions o;
+  o.max_evaluations = 10;
+  const std::vector<Band> bands = {parse_band("25-45"), parse_band("55-75")};
+  TierCalibration tc = calibrate_tiers(model, ranking, data, bands, o);
+  ASSERT_EQ(tc.ratios.size(), 2u);
+  EXPECT_GT(tc.ratios[0], tc.ratios[1]);  // less utility takes a larger ratio
+  std::vector<double> seen;
+  LockOptions lo;
+  auto keys = lock_model_tiers(model, lo, tc.ratios, [&](double, LoadedModel& state) {
+    seen.push_back(evaluate(*state.net, data, state.meta.preprocess).top1);
+  });
+  // States come smallest ratio first: the 55-75 tier, then the 25-45 tier (the locked model).
+  ASSERT_EQ(seen.size(), 2u);
+  EXPECT_DOUBLE_EQ(seen[0], tc.calibrations[1].chosen.top1);
+  EXPECT_DOUBLE_EQ(seen[1], tc.calibrations[0].chosen.top1);
+  EXPECT_TRUE(bands[0].contains(seen[1]));
+  EXPECT_TRUE(bands[1].contains(seen[0]));
+  std::vector<KeyFile> in_order;
+  for (auto& t : keys) in_order.push_back(t.key);
+  unlock_model(model, in_order);
+  EXPECT_TRUE(testing::same_tensors(model, original));
+  EXPECT_THROW(calibrate_tiers(original, ranking, data, {parse_band("99.5-100")}, o), Error);
+}
+
 }  // namespace
 }  // namespace corelocker

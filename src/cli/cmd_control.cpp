@@ -76,26 +76,6 @@ LockOptions lock_options(const UnitArgs& a) {
   return o;
 }
 
-// The validation split: a seeded subset of the TRAINING split, never the test split.
-struct ValArgs {
-  int64_t size = 5000;
-  uint64_t seed = 1;
-};
-
-void add_val_args(CLI::App* c, ValArgs& v) {
-  c->add_option("--val-size", v.size, "Validation images, drawn from the training split")
-      ->capture_default_str()
-      ->check(CLI::PositiveNumber);
-  c->add_option("--val-seed", v.seed, "Seed that draws the validation images")
-      ->capture_default_str();
-}
-
-Dataset validation_set(const ModelMeta& meta, const Common& common, const ValArgs& v) {
-  Dataset train = load_dataset(meta.dataset.empty() ? "fashion-mnist" : meta.dataset,
-                               common.data_dir, Split::kTrain);
-  return subset(train, v.size, v.seed);
-}
-
 std::string ratio_text(double r) { return fixed(r, 6); }
 
 std::string probe_line(int n, const Probe& p) {

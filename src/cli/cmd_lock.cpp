@@ -9,6 +9,7 @@
 #include "cli/commands.h"
 #include "cli/common.h"
 #include "cli/progress.h"
+#include "control/calibrate.h"
 #include "data/dataset.h"
 #include "eval/evaluate.h"
 #include "keyfile/key_file.h"
@@ -48,7 +49,8 @@ std::vector<double> parse_ratios(const std::string& list) {
 
 void add_lock(CLI::App& app) {
   auto* c = app.add_subcommand("lock", "Extract the most significant units into an access key");
-  static std::string model_path, out, key_out, criterion = "l1", scope, units = "l1", fill = "zero", tiers;
+  static std::string model_path, out, key_out, criterion = "l1", scope, units = "l1", fill = "zero", tiers, tier_bands;
+  static ValArgs val;
   static double ratio = 0.05;
   static uint64_t seed = 0;
   static bool include_io = false, eval_after = false;
@@ -58,6 +60,10 @@ void add_lock(CLI::App& app) {
   c->add_option("--criterion", criterion, "l1 | bn | random")->capture_default_str();
   c->add_option("--ratio", ratio, "Fraction of units to extract")->capture_default_str()->check(CLI::Range(0.0, 1.0));
   c->add_option("--tiers", tiers, "Tiered keys: comma-separated ratios, e.g. 0.005,0.02,0.05 (replaces --ratio)");
+  c->add_option("--tier-bands", tier_bands,
+                "Tiered keys by utility: comma-separated top-1 bands, e.g. 30-35,60-65; each tier's ratio is "
+                "calibrated on a validation split of the training data");
+  add_val_args(c, val);
   c->add_option("--scope", scope, "layer | global (default: layer for l1/random, global for bn)");
   c->add_option("--seed", seed, "Seed for --criterion random")->capture_default_str();
   c->add_option("--units", units, "Units drawn by --criterion random: l1 | bn")->capture_default_str();
@@ -91,12 +97,31 @@ void add_lock(CLI::App& app) {
     };
     std::vector<std::pair<std::string, KeyFile>> keys;
     std::vector<LockStats> stats;
-    if (tiers.empty()) {
+    std::vector<double> ratios;
+    if (!tier_bands.empty()) {
+      if (!tiers.empty()) throw UsageError("give --tiers or --tier-bands, not both");
+      std::vector<Band> bands;
+      std::stringstream ss(tier_bands);
+      for (std::string item; std::getline(ss, item, ',');) bands.push_back(parse_band(item));
+      const Dataset val_data = validation_set(model.meta, common, val);
+      auto tensors = named_tensors(*model.net);
+      const Ranking ranking = rank_units(tensors, model.net->structure(), o);
+      TierCalibration tc = calibrate_tiers(model, ranking, val_data, bands, CalibrationOptions{});
+      for (size_t i = 0; i < bands.size(); ++i) {
+        const Probe& p = tc.calibrations[i].chosen;
+        std::printf("band %s-%s%%: ratio %s, validation top-1 %s%% (%zu evaluations)\n", fixed(bands[i].low, 1).c_str(),
+                    fixed(bands[i].high, 1).c_str(), fixed(p.ratio, 6).c_str(), pct(p.top1).c_str(),
+                    tc.calibrations[i].probes.size());
+      }
+      ratios = tc.ratios;
+    } else if (!tiers.empty()) {
+      ratios = parse_ratios(tiers);
+    }
+    if (ratios.empty()) {
       LockOutcome outcome = lock_model(model, o);
       keys.emplace_back(key_out, std::move(outcome.key));
       stats.push_back(outcome.stats);
     } else {
-      std::vector<double> ratios = parse_ratios(tiers);
       std::printf("tiered lock of %s with %s (scope %s, fill %s)\n", model_path.c_str(), criterion.c_str(),
                   to_string(o.scope), fill.c_str());
       auto outcomes = lock_model_tiers(model, o, ratios, [&](double r, LoadedModel&) {
@@ -117,7 +142,7 @@ void add_lock(CLI::App& app) {
       for (size_t i = 0; i < sizes.size(); ++i) std::remove(keys[i].first.c_str());
       throw;
     }
-    if (tiers.empty()) {
+    if (ratios.empty()) {
       std::printf("locked %s with %s (scope %s, fill %s) at ratio %s\n", model_path.c_str(), criterion.c_str(),
                   to_string(o.scope), fill.c_str(), fixed(ratio, 6).c_str());
       print_lock_stats(LockOutcome{keys[0].second, stats[0]}, sizes[0]);
@@ -126,7 +151,7 @@ void add_lock(CLI::App& app) {
                 to_hex(keys[0].second.header.locked_fingerprint).substr(0, 16).c_str());
     for (size_t i = 0; i < keys.size(); ++i) {
       const auto& h = keys[i].second.header;
-      if (tiers.empty()) {
+      if (ratios.empty()) {
         std::printf("  key:                  %s (key id %s%s)\n", keys[i].first.c_str(), model.meta.lock->key_id.c_str(),
                     creds.kind == Encryption::kNone ? "" : ", encrypted");
       } else {
@@ -137,7 +162,7 @@ void add_lock(CLI::App& app) {
                     creds.kind == Encryption::kNone ? "" : ", encrypted");
       }
     }
-    if (eval_after && tiers.empty()) eval_state("locked accuracy:");
+    if (eval_after && ratios.empty()) eval_state("locked accuracy:");
     return 0;
   };
 }

@@ -322,6 +322,20 @@ std::vector<KeyFile> read_keys(const std::vector<std::string>& paths, const KeyA
   return keys;
 }
 
+void add_val_args(CLI::App* c, ValArgs& v) {
+  c->add_option("--val-size", v.size, "Validation images, drawn from the training split")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  c->add_option("--val-seed", v.seed, "Seed that draws the validation images")
+      ->capture_default_str();
+}
+
+Dataset validation_set(const ModelMeta& meta, const Common& common, const ValArgs& v) {
+  Dataset train = load_dataset(meta.dataset.empty() ? "fashion-mnist" : meta.dataset,
+                               common.data_dir, Split::kTrain);
+  return subset(train, v.size, v.seed);
+}
+
 std::pair<double, double> mean_sd(const std::vector<double>& v) {
   if (v.empty()) return {0.0, 0.0};
   double m = 0, q = 0;

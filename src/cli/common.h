@@ -73,6 +73,14 @@ KeyCredentials credentials(const KeyAccess& k);
 // Reads keys with the same credentials.
 std::vector<KeyFile> read_keys(const std::vector<std::string>& paths, const KeyAccess& k);
 
+// The validation split: a seeded subset of the TRAINING split, never the test split.
+struct ValArgs {
+  int64_t size = 5000;
+  uint64_t seed = 1;
+};
+void add_val_args(CLI::App* c, ValArgs& v);
+Dataset validation_set(const ModelMeta& meta, const Common& common, const ValArgs& v);
+
 // The lines `lock` prints about what went into a key.
 void print_lock_stats(const LockOutcome& o, uint64_t key_bytes);
 

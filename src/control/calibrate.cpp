@@ -412,4 +412,27 @@ BandsTable search_bands(const std::vector<int64_t>& groups, const Evaluator& eva
   return done(true);
 }
 
+TierCalibration calibrate_tiers(LoadedModel& model, const Ranking& ranking, const Dataset& data,
+                                const std::vector<Band>& bands, const CalibrationOptions& options,
+                                const ProbeCallback& on_probe) {
+  if (bands.empty()) throw UsageError("tier bands: give at least one band");
+  TierCalibration out;
+  for (const Band& band : bands) {
+    Calibration cal = calibrate(model, ranking, data, band, options, on_probe);
+    if (!cal.found()) {
+      throw Error("tier band " + std::to_string(band.low) + "-" + std::to_string(band.high) + ": " +
+                  cal.explanation);
+    }
+    for (double r : out.ratios) {
+      if (r == cal.chosen.ratio) {
+        throw UsageError("tier bands: two bands land on ratio " + std::to_string(r) +
+                         "; choose bands further apart");
+      }
+    }
+    out.ratios.push_back(cal.chosen.ratio);
+    out.calibrations.push_back(std::move(cal));
+  }
+  return out;
+}
+
 }  // namespace corelocker

@@ -85,6 +85,18 @@ Calibration search_band(const std::vector<int64_t>& groups, const Evaluator& eva
 Calibration calibrate(LoadedModel& model, const Ranking& ranking, const Dataset& data, Band band,
                       const CalibrationOptions& options, const ProbeCallback& on_probe = {});
 
+// Tiered keys by utility: calibrates one ratio per band (each band searched on its own) and
+// returns them with the calibrations, in the order of `bands`. Throws Error naming the first
+// band that cannot be reached, with the search's explanation; UsageError when two bands land on
+// the same ratio.
+struct TierCalibration {
+  std::vector<double> ratios;
+  std::vector<Calibration> calibrations;
+};
+TierCalibration calibrate_tiers(LoadedModel& model, const Ranking& ranking, const Dataset& data,
+                                const std::vector<Band>& bands, const CalibrationOptions& options,
+                                const ProbeCallback& on_probe = {});
+
 struct BandsOptions {
   double width = 5.0;         // band width in points
   double tolerance = 0.05;    // a band's ratio is the smallest within this relative precision
