@@ -6,36 +6,25 @@
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
+#include "cli_run.h"
 #include "temp_dir.h"
 #include "util/atomic_file.h"
 
 namespace corelocker {
 namespace {
 
-struct CliResult {
-  int code;
-  std::string out;
-};
-
-CliResult run_cli(const std::string& args) {
-  std::string cmd = std::string(CORELOCKER_BIN) + " " + args + " 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  std::string out;
-  std::array<char, 4096> buf{};
-  while (size_t n = fread(buf.data(), 1, buf.size(), p)) out.append(buf.data(), n);
-  int status = pclose(p);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
-}
+using testing::CliRun;
+using testing::run;
 
 class CliAttack : public ::testing::Test {
  protected:
   void SetUp() override {
-    ASSERT_EQ(run_cli("train --arch tinycnn --epochs 1 --train-subset 2000 --seed 1 --out " +
+    ASSERT_EQ(run("train --arch tinycnn --epochs 1 --train-subset 2000 --seed 1 --out " +
                       dir_.file("m.ckpt"))
                   .code,
               0);
-    CliResult r =
-        run_cli("lock --model " + dir_.file("m.ckpt") + " --criterion l1 --ratio 0.1 --out " +
+    CliRun r =
+        run("lock --model " + dir_.file("m.ckpt") + " --criterion l1 --ratio 0.1 --out " +
                 dir_.file("locked.ckpt") + " --key-out " + dir_.file("key.clk"));
     ASSERT_EQ(r.code, 0) << r.out;
   }
@@ -43,7 +32,7 @@ class CliAttack : public ::testing::Test {
 };
 
 TEST_F(CliAttack, AllPrintsOneTableWithTheAdvantageOverScratch) {
-  CliResult r = run_cli(
+  CliRun r = run(
       "attack all --model " + dir_.file("locked.ckpt") + " --original " + dir_.file("m.ckpt") +
       " --data-fraction 0.005 --trials 2 --epochs 1 --test-subset 300 --threads 1 --report " +
       dir_.file("report.json"));
@@ -69,22 +58,22 @@ TEST_F(CliAttack, AllPrintsOneTableWithTheAdvantageOverScratch) {
 }
 
 TEST_F(CliAttack, JsonOutputAndUsageErrors) {
-  CliResult r = run_cli("attack prune --ratio 0.3 --json --model " + dir_.file("locked.ckpt") +
+  CliRun r = run("attack prune --ratio 0.3 --json --model " + dir_.file("locked.ckpt") +
                         " --test-subset 100");
   ASSERT_EQ(r.code, 0) << r.out;
   auto j = nlohmann::json::parse(r.out);
   EXPECT_EQ(j["attacks"][0]["label"], "prune 0.30");
   EXPECT_EQ(j["lock"]["criterion"], "l1");
-  EXPECT_EQ(run_cli("attack brute-force --model " + dir_.file("locked.ckpt")).code, 2);
-  EXPECT_EQ(run_cli("attack finetune --epochs 0 --model " + dir_.file("locked.ckpt") +
+  EXPECT_EQ(run("attack brute-force --model " + dir_.file("locked.ckpt")).code, 2);
+  EXPECT_EQ(run("attack finetune --epochs 0 --model " + dir_.file("locked.ckpt") +
                     " --test-subset 50")
                 .code,
             2);
-  EXPECT_EQ(run_cli("attack finetune --data-fraction 0 --model " + dir_.file("locked.ckpt") +
+  EXPECT_EQ(run("attack finetune --data-fraction 0 --model " + dir_.file("locked.ckpt") +
                     " --test-subset 50")
                 .code,
             2);
-  EXPECT_EQ(run_cli("attack finetune --model " + dir_.file("missing.ckpt")).code, 1);
+  EXPECT_EQ(run("attack finetune --model " + dir_.file("missing.ckpt")).code, 1);
 }
 
 }  // namespace

@@ -12,26 +12,15 @@
 #include <thread>
 
 #include "report/csv_log.h"
+#include "cli_run.h"
 #include "temp_dir.h"
 #include "util/atomic_file.h"
 
 namespace corelocker {
 namespace {
 
-struct CliRun {
-  int code;
-  std::string out;
-};
-
-CliRun run(const std::string& args) {
-  std::string cmd = std::string(CORELOCKER_BIN) + " " + args + " 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  std::string out;
-  std::array<char, 4096> buf{};
-  while (size_t n = fread(buf.data(), 1, buf.size(), p)) out.append(buf.data(), n);
-  int status = pclose(p);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
-}
+using testing::CliRun;
+using testing::run;
 
 std::string text_of(const std::string& path) {
   auto b = read_file(path);
