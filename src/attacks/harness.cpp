@@ -3,20 +3,13 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <tuple>
 
 #include "util/error.h"
+#include "util/stats.h"
 
 namespace corelocker {
 namespace {
-
-std::pair<double, double> mean_sd(const std::vector<double>& v) {
-  if (v.empty()) return {0.0, 0.0};
-  double m = 0, q = 0;
-  for (double x : v) m += x;
-  m /= double(v.size());
-  for (double x : v) q += (x - m) * (x - m);
-  return {m, v.size() > 1 ? std::sqrt(q / double(v.size() - 1)) : 0.0};
-}
 
 std::string fmt(const char* f, double v) {
   char b[64];

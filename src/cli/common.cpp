@@ -336,13 +336,5 @@ Dataset validation_set(const ModelMeta& meta, const Common& common, const ValArg
   return subset(train, v.size, v.seed);
 }
 
-std::pair<double, double> mean_sd(const std::vector<double>& v) {
-  if (v.empty()) return {0.0, 0.0};
-  double m = 0, q = 0;
-  for (double x : v) m += x;
-  m /= double(v.size());
-  for (double x : v) q += (x - m) * (x - m);
-  return {m, v.size() > 1 ? std::sqrt(q / double(v.size() - 1)) : 0.0};
-}
 
 }  // namespace corelocker::cli

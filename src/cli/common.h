@@ -12,6 +12,7 @@
 #include "locking/lock.h"
 #include "models/checkpoint.h"
 #include "train/trainer.h"
+#include "util/stats.h"
 
 namespace corelocker::cli {
 
@@ -37,8 +38,6 @@ Dataset test_set(const ModelMeta& meta, const Common& o);
 std::string pct(double v);                // "12.34"
 std::string fixed(double v, int digits);  // printf("%.*f")
 
-// Mean and sample standard deviation.
-std::pair<double, double> mean_sd(const std::vector<double>& v);
 
 // Options of `train` (also used by `demo`).
 struct TrainArgs {

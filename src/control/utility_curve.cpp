@@ -3,8 +3,10 @@
 #include <chrono>
 #include <cmath>
 #include <sstream>
+#include <tuple>
 
 #include "util/error.h"
+#include "util/stats.h"
 
 namespace corelocker {
 
@@ -109,12 +111,7 @@ std::vector<double> ratio_steps(double from, double to, int steps, bool log) {
 }
 
 void sample_mean_sd(const std::vector<double>& v, double* mean, double* sd) {
-  double m = 0.0, q = 0.0;
-  for (double x : v) m += x;
-  m = v.empty() ? 0.0 : m / double(v.size());
-  for (double x : v) q += (x - m) * (x - m);
-  *mean = m;
-  *sd = v.size() > 1 ? std::sqrt(q / double(v.size() - 1)) : 0.0;
+  std::tie(*mean, *sd) = mean_sd(v);
 }
 
 std::vector<CurvePoint> sweep(LoadedModel& model, const Dataset& data, const SweepOptions& options,
