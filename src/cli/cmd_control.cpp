@@ -345,8 +345,13 @@ void add_calibrate(CLI::App& app) {
         std::printf("  closest: ratio %s gives %s%% on validation\n",
                     ratio_text(cal.chosen.ratio).c_str(), pct(cal.chosen.top1).c_str());
       }
-      throw Error("no ratio found for band " + target + ": " + cal.explanation +
-                  "; nothing written");
+      std::string hint;
+      if (cal.status == CalibrationStatus::kBetweenSteps && ranking.options.scope == Scope::kLayer) {
+        // Layers of equal size gain their next unit at the same ratio, so layer scope moves in
+        // steps of several units; global scope adds one unit at a time.
+        hint = " (layer scope steps several equally sized layers at once: --scope global adds one unit at a time)";
+      }
+      throw Error("no ratio found for band " + target + ": " + cal.explanation + hint + "; nothing written");
     }
     const Dataset test_data = test_set(model.meta, common);
     const LockedEval on_test = evaluate_locked(model, ranking, cal.chosen.ratio, test_data);

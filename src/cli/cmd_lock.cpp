@@ -54,6 +54,7 @@ void add_lock(CLI::App& app) {
   static double ratio = 0.05;
   static uint64_t seed = 0;
   static bool include_io = false, eval_after = false;
+  static int decoy_tries = 8;
   static Common common;
   static KeyAccess access;
   c->add_option("--model", model_path, "Model checkpoint to lock")->required();
@@ -68,7 +69,11 @@ void add_lock(CLI::App& app) {
   c->add_option("--seed", seed, "Seed for --criterion random")->capture_default_str();
   c->add_option("--units", units, "Units drawn by --criterion random: l1 | bn")->capture_default_str();
   c->add_option("--fill", fill, "What extracted positions hold: zero | decoy")->capture_default_str();
-  c->add_flag("--include-io", include_io, "Also extract from the first and last layer");
+  c->add_option("--decoy-tries", decoy_tries,
+                "With --fill decoy (single ratio): draw this many decoy fills and keep the one with the lowest "
+                "top-1 on the validation split (1: no search, no data needed)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1000));  c->add_flag("--include-io", include_io, "Also extract from the first and last layer");
   c->add_option("--out", out, "Locked model to write")->required();
   c->add_option("--key-out", key_out, "Access key to write (with --tiers: NAME.tierN.EXT, N in order of application)")->required();
   c->add_flag("--eval", eval_after, "Evaluate the locked model (every tier) on the test split");
@@ -118,7 +123,19 @@ void add_lock(CLI::App& app) {
       ratios = parse_ratios(tiers);
     }
     if (ratios.empty()) {
-      LockOutcome outcome = lock_model(model, o);
+      DecoySearch search;
+      std::unique_ptr<Dataset> val_data;
+      if (o.fill == Fill::kDecoy && decoy_tries > 1) {
+        val_data = std::make_unique<Dataset>(validation_set(model.meta, common, val));
+        search.tries = decoy_tries;
+        search.score = [&](LoadedModel& m) { return evaluate(*m.net, *val_data, m.meta.preprocess).top1; };
+      }
+      auto tensors = named_tensors(*model.net);
+      LockOutcome outcome = lock_model(model, rank_units(tensors, model.net->structure(), o), o.ratio, search);
+      if (search.tries > 1) {
+        std::printf("decoy fill: kept the lowest validation top-1 of %d draws (%lld validation images)\n",
+                    search.tries, static_cast<long long>(val_data->size()));
+      }
       keys.emplace_back(key_out, std::move(outcome.key));
       stats.push_back(outcome.stats);
     } else {

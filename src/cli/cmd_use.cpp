@@ -109,22 +109,49 @@ void add_detect(CLI::App& app) {
     Json layers = Json::array();
     for (const auto& l : r.layers) {
       layers.push_back({{"tensor", l.tensor}, {"units", l.units}, {"extracted", l.extracted}, {"hits", l.hits},
+                        {"hits_far_from_median", l.hits_far}, {"hits_smallest", l.hits_small},
                         {"exact_zero_units", l.exact_zero}});
     }
-    Json j = {{"model", model_path}, {"fill", to_string(key.header.fill)}, {"flagged", r.flagged}, {"hits", r.hits},
-              {"precision", r.precision()}, {"chance", r.chance()}, {"layers", layers}};
+    const bool at_chance = r.oracle_z() <= 3.0;
+    Json j = {{"model", model_path},
+              {"fill", to_string(key.header.fill)},
+              {"flagged", r.flagged},
+              {"chance", r.chance()},
+              {"far_from_median", {{"hits", r.hits_far}, {"precision", r.precision_far()}}},
+              {"smallest", {{"hits", r.hits_small}, {"precision", r.precision_small()}}},
+              {"oracle",
+               {{"hits", r.hits},
+                {"precision", r.precision()},
+                {"chance_hits_mean", r.oracle_chance_hits},
+                {"chance_hits_sd", r.oracle_chance_sd},
+                {"chance", r.oracle_chance()},
+                {"z", r.oracle_z()},
+                {"permutations", r.permutations}}},
+              {"at_chance", at_chance},
+              {"layers", layers}};
     if (json) {
       std::printf("%s\n", j.dump().c_str());
       return 0;
     }
-    std::printf("%-32s %8s %9s %6s %10s\n", "tensor", "units", "extracted", "hits", "zero units");
+    std::printf("%-32s %8s %9s %10s %9s %10s\n", "tensor", "units", "extracted", "hits far", "hits small",
+                "zero units");
     for (const auto& l : r.layers) {
-      std::printf("%-32s %8lld %9lld %6lld %10lld\n", l.tensor.c_str(), static_cast<long long>(l.units),
-                  static_cast<long long>(l.extracted), static_cast<long long>(l.hits), static_cast<long long>(l.exact_zero));
+      std::printf("%-32s %8lld %9lld %10lld %9lld %10lld\n", l.tensor.c_str(), static_cast<long long>(l.units),
+                  static_cast<long long>(l.extracted), static_cast<long long>(l.hits_far),
+                  static_cast<long long>(l.hits_small), static_cast<long long>(l.exact_zero));
     }
-    std::printf("\nfill %s: the detector flagged %lld units, %lld of them extracted: precision %s%% (chance %s%%)\n",
-                to_string(key.header.fill), static_cast<long long>(r.flagged), static_cast<long long>(r.hits),
-                pct(100.0 * r.precision()).c_str(), pct(100.0 * r.chance()).c_str());
+    std::printf("\nfill %s: each attacker flags %lld units (as many as were extracted, per tensor)\n",
+                to_string(key.header.fill), static_cast<long long>(r.flagged));
+    std::printf("  norm furthest from median: %lld extracted, precision %s%% (chance %s%%)\n",
+                static_cast<long long>(r.hits_far), pct(100.0 * r.precision_far()).c_str(), pct(100.0 * r.chance()).c_str());
+    std::printf("  smallest norm:             %lld extracted, precision %s%% (chance %s%%)\n",
+                static_cast<long long>(r.hits_small), pct(100.0 * r.precision_small()).c_str(),
+                pct(100.0 * r.chance()).c_str());
+    std::printf("  better of the two per tensor (oracle): %lld extracted, precision %s%%; on random units it gets "
+                "%s +- %s (%d draws): z = %s, %s\n",
+                static_cast<long long>(r.hits), pct(100.0 * r.precision()).c_str(), fixed(r.oracle_chance_hits, 1).c_str(),
+                fixed(r.oracle_chance_sd, 1).c_str(), r.permutations, fixed(r.oracle_z(), 2).c_str(),
+                at_chance ? "at chance" : "ABOVE chance: the locked weights give extracted positions away");
     return 0;
   };
 }

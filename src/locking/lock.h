@@ -47,6 +47,16 @@ LockOutcome lock_model(LoadedModel& model, const LockOptions& options);
 // Same, from a ranking computed before (reused across ratios or seeds).
 LockOutcome lock_model(LoadedModel& model, const Ranking& ranking, double ratio);
 
+// Decoy search: with Fill::kDecoy, `tries` independent decoy fills are drawn and `score` (for
+// example top-1 on a validation split of the training data) is called on the model in each
+// locked state; the fill with the lowest score is kept. Decoys stay random draws from the
+// tensors' other units; the search only picks which draw. Ignored for zero fill.
+struct DecoySearch {
+  int tries = 1;
+  std::function<double(LoadedModel&)> score;
+};
+LockOutcome lock_model(LoadedModel& model, const Ranking& ranking, double ratio, const DecoySearch& search);
+
 // Unlocks a model in memory: applies the keys in order (tier keys: largest ratio first) and
 // updates its lock metadata (cleared once the original is back). Nothing is written to disk.
 // Throws MismatchError (key of another model, or a tier key out of order) / Error.
