@@ -170,31 +170,50 @@ TEST(Detector, OracleChanceMatchesWhatItGetsOnRandomUnits) {
   EXPECT_THROW(detect_extracted(named_tensors(*m.net), out.key, 1), UsageError);
 }
 
-TEST(DecoySearch, KeepsTheFillWithTheLowestScoreAndRestoresExactly) {
+TEST(DecoySearch, KeepsTheDrawNearestZeroFillOrTheLowestAndRestoresExactly) {
   LoadedModel original = fresh_tiny(16);
-  LoadedModel m = clone(original);
+  for (auto target : {DecoySearch::Target::kMatchZero, DecoySearch::Target::kLowest}) {
+    LoadedModel m = clone(original);
+    LockOptions o = l1_at(0.1);
+    o.fill = Fill::kDecoy;
+    const bool match = target == DecoySearch::Target::kMatchZero;
+    // kMatchZero scores the zero-filled lock first (0.3 here), then the four draws.
+    std::vector<double> scores = {0.5, 0.2, 0.9, 0.35};
+    if (match) scores.insert(scores.begin(), 0.3);
+    std::vector<Digest> seen;
+    std::vector<bool> zero_filled;
+    DecoySearch search;
+    search.tries = 4;
+    search.target = target;
+    search.score = [&](LoadedModel& state) {
+      seen.push_back(model_fingerprint(state));
+      bool zeros = false;
+      for (auto& t : named_tensors(*state.net)) {
+        if (t.name == "conv2.weight") zeros = t.tensor.reshape({-1, 9}).eq(0).all(1).any().item<bool>();
+      }
+      zero_filled.push_back(zeros);
+      return scores[seen.size() - 1];
+    };
+    auto tensors = named_tensors(*m.net);
+    LockOutcome out = lock_model(m, rank_units(tensors, m.net->structure(), o), 0.1, search);
+    ASSERT_EQ(seen.size(), scores.size());
+    EXPECT_EQ(zero_filled.front(), match) << "the reference is the zero-filled lock";
+    const size_t first_draw = match ? 1 : 0;
+    for (size_t i = first_draw + 1; i < seen.size(); ++i) EXPECT_NE(seen[i], seen[first_draw]) << "draws differ";
+    const size_t chosen = match ? 4 : 1;  // 0.35 is nearest 0.3; 0.2 is the lowest
+    EXPECT_EQ(model_fingerprint(m), seen[chosen]);
+    EXPECT_EQ(out.key.header.locked_fingerprint, seen[chosen]);
+    EXPECT_EQ(out.key.header.fill, Fill::kDecoy);
+    unlock_model(m, out.key);
+    EXPECT_TRUE(same_tensors(m, original));
+  }
+  LoadedModel again = clone(original);
   LockOptions o = l1_at(0.1);
   o.fill = Fill::kDecoy;
-  const std::vector<double> scores = {0.5, 0.2, 0.9, 0.4};
-  std::vector<Digest> seen;
-  DecoySearch search;
-  search.tries = static_cast<int>(scores.size());
-  search.score = [&](LoadedModel& state) {
-    seen.push_back(model_fingerprint(state));
-    return scores[seen.size() - 1];
-  };
-  auto tensors = named_tensors(*m.net);
-  LockOutcome out = lock_model(m, rank_units(tensors, m.net->structure(), o), 0.1, search);
-  ASSERT_EQ(seen.size(), scores.size());
-  for (size_t i = 1; i < seen.size(); ++i) EXPECT_NE(seen[i], seen[0]) << "tries must draw different decoys";
-  EXPECT_EQ(model_fingerprint(m), seen[1]);
-  EXPECT_EQ(out.key.header.locked_fingerprint, seen[1]);
-  unlock_model(m, out.key);
-  EXPECT_TRUE(same_tensors(m, original));
-  search.tries = 0;
-  LoadedModel again = clone(original);
+  DecoySearch bad;
+  bad.tries = 0;
   auto t2 = named_tensors(*again.net);
-  EXPECT_THROW(lock_model(again, rank_units(t2, again.net->structure(), o), 0.1, search), UsageError);
+  EXPECT_THROW(lock_model(again, rank_units(t2, again.net->structure(), o), 0.1, bad), UsageError);
 }
 
 }  // namespace

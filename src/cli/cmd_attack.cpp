@@ -11,6 +11,7 @@
 #include "data/dataset.h"
 #include "eval/evaluate.h"
 #include "models/checkpoint.h"
+#include "models/torchscript.h"
 #include "util/atomic_file.h"
 #include "util/error.h"
 
@@ -76,6 +77,10 @@ void add_attack(CLI::App& app) {
     if (ratios.empty()) ratios = all ? std::vector<double>{0.2, 0.4} : std::vector<double>{0.2};
 
     LoadedModel locked = load_model(model_path);
+    if (locked.meta.arch == kTorchScriptArch) {
+      // The attacks rebuild the architecture (scratch) and walk its BatchNorm modules.
+      throw UsageError("model '" + model_path + "' is a TorchScript file: attacks need a built-in architecture");
+    }
     const std::string dataset = locked.meta.dataset.empty() ? "fashion-mnist" : locked.meta.dataset;
     Dataset train_split = load_dataset(dataset, common.data_dir, Split::kTrain);
     Dataset test = test_set(locked.meta, common);

@@ -55,9 +55,11 @@ void add_lock(CLI::App& app) {
   static uint64_t seed = 0;
   static bool include_io = false, eval_after = false;
   static int decoy_tries = 8;
+  static std::string decoy_target = "zero";
   static Common common;
   static KeyAccess access;
-  c->add_option("--model", model_path, "Model checkpoint to lock")->required();
+  static InputArgs input;
+  c->add_option("--model", model_path, "Model checkpoint or TorchScript file to lock")->required();
   c->add_option("--criterion", criterion, "l1 | bn | random")->capture_default_str();
   c->add_option("--ratio", ratio, "Fraction of units to extract")->capture_default_str()->check(CLI::Range(0.0, 1.0));
   c->add_option("--tiers", tiers, "Tiered keys: comma-separated ratios, e.g. 0.005,0.02,0.05 (replaces --ratio)");
@@ -70,16 +72,22 @@ void add_lock(CLI::App& app) {
   c->add_option("--units", units, "Units drawn by --criterion random: l1 | bn")->capture_default_str();
   c->add_option("--fill", fill, "What extracted positions hold: zero | decoy")->capture_default_str();
   c->add_option("--decoy-tries", decoy_tries,
-                "With --fill decoy (single ratio): draw this many decoy fills and keep the one with the lowest "
-                "top-1 on the validation split (1: no search, no data needed)")
+                "With --fill decoy (single ratio): draw this many decoy fills and keep the one that --decoy-target "
+                "picks by top-1 on the validation split (1: no search, no data needed)")
       ->capture_default_str()
-      ->check(CLI::Range(1, 1000));  c->add_flag("--include-io", include_io, "Also extract from the first and last layer");
+      ->check(CLI::Range(1, 1000));
+  c->add_option("--decoy-target", decoy_target,
+                "zero: the draw nearest the zero-filled lock's accuracy (same utility, hidden positions); "
+                "lowest: the lowest accuracy")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"zero", "lowest"}));  c->add_flag("--include-io", include_io, "Also extract from the first and last layer");
   c->add_option("--out", out, "Locked model to write")->required();
   c->add_option("--key-out", key_out, "Access key to write (with --tiers: NAME.tierN.EXT, N in order of application)")->required();
   c->add_flag("--eval", eval_after, "Evaluate the locked model (every tier) on the test split");
   add_key_access(c, access, /*writing=*/true);
   add_threads(c, common);
   add_data(c, common);
+  add_input_args(c, input);
   handlers()[c] = [] {
     apply_threads(common);
     LockOptions o;
@@ -94,6 +102,7 @@ void add_lock(CLI::App& app) {
     if (out == key_out) throw UsageError("--out and --key-out name the same file '" + out + "'");
     const KeyCredentials creds = credentials(access);
     LoadedModel model = load_model(model_path);
+    apply_input_args(input, model.meta);  // recorded in the locked model's metadata
     std::unique_ptr<Dataset> test;
     auto eval_state = [&](const char* label) {
       if (!test) test = std::make_unique<Dataset>(test_set(model.meta, common));
@@ -128,13 +137,15 @@ void add_lock(CLI::App& app) {
       if (o.fill == Fill::kDecoy && decoy_tries > 1) {
         val_data = std::make_unique<Dataset>(validation_set(model.meta, common, val));
         search.tries = decoy_tries;
+        search.target = decoy_target == "lowest" ? DecoySearch::Target::kLowest : DecoySearch::Target::kMatchZero;
         search.score = [&](LoadedModel& m) { return evaluate(*m.net, *val_data, m.meta.preprocess).top1; };
       }
       auto tensors = named_tensors(*model.net);
       LockOutcome outcome = lock_model(model, rank_units(tensors, model.net->structure(), o), o.ratio, search);
       if (search.tries > 1) {
-        std::printf("decoy fill: kept the lowest validation top-1 of %d draws (%lld validation images)\n",
-                    search.tries, static_cast<long long>(val_data->size()));
+        std::printf("decoy fill: kept the %s of %d draws (top-1 on %lld validation images)\n",
+                    search.target == DecoySearch::Target::kLowest ? "lowest" : "one nearest zero fill", search.tries,
+                    static_cast<long long>(val_data->size()));
       }
       keys.emplace_back(key_out, std::move(outcome.key));
       stats.push_back(outcome.stats);
@@ -270,6 +281,8 @@ Json describe_model(const std::string& path) {
             {"dataset", m.dataset},
             {"input", {m.input.channels, m.input.height, m.input.width}},
             {"pad_to", m.preprocess.pad_to},
+            {"resize_to", m.preprocess.resize_to},
+            {"channels_fed", m.preprocess.channels > 0 ? m.preprocess.channels : m.input.channels},
             {"mean", m.preprocess.mean},
             {"std", m.preprocess.std},
             {"classes", m.classes},

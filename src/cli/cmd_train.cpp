@@ -72,15 +72,18 @@ void add_eval(CLI::App& app) {
   static bool json = false;
   static Common common;
   static KeyAccess access;
-  c->add_option("--model", model_path, "Model checkpoint (original or locked)")->required();
+  static InputArgs input;
+  c->add_option("--model", model_path, "Model checkpoint or TorchScript file (original or locked)")->required();
   c->add_option("--key", key_paths, "Unlock in memory with this key (repeat for tier keys) before evaluating; nothing is written");
   add_key_access(c, access, /*writing=*/false);
   c->add_flag("--json", json, "Print one JSON object");
   add_threads(c, common);
   add_data(c, common);
+  add_input_args(c, input);
   handlers()[c] = [] {
     apply_threads(common);
     LoadedModel model = key_paths.empty() ? load_model(model_path) : load_unlocked(model_path, read_keys(key_paths, access));
+    apply_input_args(input, model.meta);
     EvalResult r = evaluate(*model.net, test_set(model.meta, common), model.meta.preprocess);
     if (json) {
       Json j = {{"model", model_path}, {"top1", r.top1}, {"top3", r.top3}, {"n", r.n},

@@ -44,6 +44,58 @@ void add_data(CLI::App* c, Common& o) {
       ->check(CLI::NonNegativeNumber);
 }
 
+void add_input_args(CLI::App* c, InputArgs& a) {
+  c->add_option("--dataset", a.dataset, "Data set the model takes (fashion-mnist | cifar10 | cifar100; default: the model's)");
+  c->add_option("--mean", a.mean, "Per-channel mean subtracted after scaling to [0,1] (one value, or one per channel)")
+      ->delimiter(',');
+  c->add_option("--std", a.std, "Per-channel standard deviation divided by (one value, or one per channel)")->delimiter(',');
+  c->add_option("--pad", a.pad, "Zero-pad images to NxN (0: no padding)")->check(CLI::Range(0, 4096));
+  c->add_option("--resize", a.resize, "Resize images to NxN, bilinear (0: keep the size)")->check(CLI::Range(0, 4096));
+  c->add_option("--channels", a.channels, "Repeat a grey channel this many times (e.g. 3 for an RGB network; 0: as is)")
+      ->check(CLI::Range(0, 64));
+}
+
+void apply_input_args(const InputArgs& a, ModelMeta& meta) {
+  if (!a.dataset.empty()) {
+    const DatasetInfo info = dataset_info(a.dataset);
+    if (info.name != meta.dataset) {
+      meta.dataset = info.name;
+      meta.input = info.input;
+      meta.preprocess.mean = info.mean;
+      meta.preprocess.std = info.std;
+    }
+  }
+  if (a.pad >= 0) meta.preprocess.pad_to = a.pad;
+  if (a.resize >= 0) meta.preprocess.resize_to = a.resize;
+  if (a.channels >= 0) meta.preprocess.channels = a.channels;
+  const int64_t fed = meta.preprocess.channels > 0 ? meta.preprocess.channels : meta.input.channels;
+  if (meta.preprocess.channels > 0 && meta.input.channels != 1 && meta.preprocess.channels != meta.input.channels) {
+    throw UsageError("--channels " + std::to_string(meta.preprocess.channels) + ": the data set has " +
+                     std::to_string(meta.input.channels) + " channels; only a grey channel can be repeated");
+  }
+  auto per_channel = [&](const std::vector<double>& given, std::vector<double>& out, const char* flag) {
+    if (given.empty()) {
+      if (static_cast<int64_t>(out.size()) == 1 && fed > 1) out.assign(static_cast<size_t>(fed), out[0]);
+      return;
+    }
+    if (given.size() != 1 && static_cast<int64_t>(given.size()) != fed) {
+      throw UsageError(std::string(flag) + ": " + std::to_string(given.size()) + " values for " + std::to_string(fed) +
+                       " channels (give one, or one per channel)");
+    }
+    out = given.size() == 1 ? std::vector<double>(static_cast<size_t>(fed), given[0]) : given;
+  };
+  per_channel(a.mean, meta.preprocess.mean, "--mean");
+  per_channel(a.std, meta.preprocess.std, "--std");
+  if (static_cast<int64_t>(meta.preprocess.mean.size()) != fed || static_cast<int64_t>(meta.preprocess.std.size()) != fed) {
+    throw UsageError("normalisation has " + std::to_string(meta.preprocess.mean.size()) + " means / " +
+                     std::to_string(meta.preprocess.std.size()) + " stds for " + std::to_string(fed) +
+                     " channels: give --mean and --std");
+  }
+  for (double s : meta.preprocess.std) {
+    if (!(s > 0)) throw UsageError("--std " + std::to_string(s) + ": must be positive");
+  }
+}
+
 void apply_threads(const Common& o) {
   const int n = o.threads > 0 ? o.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   torch::set_num_threads(n);

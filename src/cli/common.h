@@ -28,6 +28,18 @@ struct Common {
   int64_t test_subset = 0;
 };
 
+// How to feed a model we did not build (TorchScript): its data set and preprocessing. Given
+// values override the model's metadata; `lock` stores them in the locked model's metadata so
+// later commands need not repeat them.
+struct InputArgs {
+  std::string dataset;
+  std::vector<double> mean, std;
+  int64_t pad = -1, resize = -1, channels = -1;
+};
+void add_input_args(CLI::App* c, InputArgs& a);
+// Applies the given options to `meta` and checks the result. Throws UsageError.
+void apply_input_args(const InputArgs& a, ModelMeta& meta);
+
 void add_threads(CLI::App* c, Common& o);
 void add_data(CLI::App* c, Common& o);
 // Sets LibTorch's thread count (default: all cores).

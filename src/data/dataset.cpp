@@ -134,6 +134,13 @@ Dataset subset(const Dataset& data, int64_t n, uint64_t seed) {
 
 torch::Tensor preprocess_batch(const torch::Tensor& images, const Preprocess& pp, bool augment, bool flip) {
   auto x = images.to(torch::kFloat32).div_(255.0);
+  if (pp.resize_to > 0 && (x.size(2) != pp.resize_to || x.size(3) != pp.resize_to)) {
+    namespace F = torch::nn::functional;
+    x = F::interpolate(x, F::InterpolateFuncOptions()
+                              .size(std::vector<int64_t>{pp.resize_to, pp.resize_to})
+                              .mode(torch::kBilinear)
+                              .align_corners(false));
+  }
   const int64_t h = x.size(2), w = x.size(3);
   if (pp.pad_to > h || pp.pad_to > w) {
     const int64_t ph = std::max<int64_t>(pp.pad_to - h, 0), pw = std::max<int64_t>(pp.pad_to - w, 0);
@@ -155,6 +162,7 @@ torch::Tensor preprocess_batch(const torch::Tensor& images, const Preprocess& pp
     }
     x = out;
   }
+  if (pp.channels > 1 && x.size(1) == 1) x = x.expand({-1, pp.channels, -1, -1}).contiguous();
   const int64_t c = x.size(1);
   auto mean = torch::tensor(pp.mean, torch::kFloat64).to(torch::kFloat32).view({1, c, 1, 1});
   auto stdv = torch::tensor(pp.std, torch::kFloat64).to(torch::kFloat32).view({1, c, 1, 1});

@@ -3,6 +3,7 @@
 #include <ATen/CPUGeneratorImpl.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <iterator>
@@ -260,14 +261,24 @@ LockOutcome lock_model(LoadedModel& model, const Ranking& ranking, double ratio,
         if (e.tensor == t.name) saved.emplace_back(t.tensor, t.tensor.clone());
       }
     }
+    double reference = 0.0;
+    if (search.target == DecoySearch::Target::kMatchZero) {
+      LockOptions zero = options;
+      zero.fill = Fill::kZero;
+      extract_units_seeded(tensors, plan, zero, nullptr, nullptr);
+      reference = search.score(model);
+      for (auto& [live, copy] : saved) live.copy_(copy);
+    }
     double best = 0.0;
     for (int i = 0; i < search.tries; ++i) {
       uint64_t seed = 0;
       random_bytes(&seed, sizeof seed);
       extract_units_seeded(tensors, plan, options, nullptr, &seed);
       const double score = search.score(model);
-      if (i == 0 || score < best) {
-        best = score;
+      const double distance =
+          search.target == DecoySearch::Target::kMatchZero ? std::abs(score - reference) : score;
+      if (i == 0 || distance < best) {
+        best = distance;
         best_seed = seed;
       }
       for (auto& [live, copy] : saved) live.copy_(copy);

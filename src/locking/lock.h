@@ -49,10 +49,14 @@ LockOutcome lock_model(LoadedModel& model, const Ranking& ranking, double ratio)
 
 // Decoy search: with Fill::kDecoy, `tries` independent decoy fills are drawn and `score` (for
 // example top-1 on a validation split of the training data) is called on the model in each
-// locked state; the fill with the lowest score is kept. Decoys stay random draws from the
-// tensors' other units; the search only picks which draw. Ignored for zero fill.
+// locked state. kMatchZero keeps the draw whose score is nearest the zero-filled lock's (one
+// more call, first): decoys then replace zeros without moving the utility the ratio was chosen
+// for. kLowest keeps the lowest score. Decoys stay random draws from the tensors' other units;
+// the search only picks which draw. Ignored for zero fill.
 struct DecoySearch {
+  enum class Target { kMatchZero, kLowest };
   int tries = 1;
+  Target target = Target::kMatchZero;
   std::function<double(LoadedModel&)> score;
 };
 LockOutcome lock_model(LoadedModel& model, const Ranking& ranking, double ratio, const DecoySearch& search);

@@ -3,6 +3,7 @@
 #include <fstream>
 
 #include "data/dataset.h"
+#include "models/torchscript.h"
 #include "util/atomic_file.h"
 #include "util/error.h"
 
@@ -17,7 +18,7 @@ torch::serialize::InputArchive open_archive(const std::string& path) {
   try {
     archive.load_from(path);
   } catch (const c10::Error& e) {
-    throw FormatError("model '" + path + "': not a corelocker checkpoint (LibTorch could not read it: " +
+    throw FormatError("model '" + path + "': not a corelocker checkpoint or TorchScript file (LibTorch could not read it: " +
                       std::string(e.what_without_backtrace()) + ")");
   }
   return archive;
@@ -59,6 +60,9 @@ LoadedModel create_model(const ModelMeta& meta) {
 
 LoadedModel load_model(const std::string& path) {
   auto archive = open_archive(path);
+  c10::IValue probe;
+  // No corelocker metadata attribute: a TorchScript module the owner brought (or one we locked).
+  if (!archive.try_read(kMetaKey, probe)) return load_torchscript(path);
   LoadedModel m{read_meta(archive, path), nullptr};
   m.net = build_network(m.meta);
   auto tensors = named_tensors(*m.net);
@@ -90,6 +94,7 @@ LoadedModel load_model(const std::string& path) {
 }
 
 void save_model(const std::string& path, LoadedModel& model) {
+  if (model.meta.arch == kTorchScriptArch) return save_torchscript(path, model);
   auto tensors = named_tensors(*model.net);
   model.meta.tensors.clear();
   torch::serialize::OutputArchive archive;
@@ -109,6 +114,8 @@ void save_model(const std::string& path, LoadedModel& model) {
 
 ModelMeta read_model_meta(const std::string& path) {
   auto archive = open_archive(path);
+  c10::IValue probe;
+  if (!archive.try_read(kMetaKey, probe)) return load_torchscript(path).meta;
   return read_meta(archive, path);
 }
 

@@ -19,6 +19,8 @@ std::string meta_to_json(const ModelMeta& m) {
   j["options"] = m.options;
   j["input"] = {{"channels", m.input.channels}, {"height", m.input.height}, {"width", m.input.width}};
   j["preprocess"] = {{"mean", m.preprocess.mean}, {"std", m.preprocess.std}, {"pad_to", m.preprocess.pad_to}};
+  if (m.preprocess.resize_to > 0) j["preprocess"]["resize_to"] = m.preprocess.resize_to;
+  if (m.preprocess.channels > 0) j["preprocess"]["channels"] = m.preprocess.channels;
   j["classes"] = m.classes;
   j["dataset"] = m.dataset;
   j["training"] = nlohmann::json::parse(m.training_json.empty() ? "{}" : m.training_json);
@@ -58,6 +60,13 @@ ModelMeta meta_from_json(const std::string& text, const std::string& what) {
     m.preprocess.mean = pp.at("mean").get<std::vector<double>>();
     m.preprocess.std = pp.at("std").get<std::vector<double>>();
     m.preprocess.pad_to = pp.at("pad_to").get<int64_t>();
+    m.preprocess.resize_to = pp.value("resize_to", int64_t{0});
+    m.preprocess.channels = pp.value("channels", int64_t{0});
+    if (m.preprocess.resize_to < 0 || m.preprocess.resize_to > 4096 || m.preprocess.channels < 0 ||
+        m.preprocess.channels > 64) {
+      throw FormatError(what + ": preprocess resize_to " + std::to_string(m.preprocess.resize_to) + " / channels " +
+                        std::to_string(m.preprocess.channels) + " out of range");
+    }
     m.classes = j.at("classes").get<int64_t>();
     m.dataset = j.value("dataset", "");
     m.training_json = j.value("training", nlohmann::json::object()).dump();
@@ -77,11 +86,11 @@ ModelMeta meta_from_json(const std::string& text, const std::string& what) {
       throw FormatError(what + ": input shape must be positive");
     }
     if (m.classes < 2) throw FormatError(what + ": " + std::to_string(m.classes) + " classes (need >= 2)");
-    if (m.preprocess.mean.size() != static_cast<size_t>(m.input.channels) ||
-        m.preprocess.std.size() != static_cast<size_t>(m.input.channels)) {
+    const int64_t fed = m.preprocess.channels > 0 ? m.preprocess.channels : m.input.channels;
+    if (m.preprocess.mean.size() != static_cast<size_t>(fed) || m.preprocess.std.size() != static_cast<size_t>(fed)) {
       throw FormatError(what + ": normalisation has " + std::to_string(m.preprocess.mean.size()) +
-                        " means / " + std::to_string(m.preprocess.std.size()) + " stds for " +
-                        std::to_string(m.input.channels) + " channels");
+                        " means / " + std::to_string(m.preprocess.std.size()) + " stds for " + std::to_string(fed) +
+                        " channels");
     }
     for (double s : m.preprocess.std) {
       if (!(s > 0)) throw FormatError(what + ": normalisation std " + std::to_string(s) + " is not positive");

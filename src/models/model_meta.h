@@ -18,12 +18,16 @@ struct InputShape {
   int64_t width = 28;
 };
 
-// How raw images become network input: scale to [0,1], zero-pad to pad_to x pad_to (when
-// larger than the image), then (x - mean[c]) / std[c].
+// How raw images become network input: scale to [0,1], resize to resize_to x resize_to
+// (bilinear, when set), zero-pad to pad_to x pad_to (when larger than the image), repeat a
+// single channel `channels` times (when set, e.g. 3 for a network that takes RGB), then
+// (x - mean[c]) / std[c].
 struct Preprocess {
   std::vector<double> mean;
   std::vector<double> std;
   int64_t pad_to = 0;
+  int64_t resize_to = 0;
+  int64_t channels = 0;
 };
 
 // Present in a locked model: which key it waits for.

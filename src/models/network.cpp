@@ -5,6 +5,7 @@
 #include "models/cnn_lstm.h"
 #include "models/densenet.h"
 #include "models/fcn.h"
+#include "models/torchscript.h"
 #include "models/preresnet.h"
 #include "models/resnet.h"
 #include "models/tiny_cnn.h"
@@ -151,6 +152,8 @@ std::shared_ptr<Network> build_network(const ModelMeta& meta) {
 }
 
 std::vector<NamedTensor> named_tensors(torch::nn::Module& module) {
+  // A TorchScript module keeps its own (dotted) names.
+  if (auto* script = dynamic_cast<TorchScriptNetwork*>(&module)) return script->tensors();
   std::vector<NamedTensor> out;
   for (const auto& p : module.named_parameters(/*recurse=*/true)) out.push_back({p.key(), p.value(), false});
   for (const auto& b : module.named_buffers(/*recurse=*/true)) out.push_back({b.key(), b.value(), true});

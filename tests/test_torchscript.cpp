@@ -1,0 +1,187 @@
+// TorchScript files the owner brings: structure from the graph, lock / unlock, the locked file
+// still runs in Python PyTorch.
+#include <gtest/gtest.h>
+
+#include <array>
+#include <cstdio>
+#include <fstream>
+#include <set>
+
+#include "eval/evaluate.h"
+#include "locking/lock.h"
+#include "models/torchscript.h"
+#include "temp_dir.h"
+#include "test_support.h"
+#include "torchscript_fixture.h"
+#include "util/error.h"
+
+namespace corelocker {
+namespace {
+
+using testing::same_tensors;
+using testing::TempDir;
+using testing::torchscript_fixtures;
+
+std::string fresh_fixtures() { return torchscript_fixtures("ts-fresh-s3", "--seed 3"); }
+
+// Runs the fixture script's `run` mode on a model: exit code and output.
+std::pair<int, std::string> python_run(const std::string& model) {
+  const std::string cmd = std::string(testing::kPython) + " '" + testing::fixture_script() + "' run '" + model + "' 2>&1";
+  FILE* p = popen(cmd.c_str(), "r");
+  std::string out;
+  std::array<char, 4096> buf{};
+  while (size_t n = fread(buf.data(), 1, buf.size(), p)) out.append(buf.data(), n);
+  const int status = pclose(p);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+LockOptions options(Criterion c, double ratio) {
+  LockOptions o;
+  o.criterion = c;
+  o.scope = default_scope(c);
+  o.ratio = ratio;
+  return o;
+}
+
+const LayerSpec& layer_named(const Structure& s, const std::string& name) {
+  for (const auto& l : s) {
+    if (l.name == name) return l;
+  }
+  throw std::runtime_error("no layer " + name);
+}
+
+TEST(TorchScript, ScriptedAndTracedFilesGiveTheSameStructureFromTheirGraphs) {
+  const std::string dir = fresh_fixtures();
+  LoadedModel scripted = load_model(dir + "/scripted.pt");
+  LoadedModel traced = load_model(dir + "/traced.pt");
+  EXPECT_EQ(scripted.meta.arch, kTorchScriptArch);
+  EXPECT_EQ(model_fingerprint(scripted), model_fingerprint(traced)) << "both files hold the same weights";
+  const Structure& s = scripted.net->structure();
+  const Structure& t = traced.net->structure();
+  ASSERT_EQ(s.size(), t.size());
+  for (size_t i = 0; i < s.size(); ++i) {
+    EXPECT_EQ(s[i].name, t[i].name) << i;
+    EXPECT_EQ(s[i].kind, t[i].kind) << s[i].name;
+    EXPECT_EQ(s[i].weight, t[i].weight) << s[i].name;
+    EXPECT_EQ(s[i].bias, t[i].bias) << s[i].name;
+    EXPECT_EQ(s[i].producer, t[i].producer) << s[i].name;
+  }
+  // Stem, three blocks (two convs each, projection shortcuts in blocks 2 and 3), head: 9 convs,
+  // each followed by its BatchNorm, and one linear layer.
+  ASSERT_EQ(s.size(), 19u);
+  EXPECT_EQ(s.front().name, "conv1");
+  EXPECT_EQ(s.front().kind, LayerKind::kConv2d);
+  EXPECT_EQ(s.back().name, "fc");
+  EXPECT_EQ(s.back().kind, LayerKind::kLinear);
+  EXPECT_EQ(s.back().bias, "fc.bias");
+  for (const auto& [bn, conv] : std::vector<std::pair<std::string, std::string>>{
+           {"bn1", "conv1"}, {"layer1.bn2", "layer1.conv2"}, {"layer2.shortcut.1", "layer2.shortcut.0"},
+           {"layer3.bn1", "layer3.conv1"}}) {
+    const LayerSpec& l = layer_named(s, bn);
+    EXPECT_EQ(l.kind, LayerKind::kBatchNorm);
+    EXPECT_EQ(l.weight, bn + ".weight");
+    ASSERT_GE(l.producer, 0) << bn;
+    EXPECT_EQ(s[static_cast<size_t>(l.producer)].name, conv) << bn;
+  }
+  // The graph gives the execution order: layer2's conv1 runs before its conv2.
+  auto pos = [&](const std::string& n) { return &layer_named(s, n) - s.data(); };
+  EXPECT_LT(pos("layer2.conv1"), pos("layer2.conv2"));
+  EXPECT_LT(pos("layer1.conv2"), pos("layer2.conv1"));
+}
+
+TEST(TorchScript, LockedFileRunsInPythonAndUnlocksToTheOriginal) {
+  const std::string dir = fresh_fixtures();
+  for (const std::string file : {"scripted.pt", "traced.pt"}) {
+    TempDir tmp;
+    LoadedModel original = load_model(dir + "/" + file);
+    LoadedModel m = load_model(dir + "/" + file);
+    LockOutcome out = lock_model(m, options(Criterion::kL1, 0.05));
+    EXPECT_GT(out.stats.units, 0);
+    save_model(tmp.file("locked.pt"), m);
+    auto [rc, text] = python_run(tmp.file("locked.pt"));
+    EXPECT_EQ(rc, 0) << text;
+    EXPECT_NE(text.find("\"shape\": [2, 10]"), std::string::npos) << text;
+
+    LoadedModel locked = load_model(tmp.file("locked.pt"));
+    ASSERT_TRUE(locked.meta.lock.has_value()) << "lock metadata travels in the archive's extra file";
+    EXPECT_EQ(model_fingerprint(locked), out.key.header.locked_fingerprint);
+    EXPECT_FALSE(same_tensors(locked, original));
+    unlock_model(locked, out.key);
+    EXPECT_FALSE(locked.meta.lock.has_value());
+    save_model(tmp.file("restored.pt"), locked);
+    LoadedModel restored = load_model(tmp.file("restored.pt"));
+    EXPECT_TRUE(same_tensors(restored, original)) << file;
+    EXPECT_EQ(model_fingerprint(restored), out.key.header.original_fingerprint);
+  }
+}
+
+TEST(TorchScript, BnTakesGammaBetaAndTheProducingConvFilters) {
+  const std::string dir = fresh_fixtures();
+  LoadedModel original = load_model(dir + "/traced.pt");
+  LoadedModel m = load_model(dir + "/traced.pt");
+  LockOutcome out = lock_model(m, options(Criterion::kBn, 0.2));
+  const Structure& s = m.net->structure();
+  std::map<std::string, std::vector<uint64_t>> units;
+  for (const auto& e : out.key.entries) units[e.tensor] = e.units;
+  int with_filters = 0;
+  for (const auto& l : s) {
+    if (l.kind != LayerKind::kBatchNorm || !units.count(l.weight)) continue;
+    EXPECT_EQ(units[l.bias], units[l.weight]) << "beta goes with gamma: " << l.name;
+    const LayerSpec& conv = s[static_cast<size_t>(l.producer)];
+    const bool eligible = &conv != &s.front();  // the first layer is not extracted
+    if (eligible) {
+      ++with_filters;
+      EXPECT_EQ(units[conv.weight], units[l.weight]) << "filters of " << conv.name << " go with " << l.name;
+    } else {
+      EXPECT_EQ(units.count(conv.weight), 0u) << "first layer " << conv.name << " must not be extracted";
+    }
+  }
+  EXPECT_GT(with_filters, 0);
+  // Only tensors named in the key changed, and every weight in it did (a fresh BatchNorm's
+  // beta is already 0, so zeroing it changes nothing).
+  auto before = named_tensors(*original.net), after = named_tensors(*m.net);
+  ASSERT_EQ(before.size(), after.size());
+  for (size_t i = 0; i < before.size(); ++i) {
+    const bool changed = !before[i].tensor.equal(after[i].tensor);
+    const bool in_key = units.count(before[i].name) > 0;
+    if (changed) {
+      EXPECT_TRUE(in_key) << before[i].name << " changed but is not in the key";
+    }
+    if (in_key && before[i].name.size() > 7 && before[i].name.substr(before[i].name.size() - 7) == ".weight") {
+      EXPECT_TRUE(changed) << before[i].name;
+    }
+  }
+}
+
+TEST(TorchScript, L1LockMakesATrainedModelFallAndTheKeyRestoresIt) {
+  // Trained in Python on 3,000 Fashion-MNIST images for one epoch (about 20 s).
+  const std::string dir = torchscript_fixtures("ts-trained-3k-s1", "--train-images 3000 --epochs 1 --seed 1");
+  LoadedModel m = load_model(dir + "/scripted.pt");
+  const Dataset test = testing::fmnist_test(2000);
+  const double before = evaluate(*m.net, test, m.meta.preprocess).top1;
+  EXPECT_GE(before, 50.0);
+  LockOutcome out = lock_model(m, options(Criterion::kL1, 0.1));
+  const double locked = evaluate(*m.net, test, m.meta.preprocess).top1;
+  EXPECT_LE(locked, before - 20.0) << "before " << before;
+  unlock_model(m, out.key);
+  EXPECT_EQ(evaluate(*m.net, test, m.meta.preprocess).top1, before);
+}
+
+TEST(TorchScript, FilesThatAreNotUsableModelsAreRefused) {
+  TempDir tmp;
+  {
+    std::ofstream f(tmp.file("text.pt"));
+    f << "not a model";
+  }
+  EXPECT_THROW(load_model(tmp.file("text.pt")), FormatError);
+  EXPECT_THROW(load_model(tmp.file("missing.pt")), IoError);
+  try {
+    load_model(fresh_fixtures() + "/noparams.pt");
+    ADD_FAILURE() << "a module with nothing to extract was accepted";
+  } catch (const FormatError& e) {
+    EXPECT_NE(std::string(e.what()).find("nothing to extract"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace corelocker
