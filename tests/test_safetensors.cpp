@@ -15,10 +15,9 @@ namespace {
 
 // A file from a header text and a data region of `data_size` bytes (0x5a each).
 std::vector<uint8_t> framed(const std::string& header, uint64_t data_size, uint64_t length_field) {
-  std::vector<uint8_t> b(8);
+  std::vector<uint8_t> b(8 + header.size() + data_size, 0x5a);
   std::memcpy(b.data(), &length_field, 8);
-  b.insert(b.end(), header.begin(), header.end());
-  b.insert(b.end(), data_size, 0x5a);
+  if (!header.empty()) std::memcpy(b.data() + 8, header.data(), header.size());
   return b;
 }
 std::vector<uint8_t> framed(const std::string& header, uint64_t data_size) {

@@ -200,13 +200,13 @@ TEST_F(StLock, PaddedHeaderWithMetadataInTheMiddleRestoresByteExact) {
       "  \"__metadata__\": { \"x\": \"y\" },\n"
       "  \"a.weight\":{\"dtype\":\"F32\",\"shape\":[3,4],\"data_offsets\":[0,48]},"
       "\"c.weight\":{\"dtype\":\"F32\",\"shape\":[2,3],\"data_offsets\":[96,120]} }      ";
-  std::vector<uint8_t> bytes(8);
   const uint64_t n = header.size();
+  std::vector<uint8_t> bytes(8 + n + 30 * 4);
   std::memcpy(bytes.data(), &n, 8);
-  bytes.insert(bytes.end(), header.begin(), header.end());
+  std::memcpy(bytes.data() + 8, header.data(), n);
   for (int i = 0; i < 30; ++i) {
     const float v = static_cast<float>(i % 7) - 3.0f;
-    bytes.insert(bytes.end(), reinterpret_cast<const uint8_t*>(&v), reinterpret_cast<const uint8_t*>(&v) + 4);
+    std::memcpy(bytes.data() + 8 + n + 4 * i, &v, 4);
   }
   write_file_atomic(dir_.file("m.safetensors"), bytes);
   StLockOptions o;

@@ -43,36 +43,6 @@ float f16_to_f32(uint16_t h) {
   return f;
 }
 
-// |element i| of a float tensor's bytes as float.
-inline float abs_at(const uint8_t* p, uint64_t i, DType d) {
-  switch (d) {
-    case DType::kF32: {
-      float f;
-      std::memcpy(&f, p + 4 * i, 4);
-      return std::fabs(f);
-    }
-    case DType::kF64: {
-      double f;
-      std::memcpy(&f, p + 8 * i, 8);
-      return static_cast<float>(std::fabs(f));
-    }
-    case DType::kF16: {
-      uint16_t h;
-      std::memcpy(&h, p + 2 * i, 2);
-      return std::fabs(f16_to_f32(h));
-    }
-    case DType::kBF16: {
-      uint16_t h;
-      std::memcpy(&h, p + 2 * i, 2);
-      const uint32_t bits = static_cast<uint32_t>(h) << 16;
-      float f;
-      std::memcpy(&f, &bits, 4);
-      return std::fabs(f);
-    }
-  }
-  return 0.0f;
-}
-
 DType key_dtype(const std::string& st) {
   if (st == "F32") return DType::kF32;
   if (st == "F64") return DType::kF64;
@@ -130,45 +100,133 @@ Digest combine(const StHeader& header, const std::map<std::string, Digest>& dige
 // Keeps the k best (score, position) candidates of a stream: better = higher score, on equal
 // scores the earlier position in file order. Buffered: candidates gather up to 2k, then
 // nth_element keeps k and the k-th score becomes a threshold that rejects most of the rest.
+// Memory: 2k candidates, whatever the number of units streamed.
 struct Candidate {
   float score;
   uint32_t layer;
   uint64_t index;
 };
-inline bool better(const Candidate& a, const Candidate& b) {
-  if (a.score != b.score) return a.score > b.score;
-  if (a.layer != b.layer) return a.layer < b.layer;
-  return a.index < b.index;
-}
+struct Better {
+  bool operator()(const Candidate& a, const Candidate& b) const {
+    if (a.score != b.score) return a.score > b.score;
+    if (a.layer != b.layer) return a.layer < b.layer;
+    return a.index < b.index;
+  }
+};
 
 class TopK {
  public:
-  explicit TopK(uint64_t k) : k_(k) {}
+  // Starts a new selection of k, keeping the buffer's memory from the previous one.
+  void reset(uint64_t k) {
+    k_ = k;
+    buf_.clear();
+    full_ = false;
+    buf_.reserve(2 * k_ + 1024);
+  }
   void push(float score, uint32_t layer, uint64_t index) {
-    if (k_ == 0) return;
     // Candidates arrive in file order, so an equal score loses against the threshold.
     if (full_ && !(score > threshold_)) return;
     buf_.push_back({score, layer, index});
     if (buf_.size() >= 2 * k_ + 1024) compact();
   }
+  // The k best, in no particular order; the selector is then empty.
   std::vector<Candidate> finish() {
     compact();
-    return std::move(buf_);
+    std::vector<Candidate> out(buf_.begin(), buf_.end());
+    buf_.clear();
+    return out;
   }
+  uint64_t k() const { return k_; }
 
  private:
   void compact() {
     if (buf_.size() <= k_) return;
-    std::nth_element(buf_.begin(), buf_.begin() + static_cast<std::ptrdiff_t>(k_ - 1), buf_.end(), better);
+    if (k_ == 0) {
+      buf_.clear();
+      threshold_ = std::numeric_limits<float>::infinity();
+      full_ = true;
+      return;
+    }
+    std::nth_element(buf_.begin(), buf_.begin() + static_cast<std::ptrdiff_t>(k_ - 1), buf_.end(), Better());
     buf_.resize(k_);
     threshold_ = buf_[k_ - 1].score;  // the worst kept candidate
     full_ = true;
   }
-  uint64_t k_;
+  uint64_t k_ = 0;
   std::vector<Candidate> buf_;
   bool full_ = false;
   float threshold_ = 0.0f;
 };
+
+// Scores units [u0, u1) of a layer (unit_size elements each, loaded as float by `load`).
+template <typename Load>
+void score_units(const uint8_t* p, uint64_t u0, uint64_t u1, uint64_t unit_size, uint32_t layer, TopK& sel,
+                 Load load) {
+  for (uint64_t u = u0; u < u1; ++u) {
+    float s = 0.0f;
+    for (uint64_t e = u * unit_size; e < (u + 1) * unit_size; ++e) s += std::fabs(load(p, e));
+    if (std::isnan(s)) s = -std::numeric_limits<float>::infinity();  // never preferred, still ordered
+    sel.push(s, layer, u);
+  }
+}
+
+void score_chunk(DType d, const uint8_t* p, uint64_t u0, uint64_t u1, uint64_t unit_size, uint32_t layer, TopK& sel) {
+  switch (d) {
+    case DType::kF32:
+      return score_units(p, u0, u1, unit_size, layer, sel, [](const uint8_t* b, uint64_t i) {
+        float f;
+        std::memcpy(&f, b + 4 * i, 4);
+        return f;
+      });
+    case DType::kF64:
+      return score_units(p, u0, u1, unit_size, layer, sel, [](const uint8_t* b, uint64_t i) {
+        double f;
+        std::memcpy(&f, b + 8 * i, 8);
+        return static_cast<float>(f);
+      });
+    case DType::kF16:
+      return score_units(p, u0, u1, unit_size, layer, sel, [](const uint8_t* b, uint64_t i) {
+        uint16_t h;
+        std::memcpy(&h, b + 2 * i, 2);
+        return f16_to_f32(h);
+      });
+    case DType::kBF16:
+      return score_units(p, u0, u1, unit_size, layer, sel, [](const uint8_t* b, uint64_t i) {
+        uint16_t h;
+        std::memcpy(&h, b + 2 * i, 2);
+        const uint32_t bits = static_cast<uint32_t>(h) << 16;
+        float f;
+        std::memcpy(&f, &bits, 4);
+        return f;
+      });
+  }
+}
+
+struct Plan {
+  std::vector<uint64_t> units;  // sorted
+};
+
+// Turns kept candidates into sorted unit lists per tensor, through a bitmap per layer (cheaper
+// than sorting millions of indices).
+void collect(const std::vector<Candidate>& kept, const std::vector<StLayer>& layers, std::map<std::string, Plan>& plans) {
+  std::map<uint32_t, std::vector<uint64_t>> bits;
+  uint32_t last = std::numeric_limits<uint32_t>::max();
+  std::vector<uint64_t>* b = nullptr;
+  for (const auto& c : kept) {
+    if (c.layer != last) {
+      b = &bits[c.layer];
+      if (b->empty()) b->assign((layers[c.layer].units + 63) / 64, 0);
+      last = c.layer;
+    }
+    (*b)[c.index / 64] |= uint64_t{1} << (c.index % 64);
+  }
+  for (const auto& [layer, words] : bits) {
+    auto& units = plans[layers[layer].tensor].units;
+    for (size_t w = 0; w < words.size(); ++w) {
+      for (uint64_t x = words[w]; x != 0; x &= x - 1) units.push_back(w * 64 + static_cast<uint64_t>(__builtin_ctzll(x)));
+    }
+  }
+}
 
 uint64_t units_at_ratio(uint64_t n, double ratio) {
   return std::min<uint64_t>(n, static_cast<uint64_t>(std::llround(ratio * static_cast<double>(n))));
@@ -313,10 +371,6 @@ std::string original_header_text(const StHeader& h, const std::string& what) {
   return orig;
 }
 
-struct Plan {
-  std::vector<uint64_t> units;  // sorted
-};
-
 }  // namespace
 
 Digest st_fingerprint(const StFile& file) {
@@ -402,8 +456,12 @@ StLockOutcome lock_safetensors(const std::string& in, const std::string& out, co
     group_units[static_cast<size_t>(group_of[i])] += layers[i].units;
     outcome.candidates += layers[i].units;
   }
-  std::vector<TopK> selectors;
-  for (auto n : group_units) selectors.emplace_back(units_at_ratio(n, options.ratio));
+  // Scope layer: one selector reused layer after layer; scope global: one per kind of unit.
+  std::vector<TopK> selectors(options.scope == Scope::kLayer ? 1 : 2);
+  if (options.scope == Scope::kGlobal) {
+    for (size_t g = 0; g < 2; ++g) selectors[g].reset(units_at_ratio(group_units[g], options.ratio));
+  }
+  std::map<std::string, Plan> plans;
 
   // pass 1: hash every tensor, score every unit of the eligible layers
   std::map<std::string, Digest> digests;
@@ -415,7 +473,8 @@ StLockOutcome lock_safetensors(const std::string& in, const std::string& out, co
       continue;
     }
     const StLayer& layer = layers[li->second];
-    TopK& sel = selectors[static_cast<size_t>(group_of[li->second])];
+    TopK& sel = selectors[options.scope == Scope::kLayer ? 0 : static_cast<size_t>(group_of[li->second])];
+    if (options.scope == Scope::kLayer) sel.reset(units_at_ratio(layer.units, options.ratio));
     const uint32_t lid = static_cast<uint32_t>(li->second);
     const DType dt = key_dtype(t.dtype);
     const uint64_t unit_bytes = layer.unit_size * dtype_size(dt);
@@ -425,27 +484,19 @@ StLockOutcome lock_safetensors(const std::string& in, const std::string& out, co
     uint64_t released = 0;
     for (uint64_t u0 = 0; u0 < layer.units; u0 += chunk_units) {
       const uint64_t u1 = std::min(layer.units, u0 + chunk_units);
-      const uint8_t* c = p + u0 * unit_bytes;
-      hasher.update(c, (u1 - u0) * unit_bytes);
-      for (uint64_t u = u0; u < u1; ++u) {
-        float s = 0.0f;
-        const uint8_t* up = p + u * unit_bytes;
-        for (uint64_t e = 0; e < layer.unit_size; ++e) s += abs_at(up, e, dt);
-        if (std::isnan(s)) s = -std::numeric_limits<float>::infinity();
-        sel.push(s, lid, u);
-      }
+      hasher.update(p + u0 * unit_bytes, (u1 - u0) * unit_bytes);
+      score_chunk(dt, p, u0, u1, layer.unit_size, lid, sel);
       if (u1 * unit_bytes - released >= kRelease || u1 == layer.units) {
         file.map.release(h.data_start + t.begin + released, u1 * unit_bytes - released);
         released = u1 * unit_bytes;
       }
     }
     digests[t.name] = hasher.finish();
+    if (options.scope == Scope::kLayer) collect(sel.finish(), layers, plans);
   }
-  std::map<std::string, Plan> plans;
-  for (auto& sel : selectors) {
-    for (const auto& c : sel.finish()) plans[layers[c.layer].tensor].units.push_back(c.index);
+  if (options.scope == Scope::kGlobal) {
+    for (auto& sel : selectors) collect(sel.finish(), layers, plans);
   }
-  for (auto& [name, plan] : plans) std::sort(plan.units.begin(), plan.units.end());
 
   // the key's header (the locked fingerprint follows after pass 2)
   KeyFile& key = outcome.key;
@@ -476,13 +527,13 @@ StLockOutcome lock_safetensors(const std::string& in, const std::string& out, co
     const StLayer& layer = layers[layer_of.at(t.name)];
     const DType dt = key_dtype(t.dtype);
     const uint64_t unit_bytes = layer.unit_size * dtype_size(dt);
-    const std::vector<uint64_t>& units = pi->second.units;
     KeyEntry entry;
     entry.tensor = t.name;
     entry.dtype = dt;
     entry.shape = t.shape;
     entry.unit_size = layer.unit_size;
-    entry.units = units;
+    entry.units = std::move(pi->second.units);  // the plan is not needed again
+    const std::vector<uint64_t>& units = entry.units;
     entry.values.resize(checked_mul(units.size(), unit_bytes, "key entry '" + t.name + "'"));
     Hasher hasher;
     size_t next = 0;  // next unit of the plan
