@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <random>
 
 #include "formats/safetensors.h"
@@ -280,6 +281,30 @@ TEST_F(StLock, RefusesToLockTwiceOrWithoutEligibleLayers) {
                                 [](const KeyFile&) {}),
                UsageError);
   EXPECT_FALSE(file_exists(dir_.file("x.safetensors")));
+}
+
+TEST_F(StLock, F64AndNaNWeightsLockAndRestoreByteExact) {
+  // A NaN unit is never preferred over a number; it still round-trips bit for bit.
+  std::vector<double> v(6 * 5);
+  for (size_t i = 0; i < v.size(); ++i) v[i] = static_cast<double>(i % 11) - 5.0;
+  v[7] = std::nan("");
+  v[8] = -std::numeric_limits<double>::infinity();
+  std::vector<uint8_t> d(v.size() * 8);
+  std::memcpy(d.data(), v.data(), d.size());
+  Model m;
+  m.specs = {{"in.weight", "F64", {5, 6}}, {"mid.weight", "F64", {6, 5}}, {"out.weight", "F64", {5, 6}}};
+  m.data = {d, d, d};
+  write_model(dir_.file("m.safetensors"), m, {});
+  StLockOptions o;
+  o.ratio = 0.1;
+  const StLockOutcome r = lock(o);
+  ASSERT_EQ(r.key.entries.size(), 1u);
+  EXPECT_EQ(r.key.entries[0].tensor, "mid.weight");
+  EXPECT_EQ(r.key.entries[0].dtype, DType::kF64);
+  // 30 weights -> 3: the infinity first, then the two 5.0 with the lowest indices
+  EXPECT_EQ(r.key.entries[0].units, (std::vector<uint64_t>{0, 8, 10}));
+  unlock_safetensors(dir_.file("locked.safetensors"), dir_.file("restored.safetensors"), read_key_file(dir_.file("key.clk")));
+  EXPECT_EQ(read_file(dir_.file("restored.safetensors")), read_file(dir_.file("m.safetensors")));
 }
 
 TEST_F(StLock, FailingKeyWriteLeavesNoLockedFile) {
