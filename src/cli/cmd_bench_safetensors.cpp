@@ -1,6 +1,6 @@
 // `bench-safetensors`: writes a synthetic safetensors file of a given size (conv and linear F32
-// tensors), then times `cp`, `corelocker lock` and `corelocker unlock` of it on this machine in
-// one run, each as a child process whose peak resident set (ru_maxrss) is reported, and checks
+// tensors), then times `cp`, `corelocker lock`, `corelocker unlock` and `corelocker fingerprint`
+// of it on this machine in one run, each as a child process whose peak resident set (ru_maxrss) is reported, and checks
 // that the restored file equals the original byte for byte.
 #include <sys/resource.h>
 #include <sys/wait.h>
@@ -156,6 +156,8 @@ void add_bench_safetensors(CLI::App& app) {
         {"cp + sync FILE", {"sh", "-c", "cp \"$0\" \"$1\" && sync \"$1\"", src, copy}, {}},
         {"lock", {exe, "lock", "--model", src, "--out", locked, "--key-out", key, "--ratio", fixed(ratio, 6)}, {}},
         {"unlock", {exe, "unlock", "--model", locked, "--key", key, "--out", restored}, {}},
+        // one BLAKE2b pass over the file: a lock makes two, an unlock two over the touched tensors
+        {"fingerprint", {exe, "fingerprint", src}, {}},
     };
     for (int r = 0; r < repeat; ++r) {
       for (auto& s : steps) {
