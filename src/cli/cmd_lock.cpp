@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "cli/cmd_safetensors.h"
 #include "cli/commands.h"
 #include "cli/common.h"
 #include "cli/progress.h"
@@ -88,7 +89,8 @@ void add_lock(CLI::App& app) {
   add_threads(c, common);
   add_data(c, common);
   add_input_args(c, input);
-  handlers()[c] = [] {
+  handlers()[c] = [c] {
+    if (is_safetensors_file(model_path)) return lock_safetensors_command(*c, model_path, out, key_out, access);
     apply_threads(common);
     LockOptions o;
     o.criterion = parse_criterion(criterion);
@@ -206,6 +208,7 @@ void add_unlock(CLI::App& app) {
   c->add_option("--out", out, "Model to write (the original once every tier key is applied)")->required();
   add_key_access(c, access, /*writing=*/false);
   handlers()[c] = [] {
+    if (is_safetensors_file(model_path)) return unlock_safetensors_command(model_path, key_paths, out, access);
     LoadedModel model = load_model(model_path);
     const std::vector<KeyFile> keys = read_keys(key_paths, access);
     unlock_model(model, keys);  // checks every fingerprint; throws before anything is written
@@ -235,6 +238,7 @@ void add_fingerprint(CLI::App& app) {
   static std::string path;
   c->add_option("file", path, "Model checkpoint")->required();
   handlers()[c] = [] {
+    if (is_safetensors_file(path)) return fingerprint_safetensors_command(path);
     LoadedModel model = load_model(path);
     std::printf("%s\n", to_hex(model_fingerprint(model)).c_str());
     return 0;
@@ -326,6 +330,7 @@ void add_inspect(CLI::App& app) {
   c->add_flag("--json", json, "Print one JSON object");
   add_key_access(c, access, /*writing=*/false);
   handlers()[c] = [] {
+    if (is_safetensors_file(path)) return inspect_safetensors_command(path, json);
     auto bytes = read_file(path);
     Json j;
     if (looks_like_key(bytes)) {

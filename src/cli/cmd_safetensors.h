@@ -1,0 +1,26 @@
+// `lock`, `unlock`, `fingerprint` and `inspect` for safetensors files: the handlers in
+// cmd_lock.cpp hand over to these when is_safetensors_file() says so.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <string>
+#include <vector>
+
+#include "cli/common.h"
+#include "formats/safetensors.h"
+
+namespace corelocker::cli {
+
+// `lock` of a safetensors file; reads the remaining options from the subcommand `c` and refuses
+// those that do not apply (UsageError).
+int lock_safetensors_command(const CLI::App& c, const std::string& model, const std::string& out,
+                             const std::string& key_out, const KeyAccess& access);
+// `unlock` of a locked safetensors file with one key.
+int unlock_safetensors_command(const std::string& model, const std::vector<std::string>& keys, const std::string& out,
+                               const KeyAccess& access);
+// `fingerprint`: prints the safetensors fingerprint (hex).
+int fingerprint_safetensors_command(const std::string& path);
+// `inspect`: tensors, layers, metadata, lock and fingerprint, as text or one JSON object.
+int inspect_safetensors_command(const std::string& path, bool json);
+
+}  // namespace corelocker::cli

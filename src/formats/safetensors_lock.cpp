@@ -1,0 +1,664 @@
+#include "formats/safetensors_lock.h"
+
+#include <algorithm>
+#include <cinttypes>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <limits>
+#include <map>
+#include <nlohmann/json.hpp>
+
+#include "util/checked.h"
+#include "util/error.h"
+
+namespace corelocker {
+namespace {
+
+constexpr uint64_t kChunk = uint64_t{1} << 20;     // bytes scored / copied at a time (stays in cache)
+constexpr uint64_t kRelease = uint64_t{64} << 20;  // bytes read between giving pages back
+
+// ---------------------------------------------------------------- element conversion
+float f16_to_f32(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  uint32_t exp = (h >> 10) & 0x1fu;
+  uint32_t mant = h & 0x3ffu;
+  uint32_t bits;
+  if (exp == 0x1f) {
+    bits = sign | 0x7f800000u | (mant << 13);
+  } else if (exp != 0) {
+    bits = sign | ((exp + 112) << 23) | (mant << 13);
+  } else if (mant == 0) {
+    bits = sign;
+  } else {  // subnormal: normalise
+    exp = 113;
+    while ((mant & 0x400u) == 0) {
+      mant <<= 1;
+      --exp;
+    }
+    bits = sign | (exp << 23) | ((mant & 0x3ffu) << 13);
+  }
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+DType key_dtype(const std::string& st) {
+  if (st == "F32") return DType::kF32;
+  if (st == "F64") return DType::kF64;
+  if (st == "F16") return DType::kF16;
+  if (st == "BF16") return DType::kBF16;
+  throw Error("dtype " + st + " has no key dtype");
+}
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// ---------------------------------------------------------------- hashing
+// BLAKE2b-256 of a tensor's bytes, giving the pages back as it goes.
+Digest tensor_digest(const StFile& f, const StTensor& t) {
+  Hasher h;
+  const uint8_t* p = f.tensor_data(t);
+  for (uint64_t at = 0; at < t.nbytes(); at += kRelease) {
+    const uint64_t n = std::min(kRelease, t.nbytes() - at);
+    h.update(p + at, n);
+    f.map.release(f.header.data_start + t.begin + at, n);
+  }
+  return h.finish();
+}
+
+Digest combine(const StHeader& header, const std::map<std::string, Digest>& digests) {
+  std::vector<const StTensor*> order;
+  for (const auto& t : header.tensors) order.push_back(&t);
+  std::sort(order.begin(), order.end(), [](const StTensor* a, const StTensor* b) { return a->name < b->name; });
+  Hasher h;
+  h.update_str("corelocker-safetensors-fingerprint-v1");
+  h.update_u64(order.size());
+  for (const StTensor* t : order) {
+    h.update_str(t->name);
+    h.update_str(t->dtype);
+    h.update_u64(t->shape.size());
+    for (auto d : t->shape) h.update_u64(d);
+    h.update_u64(t->nbytes());
+    const Digest& d = digests.at(t->name);
+    h.update(d.data(), d.size());
+  }
+  std::vector<std::pair<std::string, std::string>> meta;
+  for (const auto& [k, v] : header.metadata) {
+    if (k.rfind(kStLockPrefix, 0) != 0) meta.emplace_back(k, v);
+  }
+  h.update_u64(meta.size());
+  for (const auto& [k, v] : meta) {
+    h.update_str(k);
+    h.update_str(v);
+  }
+  return h.finish();
+}
+
+// ---------------------------------------------------------------- top-k selection
+// Keeps the k best (score, position) candidates of a stream: better = higher score, on equal
+// scores the earlier position in file order. Buffered: candidates gather up to 2k, then
+// nth_element keeps k and the k-th score becomes a threshold that rejects most of the rest.
+// Memory: 2k candidates, whatever the number of units streamed.
+struct Candidate {
+  float score;
+  uint32_t layer;
+  uint64_t index;
+};
+struct Better {
+  bool operator()(const Candidate& a, const Candidate& b) const {
+    if (a.score != b.score) return a.score > b.score;
+    if (a.layer != b.layer) return a.layer < b.layer;
+    return a.index < b.index;
+  }
+};
+
+class TopK {
+ public:
+  // Starts a new selection of k, keeping the buffer's memory from the previous one.
+  void reset(uint64_t k) {
+    k_ = k;
+    buf_.clear();
+    full_ = false;
+    buf_.reserve(2 * k_ + 1024);
+  }
+  void push(float score, uint32_t layer, uint64_t index) {
+    // Candidates arrive in file order, so an equal score loses against the threshold.
+    if (full_ && !(score > threshold_)) return;
+    buf_.push_back({score, layer, index});
+    if (buf_.size() >= 2 * k_ + 1024) compact();
+  }
+  // The k best, in no particular order; the selector is then empty.
+  std::vector<Candidate> finish() {
+    compact();
+    std::vector<Candidate> out(buf_.begin(), buf_.end());
+    buf_.clear();
+    return out;
+  }
+  uint64_t k() const { return k_; }
+
+ private:
+  void compact() {
+    if (buf_.size() <= k_) return;
+    if (k_ == 0) {
+      buf_.clear();
+      threshold_ = std::numeric_limits<float>::infinity();
+      full_ = true;
+      return;
+    }
+    std::nth_element(buf_.begin(), buf_.begin() + static_cast<std::ptrdiff_t>(k_ - 1), buf_.end(), Better());
+    buf_.resize(k_);
+    threshold_ = buf_[k_ - 1].score;  // the worst kept candidate
+    full_ = true;
+  }
+  uint64_t k_ = 0;
+  std::vector<Candidate> buf_;
+  bool full_ = false;
+  float threshold_ = 0.0f;
+};
+
+// Scores units [u0, u1) of a layer (unit_size elements each, loaded as float by `load`).
+template <typename Load>
+void score_units(const uint8_t* p, uint64_t u0, uint64_t u1, uint64_t unit_size, uint32_t layer, TopK& sel,
+                 Load load) {
+  for (uint64_t u = u0; u < u1; ++u) {
+    float s = 0.0f;
+    for (uint64_t e = u * unit_size; e < (u + 1) * unit_size; ++e) s += std::fabs(load(p, e));
+    if (std::isnan(s)) s = -std::numeric_limits<float>::infinity();  // never preferred, still ordered
+    sel.push(s, layer, u);
+  }
+}
+
+void score_chunk(DType d, const uint8_t* p, uint64_t u0, uint64_t u1, uint64_t unit_size, uint32_t layer, TopK& sel) {
+  switch (d) {
+    case DType::kF32:
+      return score_units(p, u0, u1, unit_size, layer, sel, [](const uint8_t* b, uint64_t i) {
+        float f;
+        std::memcpy(&f, b + 4 * i, 4);
+        return f;
+      });
+    case DType::kF64:
+      return score_units(p, u0, u1, unit_size, layer, sel, [](const uint8_t* b, uint64_t i) {
+        double f;
+        std::memcpy(&f, b + 8 * i, 8);
+        return static_cast<float>(f);
+      });
+    case DType::kF16:
+      return score_units(p, u0, u1, unit_size, layer, sel, [](const uint8_t* b, uint64_t i) {
+        uint16_t h;
+        std::memcpy(&h, b + 2 * i, 2);
+        return f16_to_f32(h);
+      });
+    case DType::kBF16:
+      return score_units(p, u0, u1, unit_size, layer, sel, [](const uint8_t* b, uint64_t i) {
+        uint16_t h;
+        std::memcpy(&h, b + 2 * i, 2);
+        const uint32_t bits = static_cast<uint32_t>(h) << 16;
+        float f;
+        std::memcpy(&f, &bits, 4);
+        return f;
+      });
+  }
+}
+
+struct Plan {
+  std::vector<uint64_t> units;  // sorted
+};
+
+// Turns kept candidates into sorted unit lists per tensor, through a bitmap per layer (cheaper
+// than sorting millions of indices).
+void collect(const std::vector<Candidate>& kept, const std::vector<StLayer>& layers, std::map<std::string, Plan>& plans) {
+  std::map<uint32_t, std::vector<uint64_t>> bits;
+  uint32_t last = std::numeric_limits<uint32_t>::max();
+  std::vector<uint64_t>* b = nullptr;
+  for (const auto& c : kept) {
+    if (c.layer != last) {
+      b = &bits[c.layer];
+      if (b->empty()) b->assign((layers[c.layer].units + 63) / 64, 0);
+      last = c.layer;
+    }
+    (*b)[c.index / 64] |= uint64_t{1} << (c.index % 64);
+  }
+  for (const auto& [layer, words] : bits) {
+    auto& units = plans[layers[layer].tensor].units;
+    for (size_t w = 0; w < words.size(); ++w) {
+      for (uint64_t x = words[w]; x != 0; x &= x - 1) units.push_back(w * 64 + static_cast<uint64_t>(__builtin_ctzll(x)));
+    }
+  }
+}
+
+uint64_t units_at_ratio(uint64_t n, double ratio) {
+  return std::min<uint64_t>(n, static_cast<uint64_t>(std::llround(ratio * static_cast<double>(n))));
+}
+
+// ---------------------------------------------------------------- header splice
+// The lock's metadata is spliced into the original header text; these find where.
+size_t skip_ws(const std::string& s, size_t i) {
+  while (i < s.size() && (s[i] == ' ' || s[i] == '\t' || s[i] == '\n' || s[i] == '\r')) ++i;
+  return i;
+}
+size_t skip_string(const std::string& s, size_t i) {  // s[i] == '"'
+  ++i;
+  while (i < s.size() && s[i] != '"') i += s[i] == '\\' ? 2 : 1;
+  return i + 1;
+}
+size_t skip_value(const std::string& s, size_t i) {
+  if (s[i] == '"') return skip_string(s, i);
+  if (s[i] == '{' || s[i] == '[') {
+    int depth = 0;
+    do {
+      if (s[i] == '"') {
+        i = skip_string(s, i);
+        continue;
+      }
+      if (s[i] == '{' || s[i] == '[') ++depth;
+      if (s[i] == '}' || s[i] == ']') --depth;
+      ++i;
+    } while (depth > 0 && i < s.size());
+    return i;
+  }
+  while (i < s.size() && std::strchr(",}] \t\r\n", s[i]) == nullptr) ++i;
+  return i;
+}
+
+struct SplicePoint {
+  size_t at = 0;           // insert here
+  bool in_metadata = false;  // inside an existing __metadata__ object
+  bool object_empty = true;  // the object we insert into has no entries yet
+};
+
+// `text` is JSON the parser accepted.
+SplicePoint find_splice_point(const std::string& text) {
+  SplicePoint top;
+  size_t i = skip_ws(text, 0);
+  top.at = i + 1;  // just after the top-level '{'
+  i = skip_ws(text, i + 1);
+  top.object_empty = text[i] == '}';
+  while (i < text.size() && text[i] != '}') {
+    const size_t key_end = skip_string(text, i);
+    const std::string key = nlohmann::json::parse(text.substr(i, key_end - i)).get<std::string>();
+    i = skip_ws(text, key_end) + 1;  // past ':'
+    i = skip_ws(text, i);
+    if (key == "__metadata__") {
+      SplicePoint m;
+      m.at = i + 1;
+      m.in_metadata = true;
+      m.object_empty = text[skip_ws(text, i + 1)] == '}';
+      return m;
+    }
+    i = skip_ws(text, skip_value(text, i));
+    if (i < text.size() && text[i] == ',') i = skip_ws(text, i + 1);
+  }
+  return top;
+}
+
+std::string fixed20(uint64_t v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%020" PRIu64, v);
+  return buf;
+}
+
+uint64_t parse_fixed20(const std::string& s, const std::string& what) {
+  if (s.size() != 20 || s.find_first_not_of("0123456789") != std::string::npos) {
+    throw FormatError(what + ": expected 20 digits, found '" + s + "'");
+  }
+  return std::stoull(s);
+}
+
+std::string json_str(const std::string& s) { return nlohmann::json(s).dump(); }
+
+// The locked header: the original text with the lock entries spliced in and space padding so
+// that the data stays 8-aligned. Entry values are fixed-width so the text's length is known
+// before the splice entry that records it is written.
+std::string locked_header_text(const StHeader& h, const KeyFile& key, const std::string& scope_text, double ratio) {
+  const SplicePoint sp = find_splice_point(h.header_text);
+  const std::string& orig = h.header_text;
+  char ratio_buf[64];
+  std::snprintf(ratio_buf, sizeof ratio_buf, "%.17g", ratio);
+  std::vector<std::pair<std::string, std::string>> entries = {
+      {"corelocker.tool_version", CORELOCKER_VERSION},
+      {"corelocker.key_id", to_hex(key.header.key_id.data(), key.header.key_id.size())},
+      {"corelocker.criterion", "l1"},
+      {"corelocker.scope", scope_text},
+      {"corelocker.ratio", ratio_buf},
+      {"corelocker.original_fingerprint", to_hex(key.header.original_fingerprint)},
+      {"corelocker.original_header_blake2b", to_hex(hash_bytes(orig.data(), orig.size()))},
+      {"corelocker.original_header_bytes", fixed20(orig.size())},
+      {"corelocker.splice", fixed20(0) + "+" + fixed20(0)},
+  };
+  auto render = [&] {
+    std::string t;
+    for (const auto& [k, v] : entries) t += (t.empty() ? "" : ",") + json_str(k) + ":" + json_str(v);
+    if (!sp.in_metadata) t = "\"__metadata__\":{" + t + "}";
+    if (!sp.object_empty) t += ",";
+    return t;
+  };
+  const size_t length = render().size();  // fixed width: the final values do not change it
+  entries.back().second = fixed20(sp.at) + "+" + fixed20(length);
+  const std::string insert = render();
+  std::string out = orig.substr(0, sp.at) + insert + orig.substr(sp.at);
+  while ((8 + out.size()) % 8 != 0) out += ' ';
+  return out;
+}
+
+std::string meta_or_throw(const StHeader& h, const std::string& key, const std::string& what) {
+  auto it = h.metadata.find(key);
+  if (it == h.metadata.end()) throw FormatError(what + ": lock metadata '" + key + "' is missing");
+  return it->second;
+}
+
+// The original header text of a locked file (checked against the hash recorded at lock time).
+std::string original_header_text(const StHeader& h, const std::string& what) {
+  const std::string splice = meta_or_throw(h, "corelocker.splice", what);
+  if (splice.size() != 41 || splice[20] != '+') throw FormatError(what + ": corelocker.splice is malformed: '" + splice + "'");
+  const uint64_t at = parse_fixed20(splice.substr(0, 20), what + ": corelocker.splice");
+  const uint64_t length = parse_fixed20(splice.substr(21), what + ": corelocker.splice");
+  const uint64_t orig_size =
+      parse_fixed20(meta_or_throw(h, "corelocker.original_header_bytes", what), what + ": corelocker.original_header_bytes");
+  const std::string& text = h.header_text;
+  if (at > orig_size || length > text.size() || at > text.size() - length || orig_size - at > text.size() - at - length) {
+    throw FormatError(what + ": corelocker.splice " + splice + " does not fit a header of " + std::to_string(text.size()) +
+                      " bytes");
+  }
+  std::string orig = text.substr(0, at) + text.substr(at + length, orig_size - at);
+  const std::string padding = text.substr(at + length + (orig_size - at));
+  const std::string expected = meta_or_throw(h, "corelocker.original_header_blake2b", what);
+  if (padding.find_first_not_of(' ') != std::string::npos || to_hex(hash_bytes(orig.data(), orig.size())) != expected) {
+    throw FormatError(what + ": the header was changed after locking (the original header no longer hashes to " +
+                      expected.substr(0, 16) + "...); it cannot be restored byte for byte");
+  }
+  return orig;
+}
+
+}  // namespace
+
+Digest st_fingerprint(const StFile& file) {
+  std::map<std::string, Digest> digests;
+  for (const auto& t : file.header.tensors) digests[t.name] = tensor_digest(file, t);
+  return combine(file.header, digests);
+}
+
+std::vector<StLayer> st_layers(const StHeader& header, bool include_io) {
+  std::vector<StLayer> layers;
+  for (const auto& t : header.tensors) {
+    if (!st_is_float(t.dtype) || !ends_with(t.name, "weight") || t.numel() == 0) continue;
+    if (t.shape.size() == 4) {
+      layers.push_back({t.name, StLayerKind::kConv, t.shape[2] * t.shape[3], t.shape[0] * t.shape[1], true});
+    } else if (t.shape.size() == 2) {
+      layers.push_back({t.name, StLayerKind::kLinear, 1, t.numel(), true});
+    }
+  }
+  if (include_io || layers.empty()) return layers;
+  auto first_of = [&](StLayerKind k) {
+    for (size_t i = 0; i < layers.size(); ++i)
+      if (layers[i].kind == k) return static_cast<std::ptrdiff_t>(i);
+    return std::ptrdiff_t{-1};
+  };
+  auto last_of = [&](StLayerKind k) {
+    for (size_t i = layers.size(); i-- > 0;)
+      if (layers[i].kind == k) return static_cast<std::ptrdiff_t>(i);
+    return std::ptrdiff_t{-1};
+  };
+  std::ptrdiff_t first = first_of(StLayerKind::kConv);
+  if (first < 0) first = first_of(StLayerKind::kLinear);
+  std::ptrdiff_t last = last_of(StLayerKind::kLinear);
+  if (last < 0) last = last_of(StLayerKind::kConv);
+  layers[static_cast<size_t>(first)].eligible = false;
+  layers[static_cast<size_t>(last)].eligible = false;
+  return layers;
+}
+
+std::vector<std::pair<std::string, std::string>> st_lock_metadata(const StHeader& header) {
+  std::vector<std::pair<std::string, std::string>> out;
+  for (const auto& [k, v] : header.metadata) {
+    if (k.rfind(kStLockPrefix, 0) == 0) out.emplace_back(k, v);
+  }
+  return out;
+}
+
+StLockOutcome lock_safetensors(const std::string& in, const std::string& out, const StLockOptions& options,
+                               const std::function<void(const KeyFile&)>& before_commit) {
+  if (!(options.ratio >= 0.0 && options.ratio <= 1.0)) {
+    throw UsageError("ratio " + std::to_string(options.ratio) + " is outside [0, 1]");
+  }
+  const StFile file(in);
+  const StHeader& h = file.header;
+  const std::string what = "safetensors file '" + in + "'";
+  if (h.metadata.count("corelocker.key_id") != 0) {
+    throw UsageError(what + " is already locked (key id " + h.metadata.at("corelocker.key_id") +
+                     "); unlock it first");
+  }
+  StLockOutcome outcome;
+  const std::vector<StLayer> layers = st_layers(h, options.include_io);
+  std::map<std::string, size_t> layer_of;  // tensor name -> index into layers
+  for (size_t i = 0; i < layers.size(); ++i) {
+    if (layers[i].eligible) layer_of[layers[i].tensor] = i;
+    else outcome.excluded.push_back(layers[i].tensor);
+  }
+  if (layer_of.empty()) {
+    throw UsageError(what + ": no eligible layer (" + std::to_string(layers.size()) +
+                     " 4-D or 2-D float '*weight' tensors" + (options.include_io ? "" : ", first and last excluded") + ")");
+  }
+
+  // groups: one per layer (scope layer) or one per kind of unit (scope global)
+  std::vector<int> group_of(layers.size(), -1);
+  std::vector<uint64_t> group_units;
+  for (size_t i = 0; i < layers.size(); ++i) {
+    if (!layers[i].eligible) continue;
+    if (options.scope == Scope::kLayer) {
+      group_of[i] = static_cast<int>(group_units.size());
+      group_units.push_back(0);
+    } else {
+      group_of[i] = layers[i].kind == StLayerKind::kConv ? 0 : 1;
+      if (group_units.empty()) group_units.assign(2, 0);
+    }
+    group_units[static_cast<size_t>(group_of[i])] += layers[i].units;
+    outcome.candidates += layers[i].units;
+  }
+  // Scope layer: one selector reused layer after layer; scope global: one per kind of unit.
+  std::vector<TopK> selectors(options.scope == Scope::kLayer ? 1 : 2);
+  if (options.scope == Scope::kGlobal) {
+    for (size_t g = 0; g < 2; ++g) selectors[g].reset(units_at_ratio(group_units[g], options.ratio));
+  }
+  std::map<std::string, Plan> plans;
+
+  // pass 1: hash every tensor, score every unit of the eligible layers
+  std::map<std::string, Digest> digests;
+  for (const auto& t : h.tensors) {
+    if (st_is_float(t.dtype)) outcome.elements += t.numel();
+    auto li = layer_of.find(t.name);
+    if (li == layer_of.end()) {
+      digests[t.name] = tensor_digest(file, t);
+      continue;
+    }
+    const StLayer& layer = layers[li->second];
+    TopK& sel = selectors[options.scope == Scope::kLayer ? 0 : static_cast<size_t>(group_of[li->second])];
+    if (options.scope == Scope::kLayer) sel.reset(units_at_ratio(layer.units, options.ratio));
+    const uint32_t lid = static_cast<uint32_t>(li->second);
+    const DType dt = key_dtype(t.dtype);
+    const uint64_t unit_bytes = layer.unit_size * dtype_size(dt);
+    const uint64_t chunk_units = std::max<uint64_t>(1, kChunk / unit_bytes);
+    const uint8_t* p = file.tensor_data(t);
+    Hasher hasher;
+    uint64_t released = 0;
+    for (uint64_t u0 = 0; u0 < layer.units; u0 += chunk_units) {
+      const uint64_t u1 = std::min(layer.units, u0 + chunk_units);
+      hasher.update(p + u0 * unit_bytes, (u1 - u0) * unit_bytes);
+      score_chunk(dt, p, u0, u1, layer.unit_size, lid, sel);
+      if (u1 * unit_bytes - released >= kRelease || u1 == layer.units) {
+        file.map.release(h.data_start + t.begin + released, u1 * unit_bytes - released);
+        released = u1 * unit_bytes;
+      }
+    }
+    digests[t.name] = hasher.finish();
+    if (options.scope == Scope::kLayer) collect(sel.finish(), layers, plans);
+  }
+  if (options.scope == Scope::kGlobal) {
+    for (auto& sel : selectors) collect(sel.finish(), layers, plans);
+  }
+
+  // the key's header (the locked fingerprint follows after pass 2)
+  KeyFile& key = outcome.key;
+  key.header.original_fingerprint = combine(h, digests);
+  random_bytes(key.header.key_id.data(), key.header.key_id.size());
+  key.header.criterion = Criterion::kL1;
+  key.header.scope = options.scope;
+  key.header.fill = Fill::kZero;
+  key.header.include_io = options.include_io;
+  key.header.ratio = options.ratio;
+  key.header.ratio_after = 0.0;
+
+  // pass 2: the locked file
+  const std::string header_text = locked_header_text(h, key, to_string(options.scope), options.ratio);
+  StWriter writer(out, header_text, h.data_size);
+  std::vector<uint8_t> buf;
+  for (const auto& t : h.tensors) {
+    const uint8_t* p = file.tensor_data(t);
+    auto pi = plans.find(t.name);
+    if (pi == plans.end() || pi->second.units.empty()) {
+      for (uint64_t at = 0; at < t.nbytes(); at += kRelease) {
+        const uint64_t n = std::min(kRelease, t.nbytes() - at);
+        writer.write(p + at, n);
+        file.map.release(h.data_start + t.begin + at, n);
+      }
+      continue;
+    }
+    const StLayer& layer = layers[layer_of.at(t.name)];
+    const DType dt = key_dtype(t.dtype);
+    const uint64_t unit_bytes = layer.unit_size * dtype_size(dt);
+    KeyEntry entry;
+    entry.tensor = t.name;
+    entry.dtype = dt;
+    entry.shape = t.shape;
+    entry.unit_size = layer.unit_size;
+    entry.units = std::move(pi->second.units);  // the plan is not needed again
+    const std::vector<uint64_t>& units = entry.units;
+    entry.values.resize(checked_mul(units.size(), unit_bytes, "key entry '" + t.name + "'"));
+    Hasher hasher;
+    size_t next = 0;  // next unit of the plan
+    const uint64_t chunk_units = std::max<uint64_t>(1, kChunk / unit_bytes);
+    for (uint64_t u0 = 0; u0 < layer.units; u0 += chunk_units) {
+      const uint64_t u1 = std::min(layer.units, u0 + chunk_units);
+      const uint64_t n = (u1 - u0) * unit_bytes;
+      buf.assign(p + u0 * unit_bytes, p + u0 * unit_bytes + n);
+      for (; next < units.size() && units[next] < u1; ++next) {
+        uint8_t* up = buf.data() + (units[next] - u0) * unit_bytes;
+        std::memcpy(entry.values.data() + next * unit_bytes, up, unit_bytes);
+        std::memset(up, 0, unit_bytes);  // +0.0 in every float dtype
+      }
+      hasher.update(buf.data(), n);
+      writer.write(buf.data(), n);
+      file.map.release(h.data_start + t.begin + u0 * unit_bytes, n);
+    }
+    digests[t.name] = hasher.finish();
+    outcome.units += units.size();
+    outcome.values += units.size() * layer.unit_size;
+    key.entries.push_back(std::move(entry));
+  }
+  key.header.locked_fingerprint = combine(h, digests);
+  key.header.units = outcome.units;
+  before_commit(key);
+  writer.commit();
+  return outcome;
+}
+
+StUnlockOutcome unlock_safetensors(const std::string& in, const std::string& out, const KeyFile& key) {
+  const StFile file(in);
+  const StHeader& h = file.header;
+  const std::string what = "safetensors file '" + in + "'";
+  // cheap checks first: is this the file the key was made for?
+  auto kid = h.metadata.find("corelocker.key_id");
+  if (kid == h.metadata.end()) throw UsageError(what + " is not locked (no corelocker.key_id in its metadata)");
+  const std::string key_id = to_hex(key.header.key_id.data(), key.header.key_id.size());
+  if (kid->second != key_id) {
+    throw MismatchError("key belongs to another model: key id " + key_id + ", " + what + " was locked with key id " +
+                        kid->second);
+  }
+  if (key.header.tiers != 1) throw UsageError("tier keys are not supported for safetensors files");
+  const std::string orig_text = original_header_text(h, what);
+  std::string framed(8, '\0');
+  const uint64_t orig_size = orig_text.size();
+  std::memcpy(&framed[0], &orig_size, 8);
+  framed += orig_text;
+  const StHeader orig = parse_st_header(reinterpret_cast<const uint8_t*>(framed.data()), framed.size(),
+                                        framed.size() + h.data_size, what + " (original header)");
+  std::map<std::string, const StTensor*> by_name;
+  for (const auto& t : h.tensors) by_name[t.name] = &t;
+  if (orig.tensors.size() != h.tensors.size()) throw FormatError(what + ": original header lists other tensors");
+  for (const auto& t : orig.tensors) {
+    auto it = by_name.find(t.name);
+    if (it == by_name.end() || it->second->dtype != t.dtype || it->second->shape != t.shape ||
+        it->second->begin != t.begin || it->second->end != t.end) {
+      throw FormatError(what + ": original header describes tensor '" + t.name + "' differently");
+    }
+  }
+  std::map<std::string, const KeyEntry*> entries;
+  for (const auto& e : key.entries) {
+    auto it = by_name.find(e.tensor);
+    if (it == by_name.end()) throw MismatchError("key entry '" + e.tensor + "': " + what + " has no such tensor");
+    const StTensor& t = *it->second;
+    if (!st_is_float(t.dtype) || key_dtype(t.dtype) != e.dtype || t.shape != e.shape) {
+      throw MismatchError("key entry '" + e.tensor + "': " + to_string(e.dtype) + " tensor of another shape or dtype than " +
+                          what + "'s " + t.dtype);
+    }
+    entries[e.tensor] = &e;
+  }
+
+  // one pass: hash the locked bytes, write the restored bytes, hash those
+  StUnlockOutcome outcome;
+  std::map<std::string, Digest> locked, restored;
+  StWriter writer(out, orig_text, h.data_size);
+  std::vector<uint8_t> buf;
+  for (const auto& t : h.tensors) {
+    const uint8_t* p = file.tensor_data(t);
+    auto ei = entries.find(t.name);
+    if (ei == entries.end()) {
+      Hasher hasher;
+      for (uint64_t at = 0; at < t.nbytes(); at += kRelease) {
+        const uint64_t n = std::min(kRelease, t.nbytes() - at);
+        hasher.update(p + at, n);
+        writer.write(p + at, n);
+        file.map.release(h.data_start + t.begin + at, n);
+      }
+      locked[t.name] = restored[t.name] = hasher.finish();
+      continue;
+    }
+    const KeyEntry& e = *ei->second;
+    const uint64_t unit_bytes = e.unit_size * dtype_size(e.dtype);
+    const uint64_t units = t.nbytes() / unit_bytes;
+    const uint64_t chunk_units = std::max<uint64_t>(1, kChunk / unit_bytes);
+    Hasher hl, hr;
+    size_t next = 0;
+    for (uint64_t u0 = 0; u0 < units; u0 += chunk_units) {
+      const uint64_t u1 = std::min(units, u0 + chunk_units);
+      const uint64_t n = (u1 - u0) * unit_bytes;
+      hl.update(p + u0 * unit_bytes, n);
+      buf.assign(p + u0 * unit_bytes, p + u0 * unit_bytes + n);
+      for (; next < e.units.size() && e.units[next] < u1; ++next) {
+        std::memcpy(buf.data() + (e.units[next] - u0) * unit_bytes, e.values.data() + next * unit_bytes, unit_bytes);
+      }
+      hr.update(buf.data(), n);
+      writer.write(buf.data(), n);
+      file.map.release(h.data_start + t.begin + u0 * unit_bytes, n);
+    }
+    locked[t.name] = hl.finish();
+    restored[t.name] = hr.finish();
+    outcome.values += e.units.size() * e.unit_size;
+  }
+  const Digest locked_fp = combine(h, locked);
+  if (locked_fp != key.header.locked_fingerprint) {
+    throw MismatchError("key does not apply to " + what + ": its fingerprint is " + to_hex(locked_fp).substr(0, 16) +
+                        ", the key was made for " + to_hex(key.header.locked_fingerprint).substr(0, 16) +
+                        " (the locked file was modified, or the key belongs to another lock)");
+  }
+  outcome.fingerprint = combine(orig, restored);
+  if (outcome.fingerprint != key.header.original_fingerprint) {
+    throw MismatchError("restoring " + what + " gives fingerprint " + to_hex(outcome.fingerprint).substr(0, 16) +
+                        ", the key expects " + to_hex(key.header.original_fingerprint).substr(0, 16) + "; nothing written");
+  }
+  writer.commit();
+  return outcome;
+}
+
+}  // namespace corelocker

@@ -1,0 +1,84 @@
+// Locking and unlocking safetensors files in a streaming way (torch-free): one pass over the data
+// ranks the units and hashes the tensors, a second pass writes the locked file; unlocking is a
+// single pass. The file is memory-mapped and pages are given back as the passes move on, so the
+// resident set stays far below the file size.
+//
+// Layers (l1 only): a float tensor whose name ends in "weight" is a conv layer when it is 4-D
+// (unit: one kernel F[o,i,:,:], score sum |w|) and a linear layer when it is 2-D (unit: one
+// weight, score |w|). The first layer is the first conv in file order (the first linear when
+// there is no conv), the last layer is the last linear (the last conv when there is no linear);
+// both are left alone unless include_io.
+//
+// The locked file is a safetensors file with the same tensors (extracted units zeroed) whose
+// "__metadata__" gains corelocker.* entries (spliced into the header text so that unlocking
+// restores the original header byte for byte); see docs/key-format.md.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "formats/safetensors.h"
+#include "keyfile/key_file.h"
+#include "util/hash.h"
+
+namespace corelocker {
+
+// Prefix of the metadata entries a lock adds.
+constexpr char kStLockPrefix[] = "corelocker.";
+
+// Fingerprint of a safetensors file: BLAKE2b-256 over the tensors sorted by name (name, dtype,
+// shape, byte count and the BLAKE2b-256 of the bytes) and the metadata without corelocker.*
+// entries (docs/key-format.md). One pass over the data. Throws IoError / FormatError.
+Digest st_fingerprint(const StFile& file);
+
+enum class StLayerKind { kConv, kLinear };
+
+struct StLayer {
+  std::string tensor;
+  StLayerKind kind = StLayerKind::kConv;
+  uint64_t unit_size = 1;  // elements per unit
+  uint64_t units = 0;
+  bool eligible = true;  // false for the first and the last layer unless include_io
+};
+
+// The layers of a file in file order, with first and last marked not eligible unless include_io.
+std::vector<StLayer> st_layers(const StHeader& header, bool include_io);
+
+struct StLockOptions {
+  Scope scope = Scope::kLayer;
+  double ratio = 0.05;
+  bool include_io = false;
+};
+
+struct StLockOutcome {
+  KeyFile key;
+  uint64_t units = 0;       // units extracted
+  uint64_t candidates = 0;  // units that competed
+  uint64_t values = 0;      // elements moved into the key
+  uint64_t elements = 0;    // elements of all float tensors in the file
+  std::vector<std::string> excluded;  // first / last layer left alone
+};
+
+// Locks `in` into `out` with l1: ranks, writes the locked file to a temporary sibling of `out`,
+// calls `before_commit` with the key (to write it; if it throws, nothing is left at `out`), then
+// renames the locked file into place. Throws UsageError (nothing eligible, already locked) /
+// FormatError / IoError.
+StLockOutcome lock_safetensors(const std::string& in, const std::string& out, const StLockOptions& options,
+                               const std::function<void(const KeyFile&)>& before_commit);
+
+struct StUnlockOutcome {
+  Digest fingerprint{};  // of the restored file, equal to the key's original fingerprint
+  uint64_t values = 0;
+};
+
+// Restores `in` (locked) into `out` with its key: the original header is spliced back and the
+// key's values written back in one pass; both fingerprints are checked before the file is renamed
+// into place. Throws MismatchError (key of another file) / FormatError / IoError.
+StUnlockOutcome unlock_safetensors(const std::string& in, const std::string& out, const KeyFile& key);
+
+// Lock entries of a locked file's metadata (key id, criterion...), empty for an unlocked file.
+std::vector<std::pair<std::string, std::string>> st_lock_metadata(const StHeader& header);
+
+}  // namespace corelocker

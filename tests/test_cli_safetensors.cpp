@@ -1,0 +1,236 @@
+// `lock`, `unlock`, `fingerprint` and `inspect` on safetensors files written by the test itself:
+// byte-exact restore, a Python reader of the format loads the locked file, hostile files and
+// options that do not apply are refused with nothing written.
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <random>
+
+#include "cli_run.h"
+#include "formats/safetensors.h"
+#include "temp_dir.h"
+#include "util/atomic_file.h"
+
+namespace corelocker {
+namespace {
+
+using testing::CliRun;
+using testing::run;
+
+// Runs a shell command: exit code and stdout+stderr together.
+CliRun shell(const std::string& cmd) {
+  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
+  std::string out;
+  char buf[4096];
+  while (size_t n = fread(buf, 1, sizeof buf, p)) out.append(buf, n);
+  const int status = pclose(p);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+// A small CNN in safetensors: stem conv, BN, two inner convs, a hidden linear, a head, buffers.
+void write_cnn(const std::string& path, uint32_t seed) {
+  const std::vector<StSpec> specs = {
+      {"conv1.weight", "F32", {8, 1, 3, 3}},      {"bn1.weight", "F32", {8}},
+      {"bn1.running_mean", "F32", {8}},            {"bn1.num_batches_tracked", "I64", {}},
+      {"layer1.conv1.weight", "F32", {16, 8, 3, 3}}, {"layer1.conv2.weight", "BF16", {16, 16, 3, 3}},
+      {"fc1.weight", "F16", {32, 64}},             {"fc.weight", "F32", {10, 32}},
+      {"fc.bias", "F32", {10}}};
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> w(0.0f, 0.1f);
+  std::vector<uint8_t> data;
+  for (const auto& s : specs) {
+    uint64_t n = 1;
+    for (auto d : s.shape) n *= d;
+    for (uint64_t i = 0; i < n; ++i) {
+      const float v = w(rng);
+      uint32_t bits;
+      std::memcpy(&bits, &v, 4);
+      if (s.dtype == "F32") {
+        data.insert(data.end(), reinterpret_cast<const uint8_t*>(&v), reinterpret_cast<const uint8_t*>(&v) + 4);
+      } else if (s.dtype == "BF16") {
+        data.push_back(static_cast<uint8_t>(bits >> 16));
+        data.push_back(static_cast<uint8_t>(bits >> 24));
+      } else if (s.dtype == "F16") {  // normal range, truncated mantissa
+        const uint32_t sign = (bits >> 16) & 0x8000u;
+        const int e = static_cast<int>((bits >> 23) & 0xff) - 112;
+        const uint16_t h = e <= 0 ? static_cast<uint16_t>(sign)
+                                  : static_cast<uint16_t>(sign | (static_cast<uint32_t>(e) << 10) | ((bits >> 13) & 0x3ffu));
+        data.push_back(static_cast<uint8_t>(h));
+        data.push_back(static_cast<uint8_t>(h >> 8));
+      } else {  // I64
+        const uint64_t one = i + 1;
+        data.insert(data.end(), reinterpret_cast<const uint8_t*>(&one), reinterpret_cast<const uint8_t*>(&one) + 8);
+      }
+    }
+  }
+  StWriter writer(path, st_make_header(specs, {{"format", "pt"}}), data.size());
+  writer.write(data.data(), data.size());
+  writer.commit();
+}
+
+class CliSt : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    write_cnn(dir_.file("m.safetensors"), 1);
+    write_cnn(dir_.file("other.safetensors"), 2);
+  }
+  CliRun lock(const std::string& in, const std::string& out, const std::string& key, const std::string& extra = "") {
+    return run("lock --model " + dir_.file(in) + " --ratio 0.1 --out " + dir_.file(out) + " --key-out " + dir_.file(key) +
+               " " + extra);
+  }
+  CliRun unlock(const std::string& in, const std::string& key, const std::string& out, const std::string& extra = "") {
+    return run("unlock --model " + dir_.file(in) + " --key " + dir_.file(key) + " --out " + dir_.file(out) + " " + extra);
+  }
+  bool same_bytes(const std::string& a, const std::string& b) {
+    return std::system(("cmp -s " + dir_.file(a) + " " + dir_.file(b)).c_str()) == 0;
+  }
+  testing::TempDir dir_;
+};
+
+TEST_F(CliSt, LockChangesTheFingerprintAndUnlockRestoresTheFileByteForByte) {
+  CliRun l = lock("m.safetensors", "locked.safetensors", "key.clk");
+  ASSERT_EQ(l.code, 0) << l.out;
+  EXPECT_NE(l.out.find("left alone (first/last layer): conv1.weight"), std::string::npos) << l.out;
+  EXPECT_NE(l.out.find("left alone (first/last layer): fc.weight"), std::string::npos) << l.out;
+  // 128 + 256 kernels -> 13 + 26; 2048 weights -> 205
+  EXPECT_NE(l.out.find("units extracted:      244 of 2432"), std::string::npos) << l.out;
+  const CliRun fo = run("fingerprint " + dir_.file("m.safetensors"));
+  const CliRun fl = run("fingerprint " + dir_.file("locked.safetensors"));
+  ASSERT_EQ(fo.code, 0) << fo.out;
+  EXPECT_EQ(fo.out.size(), 65u);
+  EXPECT_NE(fo.out, fl.out);
+  CliRun u = unlock("locked.safetensors", "key.clk", "restored.safetensors");
+  ASSERT_EQ(u.code, 0) << u.out;
+  EXPECT_NE(u.out.find(fo.out.substr(0, 64)), std::string::npos) << u.out;
+  EXPECT_TRUE(same_bytes("m.safetensors", "restored.safetensors"));
+  EXPECT_EQ(run("fingerprint " + dir_.file("restored.safetensors")).out, fo.out);
+}
+
+TEST_F(CliSt, DetectsTheFormatByContentWithoutTheExtension) {
+  ASSERT_EQ(std::system(("cp " + dir_.file("m.safetensors") + " " + dir_.file("model.bin")).c_str()), 0);
+  CliRun l = lock("model.bin", "locked.bin", "key.clk", "--scope global --include-io");
+  ASSERT_EQ(l.code, 0) << l.out;
+  EXPECT_EQ(l.out.find("left alone"), std::string::npos) << l.out;
+  ASSERT_EQ(unlock("locked.bin", "key.clk", "restored.bin").code, 0);
+  EXPECT_TRUE(same_bytes("model.bin", "restored.bin"));
+}
+
+// A 20-line reader of the published format in Python (the `safetensors` package is not in
+// Debian): the locked file must load as tensors of the right shapes, with the lock metadata.
+TEST_F(CliSt, LockedFileLoadsInAPythonReaderOfTheFormat) {
+  if (std::system("/usr/bin/python3 -c 'import torch' >/dev/null 2>&1") != 0) GTEST_SKIP() << "no /usr/bin/python3 torch";
+  ASSERT_EQ(lock("m.safetensors", "locked.safetensors", "key.clk").code, 0);
+  const std::string script = R"(
+import json, struct, sys, torch
+raw = open(sys.argv[1], 'rb').read()
+n = struct.unpack('<Q', raw[:8])[0]
+header = json.loads(raw[8:8 + n])
+meta = header.pop('__metadata__', {})
+types = {'F32': torch.float32, 'F16': torch.float16, 'BF16': torch.bfloat16, 'I64': torch.int64}
+zeros = 0
+for name, info in header.items():
+    b, e = info['data_offsets']
+    t = torch.frombuffer(bytearray(raw[8 + n + b:8 + n + e]), dtype=types[info['dtype']]).reshape(info['shape'])
+    assert list(t.shape) == info['shape'], name
+    zeros += int((t == 0).sum())
+try:
+    from safetensors.torch import load_file
+    assert len(load_file(sys.argv[1])) == len(header)
+    print('stock safetensors: loaded')
+except ImportError:
+    pass
+print('tensors', len(header), 'zeros', zeros, 'key_id', meta['corelocker.key_id'], 'format', meta['format'])
+)";
+  write_file_atomic(dir_.file("reader.py"), script);
+  const CliRun p = shell("/usr/bin/python3 " + dir_.file("reader.py") + " " + dir_.file("locked.safetensors"));
+  ASSERT_EQ(p.code, 0) << p.out;
+  EXPECT_NE(p.out.find("tensors 9 "), std::string::npos) << p.out;
+  EXPECT_NE(p.out.find(" format pt"), std::string::npos) << p.out;
+  const size_t z = p.out.find("zeros ");
+  ASSERT_NE(z, std::string::npos);
+  EXPECT_GE(std::stoi(p.out.substr(z + 6)), 13 * 9 + 26 * 9 + 205) << p.out;
+}
+
+TEST_F(CliSt, EncryptedKeyNeedsTheRightPassphrase) {
+  ::setenv("CL_ST_PASS", "correct horse", 1);
+  ::setenv("CL_ST_WRONG", "wrong horse", 1);
+  ASSERT_EQ(lock("m.safetensors", "locked.safetensors", "key.clk", "--passphrase-env CL_ST_PASS --kdf min").code, 0);
+  CliRun none = unlock("locked.safetensors", "key.clk", "r.safetensors");
+  EXPECT_EQ(none.code, 2) << none.out;
+  CliRun wrong = unlock("locked.safetensors", "key.clk", "r.safetensors", "--passphrase-env CL_ST_WRONG");
+  EXPECT_EQ(wrong.code, 3) << wrong.out;
+  EXPECT_FALSE(file_exists(dir_.file("r.safetensors")));
+  CliRun right = unlock("locked.safetensors", "key.clk", "r.safetensors", "--passphrase-env CL_ST_PASS");
+  ASSERT_EQ(right.code, 0) << right.out;
+  EXPECT_TRUE(same_bytes("m.safetensors", "r.safetensors"));
+}
+
+TEST_F(CliSt, KeyOfAnotherModelIsRefusedAndWritesNothing) {
+  ASSERT_EQ(lock("m.safetensors", "locked.safetensors", "key.clk").code, 0);
+  ASSERT_EQ(lock("other.safetensors", "olocked.safetensors", "other.clk").code, 0);
+  CliRun u = unlock("locked.safetensors", "other.clk", "r.safetensors");
+  EXPECT_EQ(u.code, 1) << u.out;
+  EXPECT_NE(u.out.find("key belongs to another model"), std::string::npos) << u.out;
+  EXPECT_FALSE(file_exists(dir_.file("r.safetensors")));
+}
+
+TEST_F(CliSt, InspectShowsLayersAndTheLock) {
+  ASSERT_EQ(lock("m.safetensors", "locked.safetensors", "key.clk").code, 0);
+  CliRun i = run("inspect --json " + dir_.file("locked.safetensors"));
+  ASSERT_EQ(i.code, 0) << i.out;
+  EXPECT_NE(i.out.find("\"type\":\"locked safetensors model\""), std::string::npos) << i.out;
+  EXPECT_NE(i.out.find("\"key_id\":"), std::string::npos) << i.out;
+  CliRun t = run("inspect " + dir_.file("m.safetensors"));
+  ASSERT_EQ(t.code, 0) << t.out;
+  EXPECT_NE(t.out.find("type: safetensors model"), std::string::npos) << t.out;
+  EXPECT_NE(t.out.find("name=layer1.conv2.weight  kind=conv  units=256  unit_size=9  eligible=true"), std::string::npos)
+      << t.out;
+}
+
+TEST_F(CliSt, OptionsThatDoNotApplyAreRefused) {
+  for (const std::string extra : {"--tiers 0.01,0.05", "--eval", "--criterion bn", "--fill decoy", "--criterion random"}) {
+    CliRun l = lock("m.safetensors", "locked.safetensors", "key.clk", extra);
+    EXPECT_EQ(l.code, 2) << extra << ": " << l.out;
+    EXPECT_FALSE(file_exists(dir_.file("locked.safetensors"))) << extra;
+    EXPECT_FALSE(file_exists(dir_.file("key.clk"))) << extra;
+  }
+}
+
+// Hostile files, one defect each: refused with the defect named, no locked file, no key.
+TEST_F(CliSt, HostileFilesAreRefusedAndNothingIsWritten) {
+  auto put = [&](const std::string& name, const std::string& header, uint64_t data, uint64_t length) {
+    std::vector<uint8_t> b(8 + header.size() + data, 0);
+    std::memcpy(b.data(), &length, 8);
+    std::memcpy(b.data() + 8, header.data(), header.size());
+    write_file_atomic(dir_.file(name), b);
+  };
+  const std::string two = R"({"a.weight":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]},)"
+                          R"("b.weight":{"dtype":"F32","shape":[2,2],"data_offsets":[8,24]}})";
+  put("overlap.safetensors", two, 24, two.size());
+  const std::string one = R"({"a.weight":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]}})";
+  put("past.safetensors", one, 16, 4096);
+  const std::string beyond = R"({"a.weight":{"dtype":"F32","shape":[2,2],"data_offsets":[16,32]}})";
+  put("beyond.safetensors", beyond, 16, beyond.size());
+  const std::string dtype = R"({"a.weight":{"dtype":"F32","shape":[2,3],"data_offsets":[0,16]}})";
+  put("dtype.safetensors", dtype, 16, dtype.size());
+  const std::string json = R"({"a.weight":{"dtype":"F32",)";
+  put("json.safetensors", json, 16, json.size());
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"overlap.safetensors", "overlaps tensor 'a.weight'"},
+      {"past.safetensors", "header length 4096 runs past the end of the file"},
+      {"beyond.safetensors", "past the data region"},
+      {"dtype.safetensors", "need 24"},
+      {"json.safetensors", "not valid JSON"}};
+  for (const auto& [file, message] : cases) {
+    CliRun l = lock(file, "locked.safetensors", "key.clk");
+    EXPECT_EQ(l.code, 1) << file << ": " << l.out;
+    EXPECT_NE(l.out.find(message), std::string::npos) << file << ": " << l.out;
+    EXPECT_FALSE(file_exists(dir_.file("locked.safetensors"))) << file;
+    EXPECT_FALSE(file_exists(dir_.file("key.clk"))) << file;
+    EXPECT_EQ(run("fingerprint " + dir_.file(file)).code, 1) << file;
+  }
+}
+
+}  // namespace
+}  // namespace corelocker

@@ -1,0 +1,326 @@
+// Streaming l1 lock / unlock of safetensors files: the right units go, restore is byte-exact, and
+// wrong keys or altered files are refused with nothing written.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <random>
+
+#include "formats/safetensors.h"
+#include "formats/safetensors_lock.h"
+#include "temp_dir.h"
+#include "util/atomic_file.h"
+#include "util/error.h"
+
+namespace corelocker {
+namespace {
+
+uint16_t to_bf16(float f) {
+  uint32_t b;
+  std::memcpy(&b, &f, 4);
+  return static_cast<uint16_t>(b >> 16);
+}
+uint16_t to_f16(float f) {  // normal range only, truncating (test data is in range)
+  uint32_t b;
+  std::memcpy(&b, &f, 4);
+  const uint32_t sign = (b >> 16) & 0x8000u;
+  const int exp = static_cast<int>((b >> 23) & 0xff) - 127 + 15;
+  if (exp <= 0) return static_cast<uint16_t>(sign);
+  return static_cast<uint16_t>(sign | (static_cast<uint32_t>(exp) << 10) | ((b >> 13) & 0x3ffu));
+}
+
+struct Model {
+  std::vector<StSpec> specs;
+  std::vector<std::vector<uint8_t>> data;
+};
+
+// A small CNN as a user would save it: a stem conv, a BN, an F16 conv, a BF16 linear, a head,
+// integer buffers. Values are quantised to a few levels so that scores tie.
+Model sample_model(uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<int> level(-8, 8);
+  auto f32 = [&](size_t n) {
+    std::vector<uint8_t> b(n * 4);
+    for (size_t i = 0; i < n; ++i) {
+      const float v = static_cast<float>(level(rng)) / 8.0f;
+      std::memcpy(&b[i * 4], &v, 4);
+    }
+    return b;
+  };
+  auto half = [&](size_t n, bool bf16) {
+    std::vector<uint8_t> b(n * 2);
+    for (size_t i = 0; i < n; ++i) {
+      const float v = static_cast<float>(level(rng)) / 8.0f;
+      const uint16_t h = bf16 ? to_bf16(v) : to_f16(v);
+      std::memcpy(&b[i * 2], &h, 2);
+    }
+    return b;
+  };
+  Model m;
+  auto add = [&](const std::string& n, const std::string& dt, std::vector<uint64_t> shape, std::vector<uint8_t> d) {
+    m.specs.push_back({n, dt, std::move(shape)});
+    m.data.push_back(std::move(d));
+  };
+  add("conv1.weight", "F32", {4, 1, 3, 3}, f32(36));
+  add("bn1.weight", "F32", {4}, f32(4));
+  add("bn1.num_batches_tracked", "I64", {}, std::vector<uint8_t>(8, 1));
+  add("layer1.conv.weight", "F16", {8, 4, 3, 3}, half(288, false));
+  add("layer1.conv2.weight", "F32", {8, 8, 3, 3}, f32(576));
+  add("fc1.weight", "BF16", {16, 32}, half(512, true));
+  add("fc1.bias", "F32", {16}, f32(16));
+  add("fc.weight", "F32", {10, 16}, f32(160));
+  add("fc.bias", "F32", {10}, f32(10));
+  return m;
+}
+
+void write_model(const std::string& path, const Model& m, const std::map<std::string, std::string>& meta) {
+  uint64_t total = 0;
+  for (const auto& d : m.data) total += d.size();
+  StWriter w(path, st_make_header(m.specs, meta), total);
+  for (const auto& d : m.data) w.write(d.data(), d.size());
+  w.commit();
+}
+
+float abs_value(const std::string& dtype, const uint8_t* p, uint64_t i) {
+  if (dtype == "F32") {
+    float f;
+    std::memcpy(&f, p + 4 * i, 4);
+    return std::fabs(f);
+  }
+  uint16_t h;
+  std::memcpy(&h, p + 2 * i, 2);
+  if (dtype == "BF16") {
+    const uint32_t b = static_cast<uint32_t>(h) << 16;
+    float f;
+    std::memcpy(&f, &b, 4);
+    return std::fabs(f);
+  }
+  // F16, normal numbers and zero as the test writes them
+  const uint32_t exp = (h >> 10) & 0x1f, mant = h & 0x3ff;
+  if (exp == 0) return 0.0f;
+  return std::ldexp(1.0f + static_cast<float>(mant) / 1024.0f, static_cast<int>(exp) - 15);
+}
+
+// The units a full sort picks: score descending, ties by (layer, index) in file order.
+std::vector<uint64_t> expected_units(const StFile& f, const StTensor& t, uint64_t unit_size, uint64_t k) {
+  const uint64_t n = t.numel() / unit_size;
+  std::vector<std::pair<float, uint64_t>> s;
+  for (uint64_t u = 0; u < n; ++u) {
+    float sum = 0.0f;
+    for (uint64_t e = 0; e < unit_size; ++e) sum += abs_value(t.dtype, f.tensor_data(t), u * unit_size + e);
+    s.emplace_back(sum, u);
+  }
+  std::stable_sort(s.begin(), s.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+  std::vector<uint64_t> out;
+  for (uint64_t i = 0; i < k; ++i) out.push_back(s[i].second);
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+class StLock : public ::testing::Test {
+ protected:
+  void SetUp() override { write_model(dir_.file("m.safetensors"), sample_model(7), {{"format", "pt"}}); }
+  StLockOutcome lock(const StLockOptions& o, const std::string& out = "locked.safetensors") {
+    return lock_safetensors(dir_.file("m.safetensors"), dir_.file(out), o,
+                            [&](const KeyFile& k) { write_key_file(dir_.file("key.clk"), k); });
+  }
+  testing::TempDir dir_;
+};
+
+TEST_F(StLock, LayerScopeTakesTheTopUnitsOfEachInnerLayerAndRestoresByteExact) {
+  StLockOptions o;
+  o.ratio = 0.1;
+  const StLockOutcome r = lock(o);
+  EXPECT_EQ(r.excluded, (std::vector<std::string>{"conv1.weight", "fc.weight"}));
+  // 32 kernels -> 3, 64 kernels -> 6, 512 weights -> 51
+  EXPECT_EQ(r.units, 3u + 6u + 51u);
+  EXPECT_EQ(r.values, 3u * 9 + 6u * 9 + 51u);
+  ASSERT_EQ(r.key.entries.size(), 3u);
+  const StFile orig(dir_.file("m.safetensors"));
+  const StFile locked(dir_.file("locked.safetensors"));
+  EXPECT_EQ(locked.header.metadata.at("format"), "pt");
+  EXPECT_EQ(locked.header.metadata.at("corelocker.criterion"), "l1");
+  EXPECT_EQ(locked.header.metadata.at("corelocker.key_id"),
+            to_hex(r.key.header.key_id.data(), r.key.header.key_id.size()));
+  EXPECT_EQ((locked.header.data_start) % 8, 0u);
+  const std::map<std::string, uint64_t> unit_size = {
+      {"layer1.conv.weight", 9}, {"layer1.conv2.weight", 9}, {"fc1.weight", 1}};
+  for (const auto& e : r.key.entries) {
+    const StTensor& t = *std::find_if(orig.header.tensors.begin(), orig.header.tensors.end(),
+                                      [&](const StTensor& x) { return x.name == e.tensor; });
+    EXPECT_EQ(e.unit_size, unit_size.at(e.tensor));
+    EXPECT_EQ(e.units, expected_units(orig, t, e.unit_size, e.units.size())) << e.tensor;
+    // extracted positions are zero in the locked file, the rest is unchanged
+    const size_t es = st_dtype_size(t.dtype);
+    const uint8_t* lp = locked.tensor_data(t);
+    const uint8_t* op = orig.tensor_data(t);
+    for (uint64_t u = 0, next = 0; u < t.numel() / e.unit_size; ++u) {
+      const bool taken = next < e.units.size() && e.units[next] == u;
+      const uint64_t bytes = e.unit_size * es;
+      if (taken) {
+        EXPECT_EQ(std::vector<uint8_t>(lp + u * bytes, lp + (u + 1) * bytes), std::vector<uint8_t>(bytes, 0));
+        EXPECT_EQ(std::memcmp(e.values.data() + next * bytes, op + u * bytes, bytes), 0);
+        ++next;
+      } else {
+        EXPECT_EQ(std::memcmp(lp + u * bytes, op + u * bytes, bytes), 0);
+      }
+    }
+  }
+  EXPECT_NE(st_fingerprint(orig), st_fingerprint(locked));
+  EXPECT_EQ(st_fingerprint(orig), r.key.header.original_fingerprint);
+  EXPECT_EQ(st_fingerprint(locked), r.key.header.locked_fingerprint);
+
+  const KeyFile key = read_key_file(dir_.file("key.clk"));
+  const StUnlockOutcome u = unlock_safetensors(dir_.file("locked.safetensors"), dir_.file("restored.safetensors"), key);
+  EXPECT_EQ(u.fingerprint, r.key.header.original_fingerprint);
+  EXPECT_EQ(read_file(dir_.file("restored.safetensors")), read_file(dir_.file("m.safetensors")));
+}
+
+TEST_F(StLock, GlobalScopeAndIncludeIoAndNoMetadataStillRestoreByteExact) {
+  write_model(dir_.file("m.safetensors"), sample_model(9), {});  // no __metadata__ at all
+  StLockOptions o;
+  o.scope = Scope::kGlobal;
+  o.include_io = true;
+  o.ratio = 0.05;
+  const StLockOutcome r = lock(o);
+  EXPECT_TRUE(r.excluded.empty());
+  // conv kernels: 4+32+64 = 100 -> 5; linear weights: 512+160 = 672 -> 34
+  EXPECT_EQ(r.units, 5u + 34u);
+  const StFile locked(dir_.file("locked.safetensors"));
+  EXPECT_EQ(locked.header.metadata.at("corelocker.scope"), "global");
+  unlock_safetensors(dir_.file("locked.safetensors"), dir_.file("restored.safetensors"), read_key_file(dir_.file("key.clk")));
+  EXPECT_EQ(read_file(dir_.file("restored.safetensors")), read_file(dir_.file("m.safetensors")));
+}
+
+TEST_F(StLock, PaddedHeaderWithMetadataInTheMiddleRestoresByteExact) {
+  // A header as another writer might lay it out: whitespace, metadata not first, space padding.
+  const std::string header =
+      "{ \"b.weight\" : {\"dtype\":\"F32\",\"shape\":[3,4],\"data_offsets\":[48,96]},\n"
+      "  \"__metadata__\": { \"x\": \"y\" },\n"
+      "  \"a.weight\":{\"dtype\":\"F32\",\"shape\":[3,4],\"data_offsets\":[0,48]},"
+      "\"c.weight\":{\"dtype\":\"F32\",\"shape\":[2,3],\"data_offsets\":[96,120]} }      ";
+  const uint64_t n = header.size();
+  std::vector<uint8_t> bytes(8 + n + 30 * 4);
+  std::memcpy(bytes.data(), &n, 8);
+  std::memcpy(bytes.data() + 8, header.data(), n);
+  for (int i = 0; i < 30; ++i) {
+    const float v = static_cast<float>(i % 7) - 3.0f;
+    std::memcpy(bytes.data() + 8 + n + 4 * i, &v, 4);
+  }
+  write_file_atomic(dir_.file("m.safetensors"), bytes);
+  StLockOptions o;
+  o.ratio = 0.25;
+  const StLockOutcome r = lock(o);
+  EXPECT_EQ(r.excluded, (std::vector<std::string>{"a.weight", "c.weight"}));
+  EXPECT_EQ(r.units, 3u);
+  const StFile locked(dir_.file("locked.safetensors"));
+  EXPECT_EQ(locked.header.metadata.at("x"), "y");
+  unlock_safetensors(dir_.file("locked.safetensors"), dir_.file("restored.safetensors"), read_key_file(dir_.file("key.clk")));
+  EXPECT_EQ(read_file(dir_.file("restored.safetensors")), bytes);
+}
+
+TEST_F(StLock, KeyOfAnotherLockIsRefusedAndNothingIsWritten) {
+  lock(StLockOptions{});
+  const KeyFile first = read_key_file(dir_.file("key.clk"));
+  lock(StLockOptions{}, "locked2.safetensors");  // same model, new key id
+  EXPECT_THROW(unlock_safetensors(dir_.file("locked.safetensors"), dir_.file("r.safetensors"),
+                                  read_key_file(dir_.file("key.clk"))),
+               MismatchError);
+  EXPECT_FALSE(file_exists(dir_.file("r.safetensors")));
+  // A key with the right id but altered values: the restored fingerprint does not match.
+  KeyFile bad = first;
+  bad.entries[0].values[0] ^= 0x40;
+  EXPECT_THROW(unlock_safetensors(dir_.file("locked.safetensors"), dir_.file("r.safetensors"), bad), MismatchError);
+  EXPECT_FALSE(file_exists(dir_.file("r.safetensors")));
+  EXPECT_NO_THROW(unlock_safetensors(dir_.file("locked.safetensors"), dir_.file("r.safetensors"), first));
+}
+
+TEST_F(StLock, AlteredLockedFileIsRefusedAndNothingIsWritten) {
+  lock(StLockOptions{});
+  auto bytes = read_file(dir_.file("locked.safetensors"));
+  bytes[bytes.size() - 3] ^= 0x01;  // a byte of fc.bias
+  write_file_atomic(dir_.file("altered.safetensors"), bytes);
+  try {
+    unlock_safetensors(dir_.file("altered.safetensors"), dir_.file("r.safetensors"), read_key_file(dir_.file("key.clk")));
+    FAIL() << "accepted";
+  } catch (const MismatchError& e) {
+    EXPECT_NE(std::string(e.what()).find("was modified"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(file_exists(dir_.file("r.safetensors")));
+}
+
+TEST_F(StLock, ChangedHeaderIsRefused) {
+  lock(StLockOptions{});
+  auto bytes = read_file(dir_.file("locked.safetensors"));
+  const std::string text(bytes.begin() + 8, bytes.end());
+  const size_t at = text.find("\"format\":\"pt\"");
+  ASSERT_NE(at, std::string::npos);
+  bytes[8 + at + 10] = 'q';  // "pt" -> "qt": still valid, but not the header that was locked
+  write_file_atomic(dir_.file("altered.safetensors"), bytes);
+  try {
+    unlock_safetensors(dir_.file("altered.safetensors"), dir_.file("r.safetensors"), read_key_file(dir_.file("key.clk")));
+    FAIL() << "accepted";
+  } catch (const FormatError& e) {
+    EXPECT_NE(std::string(e.what()).find("header was changed after locking"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(file_exists(dir_.file("r.safetensors")));
+}
+
+TEST_F(StLock, RefusesToLockTwiceOrWithoutEligibleLayers) {
+  lock(StLockOptions{});
+  EXPECT_THROW(lock_safetensors(dir_.file("locked.safetensors"), dir_.file("x.safetensors"), StLockOptions{},
+                                [](const KeyFile&) {}),
+               UsageError);
+  EXPECT_THROW(unlock_safetensors(dir_.file("m.safetensors"), dir_.file("x.safetensors"),
+                                  read_key_file(dir_.file("key.clk"))),
+               UsageError);
+  write_model(dir_.file("tiny.safetensors"), Model{{{"fc.weight", "F32", {2, 2}}}, {std::vector<uint8_t>(16)}}, {});
+  EXPECT_THROW(lock_safetensors(dir_.file("tiny.safetensors"), dir_.file("x.safetensors"), StLockOptions{},
+                                [](const KeyFile&) {}),
+               UsageError);
+  EXPECT_FALSE(file_exists(dir_.file("x.safetensors")));
+}
+
+TEST_F(StLock, F64AndNaNWeightsLockAndRestoreByteExact) {
+  // A NaN unit is never preferred over a number; it still round-trips bit for bit.
+  std::vector<double> v(6 * 5);
+  for (size_t i = 0; i < v.size(); ++i) v[i] = static_cast<double>(i % 11) - 5.0;
+  v[7] = std::nan("");
+  v[8] = -std::numeric_limits<double>::infinity();
+  std::vector<uint8_t> d(v.size() * 8);
+  std::memcpy(d.data(), v.data(), d.size());
+  Model m;
+  m.specs = {{"in.weight", "F64", {5, 6}}, {"mid.weight", "F64", {6, 5}}, {"out.weight", "F64", {5, 6}}};
+  m.data = {d, d, d};
+  write_model(dir_.file("m.safetensors"), m, {});
+  StLockOptions o;
+  o.ratio = 0.1;
+  const StLockOutcome r = lock(o);
+  ASSERT_EQ(r.key.entries.size(), 1u);
+  EXPECT_EQ(r.key.entries[0].tensor, "mid.weight");
+  EXPECT_EQ(r.key.entries[0].dtype, DType::kF64);
+  // 30 weights -> 3: the infinity first, then the two 5.0 with the lowest indices
+  EXPECT_EQ(r.key.entries[0].units, (std::vector<uint64_t>{0, 8, 10}));
+  unlock_safetensors(dir_.file("locked.safetensors"), dir_.file("restored.safetensors"), read_key_file(dir_.file("key.clk")));
+  EXPECT_EQ(read_file(dir_.file("restored.safetensors")), read_file(dir_.file("m.safetensors")));
+}
+
+TEST_F(StLock, FailingKeyWriteLeavesNoLockedFile) {
+  EXPECT_THROW(lock_safetensors(dir_.file("m.safetensors"), dir_.file("l.safetensors"), StLockOptions{},
+                                [](const KeyFile&) { throw IoError("disk full"); }),
+               IoError);
+  EXPECT_FALSE(file_exists(dir_.file("l.safetensors")));
+}
+
+TEST_F(StLock, FingerprintIgnoresLockMetadataButNotOtherMetadata) {
+  const Digest a = st_fingerprint(StFile(dir_.file("m.safetensors")));
+  write_model(dir_.file("n.safetensors"), sample_model(7), {{"format", "np"}});
+  EXPECT_NE(a, st_fingerprint(StFile(dir_.file("n.safetensors"))));
+  write_model(dir_.file("o.safetensors"), sample_model(7), {{"format", "pt"}, {"corelocker.note", "x"}});
+  EXPECT_EQ(a, st_fingerprint(StFile(dir_.file("o.safetensors"))));
+}
+
+}  // namespace
+}  // namespace corelocker
