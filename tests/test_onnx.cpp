@@ -78,6 +78,36 @@ TEST_F(Onnx, ReadsTheLayerWiringOfAPyTorchExportWithBatchNorm) {
   EXPECT_EQ(layer_named(s, "bn1.weight")->bias, "bn1.bias");
 }
 
+// PyTorch 1.13's exporter replaced the trained model's layer2.short.1.bias, equal to
+// layer2.bn2.bias, by Identity(layer2.bn2.bias): the BN must still be found, with that bias.
+TEST_F(Onnx, FollowsIdentityNodesToDeduplicatedInitializers) {
+  CORELOCKER_ONNX_FIXTURES(fx);
+  onnx::ModelProto p = read_proto(fx + "/resnet_bn.onnx");
+  auto* inits = p.mutable_graph()->mutable_initializer();
+  for (int i = 0; i < inits->size(); ++i) {
+    if (inits->Get(i).name() == "layer2.short.1.bias") inits->DeleteSubrange(i, 1);
+  }
+  auto* nodes = p.mutable_graph()->mutable_node();
+  onnx::NodeProto* id = nodes->Add();
+  id->set_op_type("Identity");
+  id->set_name("Identity_0");
+  id->add_input("layer2.bn2.bias");
+  id->add_output("layer2.short.1.bias");
+  for (int i = nodes->size() - 1; i > 0; --i) nodes->SwapElements(i, i - 1);  // first node
+  write_proto(dir_.file("dedup.onnx"), p);
+  OnnxModel m = load_onnx_model(dir_.file("dedup.onnx"));
+  const LayerSpec* bn = layer_named(m.structure(), "layer2.short.1.weight");
+  ASSERT_NE(bn, nullptr);
+  EXPECT_EQ(bn->bias, "layer2.bn2.bias");
+  EXPECT_EQ(m.structure()[static_cast<size_t>(bn->producer)].weight, "layer2.short.0.weight");
+  const Digest fp0 = onnx_fingerprint(m);
+  LockOutcome lo = lock_onnx_model(m, options(Criterion::kBn, 0.5));
+  save_onnx_model(dir_.file("locked.onnx"), m);
+  OnnxModel locked = load_onnx_model(dir_.file("locked.onnx"));
+  unlock_onnx_model(locked, {lo.key});
+  EXPECT_EQ(onnx_fingerprint(locked), fp0);
+}
+
 TEST_F(Onnx, FoldedExportHasNoBatchNormAndBnIsRefused) {
   CORELOCKER_ONNX_FIXTURES(fx);
   OnnxModel m = load_onnx_model(fx + "/resnet_folded.onnx");

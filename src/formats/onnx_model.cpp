@@ -339,6 +339,14 @@ OnnxTensor read_initializer(TensorProto& t, const std::string& model_dir, const 
 Structure read_structure(const onnx::GraphProto& g, const std::vector<OnnxTensor>& inits, const std::string& what) {
   std::unordered_map<std::string, const OnnxTensor*> init;
   for (const auto& t : inits) init[t.name] = &t;
+  // PyTorch's exporter deduplicates equal initializers and feeds the copies through Identity
+  // nodes (`Identity(layer2.bn2.bias) -> layer2.short.1.bias`): follow them.
+  for (const auto& n : g.node()) {
+    if (n.op_type() != "Identity" || n.input_size() != 1 || n.output_size() != 1) continue;
+    if (!n.domain().empty() && n.domain() != "ai.onnx") continue;
+    auto it = init.find(n.input(0));
+    if (it != init.end() && !init.count(n.output(0))) init[n.output(0)] = it->second;
+  }
   auto weight = [&](const onnx::NodeProto& n, int i, size_t rank) -> const OnnxTensor* {
     if (n.input_size() <= i) return nullptr;
     auto it = init.find(n.input(i));
@@ -348,7 +356,7 @@ Structure read_structure(const onnx::GraphProto& g, const std::vector<OnnxTensor
   auto bias = [&](const onnx::NodeProto& n, int i) -> std::string {
     if (n.input_size() <= i) return "";
     auto it = init.find(n.input(i));
-    return it != init.end() && onnx_is_float(it->second->data_type) ? it->first : "";
+    return it != init.end() && onnx_is_float(it->second->data_type) ? it->second->name : "";
   };
   Structure s;
   std::set<std::string> taken;                    // initializers already part of a layer
@@ -381,7 +389,8 @@ Structure read_structure(const onnx::GraphProto& g, const std::vector<OnnxTensor
       }
     }
     if (w == nullptr || taken.count(w->name)) continue;
-    if (!layer.bias.empty() && taken.count(layer.bias)) layer.bias.clear();
+    // A bias shared with an earlier layer stays with this one too: a bn unit then takes beta_c
+    // of both (the key holds it once).
     layer.weight = w->name;
     layer.name = n.name().empty() ? w->name : n.name();
     taken.insert(layer.weight);

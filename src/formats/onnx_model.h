@@ -20,7 +20,9 @@
 //   MatMul               one input an initializer of rank 2     -> linear layer (no bias)
 //   BatchNormalization   inputs 1, 2 initializers (scale, B)    -> norm layer; when input 0
 //                        is the output of a Conv layer, that Conv is its producer
-// An initializer used by two layers is taken by the first only.
+// An input may reach an initializer through Identity nodes (PyTorch's exporter deduplicates
+// equal initializers that way). A weight used by two layers is taken by the first only; a bias
+// shared by two layers stays with both.
 #pragma once
 
 #include <cstdint>
