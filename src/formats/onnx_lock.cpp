@@ -37,11 +37,14 @@ std::vector<NamedTensor> layer_tensors(const OnnxModel& model) {
 
 std::string short_fp(const Digest& d) { return to_hex(d).substr(0, 16); }
 
+// The shortest decimal that reads back as exactly `r` ("0.05", not "0.050000000000000003").
 std::string ratio_str(double r) {
-  std::ostringstream s;
-  s.precision(17);
-  s << r;
-  return s.str();
+  for (int digits = 1;; ++digits) {
+    std::ostringstream s;
+    s.precision(digits);
+    s << r;
+    if (digits >= 17 || std::stod(s.str()) == r) return s.str();
+  }
 }
 
 }  // namespace
