@@ -159,6 +159,19 @@ TEST_F(Onnx, L1LockZeroesTheKeysUnitsAndUnlockRestoresTheFileBitForBit) {
   EXPECT_EQ(read_file(dir_.file("restored.onnx")), read_file(orig));  // the whole file, too
 }
 
+TEST_F(Onnx, IncludeIoAlsoTakesTheFirstAndLastLayer) {
+  CORELOCKER_ONNX_FIXTURES(fx);
+  OnnxModel m = load_onnx_model(fx + "/resnet_bn.onnx");
+  LockOptions o = options(Criterion::kL1, 0.5);
+  o.include_io = true;
+  LockOutcome lo = lock_onnx_model(m, o);
+  std::set<std::string> names;
+  for (const auto& e : lo.key.entries) names.insert(e.tensor);
+  EXPECT_TRUE(names.count("conv1.weight"));
+  EXPECT_TRUE(names.count("fc.weight"));
+  EXPECT_TRUE(lo.key.header.include_io);
+}
+
 TEST_F(Onnx, BnLockTakesGammaBetaAndTheProducingConvFilter) {
   CORELOCKER_ONNX_FIXTURES(fx);
   OnnxModel m = load_onnx_model(fx + "/resnet_bn.onnx");
