@@ -13,6 +13,7 @@
 #include <string>
 
 #include "onnx/onnx_pb.h"
+#include "temp_dir.h"
 #include "util/atomic_file.h"
 
 namespace corelocker::testing {
@@ -132,6 +133,99 @@ inline int python_onnx_check(const std::string& path) {
   const std::string cmd = "/usr/bin/python3 -c 'import onnx, sys; onnx.checker.check_model(sys.argv[1])' '" + path +
                           "' >/dev/null 2>&1";
   return std::system(cmd.c_str());
+}
+
+// One defect each, for the hostile-file tests.
+enum class Defect {
+  kExternalDotDot,
+  kExternalAbsolute,
+  kExternalSymlinkOut,
+  kExternalOffsetPastEnd,
+  kExternalLengthPastEnd,
+  kExternalLengthWrong,
+  kExternalMissingFile,
+  kExternalUnknownKey,
+  kRawDataWrongSize,
+  kTypedCountWrong,
+  kRawAndTyped,
+  kDuplicateInitializer,
+  kTruncated,
+  kNotProtobuf,
+};
+
+// Writes the fixture with one defect into `dir/model/m.onnx` (external data beside it).
+inline std::string make_hostile(const std::string& fx, const TempDir& dir, Defect d) {
+  const std::string folder = dir.file("model");
+  std::system(("mkdir -p '" + folder + "'").c_str());
+  onnx::ModelProto m = read_proto(fx + "/resnet_bn.onnx");
+  const std::string path = folder + "/m.onnx";
+  auto external = [&] { m = to_external(m, folder, "w.bin"); };
+  switch (d) {
+    case Defect::kExternalDotDot:
+      external();
+      write_file_atomic(dir.file("w.bin"), read_file(folder + "/w.bin"));
+      set_external_key(m, "fc.weight", "location", "../w.bin");
+      break;
+    case Defect::kExternalAbsolute:
+      external();
+      set_external_key(m, "fc.weight", "location", folder + "/w.bin");
+      break;
+    case Defect::kExternalSymlinkOut:
+      external();
+      write_file_atomic(dir.file("outside.bin"), read_file(folder + "/w.bin"));
+      EXPECT_EQ(::symlink(dir.file("outside.bin").c_str(), (folder + "/link.bin").c_str()), 0);
+      set_external_key(m, "fc.weight", "location", "link.bin");
+      break;
+    case Defect::kExternalOffsetPastEnd:
+      external();
+      set_external_key(m, "fc.weight", "offset", "99999999");
+      break;
+    case Defect::kExternalLengthPastEnd: {
+      external();
+      const auto size = read_file(folder + "/w.bin").size();
+      set_external_key(m, "fc.weight", "offset", std::to_string(size - 100));
+      break;
+    }
+    case Defect::kExternalLengthWrong:
+      external();
+      set_external_key(m, "fc.weight", "length", "636");
+      break;
+    case Defect::kExternalMissingFile:
+      external();
+      set_external_key(m, "fc.weight", "location", "nothere.bin");
+      break;
+    case Defect::kExternalUnknownKey: {
+      external();
+      auto* e = initializer(m, "fc.weight")->add_external_data();
+      e->set_key("basepath");
+      e->set_value("/etc");
+      break;
+    }
+    case Defect::kRawDataWrongSize:
+      initializer(m, "layer1.conv1.weight")->mutable_raw_data()->resize(2300);
+      break;
+    case Defect::kTypedCountWrong:
+      m = to_typed(m);
+      initializer(m, "fc.weight")->mutable_float_data()->RemoveLast();
+      break;
+    case Defect::kRawAndTyped:
+      initializer(m, "fc.bias")->add_float_data(1.0f);
+      break;
+    case Defect::kDuplicateInitializer:
+      *m.mutable_graph()->add_initializer() = *initializer(m, "fc.bias");
+      break;
+    case Defect::kTruncated: {
+      auto bytes = read_file(fx + "/resnet_bn.onnx");
+      bytes.resize(bytes.size() / 2);
+      write_file_atomic(path, bytes);
+      return path;
+    }
+    case Defect::kNotProtobuf:
+      write_file_atomic(path, std::string("\xff\xff\xff\xff not an onnx model at all", 31));
+      return path;
+  }
+  write_proto(path, m);
+  return path;
 }
 
 }  // namespace corelocker::testing

@@ -100,6 +100,21 @@ TEST_F(CliOnnx, HostileExternalDataIsRefusedAndNothingIsWritten) {
   EXPECT_EQ(r.code, 1) << r.out;
 }
 
+TEST_F(CliOnnx, EveryHostileFileIsRefusedByEveryCommandAndNothingIsWritten) {
+  for (int d = 0; d <= static_cast<int>(testing::Defect::kNotProtobuf); ++d) {
+    testing::TempDir dir;
+    const std::string path = testing::make_hostile(fx_, dir, static_cast<testing::Defect>(d));
+    CliRun r = run("lock --model " + path + " --out " + dir.file("l.onnx") + " --key-out " + dir.file("k.clk"));
+    EXPECT_EQ(r.code, 1) << "defect " << d << ": " << r.out;
+    EXPECT_NE(r.out.find("m.onnx"), std::string::npos) << "defect " << d << ": " << r.out;
+    EXPECT_FALSE(file_exists(dir.file("l.onnx"))) << "defect " << d;
+    EXPECT_FALSE(file_exists(dir.file("l.onnx.data"))) << "defect " << d;
+    EXPECT_FALSE(file_exists(dir.file("k.clk"))) << "defect " << d;
+    EXPECT_EQ(run("fingerprint " + path).code, 1) << "defect " << d;
+    EXPECT_EQ(run("inspect " + path).code, 1) << "defect " << d;
+  }
+}
+
 TEST_F(CliOnnx, KeyOfAnotherModelIsRefused) {
   write_file_atomic(f("other.onnx"), read_file(fx_ + "/resnet_folded.onnx"));
   ASSERT_EQ(run("lock --model " + f("m.onnx") + " --out " + f("l1.onnx") + " --key-out " + f("k1.clk")).code, 0);

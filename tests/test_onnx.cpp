@@ -268,109 +268,17 @@ TEST_F(Onnx, KeyOfAnotherModelIsRefusedAndChangesNothing) {
 
 // ------------------------------------------------------------------ hostile files
 
-enum class Defect {
-  kExternalDotDot,
-  kExternalAbsolute,
-  kExternalSymlinkOut,
-  kExternalOffsetPastEnd,
-  kExternalLengthPastEnd,
-  kExternalLengthWrong,
-  kExternalMissingFile,
-  kExternalUnknownKey,
-  kRawDataWrongSize,
-  kTypedCountWrong,
-  kRawAndTyped,
-  kDuplicateInitializer,
-  kTruncated,
-  kNotProtobuf,
-};
-
 struct HostileCase {
-  Defect defect;
+  testing::Defect defect;
   const char* message;  // a part of the error that names the problem
 };
 
 class OnnxHostile : public ::testing::TestWithParam<HostileCase> {};
 
-// Writes the fixture with one defect into `dir/model/m.onnx` (external data beside it).
-std::string make_hostile(const std::string& fx, const testing::TempDir& dir, Defect d) {
-  const std::string folder = dir.file("model");
-  std::system(("mkdir -p '" + folder + "'").c_str());
-  onnx::ModelProto m = read_proto(fx + "/resnet_bn.onnx");
-  const std::string path = folder + "/m.onnx";
-  auto external = [&] { m = testing::to_external(m, folder, "w.bin"); };
-  switch (d) {
-    case Defect::kExternalDotDot:
-      external();
-      write_file_atomic(dir.file("w.bin"), read_file(folder + "/w.bin"));
-      testing::set_external_key(m, "fc.weight", "location", "../w.bin");
-      break;
-    case Defect::kExternalAbsolute:
-      external();
-      testing::set_external_key(m, "fc.weight", "location", folder + "/w.bin");
-      break;
-    case Defect::kExternalSymlinkOut:
-      external();
-      write_file_atomic(dir.file("outside.bin"), read_file(folder + "/w.bin"));
-      EXPECT_EQ(::symlink(dir.file("outside.bin").c_str(), (folder + "/link.bin").c_str()), 0);
-      testing::set_external_key(m, "fc.weight", "location", "link.bin");
-      break;
-    case Defect::kExternalOffsetPastEnd:
-      external();
-      testing::set_external_key(m, "fc.weight", "offset", "99999999");
-      break;
-    case Defect::kExternalLengthPastEnd: {
-      external();
-      const auto size = read_file(folder + "/w.bin").size();
-      testing::set_external_key(m, "fc.weight", "offset", std::to_string(size - 100));
-      break;
-    }
-    case Defect::kExternalLengthWrong:
-      external();
-      testing::set_external_key(m, "fc.weight", "length", "636");
-      break;
-    case Defect::kExternalMissingFile:
-      external();
-      testing::set_external_key(m, "fc.weight", "location", "nothere.bin");
-      break;
-    case Defect::kExternalUnknownKey: {
-      external();
-      auto* e = initializer(m, "fc.weight")->add_external_data();
-      e->set_key("basepath");
-      e->set_value("/etc");
-      break;
-    }
-    case Defect::kRawDataWrongSize:
-      initializer(m, "layer1.conv1.weight")->mutable_raw_data()->resize(2300);
-      break;
-    case Defect::kTypedCountWrong:
-      m = testing::to_typed(m);
-      initializer(m, "fc.weight")->mutable_float_data()->RemoveLast();
-      break;
-    case Defect::kRawAndTyped:
-      initializer(m, "fc.bias")->add_float_data(1.0f);
-      break;
-    case Defect::kDuplicateInitializer:
-      *m.mutable_graph()->add_initializer() = *initializer(m, "fc.bias");
-      break;
-    case Defect::kTruncated: {
-      auto bytes = read_file(fx + "/resnet_bn.onnx");
-      bytes.resize(bytes.size() / 2);
-      write_file_atomic(path, bytes);
-      return path;
-    }
-    case Defect::kNotProtobuf:
-      write_file_atomic(path, std::string("\xff\xff\xff\xff not an onnx model at all", 31));
-      return path;
-  }
-  write_proto(path, m);
-  return path;
-}
-
 TEST_P(OnnxHostile, IsRefusedWithAClearError) {
   CORELOCKER_ONNX_FIXTURES(fx);
   testing::TempDir dir;
-  const std::string path = make_hostile(fx, dir, GetParam().defect);
+  const std::string path = testing::make_hostile(fx, dir, GetParam().defect);
   try {
     load_onnx_model(path);
     FAIL() << "loaded a hostile file; expected an error containing '" << GetParam().message << "'";
@@ -382,20 +290,20 @@ TEST_P(OnnxHostile, IsRefusedWithAClearError) {
 
 INSTANTIATE_TEST_SUITE_P(
     Defects, OnnxHostile,
-    ::testing::Values(HostileCase{Defect::kExternalDotDot, "has a '..' component"},
-                      HostileCase{Defect::kExternalAbsolute, "is an absolute path"},
-                      HostileCase{Defect::kExternalSymlinkOut, "leaves the model's folder"},
-                      HostileCase{Defect::kExternalOffsetPastEnd, "offset 99999999 is past the end"},
-                      HostileCase{Defect::kExternalLengthPastEnd, "is past the end of 'w.bin'"},
-                      HostileCase{Defect::kExternalLengthWrong, "external data length 636, dims and data type need 640"},
-                      HostileCase{Defect::kExternalMissingFile, "cannot open external data"},
-                      HostileCase{Defect::kExternalUnknownKey, "unknown external data key 'basepath'"},
-                      HostileCase{Defect::kRawDataWrongSize, "raw_data has 2300 bytes, dims [8, 8, 3, 3] of FLOAT need 2304"},
-                      HostileCase{Defect::kTypedCountWrong, "159 typed values"},
-                      HostileCase{Defect::kRawAndTyped, "both raw_data and typed values"},
-                      HostileCase{Defect::kDuplicateInitializer, "initializer 'fc.bias' appears twice"},
-                      HostileCase{Defect::kTruncated, "not a valid ONNX ModelProto"},
-                      HostileCase{Defect::kNotProtobuf, "not a valid ONNX ModelProto"}));
+    ::testing::Values(HostileCase{testing::Defect::kExternalDotDot, "has a '..' component"},
+                      HostileCase{testing::Defect::kExternalAbsolute, "is an absolute path"},
+                      HostileCase{testing::Defect::kExternalSymlinkOut, "leaves the model's folder"},
+                      HostileCase{testing::Defect::kExternalOffsetPastEnd, "offset 99999999 is past the end"},
+                      HostileCase{testing::Defect::kExternalLengthPastEnd, "is past the end of 'w.bin'"},
+                      HostileCase{testing::Defect::kExternalLengthWrong, "external data length 636, dims and data type need 640"},
+                      HostileCase{testing::Defect::kExternalMissingFile, "cannot open external data"},
+                      HostileCase{testing::Defect::kExternalUnknownKey, "unknown external data key 'basepath'"},
+                      HostileCase{testing::Defect::kRawDataWrongSize, "raw_data has 2300 bytes, dims [8, 8, 3, 3] of FLOAT need 2304"},
+                      HostileCase{testing::Defect::kTypedCountWrong, "159 typed values"},
+                      HostileCase{testing::Defect::kRawAndTyped, "both raw_data and typed values"},
+                      HostileCase{testing::Defect::kDuplicateInitializer, "initializer 'fc.bias' appears twice"},
+                      HostileCase{testing::Defect::kTruncated, "not a valid ONNX ModelProto"},
+                      HostileCase{testing::Defect::kNotProtobuf, "not a valid ONNX ModelProto"}));
 
 TEST(OnnxFormat, DataTypeNamesAndSizes) {
   EXPECT_EQ(onnx_type_name(1), "FLOAT");

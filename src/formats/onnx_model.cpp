@@ -234,9 +234,10 @@ std::string checked_location(const std::string& location, const std::string& mod
   struct stat st {};
   if (::stat(path.c_str(), &st) != 0) throw IoError(what + ": " + os_error("cannot open external data", path));
   if (!S_ISREG(st.st_mode)) throw FormatError(what + ": external data '" + location + "' is not a regular file");
-  const std::string dir = real_path(model_dir.empty() ? "." : model_dir);
+  std::string dir = real_path(model_dir.empty() ? "." : model_dir);
+  if (dir.back() != '/') dir += '/';
   const std::string file = real_path(path);
-  if (file.compare(0, dir.size() + 1, dir + "/") != 0) {
+  if (file.compare(0, dir.size(), dir) != 0) {
     throw FormatError(what + ": external data location '" + location + "' leaves the model's folder (resolves to '" +
                       file + "')");
   }
