@@ -12,6 +12,7 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   dataset-fashion-mnist gnuplot-nox
   python3-torch
+  libonnx-dev libprotobuf-dev python3-onnx
 )
 
 sudo_cmd=()

@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "cli/cmd_safetensors.h"
+#include "cli/cmd_onnx.h"
 #include "cli/commands.h"
 #include "cli/common.h"
 #include "cli/progress.h"
@@ -102,6 +103,7 @@ void add_lock(CLI::App& app) {
     if (units != "l1" && units != "bn") throw UsageError("units '" + units + "': expected l1 or bn");
     o.random_bn_units = units == "bn";
     if (out == key_out) throw UsageError("--out and --key-out name the same file '" + out + "'");
+    if (is_onnx_file(model_path)) return lock_onnx({model_path, out, key_out, o, eval_after, !tiers.empty() || !tier_bands.empty()}, access);
     const KeyCredentials creds = credentials(access);
     LoadedModel model = load_model(model_path);
     apply_input_args(input, model.meta);  // recorded in the locked model's metadata
@@ -209,6 +211,7 @@ void add_unlock(CLI::App& app) {
   add_key_access(c, access, /*writing=*/false);
   handlers()[c] = [] {
     if (is_safetensors_file(model_path)) return unlock_safetensors_command(model_path, key_paths, out, access);
+    if (is_onnx_file(model_path)) return unlock_onnx(model_path, key_paths, out, access);
     LoadedModel model = load_model(model_path);
     const std::vector<KeyFile> keys = read_keys(key_paths, access);
     unlock_model(model, keys);  // checks every fingerprint; throws before anything is written
@@ -239,6 +242,7 @@ void add_fingerprint(CLI::App& app) {
   c->add_option("file", path, "Model checkpoint")->required();
   handlers()[c] = [] {
     if (is_safetensors_file(path)) return fingerprint_safetensors_command(path);
+    if (is_onnx_file(path)) return fingerprint_onnx(path);
     LoadedModel model = load_model(path);
     std::printf("%s\n", to_hex(model_fingerprint(model)).c_str());
     return 0;
@@ -331,6 +335,7 @@ void add_inspect(CLI::App& app) {
   add_key_access(c, access, /*writing=*/false);
   handlers()[c] = [] {
     if (is_safetensors_file(path)) return inspect_safetensors_command(path, json);
+    if (is_onnx_file(path)) return inspect_onnx(path, json);
     auto bytes = read_file(path);
     Json j;
     if (looks_like_key(bytes)) {

@@ -1,0 +1,117 @@
+#!/usr/bin/python3
+"""Python side of scripts/onnx_trained.sh: trains the small ResNet-style network of
+tests/fixtures/make_onnx_fixtures.py on Fashion-MNIST with PyTorch, exports it to ONNX (BN kept),
+and measures the top-1 of any ONNX file of that network by loading its initializers back into
+the PyTorch module (there is no ONNX runtime in Debian 12; the module runs the same graph).
+
+  onnx_peer.py train --out model.onnx [--epochs 1] [--seed 1] [--threads 2]
+  onnx_peer.py eval MODEL.onnx [MODEL.onnx ...]     prints one JSON line per file
+
+Needs Debian's python3-torch and python3-onnx. Measurement tool, not part of the product.
+"""
+import argparse
+import gzip
+import importlib.util
+import json
+import os
+import struct
+
+import numpy as np
+import onnx
+import onnx.numpy_helper
+import torch
+import torch.nn.functional as F
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DATA = "/usr/share/datasets/fashion-mnist"
+
+
+def fixture_module():
+    path = os.path.join(HERE, "..", "tests", "fixtures", "make_onnx_fixtures.py")
+    spec = importlib.util.spec_from_file_location("make_onnx_fixtures", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def idx(name):
+    with gzip.open(os.path.join(DATA, name)) as f:
+        data = f.read()
+    magic, n = struct.unpack(">II", data[:8])
+    if magic == 2049:
+        return torch.from_numpy(np.frombuffer(data, np.uint8, n, 8).astype(np.int64))
+    rows, cols = struct.unpack(">II", data[8:16])
+    x = np.frombuffer(data, np.uint8, n * rows * cols, 16).reshape(n, 1, rows, cols)
+    return (torch.from_numpy(x.astype(np.float32)) / 255.0 - 0.2860) / 0.3530
+
+
+def top1(net, x, y):
+    net.eval()
+    correct = 0
+    with torch.no_grad():
+        for i in range(0, len(x), 1000):
+            correct += (net(x[i:i + 1000]).argmax(1) == y[i:i + 1000]).sum().item()
+    return 100.0 * correct / len(x)
+
+
+def train(a):
+    torch.manual_seed(a.seed)
+    torch.set_num_threads(a.threads)
+    net = fixture_module().SmallResNet()
+    x, y = idx("train-images-idx3-ubyte.gz"), idx("train-labels-idx1-ubyte.gz")
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=True)
+    steps = a.epochs * ((len(x) + 127) // 128)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=steps)
+    for _ in range(a.epochs):
+        net.train()
+        perm = torch.randperm(len(x))
+        for i in range(0, len(x), 128):
+            b = perm[i:i + 128]
+            opt.zero_grad()
+            F.cross_entropy(net(x[b]), y[b]).backward()
+            opt.step()
+            sched.step()
+    net.eval()
+    torch.onnx.export(net, x[:1], a.out, input_names=["input"], output_names=["logits"], opset_version=13,
+                      do_constant_folding=False, training=torch.onnx.TrainingMode.PRESERVE)
+    xt, yt = idx("t10k-images-idx3-ubyte.gz"), idx("t10k-labels-idx1-ubyte.gz")
+    print(json.dumps({"file": a.out, "pytorch_top1": top1(net, xt, yt), "epochs": a.epochs}))
+
+
+def evaluate(a):
+    torch.set_num_threads(a.threads)
+    xt, yt = idx("t10k-images-idx3-ubyte.gz"), idx("t10k-labels-idx1-ubyte.gz")
+    for path in a.models:
+        m = onnx.load(path)
+        onnx.checker.check_model(m)
+        net = fixture_module().SmallResNet()
+        state = net.state_dict()
+        inits = {t.name: torch.from_numpy(onnx.numpy_helper.to_array(t).copy()) for t in m.graph.initializer}
+        for n in m.graph.node:  # the exporter feeds deduplicated initializers through Identity
+            if n.op_type == "Identity" and n.input[0] in inits:
+                inits[n.output[0]] = inits[n.input[0]]
+        missing = [k for k in state if k not in inits and not k.endswith("num_batches_tracked")]
+        if missing:
+            raise SystemExit(f"{path}: initializers missing for {missing[:5]}")
+        net.load_state_dict({k: inits.get(k, v) for k, v in state.items()})
+        print(json.dumps({"file": path, "top1": top1(net, xt, yt),
+                          "metadata": {p.key: p.value for p in m.metadata_props}}))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train")
+    t.add_argument("--out", required=True)
+    t.add_argument("--epochs", type=int, default=1)
+    t.add_argument("--seed", type=int, default=1)
+    t.add_argument("--threads", type=int, default=2)
+    e = sub.add_parser("eval")
+    e.add_argument("models", nargs="+")
+    e.add_argument("--threads", type=int, default=2)
+    a = ap.parse_args()
+    train(a) if a.cmd == "train" else evaluate(a)
+
+
+if __name__ == "__main__":
+    main()

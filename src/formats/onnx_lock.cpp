@@ -1,0 +1,197 @@
+#include "formats/onnx_lock.h"
+
+#include <torch/torch.h>
+
+#include <cstring>
+#include <sstream>
+
+#include "locking/selection.h"
+#include "util/error.h"
+#include "util/hash.h"
+
+namespace corelocker {
+namespace {
+
+torch::ScalarType scalar_type(DType d) {
+  switch (d) {
+    case DType::kF32: return torch::kFloat32;
+    case DType::kF64: return torch::kFloat64;
+    case DType::kF16: return torch::kFloat16;
+    case DType::kBF16: return torch::kBFloat16;
+  }
+  throw Error("unknown dtype");
+}
+
+// The layers' weights as tensors, for the shared ranking code (copies; the model is not touched).
+std::vector<NamedTensor> layer_tensors(const OnnxModel& model) {
+  std::vector<NamedTensor> out;
+  for (const auto& layer : model.structure()) {
+    const OnnxTensor* t = model.find(layer.weight);
+    if (t == nullptr) throw Error("ONNX layer '" + layer.name + "': no initializer '" + layer.weight + "'");
+    auto blob = torch::from_blob(const_cast<uint8_t*>(t->bytes.data()), c10::IntArrayRef(t->dims),
+                                 scalar_type(onnx_key_dtype(t->data_type)));
+    out.push_back({t->name, blob.clone(), false});
+  }
+  return out;
+}
+
+std::string short_fp(const Digest& d) { return to_hex(d).substr(0, 16); }
+
+// The shortest decimal that reads back as exactly `r` ("0.05", not "0.050000000000000003").
+std::string ratio_str(double r) {
+  for (int digits = 1;; ++digits) {
+    std::ostringstream s;
+    s.precision(digits);
+    s << r;
+    if (digits >= 17 || std::stod(s.str()) == r) return s.str();
+  }
+}
+
+}  // namespace
+
+LockInfo onnx_lock_info(const OnnxModel& model) {
+  LockInfo info;
+  for (const auto& [k, v] : model.metadata()) {
+    if (k == kOnnxMetaKeyId) info.key_id = v;
+    else if (k == kOnnxMetaOriginal) info.original_fingerprint = v;
+    else if (k == kOnnxMetaCriterion) info.criterion = v;
+    else if (k == kOnnxMetaScope) info.scope = v;
+    else if (k == kOnnxMetaVersion) info.tool_version = v;
+    else if (k == kOnnxMetaRatio) {
+      try {
+        info.ratio = std::stod(v);
+      } catch (const std::exception&) {
+        throw FormatError("ONNX metadata '" + std::string(kOnnxMetaRatio) + "': '" + v + "' is not a number");
+      }
+    }
+  }
+  return info;
+}
+
+LockOutcome lock_onnx_model(OnnxModel& model, const LockOptions& options) {
+  const LockInfo existing = onnx_lock_info(model);
+  if (!existing.key_id.empty()) {
+    throw UsageError("model is already locked (key id " + existing.key_id + "); unlock it first");
+  }
+  if (!(options.ratio >= 0.0 && options.ratio <= 1.0)) {
+    throw UsageError("ratio " + std::to_string(options.ratio) + ": must be within [0, 1]");
+  }
+  if (options.fill != Fill::kZero) {
+    throw UsageError(std::string("fill '") + to_string(options.fill) + "': ONNX models are locked with zero fill only");
+  }
+  // rank and plan (shared with our own checkpoints)
+  const std::vector<NamedTensor> tensors = layer_tensors(model);
+  const Ranking ranking = rank_units(tensors, model.structure(), options);
+  const ExtractionPlan plan = plan_at(ranking, tensors, model.structure(), options.ratio);
+
+  // extract: gather every value first, then zero (a bn plan touches a tensor through one entry)
+  LockOutcome out;
+  KeyHeader& h = out.key.header;
+  h.original_fingerprint = onnx_fingerprint(model);
+  random_bytes(h.key_id.data(), h.key_id.size());
+  h.criterion = options.criterion;
+  h.scope = options.scope;
+  h.fill = options.fill;
+  h.include_io = options.include_io;
+  h.random_bn_units = options.criterion == Criterion::kRandom && options.random_bn_units;
+  h.ratio = options.ratio;
+  h.seed = options.criterion == Criterion::kRandom ? options.seed : 0;
+  h.units = static_cast<uint64_t>(plan.units);
+  for (const auto& p : plan.entries) {
+    const OnnxTensor* t = model.find(p.tensor);
+    if (t == nullptr) throw Error("plan names initializer '" + p.tensor + "' which the model does not have");
+    KeyEntry e;
+    e.tensor = p.tensor;
+    e.dtype = onnx_key_dtype(t->data_type);
+    for (int64_t d : t->dims) e.shape.push_back(static_cast<uint64_t>(d));
+    e.unit_size = static_cast<uint64_t>(p.unit_size);
+    e.units.assign(p.units.begin(), p.units.end());
+    const size_t block = static_cast<size_t>(p.unit_size) * dtype_size(e.dtype);
+    if (t->numel() % e.unit_size != 0) throw Error("initializer '" + p.tensor + "': unit size does not divide it");
+    e.values.resize(e.units.size() * block);
+    for (size_t i = 0; i < e.units.size(); ++i) {
+      if (e.units[i] >= t->numel() / e.unit_size) throw Error("initializer '" + p.tensor + "': unit out of range");
+      std::memcpy(e.values.data() + i * block, t->bytes.data() + e.units[i] * block, block);
+    }
+    out.stats.values += static_cast<int64_t>(e.units.size() * e.unit_size);
+    out.key.entries.push_back(std::move(e));
+  }
+  for (const auto& e : out.key.entries) {
+    OnnxTensor* t = model.find(e.tensor);
+    const size_t block = static_cast<size_t>(e.unit_size) * dtype_size(e.dtype);
+    // All-zero bytes are +0.0 in every float type the key holds.
+    for (uint64_t u : e.units) std::memset(t->bytes.data() + u * block, 0, block);
+  }
+  h.locked_fingerprint = onnx_fingerprint(model);
+  out.stats.units = plan.units;
+  out.stats.candidates = ranking.total_units();
+  for (const auto& t : model.initializers()) {
+    if (onnx_is_float(t.data_type)) out.stats.parameters += static_cast<int64_t>(t.numel());
+  }
+  // metadata
+  model.set_metadata(kOnnxMetaKeyId, to_hex(h.key_id.data(), h.key_id.size()));
+  model.set_metadata(kOnnxMetaOriginal, to_hex(h.original_fingerprint));
+  model.set_metadata(kOnnxMetaCriterion, to_string(h.criterion));
+  model.set_metadata(kOnnxMetaScope, to_string(h.scope));
+  model.set_metadata(kOnnxMetaRatio, ratio_str(h.ratio));
+  model.set_metadata(kOnnxMetaVersion, CORELOCKER_VERSION);
+  return out;
+}
+
+void unlock_onnx_model(OnnxModel& model, const std::vector<KeyFile>& keys) {
+  if (keys.empty()) throw UsageError("unlock: no key given");
+  for (const KeyFile& key : keys) {
+    const Digest fp = onnx_fingerprint(model);
+    if (fp != key.header.locked_fingerprint) {
+      if (fp == key.header.original_fingerprint) {
+        throw MismatchError("model is already unlocked (its fingerprint " + short_fp(fp) +
+                            "... is the original this key restores)");
+      }
+      throw MismatchError("key belongs to another model: key expects locked model " +
+                          short_fp(key.header.locked_fingerprint) + "..., this model is " + short_fp(fp) + "...");
+    }
+    // Check every entry before writing any of them.
+    for (const auto& e : key.entries) {
+      const OnnxTensor* t = model.find(e.tensor);
+      if (t == nullptr) throw MismatchError("key entry '" + e.tensor + "': model has no such initializer");
+      if (!onnx_is_float(t->data_type) || onnx_key_dtype(t->data_type) != e.dtype) {
+        throw MismatchError("key entry '" + e.tensor + "': dtype " + to_string(e.dtype) + ", initializer is " +
+                            onnx_type_name(t->data_type));
+      }
+      const std::vector<uint64_t> dims(t->dims.begin(), t->dims.end());
+      if (dims != e.shape) throw MismatchError("key entry '" + e.tensor + "': shape differs from the initializer's");
+      if (e.unit_size == 0 || t->numel() % e.unit_size != 0 || e.values.size() != e.units.size() * e.unit_size * dtype_size(e.dtype)) {
+        throw MismatchError("key entry '" + e.tensor + "': unit size " + std::to_string(e.unit_size) +
+                            " does not fit the initializer's " + std::to_string(t->numel()) + " elements");
+      }
+      for (uint64_t u : e.units) {
+        if (u >= t->numel() / e.unit_size) {
+          throw MismatchError("key entry '" + e.tensor + "': unit " + std::to_string(u) + " out of range");
+        }
+      }
+    }
+    for (const auto& e : key.entries) {
+      OnnxTensor* t = model.find(e.tensor);
+      const size_t block = static_cast<size_t>(e.unit_size) * dtype_size(e.dtype);
+      for (size_t i = 0; i < e.units.size(); ++i) {
+        std::memcpy(t->bytes.data() + e.units[i] * block, e.values.data() + i * block, block);
+      }
+    }
+    const Digest restored = onnx_fingerprint(model);
+    if (restored != key.header.original_fingerprint) {
+      throw Error("restored model's fingerprint " + short_fp(restored) + "... differs from the one recorded in the key " +
+                  short_fp(key.header.original_fingerprint) + "...");
+    }
+  }
+  const KeyHeader& last = keys.back().header;
+  if (last.ratio_after > 0.0) {
+    model.set_metadata(kOnnxMetaRatio, ratio_str(last.ratio_after));
+  } else {
+    for (const char* k : {kOnnxMetaKeyId, kOnnxMetaOriginal, kOnnxMetaCriterion, kOnnxMetaScope, kOnnxMetaRatio,
+                          kOnnxMetaVersion}) {
+      model.set_metadata(k, "");
+    }
+  }
+}
+
+}  // namespace corelocker

@@ -1,0 +1,37 @@
+// Locking and unlocking ONNX models: the same units, ranking and key file as for our own
+// checkpoints (locking/selection.h, keyfile/key_file.h), applied to a model's initializers.
+// Key entries name initializers; fingerprints are onnx_fingerprint (docs/key-format.md).
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "formats/onnx_model.h"
+#include "locking/lock.h"
+
+namespace corelocker {
+
+// metadata_props keys of a locked ONNX model.
+constexpr char kOnnxMetaKeyId[] = "corelocker.key_id";
+constexpr char kOnnxMetaOriginal[] = "corelocker.original_fingerprint";
+constexpr char kOnnxMetaCriterion[] = "corelocker.criterion";
+constexpr char kOnnxMetaScope[] = "corelocker.scope";
+constexpr char kOnnxMetaRatio[] = "corelocker.ratio";
+constexpr char kOnnxMetaVersion[] = "corelocker.tool_version";
+
+// The lock recorded in a model's metadata_props; key_id empty when the model is not locked.
+LockInfo onnx_lock_info(const OnnxModel& model);
+
+// Ranks the units of the model's layers (OnnxModel::structure), extracts the top
+// `options.ratio` into a key (extracted values become 0) and records the lock in the model's
+// metadata_props. Zero fill only. Throws UsageError (already locked, bad options, nothing
+// eligible) / Error.
+LockOutcome lock_onnx_model(OnnxModel& model, const LockOptions& options);
+
+// Applies keys in order: each must belong to the model's current state (MismatchError
+// otherwise, with nothing changed by that key), every entry must name a float initializer of
+// the same dtype and shape; the result must have the key's "produces" fingerprint. Clears the
+// lock metadata once the original is back. Throws MismatchError / Error.
+void unlock_onnx_model(OnnxModel& model, const std::vector<KeyFile>& keys);
+
+}  // namespace corelocker
