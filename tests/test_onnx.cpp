@@ -303,7 +303,10 @@ INSTANTIATE_TEST_SUITE_P(
                       HostileCase{testing::Defect::kRawAndTyped, "both raw_data and typed values"},
                       HostileCase{testing::Defect::kDuplicateInitializer, "initializer 'fc.bias' appears twice"},
                       HostileCase{testing::Defect::kTruncated, "not a valid ONNX ModelProto"},
-                      HostileCase{testing::Defect::kNotProtobuf, "not a valid ONNX ModelProto"}));
+                      HostileCase{testing::Defect::kNotProtobuf, "not a valid ONNX ModelProto"}),
+    [](const ::testing::TestParamInfo<HostileCase>& i) {
+      return "defect" + std::to_string(static_cast<int>(i.param.defect));
+    });
 
 TEST(OnnxFormat, DataTypeNamesAndSizes) {
   EXPECT_EQ(onnx_type_name(1), "FLOAT");
