@@ -121,6 +121,53 @@ TEST(Sweep, ReusedRankingGivesTheSamePlanAsAFreshLock) {
   }
 }
 
+TEST(Sweep, ScopeOptionAppliesToEveryCriterionAndMatchesALockWithThatScope) {
+  // An fcn: several hidden layers of each kind compete, so the two scopes differ (tinycnn has
+  // one eligible layer per kind, where global and layer scope coincide).
+  torch::manual_seed(4);
+  ModelMeta meta = new_model_meta("fcn", "fashion-mnist");
+  meta.options = {{"depth", 4}, {"width", 24}, {"norm", 1}};
+  LoadedModel model = create_model(meta);
+  {
+    torch::NoGradGuard no_grad;
+    for (auto& t : named_tensors(*model.net)) {
+      if (t.name.rfind("bn", 0) == 0 && !t.is_buffer) t.tensor.uniform_(-1.0, 1.0);
+    }
+  }
+  LoadedModel original = clone(model);
+  Dataset data = fmnist_test(100);
+  SweepOptions o;
+  o.criteria = {Criterion::kL1, Criterion::kBn};
+  o.ratios = {0.03};
+  o.scope = Scope::kGlobal;
+  auto global = sweep(model, data, o);
+  o.scope = Scope::kLayer;
+  auto layer = sweep(model, data, o);
+  ASSERT_EQ(global.size(), 2u);
+  ASSERT_EQ(layer.size(), 2u);
+  for (size_t i = 0; i < 2; ++i) {
+    EXPECT_EQ(global[i].scope, Scope::kGlobal);
+    EXPECT_EQ(layer[i].scope, Scope::kLayer);
+    std::vector<Digest> locked;
+    for (Scope scope : {Scope::kGlobal, Scope::kLayer}) {
+      const CurvePoint& p = scope == Scope::kGlobal ? global[i] : layer[i];
+      LoadedModel fresh = clone(original);
+      LockOptions lo;
+      lo.criterion = p.criterion;
+      lo.scope = scope;
+      lo.ratio = 0.03;
+      LockOutcome out = lock_model(fresh, lo);
+      EXPECT_EQ(p.units, out.stats.units);
+      EXPECT_DOUBLE_EQ(p.top1, evaluate(*fresh.net, data, fresh.meta.preprocess).top1);
+      locked.push_back(out.key.header.locked_fingerprint);
+    }
+    // The two scopes extract different units here, so matching both locks means the option
+    // reached the ranking.
+    EXPECT_NE(locked[0], locked[1]) << to_string(global[i].criterion);
+  }
+  EXPECT_TRUE(same_tensors(model, original));
+}
+
 TEST(Sweep, CallbackStopsAfterThePointAndTheModelIsRestored) {
   LoadedModel model = fresh_tiny(2);
   LoadedModel original = clone(model);

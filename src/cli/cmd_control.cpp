@@ -152,7 +152,7 @@ PlotSpec sweep_plot(const std::string& model_path, const std::vector<Criterion>&
 void add_sweep(CLI::App& app) {
   auto* c = app.add_subcommand(
       "sweep", "Accuracy against extraction ratio for several criteria (CSV, JSON, plot)");
-  static std::string model_path, ratios, criteria = "l1,bn,random", units = "l1", out_dir;
+  static std::string model_path, ratios, criteria = "l1,bn,random", units = "l1", out_dir, scope;
   static double from = 0.0, to = 0.0;
   static int steps = 0, seeds = 5;
   static uint64_t first_seed = 0;
@@ -173,6 +173,8 @@ void add_sweep(CLI::App& app) {
   c->add_option("--first-seed", first_seed, "First seed for random")->capture_default_str();
   c->add_option("--units", units, "Units drawn by random: l1 | bn")->capture_default_str();
   c->add_flag("--include-io", include_io, "Also extract from the first and last layer");
+  c->add_option("--scope", scope,
+                "layer | global for every criterion (default: layer for l1/random, global for bn)");
   c->add_option("--out-dir", out_dir,
                 "Folder for sweep.csv (row by row), sweep.json, sweep.png, sweep.svg, sweep.gp");
   c->add_flag("--no-plot", no_plot, "Skip the plot (no gnuplot needed)");
@@ -194,6 +196,7 @@ void add_sweep(CLI::App& app) {
     if (units != "l1" && units != "bn")
       throw UsageError("units '" + units + "': expected l1 or bn");
     o.random_bn_units = units == "bn";
+    if (!scope.empty()) o.scope = parse_scope(scope);
 
     LoadedModel model = load_model(model_path);
     if (model.meta.lock)
@@ -260,6 +263,7 @@ void add_sweep(CLI::App& app) {
                 {"seeds", seeds},
                 {"first_seed", first_seed},
                 {"include_io", include_io},
+                {"scope", scope.empty() ? "default" : scope},
                 {"random_units", units},
                 {"ratios", o.ratios},
                 {"complete", complete},

@@ -133,7 +133,7 @@ std::vector<CurvePoint> sweep(LoadedModel& model, const Dataset& data, const Swe
     for (int s = 0; s < runs; ++s) {
       LockOptions o;
       o.criterion = c;
-      o.scope = default_scope(c);
+      o.scope = options.scope ? *options.scope : default_scope(c);
       o.include_io = options.include_io;
       o.random_bn_units = options.random_bn_units;
       o.seed = c == Criterion::kRandom ? options.first_seed + static_cast<uint64_t>(s) : 0;

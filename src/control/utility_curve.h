@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -40,6 +41,9 @@ struct SweepOptions {
   uint64_t first_seed = 0;
   bool include_io = false;
   bool random_bn_units = false;  // random draws bn units instead of l1 units
+  // Scope for every criterion; unset: each criterion's default (layer for l1 / random, global
+  // for bn), as `lock` does.
+  std::optional<Scope> scope;
   int64_t batch_size = 500;
 };
 
