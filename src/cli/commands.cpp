@@ -21,6 +21,7 @@ void register_commands(CLI::App& app) {
   add_calibrate(app);
   add_bands(app);
   add_attack(app);
+  add_analyze(app);
   add_bench_safetensors(app);
 }
 

@@ -21,6 +21,7 @@ void add_sweep(CLI::App& app);
 void add_calibrate(CLI::App& app);
 void add_bands(CLI::App& app);
 void add_attack(CLI::App& app);
+void add_analyze(CLI::App& app);
 void add_bench_safetensors(CLI::App& app);
 
 // Adds every subcommand and its options to `app`.

@@ -1,0 +1,209 @@
+// `analyze`: the paper's disparity bounds (section 4) measured layer by layer on a model.
+#include <cmath>
+#include <cstdio>
+
+#include "analysis/disparity.h"
+#include "cli/commands.h"
+#include "cli/common.h"
+#include "locking/lock.h"
+#include "util/atomic_file.h"
+#include "util/error.h"
+
+namespace corelocker::cli {
+namespace {
+
+std::string num(double v) {
+  if (std::isnan(v)) return "-";
+  char b[32];
+  std::snprintf(b, sizeof b, "%.3g", v);
+  return b;
+}
+
+Json number_or_null(double v) { return std::isnan(v) ? Json(nullptr) : Json(v); }
+
+Json report_json(const DisparityReport& r) {
+  Json layers = Json::array();
+  for (const auto& d : r.layers) {
+    layers.push_back({{"m", d.m},
+                      {"layer", d.name},
+                      {"kind", to_string(d.kind)},
+                      {"changed", d.changed},
+                      {"delta_norm", d.delta_norm},
+                      {"weight_norm", d.weight_norm},
+                      {"random_estimate", number_or_null(d.random_estimate)},
+                      {"delta_bias", d.delta_bias},
+                      {"in_norm", d.in_norm},
+                      {"out_norm", d.out_norm},
+                      {"G", d.g},
+                      {"observed", d.observed},
+                      {"step_bound", d.step_bound},
+                      {"eta", d.eta},
+                      {"paper_bound", d.g + d.eta},
+                      {"samples", d.samples},
+                      {"theorem2_violations", d.thm2_violations},
+                      {"theorem2_worst_relative", d.thm2_worst},
+                      {"step_violations", d.step_violations},
+                      {"theorem3_violations", d.thm3_violations}});
+  }
+  Json var = {{"applicable", r.variance.applicable}};
+  if (r.variance.applicable) {
+    var["original"] = {{"measured", r.variance.measured_original},
+                       {"bound", r.variance.bound_original}};
+    var["locked"] = {{"measured", r.variance.measured_locked}, {"bound", r.variance.bound_locked}};
+  } else {
+    var["reason"] = r.variance.reason;
+  }
+  return {{"mode", to_string(r.mode)},
+          {"samples", r.samples},
+          {"input_norm", r.input_norm},
+          {"lipschitz", r.lipschitz},
+          {"lambda", r.lambda},
+          {"layers", layers},
+          {"skipped", r.skipped},
+          {"theorem1", var}};
+}
+
+void print_report(const DisparityReport& r) {
+  std::printf("mode %s (%s), %lld inputs, mean ||x||_2 %s, L %s, lambda = max ||W*||_2 = %s\n",
+              to_string(r.mode),
+              r.mode == DisparityMode::kChain
+                  ? "y^(m) = ReLU(W y^(m-1) + b), BatchNorm folded"
+                  : "y^(m) = output of the m-th conv/linear layer, phi = identity",
+              static_cast<long long>(r.samples), num(r.input_norm).c_str(),
+              num(r.lipschitz).c_str(), num(r.lambda).c_str());
+  std::printf("%3s %-22s %8s %9s %9s %9s %9s %9s %9s %7s %9s %9s %7s\n", "m", "layer", "changed",
+              "|dW|_2", "|W*|_2", "rand.est", "|y*m-1|", "G", "|y-y*|", "T2 viol", "G+L|dW||y|",
+              "G+eta", "T3 viol");
+  for (const auto& d : r.layers) {
+    std::printf("%3d %-22s %8lld %9s %9s %9s %9s %9s %9s %7lld %9s %9s %7lld\n", d.m,
+                d.name.substr(0, 22).c_str(), static_cast<long long>(d.changed),
+                num(d.delta_norm).c_str(), num(d.weight_norm).c_str(),
+                num(d.random_estimate).c_str(), num(d.in_norm).c_str(), num(d.g).c_str(),
+                num(d.observed).c_str(), static_cast<long long>(d.thm2_violations),
+                num(d.step_bound).c_str(), num(d.g + d.eta).c_str(),
+                static_cast<long long>(d.thm3_violations));
+  }
+  int64_t t2_layers = 0, t3_layers = 0, step_layers = 0;
+  for (const auto& d : r.layers) {
+    t2_layers += d.thm2_violations > 0;
+    t3_layers += d.thm3_violations > 0;
+    step_layers += d.step_violations > 0;
+  }
+  std::printf("Theorem 2 (|y-y*| >= G): violated in %lld of %zu layers\n",
+              static_cast<long long>(t2_layers), r.layers.size());
+  for (const auto& d : r.layers) {
+    if (d.thm2_violations == 0) continue;
+    std::printf("  m %d %s: %lld of %lld inputs, worst |y-y*| = G x %s\n", d.m, d.name.c_str(),
+                static_cast<long long>(d.thm2_violations), static_cast<long long>(d.samples),
+                num(1.0 + d.thm2_worst).c_str());
+  }
+  std::printf("Theorem 3/4 (|y-y*| <= G + eta, eta = |dW|_2 L^m lambda^(m-1) |x|): violated in %lld of %zu layers\n",
+              static_cast<long long>(t3_layers), r.layers.size());
+  for (const auto& d : r.layers) {
+    if (d.thm3_violations == 0) continue;
+    std::printf("  m %d %s: %lld of %lld inputs\n", d.m, d.name.c_str(),
+                static_cast<long long>(d.thm3_violations), static_cast<long long>(d.samples));
+  }
+  if (step_layers > 0) {
+    std::printf("the proof's step |y-y*| <= G + L(|dW|_2 |y*m-1| + |db|) failed in %lld layers "
+                "(rounding, or a layer the mode does not model)\n",
+                static_cast<long long>(step_layers));
+  }
+  if (r.variance.applicable) {
+    std::printf("Theorem 1 (output variance across the inputs <= bound): original %s <= %s %s, "
+                "locked %s <= %s %s\n",
+                num(r.variance.measured_original).c_str(), num(r.variance.bound_original).c_str(),
+                r.variance.measured_original <= r.variance.bound_original ? "holds" : "VIOLATED",
+                num(r.variance.measured_locked).c_str(), num(r.variance.bound_locked).c_str(),
+                r.variance.measured_locked <= r.variance.bound_locked ? "holds" : "VIOLATED");
+  } else {
+    std::printf("Theorem 1: not computed: %s\n", r.variance.reason.c_str());
+  }
+  for (const auto& s : r.skipped) std::printf("not measured: %s\n", s.c_str());
+}
+
+}  // namespace
+
+void add_analyze(CLI::App& app) {
+  auto* c = app.add_subcommand(
+      "analyze", "Measure the paper's disparity bounds (Theorems 1-4) layer by layer");
+  static std::string model_path, criterion, scope, json_out;
+  static std::vector<std::string> key_paths;
+  static double ratio = -1.0;
+  static uint64_t seed = 0, sample_seed = 0;
+  static bool unscaled = false, include_io = false;
+  static DisparityOptions opts;
+  static Common common;
+  static KeyAccess access;
+  c->add_option("--model", model_path,
+                "Locked model (with --key) or unlocked model (with --criterion and --ratio)")
+      ->required();
+  auto* k = c->add_option("--key", key_paths, "Key(s) that unlock --model, tier 1 first");
+  auto* cr = c->add_option("--criterion", criterion, "Lock in memory with this criterion: l1 | bn | random");
+  c->add_option("--ratio", ratio, "Extraction ratio of the in-memory lock")->check(CLI::Range(0.0, 1.0));
+  c->add_option("--scope", scope, "layer | global (default: layer for l1/random, global for bn)");
+  c->add_option("--seed", seed, "Seed for --criterion random")->capture_default_str();
+  c->add_flag("--include-io", include_io, "Also extract from the first and last layer");
+  k->excludes(cr);
+  c->add_option("--samples", opts.samples, "Test images to measure on")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  c->add_option("--sample-seed", sample_seed, "Seed that draws the test images")->capture_default_str();
+  c->add_option("--power-iterations", opts.power_iterations, "Power iterations per operator norm")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 100000));
+  c->add_flag("--unscaled", unscaled,
+              "Use the inputs as preprocessed (default: scaled to ||x||_2 <= 1 as the paper assumes)");
+  c->add_option("--json", json_out, "Also write the report as JSON to this file");
+  add_key_access(c, access, /*writing=*/false);
+  add_threads(c, common);
+  add_data(c, common);
+  handlers()[c] = [] {
+    apply_threads(common);
+    opts.scale_inputs = !unscaled;
+    LoadedModel original, locked;
+    if (!key_paths.empty()) {
+      if (ratio >= 0.0) throw UsageError("--ratio goes with --criterion, not with --key");
+      locked = load_model(model_path);
+      if (!locked.meta.lock)
+        throw UsageError("model '" + model_path + "' is not locked; give --criterion and --ratio");
+      original = load_unlocked(model_path, read_keys(key_paths, access));
+    } else {
+      if (criterion.empty() || ratio < 0.0)
+        throw UsageError("give --key (a locked model) or --criterion and --ratio (an unlocked one)");
+      original = load_model(model_path);
+      if (original.meta.lock)
+        throw UsageError("model '" + model_path + "' is locked; give its --key instead");
+      locked = load_model(model_path);
+      LockOptions lo;
+      lo.criterion = parse_criterion(criterion);
+      lo.scope = scope.empty() ? default_scope(lo.criterion) : parse_scope(scope);
+      lo.ratio = ratio;
+      lo.seed = seed;
+      lo.include_io = include_io;
+      const LockOutcome out = lock_model(locked, lo);
+      std::printf("locked in memory: %s, %s scope, ratio %s: %lld units, %lld values\n",
+                  criterion.c_str(), to_string(lo.scope), fixed(ratio, 6).c_str(),
+                  static_cast<long long>(out.stats.units), static_cast<long long>(out.stats.values));
+    }
+    Dataset data = subset(test_set(original.meta, common), opts.samples, sample_seed);
+    const DisparityReport report = analyze_disparity(original, locked, data, opts);
+    print_report(report);
+    if (!json_out.empty()) {
+      Json j = report_json(report);
+      j["model"] = model_path;
+      j["keys"] = key_paths;
+      if (key_paths.empty()) {
+        j["criterion"] = criterion;
+        j["ratio"] = ratio;
+        j["scope"] = scope.empty() ? to_string(default_scope(parse_criterion(criterion))) : scope;
+      }
+      j["scaled_inputs"] = !unscaled;
+      write_file_atomic(json_out, j.dump(2) + "\n");
+      std::printf("wrote %s\n", json_out.c_str());
+    }
+    return 0;
+  };
+}
+
+}  // namespace corelocker::cli
