@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# The paper's Table 1, Fashion-MNIST columns: vgg19, preresnet (164) and densenet (40) trained
+# here, then original / random (mean and sd of 5 seeds) / l1 / bn top-1 and top-3 at ratio 0.05
+# on the full test split.
+#
+#   experiments/table1.sh          # rerun to resume: finished steps are kept
+#
+# Training is cut for this 2-core machine (the paper: 120 epochs, batch 256): EPOCHS (default 1)
+# epochs of the trainer's defaults (SGD, onecycle, batch 128, crop augmentation). A stopped
+# training run goes on from its last finished epoch (`train --resume`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+BIN=${CORELOCKER:-build/corelocker}
+OUT=${OUT:-runs/table1}
+ARCHS=${ARCHS:-"vgg19 preresnet densenet"}
+EPOCHS=${EPOCHS:-1}
+RATIO=${RATIO:-0.05}
+SEEDS=${SEEDS:-5}
+THREADS=${THREADS:-0}
+
+[ -x "$BIN" ] || { echo "no corelocker binary at $BIN (build first, or set CORELOCKER)" >&2; exit 1; }
+mkdir -p "$OUT"
+for arch in $ARCHS; do
+  ckpt="$OUT/$arch-e$EPOCHS.ckpt"
+  if [ ! -f "$ckpt.done" ]; then
+    resume=()
+    [ -f "$ckpt.optim" ] && resume=(--resume)
+    echo "== train $arch ($EPOCHS epochs) $(date -u +%FT%TZ)"
+    t0=$(date +%s)
+    "$BIN" train --arch "$arch" --epochs "$EPOCHS" --threads "$THREADS" --out "$ckpt" \
+      "${resume[@]}" > "$OUT/$arch-e$EPOCHS.train.log" 2>&1
+    echo "$(( $(date +%s) - t0 ))" >> "$OUT/$arch-e$EPOCHS.seconds"
+    touch "$ckpt.done"
+    tail -2 "$OUT/$arch-e$EPOCHS.train.log"
+  fi
+  if [ ! -f "$OUT/$arch-e$EPOCHS-sweep/sweep.json" ]; then
+    echo "== lock $arch at $RATIO: l1, bn, random x $SEEDS $(date -u +%FT%TZ)"
+    "$BIN" sweep --model "$ckpt" --ratios "$RATIO" --criteria l1,bn,random --seeds "$SEEDS" \
+      --threads "$THREADS" --no-plot --out-dir "$OUT/$arch-e$EPOCHS-sweep" \
+      > "$OUT/$arch-e$EPOCHS-sweep.log" 2>&1
+  fi
+done
+
+table="$OUT/table1.csv"
+echo "arch,epochs,train_wall_seconds,original_top1,original_top3,criterion,ratio,param_fraction,top1,top1_sd,top3,top3_sd" > "$table.tmp"
+for arch in $ARCHS; do
+  log="$OUT/$arch-e$EPOCHS-sweep.log"
+  [ -f "$OUT/$arch-e$EPOCHS-sweep/sweep.csv" ] || continue
+  secs=$(awk '{ s += $1 } END { print s }' "$OUT/$arch-e$EPOCHS.seconds")
+  orig=$(sed -n 's/.*unlocked top-1 \([0-9.]*\)%, top-3 \([0-9.]*\)%.*/\1,\2/p' "$log")
+  awk -F, -v a="$arch" -v e="$EPOCHS" -v s="$secs" -v o="$orig" 'NR > 1 {
+      printf "%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s\n", a, e, s, o, $1, $3, $6, $8, $9, $10, $11 }' \
+    "$OUT/$arch-e$EPOCHS-sweep/sweep.csv" >> "$table.tmp"
+done
+mv "$table.tmp" "$table"
+column -s, -t "$table"
