@@ -73,7 +73,8 @@ TEST_F(CliOnnx, EncryptedKeyNeedsItsPassphrase) {
 
 TEST_F(CliOnnx, OptionsThatMakeNoSenseForOnnxAreRefused) {
   const std::string base = "lock --model " + f("m.onnx") + " --key-out " + f("k.clk") + " --out " + f("l.onnx");
-  for (const std::string extra : {" --eval", " --tiers 0.01,0.05", " --tier-bands 30-35", " --fill decoy"}) {
+  for (const std::string extra : {" --eval", " --tiers 0.01,0.05", " --tier-bands 30-35", " --fill decoy",
+                                  " --mean 0.5", " --pad 32", " --dataset cifar10"}) {
     CliRun r = run(base + extra);
     EXPECT_EQ(r.code, 2) << extra << ": " << r.out;
     EXPECT_NE(r.out.find("usage error"), std::string::npos) << r.out;

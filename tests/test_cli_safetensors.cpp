@@ -107,6 +107,18 @@ TEST_F(CliSt, LockChangesTheFingerprintAndUnlockRestoresTheFileByteForByte) {
   EXPECT_EQ(run("fingerprint " + dir_.file("restored.safetensors")).out, fo.out);
 }
 
+// Preprocessing options describe how to feed a model we run; a safetensors lock never runs one,
+// so they are refused rather than silently dropped.
+TEST_F(CliSt, PreprocessingOptionsAreRefused) {
+  for (const std::string extra : {"--mean 0.5", "--std 0.3", "--resize 32", "--channels 3"}) {
+    CliRun l = lock("m.safetensors", "locked.safetensors", "key.clk", extra);
+    EXPECT_EQ(l.code, 2) << extra << ": " << l.out;
+    EXPECT_NE(l.out.find("not to '"), std::string::npos) << l.out;
+    EXPECT_FALSE(file_exists(dir_.file("locked.safetensors")));
+    EXPECT_FALSE(file_exists(dir_.file("key.clk")));
+  }
+}
+
 TEST_F(CliSt, DetectsTheFormatByContentWithoutTheExtension) {
   ASSERT_EQ(std::system(("cp " + dir_.file("m.safetensors") + " " + dir_.file("model.bin")).c_str()), 0);
   CliRun l = lock("model.bin", "locked.bin", "key.clk", "--scope global --include-io");

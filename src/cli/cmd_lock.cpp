@@ -91,6 +91,12 @@ void add_lock(CLI::App& app) {
   add_data(c, common);
   add_input_args(c, input);
   handlers()[c] = [c] {
+    const bool foreign = is_safetensors_file(model_path) || is_onnx_file(model_path);
+    if (foreign && input_args_given(input)) {
+      // These describe how to feed a model we run; a lock of these formats never runs it.
+      throw UsageError("--dataset, --mean, --std, --pad, --resize and --channels apply to checkpoints "
+                       "and TorchScript files, not to '" + model_path + "' (nothing is evaluated or stored)");
+    }
     if (is_safetensors_file(model_path)) return lock_safetensors_command(*c, model_path, out, key_out, access);
     apply_threads(common);
     LockOptions o;

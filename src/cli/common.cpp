@@ -55,6 +55,11 @@ void add_input_args(CLI::App* c, InputArgs& a) {
       ->check(CLI::Range(0, 64));
 }
 
+bool input_args_given(const InputArgs& a) {
+  return !a.dataset.empty() || !a.mean.empty() || !a.std.empty() || a.pad >= 0 || a.resize >= 0 ||
+         a.channels >= 0;
+}
+
 void apply_input_args(const InputArgs& a, ModelMeta& meta) {
   if (!a.dataset.empty()) {
     const DatasetInfo info = dataset_info(a.dataset);

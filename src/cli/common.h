@@ -37,6 +37,8 @@ struct InputArgs {
   int64_t pad = -1, resize = -1, channels = -1;
 };
 void add_input_args(CLI::App* c, InputArgs& a);
+// Whether any of the options was given.
+bool input_args_given(const InputArgs& a);
 // Applies the given options to `meta` and checks the result. Throws UsageError.
 void apply_input_args(const InputArgs& a, ModelMeta& meta);
 
