@@ -28,6 +28,8 @@ TEST(CliTorchScript, LockRecordsThePreprocessingAndUnlockRestoresTheFingerprint)
   EXPECT_NE(r.out.find("\"mean\":[0.5]"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("\"std\":[0.25]"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("\"type\":\"locked model\""), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("\"fill\":\"zero\""), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("\"tiers\":1"), std::string::npos) << r.out;
   // Later commands read the stored preprocessing: no options needed.
   r = run("eval --model " + locked + " --key " + key + " --test-subset 100 --json");
   EXPECT_EQ(r.code, 0) << r.out;

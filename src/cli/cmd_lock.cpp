@@ -307,7 +307,7 @@ Json describe_model(const std::string& path) {
   if (m.lock) {
     j["lock"] = {{"key_id", m.lock->key_id}, {"original_fingerprint", m.lock->original_fingerprint},
                  {"criterion", m.lock->criterion}, {"scope", m.lock->scope}, {"ratio", m.lock->ratio},
-                 {"tool_version", m.lock->tool_version}};
+                 {"fill", m.lock->fill}, {"tiers", m.lock->tiers}, {"tool_version", m.lock->tool_version}};
   }
   return j;
 }
