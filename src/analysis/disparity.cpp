@@ -482,6 +482,16 @@ void analyze_linear_map(LoadedModel& original, LoadedModel& locked, const Datase
         }
         const LayerTensors to = layer_tensors(orig_tensors, s[i], "original");
         const LayerTensors tl = layer_tensors(lock_tensors, s[i], "locked");
+        const torch::Tensor& in = co->second.input;
+        const bool fits = co->second.conv ? in.dim() == 4 && to.weight.dim() == 4 &&
+                                                in.size(1) == to.weight.size(1) * co->second.geometry.groups
+                                          : in.dim() >= 1 && to.weight.dim() == 2 &&
+                                                in.size(-1) == to.weight.size(1);
+        if (!fits) {
+          // For example a weight multiplied from the left (W @ x) in a TorchScript model.
+          skipped[int(i)] = "its weight is applied in a way this analysis does not model";
+          continue;
+        }
         LayerDisparity d;
         d.layer = int(i);
         d.name = s[i].name;
