@@ -202,6 +202,25 @@ TEST(Disparity, LinearMapCapturesEveryLayerAndTheLastMatchesTheOutputs) {
   EXPECT_GT(observed, 0.0);
 }
 
+// An LSTM applies its hidden-to-hidden matrix once per time step: each use sees another input,
+// so a per-layer reading does not apply and the layer is listed as skipped. (LibTorch projects
+// the whole input sequence with the input-to-hidden matrix in one call: that one is measured.)
+TEST(Disparity, RecurrentWeightsAreSkippedWithTheReason) {
+  Dataset data = fmnist_test(8);
+  torch::manual_seed(3);
+  LoadedModel original = create_model(new_model_meta("cnnlstm", "fashion-mnist"));
+  LoadedModel locked = locked_copy(original, Criterion::kL1, 0.1);
+  DisparityOptions o;
+  o.samples = 8;
+  const DisparityReport r = analyze_disparity(original, locked, data, o);
+  ASSERT_EQ(r.skipped.size(), 1u);
+  EXPECT_EQ(r.skipped[0].rfind("lstm.hh: used ", 0), 0u) << r.skipped[0];
+  EXPECT_NE(r.skipped[0].find("times in one forward pass"), std::string::npos) << r.skipped[0];
+  ASSERT_EQ(r.layers.size(), 4u);  // conv1, conv2, lstm.ih, fc
+  EXPECT_EQ(r.layers[2].name, "lstm.ih");
+  EXPECT_EQ(r.layers.back().name, "fc");
+}
+
 TEST(Disparity, RefusesModelsThatDoNotMatchAndEmptyInput) {
   Dataset data = fmnist_test(10);
   LoadedModel tiny = fresh_tiny(1);

@@ -368,7 +368,7 @@ std::unique_ptr<at::ObserverContext> capture_start(const at::RecordFunction& fn)
   if (layer < 0) return nullptr;
   Captured& c = st->seen[layer];
   st->open_depth = depth;
-  if (c.calls++ > 0) return nullptr;  // shared layers: the first call is analysed
+  if (c.calls++ > 0) return nullptr;  // shared or recurrent weights: counted, then skipped
   const size_t x_arg = name == "aten::addmm" ? 1 : (weight_arg == 0 ? 1 : 0);
   if (x_arg >= inputs.size() || !inputs[x_arg].isTensor()) return nullptr;
   c.input = inputs[x_arg].toTensor().detach().clone();
@@ -470,6 +470,12 @@ void analyze_linear_map(LoadedModel& original, LoadedModel& locked, const Datase
         auto co = cap_o.find(int(i));
         if (co == cap_o.end()) {
           skipped[int(i)] = "not called as a convolution or linear op in the forward pass";
+          continue;
+        }
+        if (co->second.calls > 1) {
+          skipped[int(i)] = "used " + std::to_string(co->second.calls) +
+                            " times in one forward pass (a recurrent or shared weight: every use "
+                            "sees another input, which a per-layer reading does not model)";
           continue;
         }
         if (!co->second.input.defined()) {

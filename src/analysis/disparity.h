@@ -16,7 +16,8 @@
 //   linear-map  every other network (residual, dense, attention, TorchScript): y^(m) is the
 //               output of the m-th convolution / linear layer itself (before normalisation
 //               and activation) and y^(m-1) the input that layer received in the network's
-//               own forward pass, captured while it runs. phi is the identity, L = 1.
+//               own forward pass, captured while it runs. phi is the identity, L = 1. A weight
+//               used more than once per forward pass (LSTM matrices, shared layers) is skipped.
 //
 // The library only measures; nothing is printed. Operator norms are spectral norms by power
 // iteration; a convolution's is the norm of the convolution as a linear map on its actual input
