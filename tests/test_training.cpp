@@ -5,27 +5,29 @@
 #include <sstream>
 
 #include "test_support.h"
+#include "eval/evaluate.h"
 #include "train/trainer.h"
 #include "util/error.h"
 
 namespace corelocker {
 namespace {
 
-TrainOptions small_options() {
+TrainOptions small_options(const std::string& optimizer = "sgd") {
   TrainOptions o;
   o.epochs = 3;
   o.batch_size = 64;
-  o.lr = 0.05;
+  o.lr = optimizer == "adam" ? 0.002 : 0.05;
   o.seed = 4;
+  o.optimizer = optimizer;
   return o;
 }
 
-TEST(Training, ResumedRunEqualsAnUninterruptedOne) {
+void expect_resumed_run_equals_uninterrupted(const std::string& optimizer) {
   torch::set_num_threads(1);  // bitwise reproducible reductions
   Dataset data = testing::fmnist_test(256);
   LoadedModel full = testing::fresh_tiny(1);
   LoadedModel part = testing::clone(full);
-  train(*full.net, data, full.meta.preprocess, small_options());
+  train(*full.net, data, full.meta.preprocess, small_options(optimizer));
 
   // Stop after epoch 1, keeping the model and optimizer state as a checkpoint would.
   std::ostringstream optim_state;
@@ -42,11 +44,11 @@ TEST(Training, ResumedRunEqualsAnUninterruptedOne) {
     saved = testing::clone(part);
   };
   hooks.keep_going = [&] { return epochs_seen < 1; };
-  TrainSummary s = train(*part.net, data, part.meta.preprocess, small_options(), hooks);
+  TrainSummary s = train(*part.net, data, part.meta.preprocess, small_options(optimizer), hooks);
   EXPECT_EQ(s.epochs, 1);
   ASSERT_TRUE(saved.net);
 
-  TrainOptions resume = small_options();
+  TrainOptions resume = small_options(optimizer);
   resume.start_epoch = 1;
   TrainHooks restore;
   restore.restore = [&](torch::optim::Optimizer& opt) {
@@ -62,6 +64,26 @@ TEST(Training, ResumedRunEqualsAnUninterruptedOne) {
   EXPECT_EQ(s.epochs, 3);
   EXPECT_EQ(epochs, (std::vector<int>{2, 3}));
   EXPECT_TRUE(testing::same_tensors(saved, full));
+}
+
+TEST(Training, ResumedRunEqualsAnUninterruptedOne) { expect_resumed_run_equals_uninterrupted("sgd"); }
+
+// Adam keeps two moments per parameter: they must travel with the optimizer state too.
+TEST(Training, ResumedAdamRunEqualsAnUninterruptedOne) { expect_resumed_run_equals_uninterrupted("adam"); }
+
+TEST(Training, AdamLearnsAndAnUnknownOptimizerIsAUsageError) {
+  Dataset data = testing::fmnist_test(512);
+  LoadedModel m = testing::fresh_tiny(3);
+  TrainOptions o = small_options("adam");
+  o.epochs = 4;
+  o.lr = 0.01;
+  TrainSummary s = train(*m.net, data, m.meta.preprocess, o);
+  const EvalResult e = evaluate(*m.net, data, m.meta.preprocess);
+  std::printf("adam: final loss %.3f, top-1 on its training images %.2f%%\n", s.final_loss, e.top1);
+  EXPECT_LT(s.final_loss, 1.5);  // ln 10 = 2.30 at the start
+  EXPECT_GT(e.top1, 50.0);       // 10 classes: chance is 10%
+  o.optimizer = "rmsprop";
+  EXPECT_THROW(train(*m.net, data, m.meta.preprocess, o), UsageError);
 }
 
 TEST(Training, GarbageGeneratorStateIsRefused) {

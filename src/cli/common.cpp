@@ -148,6 +148,9 @@ void add_train_args(CLI::App* c, TrainArgs& a) {
   c->add_option("--epochs", a.opts.epochs, "Epochs (0 writes a freshly initialised model)")->capture_default_str();
   c->add_option("--batch-size", a.opts.batch_size, "Batch size")->capture_default_str();
   c->add_option("--lr", a.opts.lr, "Peak learning rate")->capture_default_str();
+  c->add_option("--optimizer", a.opts.optimizer, "sgd (Nesterov momentum) | adam")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"sgd", "adam"}));
   c->add_option("--momentum", a.opts.momentum, "SGD momentum (Nesterov)")->capture_default_str();
   c->add_option("--weight-decay", a.opts.weight_decay, "Weight decay")->capture_default_str();
   c->add_option("--schedule", a.opts.schedule, "onecycle | cosine | constant")->capture_default_str();
@@ -222,6 +225,7 @@ TrainOptions recorded_options(const Json& j, const std::string& path) {
     o.batch_size = j.at("batch_size").get<int64_t>();
     o.lr = j.at("lr").get<double>();
     o.momentum = j.at("momentum").get<double>();
+    o.optimizer = j.value("optimizer", "sgd");  // records before Adam existed are SGD
     o.weight_decay = j.at("weight_decay").get<double>();
     o.schedule = j.at("schedule").get<std::string>();
     o.seed = j.at("seed").get<uint64_t>();
@@ -265,7 +269,7 @@ LoadedModel train_model(const TrainArgs& a, const Common& common, Json& summary_
     summary = {{"epochs", opts.epochs}, {"batch_size", opts.batch_size}, {"lr", opts.lr},
                {"schedule", opts.schedule}, {"seed", opts.seed}, {"augment", opts.augment},
                {"flip", opts.flip}, {"weight_decay", opts.weight_decay}, {"momentum", opts.momentum},
-               {"train_subset", train_subset}};
+               {"optimizer", opts.optimizer}, {"train_subset", train_subset}};
   }
   if (opts.epochs > opts.start_epoch) {
     Dataset train_data = load_dataset(model.meta.dataset, common.data_dir, Split::kTrain);

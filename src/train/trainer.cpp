@@ -108,16 +108,24 @@ TrainSummary train(Network& net, const Dataset& data, const Preprocess& pp, cons
     if (o.epochs > 0) throw UsageError("no parameter is trainable");
     return TrainSummary{};
   }
+  if (o.optimizer != "sgd" && o.optimizer != "adam")
+    throw UsageError("optimizer '" + o.optimizer + "': expected sgd or adam");
+  const bool adam = o.optimizer == "adam";
+  auto options_for = [&](double decay_rate) -> std::unique_ptr<torch::optim::OptimizerOptions> {
+    if (adam) return std::make_unique<torch::optim::AdamOptions>(torch::optim::AdamOptions(o.lr).weight_decay(decay_rate));
+    return std::make_unique<torch::optim::SGDOptions>(
+        torch::optim::SGDOptions(o.lr).momentum(o.momentum).nesterov(o.momentum > 0).weight_decay(decay_rate));
+  };
   std::vector<torch::optim::OptimizerParamGroup> groups;
-  if (!decay.empty()) {
-    groups.emplace_back(decay, std::make_unique<torch::optim::SGDOptions>(
-                                   torch::optim::SGDOptions(o.lr).momentum(o.momentum).nesterov(o.momentum > 0).weight_decay(o.weight_decay)));
+  if (!decay.empty()) groups.emplace_back(decay, options_for(o.weight_decay));
+  if (!no_decay.empty()) groups.emplace_back(no_decay, options_for(0.0));
+  std::unique_ptr<torch::optim::Optimizer> optimizer_owner;
+  if (adam) {
+    optimizer_owner = std::make_unique<torch::optim::Adam>(groups, torch::optim::AdamOptions(o.lr));
+  } else {
+    optimizer_owner = std::make_unique<torch::optim::SGD>(groups, torch::optim::SGDOptions(o.lr));
   }
-  if (!no_decay.empty()) {
-    groups.emplace_back(no_decay, std::make_unique<torch::optim::SGDOptions>(
-                                      torch::optim::SGDOptions(o.lr).momentum(o.momentum).nesterov(o.momentum > 0).weight_decay(0)));
-  }
-  torch::optim::SGD optimizer(groups, torch::optim::SGDOptions(o.lr));
+  torch::optim::Optimizer& optimizer = *optimizer_owner;
   // A fresh run seeds the global generator; a resumed one goes on with the generator state that
   // hooks.restore brought back (see rng_state), so it sees the batches an uninterrupted run would.
   if (o.start_epoch == 0) torch::manual_seed(o.seed);
@@ -155,7 +163,7 @@ TrainSummary train(Network& net, const Dataset& data, const Preprocess& pp, cons
                    .contiguous(torch::MemoryFormat::ChannelsLast);
       auto y = data.labels.index_select(0, idx);
       const double lr = scheduled_lr(o.schedule, o.lr, global_step, total);
-      for (auto& g : optimizer.param_groups()) static_cast<torch::optim::SGDOptions&>(g.options()).lr(lr);
+      for (auto& g : optimizer.param_groups()) g.options().set_lr(lr);
       optimizer.zero_grad();
       auto logits = net.forward(x);
       auto loss = torch::nn::functional::cross_entropy(logits, y);

@@ -1,5 +1,6 @@
-// Supervised training: SGD with (Nesterov) momentum and weight decay, a one-cycle or cosine
-// learning-rate schedule, random-crop augmentation.
+// Supervised training: SGD with (Nesterov) momentum and weight decay, or Adam (the optimizer of
+// the paper's section 5.1 study), a one-cycle or cosine learning-rate schedule, random-crop
+// augmentation.
 #pragma once
 
 #include <functional>
@@ -15,8 +16,9 @@ struct TrainOptions {
   int epochs = 2;
   int64_t batch_size = 128;
   double lr = 0.1;  // peak learning rate
-  double momentum = 0.9;
-  double weight_decay = 5e-4;
+  double momentum = 0.9;  // SGD only
+  double weight_decay = 5e-4;  // SGD: added to the gradient; Adam: L2, as torch.optim.Adam
+  std::string optimizer = "sgd";  // sgd | adam (betas 0.9, 0.999)
   std::string schedule = "onecycle";  // onecycle | cosine | constant
   bool augment = true;
   bool flip = false;  // horizontal flips (CIFAR); off for Fashion-MNIST
