@@ -23,6 +23,7 @@ WIDTHS=${WIDTHS:-"256 512 1024 2048"}
 EPOCHS=${EPOCHS:-1}
 TRAIN_SUBSET=${TRAIN_SUBSET:-30000}
 LR=${LR:-0.02}
+OPTIMIZER=${OPTIMIZER:-sgd}  # the paper: adam with LR=0.001
 RATIOS=${RATIOS:-0,0.00002,0.0001,0.0003,0.001,0.003,0.01,0.03}
 HEAT_RATIOS=${HEAT_RATIOS:-"0.0003 0.01"}
 THREADS=${THREADS:-0}
@@ -38,7 +39,7 @@ for w in $WIDTHS; do
       echo "== train $name"
       t0=$(date +%s.%N)
       "$BIN" train --arch fcn --depth "$d" --width "$w" --set norm=0 --epochs "$EPOCHS" \
-        --lr "$LR" --train-subset "$TRAIN_SUBSET" --no-augment --no-eval --threads "$THREADS" \
+        --optimizer "$OPTIMIZER" --lr "$LR" --train-subset "$TRAIN_SUBSET" --no-augment --no-eval --threads "$THREADS" \
         --out "$OUT/models/$name.part.ckpt" > "$OUT/models/$name.train.log" 2>&1
       echo "$t0 $(date +%s.%N)" | awk '{ printf "%.1f\n", $2 - $1 }' > "$OUT/models/$name.seconds"
       mv "$OUT/models/$name.part.ckpt" "$ckpt"
@@ -84,7 +85,7 @@ for r in $HEAT_RATIOS; do
          END { s = ""; for (i = 0; i < n; ++i) s = s (i ? ", " : "") "\"" names[i] "\" " i;
                print s > "/dev/stderr" }' > "$base.dat" 2> "$base.ytics"
   cat > "$base.gp" <<GP
-set title "fcn on Fashion-MNIST: top-1 drop (points) after l1 extraction of a global ratio of $r of the weights"
+set title "fcn ($OPTIMIZER, $EPOCHS epoch(s), $TRAIN_SUBSET images): top-1 drop (points), l1, global ratio $r of the weights"
 set xlabel "hidden layers (depth)"
 set ylabel "neurons per hidden layer (width)"
 set cblabel "accuracy drop (percentage points)"
