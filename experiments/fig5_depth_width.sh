@@ -25,7 +25,7 @@ TRAIN_SUBSET=${TRAIN_SUBSET:-30000}
 LR=${LR:-0.02}
 OPTIMIZER=${OPTIMIZER:-sgd}  # the paper: adam with LR=0.001
 RATIOS=${RATIOS:-0,0.00002,0.0001,0.0003,0.001,0.003,0.01,0.03}
-HEAT_RATIOS=${HEAT_RATIOS:-"0.0003 0.01"}
+HEAT_RATIOS=${HEAT_RATIOS:-"0.0003 0.01 0.03"}
 THREADS=${THREADS:-0}
 
 [ -x "$BIN" ] || { echo "no corelocker binary at $BIN (build first, or set CORELOCKER)" >&2; exit 1; }
