@@ -56,7 +56,7 @@ TEST_F(CliAnalyze, KeyAndInMemoryLockGiveTheSameReport) {
 }
 
 TEST_F(CliAnalyze, UsageErrors) {
-  // Neither a key nor a criterion.
+  // Neither a key nor a ratio.
   EXPECT_EQ(run("analyze --model " + dir_.file("m.ckpt")).code, 2);
   // A criterion without a ratio.
   EXPECT_EQ(run("analyze --model " + dir_.file("m.ckpt") + " --criterion l1").code, 2);

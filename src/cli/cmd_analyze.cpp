@@ -127,11 +127,12 @@ void print_report(const DisparityReport& r) {
 void add_analyze(CLI::App& app) {
   auto* c = app.add_subcommand(
       "analyze", "Measure the paper's disparity bounds (Theorems 1-4) layer by layer");
-  static std::string model_path, criterion, scope, json_out;
+  static std::string model_path, json_out;
   static std::vector<std::string> key_paths;
+  static UnitArgs units;
   static double ratio = -1.0;
-  static uint64_t seed = 0, sample_seed = 0;
-  static bool unscaled = false, include_io = false;
+  static uint64_t sample_seed = 0;
+  static bool unscaled = false;
   static DisparityOptions opts;
   static Common common;
   static KeyAccess access;
@@ -139,12 +140,9 @@ void add_analyze(CLI::App& app) {
                 "Locked model (with --key) or unlocked model (with --criterion and --ratio)")
       ->required();
   auto* k = c->add_option("--key", key_paths, "Key(s) that unlock --model, tier 1 first");
-  auto* cr = c->add_option("--criterion", criterion, "Lock in memory with this criterion: l1 | bn | random");
-  c->add_option("--ratio", ratio, "Extraction ratio of the in-memory lock")->check(CLI::Range(0.0, 1.0));
-  c->add_option("--scope", scope, "layer | global (default: layer for l1/random, global for bn)");
-  c->add_option("--seed", seed, "Seed for --criterion random")->capture_default_str();
-  c->add_flag("--include-io", include_io, "Also extract from the first and last layer");
-  k->excludes(cr);
+  c->add_option("--ratio", ratio, "Extraction ratio of the in-memory lock (instead of --key)")
+      ->check(CLI::Range(0.0, 1.0));
+  k->excludes(add_unit_args(c, units, /*random_allowed=*/true));
   c->add_option("--samples", opts.samples, "Test images to measure on")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
@@ -166,24 +164,20 @@ void add_analyze(CLI::App& app) {
       if (ratio >= 0.0) throw UsageError("--ratio goes with --criterion, not with --key");
       locked = load_model(model_path);
       if (!locked.meta.lock)
-        throw UsageError("model '" + model_path + "' is not locked; give --criterion and --ratio");
+        throw UsageError("model '" + model_path + "' is not locked; give --ratio [--criterion] instead");
       original = load_unlocked(model_path, read_keys(key_paths, access));
     } else {
-      if (criterion.empty() || ratio < 0.0)
-        throw UsageError("give --key (a locked model) or --criterion and --ratio (an unlocked one)");
+      if (ratio < 0.0)
+        throw UsageError("give --key (a locked model) or --ratio [--criterion] (an unlocked one)");
       original = load_model(model_path);
       if (original.meta.lock)
         throw UsageError("model '" + model_path + "' is locked; give its --key instead");
       locked = load_model(model_path);
-      LockOptions lo;
-      lo.criterion = parse_criterion(criterion);
-      lo.scope = scope.empty() ? default_scope(lo.criterion) : parse_scope(scope);
+      LockOptions lo = lock_options(units);
       lo.ratio = ratio;
-      lo.seed = seed;
-      lo.include_io = include_io;
       const LockOutcome out = lock_model(locked, lo);
       std::printf("locked in memory: %s, %s scope, ratio %s: %lld units, %lld values\n",
-                  criterion.c_str(), to_string(lo.scope), fixed(ratio, 6).c_str(),
+                  to_string(lo.criterion), to_string(lo.scope), fixed(ratio, 6).c_str(),
                   static_cast<long long>(out.stats.units), static_cast<long long>(out.stats.values));
     }
     Dataset data = subset(test_set(original.meta, common), opts.samples, sample_seed);
@@ -194,9 +188,10 @@ void add_analyze(CLI::App& app) {
       j["model"] = model_path;
       j["keys"] = key_paths;
       if (key_paths.empty()) {
-        j["criterion"] = criterion;
+        const LockOptions lo = lock_options(units);
+        j["criterion"] = to_string(lo.criterion);
+        j["scope"] = to_string(lo.scope);
         j["ratio"] = ratio;
-        j["scope"] = scope.empty() ? to_string(default_scope(parse_criterion(criterion))) : scope;
       }
       j["scaled_inputs"] = !unscaled;
       write_file_atomic(json_out, j.dump(2) + "\n");

@@ -45,37 +45,6 @@ class StopOnSigint {
   void (*previous_)(int) = SIG_DFL;
 };
 
-// Options that say which units compete: the same meaning as in `lock`.
-struct UnitArgs {
-  std::string criterion = "l1";
-  std::string scope;
-  std::string units = "l1";
-  uint64_t seed = 0;
-  bool include_io = false;
-};
-
-void add_unit_args(CLI::App* c, UnitArgs& a, bool random_allowed) {
-  c->add_option("--criterion", a.criterion, random_allowed ? "l1 | bn | random" : "l1 | bn")
-      ->capture_default_str();
-  c->add_option("--scope", a.scope, "layer | global (default: layer for l1/random, global for bn)");
-  c->add_option("--seed", a.seed, "Seed for --criterion random")->capture_default_str();
-  c->add_option("--units", a.units, "Units drawn by --criterion random: l1 | bn")
-      ->capture_default_str();
-  c->add_flag("--include-io", a.include_io, "Also extract from the first and last layer");
-}
-
-LockOptions lock_options(const UnitArgs& a) {
-  LockOptions o;
-  o.criterion = parse_criterion(a.criterion);
-  o.scope = a.scope.empty() ? default_scope(o.criterion) : parse_scope(a.scope);
-  o.seed = a.seed;
-  o.include_io = a.include_io;
-  if (a.units != "l1" && a.units != "bn")
-    throw UsageError("units '" + a.units + "': expected l1 or bn");
-  o.random_bn_units = a.units == "bn";
-  return o;
-}
-
 std::string ratio_text(double r) { return fixed(r, 6); }
 
 std::string probe_line(int n, const Probe& p) {

@@ -55,6 +55,27 @@ void add_input_args(CLI::App* c, InputArgs& a) {
       ->check(CLI::Range(0, 64));
 }
 
+CLI::Option* add_unit_args(CLI::App* c, UnitArgs& a, bool random_allowed) {
+  auto* criterion = c->add_option("--criterion", a.criterion, random_allowed ? "l1 | bn | random" : "l1 | bn")
+                        ->capture_default_str();
+  c->add_option("--scope", a.scope, "layer | global (default: layer for l1/random, global for bn)");
+  c->add_option("--seed", a.seed, "Seed for --criterion random")->capture_default_str();
+  c->add_option("--units", a.units, "Units drawn by --criterion random: l1 | bn")->capture_default_str();
+  c->add_flag("--include-io", a.include_io, "Also extract from the first and last layer");
+  return criterion;
+}
+
+LockOptions lock_options(const UnitArgs& a) {
+  LockOptions o;
+  o.criterion = parse_criterion(a.criterion);
+  o.scope = a.scope.empty() ? default_scope(o.criterion) : parse_scope(a.scope);
+  o.seed = a.seed;
+  o.include_io = a.include_io;
+  if (a.units != "l1" && a.units != "bn") throw UsageError("units '" + a.units + "': expected l1 or bn");
+  o.random_bn_units = a.units == "bn";
+  return o;
+}
+
 bool input_args_given(const InputArgs& a) {
   return !a.dataset.empty() || !a.mean.empty() || !a.std.empty() || a.pad >= 0 || a.resize >= 0 ||
          a.channels >= 0;

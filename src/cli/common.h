@@ -86,6 +86,19 @@ KeyCredentials credentials(const KeyAccess& k);
 // Reads keys with the same credentials.
 std::vector<KeyFile> read_keys(const std::vector<std::string>& paths, const KeyAccess& k);
 
+// Options that say which units compete, with the same meaning as in `lock`: --criterion,
+// --scope, --seed, --units, --include-io. add_unit_args returns the --criterion option.
+struct UnitArgs {
+  std::string criterion = "l1";
+  std::string scope;
+  std::string units = "l1";
+  uint64_t seed = 0;
+  bool include_io = false;
+};
+CLI::Option* add_unit_args(CLI::App* c, UnitArgs& a, bool random_allowed);
+// The options as LockOptions (ratio unset). Throws UsageError.
+LockOptions lock_options(const UnitArgs& a);
+
 // The validation split: a seeded subset of the TRAINING split, never the test split.
 struct ValArgs {
   int64_t size = 5000;
