@@ -63,31 +63,24 @@ step_tables5_6() {
   done
 }
 
-step_table2() {
+# One attack on the l1 and bn locks of every network: attack_step TABLE KIND [attack options].
+attack_step() {
+  local table=$1 kind=$2
+  shift 2
   for arch in $ARCHS; do
     for crit in l1 bn; do
-      local l r="$OUT/$arch-e$EPOCHS-$crit-$RATIO-finetune.json"
+      local l r="$OUT/$arch-e$EPOCHS-$crit-$RATIO-$kind.json"
       [ -f "$r" ] && continue
       l=$(locked "$arch" "$crit") || continue
-      echo "== table2 $arch $crit $(date -u +%FT%TZ)"
-      "$BIN" attack finetune --model "$l" --original "$(model "$arch")" --data-fraction 0.05,0.1 \
-        --trials 3 --report "$r" "${common[@]}" > "${r%.json}.log" 2>&1 || tail -1 "${r%.json}.log"
+      echo "== $table $arch $crit $(date -u +%FT%TZ)"
+      "$BIN" attack "$kind" --model "$l" --original "$(model "$arch")" "$@" --report "$r" \
+        "${common[@]}" > "${r%.json}.log" 2>&1 || tail -1 "${r%.json}.log"
     done
   done
 }
 
-step_table3() {
-  for arch in $ARCHS; do
-    for crit in l1 bn; do
-      local l r="$OUT/$arch-e$EPOCHS-$crit-$RATIO-prune.json"
-      [ -f "$r" ] && continue
-      l=$(locked "$arch" "$crit") || continue
-      echo "== table3 $arch $crit $(date -u +%FT%TZ)"
-      "$BIN" attack prune --model "$l" --original "$(model "$arch")" --ratio 0.2,0.4 --trials 1 \
-        --report "$r" "${common[@]}" > "${r%.json}.log" 2>&1 || tail -1 "${r%.json}.log"
-    done
-  done
-}
+step_table2() { attack_step table2 finetune --data-fraction 0.05,0.1 --trials 3; }
+step_table3() { attack_step table3 prune --ratio 0.2,0.4 --trials 1; }
 
 step_table7_8() {
   for arch in vit cnnlstm; do
