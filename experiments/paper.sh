@@ -11,7 +11,10 @@
 #   experiments/paper.sh all
 #
 # Environment: CORELOCKER (binary), OUT (runs/table1), EPOCHS (1), THREADS (0: all cores),
-# TEST_SUBSET (0: the full test split; the curves of fig6-7 cost 84 evaluations per network).
+# TEST_SUBSET (0: the full test split), CURVE_STEPS (12 ratios) and CURVE_SEEDS (5 random draws)
+# of fig6-7 (steps x (2 + seeds) evaluations per network), VAL_SIZE (5000 validation images for
+# the bands), TRIALS (3, of table2), ARCHS (vgg19 preresnet densenet), BANDS_ARCHS (preresnet
+# densenet).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,6 +25,10 @@ THREADS=${THREADS:-0}
 TEST_SUBSET=${TEST_SUBSET:-0}
 ARCHS=${ARCHS:-"vgg19 preresnet densenet"}
 RATIO=0.05
+CURVE_STEPS=${CURVE_STEPS:-12}
+CURVE_SEEDS=${CURVE_SEEDS:-5}
+VAL_SIZE=${VAL_SIZE:-5000}
+TRIALS=${TRIALS:-3}
 
 [ -x "$BIN" ] || { echo "no corelocker binary at $BIN (build first, or set CORELOCKER)" >&2; exit 1; }
 common=(--threads "$THREADS" --test-subset "$TEST_SUBSET")
@@ -47,8 +54,8 @@ step_fig6_7() {
     m=$(model "$arch") || continue
     [ -f "$d/sweep.json" ] && continue
     echo "== fig6-7 $arch $(date -u +%FT%TZ)"
-    "$BIN" sweep --model "$m" --from 0.0001 --to 0.05 --steps 12 --log --criteria l1,bn,random \
-      --seeds 5 --out-dir "$d" "${common[@]}" > "$d.log" 2>&1 || { tail -1 "$d.log"; continue; }
+    "$BIN" sweep --model "$m" --from 0.0001 --to 0.05 --steps "$CURVE_STEPS" --log \
+      --criteria l1,bn,random --seeds "$CURVE_SEEDS" --out-dir "$d" "${common[@]}" > "$d.log" 2>&1 || { tail -1 "$d.log"; continue; }
   done
 }
 
@@ -58,7 +65,7 @@ step_tables5_6() {
     m=$(model "$arch") || continue
     [ -f "$j" ] && continue
     echo "== tables5-6 $arch $(date -u +%FT%TZ)"
-    "$BIN" bands --model "$m" --width 5 --json "$j" "${common[@]}" > "$OUT/$arch-e$EPOCHS-bands.log" 2>&1 ||
+    "$BIN" bands --model "$m" --width 5 --val-size "$VAL_SIZE" --json "$j" "${common[@]}" > "$OUT/$arch-e$EPOCHS-bands.log" 2>&1 ||
       tail -1 "$OUT/$arch-e$EPOCHS-bands.log"
   done
 }
@@ -79,7 +86,7 @@ attack_step() {
   done
 }
 
-step_table2() { attack_step table2 finetune --data-fraction 0.05,0.1 --trials 3; }
+step_table2() { attack_step table2 finetune --data-fraction 0.05,0.1 --trials "$TRIALS"; }
 step_table3() { attack_step table3 prune --ratio 0.2,0.4 --trials 1; }
 
 step_table7_8() {
@@ -103,12 +110,13 @@ step_table7_8() {
   local j="$OUT/vit-e$EPOCHS-bands.json"
   if [ ! -f "$j" ]; then
     echo "== table8 vit bands $(date -u +%FT%TZ)"
-    "$BIN" bands --model "$OUT/vit-e$EPOCHS.ckpt" --width 5 --json "$j" "${common[@]}" \
+    "$BIN" bands --model "$OUT/vit-e$EPOCHS.ckpt" --width 5 --val-size "$VAL_SIZE" --json "$j" \
+      "${common[@]}" \
       > "$OUT/vit-e$EPOCHS-bands.log" 2>&1 || tail -1 "$OUT/vit-e$EPOCHS-bands.log"
   fi
 }
 
-[ $# -gt 0 ] || { sed -n '2,16p' "$0"; exit 2; }
+[ $# -gt 0 ] || { sed -n '2,19p' "$0"; exit 2; }
 mkdir -p "$OUT"
 for s in "$@"; do
   case "$s" in
