@@ -55,7 +55,8 @@ step_fig6_7() {
     [ -f "$d/sweep.json" ] && continue
     echo "== fig6-7 $arch $(date -u +%FT%TZ)"
     "$BIN" sweep --model "$m" --from 0.0001 --to 0.05 --steps "$CURVE_STEPS" --log \
-      --criteria l1,bn,random --seeds "$CURVE_SEEDS" --out-dir "$d" "${common[@]}" > "$d.log" 2>&1 || { tail -1 "$d.log"; continue; }
+      --criteria l1,bn,random --seeds "$CURVE_SEEDS" --out-dir "$d" "${common[@]}" > "$d.log" 2>&1 ||
+      { tail -1 "$d.log"; continue; }
   done
 }
 
@@ -65,7 +66,8 @@ step_tables5_6() {
     m=$(model "$arch") || continue
     [ -f "$j" ] && continue
     echo "== tables5-6 $arch $(date -u +%FT%TZ)"
-    "$BIN" bands --model "$m" --width 5 --val-size "$VAL_SIZE" --json "$j" "${common[@]}" > "$OUT/$arch-e$EPOCHS-bands.log" 2>&1 ||
+    "$BIN" bands --model "$m" --width 5 --val-size "$VAL_SIZE" --json "$j" "${common[@]}" \
+      > "$OUT/$arch-e$EPOCHS-bands.log" 2>&1 ||
       tail -1 "$OUT/$arch-e$EPOCHS-bands.log"
   done
 }

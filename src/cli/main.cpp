@@ -15,10 +15,10 @@ namespace {
 
 // LibTorch takes every tensor from malloc. glibc serves blocks above its mmap threshold (at most
 // 32 MiB) with a fresh mmap and unmaps them on free, so a network whose activations are larger
-// faults every page of them in again on every batch: evaluating preresnet-164 spent 13.3 of
-// 20.9 s in the kernel (6.6 M page faults for 500 images). Serving every block from the heap
-// and keeping freed memory for the next batch removes that (7.0 s, 0.2 M faults; peak resident
-// memory 0.77 -> 0.95 GB). CORELOCKER_MALLOC=system keeps glibc's defaults (for comparison).
+// faults every page of them in again on every batch: evaluating preresnet-164 spent 12.8 of
+// 20.3 s in the kernel (6.6 M page faults for 500 images). Serving every block from the heap
+// and keeping freed memory for the next batch removes that (6.9 s, 0.2 M faults; peak resident
+// memory 751 -> 827 MiB; docs/benchmarks.md). CORELOCKER_MALLOC=system keeps glibc's defaults.
 void tune_allocator() {
   const char* mode = std::getenv("CORELOCKER_MALLOC");
   if (mode != nullptr && std::strcmp(mode, "system") == 0) return;
