@@ -6,7 +6,9 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <map>
 #include <random>
+#include <tuple>
 
 #include "formats/safetensors.h"
 #include "formats/safetensors_lock.h"
@@ -305,6 +307,118 @@ TEST_F(StLock, F64AndNaNWeightsLockAndRestoreByteExact) {
   EXPECT_EQ(r.key.entries[0].units, (std::vector<uint64_t>{0, 8, 10}));
   unlock_safetensors(dir_.file("locked.safetensors"), dir_.file("restored.safetensors"), read_key_file(dir_.file("key.clk")));
   EXPECT_EQ(read_file(dir_.file("restored.safetensors")), read_file(dir_.file("m.safetensors")));
+}
+
+TEST_F(StLock, F32NaNAndInfinityRankAsInF64) {
+  // F32 linear weights take a bit-level fast path; it must rank exactly as the general one.
+  std::vector<float> v(6 * 5);
+  for (size_t i = 0; i < v.size(); ++i) v[i] = static_cast<float>(i % 11) - 5.0f;
+  v[7] = std::nanf("");
+  v[8] = -std::numeric_limits<float>::infinity();
+  v[9] = -0.0f;
+  std::vector<uint8_t> d(v.size() * 4);
+  std::memcpy(d.data(), v.data(), d.size());
+  Model m;
+  m.specs = {{"in.weight", "F32", {5, 6}}, {"mid.weight", "F32", {6, 5}}, {"out.weight", "F32", {5, 6}}};
+  m.data = {d, d, d};
+  write_model(dir_.file("m.safetensors"), m, {});
+  StLockOptions o;
+  o.ratio = 0.1;
+  const StLockOutcome r = lock(o);
+  ASSERT_EQ(r.key.entries.size(), 1u);
+  EXPECT_EQ(r.key.entries[0].units, (std::vector<uint64_t>{0, 8, 10}));
+  unlock_safetensors(dir_.file("locked.safetensors"), dir_.file("restored.safetensors"), read_key_file(dir_.file("key.clk")));
+  EXPECT_EQ(read_file(dir_.file("restored.safetensors")), read_file(dir_.file("m.safetensors")));
+}
+
+// Layers large enough that the streaming selection compacts many times, with scores that tie
+// everywhere: the units must be those of a full stable sort, in both scopes, and the lock must
+// not depend on the number of threads.
+TEST_F(StLock, LargeLayersWithTiesSelectAsAFullSortOnOneOrTwoThreads) {
+  std::mt19937 rng(3);
+  // 17 levels (kernel sums tie often) or 8193 (keys differ in their low bits, ~15 weights a level)
+  auto f32 = [&](size_t n, int levels = 8) {
+    std::uniform_int_distribution<int> level(-levels, levels);
+    std::vector<uint8_t> b(n * 4);
+    for (size_t i = 0; i < n; ++i) {
+      const float x = static_cast<float>(level(rng)) / static_cast<float>(levels);
+      std::memcpy(&b[i * 4], &x, 4);
+    }
+    return b;
+  };
+  Model m;
+  m.specs = {{"stem.weight", "F32", {8, 1, 3, 3}},
+             {"conv.weight", "F32", {96, 64, 3, 3}},
+             {"big.weight", "F32", {250, 240}},
+             {"head.weight", "F32", {10, 250}}};
+  m.data = {f32(72), f32(96 * 64 * 9), f32(250 * 240, 4096), f32(2500)};
+  write_model(dir_.file("m.safetensors"), m, {{"format", "pt"}});
+  const StFile orig(dir_.file("m.safetensors"));
+  auto tensor = [&](const std::string& name) -> const StTensor& {
+    return *std::find_if(orig.header.tensors.begin(), orig.header.tensors.end(),
+                         [&](const StTensor& x) { return x.name == name; });
+  };
+  // (tensor, unit) of the k best units of some layers (in file order) by a full stable sort
+  auto expected = [&](const std::vector<std::string>& names, uint64_t unit_size) {
+    std::vector<std::tuple<float, std::string, uint64_t>> s;
+    for (const auto& name : names) {
+      const StTensor& t = tensor(name);
+      for (uint64_t u = 0; u < t.numel() / unit_size; ++u) {
+        float sum = 0.0f;
+        for (uint64_t e = 0; e < unit_size; ++e) sum += abs_value("F32", orig.tensor_data(t), u * unit_size + e);
+        s.emplace_back(sum, name, u);
+      }
+    }
+    const uint64_t k = static_cast<uint64_t>(std::llround(0.05 * static_cast<double>(s.size())));
+    std::stable_sort(s.begin(), s.end(), [](const auto& a, const auto& b) { return std::get<0>(a) > std::get<0>(b); });
+    std::map<std::string, std::vector<uint64_t>> out;
+    for (uint64_t i = 0; i < k; ++i) out[std::get<1>(s[i])].push_back(std::get<2>(s[i]));
+    for (auto& [name, units] : out) std::sort(units.begin(), units.end());
+    return out;
+  };
+  auto taken = [](const StLockOutcome& r) {
+    std::map<std::string, std::vector<uint64_t>> out;
+    for (const auto& e : r.key.entries) out[e.tensor] = e.units;
+    return out;
+  };
+  for (const Scope scope : {Scope::kLayer, Scope::kGlobal}) {
+    SCOPED_TRACE(to_string(scope));
+    StLockOptions o;
+    o.scope = scope;
+    o.include_io = true;  // global scope then ranks across two layers of each kind
+    o.threads = 1;
+    const StLockOutcome one = lock(o, "one.safetensors");
+    const KeyFile one_key = read_key_file(dir_.file("key.clk"));
+    o.threads = 2;
+    const StLockOutcome two = lock(o, "two.safetensors");
+    const KeyFile two_key = read_key_file(dir_.file("key.clk"));
+
+    std::map<std::string, std::vector<uint64_t>> want;
+    if (scope == Scope::kLayer) {  // the stem's 8 kernels give 0 units at 0.05: no entry
+      for (const char* name : {"stem.weight", "conv.weight"}) {
+        for (auto& [n, units] : expected({name}, 9)) want[n] = units;
+      }
+      for (const char* name : {"big.weight", "head.weight"}) {
+        for (auto& [n, units] : expected({name}, 1)) want[n] = units;
+      }
+    } else {
+      want = expected({"stem.weight", "conv.weight"}, 9);
+      for (auto& [name, units] : expected({"big.weight", "head.weight"}, 1)) want[name] = units;
+    }
+    EXPECT_EQ(taken(one), want);
+    EXPECT_EQ(taken(two), want);
+    ASSERT_EQ(one.key.entries.size(), two.key.entries.size());
+    for (size_t i = 0; i < one.key.entries.size(); ++i) EXPECT_EQ(one.key.entries[i].values, two.key.entries[i].values);
+    EXPECT_EQ(one.key.header.locked_fingerprint, two.key.header.locked_fingerprint);
+    EXPECT_EQ(one.key.header.original_fingerprint, st_fingerprint(orig, 1));
+    EXPECT_EQ(one.key.header.original_fingerprint, st_fingerprint(orig, 2));
+    EXPECT_EQ(unlock_safetensors(dir_.file("one.safetensors"), dir_.file("r1.safetensors"), one_key, 2).fingerprint,
+              one.key.header.original_fingerprint);
+    EXPECT_EQ(unlock_safetensors(dir_.file("two.safetensors"), dir_.file("r2.safetensors"), two_key, 1).fingerprint,
+              one.key.header.original_fingerprint);
+    EXPECT_EQ(read_file(dir_.file("r1.safetensors")), read_file(dir_.file("m.safetensors")));
+    EXPECT_EQ(read_file(dir_.file("r2.safetensors")), read_file(dir_.file("m.safetensors")));
+  }
 }
 
 TEST_F(StLock, FailingKeyWriteLeavesNoLockedFile) {

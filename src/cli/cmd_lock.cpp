@@ -211,12 +211,14 @@ void add_unlock(CLI::App& app) {
   static std::string model_path, out;
   static std::vector<std::string> key_paths;
   static KeyAccess access;
+  static unsigned threads = 0;
   c->add_option("--model", model_path, "Locked model")->required();
   c->add_option("--key", key_paths, "Access key; repeat for tier keys, in order (tier 1 first)")->required();
   c->add_option("--out", out, "Model to write (the original once every tier key is applied)")->required();
   add_key_access(c, access, /*writing=*/false);
+  c->add_option("--threads", threads, "Threads for hashing and writing a safetensors file (default: all cores)");
   handlers()[c] = [] {
-    if (is_safetensors_file(model_path)) return unlock_safetensors_command(model_path, key_paths, out, access);
+    if (is_safetensors_file(model_path)) return unlock_safetensors_command(model_path, key_paths, out, access, threads);
     if (is_onnx_file(model_path)) return unlock_onnx(model_path, key_paths, out, access);
     LoadedModel model = load_model(model_path);
     const std::vector<KeyFile> keys = read_keys(key_paths, access);

@@ -51,6 +51,7 @@ int lock_safetensors_command(const CLI::App& c, const std::string& model, const 
   const std::string scope = option_text(c, "--scope", "layer");
   o.scope = parse_scope(scope);
   o.include_io = c.get_option("--include-io")->count() > 0;
+  o.threads = static_cast<unsigned>(std::stoul(option_text(c, "--threads", "0")));
   const KeyCredentials creds = credentials(access);
   uint64_t key_bytes = 0;
   bool key_written = false;
@@ -82,13 +83,13 @@ int lock_safetensors_command(const CLI::App& c, const std::string& model, const 
 }
 
 int unlock_safetensors_command(const std::string& model, const std::vector<std::string>& keys, const std::string& out,
-                               const KeyAccess& access) {
+                               const KeyAccess& access, unsigned threads) {
   if (keys.size() != 1) {
     throw UsageError("safetensors files are locked with one key; " + std::to_string(keys.size()) + " given");
   }
   if (out == model) throw UsageError("--out names the input file '" + model + "'; write the restored file elsewhere");
   const std::vector<KeyFile> key = read_keys(keys, access);
-  const StUnlockOutcome r = unlock_safetensors(model, out, key.front());
+  const StUnlockOutcome r = unlock_safetensors(model, out, key.front(), threads);
   std::printf("restored %s -> %s\n  fingerprint %s (matches the original recorded in the key)\n", model.c_str(),
               out.c_str(), to_hex(r.fingerprint).c_str());
   return 0;

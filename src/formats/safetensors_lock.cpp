@@ -1,12 +1,17 @@
 #include "formats/safetensors_lock.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cinttypes>
 #include <cmath>
 #include <cstdio>
+#include <condition_variable>
 #include <cstring>
+#include <deque>
 #include <limits>
 #include <map>
+#include <mutex>
+#include <thread>
 #include <nlohmann/json.hpp>
 
 #include "util/checked.h"
@@ -15,8 +20,108 @@
 namespace corelocker {
 namespace {
 
-constexpr uint64_t kChunk = uint64_t{1} << 20;     // bytes scored / copied at a time (stays in cache)
-constexpr uint64_t kRelease = uint64_t{64} << 20;  // bytes read between giving pages back
+constexpr uint64_t kRelease = uint64_t{64} << 20;  // bytes hashed between giving pages back
+constexpr uint64_t kChunk = uint64_t{1} << 20;     // bytes copied and written at a time (stays in cache)
+constexpr uint64_t kWindow = uint64_t{8} << 20;    // bytes scored at a time while they are hashed
+constexpr size_t kRing = 8;                        // chunk buffers in flight between writer and hasher
+
+unsigned resolve_threads(unsigned threads) {
+  return threads > 0 ? threads : std::max(1u, std::thread::hardware_concurrency());
+}
+
+// Hashes byte ranges on a helper thread, in the order they are queued, so that a pass can score
+// or write while the bytes it has handed over are hashed. Without a thread it hashes at once.
+// A range must stay valid until its ticket is done (wait). The destructor waits for every queued
+// range, so ranges may live in buffers declared before the hasher.
+class BackgroundHasher {
+ public:
+  explicit BackgroundHasher(bool threaded) {
+    if (threaded) worker_ = std::thread([this] { run(); });
+  }
+  ~BackgroundHasher() {
+    if (!worker_.joinable()) return;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    worker_.join();
+  }
+  BackgroundHasher(const BackgroundHasher&) = delete;
+  BackgroundHasher& operator=(const BackgroundHasher&) = delete;
+
+  // Queues h.update(p, n); returns its ticket.
+  uint64_t update(Hasher& h, const uint8_t* p, uint64_t n) {
+    if (!worker_.joinable()) {
+      h.update(p, n);
+      return ++queued_;
+    }
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      jobs_.push_back({&h, p, n});
+      ++queued_;
+    }
+    cv_.notify_all();
+    return queued_;
+  }
+  // Blocks until the range of `ticket` (and every one before it) is hashed.
+  void wait(uint64_t ticket) {
+    if (!worker_.joinable()) return;
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [&] { return done_ >= ticket; });
+  }
+  void wait_all() { wait(queued_); }
+
+ private:
+  struct Job {
+    Hasher* h;
+    const uint8_t* p;
+    uint64_t n;
+  };
+  void run() {
+    std::unique_lock<std::mutex> lock(mu_);
+    for (;;) {
+      cv_.wait(lock, [&] { return stop_ || !jobs_.empty(); });
+      if (jobs_.empty()) return;  // stop_, and nothing left
+      const Job job = jobs_.front();
+      jobs_.pop_front();
+      lock.unlock();
+      job.h->update(job.p, job.n);  // libsodium's update does not throw
+      lock.lock();
+      ++done_;
+      cv_.notify_all();
+    }
+  }
+  std::thread worker_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Job> jobs_;
+  uint64_t queued_ = 0;  // written by the caller's thread only
+  uint64_t done_ = 0;
+  bool stop_ = false;
+};
+
+// Buffers for chunks that are written on this thread and hashed on the helper: a chunk's buffer
+// is taken again only once its hash is done.
+// Declare it before the hasher, whose destructor waits for the hashes that read the buffers.
+class ChunkRing {
+ public:
+  ChunkRing() : bufs_(kRing), tickets_(kRing, 0) {}
+  // A buffer of n bytes that no hash queued on `hasher` still reads.
+  uint8_t* take(BackgroundHasher& hasher, uint64_t n) {
+    next_ = (next_ + 1) % kRing;
+    hasher.wait(tickets_[next_]);
+    bufs_[next_].resize(n);
+    return bufs_[next_].data();
+  }
+  // Records the ticket of the hash that reads the buffer last taken.
+  void hand_over(uint64_t ticket) { tickets_[next_] = ticket; }
+
+ private:
+  std::vector<std::vector<uint8_t>> bufs_;
+  std::vector<uint64_t> tickets_;
+  size_t next_ = 0;
+};
 
 // ---------------------------------------------------------------- element conversion
 float f16_to_f32(uint16_t h) {
@@ -98,21 +203,24 @@ Digest combine(const StHeader& header, const std::map<std::string, Digest>& dige
 
 // ---------------------------------------------------------------- top-k selection
 // Keeps the k best (score, position) candidates of a stream: better = higher score, on equal
-// scores the earlier position in file order. Buffered: candidates gather up to 2k, then
-// nth_element keeps k and the k-th score becomes a threshold that rejects most of the rest.
-// Memory: 2k candidates, whatever the number of units streamed.
+// scores the earlier position in file order. Candidates must arrive in file order (layer, then
+// unit). Buffered: candidates gather up to 2k, then a radix select finds the k-th best score,
+// a stable filter keeps the k best (the earliest of those tied with it), and that score becomes
+// a threshold that rejects most of the rest. Memory: 2k candidates, whatever the number of units
+// streamed; time: linear in the candidates pushed (no comparison sort).
 struct Candidate {
-  float score;
+  uint32_t key;  // order_key(score)
   uint32_t layer;
   uint64_t index;
 };
-struct Better {
-  bool operator()(const Candidate& a, const Candidate& b) const {
-    if (a.score != b.score) return a.score > b.score;
-    if (a.layer != b.layer) return a.layer < b.layer;
-    return a.index < b.index;
-  }
-};
+
+// Maps a float to an unsigned key with the same order (for the scores here: +0 <= s <= +inf, and
+// -inf for NaN sums; -0.0 sorts just below +0.0).
+uint32_t order_key(float s) {
+  uint32_t bits;
+  std::memcpy(&bits, &s, 4);
+  return (bits & 0x80000000u) != 0 ? ~bits : bits | 0x80000000u;
+}
 
 class TopK {
  public:
@@ -123,13 +231,14 @@ class TopK {
     full_ = false;
     buf_.reserve(2 * k_ + 1024);
   }
-  void push(float score, uint32_t layer, uint64_t index) {
+  void push(float score, uint32_t layer, uint64_t index) { push_key(order_key(score), layer, index); }
+  void push_key(uint32_t key, uint32_t layer, uint64_t index) {
     // Candidates arrive in file order, so an equal score loses against the threshold.
-    if (full_ && !(score > threshold_)) return;
-    buf_.push_back({score, layer, index});
+    if (full_ && key <= threshold_) return;
+    buf_.push_back({key, layer, index});
     if (buf_.size() >= 2 * k_ + 1024) compact();
   }
-  // The k best, in no particular order; the selector is then empty.
+  // The k best, in file order; the selector is then empty.
   std::vector<Candidate> finish() {
     compact();
     std::vector<Candidate> out(buf_.begin(), buf_.end());
@@ -139,23 +248,51 @@ class TopK {
   uint64_t k() const { return k_; }
 
  private:
-  void compact() {
+  // The key of the k-th best candidate (1 <= k < buf_.size()) and how many keys are above it:
+  // two counting passes, over the high and then the low 16 bits.
+  std::pair<uint32_t, uint64_t> kth_key() {
+    uint64_t above = 0;
+    uint32_t prefix = 0;
+    for (int shift : {16, 0}) {
+      hist_.assign(1u << 16, 0);
+      for (const auto& c : buf_) {
+        if (shift == 0 && (c.key >> 16) != prefix) continue;
+        ++hist_[(c.key >> shift) & 0xffffu];
+      }
+      uint32_t bin = 0xffffu;
+      while (above + hist_[bin] < k_) above += hist_[bin--];  // k_ <= buf_.size(): stops at a bin
+      prefix = shift == 16 ? bin : (prefix << 16) | bin;
+    }
+    return {prefix, above};
+  }
+  __attribute__((noinline)) void compact() {
     if (buf_.size() <= k_) return;
     if (k_ == 0) {
       buf_.clear();
-      threshold_ = std::numeric_limits<float>::infinity();
+      threshold_ = std::numeric_limits<uint32_t>::max();
       full_ = true;
       return;
     }
-    std::nth_element(buf_.begin(), buf_.begin() + static_cast<std::ptrdiff_t>(k_ - 1), buf_.end(), Better());
-    buf_.resize(k_);
-    threshold_ = buf_[k_ - 1].score;  // the worst kept candidate
+    const auto [kth, above] = kth_key();
+    uint64_t ties = k_ - above;  // of the candidates with the k-th key, the earliest `ties` stay
+    size_t kept = 0;
+    for (const auto& c : buf_) {
+      if (c.key > kth) {
+        buf_[kept++] = c;
+      } else if (c.key == kth && ties > 0) {
+        buf_[kept++] = c;
+        --ties;
+      }
+    }
+    buf_.resize(kept);  // == k_
+    threshold_ = kth;
     full_ = true;
   }
   uint64_t k_ = 0;
   std::vector<Candidate> buf_;
+  std::vector<uint64_t> hist_;
   bool full_ = false;
-  float threshold_ = 0.0f;
+  uint32_t threshold_ = 0;
 };
 
 // Scores units [u0, u1) of a layer (unit_size elements each, loaded as float by `load`).
@@ -173,6 +310,16 @@ void score_units(const uint8_t* p, uint64_t u0, uint64_t u1, uint64_t unit_size,
 void score_chunk(DType d, const uint8_t* p, uint64_t u0, uint64_t u1, uint64_t unit_size, uint32_t layer, TopK& sel) {
   switch (d) {
     case DType::kF32:
+      if (unit_size == 1) {  // linear layers: the key of |w| straight from the bits
+        for (uint64_t u = u0; u < u1; ++u) {
+          uint32_t bits;
+          std::memcpy(&bits, p + 4 * u, 4);
+          bits &= 0x7fffffffu;
+          // order_key(|w|), or order_key(-inf) for NaN, as score_units gives
+          sel.push_key(bits > 0x7f800000u ? 0x007fffffu : bits | 0x80000000u, layer, u);
+        }
+        return;
+      }
       return score_units(p, u0, u1, unit_size, layer, sel, [](const uint8_t* b, uint64_t i) {
         float f;
         std::memcpy(&f, b + 4 * i, 4);
@@ -373,10 +520,22 @@ std::string original_header_text(const StHeader& h, const std::string& what) {
 
 }  // namespace
 
-Digest st_fingerprint(const StFile& file) {
-  std::map<std::string, Digest> digests;
-  for (const auto& t : file.header.tensors) digests[t.name] = tensor_digest(file, t);
-  return combine(file.header, digests);
+Digest st_fingerprint(const StFile& file, unsigned threads) {
+  // Each tensor is one hash stream; the threads take tensors in file order.
+  const auto& tensors = file.header.tensors;
+  std::vector<Digest> digests(tensors.size());
+  std::atomic<size_t> next{0};
+  auto work = [&] {
+    for (size_t i = next++; i < tensors.size(); i = next++) digests[i] = tensor_digest(file, tensors[i]);
+  };
+  const size_t helpers = std::min<size_t>(resolve_threads(threads), tensors.size()) - (tensors.empty() ? 0 : 1);
+  std::vector<std::thread> pool;
+  for (size_t i = 0; i < helpers; ++i) pool.emplace_back(work);
+  work();
+  for (auto& th : pool) th.join();
+  std::map<std::string, Digest> by_name;
+  for (size_t i = 0; i < tensors.size(); ++i) by_name[tensors[i].name] = digests[i];
+  return combine(file.header, by_name);
 }
 
 std::vector<StLayer> st_layers(const StHeader& header, bool include_io) {
@@ -462,8 +621,13 @@ StLockOutcome lock_safetensors(const std::string& in, const std::string& out, co
     for (size_t g = 0; g < 2; ++g) selectors[g].reset(units_at_ratio(group_units[g], options.ratio));
   }
   std::map<std::string, Plan> plans;
+  // The hashers, the copy buffers and the map outlive the helper thread that may still read them
+  // when an exception unwinds (its destructor waits for what is queued).
+  std::deque<Hasher> hashers;
+  ChunkRing ring;
+  BackgroundHasher background(resolve_threads(options.threads) >= 2);
 
-  // pass 1: hash every tensor, score every unit of the eligible layers
+  // pass 1: hash every tensor, score every unit of the eligible layers (hashing on the helper)
   std::map<std::string, Digest> digests;
   for (const auto& t : h.tensors) {
     if (st_is_float(t.dtype)) outcome.elements += t.numel();
@@ -478,18 +642,16 @@ StLockOutcome lock_safetensors(const std::string& in, const std::string& out, co
     const uint32_t lid = static_cast<uint32_t>(li->second);
     const DType dt = key_dtype(t.dtype);
     const uint64_t unit_bytes = layer.unit_size * dtype_size(dt);
-    const uint64_t chunk_units = std::max<uint64_t>(1, kChunk / unit_bytes);
+    const uint64_t window_units = std::max<uint64_t>(1, kWindow / unit_bytes);
     const uint8_t* p = file.tensor_data(t);
-    Hasher hasher;
-    uint64_t released = 0;
-    for (uint64_t u0 = 0; u0 < layer.units; u0 += chunk_units) {
-      const uint64_t u1 = std::min(layer.units, u0 + chunk_units);
-      hasher.update(p + u0 * unit_bytes, (u1 - u0) * unit_bytes);
+    Hasher& hasher = hashers.emplace_back();
+    for (uint64_t u0 = 0; u0 < layer.units; u0 += window_units) {
+      const uint64_t u1 = std::min(layer.units, u0 + window_units);
+      const uint64_t n = (u1 - u0) * unit_bytes;
+      const uint64_t ticket = background.update(hasher, p + u0 * unit_bytes, n);
       score_chunk(dt, p, u0, u1, layer.unit_size, lid, sel);
-      if (u1 * unit_bytes - released >= kRelease || u1 == layer.units) {
-        file.map.release(h.data_start + t.begin + released, u1 * unit_bytes - released);
-        released = u1 * unit_bytes;
-      }
+      background.wait(ticket);
+      file.map.release(h.data_start + t.begin + u0 * unit_bytes, n);
     }
     digests[t.name] = hasher.finish();
     if (options.scope == Scope::kLayer) collect(sel.finish(), layers, plans);
@@ -512,7 +674,6 @@ StLockOutcome lock_safetensors(const std::string& in, const std::string& out, co
   // pass 2: the locked file
   const std::string header_text = locked_header_text(h, key, to_string(options.scope), options.ratio);
   StWriter writer(out, header_text, h.data_size);
-  std::vector<uint8_t> buf;
   for (const auto& t : h.tensors) {
     const uint8_t* p = file.tensor_data(t);
     auto pi = plans.find(t.name);
@@ -535,22 +696,24 @@ StLockOutcome lock_safetensors(const std::string& in, const std::string& out, co
     entry.units = std::move(pi->second.units);  // the plan is not needed again
     const std::vector<uint64_t>& units = entry.units;
     entry.values.resize(checked_mul(units.size(), unit_bytes, "key entry '" + t.name + "'"));
-    Hasher hasher;
+    Hasher& hasher = hashers.emplace_back();
     size_t next = 0;  // next unit of the plan
     const uint64_t chunk_units = std::max<uint64_t>(1, kChunk / unit_bytes);
     for (uint64_t u0 = 0; u0 < layer.units; u0 += chunk_units) {
       const uint64_t u1 = std::min(layer.units, u0 + chunk_units);
       const uint64_t n = (u1 - u0) * unit_bytes;
-      buf.assign(p + u0 * unit_bytes, p + u0 * unit_bytes + n);
+      uint8_t* b = ring.take(background, n);
+      std::memcpy(b, p + u0 * unit_bytes, n);
       for (; next < units.size() && units[next] < u1; ++next) {
-        uint8_t* up = buf.data() + (units[next] - u0) * unit_bytes;
+        uint8_t* up = b + (units[next] - u0) * unit_bytes;
         std::memcpy(entry.values.data() + next * unit_bytes, up, unit_bytes);
         std::memset(up, 0, unit_bytes);  // +0.0 in every float dtype
       }
-      hasher.update(buf.data(), n);
-      writer.write(buf.data(), n);
+      ring.hand_over(background.update(hasher, b, n));
+      writer.write(b, n);
       file.map.release(h.data_start + t.begin + u0 * unit_bytes, n);
     }
+    background.wait_all();
     digests[t.name] = hasher.finish();
     outcome.units += units.size();
     outcome.values += units.size() * layer.unit_size;
@@ -563,7 +726,8 @@ StLockOutcome lock_safetensors(const std::string& in, const std::string& out, co
   return outcome;
 }
 
-StUnlockOutcome unlock_safetensors(const std::string& in, const std::string& out, const KeyFile& key) {
+StUnlockOutcome unlock_safetensors(const std::string& in, const std::string& out, const KeyFile& key,
+                                   unsigned threads) {
   const StFile file(in);
   const StHeader& h = file.header;
   const std::string what = "safetensors file '" + in + "'";
@@ -610,15 +774,18 @@ StUnlockOutcome unlock_safetensors(const std::string& in, const std::string& out
   std::map<std::string, Digest> locked, restored;
   StWriter writer(out, orig_text, h.data_size);
   std::vector<uint8_t> buf;
+  std::deque<Hasher> hashers;  // outlive the helper thread (see lock_safetensors)
+  BackgroundHasher background(resolve_threads(threads) >= 2);
   for (const auto& t : h.tensors) {
     const uint8_t* p = file.tensor_data(t);
     auto ei = entries.find(t.name);
-    if (ei == entries.end()) {
-      Hasher hasher;
-      for (uint64_t at = 0; at < t.nbytes(); at += kRelease) {
-        const uint64_t n = std::min(kRelease, t.nbytes() - at);
-        hasher.update(p + at, n);
+    if (ei == entries.end()) {  // unchanged: hashed on the helper while written here
+      Hasher& hasher = hashers.emplace_back();
+      for (uint64_t at = 0; at < t.nbytes(); at += kWindow) {
+        const uint64_t n = std::min(kWindow, t.nbytes() - at);
+        const uint64_t ticket = background.update(hasher, p + at, n);
         writer.write(p + at, n);
+        background.wait(ticket);
         file.map.release(h.data_start + t.begin + at, n);
       }
       locked[t.name] = restored[t.name] = hasher.finish();
@@ -627,19 +794,23 @@ StUnlockOutcome unlock_safetensors(const std::string& in, const std::string& out
     const KeyEntry& e = *ei->second;
     const uint64_t unit_bytes = e.unit_size * dtype_size(e.dtype);
     const uint64_t units = t.nbytes() / unit_bytes;
+    // the locked bytes are hashed on the helper; the restored ones are made, hashed and written here
     const uint64_t chunk_units = std::max<uint64_t>(1, kChunk / unit_bytes);
-    Hasher hl, hr;
+    Hasher& hl = hashers.emplace_back();
+    Hasher hr;
     size_t next = 0;
     for (uint64_t u0 = 0; u0 < units; u0 += chunk_units) {
       const uint64_t u1 = std::min(units, u0 + chunk_units);
       const uint64_t n = (u1 - u0) * unit_bytes;
-      hl.update(p + u0 * unit_bytes, n);
-      buf.assign(p + u0 * unit_bytes, p + u0 * unit_bytes + n);
+      const uint8_t* w = p + u0 * unit_bytes;
+      const uint64_t ticket = background.update(hl, w, n);
+      buf.assign(w, w + n);
       for (; next < e.units.size() && e.units[next] < u1; ++next) {
         std::memcpy(buf.data() + (e.units[next] - u0) * unit_bytes, e.values.data() + next * unit_bytes, unit_bytes);
       }
       hr.update(buf.data(), n);
       writer.write(buf.data(), n);
+      background.wait(ticket);
       file.map.release(h.data_start + t.begin + u0 * unit_bytes, n);
     }
     locked[t.name] = hl.finish();

@@ -30,8 +30,9 @@ constexpr char kStLockPrefix[] = "corelocker.";
 
 // Fingerprint of a safetensors file: BLAKE2b-256 over the tensors sorted by name (name, dtype,
 // shape, byte count and the BLAKE2b-256 of the bytes) and the metadata without corelocker.*
-// entries (docs/key-format.md). One pass over the data. Throws IoError / FormatError.
-Digest st_fingerprint(const StFile& file);
+// entries (docs/key-format.md). One pass over the data, tensors hashed on `threads` threads (0:
+// all cores). Throws IoError / FormatError.
+Digest st_fingerprint(const StFile& file, unsigned threads = 0);
 
 enum class StLayerKind { kConv, kLinear };
 
@@ -50,6 +51,7 @@ struct StLockOptions {
   Scope scope = Scope::kLayer;
   double ratio = 0.05;
   bool include_io = false;
+  unsigned threads = 0;  // 2 or more: hashing runs beside scoring and writing; 0: all cores
 };
 
 struct StLockOutcome {
@@ -76,7 +78,8 @@ struct StUnlockOutcome {
 // Restores `in` (locked) into `out` with its key: the original header is spliced back and the
 // key's values written back in one pass; both fingerprints are checked before the file is renamed
 // into place. Throws MismatchError (key of another file) / FormatError / IoError.
-StUnlockOutcome unlock_safetensors(const std::string& in, const std::string& out, const KeyFile& key);
+StUnlockOutcome unlock_safetensors(const std::string& in, const std::string& out, const KeyFile& key,
+                                   unsigned threads = 0);
 
 // Lock entries of a locked file's metadata (key id, criterion...), empty for an unlocked file.
 std::vector<std::pair<std::string, std::string>> st_lock_metadata(const StHeader& header);
