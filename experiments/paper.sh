@@ -119,7 +119,7 @@ step_table7_8() {
   fi
 }
 
-[ $# -gt 0 ] || { sed -n '2,20p' "$0"; exit 2; }
+[ $# -gt 0 ] || { sed -n '2,17p' "$0"; exit 2; }
 mkdir -p "$OUT"
 for s in "$@"; do
   case "$s" in
