@@ -14,7 +14,8 @@
 # TEST_SUBSET (0: the full test split), CURVE_STEPS (12 ratios) and CURVE_SEEDS (5 random draws)
 # of fig6-7 (steps x (2 + seeds) evaluations per network), VAL_SIZE (5000 validation images for
 # the bands), TRIALS (3, of table2), ARCHS (vgg19 preresnet densenet), BANDS_ARCHS (preresnet
-# densenet), CRITS (l1 bn: the locks table2 and table3 attack; the paper attacks bn only).
+# densenet), CRITS (l1 bn: the locks table2 and table3 attack; the paper attacks bn only),
+# BANDS_CRITS (bn l1: the criteria of the band tables; the paper's Figure 6 and bands use bn).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,6 +31,7 @@ CURVE_SEEDS=${CURVE_SEEDS:-5}
 VAL_SIZE=${VAL_SIZE:-5000}
 TRIALS=${TRIALS:-3}
 CRITS=${CRITS:-"l1 bn"}
+BANDS_CRITS=${BANDS_CRITS:-"bn l1"}
 
 [ -x "$BIN" ] || { echo "no corelocker binary at $BIN (build first, or set CORELOCKER)" >&2; exit 1; }
 common=(--threads "$THREADS" --test-subset "$TEST_SUBSET")
@@ -62,14 +64,15 @@ step_fig6_7() {
 }
 
 step_tables5_6() {
-  for arch in ${BANDS_ARCHS:-preresnet densenet}; do
-    local m j="$OUT/$arch-e$EPOCHS-bands.json"
-    m=$(model "$arch") || continue
-    [ -f "$j" ] && continue
-    echo "== tables5-6 $arch $(date -u +%FT%TZ)"
-    "$BIN" bands --model "$m" --width 5 --val-size "$VAL_SIZE" --json "$j" "${common[@]}" \
-      > "$OUT/$arch-e$EPOCHS-bands.log" 2>&1 ||
-      tail -1 "$OUT/$arch-e$EPOCHS-bands.log"
+  for crit in $BANDS_CRITS; do
+    for arch in ${BANDS_ARCHS:-preresnet densenet}; do
+      local m j="$OUT/$arch-e$EPOCHS-bands-$crit.json"
+      m=$(model "$arch") || continue
+      [ -f "$j" ] && continue
+      echo "== tables5-6 $arch $crit $(date -u +%FT%TZ)"
+      "$BIN" bands --model "$m" --criterion "$crit" --width 5 --val-size "$VAL_SIZE" --json "$j" \
+        "${common[@]}" > "${j%.json}.log" 2>&1 || tail -1 "${j%.json}.log"
+    done
   done
 }
 
@@ -119,7 +122,7 @@ step_table7_8() {
   fi
 }
 
-[ $# -gt 0 ] || { sed -n '2,17p' "$0"; exit 2; }
+[ $# -gt 0 ] || { sed -n '2,18p' "$0"; exit 2; }
 mkdir -p "$OUT"
 for s in "$@"; do
   case "$s" in
