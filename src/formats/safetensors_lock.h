@@ -1,7 +1,9 @@
 // Locking and unlocking safetensors files in a streaming way (torch-free): one pass over the data
 // ranks the units and hashes the tensors, a second pass writes the locked file; unlocking is a
 // single pass. The file is memory-mapped and pages are given back as the passes move on, so the
-// resident set stays far below the file size.
+// resident set stays far below the file size. With two or more threads, BLAKE2b runs on a helper
+// thread beside the scoring and the writing (the hashes, and so the files and keys, are the same
+// for any number of threads).
 //
 // Layers (l1 only): a float tensor whose name ends in "weight" is a conv layer when it is 4-D
 // (unit: one kernel F[o,i,:,:], score sum |w|) and a linear layer when it is 2-D (unit: one
