@@ -285,18 +285,24 @@ TEST_F(StLock, RefusesToLockTwiceOrWithoutEligibleLayers) {
   EXPECT_FALSE(file_exists(dir_.file("x.safetensors")));
 }
 
+// Three linear layers of `dtype` (only the middle one eligible), each holding the 30 values `v`.
+template <typename T>
+Model three_linear_layers(const std::string& dtype, const std::vector<T>& v) {
+  std::vector<uint8_t> d(v.size() * sizeof(T));
+  std::memcpy(d.data(), v.data(), d.size());
+  Model m;
+  m.specs = {{"in.weight", dtype, {5, 6}}, {"mid.weight", dtype, {6, 5}}, {"out.weight", dtype, {5, 6}}};
+  m.data = {d, d, d};
+  return m;
+}
+
 TEST_F(StLock, F64AndNaNWeightsLockAndRestoreByteExact) {
   // A NaN unit is never preferred over a number; it still round-trips bit for bit.
   std::vector<double> v(6 * 5);
   for (size_t i = 0; i < v.size(); ++i) v[i] = static_cast<double>(i % 11) - 5.0;
   v[7] = std::nan("");
   v[8] = -std::numeric_limits<double>::infinity();
-  std::vector<uint8_t> d(v.size() * 8);
-  std::memcpy(d.data(), v.data(), d.size());
-  Model m;
-  m.specs = {{"in.weight", "F64", {5, 6}}, {"mid.weight", "F64", {6, 5}}, {"out.weight", "F64", {5, 6}}};
-  m.data = {d, d, d};
-  write_model(dir_.file("m.safetensors"), m, {});
+  write_model(dir_.file("m.safetensors"), three_linear_layers("F64", v), {});
   StLockOptions o;
   o.ratio = 0.1;
   const StLockOutcome r = lock(o);
@@ -316,12 +322,7 @@ TEST_F(StLock, F32NaNAndInfinityRankAsInF64) {
   v[7] = std::nanf("");
   v[8] = -std::numeric_limits<float>::infinity();
   v[9] = -0.0f;
-  std::vector<uint8_t> d(v.size() * 4);
-  std::memcpy(d.data(), v.data(), d.size());
-  Model m;
-  m.specs = {{"in.weight", "F32", {5, 6}}, {"mid.weight", "F32", {6, 5}}, {"out.weight", "F32", {5, 6}}};
-  m.data = {d, d, d};
-  write_model(dir_.file("m.safetensors"), m, {});
+  write_model(dir_.file("m.safetensors"), three_linear_layers("F32", v), {});
   StLockOptions o;
   o.ratio = 0.1;
   const StLockOutcome r = lock(o);
