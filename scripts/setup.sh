@@ -13,6 +13,7 @@ packages=(
   dataset-fashion-mnist gnuplot-nox
   python3-torch
   libonnx-dev libprotobuf-dev python3-onnx
+  librust-blake3-dev
 )
 
 sudo_cmd=()

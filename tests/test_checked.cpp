@@ -1,5 +1,8 @@
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <vector>
+
 #include <cstring>
 
 #include "util/checked.h"
@@ -36,6 +39,25 @@ TEST(Hash, Blake2bMatchesKnownVector) {
   // BLAKE2b-256 of the empty string.
   Digest d = hash_bytes("", 0);
   EXPECT_EQ(to_hex(d), "0e5751c026e543b2e8ab2eb06099daa1d1e5df47778f7787faab45cdf12fe3a8");
+}
+
+TEST(Hash, Blake3MatchesKnownVectorsAndStreams) {
+  Blake3Hasher empty;
+  EXPECT_EQ(to_hex(empty.finish()), "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262");
+  Blake3Hasher abc;
+  abc.update("abc", 3);
+  EXPECT_EQ(to_hex(abc.finish()), "6437b3ac38465133ffb63b75273a8db548c558465d79db03fd359c6cd5bd9d85");
+  // 100,000 bytes (many 1 KiB chunks, so the SIMD paths run) in one call and in uneven pieces
+  std::vector<uint8_t> data(100000);
+  for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<uint8_t>(i % 251);
+  Blake3Hasher whole, pieces;
+  whole.update(data.data(), data.size());
+  for (size_t at = 0, step = 1; at < data.size(); at += step, step = step * 3 + 1) {
+    pieces.update(data.data() + at, std::min(step, data.size() - at));
+  }
+  const Digest d = whole.finish();
+  EXPECT_EQ(d, pieces.finish());
+  EXPECT_NE(d, hash_bytes(data.data(), data.size()));
 }
 
 }  // namespace corelocker

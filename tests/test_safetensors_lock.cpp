@@ -437,5 +437,129 @@ TEST_F(StLock, FingerprintIgnoresLockMetadataButNotOtherMetadata) {
   EXPECT_EQ(a, st_fingerprint(StFile(dir_.file("o.safetensors"))));
 }
 
+// Layers of a million weights take a guessed threshold from 65,536 evenly spread weights (every
+// 16th here) before they are scored. With ties everywhere the units must still be those of a full
+// stable sort; and on a layer built to fool the guess (every 16th weight large, so the guess
+// lies above the k-th weight) the lock must notice and select again.
+TEST_F(StLock, SampledThresholdSelectsAsAFullSortAndFallsBackWhenFooled) {
+  std::mt19937 rng(5);
+  std::uniform_int_distribution<int> level(-4096, 4096);
+  auto layer = [&](bool trap) {
+    std::vector<uint8_t> b(1024 * 1024 * 4);
+    for (size_t i = 0; i < 1024 * 1024; ++i) {
+      const float x = trap && i % 16 == 0 ? 1.0f : static_cast<float>(level(rng)) / 8192.0f;
+      std::memcpy(&b[i * 4], &x, 4);
+    }
+    return b;
+  };
+  Model m;
+  m.specs = {{"ties.weight", "F32", {1024, 1024}}, {"trap.weight", "F32", {1024, 1024}}};
+  m.data = {layer(false), layer(true)};
+  write_model(dir_.file("m.safetensors"), m, {});
+  StLockOptions o;
+  o.include_io = true;
+  o.ratio = 0.1;  // 104,858 units a layer: more than the 65,536 large weights of the trap
+  const StLockOutcome r = lock(o);
+  const StFile orig(dir_.file("m.safetensors"));
+  ASSERT_EQ(r.key.entries.size(), 2u);
+  for (size_t i = 0; i < 2; ++i) {
+    SCOPED_TRACE(orig.header.tensors[i].name);
+    EXPECT_EQ(r.key.entries[i].tensor, orig.header.tensors[i].name);
+    EXPECT_EQ(r.key.entries[i].units, expected_units(orig, orig.header.tensors[i], 1, 104858));
+  }
+  unlock_safetensors(dir_.file("locked.safetensors"), dir_.file("restored.safetensors"), read_key_file(dir_.file("key.clk")));
+  EXPECT_EQ(read_file(dir_.file("restored.safetensors")), read_file(dir_.file("m.safetensors")));
+}
+
+// The fingerprint as docs/key-format.md describes it, computed here from the file's bytes.
+Digest documented_fingerprint(const StFile& f, StFingerprintScheme scheme) {
+  std::vector<const StTensor*> order;
+  for (const auto& t : f.header.tensors) order.push_back(&t);
+  std::sort(order.begin(), order.end(), [](const StTensor* a, const StTensor* b) { return a->name < b->name; });
+  Hasher h;
+  h.update_str(scheme == StFingerprintScheme::kV1 ? "corelocker-safetensors-fingerprint-v1"
+                                                 : "corelocker-safetensors-fingerprint-v2");
+  h.update_u64(order.size());
+  for (const StTensor* t : order) {
+    h.update_str(t->name);
+    h.update_str(t->dtype);
+    h.update_u64(t->shape.size());
+    for (auto d : t->shape) h.update_u64(d);
+    h.update_u64(t->nbytes());
+    Digest d;
+    if (scheme == StFingerprintScheme::kV1) {
+      d = hash_bytes(f.tensor_data(*t), t->nbytes());
+    } else {
+      Blake3Hasher b3;
+      b3.update(f.tensor_data(*t), t->nbytes());
+      d = b3.finish();
+    }
+    h.update(d.data(), d.size());
+  }
+  uint64_t entries = 0;
+  for (const auto& kv : f.header.metadata) entries += kv.first.rfind("corelocker.", 0) != 0;
+  h.update_u64(entries);
+  for (const auto& [k, v] : f.header.metadata) {
+    if (k.rfind("corelocker.", 0) == 0) continue;
+    h.update_str(k);
+    h.update_str(v);
+  }
+  return h.finish();
+}
+
+TEST_F(StLock, FingerprintsFollowTheDocumentedSchemes) {
+  const StFile orig(dir_.file("m.safetensors"));
+  EXPECT_EQ(st_fingerprint_scheme(orig.header), StFingerprintScheme::kV2);
+  EXPECT_EQ(st_fingerprint(orig), documented_fingerprint(orig, StFingerprintScheme::kV2));
+  EXPECT_EQ(st_fingerprint(orig, 1, StFingerprintScheme::kV1), documented_fingerprint(orig, StFingerprintScheme::kV1));
+  EXPECT_NE(st_fingerprint(orig, 1, StFingerprintScheme::kV1), st_fingerprint(orig, 1, StFingerprintScheme::kV2));
+
+  const StLockOutcome r = lock(StLockOptions{});
+  const StFile locked(dir_.file("locked.safetensors"));
+  EXPECT_EQ(locked.header.metadata.at("corelocker.fingerprint_scheme"), "2");
+  EXPECT_EQ(r.key.header.locked_fingerprint, documented_fingerprint(locked, StFingerprintScheme::kV2));
+  EXPECT_EQ(r.key.header.original_fingerprint, documented_fingerprint(orig, StFingerprintScheme::kV2));
+}
+
+TEST_F(StLock, UnknownFingerprintSchemeIsRefused) {
+  lock(StLockOptions{});
+  std::vector<uint8_t> bytes = read_file(dir_.file("locked.safetensors"));
+  const std::string entry = "\"corelocker.fingerprint_scheme\":\"2\"";
+  auto at = std::search(bytes.begin(), bytes.end(), entry.begin(), entry.end());
+  ASSERT_NE(at, bytes.end());
+  *(at + static_cast<std::ptrdiff_t>(entry.size()) - 2) = '7';
+  write_file_atomic(dir_.file("odd.safetensors"), bytes);
+  try {
+    st_fingerprint(StFile(dir_.file("odd.safetensors")));
+    FAIL() << "scheme 7 accepted";
+  } catch (const FormatError& e) {
+    EXPECT_NE(std::string(e.what()).find("fingerprint_scheme '7'"), std::string::npos) << e.what();
+  }
+  const KeyFile key = read_key_file(dir_.file("key.clk"));
+  EXPECT_THROW(unlock_safetensors(dir_.file("odd.safetensors"), dir_.file("r.safetensors"), key), FormatError);
+  EXPECT_FALSE(file_exists(dir_.file("r.safetensors")));
+}
+
+// tests/fixtures/st-v1: a file locked by the build before scheme 2 (BLAKE2b tensor digests, no
+// corelocker.fingerprint_scheme entry; a version 2 key) still unlocks, byte for byte, with its
+// fingerprints checked.
+TEST(StLockCompat, SchemeOneLockStillUnlocks) {
+  const std::string dir = std::string(CORELOCKER_SOURCE_DIR) + "/tests/fixtures/st-v1/";
+  testing::TempDir tmp;
+  const StFile locked(dir + "locked.safetensors");
+  EXPECT_EQ(locked.header.metadata.count("corelocker.fingerprint_scheme"), 0u);
+  EXPECT_EQ(st_fingerprint_scheme(locked.header), StFingerprintScheme::kV1);
+  const KeyFile key = read_key_file(dir + "locked.clk");
+  EXPECT_EQ(key.header.version, 2u);  // u64 unit indices: the key format before version 3
+  EXPECT_EQ(to_hex(st_fingerprint(locked)), "884ff4ec7fe3822ccc28182d508e29003d6c8bd0cb1bb3733bac063cc21200de");
+  EXPECT_EQ(st_fingerprint(locked), key.header.locked_fingerprint);
+  const StUnlockOutcome r = unlock_safetensors(dir + "locked.safetensors", tmp.file("r.safetensors"), key, 2);
+  EXPECT_EQ(read_file(tmp.file("r.safetensors")), read_file(dir + "original.safetensors"));
+  EXPECT_EQ(r.fingerprint, key.header.original_fingerprint);
+  EXPECT_EQ(to_hex(r.fingerprint), "c791f1775196d9ad9e26cfb34fe5bf199b5f8519b5933652f0dc6a1ba72f8911");
+  // the original itself is unlocked, so its own fingerprint is scheme 2
+  EXPECT_NE(st_fingerprint(StFile(dir + "original.safetensors")), key.header.original_fingerprint);
+}
+
 }  // namespace
 }  // namespace corelocker

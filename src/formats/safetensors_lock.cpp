@@ -29,6 +29,22 @@ unsigned resolve_threads(unsigned threads) {
   return threads > 0 ? threads : std::max(1u, std::thread::hardware_concurrency());
 }
 
+// The per-tensor digest of a fingerprint scheme.
+class TensorHasher {
+ public:
+  explicit TensorHasher(StFingerprintScheme scheme) : v2_(scheme == StFingerprintScheme::kV2) {}
+  void update(const uint8_t* p, uint64_t n) {
+    if (v2_) b3_.update(p, n);
+    else b2_.update(p, n);
+  }
+  Digest finish() { return v2_ ? b3_.finish() : b2_.finish(); }
+
+ private:
+  bool v2_;
+  Hasher b2_;
+  Blake3Hasher b3_;
+};
+
 // Hashes byte ranges on a helper thread, in the order they are queued, so that a pass can score
 // or write while the bytes it has handed over are hashed. Without a thread it hashes at once.
 // A range must stay valid until its ticket is done (wait). The destructor waits for every queued
@@ -51,7 +67,7 @@ class BackgroundHasher {
   BackgroundHasher& operator=(const BackgroundHasher&) = delete;
 
   // Queues h.update(p, n); returns its ticket.
-  uint64_t update(Hasher& h, const uint8_t* p, uint64_t n) {
+  uint64_t update(TensorHasher& h, const uint8_t* p, uint64_t n) {
     if (!worker_.joinable()) {
       h.update(p, n);
       return ++queued_;
@@ -74,7 +90,7 @@ class BackgroundHasher {
 
  private:
   struct Job {
-    Hasher* h;
+    TensorHasher* h;
     const uint8_t* p;
     uint64_t n;
   };
@@ -86,7 +102,7 @@ class BackgroundHasher {
       const Job job = jobs_.front();
       jobs_.pop_front();
       lock.unlock();
-      job.h->update(job.p, job.n);  // libsodium's update does not throw
+      job.h->update(job.p, job.n);  // neither libsodium's nor BLAKE3's update throws
       lock.lock();
       ++done_;
       cv_.notify_all();
@@ -161,9 +177,9 @@ bool ends_with(const std::string& s, const std::string& suffix) {
 }
 
 // ---------------------------------------------------------------- hashing
-// BLAKE2b-256 of a tensor's bytes, giving the pages back as it goes.
-Digest tensor_digest(const StFile& f, const StTensor& t) {
-  Hasher h;
+// The digest of a tensor's bytes, giving the pages back as it goes.
+Digest tensor_digest(const StFile& f, const StTensor& t, StFingerprintScheme scheme) {
+  TensorHasher h(scheme);
   const uint8_t* p = f.tensor_data(t);
   for (uint64_t at = 0; at < t.nbytes(); at += kRelease) {
     const uint64_t n = std::min(kRelease, t.nbytes() - at);
@@ -173,12 +189,13 @@ Digest tensor_digest(const StFile& f, const StTensor& t) {
   return h.finish();
 }
 
-Digest combine(const StHeader& header, const std::map<std::string, Digest>& digests) {
+Digest combine(const StHeader& header, const std::map<std::string, Digest>& digests, StFingerprintScheme scheme) {
   std::vector<const StTensor*> order;
   for (const auto& t : header.tensors) order.push_back(&t);
   std::sort(order.begin(), order.end(), [](const StTensor* a, const StTensor* b) { return a->name < b->name; });
   Hasher h;
-  h.update_str("corelocker-safetensors-fingerprint-v1");
+  h.update_str(scheme == StFingerprintScheme::kV1 ? "corelocker-safetensors-fingerprint-v1"
+                                                 : "corelocker-safetensors-fingerprint-v2");
   h.update_u64(order.size());
   for (const StTensor* t : order) {
     h.update_str(t->name);
@@ -231,12 +248,18 @@ class TopK {
     full_ = false;
     buf_.reserve(2 * k_ + 1024);
   }
-  void push(float score, uint32_t layer, uint64_t index) { push_key(order_key(score), layer, index); }
+  // Starts with a guess at the k-th best key: candidates below `key` are dropped from the start.
+  // If fewer than k candidates reach it, finish() returns fewer than k (the caller must then
+  // select again without the guess); otherwise the result is the same as without it.
+  void prime(uint32_t key) {
+    if (key == 0) return;
+    threshold_ = key - 1;
+    full_ = true;
+  }
   void push_key(uint32_t key, uint32_t layer, uint64_t index) {
     // Candidates arrive in file order, so an equal score loses against the threshold.
     if (full_ && key <= threshold_) return;
-    buf_.push_back({key, layer, index});
-    if (buf_.size() >= 2 * k_ + 1024) compact();
+    append(key, layer, index);
   }
   // The k best, in file order; the selector is then empty.
   std::vector<Candidate> finish() {
@@ -248,6 +271,10 @@ class TopK {
   uint64_t k() const { return k_; }
 
  private:
+  __attribute__((noinline)) void append(uint32_t key, uint32_t layer, uint64_t index) {
+    buf_.push_back({key, layer, index});
+    if (buf_.size() >= 2 * k_ + 1024) compact();
+  }
   // The key of the k-th best candidate (1 <= k < buf_.size()) and how many keys are above it:
   // two counting passes, over the high and then the low 16 bits.
   std::pair<uint32_t, uint64_t> kth_key() {
@@ -295,19 +322,21 @@ class TopK {
   uint32_t threshold_ = 0;
 };
 
-// Scores units [u0, u1) of a layer (unit_size elements each, loaded as float by `load`).
-template <typename Load>
-void score_units(const uint8_t* p, uint64_t u0, uint64_t u1, uint64_t unit_size, uint32_t layer, TopK& sel,
+// Scores units [u0, u1) of a layer (unit_size elements each, loaded as float by `load`) and
+// hands their keys to `sel` (a TopK, or anything with push_key).
+template <typename Sink, typename Load>
+void score_units(const uint8_t* p, uint64_t u0, uint64_t u1, uint64_t unit_size, uint32_t layer, Sink& sel,
                  Load load) {
   for (uint64_t u = u0; u < u1; ++u) {
     float s = 0.0f;
     for (uint64_t e = u * unit_size; e < (u + 1) * unit_size; ++e) s += std::fabs(load(p, e));
     if (std::isnan(s)) s = -std::numeric_limits<float>::infinity();  // never preferred, still ordered
-    sel.push(s, layer, u);
+    sel.push_key(order_key(s), layer, u);
   }
 }
 
-void score_chunk(DType d, const uint8_t* p, uint64_t u0, uint64_t u1, uint64_t unit_size, uint32_t layer, TopK& sel) {
+template <typename Sink>
+void score_chunk(DType d, const uint8_t* p, uint64_t u0, uint64_t u1, uint64_t unit_size, uint32_t layer, Sink& sel) {
   switch (d) {
     case DType::kF32:
       if (unit_size == 1) {  // linear layers: the key of |w| straight from the bits
@@ -347,6 +376,32 @@ void score_chunk(DType d, const uint8_t* p, uint64_t u0, uint64_t u1, uint64_t u
         return f;
       });
   }
+}
+
+// A guess at the key of the k-th best of a layer's n units, a little below it: the key at a
+// conservative rank of 65,536 units spread evenly over the layer (the expected count plus four
+// standard deviations). Priming the layer's TopK with it drops about 95% of the candidates that
+// would otherwise be buffered and compacted. Nothing for small layers or large k (no gain).
+constexpr uint64_t kSample = 65536;
+struct KeySample {
+  std::vector<uint32_t> keys;
+  void push_key(uint32_t key, uint32_t, uint64_t) { keys.push_back(key); }
+};
+bool sample_threshold(DType d, const uint8_t* p, uint64_t n, uint64_t unit_size, uint64_t k, uint32_t& out) {
+  if (k == 0 || n < 8 * kSample) return false;
+  const double expect = double(kSample) * double(k) / double(n);
+  const auto rank = static_cast<uint64_t>(std::ceil(expect + 4.0 * std::sqrt(expect) + 8.0));  // 1-based, best first
+  if (rank >= kSample / 2) return false;
+  KeySample sample;
+  sample.keys.reserve(kSample);
+  for (uint64_t i = 0; i < kSample; ++i) {
+    const uint64_t u = i * (n / kSample) + i * (n % kSample) / kSample;  // floor(i * n / kSample)
+    score_chunk(d, p, u, u + 1, unit_size, 0, sample);
+  }
+  auto nth = sample.keys.begin() + static_cast<std::ptrdiff_t>(rank - 1);
+  std::nth_element(sample.keys.begin(), nth, sample.keys.end(), std::greater<uint32_t>());
+  out = *nth;
+  return true;
 }
 
 struct Plan {
@@ -470,6 +525,7 @@ std::string locked_header_text(const StHeader& h, const KeyFile& key, const std:
       {"corelocker.scope", scope_text},
       {"corelocker.ratio", ratio_buf},
       {"corelocker.original_fingerprint", to_hex(key.header.original_fingerprint)},
+      {"corelocker.fingerprint_scheme", std::to_string(static_cast<int>(kStFingerprintCurrent))},
       {"corelocker.original_header_blake2b", to_hex(hash_bytes(orig.data(), orig.size()))},
       {"corelocker.original_header_bytes", fixed20(orig.size())},
       {"corelocker.splice", fixed20(0) + "+" + fixed20(0)},
@@ -520,13 +576,25 @@ std::string original_header_text(const StHeader& h, const std::string& what) {
 
 }  // namespace
 
+StFingerprintScheme st_fingerprint_scheme(const StHeader& header) {
+  if (header.metadata.count("corelocker.key_id") == 0) return kStFingerprintCurrent;
+  auto it = header.metadata.find("corelocker.fingerprint_scheme");
+  if (it == header.metadata.end()) return StFingerprintScheme::kV1;  // locked before scheme 2
+  if (it->second == "2") return StFingerprintScheme::kV2;
+  throw FormatError("corelocker.fingerprint_scheme '" + it->second + "': this build knows 2 (and 1, when the entry is absent)");
+}
+
 Digest st_fingerprint(const StFile& file, unsigned threads) {
+  return st_fingerprint(file, threads, st_fingerprint_scheme(file.header));
+}
+
+Digest st_fingerprint(const StFile& file, unsigned threads, StFingerprintScheme scheme) {
   // Each tensor is one hash stream; the threads take tensors in file order.
   const auto& tensors = file.header.tensors;
   std::vector<Digest> digests(tensors.size());
   std::atomic<size_t> next{0};
   auto work = [&] {
-    for (size_t i = next++; i < tensors.size(); i = next++) digests[i] = tensor_digest(file, tensors[i]);
+    for (size_t i = next++; i < tensors.size(); i = next++) digests[i] = tensor_digest(file, tensors[i], scheme);
   };
   const size_t helpers = std::min<size_t>(resolve_threads(threads), tensors.size()) - (tensors.empty() ? 0 : 1);
   std::vector<std::thread> pool;
@@ -535,7 +603,7 @@ Digest st_fingerprint(const StFile& file, unsigned threads) {
   for (auto& th : pool) th.join();
   std::map<std::string, Digest> by_name;
   for (size_t i = 0; i < tensors.size(); ++i) by_name[tensors[i].name] = digests[i];
-  return combine(file.header, by_name);
+  return combine(file.header, by_name, scheme);
 }
 
 std::vector<StLayer> st_layers(const StHeader& header, bool include_io) {
@@ -623,7 +691,8 @@ StLockOutcome lock_safetensors(const std::string& in, const std::string& out, co
   std::map<std::string, Plan> plans;
   // The hashers, the copy buffers and the map outlive the helper thread that may still read them
   // when an exception unwinds (its destructor waits for what is queued).
-  std::deque<Hasher> hashers;
+  const StFingerprintScheme scheme = kStFingerprintCurrent;
+  std::deque<TensorHasher> hashers;
   ChunkRing ring;
   BackgroundHasher background(resolve_threads(options.threads) >= 2);
 
@@ -633,18 +702,24 @@ StLockOutcome lock_safetensors(const std::string& in, const std::string& out, co
     if (st_is_float(t.dtype)) outcome.elements += t.numel();
     auto li = layer_of.find(t.name);
     if (li == layer_of.end()) {
-      digests[t.name] = tensor_digest(file, t);
+      digests[t.name] = tensor_digest(file, t, scheme);
       continue;
     }
     const StLayer& layer = layers[li->second];
     TopK& sel = selectors[options.scope == Scope::kLayer ? 0 : static_cast<size_t>(group_of[li->second])];
-    if (options.scope == Scope::kLayer) sel.reset(units_at_ratio(layer.units, options.ratio));
     const uint32_t lid = static_cast<uint32_t>(li->second);
     const DType dt = key_dtype(t.dtype);
     const uint64_t unit_bytes = layer.unit_size * dtype_size(dt);
     const uint64_t window_units = std::max<uint64_t>(1, kWindow / unit_bytes);
     const uint8_t* p = file.tensor_data(t);
-    Hasher& hasher = hashers.emplace_back();
+    bool primed = false;
+    if (options.scope == Scope::kLayer) {
+      sel.reset(units_at_ratio(layer.units, options.ratio));
+      uint32_t guess = 0;
+      primed = sample_threshold(dt, p, layer.units, layer.unit_size, sel.k(), guess);
+      if (primed) sel.prime(guess);
+    }
+    TensorHasher& hasher = hashers.emplace_back(scheme);
     for (uint64_t u0 = 0; u0 < layer.units; u0 += window_units) {
       const uint64_t u1 = std::min(layer.units, u0 + window_units);
       const uint64_t n = (u1 - u0) * unit_bytes;
@@ -654,7 +729,16 @@ StLockOutcome lock_safetensors(const std::string& in, const std::string& out, co
       file.map.release(h.data_start + t.begin + u0 * unit_bytes, n);
     }
     digests[t.name] = hasher.finish();
-    if (options.scope == Scope::kLayer) collect(sel.finish(), layers, plans);
+    if (options.scope == Scope::kLayer) {
+      std::vector<Candidate> kept = sel.finish();
+      if (primed && kept.size() < sel.k()) {  // the guess was above the k-th key: select again without it
+        sel.reset(sel.k());
+        score_chunk(dt, p, 0, layer.units, layer.unit_size, lid, sel);
+        file.map.release(h.data_start + t.begin, t.nbytes());
+        kept = sel.finish();
+      }
+      collect(kept, layers, plans);
+    }
   }
   if (options.scope == Scope::kGlobal) {
     for (auto& sel : selectors) collect(sel.finish(), layers, plans);
@@ -662,7 +746,7 @@ StLockOutcome lock_safetensors(const std::string& in, const std::string& out, co
 
   // the key's header (the locked fingerprint follows after pass 2)
   KeyFile& key = outcome.key;
-  key.header.original_fingerprint = combine(h, digests);
+  key.header.original_fingerprint = combine(h, digests, scheme);
   random_bytes(key.header.key_id.data(), key.header.key_id.size());
   key.header.criterion = Criterion::kL1;
   key.header.scope = options.scope;
@@ -696,7 +780,7 @@ StLockOutcome lock_safetensors(const std::string& in, const std::string& out, co
     entry.units = std::move(pi->second.units);  // the plan is not needed again
     const std::vector<uint64_t>& units = entry.units;
     entry.values.resize(checked_mul(units.size(), unit_bytes, "key entry '" + t.name + "'"));
-    Hasher& hasher = hashers.emplace_back();
+    TensorHasher& hasher = hashers.emplace_back(scheme);
     size_t next = 0;  // next unit of the plan
     const uint64_t chunk_units = std::max<uint64_t>(1, kChunk / unit_bytes);
     for (uint64_t u0 = 0; u0 < layer.units; u0 += chunk_units) {
@@ -719,7 +803,7 @@ StLockOutcome lock_safetensors(const std::string& in, const std::string& out, co
     outcome.values += units.size() * layer.unit_size;
     key.entries.push_back(std::move(entry));
   }
-  key.header.locked_fingerprint = combine(h, digests);
+  key.header.locked_fingerprint = combine(h, digests, scheme);
   key.header.units = outcome.units;
   before_commit(key);
   writer.commit();
@@ -774,13 +858,14 @@ StUnlockOutcome unlock_safetensors(const std::string& in, const std::string& out
   std::map<std::string, Digest> locked, restored;
   StWriter writer(out, orig_text, h.data_size);
   std::vector<uint8_t> buf;
-  std::deque<Hasher> hashers;  // outlive the helper thread (see lock_safetensors)
+  const StFingerprintScheme scheme = st_fingerprint_scheme(h);  // the lock's, for both fingerprints
+  std::deque<TensorHasher> hashers;  // outlive the helper thread (see lock_safetensors)
   BackgroundHasher background(resolve_threads(threads) >= 2);
   for (const auto& t : h.tensors) {
     const uint8_t* p = file.tensor_data(t);
     auto ei = entries.find(t.name);
     if (ei == entries.end()) {  // unchanged: hashed on the helper while written here
-      Hasher& hasher = hashers.emplace_back();
+      TensorHasher& hasher = hashers.emplace_back(scheme);
       for (uint64_t at = 0; at < t.nbytes(); at += kWindow) {
         const uint64_t n = std::min(kWindow, t.nbytes() - at);
         const uint64_t ticket = background.update(hasher, p + at, n);
@@ -796,8 +881,8 @@ StUnlockOutcome unlock_safetensors(const std::string& in, const std::string& out
     const uint64_t units = t.nbytes() / unit_bytes;
     // the locked bytes are hashed on the helper; the restored ones are made, hashed and written here
     const uint64_t chunk_units = std::max<uint64_t>(1, kChunk / unit_bytes);
-    Hasher& hl = hashers.emplace_back();
-    Hasher hr;
+    TensorHasher& hl = hashers.emplace_back(scheme);
+    TensorHasher hr(scheme);
     size_t next = 0;
     for (uint64_t u0 = 0; u0 < units; u0 += chunk_units) {
       const uint64_t u1 = std::min(units, u0 + chunk_units);
@@ -817,13 +902,13 @@ StUnlockOutcome unlock_safetensors(const std::string& in, const std::string& out
     restored[t.name] = hr.finish();
     outcome.values += e.units.size() * e.unit_size;
   }
-  const Digest locked_fp = combine(h, locked);
+  const Digest locked_fp = combine(h, locked, scheme);
   if (locked_fp != key.header.locked_fingerprint) {
     throw MismatchError("key does not apply to " + what + ": its fingerprint is " + to_hex(locked_fp).substr(0, 16) +
                         ", the key was made for " + to_hex(key.header.locked_fingerprint).substr(0, 16) +
                         " (the locked file was modified, or the key belongs to another lock)");
   }
-  outcome.fingerprint = combine(orig, restored);
+  outcome.fingerprint = combine(orig, restored, scheme);
   if (outcome.fingerprint != key.header.original_fingerprint) {
     throw MismatchError("restoring " + what + " gives fingerprint " + to_hex(outcome.fingerprint).substr(0, 16) +
                         ", the key expects " + to_hex(key.header.original_fingerprint).substr(0, 16) + "; nothing written");

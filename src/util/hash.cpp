@@ -2,6 +2,8 @@
 
 #include <sodium.h>
 
+#include "blake3.h"
+
 #include "util/error.h"
 
 namespace corelocker {
@@ -31,6 +33,25 @@ void Hasher::update(const void* data, size_t size) {
 Digest Hasher::finish() {
   Digest d{};
   crypto_generichash_final(reinterpret_cast<crypto_generichash_state*>(state_), d.data(), d.size());
+  return d;
+}
+
+struct Blake3Hasher::State {
+  blake3_hasher h;
+};
+
+Blake3Hasher::Blake3Hasher() : state_(new State) { blake3_hasher_init(&state_->h); }
+
+Blake3Hasher::~Blake3Hasher() {
+  sodium_memzero(state_, sizeof *state_);
+  delete state_;
+}
+
+void Blake3Hasher::update(const void* data, size_t size) { blake3_hasher_update(&state_->h, data, size); }
+
+Digest Blake3Hasher::finish() {
+  Digest d{};
+  blake3_hasher_finalize(&state_->h, d.data(), d.size());
   return d;
 }
 
