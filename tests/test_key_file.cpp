@@ -1,6 +1,8 @@
 // Key file round trip and a matrix of hand-made broken files, one defect each.
 #include <gtest/gtest.h>
 
+#include <random>
+
 #include <cstring>
 #include <functional>
 
@@ -32,11 +34,12 @@ KeyFile sample_key() {
   return k;
 }
 
-// Offsets in sample_key()'s serialisation (version 2, unencrypted).
+// Offsets in sample_key()'s serialisation (version 3, unencrypted). Entry 0's indices {0, 2}
+// are the LEB128 bytes 0x00 (first index 0) and 0x01 (gap 2 minus 1) after their byte count.
 constexpr size_t kVersion = 8, kHeaderSize = 12, kCriterion = 96, kRatio = 100, kRatioAfter = 108;
 constexpr size_t kTier = 132, kEncryption = 136, kEntryCount = 204;
-constexpr size_t kName0Len = 208, kDtype0 = 220, kNdim0 = 221, kUnitSize0 = 240, kCount0 = 248, kIndex0 = 256;
-constexpr size_t kValue0 = 272, kName1 = 300;
+constexpr size_t kName0Len = 208, kDtype0 = 220, kNdim0 = 221, kUnitSize0 = 240, kCount0 = 248, kIndexBytes0 = 256;
+constexpr size_t kIndex0 = 264, kValue0 = 266, kName1 = 294;
 
 void put16(std::vector<uint8_t>& b, size_t at, uint16_t v) { std::memcpy(&b[at], &v, 2); }
 void put32(std::vector<uint8_t>& b, size_t at, uint32_t v) { std::memcpy(&b[at], &v, 4); }
@@ -71,7 +74,7 @@ TEST_P(KeyBroken, IsRefusedWithTheRightError) {
 const Case kCases[] = {
     {"empty", [](auto& b) { b.clear(); }, "bad magic"},
     {"bad magic", [](auto& b) { b[0] = 'X'; }, "bad magic"},
-    {"future version", [](auto& b) { put32(b, kVersion, 3); }, "version 3, this build reads up to 2"},
+    {"future version", [](auto& b) { put32(b, kVersion, 4); }, "version 4, this build reads up to 3"},
     {"version zero", [](auto& b) { put32(b, kVersion, 0); }, "version 0"},
     {"header size", [](auto& b) { put32(b, kHeaderSize, 100); }, "header size 100"},
     {"truncated header", [](auto& b) { b.resize(50); }, "truncated"},
@@ -85,10 +88,15 @@ const Case kCases[] = {
     {"ratio after above ratio", [](auto& b) { double r = 0.5; std::memcpy(&b[kRatioAfter], &r, 8); reseal(b); }, "is not below the ratio"},
     {"tier beyond tier count", [](auto& b) { put16(b, kTier, 3); reseal(b); }, "tier 3 of 1"},
     {"unknown encryption", [](auto& b) { b[kEncryption] = 9; }, "(trailing bytes)"},
-    {"count larger than data", [](auto& b) { put64(b, kCount0, 1000); reseal(b); }, "truncated while reading unit indices"},
-    {"huge count", [](auto& b) { put64(b, kCount0, UINT64_MAX / 4); reseal(b); }, "overflow"},
-    {"index out of range", [](auto& b) { put64(b, kIndex0 + 8, 4); reseal(b); }, "unit index 4 out of range"},
-    {"indices not increasing", [](auto& b) { put64(b, kIndex0, 2); reseal(b); }, "strictly increasing"},
+    {"count larger than index block", [](auto& b) { put64(b, kCount0, 1000); reseal(b); }, "1000 unit indices cannot fit in an index block of 2 bytes"},
+    {"huge count", [](auto& b) { put64(b, kCount0, UINT64_MAX / 4); reseal(b); }, "cannot fit in an index block"},
+    {"index block larger than data", [](auto& b) { put64(b, kIndexBytes0, 1000); reseal(b); }, "truncated while reading unit indices of 'a.weight'"},
+    {"huge index block", [](auto& b) { put64(b, kIndexBytes0, UINT64_MAX); reseal(b); }, "truncated while reading unit indices"},
+    {"index block with a spare byte", [](auto& b) { put64(b, kIndexBytes0, 3); reseal(b); }, "holds 2 indices in 2 bytes"},
+    {"index out of range", [](auto& b) { b[kIndex0 + 1] = 3; reseal(b); }, "unit index 4 out of range"},
+    {"first index out of range", [](auto& b) { b[kIndex0] = 0x7f; reseal(b); }, "out of range (tensor has 4 units)"},
+    {"index runs past its block", [](auto& b) { b[kIndex0 + 1] = 0x81; reseal(b); }, "ends inside index 1"},
+    {"index not minimally encoded", [](auto& b) { b[kIndex0] = 0x80; b[kIndex0 + 1] = 0x00; reseal(b); }, "index 0 is not minimally encoded"},
     {"duplicate tensor", [](auto& b) { b[kName1] = 'a'; reseal(b); }, "duplicate entry for tensor 'a.weight'"},
     {"unit size does not divide", [](auto& b) { put64(b, kUnitSize0, 5); reseal(b); }, "does not divide"},
     {"unknown dtype", [](auto& b) { b[kDtype0] = 9; reseal(b); }, "unknown dtype code 9"},
@@ -104,6 +112,43 @@ INSTANTIATE_TEST_SUITE_P(Defects, KeyBroken, ::testing::ValuesIn(kCases),
                            for (auto& c : n) if (!isalnum(static_cast<unsigned char>(c))) c = '_';
                            return n;
                          });
+
+// A tensor of 2^64 - 1 weights gives an index of ten LEB128 bytes, whose last may only be 0 or 1.
+TEST(KeyFile, IndexOverflowingSixtyFourBitsIsRefused) {
+  KeyFile k = sample_key();
+  k.entries.resize(1);
+  k.entries[0] = {"huge.weight", DType::kF32, {UINT64_MAX}, 1, {uint64_t{1} << 63}, f32_bytes({1})};
+  auto bytes = serialize_key(k);
+  EXPECT_EQ(parse_key(bytes.data(), bytes.size(), "k").entries[0].units, k.entries[0].units);
+  // name length 4 + 11, dtype..reserved 4, dims 8, unit size 8, count 8, block size 8
+  const size_t block = kName0Len + 4 + 11 + 4 + 8 + 8 + 8 + 8;
+  ASSERT_EQ(bytes[block + 9], 0x01);
+  bytes[block + 9] = 0x02;
+  reseal(bytes);
+  try {
+    parse_key(bytes.data(), bytes.size(), "k");
+    FAIL() << "overflowing index accepted";
+  } catch (const FormatError& e) {
+    EXPECT_NE(std::string(e.what()).find("index 0 overflows 64 bits"), std::string::npos) << e.what();
+  }
+}
+
+// Single weights at 5%: the gaps fit in one byte, so an index costs about one byte, not eight.
+TEST(KeyFile, IndicesOfASparseLockTakeAboutOneByteEach) {
+  KeyFile k = sample_key();
+  k.entries.resize(1);
+  KeyEntry& e = k.entries[0];
+  e = {"fc.weight", DType::kF32, {1000, 1000}, 1, {}, {}};
+  std::mt19937 rng(1);
+  for (uint64_t i = 0; i < 1000000; ++i) {
+    if (rng() % 20 == 0) e.units.push_back(i);
+  }
+  e.values.assign(e.units.size() * 4, 0);
+  const auto bytes = serialize_key(k);
+  const double per_index = double(bytes.size() - e.values.size() - 300) / double(e.units.size());
+  EXPECT_LT(per_index, 1.1);
+  EXPECT_EQ(parse_key(bytes.data(), bytes.size(), "k").entries[0].units, e.units);
+}
 
 TEST(KeyFile, RoundTrips) {
   KeyFile k = sample_key();

@@ -159,6 +159,59 @@ DType checked_dtype(uint8_t v, const std::string& at) {
   return static_cast<DType>(v);
 }
 
+// Version 3 index block: unsigned LEB128 of the first index, then of each gap minus 1.
+std::vector<uint8_t> encode_indices(const std::vector<uint64_t>& units) {
+  std::vector<uint8_t> out;
+  out.reserve(units.size() + units.size() / 4 + 16);
+  uint64_t next = 0;  // the smallest index the next one may have
+  for (const uint64_t u : units) {
+    uint64_t v = u - next;  // entries are checked (strictly increasing) before they are written
+    while (v >= 0x80) {
+      out.push_back(static_cast<uint8_t>(v | 0x80));
+      v >>= 7;
+    }
+    out.push_back(static_cast<uint8_t>(v));
+    next = u + 1;
+  }
+  return out;
+}
+
+// Decodes `count` indices from exactly `size` bytes; refuses overlong, overflowing and
+// non-minimal numbers, and indices past `limit` (the tensor's unit count).
+std::vector<uint64_t> decode_indices(const uint8_t* p, uint64_t size, uint64_t count, uint64_t limit,
+                                     const std::string& at) {
+  if (count > size) {
+    throw FormatError(at + ": " + std::to_string(count) + " unit indices cannot fit in an index block of " +
+                      std::to_string(size) + " bytes");
+  }
+  std::vector<uint64_t> units(count);
+  uint64_t pos = 0, next = 0;
+  for (uint64_t i = 0; i < count; ++i) {
+    uint64_t v = 0;
+    for (int shift = 0;; shift += 7) {
+      if (pos == size) throw FormatError(at + ": index block of " + std::to_string(size) + " bytes ends inside index " + std::to_string(i));
+      const uint8_t b = p[pos++];
+      if (shift == 63 && b > 1) throw FormatError(at + ": index " + std::to_string(i) + " overflows 64 bits");
+      v |= static_cast<uint64_t>(b & 0x7f) << shift;
+      if ((b & 0x80) == 0) {
+        if (b == 0 && shift > 0) throw FormatError(at + ": index " + std::to_string(i) + " is not minimally encoded");
+        break;
+      }
+    }
+    if (v >= limit || next > limit - 1 - v) {
+      throw FormatError(at + ": unit index " + (v >= limit ? "past " + std::to_string(limit) : std::to_string(next + v)) +
+                        " out of range (tensor has " + std::to_string(limit) + " units)");
+    }
+    units[i] = next + v;
+    next = units[i] + 1;
+  }
+  if (pos != size) {
+    throw FormatError(at + ": index block of " + std::to_string(size) + " bytes holds " + std::to_string(count) +
+                      " indices in " + std::to_string(pos) + " bytes");
+  }
+  return units;
+}
+
 void write_entries(ByteWriter& w, const std::vector<KeyEntry>& entries) {
   for (const auto& e : entries) {
     w.u32(static_cast<uint32_t>(e.tensor.size()));
@@ -169,12 +222,14 @@ void write_entries(ByteWriter& w, const std::vector<KeyEntry>& entries) {
     for (auto d : e.shape) w.u64(d);
     w.u64(e.unit_size);
     w.u64(e.units.size());
-    for (auto u : e.units) w.u64(u);
+    const std::vector<uint8_t> indices = encode_indices(e.units);
+    w.u64(indices.size());
+    w.bytes(indices);
     w.bytes(e.values);
   }
 }
 
-std::vector<KeyEntry> read_entries(ByteReader& p, uint64_t entry_count, const std::string& what) {
+std::vector<KeyEntry> read_entries(ByteReader& p, uint64_t entry_count, uint32_t version, const std::string& what) {
   std::vector<KeyEntry> entries;
   std::set<std::string> names;
   for (uint64_t i = 0; i < entry_count; ++i) {
@@ -199,10 +254,19 @@ std::vector<KeyEntry> read_entries(ByteReader& p, uint64_t entry_count, const st
     for (uint8_t d = 0; d < ndim; ++d) e.shape.push_back(p.u64("dims"));
     e.unit_size = p.u64("unit size");
     const uint64_t count = p.u64("unit count");
-    // Check the count against the bytes that are left before allocating anything.
-    p.need(checked_mul(count, 8, at), "unit indices of '" + e.tensor + "'");
-    e.units.resize(count);
-    std::memcpy(e.units.data(), p.take(count * 8, "unit indices"), count * 8);
+    if (version >= 3) {
+      const uint64_t size = p.u64("index block size");
+      const uint8_t* block = p.take(size, "unit indices of '" + e.tensor + "'");  // checked before allocating
+      uint64_t numel = 1;
+      for (auto d : e.shape) numel = checked_mul(numel, d, at);
+      if (e.unit_size == 0 || numel % e.unit_size != 0) check_entry(e, what);  // names the unit-size defect
+      e.units = decode_indices(block, size, count, numel / e.unit_size, at + " ('" + e.tensor + "')");
+    } else {
+      // Check the count against the bytes that are left before allocating anything.
+      p.need(checked_mul(count, 8, at), "unit indices of '" + e.tensor + "'");
+      e.units.resize(count);
+      std::memcpy(e.units.data(), p.take(count * 8, "unit indices"), count * 8);
+    }
     const uint64_t value_bytes =
         checked_mul(checked_mul(count, e.unit_size, at), dtype_size(e.dtype), at);
     const uint8_t* v = p.take(value_bytes, "values of '" + e.tensor + "'");
@@ -433,7 +497,7 @@ KeyFile parse_key(const uint8_t* data, size_t size, const std::string& what,
     key.header = f.header;
     ByteReader p(data + f.header_end, f.payload_size, what + ": payload");
     const uint64_t count = f.header.version == 1 ? f.entry_count : p.u32("entry count");
-    key.entries = read_entries(p, count, what);
+    key.entries = read_entries(p, count, f.header.version, what);
     return key;
   }
   // encrypted: authenticate before trusting any header field
@@ -451,7 +515,7 @@ KeyFile parse_key(const uint8_t* data, size_t size, const std::string& what,
   check_codes(f, what);
   key.header = f.header;
   ByteReader p(plain.data(), plain.size(), what + ": payload");
-  key.entries = read_entries(p, p.u32("entry count"), what);
+  key.entries = read_entries(p, p.u32("entry count"), f.header.version, what);
   sodium_memzero(plain.data(), plain.size());
   return key;
 }

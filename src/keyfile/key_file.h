@@ -1,10 +1,10 @@
-// The access key file. Version 2 layout (all integers little-endian); the full description,
-// and version 1 (still read), are in docs/key-format.md.
+// The access key file. Version 3 layout (all integers little-endian); the full description,
+// and versions 1 and 2 (still read), are in docs/key-format.md.
 //
 //   offset  size  field
 //   0       8     magic "CLOCKKEY"
-//   8       4     u32 version (2)
-//   12      4     u32 header size H (188 in version 2)
+//   8       4     u32 version (3)
+//   12      4     u32 header size H (188 in versions 2 and 3)
 //   16      H     header:
 //                   32  fingerprint of the model state this key applies to ("locked")
 //                   32  fingerprint of the state it produces ("original"; for a tier key
@@ -27,8 +27,11 @@
 //
 // Entry: u32 name length n (1..4096), n bytes of tensor name, u8 dtype (1 f32, 2 f64, 3 f16,
 // 4 bf16), u8 ndim (1..8), u16 0, u64 dims[ndim], u64 unit size s (elements per unit; divides
-// the element count), u64 unit count k, u64 unit indices[k] (strictly increasing, < numel/s),
-// then k*s elements of dtype: the original values, unit after unit.
+// the element count), u64 unit count k, the unit indices (strictly increasing, < numel/s),
+// then k*s elements of dtype: the original values, unit after unit. Version 3 stores the
+// indices as u64 byte count B and B bytes of k unsigned LEB128 numbers: the first index, then
+// each index's distance to the one before minus 1 (a 5% lock of single weights: about 1.1 bytes
+// an index); versions 1 and 2 as k u64 (8 bytes an index).
 //
 // A unit is the contiguous block [index*s, (index+1)*s) of the tensor's row-major elements:
 // a conv kernel F[o,i,:,:], a whole filter F[o,:,:,:], or one weight.
@@ -44,9 +47,9 @@
 namespace corelocker {
 
 constexpr char kKeyMagic[8] = {'C', 'L', 'O', 'C', 'K', 'K', 'E', 'Y'};
-constexpr uint32_t kKeyVersion = 2;  // written; versions 1 and 2 are read
+constexpr uint32_t kKeyVersion = 3;  // written; versions 1, 2 and 3 are read
 constexpr uint32_t kKeyHeaderSizeV1 = 120;
-constexpr uint32_t kKeyHeaderSizeV2 = 188;
+constexpr uint32_t kKeyHeaderSizeV2 = 188;  // also version 3
 constexpr uint32_t kKeyMaxNameLength = 4096;
 constexpr uint32_t kKeyMaxDims = 8;
 
