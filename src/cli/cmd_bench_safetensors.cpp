@@ -54,11 +54,13 @@ StepResult run_child(const std::vector<std::string>& argv) {
   return {std::chrono::duration<double>(t1 - t0).count(), static_cast<double>(ru.ru_maxrss) / 1024.0};
 }
 
-std::string self_exe() {
+// `corelocker`, the binary users run, in the folder of this one (corelocker-torch).
+std::string user_binary() {
   std::vector<char> buf(4096);
   const ssize_t n = ::readlink("/proc/self/exe", buf.data(), buf.size() - 1);
   if (n <= 0) throw IoError("cannot find the corelocker binary (/proc/self/exe)");
-  return std::string(buf.data(), static_cast<size_t>(n));
+  const std::string self(buf.data(), static_cast<size_t>(n));
+  return self.substr(0, self.find_last_of('/') + 1) + "corelocker";
 }
 
 // Conv and linear layers adding up to about `bytes` of F32 data, in network order.
@@ -122,6 +124,7 @@ void add_bench_safetensors(CLI::App& app) {
   static std::string dir;
   static int repeat = 3;
   static bool keep = false;
+  static std::string binary;
   c->add_option("--size-gib", size_gib, "Size of the synthetic file in GiB")->capture_default_str()->check(
       CLI::Range(0.001, 64.0));
   c->add_option("--dir", dir, "Folder for the files (needs about 4x the size free)")->required();
@@ -129,11 +132,12 @@ void add_bench_safetensors(CLI::App& app) {
   c->add_option("--repeat", repeat, "Runs of each step (the median is compared)")->capture_default_str()->check(
       CLI::Range(1, 20));
   c->add_flag("--keep", keep, "Keep the files");
+  c->add_option("--binary", binary, "corelocker binary to time (default: the one beside this; e.g. an older build)");
   handlers()[c] = [] {
     const std::string src = dir + "/bench.safetensors", copy = dir + "/bench-copy.safetensors";
     const std::string locked = dir + "/bench-locked.safetensors", key = dir + "/bench.clk";
     const std::string restored = dir + "/bench-restored.safetensors";
-    const std::string exe = self_exe();
+    const std::string exe = binary.empty() ? user_binary() : binary;
     const auto specs = synthetic_layers(static_cast<uint64_t>(size_gib * double(uint64_t{1} << 30)));
     const auto t0 = std::chrono::steady_clock::now();
     write_synthetic(src, specs);
@@ -144,6 +148,7 @@ void add_bench_safetensors(CLI::App& app) {
     const int got_load = ::getloadavg(load, 3);
     std::printf("synthetic file %s: %.1f MiB, %zu tensors (%zu conv/linear weights), written in %.2f s\n", src.c_str(),
                 file_mib, specs.size(), specs.size() / 2, write_s);
+    std::printf("binary timed: %s\n", exe.c_str());
     std::printf("load average before: %s\n", got_load == 3 ? (fixed(load[0], 2) + " " + fixed(load[1], 2) + " " +
                                                               fixed(load[2], 2)).c_str() : "unknown");
     struct Step {

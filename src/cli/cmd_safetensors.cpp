@@ -2,6 +2,7 @@
 #include "cli/cmd_safetensors.h"
 
 #include <cstdio>
+#include <nlohmann/json.hpp>
 
 #include "formats/safetensors_lock.h"
 #include "keyfile/key_file.h"
@@ -14,8 +15,8 @@ using OJson = nlohmann::ordered_json;  // inspect prints fields in the order the
 
 // The value of option `name` of `c`, or `fallback` when it was not given and has no default.
 std::string option_text(const CLI::App& c, const std::string& name, const std::string& fallback) {
-  const CLI::Option* o = c.get_option(name);
-  if (o->count() == 0 && o->get_default_str().empty()) return fallback;
+  const CLI::Option* o = c.get_option_no_throw(name);
+  if (o == nullptr || (o->count() == 0 && o->get_default_str().empty())) return fallback;
   return o->as<std::string>();
 }
 
@@ -24,7 +25,8 @@ void refuse_options(const CLI::App& c) {
   for (const char* name : {"--tiers", "--tier-bands", "--eval", "--decoy-tries", "--decoy-target", "--units", "--seed",
                            "--val-size", "--val-seed", "--data-dir", "--test-subset", "--dataset", "--mean", "--std",
                            "--pad", "--resize", "--channels"}) {
-    if (c.count(name) > 0) {
+    const CLI::Option* o = c.get_option_no_throw(name);
+    if (o != nullptr && o->count() > 0) {
       throw UsageError(std::string(name) + " does not apply to safetensors files (they are locked with l1, one key, "
                                            "without evaluation)");
     }
@@ -47,10 +49,12 @@ int lock_safetensors_command(const CLI::App& c, const std::string& model, const 
   if (out == key_out) throw UsageError("--out and --key-out name the same file '" + out + "'");
   if (out == model) throw UsageError("--out names the input file '" + model + "'; write the locked file elsewhere");
   StLockOptions o;
-  o.ratio = c.get_option("--ratio")->as<double>();
+  const CLI::Option* ratio = c.get_option_no_throw("--ratio");
+  o.ratio = ratio != nullptr ? ratio->as<double>() : 0.05;
   const std::string scope = option_text(c, "--scope", "layer");
   o.scope = parse_scope(scope);
-  o.include_io = c.get_option("--include-io")->count() > 0;
+  const CLI::Option* io = c.get_option_no_throw("--include-io");
+  o.include_io = io != nullptr && io->count() > 0;
   o.threads = static_cast<unsigned>(std::stoul(option_text(c, "--threads", "0")));
   const KeyCredentials creds = credentials(access);
   uint64_t key_bytes = 0;

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "cli/key_access.h"
 #include "data/dataset.h"
 #include "locking/lock.h"
 #include "models/checkpoint.h"
@@ -50,7 +51,6 @@ void apply_threads(const Common& o);
 Dataset test_set(const ModelMeta& meta, const Common& o);
 
 std::string pct(double v);                // "12.34"
-std::string fixed(double v, int digits);  // printf("%.*f")
 
 
 // Options of `train` (also used by `demo`).
@@ -75,16 +75,6 @@ std::map<std::string, int64_t> arch_options(const TrainArgs& a);
 // training at the end of the current step: summary_out["interrupted"] is then true and the
 // model is the one of the last completed epoch's checkpoint (if any).
 LoadedModel train_model(const TrainArgs& a, const Common& common, Json& summary_out);
-
-// --passphrase-file / --passphrase-env / --secret-file (and --kdf when writing keys).
-struct KeyAccess {
-  std::string passphrase_file, passphrase_env, secret_file, kdf = "moderate";
-};
-void add_key_access(CLI::App* c, KeyAccess& k, bool writing);
-// Credentials from the options (kind kNone when none given). Throws UsageError / IoError.
-KeyCredentials credentials(const KeyAccess& k);
-// Reads keys with the same credentials.
-std::vector<KeyFile> read_keys(const std::vector<std::string>& paths, const KeyAccess& k);
 
 // Options that say which units compete, with the same meaning as in `lock`: --criterion,
 // --scope, --seed, --units, --include-io. add_unit_args returns the --criterion option.

@@ -1,0 +1,118 @@
+// corelocker: the command users run. It serves `lock`, `unlock`, `fingerprint` and `inspect` of
+// safetensors files itself, without LibTorch: loading LibTorch (registering its operators) takes
+// 0.43 s here, more than copying a 1 GiB file, and these commands never touch a tensor library.
+// Everything else, and any arguments this parser does not accept (--help, options that do not
+// apply to safetensors files, typos), goes unchanged to `corelocker-torch`, the whole tool,
+// installed beside this binary (execv), which answers exactly as it always has.
+#include <CLI/CLI.hpp>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "cli/allocator.h"
+#include "cli/cmd_safetensors.h"
+#include "cli/exit_codes.h"
+#include "cli/key_access.h"
+#include "formats/safetensors.h"
+
+namespace {
+
+using namespace corelocker;
+using namespace corelocker::cli;
+
+// The options of the four commands as corelocker-torch defines them for these files (cmd_lock.cpp);
+// tests/test_cli_safetensors.cpp runs both binaries on the same files.
+struct Args {
+  std::string model, out, key_out, criterion = "l1", scope, fill = "zero";
+  double ratio = 0.05;
+  bool include_io = false, json = false;
+  int threads = 0;
+  std::vector<std::string> keys;
+  KeyAccess lock_access, unlock_access, inspect_access;
+};
+
+struct Commands {
+  CLI::App* lock;
+  CLI::App* unlock;
+  CLI::App* fingerprint;
+  CLI::App* inspect;
+};
+
+Commands add_commands(CLI::App& app, Args& a) {
+  Commands c{};
+  c.lock = app.add_subcommand("lock");
+  c.lock->add_option("--model", a.model)->required();
+  c.lock->add_option("--criterion", a.criterion)->capture_default_str();
+  c.lock->add_option("--ratio", a.ratio)->capture_default_str()->check(CLI::Range(0.0, 1.0));
+  c.lock->add_option("--scope", a.scope);
+  c.lock->add_option("--fill", a.fill)->capture_default_str();
+  c.lock->add_flag("--include-io", a.include_io);
+  c.lock->add_option("--out", a.out)->required();
+  c.lock->add_option("--key-out", a.key_out)->required();
+  add_key_access(c.lock, a.lock_access, /*writing=*/true);
+  c.lock->add_option("--threads", a.threads)->check(CLI::NonNegativeNumber);
+
+  c.unlock = app.add_subcommand("unlock");
+  c.unlock->add_option("--model", a.model)->required();
+  c.unlock->add_option("--key", a.keys)->required();
+  c.unlock->add_option("--out", a.out)->required();
+  add_key_access(c.unlock, a.unlock_access, /*writing=*/false);
+  c.unlock->add_option("--threads", a.threads)->check(CLI::NonNegativeNumber);
+
+  c.fingerprint = app.add_subcommand("fingerprint");
+  c.fingerprint->add_option("file", a.model)->required();
+
+  c.inspect = app.add_subcommand("inspect");
+  c.inspect->add_option("file", a.model)->required();
+  c.inspect->add_flag("--json", a.json);
+  add_key_access(c.inspect, a.inspect_access, /*writing=*/false);
+  return c;
+}
+
+// The whole tool: corelocker-torch in the folder of this binary (symbolic links resolved).
+std::string torch_binary() {
+  std::vector<char> buf(4096);
+  const ssize_t n = ::readlink("/proc/self/exe", buf.data(), buf.size() - 1);
+  std::string self = n > 0 ? std::string(buf.data(), static_cast<size_t>(n)) : std::string();
+  const auto slash = self.find_last_of('/');
+  return (slash == std::string::npos ? std::string(".") : self.substr(0, slash)) + "/corelocker-torch";
+}
+
+[[noreturn]] void hand_over(char** argv) {
+  const std::string path = torch_binary();
+  std::fflush(nullptr);
+  ::execv(path.c_str(), argv);
+  std::fprintf(stderr, "corelocker: error: cannot run '%s' (the rest of the tool): %s\n", path.c_str(),
+               std::strerror(errno));
+  std::exit(1);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const std::string command = argc >= 2 ? argv[1] : "";
+  if (command != "lock" && command != "unlock" && command != "fingerprint" && command != "inspect") hand_over(argv);
+  tune_allocator();
+  CLI::App app;
+  app.require_subcommand(1);
+  Args a;
+  const Commands c = add_commands(app, a);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError&) {
+    hand_over(argv);  // help, options the safetensors path lacks, mistakes: the whole tool answers
+  }
+  if (!is_safetensors_file(a.model)) hand_over(argv);
+  return exit_code_of(app, [&] {
+    if (c.lock->parsed()) return lock_safetensors_command(*c.lock, a.model, a.out, a.key_out, a.lock_access);
+    if (c.unlock->parsed()) {
+      return unlock_safetensors_command(a.model, a.keys, a.out, a.unlock_access, static_cast<unsigned>(a.threads));
+    }
+    if (c.fingerprint->parsed()) return fingerprint_safetensors_command(a.model);
+    return inspect_safetensors_command(a.model, a.json);
+  });
+}
