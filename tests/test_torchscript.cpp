@@ -5,10 +5,12 @@
 #include <array>
 #include <cstdio>
 #include <fstream>
+#include <map>
 #include <set>
 
 #include "eval/evaluate.h"
 #include "locking/lock.h"
+#include "models/checkpoint.h"
 #include "models/torchscript.h"
 #include "temp_dir.h"
 #include "test_support.h"
@@ -165,6 +167,43 @@ TEST(TorchScript, L1LockMakesATrainedModelFallAndTheKeyRestoresIt) {
   EXPECT_LE(locked, before - 20.0) << "before " << before;
   unlock_model(m, out.key);
   EXPECT_EQ(evaluate(*m.net, test, m.meta.preprocess).top1, before);
+}
+
+// The built-in resnet20's own weights in the Python network of the same shape (option-A
+// shortcuts, tests/fixtures/torchscript_model.py from-checkpoint): the structure read from the
+// TorchScript graphs must make the lock take exactly the units the built-in structure takes.
+TEST(TorchScript, BuiltInResnetWeightsLockExactlyAsTheBuiltInModel) {
+  TempDir tmp;
+  torch::manual_seed(11);
+  LoadedModel builtin = create_model(new_model_meta("resnet20", "fashion-mnist"));
+  {
+    torch::NoGradGuard no_grad;  // distinct BatchNorm scales, so that bn ranks without ties
+    for (auto& t : named_tensors(*builtin.net)) {
+      if (t.name.find("bn") != std::string::npos && !t.is_buffer) t.tensor.uniform_(-1.0, 1.0);
+    }
+  }
+  save_model(tmp.file("r20.ckpt"), builtin);
+  const std::string cmd = std::string(testing::kPython) + " '" + testing::fixture_script() + "' from-checkpoint '" +
+                          tmp.file("r20.ckpt") + "' '" + tmp.path() + "' 2>&1";
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  auto units_of = [](const LockOutcome& o) {
+    std::map<std::string, std::pair<std::vector<uint64_t>, std::vector<uint8_t>>> m;
+    for (const auto& e : o.key.entries) m[e.tensor] = {e.units, e.values};
+    return m;
+  };
+  for (const std::string file : {"scripted.pt", "traced.pt"}) {
+    for (const Criterion c : {Criterion::kL1, Criterion::kBn}) {
+      SCOPED_TRACE(file + " " + to_string(c));
+      LoadedModel a = load_model(tmp.file("r20.ckpt"));
+      LoadedModel b = load_model(tmp.file(file));
+      EXPECT_EQ(a.net->structure().size(), b.net->structure().size());
+      const LockOutcome oa = lock_model(a, options(c, 0.05));
+      const LockOutcome ob = lock_model(b, options(c, 0.05));
+      EXPECT_GT(oa.stats.units, 0);
+      EXPECT_EQ(oa.stats.units, ob.stats.units);
+      EXPECT_EQ(units_of(oa), units_of(ob));
+    }
+  }
 }
 
 TEST(TorchScript, FilesThatAreNotUsableModelsAreRefused) {
