@@ -5,6 +5,7 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <random>
 
 #include "cli_run.h"
@@ -242,6 +243,76 @@ TEST_F(CliSt, HostileFilesAreRefusedAndNothingIsWritten) {
     EXPECT_FALSE(file_exists(dir_.file("key.clk"))) << file;
     EXPECT_EQ(run("fingerprint " + dir_.file(file)).code, 1) << file;
   }
+}
+
+// `corelocker` serves safetensors files itself (front_main.cpp) and hands everything else to
+// `corelocker-torch` beside it. Both must answer the same for these files.
+std::string torch_binary() {
+  const std::string front = CORELOCKER_BIN;
+  return front.substr(0, front.find_last_of('/') + 1) + "corelocker-torch";
+}
+
+TEST_F(CliSt, FrontAndWholeToolGiveTheSameAnswers) {
+  const std::string whole = torch_binary();
+  const std::string m = dir_.file("m.safetensors");
+  for (const std::string& args : {"fingerprint " + m, "inspect " + m, "inspect --json " + m}) {
+    const CliRun a = run(args), b = shell(whole + " " + args);
+    EXPECT_EQ(a.code, 0) << a.out;
+    EXPECT_EQ(a.out, b.out) << args;
+  }
+  const std::string opts = " --scope global --include-io --threads 1";
+  const CliRun la = lock("m.safetensors", "a.safetensors", "a.clk", opts);  // --ratio 0.1
+  ASSERT_EQ(la.code, 0) << la.out;
+  const CliRun lb = shell(whole + " lock --model " + m + " --ratio 0.1 --out " + dir_.file("b.safetensors") +
+                          " --key-out " + dir_.file("b.clk") + opts);
+  ASSERT_EQ(lb.code, 0) << lb.out;
+  // the same units and values (only the random key id differs; fingerprints leave it out)
+  EXPECT_EQ(run("fingerprint " + dir_.file("a.safetensors")).out, shell(whole + " fingerprint " + dir_.file("b.safetensors")).out);
+  EXPECT_EQ(std::filesystem::file_size(dir_.file("a.clk")), std::filesystem::file_size(dir_.file("b.clk")));
+  auto stats = [](const std::string& out) {  // "units extracted ... key size" as printed
+    const auto a = out.find("units extracted"), b = out.find("locked model:");
+    return a == std::string::npos || b == std::string::npos ? std::string() : out.substr(a, b - a);
+  };
+  EXPECT_FALSE(stats(la.out).empty()) << la.out;
+  EXPECT_EQ(stats(la.out), stats(lb.out));
+  // each key unlocks the other binary's output
+  ASSERT_EQ(unlock("a.safetensors", "a.clk", "ra.safetensors", "--threads 2").code, 0);
+  const CliRun ub = shell(whole + " unlock --model " + dir_.file("b.safetensors") + " --key " + dir_.file("b.clk") +
+                          " --out " + dir_.file("rb.safetensors"));
+  ASSERT_EQ(ub.code, 0) << ub.out;
+  EXPECT_TRUE(same_bytes("ra.safetensors", "m.safetensors"));
+  EXPECT_TRUE(same_bytes("rb.safetensors", "m.safetensors"));
+}
+
+TEST_F(CliSt, FrontHandsOverHelpOtherOptionsAndOtherCommands) {
+  const CliRun help = run("lock --help");
+  EXPECT_EQ(help.code, 0) << help.out;
+  EXPECT_NE(help.out.find("--tier-bands"), std::string::npos) << "the whole tool's help: " << help.out;
+  const CliRun tiers = lock("m.safetensors", "l.safetensors", "l.clk", "--tiers 0.1,0.2");
+  EXPECT_EQ(tiers.code, 2) << tiers.out;
+  EXPECT_NE(tiers.out.find("--tiers does not apply to safetensors files"), std::string::npos) << tiers.out;
+  EXPECT_FALSE(std::filesystem::exists(dir_.file("l.safetensors")));
+  const CliRun typo = run("fingerprint --jsn " + dir_.file("m.safetensors"));
+  EXPECT_EQ(typo.code, 2) << typo.out;
+  const CliRun version = run("--version");
+  EXPECT_EQ(version.code, 0) << version.out;
+  EXPECT_NE(version.out.find("corelocker "), std::string::npos) << version.out;
+}
+
+// Without corelocker-torch beside it, the front still serves safetensors files (so it never
+// needed LibTorch for them) and says clearly what is missing for the rest.
+TEST_F(CliSt, FrontServesSafetensorsWithoutTheWholeTool) {
+  ASSERT_EQ(std::system(("cp " + std::string(CORELOCKER_BIN) + " " + dir_.file("corelocker")).c_str()), 0);
+  const std::string alone = dir_.file("corelocker");
+  const CliRun fp = shell(alone + " fingerprint " + dir_.file("m.safetensors"));
+  EXPECT_EQ(fp.code, 0) << fp.out;
+  EXPECT_EQ(fp.out, run("fingerprint " + dir_.file("m.safetensors")).out);
+  const CliRun l = shell(alone + " lock --model " + dir_.file("m.safetensors") + " --out " + dir_.file("l.safetensors") +
+                         " --key-out " + dir_.file("l.clk"));
+  EXPECT_EQ(l.code, 0) << l.out;
+  const CliRun other = shell(alone + " models");
+  EXPECT_EQ(other.code, 1) << other.out;
+  EXPECT_NE(other.out.find("cannot run '" + dir_.path() + "/corelocker-torch'"), std::string::npos) << other.out;
 }
 
 }  // namespace
