@@ -717,7 +717,11 @@ StLockOutcome lock_safetensors(const std::string& in, const std::string& out, co
       sel.reset(units_at_ratio(layer.units, options.ratio));
       uint32_t guess = 0;
       primed = sample_threshold(dt, p, layer.units, layer.unit_size, sel.k(), guess);
-      if (primed) sel.prime(guess);
+      if (primed) {
+        sel.prime(guess);
+        // the sample touched pages all over the layer: give them back, the windows map them again
+        file.map.release(h.data_start + t.begin, t.nbytes());
+      }
     }
     TensorHasher& hasher = hashers.emplace_back(scheme);
     for (uint64_t u0 = 0; u0 < layer.units; u0 += window_units) {

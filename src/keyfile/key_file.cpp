@@ -199,8 +199,8 @@ std::vector<uint64_t> decode_indices(const uint8_t* p, uint64_t size, uint64_t c
       }
     }
     if (v >= limit || next > limit - 1 - v) {
-      throw FormatError(at + ": unit index " + (v >= limit ? "past " + std::to_string(limit) : std::to_string(next + v)) +
-                        " out of range (tensor has " + std::to_string(limit) + " units)");
+      const std::string index = v >= limit ? std::to_string(v) + " or more" : std::to_string(next + v);
+      throw FormatError(at + ": unit index " + index + " out of range (tensor has " + std::to_string(limit) + " units)");
     }
     units[i] = next + v;
     next = units[i] + 1;
