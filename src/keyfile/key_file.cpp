@@ -189,7 +189,10 @@ std::vector<uint64_t> decode_indices(const uint8_t* p, uint64_t size, uint64_t c
   for (uint64_t i = 0; i < count; ++i) {
     uint64_t v = 0;
     for (int shift = 0;; shift += 7) {
-      if (pos == size) throw FormatError(at + ": index block of " + std::to_string(size) + " bytes ends inside index " + std::to_string(i));
+      if (pos == size) {
+        throw FormatError(at + ": index block of " + std::to_string(size) + " bytes ends inside index " +
+                          std::to_string(i));
+      }
       const uint8_t b = p[pos++];
       if (shift == 63 && b > 1) throw FormatError(at + ": index " + std::to_string(i) + " overflows 64 bits");
       v |= static_cast<uint64_t>(b & 0x7f) << shift;
