@@ -317,6 +317,10 @@ void StWriter::write(const void* data, uint64_t size) {
   impl_->written += size;
 }
 
+void StWriter::sync() {
+  if (::fsync(impl_->fd) != 0) throw IoError(os_error("cannot flush", impl_->pending.temp_path()));
+}
+
 void StWriter::commit() {
   if (impl_->written != impl_->expected) {
     throw Error("safetensors writer: " + std::to_string(impl_->written) + " data bytes written, the header describes " +

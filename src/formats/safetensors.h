@@ -110,6 +110,9 @@ class StWriter {
   StWriter(const StWriter&) = delete;
   StWriter& operator=(const StWriter&) = delete;
   void write(const void* data, uint64_t size);
+  // Flushes what was written to the disk (fsync), so that commit() has little left to wait for;
+  // may run on another thread while nothing is written. Throws IoError.
+  void sync();
   void commit();
 
  private:
