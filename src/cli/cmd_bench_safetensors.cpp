@@ -16,6 +16,7 @@
 
 #include "cli/commands.h"
 #include "cli/common.h"
+#include "cli/sibling.h"
 #include "formats/safetensors.h"
 #include "util/atomic_file.h"
 #include "util/error.h"
@@ -52,15 +53,6 @@ StepResult run_child(const std::vector<std::string>& argv) {
                 std::to_string(status) + ")");
   }
   return {std::chrono::duration<double>(t1 - t0).count(), static_cast<double>(ru.ru_maxrss) / 1024.0};
-}
-
-// `corelocker`, the binary users run, in the folder of this one (corelocker-torch).
-std::string user_binary() {
-  std::vector<char> buf(4096);
-  const ssize_t n = ::readlink("/proc/self/exe", buf.data(), buf.size() - 1);
-  if (n <= 0) throw IoError("cannot find the corelocker binary (/proc/self/exe)");
-  const std::string self(buf.data(), static_cast<size_t>(n));
-  return self.substr(0, self.find_last_of('/') + 1) + "corelocker";
 }
 
 // Conv and linear layers adding up to about `bytes` of F32 data, in network order.
@@ -137,7 +129,8 @@ void add_bench_safetensors(CLI::App& app) {
     const std::string src = dir + "/bench.safetensors", copy = dir + "/bench-copy.safetensors";
     const std::string locked = dir + "/bench-locked.safetensors", key = dir + "/bench.clk";
     const std::string restored = dir + "/bench-restored.safetensors";
-    const std::string exe = binary.empty() ? user_binary() : binary;
+    const std::string exe = binary.empty() ? sibling_binary("corelocker") : binary;  // the binary users run
+    if (exe.empty()) throw IoError("cannot find the corelocker binary (/proc/self/exe)");
     const auto specs = synthetic_layers(static_cast<uint64_t>(size_gib * double(uint64_t{1} << 30)));
     const auto t0 = std::chrono::steady_clock::now();
     write_synthetic(src, specs);

@@ -17,6 +17,7 @@
 #include "cli/cmd_safetensors.h"
 #include "cli/exit_codes.h"
 #include "cli/key_access.h"
+#include "cli/sibling.h"
 #include "formats/safetensors.h"
 
 namespace {
@@ -32,7 +33,7 @@ struct Args {
   bool include_io = false, json = false;
   int threads = 0;
   std::vector<std::string> keys;
-  KeyAccess lock_access, unlock_access, inspect_access;
+  KeyAccess access;  // only one subcommand is parsed
 };
 
 struct Commands {
@@ -53,14 +54,14 @@ Commands add_commands(CLI::App& app, Args& a) {
   c.lock->add_flag("--include-io", a.include_io);
   c.lock->add_option("--out", a.out)->required();
   c.lock->add_option("--key-out", a.key_out)->required();
-  add_key_access(c.lock, a.lock_access, /*writing=*/true);
+  add_key_access(c.lock, a.access, /*writing=*/true);
   c.lock->add_option("--threads", a.threads)->check(CLI::NonNegativeNumber);
 
   c.unlock = app.add_subcommand("unlock");
   c.unlock->add_option("--model", a.model)->required();
   c.unlock->add_option("--key", a.keys)->required();
   c.unlock->add_option("--out", a.out)->required();
-  add_key_access(c.unlock, a.unlock_access, /*writing=*/false);
+  add_key_access(c.unlock, a.access, /*writing=*/false);
   c.unlock->add_option("--threads", a.threads)->check(CLI::NonNegativeNumber);
 
   c.fingerprint = app.add_subcommand("fingerprint");
@@ -69,21 +70,13 @@ Commands add_commands(CLI::App& app, Args& a) {
   c.inspect = app.add_subcommand("inspect");
   c.inspect->add_option("file", a.model)->required();
   c.inspect->add_flag("--json", a.json);
-  add_key_access(c.inspect, a.inspect_access, /*writing=*/false);
+  add_key_access(c.inspect, a.access, /*writing=*/false);
   return c;
 }
 
-// The whole tool: corelocker-torch in the folder of this binary (symbolic links resolved).
-std::string torch_binary() {
-  std::vector<char> buf(4096);
-  const ssize_t n = ::readlink("/proc/self/exe", buf.data(), buf.size() - 1);
-  std::string self = n > 0 ? std::string(buf.data(), static_cast<size_t>(n)) : std::string();
-  const auto slash = self.find_last_of('/');
-  return (slash == std::string::npos ? std::string(".") : self.substr(0, slash)) + "/corelocker-torch";
-}
-
 [[noreturn]] void hand_over(char** argv) {
-  const std::string path = torch_binary();
+  std::string path = sibling_binary("corelocker-torch");  // the whole tool
+  if (path.empty()) path = "corelocker-torch";
   std::fflush(nullptr);
   ::execv(path.c_str(), argv);
   std::fprintf(stderr, "corelocker: error: cannot run '%s' (the rest of the tool): %s\n", path.c_str(),
@@ -108,9 +101,9 @@ int main(int argc, char** argv) {
   }
   if (!is_safetensors_file(a.model)) hand_over(argv);
   return exit_code_of(app, [&] {
-    if (c.lock->parsed()) return lock_safetensors_command(*c.lock, a.model, a.out, a.key_out, a.lock_access);
+    if (c.lock->parsed()) return lock_safetensors_command(*c.lock, a.model, a.out, a.key_out, a.access);
     if (c.unlock->parsed()) {
-      return unlock_safetensors_command(a.model, a.keys, a.out, a.unlock_access, static_cast<unsigned>(a.threads));
+      return unlock_safetensors_command(a.model, a.keys, a.out, a.access, static_cast<unsigned>(a.threads));
     }
     if (c.fingerprint->parsed()) return fingerprint_safetensors_command(a.model);
     return inspect_safetensors_command(a.model, a.json);
