@@ -32,6 +32,22 @@ std::string parent_dir(const std::string& path) {
   return path.substr(0, slash);
 }
 
+// Drops the cached pages of the file a PendingFile will replace. The rename frees them anyway; freed
+// now, the new file's pages reuse them: the page cache holds one copy of the file instead of two for
+// the length of the write, and on a virtual machine whose idle memory goes back to the host (this
+// project's CI machines) pages freed a moment ago are much cheaper to take than fresh ones (a 1 GiB
+// lock: 3.3-4.3 s -> 1.5-2.2 s, docs/benchmarks.md). Only a regular file with one link, which the
+// rename will delete; the file itself is not touched, so a failed write still leaves it as it was.
+void drop_cached_pages(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) return;  // no file yet (or a link, or unreadable): nothing to drop
+  struct stat st {};
+  if (::fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_nlink == 1) {
+    ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);  // advice only: no error to report
+  }
+  ::close(fd);
+}
+
 }  // namespace
 
 std::vector<uint8_t> read_file(const std::string& path) {
@@ -65,6 +81,7 @@ PendingFile::PendingFile(std::string path) : path_(std::move(path)) {
   if (fd < 0) throw IoError(os_error("cannot create a temporary file next to", path_));
   ::close(fd);
   temp_ = buf.data();
+  drop_cached_pages(path_);
 }
 
 PendingFile::~PendingFile() {
