@@ -160,20 +160,28 @@ DType checked_dtype(uint8_t v, const std::string& at) {
 }
 
 // Version 3 index block: unsigned LEB128 of the first index, then of each gap minus 1.
-std::vector<uint8_t> encode_indices(const std::vector<uint64_t>& units) {
-  std::vector<uint8_t> out;
-  out.reserve(units.size() + units.size() / 4 + 16);
-  uint64_t next = 0;  // the smallest index the next one may have
+// Entries are checked (strictly increasing indices) before they are written.
+uint64_t encoded_indices_size(const std::vector<uint64_t>& units) {
+  uint64_t size = 0, next = 0;  // next: the smallest index the next one may have
   for (const uint64_t u : units) {
-    uint64_t v = u - next;  // entries are checked (strictly increasing) before they are written
-    while (v >= 0x80) {
-      out.push_back(static_cast<uint8_t>(v | 0x80));
-      v >>= 7;
-    }
-    out.push_back(static_cast<uint8_t>(v));
+    const uint64_t v = u - next;
+    size += v == 0 ? 1 : static_cast<uint64_t>(64 - __builtin_clzll(v) + 6) / 7;
     next = u + 1;
   }
-  return out;
+  return size;
+}
+
+void write_indices(ByteWriter& w, const std::vector<uint64_t>& units) {
+  uint64_t next = 0;
+  for (const uint64_t u : units) {
+    uint64_t v = u - next;
+    while (v >= 0x80) {
+      w.u8(static_cast<uint8_t>(v | 0x80));
+      v >>= 7;
+    }
+    w.u8(static_cast<uint8_t>(v));
+    next = u + 1;
+  }
 }
 
 // Decodes `count` indices from exactly `size` bytes; refuses overlong, overflowing and
@@ -215,7 +223,19 @@ std::vector<uint64_t> decode_indices(const uint8_t* p, uint64_t size, uint64_t c
   return units;
 }
 
-void write_entries(ByteWriter& w, const std::vector<KeyEntry>& entries) {
+// The payload (entry count, then the entries) and its exact size, so that it is built in one
+// buffer: a growing buffer copied a 66 MB key three times, and an encrypted key's plaintext
+// left copies in the freed memory that sodium_memzero never saw.
+uint64_t payload_size(const std::vector<KeyEntry>& entries) {
+  uint64_t size = 4;
+  for (const auto& e : entries) {
+    size += 4 + e.tensor.size() + 4 + 8 * e.shape.size() + 8 + 8 + 8 + encoded_indices_size(e.units) + e.values.size();
+  }
+  return size;
+}
+
+void write_payload(ByteWriter& w, const std::vector<KeyEntry>& entries) {
+  w.u32(static_cast<uint32_t>(entries.size()));
   for (const auto& e : entries) {
     w.u32(static_cast<uint32_t>(e.tensor.size()));
     w.raw(e.tensor.data(), e.tensor.size());
@@ -225,9 +245,8 @@ void write_entries(ByteWriter& w, const std::vector<KeyEntry>& entries) {
     for (auto d : e.shape) w.u64(d);
     w.u64(e.unit_size);
     w.u64(e.units.size());
-    const std::vector<uint8_t> indices = encode_indices(e.units);
-    w.u64(indices.size());
-    w.bytes(indices);
+    w.u64(encoded_indices_size(e.units));
+    write_indices(w, e.units);
     w.bytes(e.values);
   }
 }
@@ -444,9 +463,12 @@ std::vector<uint8_t> serialize_key(const KeyFile& key, const KeyCredentials& cre
     check_entry(e, "key");
     if (!names.insert(e.tensor).second) throw Error("key: duplicate entry '" + e.tensor + "'");
   }
-  ByteWriter payload;
-  payload.u32(static_cast<uint32_t>(key.entries.size()));
-  write_entries(payload, key.entries);
+  const uint64_t size = payload_size(key.entries);
+  auto check_size = [&](uint64_t written) {
+    if (written != size) {
+      throw Error("key: payload of " + std::to_string(written) + " bytes written, " + std::to_string(size) + " expected");
+    }
+  };
 
   KeyHeader h = key.header;
   h.encryption = credentials.kind;
@@ -455,8 +477,11 @@ std::vector<uint8_t> serialize_key(const KeyFile& key, const KeyCredentials& cre
   h.nonce.fill(0);
   ByteWriter out;
   if (credentials.kind == Encryption::kNone) {
-    write_header(out, h, payload.size());
-    out.bytes(payload.buffer());
+    out.reserve(size + 1024);  // the header (204 bytes) and the checksum (32) as well
+    write_header(out, h, size);
+    const size_t header_end = out.size();
+    write_payload(out, key.entries);
+    check_size(out.size() - header_end);
     Digest sum = hash_bytes(out.buffer().data(), out.size());
     out.raw(sum.data(), sum.size());
     return std::move(out.buffer());
@@ -468,16 +493,20 @@ std::vector<uint8_t> serialize_key(const KeyFile& key, const KeyCredentials& cre
     random_bytes(h.salt.data(), h.salt.size());
   }
   random_bytes(h.nonce.data(), h.nonce.size());
+  ByteWriter payload;
+  payload.reserve(size);
+  write_payload(payload, key.entries);
+  check_size(payload.size());
   auto k = derive_key(h, credentials, "key");
-  write_header(out, h, payload.size() + kTagSize);
-  const std::vector<uint8_t> ad = out.buffer();
-  std::vector<uint8_t> sealed(payload.size() + kTagSize);
+  write_header(out, h, size + kTagSize);
+  const size_t header_end = out.size();
+  out.buffer().resize(header_end + size + kTagSize);  // the ciphertext goes straight after the header
   unsigned long long sealed_len = 0;
-  crypto_aead_xchacha20poly1305_ietf_encrypt(sealed.data(), &sealed_len, payload.buffer().data(), payload.size(),
-                                             ad.data(), ad.size(), nullptr, h.nonce.data(), k.data());
+  crypto_aead_xchacha20poly1305_ietf_encrypt(out.buffer().data() + header_end, &sealed_len, payload.buffer().data(),
+                                             payload.size(), out.buffer().data(), header_end, nullptr, h.nonce.data(),
+                                             k.data());
   sodium_memzero(k.data(), k.size());
   sodium_memzero(payload.buffer().data(), payload.size());
-  out.bytes(sealed);
   return std::move(out.buffer());
 }
 

@@ -26,6 +26,7 @@ class ByteWriter {
     buf_.insert(buf_.end(), b, b + n);
   }
   void bytes(const std::vector<uint8_t>& v) { raw(v.data(), v.size()); }
+  void reserve(size_t n) { buf_.reserve(n); }
   size_t size() const { return buf_.size(); }
   std::vector<uint8_t>& buffer() { return buf_; }
 
