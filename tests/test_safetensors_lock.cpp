@@ -471,6 +471,54 @@ TEST_F(StLock, SampledThresholdSelectsAsAFullSortAndFallsBackWhenFooled) {
   EXPECT_EQ(read_file(dir_.file("restored.safetensors")), read_file(dir_.file("m.safetensors")));
 }
 
+// Linear F32 weights are keyed sixteen at a time and, in the locked file's pass, in chunks of
+// 262,144. Layers whose sizes are no multiple of either, with their largest weights in the last
+// partial block, on both sides of a chunk boundary and tied with the k-th, must still give the
+// units of a full stable sort, on one or two threads.
+TEST_F(StLock, F32WeightsInPartialBlocksAndAcrossChunksSelectAsAFullSort) {
+  std::mt19937 rng(11);
+  std::uniform_int_distribution<int> level(-64, 64);
+  auto layer = [&](size_t n, const std::vector<size_t>& large) {
+    std::vector<uint8_t> b(n * 4);
+    for (size_t i = 0; i < n; ++i) {
+      const float x = static_cast<float>(level(rng)) / 64.0f;
+      std::memcpy(&b[i * 4], &x, 4);
+    }
+    for (size_t i : large) {
+      const float x = i % 2 == 0 ? 2.0f : -2.0f;
+      std::memcpy(&b[i * 4], &x, 4);
+    }
+    return b;
+  };
+  const size_t n = 1031 * 257;  // 264,967 = 16 * 16,560 + 7, and past one chunk of 262,144
+  Model m;
+  m.specs = {{"a.weight", "F32", {1031, 257}}, {"b.weight", "F32", {37, 7}}};
+  m.data = {layer(n, {n - 1, n - 3, n - 7, 262143, 262144, 0, 15, 16}), layer(37 * 7, {258, 7})};
+  write_model(dir_.file("m.safetensors"), m, {});
+  const StFile orig(dir_.file("m.safetensors"));
+  for (const unsigned threads : {1u, 2u}) {
+    SCOPED_TRACE(threads);
+    StLockOptions o;
+    o.include_io = true;
+    o.ratio = 0.05;
+    o.threads = threads;
+    const StLockOutcome r = lock(o);
+    ASSERT_EQ(r.key.entries.size(), 2u);
+    for (size_t i = 0; i < 2; ++i) {
+      const StTensor& t = orig.header.tensors[i];
+      SCOPED_TRACE(t.name);
+      const std::vector<uint64_t> want = expected_units(orig, t, 1, std::llround(0.05 * double(t.numel())));
+      EXPECT_EQ(r.key.entries[i].units, want);
+      for (size_t large : i == 0 ? std::vector<size_t>{n - 1, 262143, 262144, 0} : std::vector<size_t>{7, 258}) {
+        EXPECT_TRUE(std::binary_search(want.begin(), want.end(), large)) << large;
+      }
+    }
+    unlock_safetensors(dir_.file("locked.safetensors"), dir_.file("restored.safetensors"),
+                       read_key_file(dir_.file("key.clk")), threads);
+    EXPECT_EQ(read_file(dir_.file("restored.safetensors")), read_file(dir_.file("m.safetensors")));
+  }
+}
+
 // The fingerprint as docs/key-format.md describes it, computed here from the file's bytes.
 Digest documented_fingerprint(const StFile& f, StFingerprintScheme scheme) {
   std::vector<const StTensor*> order;
