@@ -974,9 +974,9 @@ StUnlockOutcome unlock_safetensors(const std::string& in, const std::string& out
   StUnlockOutcome outcome;
   std::map<std::string, Digest> locked, restored;
   StWriter writer(out, orig_text, h.data_size);
-  std::vector<uint8_t> buf;
   const StFingerprintScheme scheme = st_fingerprint_scheme(h);  // the lock's, for both fingerprints
   std::deque<TensorHasher> hashers;  // outlive the helper thread (see lock_safetensors)
+  ChunkRing ring;
   BackgroundHasher background(resolve_threads(threads) >= 2);
   for (const auto& t : h.tensors) {
     const uint8_t* p = file.tensor_data(t);
@@ -996,25 +996,31 @@ StUnlockOutcome unlock_safetensors(const std::string& in, const std::string& out
     const KeyEntry& e = *ei->second;
     const uint64_t unit_bytes = e.unit_size * dtype_size(e.dtype);
     const uint64_t units = t.nbytes() / unit_bytes;
-    // the locked bytes are hashed on the helper; the restored ones are made, hashed and written here
+    // both the locked and the restored bytes are hashed on the helper; the restored ones are made
+    // and written here
     const uint64_t chunk_units = std::max<uint64_t>(1, kChunk / unit_bytes);
     TensorHasher& hl = hashers.emplace_back(scheme);
-    TensorHasher hr(scheme);
+    TensorHasher& hr = hashers.emplace_back(scheme);
     size_t next = 0;
     for (uint64_t u0 = 0; u0 < units; u0 += chunk_units) {
       const uint64_t u1 = std::min(units, u0 + chunk_units);
       const uint64_t n = (u1 - u0) * unit_bytes;
       const uint8_t* w = p + u0 * unit_bytes;
-      const uint64_t ticket = background.update(hl, w, n);
-      buf.assign(w, w + n);
+      const size_t slot = ring.take(background, n);
+      uint8_t* b = ring.data(slot);
+      const uint64_t locked_hashed = background.update(hl, w, n);
+      std::memcpy(b, w, n);
       for (; next < e.units.size() && e.units[next] < u1; ++next) {
-        std::memcpy(buf.data() + (e.units[next] - u0) * unit_bytes, e.values.data() + next * unit_bytes, unit_bytes);
+        uint8_t* up = b + (e.units[next] - u0) * unit_bytes;
+        if (unit_bytes == 4) std::memcpy(up, e.values.data() + next * 4, 4);  // a move, not a call
+        else std::memcpy(up, e.values.data() + next * unit_bytes, unit_bytes);
       }
-      hr.update(buf.data(), n);
-      writer.write(buf.data(), n);
-      background.wait(ticket);
+      ring.hand_over(slot, background.update(hr, b, n));
+      writer.write(b, n);
+      background.wait(locked_hashed);
       file.map.release(h.data_start + t.begin + u0 * unit_bytes, n);
     }
+    background.wait_all();
     locked[t.name] = hl.finish();
     restored[t.name] = hr.finish();
     outcome.values += e.units.size() * e.unit_size;
