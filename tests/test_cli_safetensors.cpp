@@ -315,5 +315,21 @@ TEST_F(CliSt, FrontServesSafetensorsWithoutTheWholeTool) {
   EXPECT_NE(other.out.find("cannot run '" + dir_.path() + "/corelocker-torch'"), std::string::npos) << other.out;
 }
 
+// `cmake --install` gives users the two binaries side by side; the installed front serves
+// safetensors files itself and hands everything else to the installed whole tool.
+TEST_F(CliSt, InstalledBinariesWorkTogether) {
+  const std::string prefix = dir_.file("prefix");
+  const CliRun install = shell(std::string(CORELOCKER_CMAKE) + " --install " + CORELOCKER_BUILD_DIR + " --prefix " + prefix);
+  ASSERT_EQ(install.code, 0) << install.out;
+  const std::string front = prefix + "/bin/corelocker";
+  ASSERT_TRUE(file_exists(prefix + "/bin/corelocker-torch"));
+  const CliRun fp = shell(front + " fingerprint " + dir_.file("m.safetensors"));
+  EXPECT_EQ(fp.code, 0) << fp.out;
+  EXPECT_EQ(fp.out, run("fingerprint " + dir_.file("m.safetensors")).out);
+  const CliRun models = shell(front + " models");
+  EXPECT_EQ(models.code, 0) << models.out;
+  EXPECT_EQ(models.out, run("models").out);
+}
+
 }  // namespace
 }  // namespace corelocker
