@@ -1,5 +1,13 @@
 #include <gtest/gtest.h>
 #include <dirent.h>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/vfs.h>
+#include <unistd.h>
+
+#include <string>
+#include <vector>
 
 #include "temp_dir.h"
 #include "util/atomic_file.h"
@@ -13,6 +21,22 @@ int count_entries(const std::string& dir) {
   DIR* d = opendir(dir.c_str());
   while (auto* e = readdir(d)) n += e->d_name[0] != '.';
   closedir(d);
+  return n;
+}
+
+// Pages of `path` in the page cache (mincore of a mapping, which reads nothing in).
+size_t cached_pages(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY);
+  struct stat st {};
+  ::fstat(fd, &st);
+  const size_t size = static_cast<size_t>(st.st_size), page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+  void* m = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
+  std::vector<unsigned char> in((size + page - 1) / page);
+  ::mincore(m, size, in.data());
+  ::munmap(m, size);
+  ::close(fd);
+  size_t n = 0;
+  for (unsigned char c : in) n += c & 1;
   return n;
 }
 }  // namespace
@@ -33,6 +57,26 @@ TEST(AtomicFile, UncommittedPendingFileLeavesNothing) {
     EXPECT_TRUE(file_exists(p.temp_path()));
   }
   EXPECT_EQ(count_entries(dir.path()), 0);
+}
+
+// A replacement frees the old file's cached pages before it is written (so that it reuses them),
+// without touching the old file: abandoned, the old file is whole.
+TEST(AtomicFile, ReplacementDropsTheOldFilesCacheButKeepsTheFile) {
+  testing::TempDir dir;
+  struct statfs fs {};
+  if (::statfs(dir.path().c_str(), &fs) == 0 && fs.f_type == 0x01021994) GTEST_SKIP() << "tmpfs pages cannot be dropped";
+  std::vector<uint8_t> old(4 << 20);
+  for (size_t i = 0; i < old.size(); ++i) old[i] = static_cast<uint8_t>(i * 7 + 3);
+  write_file_atomic(dir.file("m.bin"), old);  // flushed: its pages are clean
+  ASSERT_EQ(read_file(dir.file("m.bin")), old);
+  ASSERT_GT(cached_pages(dir.file("m.bin")), 512u);
+  {
+    PendingFile p(dir.file("m.bin"));
+    EXPECT_EQ(cached_pages(dir.file("m.bin")), 0u);
+    write_file_atomic(p.temp_path(), std::string("new"));
+  }  // not committed
+  EXPECT_EQ(read_file(dir.file("m.bin")), old);
+  EXPECT_EQ(count_entries(dir.path()), 1);
 }
 
 TEST(AtomicFile, ErrorsNameThePath) {
