@@ -2,8 +2,12 @@
 // wrong keys or altered files are refused with nothing written.
 #include <gtest/gtest.h>
 
+#include <sys/resource.h>
+
 #include <algorithm>
+#include <csignal>
 #include <cmath>
+#include <filesystem>
 #include <cstring>
 #include <limits>
 #include <map>
@@ -517,6 +521,42 @@ TEST_F(StLock, F32WeightsInPartialBlocksAndAcrossChunksSelectAsAFullSort) {
                        read_key_file(dir_.file("key.clk")), threads);
     EXPECT_EQ(read_file(dir_.file("restored.safetensors")), read_file(dir_.file("m.safetensors")));
   }
+}
+
+// A write that fails in the middle of the locked file's pass (here: the file size limit, EFBIG)
+// unwinds while the helper thread may still have chunks queued: an IoError and nothing left
+// behind. (The asan build runs it too; whether a job is still running at the throw is timing.)
+TEST_F(StLock, WriteFailureInThePassLeavesNothing) {
+  std::mt19937 rng(2);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  std::vector<uint8_t> big(1024 * 1024 * 4);
+  for (size_t i = 0; i < big.size() / 4; ++i) {
+    const float x = u(rng);
+    std::memcpy(&big[i * 4], &x, 4);
+  }
+  Model m;
+  m.specs = {{"a.weight", "F32", {1024, 1024}}};
+  m.data = {big};
+  write_model(dir_.file("m.safetensors"), m, {});
+  struct rlimit old {};
+  ASSERT_EQ(::getrlimit(RLIMIT_FSIZE, &old), 0);
+  const auto old_handler = std::signal(SIGXFSZ, SIG_IGN);
+  struct rlimit small = old;
+  small.rlim_cur = 3 << 20;  // the file is 4 MiB: the fourth chunk fails
+  ASSERT_EQ(::setrlimit(RLIMIT_FSIZE, &small), 0);
+  for (const unsigned threads : {2u, 1u}) {
+    StLockOptions o;
+    o.include_io = true;
+    o.threads = threads;
+    EXPECT_THROW(lock(o), IoError) << threads;
+    const auto left = std::distance(std::filesystem::directory_iterator(dir_.path()), {});
+    EXPECT_EQ(left, 1) << "only the model, no temporary file";
+  }
+  ::setrlimit(RLIMIT_FSIZE, &old);
+  std::signal(SIGXFSZ, old_handler);
+  StLockOptions o;
+  o.include_io = true;
+  EXPECT_EQ(lock(o).key.entries.size(), 1u);  // the same lock, without the limit
 }
 
 // The fingerprint as docs/key-format.md describes it, computed here from the file's bytes.

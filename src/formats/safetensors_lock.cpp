@@ -9,6 +9,7 @@
 #include <cstring>
 #include <deque>
 #include <exception>
+#include <functional>
 #include <limits>
 #include <map>
 #include <mutex>
@@ -79,21 +80,21 @@ class BackgroundHasher {
     }
     {
       std::lock_guard<std::mutex> lock(mu_);
-      jobs_.push_back({&h, p, n});
+      jobs_.push_back({&h, p, n, {}});
       ++queued_;
     }
     cv_.notify_all();
     return queued_;
   }
-  // Queues memcpy(dst, src, n); returns its ticket.
-  uint64_t copy(uint8_t* dst, const uint8_t* src, uint64_t n) {
+  // Queues fn(), which must not throw (a copy and a scan); returns its ticket.
+  uint64_t call(std::function<void()> fn) {
     if (!worker_.joinable()) {
-      std::memcpy(dst, src, n);
+      fn();
       return ++queued_;
     }
     {
       std::lock_guard<std::mutex> lock(mu_);
-      jobs_.push_back({nullptr, src, n, dst});
+      jobs_.push_back({nullptr, nullptr, 0, std::move(fn)});
       ++queued_;
     }
     cv_.notify_all();
@@ -109,21 +110,21 @@ class BackgroundHasher {
 
  private:
   struct Job {
-    TensorHasher* h;  // nullptr: a copy to `dst`
+    TensorHasher* h;  // nullptr: call fn
     const uint8_t* p;
     uint64_t n;
-    uint8_t* dst = nullptr;
+    std::function<void()> fn;
   };
   void run() {
     std::unique_lock<std::mutex> lock(mu_);
     for (;;) {
       cv_.wait(lock, [&] { return stop_ || !jobs_.empty(); });
       if (jobs_.empty()) return;  // stop_, and nothing left
-      const Job job = jobs_.front();
+      const Job job = std::move(jobs_.front());
       jobs_.pop_front();
       lock.unlock();
       if (job.h != nullptr) job.h->update(job.p, job.n);  // neither libsodium's nor BLAKE3's update throws
-      else std::memcpy(job.dst, job.p, job.n);
+      else job.fn();
       lock.lock();
       ++done_;
       cv_.notify_all();
@@ -375,6 +376,12 @@ struct RuleSink {
       push_key(keys[i], 0, unit + static_cast<uint64_t>(i));
     }
   }
+};
+
+// The units of the chunk in a ring slot that its group's rule picks (chunk-relative indices).
+struct Picked {
+  std::vector<uint64_t> units;
+  size_t count = 0;
 };
 
 // Scores units [u0, u1) of a layer (unit_size elements each, loaded as float by `load`) and
@@ -760,6 +767,8 @@ StLockOutcome lock_safetensors(const std::string& in, const std::string& out, co
   const StFingerprintScheme scheme = kStFingerprintCurrent;
   std::deque<TensorHasher> hashers;
   ChunkRing ring;
+  std::vector<uint64_t> ties_left;  // by rule: ties still to take in pass 2 (the helper's)
+  std::vector<Picked> picked(kRing);  // by ring slot (the helper's, then this thread's)
   BackgroundHasher background(resolve_threads(options.threads) >= 2);
 
   // pass 1: hash every tensor, score every unit of the eligible layers (hashing on the helper)
@@ -810,8 +819,7 @@ StLockOutcome lock_safetensors(const std::string& in, const std::string& out, co
   if (options.scope == Scope::kGlobal) {
     for (size_t g = 0; g < 2; ++g) selectors[g].finish(rules[g]);
   }
-  std::vector<uint64_t> ties_left(rules.size());
-  for (size_t i = 0; i < rules.size(); ++i) ties_left[i] = rules[i].ties;
+  for (const Rule& r : rules) ties_left.push_back(r.ties);
 
   // the key's header (the locked fingerprint follows after pass 2)
   KeyFile& key = outcome.key;
@@ -853,36 +861,43 @@ StLockOutcome lock_safetensors(const std::string& in, const std::string& out, co
       entry.values.reserve(checked_mul(rule.k, unit_bytes, "key entry '" + t.name + "'"));
     }
     const uint64_t chunk_units = std::max<uint64_t>(1, kChunk / unit_bytes);
-    std::vector<uint64_t> picked(chunk_units);
-    RuleSink sink{rule, ties, picked.data()};
     TensorHasher& hasher = hashers.emplace_back(scheme);
-    // The helper copies chunk i + 1 out of the map while this thread picks and zeroes the units
-    // of chunk i and writes it; then the helper hashes chunk i.
-    auto queue_copy = [&](uint64_t u0, size_t& slot) {
-      const uint64_t n = (std::min(layer.units, u0 + chunk_units) - u0) * unit_bytes;
-      slot = ring.take(background, n);
-      const uint64_t ticket = background.copy(ring.data(slot), p + u0 * unit_bytes, n);
+    // The helper copies chunk i + 1 out of the map and picks its units (in chunk order, so ties
+    // go to the earliest) while this thread moves the picked values of chunk i into the key,
+    // zeroes them and writes the chunk; then the helper hashes chunk i.
+    auto queue_pick = [&](uint64_t u0, size_t& slot) {
+      const uint64_t units = std::min(layer.units, u0 + chunk_units) - u0;
+      slot = ring.take(background, units * unit_bytes);
+      picked[slot].units.resize(chunk_units);
+      // by value, or declared before the helper: a job may still run while an exception unwinds
+      const uint64_t ticket = background.call([&ring, &picked, &rule, &ties, slot, units, dt, unit_bytes,
+                                               unit_size = layer.unit_size, src = p + u0 * unit_bytes] {
+        uint8_t* b = ring.data(slot);
+        std::memcpy(b, src, units * unit_bytes);
+        RuleSink sink{rule, ties, picked[slot].units.data()};
+        score_chunk(dt, b, 0, units, unit_size, 0, sink);
+        picked[slot].count = sink.count;
+      });
       ring.hand_over(slot, ticket);
       return ticket;
     };
     size_t next_slot = 0;
-    uint64_t next_copy = queue_copy(0, next_slot);
+    uint64_t next_pick = queue_pick(0, next_slot);
     for (uint64_t u0 = 0; u0 < layer.units; u0 += chunk_units) {
       const uint64_t u1 = std::min(layer.units, u0 + chunk_units);
       const uint64_t n = (u1 - u0) * unit_bytes;
       const size_t slot = next_slot;
       uint8_t* b = ring.data(slot);
-      background.wait(next_copy);
+      background.wait(next_pick);
       file.map.release(h.data_start + t.begin + u0 * unit_bytes, n);
-      if (u1 < layer.units) next_copy = queue_copy(u1, next_slot);
-      sink.count = 0;
-      score_chunk(dt, b, 0, u1 - u0, layer.unit_size, 0, sink);
+      if (u1 < layer.units) next_pick = queue_pick(u1, next_slot);
+      const Picked& got = picked[slot];
       const size_t old_bytes = entry.values.size();
-      entry.values.resize(old_bytes + sink.count * unit_bytes);
+      entry.values.resize(old_bytes + got.count * unit_bytes);
       uint8_t* v = entry.values.data() + old_bytes;
-      for (size_t i = 0; i < sink.count; ++i, v += unit_bytes) {
-        entry.units.push_back(u0 + picked[i]);
-        uint8_t* up = b + picked[i] * unit_bytes;
+      for (size_t i = 0; i < got.count; ++i, v += unit_bytes) {
+        entry.units.push_back(u0 + got.units[i]);
+        uint8_t* up = b + got.units[i] * unit_bytes;
         if (unit_bytes == 4) {  // single F32 weights: plain moves instead of calls
           std::memcpy(v, up, 4);
           std::memset(up, 0, 4);
