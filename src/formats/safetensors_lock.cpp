@@ -51,10 +51,11 @@ class TensorHasher {
   Blake3Hasher b3_;
 };
 
-// Hashes (and copies) byte ranges on a helper thread, in the order they are queued, so that a pass
-// can score or write while the bytes it has handed over are hashed. Without a thread it works at
-// once. A range must stay valid until its ticket is done (wait). The destructor waits for every
-// queued range, so ranges may live in buffers declared before the hasher.
+// Hashes byte ranges, and runs other jobs (a copy and a scan), on a helper thread, in the order
+// they are queued, so that a pass can score or write while the bytes it has handed over are
+// hashed. Without a thread it works at once. What a job uses must stay valid until its ticket is
+// done (wait). The destructor waits for every queued job, so jobs may use whatever is declared
+// before the hasher.
 class BackgroundHasher {
  public:
   explicit BackgroundHasher(bool threaded) {
@@ -139,8 +140,8 @@ class BackgroundHasher {
   bool stop_ = false;
 };
 
-// Buffers for chunks that are written on this thread and hashed on the helper: a chunk's buffer
-// is taken again only once its hash is done.
+// Buffers for chunks in flight between this thread and the helper (which may fill, pick and hash
+// them): a buffer is taken again only once the last job that uses it is done.
 // Declare it before the hasher, whose destructor waits for the hashes that read the buffers.
 class ChunkRing {
  public:
