@@ -64,7 +64,9 @@ TEST(AtomicFile, UncommittedPendingFileLeavesNothing) {
 TEST(AtomicFile, ReplacementDropsTheOldFilesCacheButKeepsTheFile) {
   testing::TempDir dir;
   struct statfs fs {};
-  if (::statfs(dir.path().c_str(), &fs) == 0 && fs.f_type == 0x01021994) GTEST_SKIP() << "tmpfs pages cannot be dropped";
+  if (::statfs(dir.path().c_str(), &fs) == 0 && fs.f_type == 0x01021994) {
+    GTEST_SKIP() << "tmpfs pages cannot be dropped";
+  }
   std::vector<uint8_t> old(4 << 20);
   for (size_t i = 0; i < old.size(); ++i) old[i] = static_cast<uint8_t>(i * 7 + 3);
   write_file_atomic(dir.file("m.bin"), old);  // flushed: its pages are clean
@@ -77,6 +79,23 @@ TEST(AtomicFile, ReplacementDropsTheOldFilesCacheButKeepsTheFile) {
   }  // not committed
   EXPECT_EQ(read_file(dir.file("m.bin")), old);
   EXPECT_EQ(count_entries(dir.path()), 1);
+}
+
+TEST(AtomicFile, SameFileSeesThroughSpellingsAndLinks) {
+  testing::TempDir dir;
+  ASSERT_EQ(::mkdir(dir.file("sub").c_str(), 0755), 0);
+  const std::string d = dir.path();
+  EXPECT_TRUE(same_file(d + "/x", d + "/./x"));         // neither exists yet: same folder entry
+  EXPECT_TRUE(same_file(d + "/x", d + "/sub/../x"));
+  EXPECT_FALSE(same_file(d + "/x", d + "/y"));
+  EXPECT_FALSE(same_file(d + "/x", d + "/sub/x"));
+  write_file_atomic(d + "/x", std::string("x"));
+  ASSERT_EQ(::symlink((d + "/x").c_str(), (d + "/sym").c_str()), 0);
+  ASSERT_EQ(::link((d + "/x").c_str(), (d + "/hard").c_str()), 0);
+  EXPECT_TRUE(same_file(d + "/sym", d + "/x"));
+  EXPECT_TRUE(same_file(d + "/hard", d + "/x"));
+  write_file_atomic(d + "/y", std::string("x"));
+  EXPECT_FALSE(same_file(d + "/x", d + "/y"));  // equal bytes, other files
 }
 
 TEST(AtomicFile, ErrorsNameThePath) {

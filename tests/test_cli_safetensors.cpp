@@ -110,6 +110,36 @@ TEST_F(CliSt, LockChangesTheFingerprintAndUnlockRestoresTheFileByteForByte) {
 
 // Preprocessing options describe how to feed a model we run; a safetensors lock never runs one,
 // so they are refused rather than silently dropped.
+// Two spellings of one file are one file: a key written to "./x" and a locked file renamed onto
+// "x" would leave the key destroyed, and an input replaced by its output is lost.
+TEST_F(CliSt, OutputsNamingTheSameFileOtherwiseAreRefused) {
+  const std::string d = dir_.path();
+  struct Case {
+    std::string args, message;
+  };
+  const std::vector<Case> cases = {
+      {"lock --model " + d + "/m.safetensors --out " + d + "/l.safetensors --key-out " + d + "/./l.safetensors",
+       "name the same file"},
+      {"lock --model " + d + "/m.safetensors --out " + d + "/../" + d.substr(d.find_last_of('/') + 1) +
+           "/m.safetensors --key-out " + d + "/k.clk",
+       "names the input file"},
+      // the whole tool's own check (checkpoints, ONNX), reached before the model is read
+      {"lock --model " + d + "/none.ckpt --out " + d + "/a.ckpt --key-out " + d + "/./a.ckpt",
+       "name the same file"},
+  };
+  for (const auto& c : cases) {
+    const CliRun r = run(c.args);
+    EXPECT_EQ(r.code, 2) << c.args << "\n" << r.out;
+    EXPECT_NE(r.out.find(c.message), std::string::npos) << r.out;
+  }
+  EXPECT_FALSE(file_exists(dir_.file("l.safetensors")));
+  EXPECT_FALSE(file_exists(dir_.file("k.clk")));
+  ASSERT_EQ(lock("m.safetensors", "l.safetensors", "k.clk").code, 0);
+  const CliRun r = run("unlock --model " + d + "/l.safetensors --key " + d + "/k.clk --out " + d + "/./l.safetensors");
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_NE(r.out.find("names the input file"), std::string::npos) << r.out;
+}
+
 TEST_F(CliSt, PreprocessingOptionsAreRefused) {
   for (const std::string extra : {"--mean 0.5", "--std 0.3", "--resize 32", "--channels 3"}) {
     CliRun l = lock("m.safetensors", "locked.safetensors", "key.clk", extra);
@@ -319,7 +349,8 @@ TEST_F(CliSt, FrontServesSafetensorsWithoutTheWholeTool) {
 // safetensors files itself and hands everything else to the installed whole tool.
 TEST_F(CliSt, InstalledBinariesWorkTogether) {
   const std::string prefix = dir_.file("prefix");
-  const CliRun install = shell(std::string(CORELOCKER_CMAKE) + " --install " + CORELOCKER_BUILD_DIR + " --prefix " + prefix);
+  const CliRun install =
+      shell(std::string(CORELOCKER_CMAKE) + " --install " + CORELOCKER_BUILD_DIR + " --prefix " + prefix);
   ASSERT_EQ(install.code, 0) << install.out;
   const std::string front = prefix + "/bin/corelocker";
   ASSERT_TRUE(file_exists(prefix + "/bin/corelocker-torch"));

@@ -289,8 +289,8 @@ void add_calibrate(CLI::App& app) {
     const Band band = parse_band(target);
     const LockOptions lopt = lock_options(unit_args);
     if (out.empty() != key_out.empty()) throw UsageError("--out and --key-out go together");
-    if (!out.empty() && out == key_out)
-      throw UsageError("--out and --key-out name the same file '" + out + "'");
+    if (!out.empty() && same_file(out, key_out))
+      throw UsageError("--out '" + out + "' and --key-out '" + key_out + "' name the same file");
     LoadedModel model = load_model(model_path);
     if (model.meta.lock)
       throw UsageError("model '" + model_path + "' is locked; calibrate an unlocked model");

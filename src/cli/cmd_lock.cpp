@@ -108,7 +108,9 @@ void add_lock(CLI::App& app) {
     o.fill = parse_fill(fill);
     if (units != "l1" && units != "bn") throw UsageError("units '" + units + "': expected l1 or bn");
     o.random_bn_units = units == "bn";
-    if (out == key_out) throw UsageError("--out and --key-out name the same file '" + out + "'");
+    if (same_file(out, key_out)) {
+      throw UsageError("--out '" + out + "' and --key-out '" + key_out + "' name the same file");
+    }
     if (is_onnx_file(model_path)) return lock_onnx({model_path, out, key_out, o, eval_after, !tiers.empty() || !tier_bands.empty()}, access);
     const KeyCredentials creds = credentials(access);
     LoadedModel model = load_model(model_path);

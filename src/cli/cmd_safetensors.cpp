@@ -6,6 +6,7 @@
 
 #include "formats/safetensors_lock.h"
 #include "keyfile/key_file.h"
+#include "util/atomic_file.h"
 #include "util/error.h"
 
 namespace corelocker::cli {
@@ -46,8 +47,12 @@ void refuse_options(const CLI::App& c) {
 int lock_safetensors_command(const CLI::App& c, const std::string& model, const std::string& out,
                              const std::string& key_out, const KeyAccess& access) {
   refuse_options(c);
-  if (out == key_out) throw UsageError("--out and --key-out name the same file '" + out + "'");
-  if (out == model) throw UsageError("--out names the input file '" + model + "'; write the locked file elsewhere");
+  if (same_file(out, key_out)) {
+    throw UsageError("--out '" + out + "' and --key-out '" + key_out + "' name the same file");
+  }
+  if (same_file(out, model)) {
+    throw UsageError("--out '" + out + "' names the input file '" + model + "'; write the locked file elsewhere");
+  }
   StLockOptions o;
   const CLI::Option* ratio = c.get_option_no_throw("--ratio");
   o.ratio = ratio != nullptr ? ratio->as<double>() : 0.05;
@@ -91,7 +96,9 @@ int unlock_safetensors_command(const std::string& model, const std::vector<std::
   if (keys.size() != 1) {
     throw UsageError("safetensors files are locked with one key; " + std::to_string(keys.size()) + " given");
   }
-  if (out == model) throw UsageError("--out names the input file '" + model + "'; write the restored file elsewhere");
+  if (same_file(out, model)) {
+    throw UsageError("--out '" + out + "' names the input file '" + model + "'; write the restored file elsewhere");
+  }
   const std::vector<KeyFile> key = read_keys(keys, access);
   const StUnlockOutcome r = unlock_safetensors(model, out, key.front(), threads);
   std::printf("restored %s -> %s\n  fingerprint %s (matches the original recorded in the key)\n", model.c_str(),

@@ -849,7 +849,9 @@ StLockOutcome lock_safetensors(const std::string& in, const std::string& out, co
     }
     const StLayer& layer = layers[li->second];
     const Rule& rule = rule_of(li->second);
-    uint64_t& ties = ties_left[options.scope == Scope::kLayer ? li->second : static_cast<size_t>(group_of[li->second])];
+    const size_t rule_index =
+        options.scope == Scope::kLayer ? li->second : static_cast<size_t>(group_of[li->second]);
+    uint64_t& ties = ties_left[rule_index];
     const DType dt = key_dtype(t.dtype);
     const uint64_t unit_bytes = layer.unit_size * dtype_size(dt);
     KeyEntry entry;

@@ -466,7 +466,8 @@ std::vector<uint8_t> serialize_key(const KeyFile& key, const KeyCredentials& cre
   const uint64_t size = payload_size(key.entries);
   auto check_size = [&](uint64_t written) {
     if (written != size) {
-      throw Error("key: payload of " + std::to_string(written) + " bytes written, " + std::to_string(size) + " expected");
+      throw Error("key: payload of " + std::to_string(written) + " bytes written, " + std::to_string(size) +
+                  " expected");
     }
   };
 

@@ -6,6 +6,7 @@
 
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 
 #include "util/error.h"
@@ -129,6 +130,23 @@ void write_file_atomic(const std::string& path, const std::vector<uint8_t>& byte
 
 void write_file_atomic(const std::string& path, const std::string& bytes) {
   write_all(path, bytes.data(), bytes.size());
+}
+
+bool same_file(const std::string& a, const std::string& b) {
+  if (a == b) return true;
+  auto entry = [](const std::string& p) -> std::string {  // resolved folder + last name
+    char* real = ::realpath(parent_dir(p).c_str(), nullptr);
+    if (real == nullptr) return "";
+    std::string r(real);
+    std::free(real);
+    const auto slash = p.find_last_of('/');
+    return r + "/" + (slash == std::string::npos ? p : p.substr(slash + 1));
+  };
+  const std::string ea = entry(a);
+  if (!ea.empty() && ea == entry(b)) return true;
+  struct stat sa {}, sb {};
+  return ::stat(a.c_str(), &sa) == 0 && ::stat(b.c_str(), &sb) == 0 && sa.st_dev == sb.st_dev &&
+         sa.st_ino == sb.st_ino;
 }
 
 bool file_exists(const std::string& path) {

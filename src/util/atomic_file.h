@@ -35,6 +35,11 @@ class PendingFile {
   bool committed_ = false;
 };
 
+// True when `a` and `b` name the same file: the same folder entry once the folders are resolved
+// ("k.clk", "./k.clk" and "d/../k.clk" are one; a rename onto either replaces the same entry), or
+// two names (links) of one existing file.
+bool same_file(const std::string& a, const std::string& b);
+
 // True when `path` names an existing file.
 bool file_exists(const std::string& path);
 
