@@ -247,7 +247,7 @@ Digest combine(const StHeader& header, const std::map<std::string, Digest>& dige
 // higher score first, on equal scores the earlier unit in file order. Pass 1 finds the rule that
 // selects them without remembering which units they are; pass 2, which reads every unit again to
 // write the locked file, applies it: every unit whose key is above `kth`, and the first `ties`
-// units (in file order) whose key equals it.
+// units (in file order) whose key equals it (pass 2 counts `ties` down as it takes them).
 struct Rule {
   uint64_t k = 0;  // 0: the group gives up nothing
   uint32_t kth = 0;
@@ -355,19 +355,18 @@ class KthKey {
 };
 
 // Applies a group's Rule to the units of one chunk of a tensor in pass 2: collects the selected
-// units' indices (into `picked`, which has room for every unit of the chunk). `ties_left` is the
-// group's, shared by the layers of a global group.
+// units' indices (into `picked`, which has room for every unit of the chunk) and counts the rule's
+// ties down (a global group's rule serves all its layers, in file order).
 struct RuleSink {
-  const Rule& rule;
-  uint64_t& ties_left;
+  Rule& rule;
   uint64_t* picked = nullptr;
   size_t count = 0;
   uint32_t floor() const { return rule.kth == 0 ? 0 : rule.kth - 1; }
   void push_key(uint32_t key, uint32_t /*layer*/, uint64_t unit) {
     if (key > rule.kth) {
       picked[count++] = unit;
-    } else if (key == rule.kth && ties_left > 0) {
-      --ties_left;
+    } else if (key == rule.kth && rule.ties > 0) {
+      --rule.ties;
       picked[count++] = unit;
     }
   }
@@ -759,7 +758,8 @@ StLockOutcome lock_safetensors(const std::string& in, const std::string& out, co
   if (options.scope == Scope::kGlobal) {
     for (size_t g = 0; g < 2; ++g) selectors[g].reset(units_at_ratio(group_units[g], options.ratio));
   }
-  std::vector<Rule> rules(options.scope == Scope::kLayer ? layers.size() : 2);  // by layer, or by group
+  // by layer, or by group; declared before the helper, whose jobs count their ties down
+  std::vector<Rule> rules(options.scope == Scope::kLayer ? layers.size() : 2);
   auto rule_of = [&](size_t layer) -> Rule& {
     return rules[options.scope == Scope::kLayer ? layer : static_cast<size_t>(group_of[layer])];
   };
@@ -768,7 +768,6 @@ StLockOutcome lock_safetensors(const std::string& in, const std::string& out, co
   const StFingerprintScheme scheme = kStFingerprintCurrent;
   std::deque<TensorHasher> hashers;
   ChunkRing ring;
-  std::vector<uint64_t> ties_left;  // by rule: ties still to take in pass 2 (the helper's)
   std::vector<Picked> picked(kRing);  // by ring slot (the helper's, then this thread's)
   BackgroundHasher background(resolve_threads(options.threads) >= 2);
 
@@ -809,18 +808,17 @@ StLockOutcome lock_safetensors(const std::string& in, const std::string& out, co
       file.map.release(h.data_start + t.begin + u0 * unit_bytes, n);
     }
     digests[t.name] = hasher.finish();
-    if (options.scope == Scope::kLayer && !sel.finish(rules[li->second])) {
+    if (options.scope == Scope::kLayer && !sel.finish(rule_of(li->second))) {
       // the guess was above the k-th key: select again without it
       sel.reset(sel.k());
       score_chunk(dt, p, 0, layer.units, layer.unit_size, lid, sel);
       file.map.release(h.data_start + t.begin, t.nbytes());
-      if (!sel.finish(rules[li->second])) throw Error("safetensors lock: selection of '" + t.name + "' failed");
+      if (!sel.finish(rule_of(li->second))) throw Error("safetensors lock: selection of '" + t.name + "' failed");
     }
   }
   if (options.scope == Scope::kGlobal) {
     for (size_t g = 0; g < 2; ++g) selectors[g].finish(rules[g]);
   }
-  for (const Rule& r : rules) ties_left.push_back(r.ties);
 
   // the key's header (the locked fingerprint follows after pass 2)
   KeyFile& key = outcome.key;
@@ -848,10 +846,7 @@ StLockOutcome lock_safetensors(const std::string& in, const std::string& out, co
       continue;
     }
     const StLayer& layer = layers[li->second];
-    const Rule& rule = rule_of(li->second);
-    const size_t rule_index =
-        options.scope == Scope::kLayer ? li->second : static_cast<size_t>(group_of[li->second]);
-    uint64_t& ties = ties_left[rule_index];
+    Rule& rule = rule_of(li->second);
     const DType dt = key_dtype(t.dtype);
     const uint64_t unit_bytes = layer.unit_size * dtype_size(dt);
     KeyEntry entry;
@@ -873,11 +868,11 @@ StLockOutcome lock_safetensors(const std::string& in, const std::string& out, co
       slot = ring.take(background, units * unit_bytes);
       picked[slot].units.resize(chunk_units);
       // by value, or declared before the helper: a job may still run while an exception unwinds
-      const uint64_t ticket = background.call([&ring, &picked, &rule, &ties, slot, units, dt, unit_bytes,
+      const uint64_t ticket = background.call([&ring, &picked, &rule, slot, units, dt, unit_bytes,
                                                unit_size = layer.unit_size, src = p + u0 * unit_bytes] {
         uint8_t* b = ring.data(slot);
         std::memcpy(b, src, units * unit_bytes);
-        RuleSink sink{rule, ties, picked[slot].units.data()};
+        RuleSink sink{rule, picked[slot].units.data()};
         score_chunk(dt, b, 0, units, unit_size, 0, sink);
         picked[slot].count = sink.count;
       });
