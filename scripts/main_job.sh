@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Sets up (packages + build) and runs the main job: train resnet20 on Fashion-MNIST (or reuse the
-# cached checkpoint in runs/demo), lock it with l1 and bn at ratio 0.05, compare with random
-# extraction over 5 seeds, unlock, and print one table. Extra arguments go to `corelocker demo`.
+# cached checkpoint in runs/demo), lock it at ratio 0.05 with the default lock and with the paper's
+# l1 and bn, measure each lock plain and after BatchNorm re-estimation and pruning (the effective
+# top-1), compare with random extraction over 5 seeds, unlock, and print one table. Extra arguments
+# go to `corelocker demo`.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build="${CORELOCKER_BUILD_DIR:-$root/build}"

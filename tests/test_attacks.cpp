@@ -253,6 +253,159 @@ TEST(ZeroRetrain, NothingToFindChangesNothing) {
   EXPECT_TRUE(testing::same_tensors(before, m));
 }
 
+// ---------------------------------------------------------------- reinit
+TEST(Reinit, RedrawsTheSuspectsFromTheTensorsOwnDistributionAndNothingElse) {
+  LoadedModel m = fresh_tiny(30);
+  LockOptions lo;
+  lo.ratio = 0.1;
+  lock_model(m, lo);
+  LoadedModel before = clone(m);
+  auto suspects = find_extracted(m);
+  ASSERT_FALSE(suspects.empty());
+  const int64_t positions = redraw_extracted(m, suspects, /*seed=*/9);
+  std::map<std::string, torch::Tensor> allowed;
+  int64_t expected = 0;
+  int compared_moments = 0;
+  for (const auto& s : suspects) {
+    allowed[s.tensor] = s.mask;
+    expected += s.mask.sum().item<int64_t>();
+    auto fresh = tensor_of(m, s.tensor).masked_select(s.mask);
+    EXPECT_EQ(fresh.eq(0).sum().item<int64_t>(), 0) << s.tensor << ": a position kept its zero";
+    if (fresh.numel() < 1000) continue;
+    // Large enough to compare moments with the values the lock left in the same tensor.
+    ++compared_moments;
+    auto others = tensor_of(before, s.tensor).masked_select(s.mask.logical_not());
+    const double sd = others.std().item<double>();
+    EXPECT_NEAR(fresh.mean().item<double>(), others.mean().item<double>(), 0.1 * sd) << s.tensor;
+    EXPECT_NEAR(fresh.std().item<double>(), sd, 0.1 * sd) << s.tensor;
+  }
+  EXPECT_GT(compared_moments, 0) << "no tensor with enough re-drawn positions to compare";
+  EXPECT_EQ(positions, expected);
+  expect_equal_outside(before, m, allowed);
+}
+
+TEST(Reinit, RedrawsLikeZeroRetrainThenTrainsEveryParameter) {
+  LoadedModel locked = fresh_tiny(31);
+  LockOptions lo;
+  lo.ratio = 0.1;
+  lock_model(locked, lo);
+  auto suspects = find_extracted(locked);
+  ASSERT_FALSE(suspects.empty());
+  Dataset data = small_train(256);
+
+  // Without training, both attacks leave the same re-drawn model: the draw is shared.
+  LoadedModel a = clone(locked), b = clone(locked);
+  TrainOptions none = quick(/*epochs=*/0);
+  ReinitResult ra = reinit_finetune(a, data, none);
+  ZeroRetrainResult rb = zero_retrain(b, data, none);
+  EXPECT_EQ(ra.positions, rb.positions);
+  EXPECT_GT(ra.positions, 0);
+  EXPECT_TRUE(testing::same_tensors(a, b));
+  EXPECT_FALSE(testing::same_tensors(a, locked));
+
+  LoadedModel m = clone(locked);
+  ReinitResult r = reinit_finetune(m, data, quick());
+  ASSERT_EQ(r.suspects.size(), suspects.size());
+  int64_t positions = 0;
+  for (size_t i = 0; i < suspects.size(); ++i) {
+    EXPECT_EQ(r.suspects[i].tensor, suspects[i].tensor);
+    EXPECT_TRUE(r.suspects[i].mask.equal(suspects[i].mask)) << suspects[i].tensor;
+    positions += suspects[i].mask.sum().item<int64_t>();
+  }
+  EXPECT_EQ(r.positions, positions);
+  EXPECT_EQ(r.train.epochs, 1);
+  // Every parameter trained, not only the suspects, and BatchNorm statistics moved as in
+  // ordinary training.
+  for (auto& t : named_tensors(*m.net)) {
+    EXPECT_FALSE(t.tensor.equal(tensor_of(locked, t.name))) << t.name << " did not change";
+    if (t.is_buffer) continue;
+    for (const auto& s : suspects) {
+      if (s.tensor != t.name || s.mask.all().item<bool>()) continue;
+      EXPECT_FALSE(t.tensor.masked_select(s.mask.logical_not())
+                       .equal(tensor_of(locked, t.name).masked_select(s.mask.logical_not())))
+          << t.name << ": only the suspect positions trained";
+    }
+  }
+}
+
+TEST(Reinit, WithNothingToFindItIsFinetuningBitForBit) {
+  LoadedModel start = fresh_tiny(32);
+  LoadedModel a = clone(start), b = clone(start);
+  Dataset data = small_train(192);
+  ReinitResult r = reinit_finetune(a, data, quick());
+  finetune(b, data, quick());
+  EXPECT_TRUE(r.suspects.empty());
+  EXPECT_EQ(r.positions, 0);
+  EXPECT_EQ(r.train.epochs, 1);
+  EXPECT_TRUE(testing::same_tensors(a, b));
+  EXPECT_FALSE(testing::same_tensors(a, start)) << "fine-tuning changed nothing";
+}
+
+TEST(Reinit, KindParsesPrintsAndRunsRightAfterFinetune) {
+  for (AttackKind k : all_attack_kinds()) EXPECT_EQ(parse_attack_kind(to_string(k)), k);
+  EXPECT_STREQ(to_string(AttackKind::kReinit), "reinit");
+  EXPECT_EQ(parse_attack_kind("reinit"), AttackKind::kReinit);
+  const auto kinds = all_attack_kinds();
+  ASSERT_EQ(kinds.size(), 6u);
+  EXPECT_EQ(kinds[0], AttackKind::kFinetune);
+  EXPECT_EQ(kinds[1], AttackKind::kReinit);
+  try {
+    parse_attack_kind("re-init");
+    ADD_FAILURE() << "no UsageError";
+  } catch (const UsageError& e) {
+    EXPECT_NE(std::string(e.what()).find("reinit"), std::string::npos) << e.what();
+  }
+  AttackConfig cfg;
+  cfg.kind = AttackKind::kReinit;
+  EXPECT_EQ(cfg.label(), "reinit + finetune");
+  EXPECT_TRUE(cfg.uses_data());
+}
+
+TEST(Reinit, HarnessRunsItAndSaysWhatWasReinitialised) {
+  LoadedModel locked = fresh_tiny(33);
+  LockOptions lo;
+  lo.ratio = 0.1;
+  lock_model(locked, lo);
+  LoadedModel before = clone(locked);
+  int64_t kernels = 0, positions = 0;
+  for (const auto& s : find_extracted(locked)) {
+    positions += s.mask.sum().item<int64_t>();
+    if (s.unit == "kernel") kernels += s.units;
+  }
+  ASSERT_GT(kernels, 0);
+  Dataset test = testing::fmnist_test(200);
+  AttackConfig cfg;
+  cfg.kind = AttackKind::kReinit;
+  cfg.train = quick();
+  HarnessOptions h;
+  h.data_fraction = 0.005;
+  h.trials = 1;
+  h.seed = 4;
+  // The harness trains with the trial's seed on the trial's data: the same as calling it here.
+  LoadedModel direct = clone(locked);
+  TrainOptions o = quick();
+  o.seed = 4;
+  reinit_finetune(direct, attacker_data(train_split(), 0.005, 4), o);
+  std::vector<Digest> prints;
+  AttackHooks hooks;
+  hooks.on_trial = [&](int, const Dataset&, LoadedModel& m) {
+    prints.push_back(model_fingerprint(m));
+  };
+  AttackReport r = run_attack(locked, train_split(), test, 10.0, std::nullopt, cfg, h, hooks);
+  EXPECT_EQ(r.label, "reinit + finetune");
+  ASSERT_EQ(r.trials.size(), 1u);
+  ASSERT_EQ(prints.size(), 1u);
+  EXPECT_EQ(prints[0], model_fingerprint(direct));
+  EXPECT_EQ(r.trials[0].train_images, 300);
+  const std::string& d = r.trials[0].detail;
+  EXPECT_NE(d.find(std::to_string(positions) + " values re-initialised"), std::string::npos) << d;
+  EXPECT_NE(d.find(std::to_string(kernels) + " zero kernels"), std::string::npos) << d;
+  EXPECT_NE(d.find("every parameter fine-tuned"), std::string::npos) << d;
+  EXPECT_TRUE(testing::same_tensors(before, locked));
+  cfg.train.epochs = 0;
+  EXPECT_THROW(run_attack(locked, train_split(), test, 10.0, std::nullopt, cfg, h), UsageError);
+}
+
 // ---------------------------------------------------------------- bn-recalibrate
 TEST(BnRecalibrate, ChangesOnlyRunningStatisticsToTheDataMean) {
   LoadedModel m = fresh_tiny(8);
@@ -462,6 +615,81 @@ TEST(Report, AdvantageIsPairedByTrialAndTheTableHasEveryRow) {
   EXPECT_EQ(j["attacks"].size(), 2u);
   EXPECT_DOUBLE_EQ(j["attacks"][0]["advantage_over_scratch"].get<double>(), 16.0 / 3.0);
   EXPECT_EQ(j["attacks"][0]["trials"].size(), 3u);
+}
+
+// A report as compare_to_scratch leaves it, built by hand.
+AttackReport compared(AttackKind k, double fraction, std::optional<double> advantage, double sd,
+                      int pairs, double prune_ratio = 0.2) {
+  AttackReport r;
+  r.config.kind = k;
+  r.config.train.epochs = k == AttackKind::kPrune ? 0 : 1;
+  r.config.prune_ratio = prune_ratio;
+  r.label = r.config.label();
+  r.options.data_fraction = fraction;
+  r.advantage = advantage;
+  if (advantage) r.sd_advantage = sd;
+  r.advantage_pairs = pairs;
+  return r;
+}
+
+TEST(Verdict, OneLinePerAttackThenTheLargestAdvantage) {
+  std::vector<AttackReport> reports = {
+      compared(AttackKind::kFinetune, 0.05, 27.81, 1.2, 3),
+      compared(AttackKind::kReinit, 0.05, 12.5, 0.4, 3),
+      compared(AttackKind::kScratch, 0.05, std::nullopt, 0, 0),
+      compared(AttackKind::kFinetune, 0.1, 17.5, 0.25, 3),
+      compared(AttackKind::kReinit, 0.1, 31.0, 2.0, 3),
+      compared(AttackKind::kScratch, 0.1, std::nullopt, 0, 0),
+      compared(AttackKind::kPrune, 0.05, -46.4, 6.2, 3),
+  };
+  const std::string expected =
+      "advantage over scratch: finetune (5% data) +27.81 ± 1.20 points\n"
+      "advantage over scratch: reinit + finetune (5% data) +12.50 ± 0.40 points\n"
+      "advantage over scratch: finetune (10% data) +17.50 ± 0.25 points\n"
+      "advantage over scratch: reinit + finetune (10% data) +31.00 ± 2.00 points\n"
+      "advantage over scratch: prune 0.20 (no data, vs scratch on 5%) -46.40 ± 6.20 points\n"
+      "verdict: the largest advantage over scratch is +31.00 points (reinit + finetune, 10% "
+      "data)\n";
+  EXPECT_EQ(advantage_summary(reports), expected);
+  ASSERT_EQ(best_advantage(reports), &reports[4]);
+  auto j = report_json(reports);
+  EXPECT_EQ(j["verdict"]["attack"], "reinit + finetune");
+  EXPECT_EQ(j["verdict"]["kind"], "reinit");
+  EXPECT_DOUBLE_EQ(j["verdict"]["data_fraction"].get<double>(), 0.1);
+  EXPECT_DOUBLE_EQ(j["verdict"]["advantage"].get<double>(), 31.0);
+  EXPECT_DOUBLE_EQ(j["verdict"]["sd_advantage"].get<double>(), 2.0);
+}
+
+TEST(Verdict, SaysSoWhenNoAttackBeatsScratch) {
+  std::vector<AttackReport> reports = {
+      compared(AttackKind::kFinetune, 0.05, -7.25, 0, 1),
+      compared(AttackKind::kReinit, 0.05, -3.1, 0, 1),
+      compared(AttackKind::kZeroRetrain, 0.05, 0.0, 0, 1),
+      compared(AttackKind::kScratch, 0.05, std::nullopt, 0, 0),
+  };
+  const std::string expected =
+      "advantage over scratch: finetune (5% data) -7.25 points\n"
+      "advantage over scratch: reinit + finetune (5% data) -3.10 points\n"
+      "advantage over scratch: zero-retrain (5% data) +0.00 points\n"
+      "verdict: no attack beats training from scratch (best: +0.00 points, zero-retrain, 5% "
+      "data)\n";
+  EXPECT_EQ(advantage_summary(reports), expected);
+  reports.erase(reports.begin() + 2);
+  const std::string summary = advantage_summary(reports);
+  EXPECT_NE(summary.find("verdict: no attack beats training from scratch (best: -3.10 points, "
+                         "reinit + finetune, 5% data)\n"),
+            std::string::npos)
+      << summary;
+  // Equal advantages: the first one counts.
+  reports[0].advantage = -3.1;
+  EXPECT_EQ(best_advantage(reports), &reports[0]);
+}
+
+TEST(Verdict, NothingWithoutScratch) {
+  std::vector<AttackReport> reports = {compared(AttackKind::kFinetune, 0.05, std::nullopt, 0, 0)};
+  EXPECT_EQ(advantage_summary(reports), "");
+  EXPECT_EQ(best_advantage(reports), nullptr);
+  EXPECT_TRUE(report_json(reports)["verdict"].is_null());
 }
 
 }  // namespace

@@ -4,6 +4,7 @@
 
 #include <array>
 #include <cstdio>
+#include <nlohmann/json.hpp>
 
 #include "cli_run.h"
 #include "temp_dir.h"
@@ -14,6 +15,12 @@ namespace {
 
 using testing::CliRun;
 using testing::run;
+
+std::string pct2(double v) {  // as the CLI prints accuracies
+  char b[32];
+  std::snprintf(b, sizeof b, "%.2f", v);
+  return b;
+}
 
 class Cli : public ::testing::Test {
  protected:
@@ -38,6 +45,55 @@ TEST_F(Cli, LockReportsWhatWentIntoTheKey) {
   EXPECT_NE(lock_output_.find("units extracted:"), std::string::npos) << lock_output_;
   EXPECT_NE(lock_output_.find("parameters extracted:"), std::string::npos);
   EXPECT_NE(lock_output_.find("key size:"), std::string::npos);
+}
+
+TEST_F(Cli, DefaultLockIsGlobalWithFirstAndLastLayersAndNamedCriteriaAreThePapers) {
+  CliRun d = run("lock --model " + dir_.file("m.ckpt") + " --ratio 0.05 --out " + dir_.file("d.ckpt") + " --key-out " +
+                 dir_.file("d.clk"));
+  ASSERT_EQ(d.code, 0) << d.out;
+  EXPECT_NE(d.out.find("with default (l1, global, first/last included)"), std::string::npos) << d.out;
+  CliRun k = run("inspect --json " + dir_.file("d.clk"));
+  ASSERT_EQ(k.code, 0) << k.out;
+  auto j = nlohmann::json::parse(k.out);
+  EXPECT_EQ(j["criterion"], "l1");
+  EXPECT_EQ(j["scope"], "global");
+  EXPECT_EQ(j["include_io"], true);
+  // The fixture's --criterion l1 is the paper's lock: per layer, first and last layers left alone.
+  j = nlohmann::json::parse(run("inspect --json " + dir_.file("key.clk")).out);
+  EXPECT_EQ(j["scope"], "layer");
+  EXPECT_EQ(j["include_io"], false);
+  for (const auto& e : j["entries"]) {
+    EXPECT_NE(e["tensor"], "conv1.weight");  // tinycnn's first layer
+  }
+  EXPECT_EQ(run("lock --model " + dir_.file("m.ckpt") + " --include-io --exclude-io --out " + dir_.file("x.ckpt") +
+                " --key-out " + dir_.file("x.clk"))
+                .code,
+            2);
+}
+
+TEST_F(Cli, LockedAccuracyComesWithTheEffectiveOne) {
+  CliRun l = run("lock --model " + dir_.file("m.ckpt") + " --ratio 0.05 --out " + dir_.file("d.ckpt") + " --key-out " +
+                 dir_.file("d.clk") + " --eval --test-subset 200 --reestimate-images 64");
+  ASSERT_EQ(l.code, 0) << l.out;
+  for (const char* part : {"after BN re-estimation ", "pruned 0.20 / 0.40: ", "effective "}) {
+    EXPECT_NE(l.out.find(part), std::string::npos) << part << " missing in\n" << l.out;
+  }
+  CliRun e = run("eval --json --model " + dir_.file("d.ckpt") + " --test-subset 200 --reestimate-images 64");
+  ASSERT_EQ(e.code, 0) << e.out;
+  auto j = nlohmann::json::parse(e.out);
+  EXPECT_EQ(j["locked"], true);
+  ASSERT_TRUE(j["top1_reestimated"].is_number()) << e.out;
+  EXPECT_EQ(j["reestimate_images"], 64);
+  EXPECT_GE(j["top1_effective"].get<double>(), j["top1"].get<double>());
+  EXPECT_GE(j["top1_effective"].get<double>(), j["top1_reestimated"].get<double>());
+  EXPECT_EQ(j["top1_pruned"].size(), 2u);
+  // The same numbers in the text of `lock --eval` (same images, same seed).
+  EXPECT_NE(l.out.find("effective " + pct2(j["top1_effective"].get<double>()) + "%"), std::string::npos)
+      << l.out << "\n" << e.out;
+  // Unlocked models have no effective accuracy to report.
+  auto u = nlohmann::json::parse(run("eval --json --model " + dir_.file("m.ckpt") + " --test-subset 200").out);
+  EXPECT_EQ(u["locked"], false);
+  EXPECT_FALSE(u.contains("top1_effective"));
 }
 
 TEST_F(Cli, UnlockRestoresTheFingerprint) {
@@ -165,10 +221,10 @@ TEST_F(CliKeys, InspectShowsTheHeaderOfAnEncryptedKeyButNotItsContents) {
   ASSERT_EQ(h.code, 0) << h.out;
   EXPECT_NE(h.out.find("\"criterion\":\"l1\""), std::string::npos) << h.out;
   EXPECT_NE(h.out.find("\"authenticated\":false"), std::string::npos) << h.out;
-  EXPECT_EQ(h.out.find("conv2.weight"), std::string::npos) << h.out;
+  EXPECT_EQ(h.out.find("fc1.weight"), std::string::npos) << h.out;
   CliRun full = run("inspect --json " + dir_.file("e.clk") + pw());
   ASSERT_EQ(full.code, 0) << full.out;
-  EXPECT_NE(full.out.find("conv2.weight"), std::string::npos) << full.out;
+  EXPECT_NE(full.out.find("fc1.weight"), std::string::npos) << full.out;
 }
 
 TEST_F(CliKeys, EvalWithAnEncryptedKeyWritesNothing) {

@@ -63,11 +63,17 @@ void expect_readable_partial_csv(const std::string& path, size_t at_least) {
   auto rows = parse_csv(text_of(path), path);  // throws on a cut-off or ragged line
   ASSERT_GE(rows.size(), at_least + 1);
   EXPECT_EQ(rows[0][0], "criterion");
-  EXPECT_EQ(rows[0].size(), 13u);
+  ASSERT_EQ(rows[0].size(), 15u);
+  EXPECT_EQ(rows[0][13], "top1_reestimated");
+  EXPECT_EQ(rows[0][14], "top1_effective");
   for (size_t i = 1; i < rows.size(); ++i) {
     EXPECT_GT(std::stod(rows[i][2]), 0.0);  // ratio
     EXPECT_GE(std::stod(rows[i][7]), 0.0);  // top1
     EXPECT_LE(std::stod(rows[i][7]), 100.0);
+    // The effective top-1 is the worst case over plain and the free attacks (random: per seed,
+    // then averaged, so at least the mean plain top-1).
+    ASSERT_FALSE(rows[i][14].empty()) << i;
+    EXPECT_GE(std::stod(rows[i][14]) + 1e-9, std::stod(rows[i][7])) << i;
   }
 }
 

@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <nlohmann/json.hpp>
 #include <random>
 
 #include "cli_run.h"
@@ -90,7 +91,7 @@ class CliSt : public ::testing::Test {
 };
 
 TEST_F(CliSt, LockChangesTheFingerprintAndUnlockRestoresTheFileByteForByte) {
-  CliRun l = lock("m.safetensors", "locked.safetensors", "key.clk");
+  CliRun l = lock("m.safetensors", "locked.safetensors", "key.clk", "--criterion l1");  // the paper's, per layer
   ASSERT_EQ(l.code, 0) << l.out;
   EXPECT_NE(l.out.find("left alone (first/last layer): conv1.weight"), std::string::npos) << l.out;
   EXPECT_NE(l.out.find("left alone (first/last layer): fc.weight"), std::string::npos) << l.out;
@@ -280,6 +281,29 @@ TEST_F(CliSt, HostileFilesAreRefusedAndNothingIsWritten) {
 std::string torch_binary() {
   const std::string front = CORELOCKER_BIN;
   return front.substr(0, front.find_last_of('/') + 1) + "corelocker-torch";
+}
+
+TEST_F(CliSt, DefaultLockRanksGloballyWithTheFirstAndLastLayerAsEveryFormatDoes) {
+  const CliRun l = lock("m.safetensors", "locked.safetensors", "key.clk");
+  ASSERT_EQ(l.code, 0) << l.out;
+  EXPECT_EQ(l.out.find("left alone"), std::string::npos) << l.out;
+  EXPECT_NE(l.out.find("with default (l1, global, first/last included)"), std::string::npos) << l.out;
+  const CliRun k = run("inspect --json " + dir_.file("key.clk"));
+  ASSERT_EQ(k.code, 0) << k.out;
+  const auto j = nlohmann::json::parse(k.out);
+  EXPECT_EQ(j["criterion"], "l1");
+  EXPECT_EQ(j["scope"], "global");
+  EXPECT_EQ(j["include_io"], true);
+  // The first/last-layer rule of a named criterion can be turned around either way.
+  const CliRun x = lock("m.safetensors", "x.safetensors", "x.clk", "--exclude-io");
+  ASSERT_EQ(x.code, 0) << x.out;
+  EXPECT_NE(x.out.find("left alone (first/last layer): conv1.weight"), std::string::npos) << x.out;
+  EXPECT_EQ(run("lock --model " + dir_.file("m.safetensors") + " --include-io --exclude-io --out " +
+                dir_.file("y.safetensors") + " --key-out " + dir_.file("y.clk"))
+                .code,
+            2);
+  ASSERT_EQ(unlock("locked.safetensors", "key.clk", "restored.safetensors").code, 0);
+  EXPECT_TRUE(same_bytes("restored.safetensors", "m.safetensors"));
 }
 
 TEST_F(CliSt, FrontAndWholeToolGiveTheSameAnswers) {

@@ -220,7 +220,7 @@ Probe smooth(double ratio, double wiggle = 0.0) {
   double acc = 10.0 + 80.0 / (1.0 + std::exp(2.5 * x));
   acc += wiggle * std::sin(40.0 * x);  // non-monotone noise
   if (ratio == 0.0) acc = 90.0;
-  return Probe{ratio, 0, 0.0, acc, std::min(100.0, acc + 5.0)};
+  return Probe{ratio, 0, 0.0, acc, std::min(100.0, acc + 5.0), acc};
 }
 
 TEST(SearchBand, LandsInEveryBandWithinEightEvaluations) {
@@ -251,7 +251,7 @@ TEST(SearchBand, FindsTheBandBeyondANonMonotoneStretch) {
   auto bumpy = [](double r) {
     const int64_t u = units_at_ratio(1000, r);
     const double acc = u <= 2 ? 90.0 : u <= 4 ? 30.0 : u <= 9 ? 70.0 : u <= 29 ? 52.0 : 10.0;
-    return Probe{r, u, 0.0, acc, acc};
+    return Probe{r, u, 0.0, acc, acc, acc};
   };
   CalibrationOptions o;
   o.start_ratio = 0.001;
@@ -287,7 +287,7 @@ TEST(SearchBand, BandBetweenTwoUnitCountsIsReportedAsSuch) {
   // Ten units; the fifth takes accuracy from 90% straight to 10%.
   auto cliff = [](double r) {
     const double acc = units_at_ratio(10, r) < 5 ? 90.0 : 10.0;
-    return Probe{r, units_at_ratio(10, r), 0.0, acc, acc};
+    return Probe{r, units_at_ratio(10, r), 0.0, acc, acc, acc};
   };
   CalibrationOptions o;
   o.max_evaluations = 20;
@@ -298,7 +298,7 @@ TEST(SearchBand, BandBetweenTwoUnitCountsIsReportedAsSuch) {
   // Two groups of the same size gain their units together: totals jump by two, 8 -> 10.
   auto twin_cliff = [](double r) {
     const int64_t u = 2 * units_at_ratio(10, r);
-    return Probe{r, u, 0.0, u < 10 ? 90.0 : 10.0, 0.0};
+    return Probe{r, u, 0.0, u < 10 ? 90.0 : 10.0, 0.0, u < 10 ? 90.0 : 10.0};
   };
   Calibration twin = search_band({10, 10}, twin_cliff, parse_band("50-55"), o);
   EXPECT_EQ(twin.status, CalibrationStatus::kBetweenSteps) << twin.explanation;

@@ -1,5 +1,7 @@
 #include "attacks/attacks.h"
 
+#include "attacks/effective.h"
+
 #include <cmath>
 #include <set>
 #include <unordered_map>
@@ -23,20 +25,14 @@ const torch::Tensor& need(const std::unordered_map<std::string, torch::Tensor>& 
   return it->second;
 }
 
-std::vector<torch::nn::BatchNorm2dImpl*> batchnorms2d(torch::nn::Module& net) {
-  std::vector<torch::nn::BatchNorm2dImpl*> out;
-  for (auto& m : net.modules(/*include_self=*/false)) {
-    if (auto* bn = m->as<torch::nn::BatchNorm2d>()) out.push_back(bn);
-  }
-  return out;
-}
-
 }  // namespace
 
 const char* to_string(AttackKind k) {
   switch (k) {
     case AttackKind::kFinetune:
       return "finetune";
+    case AttackKind::kReinit:
+      return "reinit";
     case AttackKind::kPrune:
       return "prune";
     case AttackKind::kZeroRetrain:
@@ -54,12 +50,30 @@ AttackKind parse_attack_kind(const std::string& s) {
     if (s == to_string(k)) return k;
   }
   throw UsageError("attack '" + s +
-                   "': expected finetune, prune, zero-retrain, bn-recalibrate or scratch");
+                   "': expected finetune, reinit, prune, zero-retrain, bn-recalibrate or scratch");
+}
+
+std::vector<AttackKind> parse_attack_kinds(const std::string& list) {
+  if (list == "all") return all_attack_kinds();
+  std::vector<AttackKind> out;
+  size_t start = 0;
+  while (start <= list.size()) {
+    const size_t comma = list.find(',', start);
+    const std::string item = list.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+    const AttackKind k = parse_attack_kind(item);
+    for (AttackKind seen : out) {
+      if (seen == k) throw UsageError("attacks '" + list + "': '" + item + "' given twice");
+    }
+    out.push_back(k);
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  return out;
 }
 
 std::vector<AttackKind> all_attack_kinds() {
-  return {AttackKind::kFinetune, AttackKind::kPrune, AttackKind::kZeroRetrain,
-          AttackKind::kBnRecalibrate, AttackKind::kScratch};
+  return {AttackKind::kFinetune,    AttackKind::kReinit,        AttackKind::kPrune,
+          AttackKind::kZeroRetrain, AttackKind::kBnRecalibrate, AttackKind::kScratch};
 }
 
 TrainSummary finetune(LoadedModel& model, const Dataset& data, const TrainOptions& options,
@@ -156,30 +170,36 @@ std::vector<Suspect> find_extracted(LoadedModel& model) {
   return out;
 }
 
+int64_t redraw_extracted(LoadedModel& model, const std::vector<Suspect>& suspects, uint64_t seed) {
+  auto tensors = tensor_map(model);
+  torch::NoGradGuard no_grad;
+  torch::manual_seed(seed);
+  int64_t positions = 0;
+  for (const auto& s : suspects) {
+    torch::Tensor t = need(tensors, s.tensor);
+    auto others = t.detach().masked_select(s.mask.logical_not());
+    // The layer's own distribution where there is one; a small spread around 0 otherwise.
+    const double mean = others.numel() > 0 ? others.mean().item<double>() : 0.0;
+    const double sd = others.numel() > 1 ? others.std().item<double>() : 0.01;
+    auto fresh = torch::randn(t.sizes(), t.options()) * sd + mean;
+    t.copy_(torch::where(s.mask, fresh, t));
+    positions += s.mask.sum().item<int64_t>();
+  }
+  return positions;
+}
+
 ZeroRetrainResult zero_retrain(LoadedModel& model, const Dataset& data, const TrainOptions& options,
                                const TrainCallback& progress) {
   ZeroRetrainResult r;
   r.suspects = find_extracted(model);
   if (r.suspects.empty()) return r;
-  auto tensors = tensor_map(model);
+  r.positions = redraw_extracted(model, r.suspects, options.seed);
   TrainOptions o = options;
   o.update_masks.clear();
   std::set<std::string> names;
-  {
-    torch::NoGradGuard no_grad;
-    torch::manual_seed(options.seed);
-    for (const auto& s : r.suspects) {
-      torch::Tensor t = tensors.at(s.tensor);
-      auto others = t.detach().masked_select(s.mask.logical_not());
-      // The layer's own distribution where there is one; a small spread around 0 otherwise.
-      const double mean = others.numel() > 0 ? others.mean().item<double>() : 0.0;
-      const double sd = others.numel() > 1 ? others.std().item<double>() : 0.01;
-      auto fresh = torch::randn(t.sizes(), t.options()) * sd + mean;
-      t.copy_(torch::where(s.mask, fresh, t));
-      r.positions += s.mask.sum().item<int64_t>();
-      names.insert(s.tensor);
-      o.update_masks[s.tensor] = s.mask;
-    }
+  for (const auto& s : r.suspects) {
+    names.insert(s.tensor);
+    o.update_masks[s.tensor] = s.mask;
   }
   o.trainable = [names](const std::string& n) { return names.count(n) > 0; };
   // The running statistics belong to the original weights the attacker tries to reconstruct.
@@ -188,35 +208,26 @@ ZeroRetrainResult zero_retrain(LoadedModel& model, const Dataset& data, const Tr
   return r;
 }
 
+// ---------------------------------------------------------------- reinit
+ReinitResult reinit_finetune(LoadedModel& model, const Dataset& data, const TrainOptions& options,
+                             const TrainCallback& progress) {
+  ReinitResult r;
+  r.suspects = find_extracted(model);
+  if (!r.suspects.empty()) r.positions = redraw_extracted(model, r.suspects, options.seed);
+  r.train = finetune(model, data, options, progress);
+  return r;
+}
+
 // ---------------------------------------------------------------- bn-recalibrate
 BnRecalibrateResult bn_recalibrate(LoadedModel& model, const Dataset& data,
                                    const TrainOptions& options, bool train_affine,
                                    const TrainCallback& progress) {
-  auto bns = batchnorms2d(*model.net);
-  if (bns.empty())
-    throw UsageError("model '" + model.meta.arch + "' has no BatchNorm layer to recalibrate");
   if (options.batch_size < 1)
     throw UsageError("batch size " + std::to_string(options.batch_size) + ": must be >= 1");
   BnRecalibrateResult r;
-  r.layers = static_cast<int64_t>(bns.size());
-  r.images = data.size();
-  {
-    torch::NoGradGuard no_grad;
-    std::vector<c10::optional<double>> momentum;
-    for (auto* bn : bns) {
-      momentum.push_back(bn->options.momentum());
-      bn->options.momentum(c10::nullopt);  // cumulative average over the batches
-      bn->reset_running_stats();
-    }
-    model.net->train();
-    for (int64_t s = 0; s < data.size(); s += options.batch_size) {
-      const int64_t b = std::min(options.batch_size, data.size() - s);
-      model.net->forward(
-          preprocess_batch(data.images.narrow(0, s, b), model.meta.preprocess, /*augment=*/false));
-    }
-    for (size_t i = 0; i < bns.size(); ++i) bns[i]->options.momentum(momentum[i]);
-    model.net->eval();
-  }
+  const ReestimateResult e = reestimate_batchnorm(model, data, options.batch_size);
+  r.layers = e.layers;
+  r.images = e.images;
   if (train_affine) {
     std::set<std::string> names;
     for (const auto& layer : model.net->structure()) {

@@ -3,6 +3,9 @@
 // measures them. None of them reads the test split.
 //
 //   finetune        train every parameter on the attacker's data (the paper, section 5.3)
+//   reinit          re-initialise the positions that look extracted (as zero-retrain does), then
+//                   fine-tune every parameter: at large ratios the locked values left in those
+//                   positions are a worse start than a fresh draw
 //   prune           global magnitude pruning of the smallest conv / linear weights, optionally
 //                   followed by fine-tuning that keeps the pruned weights at zero
 //   zero-retrain    find the positions that look extracted (whole zero conv kernels, zero linear
@@ -28,11 +31,14 @@ namespace corelocker {
 // Progress of the training inside an attack (may be null).
 using TrainCallback = std::function<void(const TrainProgress&)>;
 
-enum class AttackKind { kFinetune, kPrune, kZeroRetrain, kBnRecalibrate, kScratch };
+enum class AttackKind { kFinetune, kReinit, kPrune, kZeroRetrain, kBnRecalibrate, kScratch };
 
 const char* to_string(AttackKind k);
-// "finetune", "prune", "zero-retrain", "bn-recalibrate", "scratch". Throws UsageError.
+// "finetune", "reinit", "prune", "zero-retrain", "bn-recalibrate", "scratch". Throws UsageError.
 AttackKind parse_attack_kind(const std::string& s);
+// "all" (every attack) or a comma-separated list such as "finetune,reinit,scratch", in the
+// order given. Throws UsageError naming an unknown or repeated entry.
+std::vector<AttackKind> parse_attack_kinds(const std::string& list);
 // Every attack, in the order `attack all` runs them.
 std::vector<AttackKind> all_attack_kinds();
 
@@ -70,6 +76,12 @@ struct Suspect {
 // examined. Tensors where nothing is found are left out.
 std::vector<Suspect> find_extracted(LoadedModel& model);
 
+// Re-draws every suspect position from a normal distribution with the mean and standard deviation
+// of the same tensor's other values (mean 0, sd 0.01 where there are too few), seeding the global
+// generator with `seed`; every other value stays bit-for-bit. Returns the positions re-drawn.
+// Throws Error when a suspect names a tensor the model does not have.
+int64_t redraw_extracted(LoadedModel& model, const std::vector<Suspect>& suspects, uint64_t seed);
+
 struct ZeroRetrainResult {
   std::vector<Suspect> suspects;
   int64_t positions = 0;  // parameter elements re-initialised and trained
@@ -82,6 +94,19 @@ struct ZeroRetrainResult {
 // bit-for-bit. With no suspects nothing changes. Throws UsageError for bad options.
 ZeroRetrainResult zero_retrain(LoadedModel& model, const Dataset& data, const TrainOptions& options,
                                const TrainCallback& progress = nullptr);
+
+struct ReinitResult {
+  std::vector<Suspect> suspects;
+  int64_t positions = 0;  // parameter elements re-initialised before fine-tuning
+  TrainSummary train;
+};
+
+// Finds the positions that look extracted (find_extracted), re-draws them as zero_retrain does
+// (redraw_extracted, seeded by options.seed), then fine-tunes every parameter on `data` exactly as
+// finetune does (no masks, BatchNorm running statistics update). With no suspects it is finetune.
+// Throws UsageError for bad options.
+ReinitResult reinit_finetune(LoadedModel& model, const Dataset& data, const TrainOptions& options,
+                             const TrainCallback& progress = nullptr);
 
 struct BnRecalibrateResult {
   int64_t layers = 0;  // BatchNorm layers recalibrated

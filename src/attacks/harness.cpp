@@ -33,10 +33,29 @@ std::string pad(const std::string& s, size_t width, bool left = true) {
   return left ? s + std::string(width - cols, ' ') : std::string(width - cols, ' ') + s;
 }
 
+// "K zero kernels, W zero linear weights, C zero-gamma channels".
+std::string suspect_counts(const std::vector<Suspect>& suspects) {
+  int64_t kernels = 0, weights = 0, channels = 0;
+  for (const auto& s : suspects) {
+    if (s.unit == "kernel") kernels += s.units;
+    if (s.unit == "weight") weights += s.units;
+    if (s.unit == "channel") channels += s.units;
+  }
+  return std::to_string(kernels) + " zero kernels, " + std::to_string(weights) +
+         " zero linear weights, " + std::to_string(channels) + " zero-gamma channels";
+}
+
+// "5% data"; an attack that uses no data names the scratch run it was compared with instead.
+std::string data_text(const AttackReport& r) {
+  const std::string pct = fmt("%.3g%%", 100.0 * r.options.data_fraction);
+  return r.config.uses_data() ? pct + " data" : "no data, vs scratch on " + pct;
+}
+
 }  // namespace
 
 std::string AttackConfig::label() const {
   std::string s = to_string(kind);
+  if (kind == AttackKind::kReinit) s += " + finetune";
   if (kind == AttackKind::kPrune) {
     s += " " + fmt("%.2f", prune_ratio);
     if (train.epochs > 0) s += " + finetune";
@@ -81,8 +100,8 @@ AttackReport run_attack(LoadedModel& locked, const Dataset& train_split, const D
     throw UsageError("trials " + std::to_string(options.trials) + ": must be >= 1");
   if (config.train.epochs < 0)
     throw UsageError("epochs " + std::to_string(config.train.epochs) + ": must be >= 0");
-  if ((config.kind == AttackKind::kFinetune || config.kind == AttackKind::kZeroRetrain ||
-       config.kind == AttackKind::kScratch) &&
+  if ((config.kind == AttackKind::kFinetune || config.kind == AttackKind::kReinit ||
+       config.kind == AttackKind::kZeroRetrain || config.kind == AttackKind::kScratch) &&
       config.train.epochs == 0) {
     throw UsageError(std::string(to_string(config.kind)) + " needs --epochs >= 1");
   }
@@ -124,17 +143,17 @@ AttackReport run_attack(LoadedModel& locked, const Dataset& train_split, const D
         if (o.epochs > 0) finetune_pruned(m, p, data, o, progress);
         break;
       }
+      case AttackKind::kReinit: {
+        ReinitResult z = reinit_finetune(m, data, o, progress);
+        r.detail = z.suspects.empty()
+                       ? "nothing looked extracted: plain fine-tuning"
+                       : std::to_string(z.positions) + " values re-initialised (" +
+                             suspect_counts(z.suspects) + "), then every parameter fine-tuned";
+        break;
+      }
       case AttackKind::kZeroRetrain: {
         ZeroRetrainResult z = zero_retrain(m, data, o, progress);
-        int64_t kernels = 0, weights = 0, channels = 0;
-        for (const auto& s : z.suspects) {
-          if (s.unit == "kernel") kernels += s.units;
-          if (s.unit == "weight") weights += s.units;
-          if (s.unit == "channel") channels += s.units;
-        }
-        r.detail = std::to_string(z.positions) + " values retrained: " + std::to_string(kernels) +
-                   " zero kernels, " + std::to_string(weights) + " zero linear weights, " +
-                   std::to_string(channels) + " zero-gamma channels";
+        r.detail = std::to_string(z.positions) + " values retrained: " + suspect_counts(z.suspects);
         break;
       }
       case AttackKind::kBnRecalibrate: {
@@ -214,6 +233,35 @@ std::string report_table(const std::vector<AttackReport>& reports) {
   return out;
 }
 
+const AttackReport* best_advantage(const std::vector<AttackReport>& reports) {
+  const AttackReport* best = nullptr;
+  for (const auto& r : reports) {
+    if (r.config.kind == AttackKind::kScratch || !r.advantage) continue;
+    if (!best || *r.advantage > *best->advantage) best = &r;
+  }
+  return best;
+}
+
+std::string advantage_summary(const std::vector<AttackReport>& reports) {
+  std::string out;
+  for (const auto& r : reports) {
+    if (r.config.kind == AttackKind::kScratch || !r.advantage) continue;
+    out += "advantage over scratch: " + r.label + " (" + data_text(r) + ") " +
+           signed_pm(*r.advantage, r.sd_advantage.value_or(0.0),
+                     static_cast<size_t>(r.advantage_pairs)) +
+           " points\n";
+  }
+  const AttackReport* best = best_advantage(reports);
+  if (!best) return out;
+  const std::string points = fmt("%+.2f", *best->advantage) + " points";
+  const std::string which = best->label + ", " + data_text(*best);
+  if (*best->advantage > 0.0)
+    out += "verdict: the largest advantage over scratch is " + points + " (" + which + ")\n";
+  else
+    out += "verdict: no attack beats training from scratch (best: " + points + ", " + which + ")\n";
+  return out;
+}
+
 nlohmann::json report_json(const std::vector<AttackReport>& reports) {
   nlohmann::json arr = nlohmann::json::array();
   for (const auto& r : reports) {
@@ -252,7 +300,18 @@ nlohmann::json report_json(const std::vector<AttackReport>& reports) {
         r.sd_advantage ? nlohmann::json(*r.sd_advantage) : nlohmann::json();
     arr.push_back(j);
   }
-  return {{"attacks", arr}};
+  nlohmann::json verdict;  // null when no attack was compared with scratch
+  if (const AttackReport* best = best_advantage(reports)) {
+    verdict = {
+        {"attack", best->label},
+        {"kind", to_string(best->config.kind)},
+        {"data_fraction",
+         best->config.uses_data() ? nlohmann::json(best->options.data_fraction) : nlohmann::json()},
+        {"advantage", *best->advantage},
+        {"sd_advantage",
+         best->sd_advantage ? nlohmann::json(*best->sd_advantage) : nlohmann::json()}};
+  }
+  return {{"attacks", arr}, {"verdict", verdict}};
 }
 
 }  // namespace corelocker

@@ -23,7 +23,8 @@ struct AttackConfig {
   TrainOptions train;            // the budget: epochs, lr, batch size, schedule
   double prune_ratio = 0.2;      // prune
   bool bn_train_affine = false;  // bn-recalibrate
-  // "finetune", "prune 0.20", "prune 0.20 + finetune", "bn-recalibrate + affine", ...
+  // "finetune", "reinit + finetune", "prune 0.20", "prune 0.20 + finetune",
+  // "bn-recalibrate + affine", ...
   std::string label() const;
   // False when the attack ignores the attacker's data (prune without fine-tuning): one trial is
   // then enough, as every trial would give the same model.
@@ -96,7 +97,19 @@ LoadedModel copy_model(LoadedModel& model);
 // advantage over scratch, time per trial.
 std::string report_table(const std::vector<AttackReport>& reports);
 
-// All reports with every trial, as one JSON object.
+// The non-scratch report with the largest advantage over scratch (the first of equals); null when
+// no report has an advantage (scratch did not run).
+const AttackReport* best_advantage(const std::vector<AttackReport>& reports);
+
+// One line per non-scratch report with an advantage over scratch, then a verdict line naming the
+// largest advantage, or saying that no attack beats scratch when none is above 0:
+//   advantage over scratch: finetune (5% data) +27.81 ± 1.20 points
+//   verdict: the largest advantage over scratch is +27.81 points (finetune, 5% data)
+// Empty when no report has an advantage.
+std::string advantage_summary(const std::vector<AttackReport>& reports);
+
+// All reports with every trial, and the verdict (best_advantage: attack, kind, data_fraction,
+// advantage, sd_advantage; null without one), as one JSON object.
 nlohmann::json report_json(const std::vector<AttackReport>& reports);
 
 }  // namespace corelocker

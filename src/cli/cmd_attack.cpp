@@ -19,8 +19,8 @@ namespace corelocker::cli {
 
 void add_attack(CLI::App& app) {
   auto* c = app.add_subcommand("attack",
-                               "Attack a locked model without its key: finetune | prune | "
-                               "zero-retrain | bn-recalibrate | scratch | all");
+                               "Attack a locked model without its key: finetune | reinit | "
+                               "prune | zero-retrain | bn-recalibrate | scratch | all");
   static std::string kind, model_path, original_path, report_path;
   static std::vector<double> fractions, ratios;
   static int trials = 3, epochs = -1, prune_epochs = 0;
@@ -28,8 +28,11 @@ void add_attack(CLI::App& app) {
   static bool affine = false, json = false;
   static TrainOptions topts;
   static Common common;
+  static EffectiveArgs effective;
   topts.lr = 0.05;
-  c->add_option("kind", kind, "finetune | prune | zero-retrain | bn-recalibrate | scratch | all")
+  c->add_option("kind", kind,
+                "finetune | reinit | prune | zero-retrain | bn-recalibrate | scratch, or a comma-separated "
+                "list of them (finetune,reinit,scratch), or all")
       ->required();
   c->add_option("--model", model_path, "Locked model to attack")->required();
   c->add_option("--original", original_path,
@@ -65,14 +68,11 @@ void add_attack(CLI::App& app) {
   c->add_option("--report", report_path, "Also write the JSON report to this file");
   add_threads(c, common);
   add_data(c, common);
+  add_effective_args(c, effective);
   handlers()[c] = [] {
     apply_threads(common);
-    std::vector<AttackKind> kinds;
     const bool all = kind == "all";
-    if (all)
-      kinds = all_attack_kinds();
-    else
-      kinds = {parse_attack_kind(kind)};
+    const std::vector<AttackKind> kinds = parse_attack_kinds(kind);
     if (fractions.empty()) fractions = {0.05};
     if (ratios.empty()) ratios = all ? std::vector<double>{0.2, 0.4} : std::vector<double>{0.2};
 
@@ -84,7 +84,11 @@ void add_attack(CLI::App& app) {
     const std::string dataset = locked.meta.dataset.empty() ? "fashion-mnist" : locked.meta.dataset;
     Dataset train_split = load_dataset(dataset, common.data_dir, Split::kTrain);
     Dataset test = test_set(locked.meta, common);
-    const double locked_top1 = evaluate(*locked.net, test, locked.meta.preprocess).top1;
+    // What the locked model is worth before any training: plain, after BatchNorm re-estimation
+    // and pruning (attacks/effective.h).
+    const EffectiveEval locked_eval = evaluate_effective(
+        locked, test, reestimation_images(train_split, effective.options()), effective.options());
+    const double locked_top1 = locked_eval.plain.top1;
     std::optional<double> original_top1;
     if (!original_path.empty()) {
       LoadedModel original = load_model(original_path);
@@ -163,6 +167,7 @@ void add_attack(CLI::App& app) {
     j["dataset"] = dataset;
     j["test_images"] = test.size();
     j["locked_top1"] = locked_top1;
+    j["locked"] = effective_json(locked_eval);
     j["original_top1"] = original_top1 ? Json(*original_top1) : Json();
     j["lock"] = locked.meta.lock ? Json{{"criterion", locked.meta.lock->criterion},
                                         {"scope", locked.meta.lock->scope},
@@ -181,7 +186,7 @@ void add_attack(CLI::App& app) {
     } else {
       std::printf("lock: none recorded in the model's metadata\n");
     }
-    std::printf("locked top-1 %s%%", pct(locked_top1).c_str());
+    std::printf("locked: %s", effective_text(locked_eval).c_str());
     if (original_top1) std::printf(", original top-1 %s%%", pct(*original_top1).c_str());
     bool any_training = false;
     for (const auto& cfg : configs) any_training = any_training || cfg.uses_data();
@@ -211,6 +216,8 @@ void add_attack(CLI::App& app) {
       if (std::find(details.begin(), details.end(), d) == details.end()) details.push_back(d);
     }
     for (const auto& d : details) std::printf("%s\n", d.c_str());
+    const std::string summary = advantage_summary(reports);  // empty unless scratch ran
+    if (!summary.empty()) std::printf("\n%s", summary.c_str());
     return 0;
   };
 }

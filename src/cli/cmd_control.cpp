@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
@@ -47,13 +48,19 @@ class StopOnSigint {
 
 std::string ratio_text(double r) { return fixed(r, 6); }
 
-std::string probe_line(int n, const Probe& p) {
-  char b[200];
-  std::snprintf(
-      b, sizeof b, "  eval %2d: ratio %s  units %7lld  params %6s%%  val top-1 %6s%%  top-3 %6s%%",
-      n, ratio_text(p.ratio).c_str(), static_cast<long long>(p.units),
-      fixed(100.0 * p.param_fraction, 3).c_str(), pct(p.top1).c_str(), pct(p.top3).c_str());
+std::string probe_line(int n, const Probe& p, bool effective) {
+  char b[240];
+  std::snprintf(b, sizeof b, "  eval %2d: ratio %s  units %7lld  params %6s%%  val top-1 %6s%%  %s %6s%%  top-3 %6s%%", n,
+                ratio_text(p.ratio).c_str(), static_cast<long long>(p.units), fixed(100.0 * p.param_fraction, 3).c_str(),
+                pct(p.plain_top1).c_str(), effective ? "effective" : "         ",
+                effective ? pct(p.top1).c_str() : "", pct(p.top3).c_str());
   return b;
+}
+
+// The effective target of a search, or none with --target-plain.
+std::optional<EffectiveTarget> search_target(bool target_plain, const Dataset& unlabelled, const EffectiveArgs& a) {
+  if (target_plain) return std::nullopt;
+  return EffectiveTarget{&unlabelled, a.options()};
 }
 
 void make_dir(const std::string& dir) {
@@ -65,8 +72,13 @@ void make_dir(const std::string& dir) {
     throw IoError("'" + dir + "' is not a folder");
 }
 
+Json optional_json(const std::optional<double>& v) { return v ? Json(*v) : Json(); }
+
 Json point_json(const CurvePoint& p) {
   return {{"criterion", to_string(p.criterion)},
+          {"top1_reestimated", optional_json(p.top1_reestimated)},
+          {"top1_effective", optional_json(p.top1_effective)},
+          {"top1_effective_runs", p.top1_effective_runs},
           {"scope", to_string(p.scope)},
           {"ratio", p.ratio},
           {"units", p.units},
@@ -105,6 +117,16 @@ PlotSpec sweep_plot(const std::string& model_path, const std::vector<Criterion>&
         if (c == Criterion::kRandom) s.spread.push_back(k == 0 ? p.top1_sd : p.top3_sd);
       }
       panel.series.push_back(s);
+      if (k == 0 && c != Criterion::kRandom) {
+        PlotSeries e;
+        e.name = std::string(to_string(c)) + ", effective";
+        for (const auto& p : points) {
+          if (p.criterion != c || !p.top1_effective) continue;
+          e.x.push_back(p.ratio);
+          e.y.push_back(*p.top1_effective);
+        }
+        if (!e.x.empty()) panel.series.push_back(e);
+      }
     }
     panel.levels = {{"unlocked (" + pct(k == 0 ? original.top1 : original.top3) + "%)",
                      k == 0 ? original.top1 : original.top3},
@@ -125,8 +147,9 @@ void add_sweep(CLI::App& app) {
   static double from = 0.0, to = 0.0;
   static int steps = 0, seeds = 5;
   static uint64_t first_seed = 0;
-  static bool log_space = false, include_io = false, no_plot = false;
+  static bool log_space = false, include_io = false, exclude_io = false, no_plot = false, plain_only = false;
   static Common common;
+  static EffectiveArgs effective;
   c->add_option("--model", model_path, "Model checkpoint (unlocked)")->required();
   auto* r = c->add_option("--ratios", ratios, "Comma-separated ratios, e.g. 0.0005,0.001,0.005");
   auto* f = c->add_option("--from", from, "First ratio of a range")->check(CLI::Range(0.0, 1.0));
@@ -135,15 +158,22 @@ void add_sweep(CLI::App& app) {
                 ->check(CLI::PositiveNumber);
   c->add_flag("--log", log_space, "Space the range evenly in log(ratio) (default: linearly)");
   r->excludes(f)->excludes(t)->excludes(s);
-  c->add_option("--criteria", criteria, "Comma-separated: l1, bn, random")->capture_default_str();
+  c->add_option("--criteria", criteria,
+                "Comma-separated: l1, bn, random (the paper's criteria, each in its own scope unless --scope; "
+                "--scope global --include-io gives the default lock's units)")
+      ->capture_default_str();
   c->add_option("--seeds", seeds, "Seeds for random (mean and sample sd)")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
   c->add_option("--first-seed", first_seed, "First seed for random")->capture_default_str();
   c->add_option("--units", units, "Units drawn by random: l1 | bn")->capture_default_str();
-  c->add_flag("--include-io", include_io, "Also extract from the first and last layer");
+  auto* io = c->add_flag("--include-io", include_io, kIncludeIoHelp);
+  c->add_flag("--exclude-io", exclude_io, "Leave the first and last layer alone (the default here)")->excludes(io);
   c->add_option("--scope", scope,
-                "layer | global for every criterion (default: layer for l1/random, global for bn)");
+                "layer | global for every criterion (default: the paper's, layer for l1/random, global for bn)");
+  c->add_flag("--plain-only", plain_only,
+              "Measure only the plain top-1 (no effective top-1: BatchNorm re-estimation and pruning per point)");
+  add_effective_args(c, effective);
   c->add_option("--out-dir", out_dir,
                 "Folder for sweep.csv (row by row), sweep.json, sweep.png, sweep.svg, sweep.gp");
   c->add_flag("--no-plot", no_plot, "Skip the plot (no gnuplot needed)");
@@ -174,6 +204,8 @@ void add_sweep(CLI::App& app) {
     const Dataset data = test_set(model.meta, common);
     const EvalResult original = evaluate(*model.net, data, model.meta.preprocess);
     const double chance = 100.0 / double(data.classes);
+    const Dataset unlabelled = plain_only ? Dataset{} : effective_images(model.meta, common, effective);
+    if (!plain_only) o.effective = EffectiveTarget{&unlabelled, effective.options()};
     std::unique_ptr<CsvLog> csv;
     if (!out_dir.empty()) {
       make_dir(out_dir);
@@ -181,13 +213,13 @@ void add_sweep(CLI::App& app) {
           out_dir + "/sweep.csv",
           std::vector<std::string>{"criterion", "scope", "ratio", "units", "candidates",
                                    "param_fraction", "seeds", "top1", "top1_sd", "top3", "top3_sd",
-                                   "images", "seconds"});
+                                   "images", "seconds", "top1_reestimated", "top1_effective"});
     }
     std::printf("sweep %s on %lld test images: unlocked top-1 %s%%, top-3 %s%%\n",
                 model_path.c_str(), static_cast<long long>(data.size()), pct(original.top1).c_str(),
                 pct(original.top3).c_str());
-    std::printf("%-9s %10s %9s %9s %16s %16s\n", "criterion", "ratio", "units", "params%",
-                "top-1 %", "top-3 %");
+    std::printf("%-9s %10s %9s %9s %16s %16s %10s %10s\n", "criterion", "ratio", "units", "params%",
+                "top-1 %", "top-3 %", "BN re-est.", "effective");
     std::fflush(stdout);
     const size_t total = o.ratios.size() * o.criteria.size();
     Progress line;
@@ -199,17 +231,21 @@ void add_sweep(CLI::App& app) {
         return spread ? pct(m) + " +- " + fixed(sd, 2) : pct(m);
       };
       line.finish("");
-      std::printf("%-9s %10s %9lld %9s %16s %16s\n", to_string(p.criterion),
+      auto opt = [](const std::optional<double>& v) { return v ? pct(*v) : std::string("-"); };
+      std::printf("%-9s %10s %9lld %9s %16s %16s %10s %10s\n", to_string(p.criterion),
                   ratio_text(p.ratio).c_str(), static_cast<long long>(p.units),
                   fixed(100.0 * p.param_fraction, 3).c_str(), acc(p.top1, p.top1_sd).c_str(),
-                  acc(p.top3, p.top3_sd).c_str());
+                  acc(p.top3, p.top3_sd).c_str(), opt(p.top1_reestimated).c_str(),
+                  opt(p.top1_effective).c_str());
       std::fflush(stdout);
       if (csv) {
         csv->append({to_string(p.criterion), to_string(p.scope), fixed(p.ratio, 8),
                      std::to_string(p.units), std::to_string(p.candidates),
                      fixed(p.param_fraction, 8), std::to_string(p.top1_runs.size()),
                      fixed(p.top1, 4), fixed(p.top1_sd, 4), fixed(p.top3, 4), fixed(p.top3_sd, 4),
-                     std::to_string(p.images), fixed(p.seconds, 3)});
+                     std::to_string(p.images), fixed(p.seconds, 3),
+                     p.top1_reestimated ? fixed(*p.top1_reestimated, 4) : "",
+                     p.top1_effective ? fixed(*p.top1_effective, 4) : ""});
       }
       return !stop.stopped();
     });
@@ -232,6 +268,8 @@ void add_sweep(CLI::App& app) {
                 {"seeds", seeds},
                 {"first_seed", first_seed},
                 {"include_io", include_io},
+                {"effective", !plain_only},
+                {"reestimate_images", unlabelled.size()},
                 {"scope", scope.empty() ? "default" : scope},
                 {"random_units", units},
                 {"ratios", o.ratios},
@@ -268,9 +306,15 @@ void add_calibrate(CLI::App& app) {
   static ValArgs val;
   static CalibrationOptions copt;
   static Common common;
+  static EffectiveArgs effective;
+  static bool target_plain = false;
   c->add_option("--model", model_path, "Model checkpoint (unlocked)")->required();
-  c->add_option("--target", target, "Top-1 band in percent, e.g. 50-55 (measured on validation)")
+  c->add_option("--target", target,
+                "Top-1 band in percent, e.g. 50-55, of the effective top-1 (after BatchNorm re-estimation and "
+                "pruning; measured on validation)")
       ->required();
+  c->add_flag("--target-plain", target_plain, "Target the plain top-1 of the locked model instead of the effective one");
+  add_effective_args(c, effective);
   add_unit_args(c, unit_args, /*random_allowed=*/true);
   add_val_args(c, val);
   c->add_option("--max-evals", copt.max_evaluations, "Most evaluations to spend")
@@ -295,18 +339,20 @@ void add_calibrate(CLI::App& app) {
     if (model.meta.lock)
       throw UsageError("model '" + model_path + "' is locked; calibrate an unlocked model");
     const Dataset val_data = validation_set(model.meta, common, val);
+    const Dataset unlabelled = target_plain ? Dataset{} : effective_images(model.meta, common, effective);
+    copt.effective = search_target(target_plain, unlabelled, effective);
     const Ranking ranking = rank_units(named_tensors(*model.net), model.net->structure(), lopt);
     std::printf(
-        "calibrate %s: %s (scope %s) to top-1 %s-%s%% on %lld validation images from the training "
+        "calibrate %s: %s to %s top-1 %s-%s%% on %lld validation images from the training "
         "split "
         "(seed %llu)\n",
-        model_path.c_str(), to_string(lopt.criterion), to_string(lopt.scope),
-        fixed(band.low, 1).c_str(), fixed(band.high, 1).c_str(),
+        model_path.c_str(), describe_units({lopt.criterion, lopt.scope, lopt.include_io}).c_str(),
+        target_plain ? "plain" : "effective", fixed(band.low, 1).c_str(), fixed(band.high, 1).c_str(),
         static_cast<long long>(val_data.size()), static_cast<unsigned long long>(val.seed));
     std::fflush(stdout);
     int n = 0;
     Calibration cal = calibrate(model, ranking, val_data, band, copt, [&](const Probe& p) {
-      std::printf("%s\n", probe_line(++n, p).c_str());
+      std::printf("%s\n", probe_line(++n, p, !target_plain).c_str());
       std::fflush(stdout);
     });
     std::printf("%s after %d evaluations: %s\n", to_string(cal.status),
@@ -327,15 +373,22 @@ void add_calibrate(CLI::App& app) {
       throw Error("no ratio found for band " + target + ": " + cal.explanation + hint + "; nothing written");
     }
     const Dataset test_data = test_set(model.meta, common);
-    const LockedEval on_test = evaluate_locked(model, ranking, cal.chosen.ratio, test_data);
+    const EffectiveTarget test_target{&unlabelled, effective.options()};
+    const LockedEval on_test = evaluate_locked(model, ranking, cal.chosen.ratio, test_data, 500,
+                                               target_plain ? nullptr : &test_target);
     std::printf("chosen ratio %s: %lld units, %s%% of parameters\n",
                 ratio_text(cal.chosen.ratio).c_str(), static_cast<long long>(cal.chosen.units),
                 fixed(100.0 * cal.chosen.param_fraction, 3).c_str());
-    std::printf("  validation top-1 %s%%  top-3 %s%%\n", pct(cal.chosen.top1).c_str(),
+    std::printf("  validation top-1 %s%%%s  top-3 %s%%\n", pct(cal.chosen.plain_top1).c_str(),
+                target_plain ? "" : ("  effective " + pct(cal.chosen.top1) + "%").c_str(),
                 pct(cal.chosen.top3).c_str());
-    std::printf("  test       top-1 %s%%  top-3 %s%% (%lld images)\n",
-                pct(on_test.eval.top1).c_str(), pct(on_test.eval.top3).c_str(),
-                static_cast<long long>(on_test.eval.n));
+    if (on_test.effective) {
+      std::printf("  test       %s (%lld images)\n", effective_text(*on_test.effective).c_str(),
+                  static_cast<long long>(on_test.eval.n));
+    } else {
+      std::printf("  test       top-1 %s%%  top-3 %s%% (%lld images)\n", pct(on_test.eval.top1).c_str(),
+                  pct(on_test.eval.top3).c_str(), static_cast<long long>(on_test.eval.n));
+    }
     if (!out.empty()) {
       LockOutcome outcome = lock_model(model, ranking, cal.chosen.ratio);
       // Key first: a locked model without its key would be lost utility.
@@ -358,10 +411,15 @@ void add_bands(CLI::App& app) {
   static UnitArgs unit_args;
   static ValArgs val;
   static BandsOptions bopt;
-  static bool no_test = false;
+  static bool no_test = false, target_plain = false;
   static Common common;
+  static EffectiveArgs effective;
   c->add_option("--model", model_path, "Model checkpoint (unlocked)")->required();
   c->add_option("--width", bopt.width, "Band width in points")->capture_default_str();
+  c->add_flag("--target-plain", target_plain,
+              "Bands of the plain top-1 of the locked model (default: of the effective top-1, after BatchNorm "
+              "re-estimation and pruning)");
+  add_effective_args(c, effective);
   add_unit_args(c, unit_args, /*random_allowed=*/true);
   add_val_args(c, val);
   c->add_option("--tolerance", bopt.tolerance, "Relative precision of each band's smallest ratio")
@@ -381,16 +439,18 @@ void add_bands(CLI::App& app) {
     if (model.meta.lock)
       throw UsageError("model '" + model_path + "' is locked; use an unlocked model");
     const Dataset val_data = validation_set(model.meta, common, val);
+    const Dataset unlabelled = target_plain ? Dataset{} : effective_images(model.meta, common, effective);
+    bopt.effective = search_target(target_plain, unlabelled, effective);
     const Ranking ranking = rank_units(named_tensors(*model.net), model.net->structure(), lopt);
     std::printf(
-        "bands %s: %s (scope %s), %s-point bands, on %lld validation images from the training "
+        "bands %s: %s, %s-point bands of the %s top-1, on %lld validation images from the training "
         "split\n",
-        model_path.c_str(), to_string(lopt.criterion), to_string(lopt.scope),
-        fixed(bopt.width, 1).c_str(), static_cast<long long>(val_data.size()));
+        model_path.c_str(), describe_units({lopt.criterion, lopt.scope, lopt.include_io}).c_str(),
+        fixed(bopt.width, 1).c_str(), target_plain ? "plain" : "effective", static_cast<long long>(val_data.size()));
     std::fflush(stdout);
     int n = 0;
     BandsTable table = utility_bands(model, ranking, val_data, bopt, [&](const Probe& p) {
-      std::printf("%s\n", probe_line(++n, p).c_str());
+      std::printf("%s\n", probe_line(++n, p, !target_plain).c_str());
       std::fflush(stdout);
     });
     Dataset test_data;
@@ -398,8 +458,8 @@ void add_bands(CLI::App& app) {
     std::printf("\nunlocked: validation top-1 %s%%; chance %s%%; %d evaluations%s\n",
                 pct(table.original_top1).c_str(), pct(table.chance).c_str(), table.evaluations,
                 table.complete ? "" : " (budget ran out: table incomplete)");
-    std::printf("%-12s %10s %9s %9s %11s %11s\n", "band", "ratio", "units", "params%", "val top-1",
-                "test top-1");
+    std::printf("%-12s %10s %9s %9s %11s %11s   (%s top-1)\n", "band", "ratio", "units", "params%", "val top-1",
+                "test top-1", target_plain ? "plain" : "effective");
     Json rows = Json::array();
     for (const auto& row : table.rows) {
       const std::string label = fixed(row.band.low, 0) + "-" + fixed(row.band.high, 0) + "%";
@@ -417,10 +477,13 @@ void add_bands(CLI::App& app) {
       }
       std::string test_col = "-";
       if (!no_test) {
-        const LockedEval e = evaluate_locked(model, ranking, row.first.ratio, test_data);
-        test_col = pct(e.eval.top1);
+        const EffectiveTarget test_target{&unlabelled, effective.options()};
+        const LockedEval e = evaluate_locked(model, ranking, row.first.ratio, test_data, 500,
+                                             target_plain ? nullptr : &test_target);
+        test_col = pct(e.target_top1());
         jr["test_top1"] = e.eval.top1;
         jr["test_top3"] = e.eval.top3;
+        if (e.effective) jr["test_top1_effective"] = e.effective->top1_effective;
       }
       std::printf("%-12s %10s %9lld %9s %11s %11s\n", label.c_str(),
                   ratio_text(row.first.ratio).c_str(), static_cast<long long>(row.first.units),
@@ -430,7 +493,8 @@ void add_bands(CLI::App& app) {
       jr.update({{"ratio", row.first.ratio},
                  {"units", row.first.units},
                  {"param_fraction", row.first.param_fraction},
-                 {"val_top1", row.first.top1},
+                 {"val_top1", row.first.plain_top1},
+                 {"val_top1_target", row.first.top1},
                  {"val_top3", row.first.top3}});
       rows.push_back(jr);
     }
@@ -443,6 +507,8 @@ void add_bands(CLI::App& app) {
       Json j = {{"model", model_path},
                 {"criterion", to_string(lopt.criterion)},
                 {"scope", to_string(lopt.scope)},
+                {"include_io", lopt.include_io},
+                {"target", target_plain ? "plain" : "effective"},
                 {"width", bopt.width},
                 {"val_size", val_data.size()},
                 {"val_seed", val.seed},

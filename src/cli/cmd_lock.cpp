@@ -51,25 +51,29 @@ std::vector<double> parse_ratios(const std::string& list) {
 
 void add_lock(CLI::App& app) {
   auto* c = app.add_subcommand("lock", "Extract the most significant units into an access key");
-  static std::string model_path, out, key_out, criterion = "l1", scope, units = "l1", fill = "zero", tiers, tier_bands;
+  static std::string model_path, out, key_out, criterion, scope, units = "l1", fill = "zero", tiers, tier_bands;
   static ValArgs val;
   static double ratio = 0.05;
   static uint64_t seed = 0;
-  static bool include_io = false, eval_after = false;
+  static bool include_io = false, exclude_io = false, eval_after = false, target_plain = false;
+  static EffectiveArgs effective;
   static int decoy_tries = 8;
   static std::string decoy_target = "zero";
   static Common common;
   static KeyAccess access;
   static InputArgs input;
   c->add_option("--model", model_path, "Model checkpoint or TorchScript file to lock")->required();
-  c->add_option("--criterion", criterion, "l1 | bn | random")->capture_default_str();
+  c->add_option("--criterion", criterion, kCriterionHelp);
   c->add_option("--ratio", ratio, "Fraction of units to extract")->capture_default_str()->check(CLI::Range(0.0, 1.0));
   c->add_option("--tiers", tiers, "Tiered keys: comma-separated ratios, e.g. 0.005,0.02,0.05 (replaces --ratio)");
   c->add_option("--tier-bands", tier_bands,
                 "Tiered keys by utility: comma-separated top-1 bands, e.g. 30-35,60-65; each tier's ratio is "
                 "calibrated on a validation split of the training data");
   add_val_args(c, val);
-  c->add_option("--scope", scope, "layer | global (default: layer for l1/random, global for bn)");
+  c->add_flag("--target-plain", target_plain,
+              "--tier-bands: bands of the plain top-1 (default: of the effective top-1, after BatchNorm re-estimation "
+              "and pruning)");
+  c->add_option("--scope", scope, kScopeHelp);
   c->add_option("--seed", seed, "Seed for --criterion random")->capture_default_str();
   c->add_option("--units", units, "Units drawn by --criterion random: l1 | bn")->capture_default_str();
   c->add_option("--fill", fill, "What extracted positions hold: zero | decoy")->capture_default_str();
@@ -82,10 +86,15 @@ void add_lock(CLI::App& app) {
                 "zero: the draw nearest the zero-filled lock's accuracy (same utility, hidden positions); "
                 "lowest: the lowest accuracy")
       ->capture_default_str()
-      ->check(CLI::IsMember({"zero", "lowest"}));  c->add_flag("--include-io", include_io, "Also extract from the first and last layer");
+      ->check(CLI::IsMember({"zero", "lowest"}));
+  auto* io = c->add_flag("--include-io", include_io, kIncludeIoHelp);
+  c->add_flag("--exclude-io", exclude_io, kExcludeIoHelp)->excludes(io);
   c->add_option("--out", out, "Locked model to write")->required();
   c->add_option("--key-out", key_out, "Access key to write (with --tiers: NAME.tierN.EXT, N in order of application)")->required();
-  c->add_flag("--eval", eval_after, "Evaluate the locked model (every tier) on the test split");
+  c->add_flag("--eval", eval_after,
+              "Evaluate the locked model (every tier) on the test split: plain, after BatchNorm re-estimation and "
+              "pruning, and the effective top-1 (the highest of them)");
+  add_effective_args(c, effective);
   add_key_access(c, access, /*writing=*/true);
   add_threads(c, common);
   add_data(c, common);
@@ -99,12 +108,8 @@ void add_lock(CLI::App& app) {
     }
     if (is_safetensors_file(model_path)) return lock_safetensors_command(*c, model_path, out, key_out, access);
     apply_threads(common);
-    LockOptions o;
-    o.criterion = parse_criterion(criterion);
-    o.scope = scope.empty() ? default_scope(o.criterion) : parse_scope(scope);
-    o.ratio = ratio;
+    LockOptions o = lock_options_for(resolve_units(criterion, scope, include_io, exclude_io), ratio);
     o.seed = seed;
-    o.include_io = include_io;
     o.fill = parse_fill(fill);
     if (units != "l1" && units != "bn") throw UsageError("units '" + units + "': expected l1 or bn");
     o.random_bn_units = units == "bn";
@@ -115,11 +120,14 @@ void add_lock(CLI::App& app) {
     const KeyCredentials creds = credentials(access);
     LoadedModel model = load_model(model_path);
     apply_input_args(input, model.meta);  // recorded in the locked model's metadata
-    std::unique_ptr<Dataset> test;
+    std::unique_ptr<Dataset> test, unlabelled;
     auto eval_state = [&](const char* label) {
-      if (!test) test = std::make_unique<Dataset>(test_set(model.meta, common));
-      EvalResult r = evaluate(*model.net, *test, model.meta.preprocess);
-      std::printf("  %-21s top-1 %s%%, top-3 %s%%\n", label, pct(r.top1).c_str(), pct(r.top3).c_str());
+      if (!test) {
+        test = std::make_unique<Dataset>(test_set(model.meta, common));
+        unlabelled = std::make_unique<Dataset>(effective_images(model.meta, common, effective));
+      }
+      const EffectiveEval e = evaluate_effective(model, *test, *unlabelled, effective.options());
+      std::printf("  %-21s %s (top-3 %s%%)\n", label, effective_text(e).c_str(), pct(e.plain.top3).c_str());
     };
     std::vector<std::pair<std::string, KeyFile>> keys;
     std::vector<LockStats> stats;
@@ -132,12 +140,15 @@ void add_lock(CLI::App& app) {
       const Dataset val_data = validation_set(model.meta, common, val);
       auto tensors = named_tensors(*model.net);
       const Ranking ranking = rank_units(tensors, model.net->structure(), o);
-      TierCalibration tc = calibrate_tiers(model, ranking, val_data, bands, CalibrationOptions{});
+      const Dataset band_images = target_plain ? Dataset{} : effective_images(model.meta, common, effective);
+      CalibrationOptions copt;
+      if (!target_plain) copt.effective = EffectiveTarget{&band_images, effective.options()};
+      TierCalibration tc = calibrate_tiers(model, ranking, val_data, bands, copt);
       for (size_t i = 0; i < bands.size(); ++i) {
         const Probe& p = tc.calibrations[i].chosen;
-        std::printf("band %s-%s%%: ratio %s, validation top-1 %s%% (%zu evaluations)\n", fixed(bands[i].low, 1).c_str(),
-                    fixed(bands[i].high, 1).c_str(), fixed(p.ratio, 6).c_str(), pct(p.top1).c_str(),
-                    tc.calibrations[i].probes.size());
+        std::printf("band %s-%s%%: ratio %s, validation top-1 %s%%%s (%zu evaluations)\n", fixed(bands[i].low, 1).c_str(),
+                    fixed(bands[i].high, 1).c_str(), fixed(p.ratio, 6).c_str(), pct(p.plain_top1).c_str(),
+                    target_plain ? "" : (", effective " + pct(p.top1) + "%").c_str(), tc.calibrations[i].probes.size());
       }
       ratios = tc.ratios;
     } else if (!tiers.empty()) {
@@ -162,8 +173,8 @@ void add_lock(CLI::App& app) {
       keys.emplace_back(key_out, std::move(outcome.key));
       stats.push_back(outcome.stats);
     } else {
-      std::printf("tiered lock of %s with %s (scope %s, fill %s)\n", model_path.c_str(), criterion.c_str(),
-                  to_string(o.scope), fill.c_str());
+      std::printf("tiered lock of %s with %s, fill %s\n", model_path.c_str(),
+                  describe_units({o.criterion, o.scope, o.include_io}).c_str(), fill.c_str());
       auto outcomes = lock_model_tiers(model, o, ratios, [&](double r, LoadedModel&) {
         if (eval_after) eval_state(("locked at " + fixed(r, 4) + ":").c_str());
       });
@@ -183,8 +194,8 @@ void add_lock(CLI::App& app) {
       throw;
     }
     if (ratios.empty()) {
-      std::printf("locked %s with %s (scope %s, fill %s) at ratio %s\n", model_path.c_str(), criterion.c_str(),
-                  to_string(o.scope), fill.c_str(), fixed(ratio, 6).c_str());
+      std::printf("locked %s with %s, fill %s, at ratio %s\n", model_path.c_str(),
+                  describe_units({o.criterion, o.scope, o.include_io}).c_str(), fill.c_str(), fixed(ratio, 6).c_str());
       print_lock_stats(LockOutcome{keys[0].second, stats[0]}, sizes[0]);
     }
     std::printf("  locked model:         %s (fingerprint %s)\n", out.c_str(),

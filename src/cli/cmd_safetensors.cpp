@@ -6,6 +6,7 @@
 
 #include "formats/safetensors_lock.h"
 #include "keyfile/key_file.h"
+#include "locking/defaults.h"
 #include "util/atomic_file.h"
 #include "util/error.h"
 
@@ -25,7 +26,8 @@ std::string option_text(const CLI::App& c, const std::string& name, const std::s
 void refuse_options(const CLI::App& c) {
   for (const char* name : {"--tiers", "--tier-bands", "--eval", "--decoy-tries", "--decoy-target", "--units", "--seed",
                            "--val-size", "--val-seed", "--data-dir", "--test-subset", "--dataset", "--mean", "--std",
-                           "--pad", "--resize", "--channels"}) {
+                           "--pad", "--resize", "--channels", "--reestimate-images", "--reestimate-seed",
+                           "--target-plain"}) {
     const CLI::Option* o = c.get_option_no_throw(name);
     if (o != nullptr && o->count() > 0) {
       throw UsageError(std::string(name) + " does not apply to safetensors files (they are locked with l1, one key, "
@@ -34,8 +36,8 @@ void refuse_options(const CLI::App& c) {
   }
   const std::string fill = option_text(c, "--fill", "zero");
   if (fill != "zero") throw UsageError("--fill " + fill + ": safetensors files are locked with --fill zero only");
-  const std::string criterion = option_text(c, "--criterion", "l1");
-  if (criterion != "l1") {
+  const std::string criterion = option_text(c, "--criterion", "");
+  if (!criterion.empty() && criterion != "l1" && criterion != "default") {
     throw UsageError("--criterion " + criterion +
                      ": safetensors files are locked with l1 only (pairing norm scales with convs by name is not "
                      "implemented)");
@@ -56,10 +58,16 @@ int lock_safetensors_command(const CLI::App& c, const std::string& model, const 
   StLockOptions o;
   const CLI::Option* ratio = c.get_option_no_throw("--ratio");
   o.ratio = ratio != nullptr ? ratio->as<double>() : 0.05;
-  const std::string scope = option_text(c, "--scope", "layer");
-  o.scope = parse_scope(scope);
-  const CLI::Option* io = c.get_option_no_throw("--include-io");
-  o.include_io = io != nullptr && io->count() > 0;
+  auto given = [&](const char* name) {
+    const CLI::Option* opt = c.get_option_no_throw(name);
+    return opt != nullptr && opt->count() > 0;
+  };
+  // The same rule as every other format: no --criterion is the default lock (global, first and
+  // last layers included), --criterion l1 the paper's per-layer lock.
+  const UnitChoice units = resolve_units(option_text(c, "--criterion", ""), option_text(c, "--scope", ""),
+                                         given("--include-io"), given("--exclude-io"));
+  o.scope = units.scope;
+  o.include_io = units.include_io;
   o.threads = static_cast<unsigned>(std::stoul(option_text(c, "--threads", "0")));
   const KeyCredentials creds = credentials(access);
   uint64_t key_bytes = 0;
@@ -74,8 +82,8 @@ int lock_safetensors_command(const CLI::App& c, const std::string& model, const 
     if (key_written) std::remove(key_out.c_str());
     throw;
   }
-  std::printf("locked %s with l1 (scope %s, fill zero) at ratio %s\n", model.c_str(), to_string(o.scope),
-              fixed(o.ratio, 6).c_str());
+  std::printf("locked %s with %s, fill zero, at ratio %s\n", model.c_str(),
+              describe_units({Criterion::kL1, o.scope, o.include_io}).c_str(), fixed(o.ratio, 6).c_str());
   for (const auto& name : r.excluded) std::printf("  left alone (first/last layer): %s\n", name.c_str());
   std::printf("  units extracted:      %llu of %llu\n", static_cast<unsigned long long>(r.units),
               static_cast<unsigned long long>(r.candidates));

@@ -73,25 +73,44 @@ void add_eval(CLI::App& app) {
   static Common common;
   static KeyAccess access;
   static InputArgs input;
-  c->add_option("--model", model_path, "Model checkpoint or TorchScript file (original or locked)")->required();
+  static EffectiveArgs effective;
+  c->add_option("--model", model_path,
+                "Model checkpoint or TorchScript file (original or locked; a locked one also gets its effective top-1: "
+                "after BatchNorm re-estimation and pruning)")
+      ->required();
   c->add_option("--key", key_paths, "Unlock in memory with this key (repeat for tier keys) before evaluating; nothing is written");
   add_key_access(c, access, /*writing=*/false);
   c->add_flag("--json", json, "Print one JSON object");
   add_threads(c, common);
   add_data(c, common);
   add_input_args(c, input);
+  add_effective_args(c, effective);
   handlers()[c] = [] {
     apply_threads(common);
     LoadedModel model = key_paths.empty() ? load_model(model_path) : load_unlocked(model_path, read_keys(key_paths, access));
     apply_input_args(input, model.meta);
-    EvalResult r = evaluate(*model.net, test_set(model.meta, common), model.meta.preprocess);
+    const Dataset test = test_set(model.meta, common);
+    if (model.meta.lock) {
+      const EffectiveEval e =
+          evaluate_effective(model, test, effective_images(model.meta, common, effective), effective.options());
+      if (json) {
+        Json j = effective_json(e);
+        j.update({{"model", model_path}, {"n", e.plain.n}, {"locked", true}, {"seconds", e.plain.seconds}});
+        std::printf("%s\n", j.dump().c_str());
+      } else {
+        std::printf("%s (locked): %s; top-3 %s%% on %lld test images\n", model_path.c_str(), effective_text(e).c_str(),
+                    pct(e.plain.top3).c_str(), static_cast<long long>(e.plain.n));
+      }
+      return 0;
+    }
+    EvalResult r = evaluate(*model.net, test, model.meta.preprocess);
     if (json) {
       Json j = {{"model", model_path}, {"top1", r.top1}, {"top3", r.top3}, {"n", r.n},
-                {"locked", model.meta.lock.has_value()}, {"seconds", r.seconds}};
+                {"locked", false}, {"seconds", r.seconds}};
       std::printf("%s\n", j.dump().c_str());
     } else {
-      std::printf("%s: top-1 %s%%, top-3 %s%% on %lld test images%s\n", model_path.c_str(), pct(r.top1).c_str(),
-                  pct(r.top3).c_str(), static_cast<long long>(r.n), model.meta.lock ? " (locked)" : "");
+      std::printf("%s: top-1 %s%%, top-3 %s%% on %lld test images\n", model_path.c_str(), pct(r.top1).c_str(),
+                  pct(r.top3).c_str(), static_cast<long long>(r.n));
     }
     return 0;
   };

@@ -55,22 +55,26 @@ void add_input_args(CLI::App* c, InputArgs& a) {
       ->check(CLI::Range(0, 64));
 }
 
+const char* const kCriterionHelp =
+    "l1 | bn | random: the paper's criterion (l1 and random per layer, bn global, first and last layers left "
+    "alone); default: the default lock (l1 units ranked over the whole model, first and last layers included)";
+const char* const kScopeHelp = "layer | global (default: global; with --criterion, the paper's: layer for l1/random, global for bn)";
+const char* const kIncludeIoHelp = "Also extract from the first and last layer (the default lock does)";
+const char* const kExcludeIoHelp = "Leave the first and last layer alone (what a named --criterion does)";
+
 CLI::Option* add_unit_args(CLI::App* c, UnitArgs& a, bool random_allowed) {
-  auto* criterion = c->add_option("--criterion", a.criterion, random_allowed ? "l1 | bn | random" : "l1 | bn")
-                        ->capture_default_str();
-  c->add_option("--scope", a.scope, "layer | global (default: layer for l1/random, global for bn)");
+  auto* criterion = c->add_option("--criterion", a.criterion, random_allowed ? kCriterionHelp : "l1 | bn (default: the default lock)");
+  c->add_option("--scope", a.scope, kScopeHelp);
   c->add_option("--seed", a.seed, "Seed for --criterion random")->capture_default_str();
   c->add_option("--units", a.units, "Units drawn by --criterion random: l1 | bn")->capture_default_str();
-  c->add_flag("--include-io", a.include_io, "Also extract from the first and last layer");
+  auto* in = c->add_flag("--include-io", a.include_io, kIncludeIoHelp);
+  c->add_flag("--exclude-io", a.exclude_io, kExcludeIoHelp)->excludes(in);
   return criterion;
 }
 
 LockOptions lock_options(const UnitArgs& a) {
-  LockOptions o;
-  o.criterion = parse_criterion(a.criterion);
-  o.scope = a.scope.empty() ? default_scope(o.criterion) : parse_scope(a.scope);
+  LockOptions o = lock_options_for(resolve_units(a.criterion, a.scope, a.include_io, a.exclude_io), 0.0);
   o.seed = a.seed;
-  o.include_io = a.include_io;
   if (a.units != "l1" && a.units != "bn") throw UsageError("units '" + a.units + "': expected l1 or bn");
   o.random_bn_units = a.units == "bn";
   return o;
@@ -337,6 +341,57 @@ LoadedModel train_model(const TrainArgs& a, const Common& common, Json& summary_
   model.meta.training_json = summary.dump();
   summary_out = summary;
   return model;
+}
+
+EffectiveOptions EffectiveArgs::options() const {
+  EffectiveOptions o;
+  o.reestimate_images = reestimate_images;
+  o.seed = seed;
+  return o;
+}
+
+void add_effective_args(CLI::App* c, EffectiveArgs& a) {
+  c->add_option("--reestimate-images", a.reestimate_images,
+                "Unlabelled training images on which the effective accuracy re-estimates BatchNorm statistics "
+                "(0: no re-estimation)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  c->add_option("--reestimate-seed", a.seed, "Seed that draws the re-estimation images")->capture_default_str();
+}
+
+Dataset effective_images(const ModelMeta& meta, const Common& common, const EffectiveArgs& a) {
+  if (a.reestimate_images <= 0) return Dataset{};
+  Dataset train = load_dataset(meta.dataset.empty() ? "fashion-mnist" : meta.dataset, common.data_dir, Split::kTrain);
+  return reestimation_images(train, a.options());
+}
+
+std::string effective_text(const EffectiveEval& e) {
+  std::string s = "top-1 " + pct(e.plain.top1) + "%, after BN re-estimation ";
+  s += e.reestimated ? pct(e.reestimated->top1) + "%" : "n/a (" + e.reestimate_note + ")";
+  if (!e.pruned.empty()) {
+    std::string ratios, accs;
+    for (const auto& p : e.pruned) {
+      ratios += (ratios.empty() ? "" : " / ") + fixed(p.ratio, 2);
+      accs += (accs.empty() ? "" : " / ") + pct(p.eval.top1);
+    }
+    s += ", pruned " + ratios + ": " + accs + "%";
+  }
+  return s + "; effective " + pct(e.top1_effective) + "%";
+}
+
+Json effective_json(const EffectiveEval& e) {
+  Json pruned = Json::object();
+  for (const auto& p : e.pruned) pruned[fixed(p.ratio, 2)] = p.eval.top1;
+  Json j = {{"top1", e.plain.top1},
+            {"top3", e.plain.top3},
+            {"images", e.plain.n},
+            {"top1_reestimated", e.reestimated ? Json(e.reestimated->top1) : Json()},
+            {"reestimate_images", e.reestimate_images},
+            {"top1_pruned", pruned},
+            {"top1_effective", e.top1_effective},
+            {"effective_from", e.worst}};
+  if (!e.reestimated) j["reestimate_note"] = e.reestimate_note;
+  return j;
 }
 
 void print_lock_stats(const LockOutcome& o, uint64_t key_bytes) {

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "attacks/effective.h"
 #include "cli/key_access.h"
 #include "data/dataset.h"
 #include "locking/lock.h"
@@ -77,17 +78,23 @@ std::map<std::string, int64_t> arch_options(const TrainArgs& a);
 LoadedModel train_model(const TrainArgs& a, const Common& common, Json& summary_out);
 
 // Options that say which units compete, with the same meaning as in `lock`: --criterion,
-// --scope, --seed, --units, --include-io. add_unit_args returns the --criterion option.
+// --scope, --seed, --units, --include-io, --exclude-io. add_unit_args returns the --criterion
+// option.
 struct UnitArgs {
-  std::string criterion = "l1";
+  std::string criterion;  // empty: the default lock (locking/defaults.h)
   std::string scope;
   std::string units = "l1";
   uint64_t seed = 0;
-  bool include_io = false;
+  bool include_io = false, exclude_io = false;
 };
 CLI::Option* add_unit_args(CLI::App* c, UnitArgs& a, bool random_allowed);
 // The options as LockOptions (ratio unset). Throws UsageError.
 LockOptions lock_options(const UnitArgs& a);
+// Help texts of the unit options, shared by every command that takes them.
+extern const char* const kCriterionHelp;
+extern const char* const kScopeHelp;
+extern const char* const kIncludeIoHelp;
+extern const char* const kExcludeIoHelp;
 
 // The validation split: a seeded subset of the TRAINING split, never the test split.
 struct ValArgs {
@@ -96,6 +103,22 @@ struct ValArgs {
 };
 void add_val_args(CLI::App* c, ValArgs& v);
 Dataset validation_set(const ModelMeta& meta, const Common& common, const ValArgs& v);
+
+// The effective accuracy (attacks/effective.h): --reestimate-images N unlabelled training images
+// (seeded by --reestimate-seed) for the BatchNorm re-estimation.
+struct EffectiveArgs {
+  int64_t reestimate_images = 512;
+  uint64_t seed = 0;
+  EffectiveOptions options() const;
+};
+void add_effective_args(CLI::App* c, EffectiveArgs& a);
+// The re-estimation images from the training split of the model's data set.
+Dataset effective_images(const ModelMeta& meta, const Common& common, const EffectiveArgs& a);
+// "top-1 14.08%, after BN re-estimation 83.06%, pruned 0.20 / 0.40: 14.10 / 13.20%; effective 83.06%"
+std::string effective_text(const EffectiveEval& e);
+// {"top1", "top3", "top1_reestimated" (null when not measured), "top1_pruned" {"0.20": ...},
+//  "top1_effective", "effective_from"}
+Json effective_json(const EffectiveEval& e);
 
 // The lines `lock` prints about what went into a key.
 void print_lock_stats(const LockOutcome& o, uint64_t key_bytes);

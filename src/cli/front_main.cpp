@@ -28,9 +28,9 @@ using namespace corelocker::cli;
 // The options of the four commands as corelocker-torch defines them for these files (cmd_lock.cpp);
 // tests/test_cli_safetensors.cpp runs both binaries on the same files.
 struct Args {
-  std::string model, out, key_out, criterion = "l1", scope, fill = "zero";
+  std::string model, out, key_out, criterion, scope, fill = "zero";
   double ratio = 0.05;
-  bool include_io = false, json = false;
+  bool include_io = false, exclude_io = false, json = false;
   int threads = 0;
   std::vector<std::string> keys;
   KeyAccess access;  // only one subcommand is parsed
@@ -47,11 +47,12 @@ Commands add_commands(CLI::App& app, Args& a) {
   Commands c{};
   c.lock = app.add_subcommand("lock");
   c.lock->add_option("--model", a.model)->required();
-  c.lock->add_option("--criterion", a.criterion)->capture_default_str();
+  c.lock->add_option("--criterion", a.criterion);
   c.lock->add_option("--ratio", a.ratio)->capture_default_str()->check(CLI::Range(0.0, 1.0));
   c.lock->add_option("--scope", a.scope);
   c.lock->add_option("--fill", a.fill)->capture_default_str();
-  c.lock->add_flag("--include-io", a.include_io);
+  auto* io = c.lock->add_flag("--include-io", a.include_io);
+  c.lock->add_flag("--exclude-io", a.exclude_io)->excludes(io);
   c.lock->add_option("--out", a.out)->required();
   c.lock->add_option("--key-out", a.key_out)->required();
   add_key_access(c.lock, a.access, /*writing=*/true);

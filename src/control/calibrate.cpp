@@ -116,10 +116,10 @@ void check_unlocked(const LoadedModel& model) {
 }
 
 Evaluator locked_evaluator(LoadedModel& model, const Ranking& ranking, const Dataset& data,
-                           int64_t batch_size) {
-  return [&model, &ranking, &data, batch_size](double ratio) {
-    LockedEval e = evaluate_locked(model, ranking, ratio, data, batch_size);
-    return Probe{ratio, e.stats.units, e.stats.param_fraction(), e.eval.top1, e.eval.top3};
+                           int64_t batch_size, const std::optional<EffectiveTarget>& effective) {
+  return [&model, &ranking, &data, batch_size, effective](double ratio) {
+    LockedEval e = evaluate_locked(model, ranking, ratio, data, batch_size, effective ? &*effective : nullptr);
+    return Probe{ratio, e.stats.units, e.stats.param_fraction(), e.target_top1(), e.eval.top3, e.eval.top1};
   };
 }
 
@@ -189,7 +189,7 @@ Calibration calibrate(LoadedModel& model, const Ranking& ranking, const Dataset&
                       const CalibrationOptions& options, const ProbeCallback& on_probe) {
   check_unlocked(model);
   return search_band(group_sizes(ranking),
-                     locked_evaluator(model, ranking, data, options.batch_size), band, options,
+                     locked_evaluator(model, ranking, data, options.batch_size, options.effective), band, options,
                      on_probe);
 }
 
@@ -333,7 +333,7 @@ BandsTable utility_bands(LoadedModel& model, const Ranking& ranking, const Datas
   check_unlocked(model);
   if (data.classes < 1) throw UsageError("data set '" + data.name + "' has no classes");
   return search_bands(group_sizes(ranking),
-                      locked_evaluator(model, ranking, data, options.batch_size),
+                      locked_evaluator(model, ranking, data, options.batch_size, options.effective),
                       100.0 / double(data.classes), options, on_probe);
 }
 

@@ -13,6 +13,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -31,6 +32,8 @@ struct Band {
 Band parse_band(const std::string& text);
 
 struct CalibrationOptions {
+  // Set: search on the effective top-1 (attacks/effective.h); unset: on the plain top-1.
+  std::optional<EffectiveTarget> effective;
   int max_evaluations = 8;
   double start_ratio = 0.005;  // first probe
   double step = 4.0;           // bracketing: multiply / divide the ratio by this
@@ -38,13 +41,16 @@ struct CalibrationOptions {
   int64_t batch_size = 500;
 };
 
-// One evaluation the search made (top-1 / top-3 on the data it was given).
+// One evaluation the search made (top-1 / top-3 on the data it was given). `top1` is what the
+// search targets: the effective top-1 when the options ask for it, else the plain one, which
+// `plain_top1` always holds.
 struct Probe {
   double ratio = 0.0;
   int64_t units = 0;
   double param_fraction = 0.0;
   double top1 = 0.0;
   double top3 = 0.0;
+  double plain_top1 = 0.0;
 };
 
 enum class CalibrationStatus {
@@ -98,6 +104,7 @@ TierCalibration calibrate_tiers(LoadedModel& model, const Ranking& ranking, cons
                                 const ProbeCallback& on_probe = {});
 
 struct BandsOptions {
+  std::optional<EffectiveTarget> effective;  // as in CalibrationOptions
   double width = 5.0;         // band width in points
   double tolerance = 0.05;    // a band's ratio is the smallest within this relative precision
   int max_evaluations = 200;  // for the whole table

@@ -11,7 +11,7 @@
 namespace corelocker {
 
 LockedEval evaluate_locked(LoadedModel& model, const Ranking& ranking, double ratio,
-                           const Dataset& data, int64_t batch_size) {
+                           const Dataset& data, int64_t batch_size, const EffectiveTarget* effective) {
   if (!(ratio >= 0.0 && ratio <= 1.0)) {
     throw UsageError("ratio " + std::to_string(ratio) + ": must be within [0, 1]");
   }
@@ -27,7 +27,15 @@ LockedEval evaluate_locked(LoadedModel& model, const Ranking& ranking, double ra
   LockedEval out;
   out.ratio = ratio;
   try {
-    out.eval = evaluate(*model.net, data, model.meta.preprocess, batch_size);
+    if (effective != nullptr) {
+      static const Dataset kNone;
+      EffectiveOptions o = effective->options;
+      o.batch_size = batch_size;
+      out.effective = evaluate_effective(model, data, effective->unlabelled ? *effective->unlabelled : kNone, o);
+      out.eval = out.effective->plain;
+    } else {
+      out.eval = evaluate(*model.net, data, model.meta.preprocess, batch_size);
+    }
   } catch (...) {
     restore_units(tensors, key);
     throw;
@@ -149,10 +157,16 @@ std::vector<CurvePoint> sweep(LoadedModel& model, const Dataset& data, const Swe
       p.criterion = options.criteria[ci];
       p.scope = rankings[ci].front().options.scope;
       p.ratio = ratio;
+      std::vector<double> reestimated;
       for (const Ranking& ranking : rankings[ci]) {
-        LockedEval e = evaluate_locked(model, ranking, ratio, data, options.batch_size);
+        LockedEval e = evaluate_locked(model, ranking, ratio, data, options.batch_size,
+                                       options.effective ? &*options.effective : nullptr);
         p.top1_runs.push_back(e.eval.top1);
         p.top3_runs.push_back(e.eval.top3);
+        if (e.effective) {
+          p.top1_effective_runs.push_back(e.effective->top1_effective);
+          if (e.effective->reestimated) reestimated.push_back(e.effective->reestimated->top1);
+        }
         // Every seed draws the same number of units; the parameter count differs only for
         // random bn units (filters of different layers have different sizes): report the mean.
         p.units = e.stats.units;
@@ -161,6 +175,10 @@ std::vector<CurvePoint> sweep(LoadedModel& model, const Dataset& data, const Swe
         p.images = e.eval.n;
       }
       sample_mean_sd(p.top1_runs, &p.top1, &p.top1_sd);
+      if (!p.top1_effective_runs.empty()) p.top1_effective = mean_sd(p.top1_effective_runs).first;
+      if (!reestimated.empty() && reestimated.size() == p.top1_runs.size()) {
+        p.top1_reestimated = mean_sd(reestimated).first;
+      }
       sample_mean_sd(p.top3_runs, &p.top3, &p.top3_sd);
       p.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
       points.push_back(p);

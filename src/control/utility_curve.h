@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "attacks/effective.h"
 #include "data/dataset.h"
 #include "eval/evaluate.h"
 #include "locking/lock.h"
@@ -18,18 +19,31 @@
 
 namespace corelocker {
 
+// Where a curve or a search measures the effective accuracy (attacks/effective.h) beside the
+// plain one: the unlabelled images the BatchNorm re-estimation uses (not owned; empty: no
+// re-estimation) and the options.
+struct EffectiveTarget {
+  const Dataset* unlabelled = nullptr;
+  EffectiveOptions options;
+};
+
 // What one locked evaluation measured.
 struct LockedEval {
   double ratio = 0.0;
-  EvalResult eval;
+  EvalResult eval;                         // plain
+  std::optional<EffectiveEval> effective;  // when asked for
   LockStats stats;
+  // The effective top-1 when measured, the plain one otherwise.
+  double target_top1() const { return effective ? effective->top1_effective : eval.top1; }
 };
 
-// Locks `model` in memory with `ranking`'s plan at `ratio`, evaluates it on `data` and restores
-// it; the model is restored even when the evaluation throws. Throws UsageError (ratio outside
-// [0, 1], model already locked) / Error.
+// Locks `model` in memory with `ranking`'s plan at `ratio`, evaluates it on `data` (with
+// `effective`, also after re-estimation and pruning) and restores it; the model is restored even
+// when the evaluation throws. Throws UsageError (ratio outside [0, 1], model already locked) /
+// Error.
 LockedEval evaluate_locked(LoadedModel& model, const Ranking& ranking, double ratio,
-                           const Dataset& data, int64_t batch_size = 500);
+                           const Dataset& data, int64_t batch_size = 500,
+                           const EffectiveTarget* effective = nullptr);
 
 // Extracted units at `ratio` under `ranking`, without touching any tensor (pure arithmetic).
 int64_t units_at(const Ranking& ranking, double ratio);
@@ -45,6 +59,8 @@ struct SweepOptions {
   // for bn), as `lock` does.
   std::optional<Scope> scope;
   int64_t batch_size = 500;
+  // Also measure every point's effective accuracy (per seed for random).
+  std::optional<EffectiveTarget> effective;
 };
 
 // One (criterion, ratio) point. For `random` the accuracies are the mean over the seeds and the
@@ -59,6 +75,11 @@ struct CurvePoint {
   double top1 = 0.0, top1_sd = 0.0;
   double top3 = 0.0, top3_sd = 0.0;
   std::vector<double> top1_runs, top3_runs;  // one per seed (one entry for l1 / bn)
+  // With SweepOptions::effective: the mean over seeds after re-estimation (empty when it could
+  // not be measured) and of the effective top-1, with the per-seed values.
+  std::optional<double> top1_reestimated;
+  std::optional<double> top1_effective;
+  std::vector<double> top1_effective_runs;
   int64_t images = 0;
   double seconds = 0.0;
 };

@@ -77,7 +77,14 @@ void seeded_shuffle(std::vector<RankedUnit>& v, uint64_t seed) {
 
 }  // namespace
 
-Scope default_scope(Criterion c) { return c == Criterion::kBn ? Scope::kGlobal : Scope::kLayer; }
+LockOptions lock_options_for(const UnitChoice& units, double ratio) {
+  LockOptions o;
+  o.criterion = units.criterion;
+  o.scope = units.scope;
+  o.include_io = units.include_io;
+  o.ratio = ratio;
+  return o;
+}
 
 int64_t Ranking::total_units() const {
   int64_t n = 0;

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "keyfile/key_file.h"
+#include "locking/defaults.h"
 #include "models/network.h"
 
 namespace corelocker {
@@ -30,8 +31,8 @@ struct LockOptions {
   Fill fill = Fill::kZero;       // what extracted positions hold in the locked model
 };
 
-// The paper's default scope for a criterion: l1 (and random) rank per layer, bn globally.
-Scope default_scope(Criterion c);
+// The LockOptions of a resolved choice of units (locking/defaults.h) at `ratio`.
+LockOptions lock_options_for(const UnitChoice& units, double ratio);
 
 struct RankedUnit {
   int layer;       // index into the structure

@@ -1,0 +1,76 @@
+// What a locked model is worth to someone without the key who needs no labels and no training.
+//
+// A locked model's plain accuracy overstates the protection: re-estimating the BatchNorm running
+// statistics on a few hundred unlabelled images undoes locks that mostly shift activations
+// (EagleEye, ECCV 2020; docs/attacks.md), and pruning removes fills that stand out. The
+// effective accuracy is the worst case over these free attacks: the highest top-1 among the plain
+// model, the model after re-estimation, and global magnitude pruning at each ratio.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "data/dataset.h"
+#include "eval/evaluate.h"
+#include "models/checkpoint.h"
+
+namespace corelocker {
+
+struct ReestimateResult {
+  int64_t layers = 0;   // BatchNorm layers whose statistics were re-estimated
+  int64_t images = 0;   // images they were estimated on
+  int64_t batches = 0;  // forward passes averaged
+};
+
+// Re-estimates the running mean and variance of every BatchNorm layer of the model's structure
+// as the plain average of the batch statistics over `data` (batches of `batch_size`, no
+// augmentation, no gradients, the whole network in training mode as PyTorch's update_bn does),
+// and sets num_batches_tracked to the number of batches. Works for built-in networks and
+// TorchScript modules alike, whatever momentum their layers were built with: before each batch
+// the statistics are zeroed, so the layer leaves momentum x batch statistic behind, and the
+// momentum is measured on the first batch (once with the variance at 0, once at 1, same random
+// state). Parameters do not change; on failure the statistics are put back. Throws UsageError when the model has no BatchNorm layer with
+// running statistics or `data` is empty; Error when a layer does not update its statistics in
+// training mode (a traced TorchScript graph that fixed evaluation mode), naming the layer.
+ReestimateResult reestimate_batchnorm(LoadedModel& model, const Dataset& data,
+                                      int64_t batch_size = 128);
+
+struct EffectiveOptions {
+  int64_t reestimate_images = 512;                // unlabelled training images; 0: skip
+  uint64_t seed = 0;                              // which images
+  std::vector<double> prune_ratios = {0.2, 0.4};  // global magnitude pruning
+  int64_t batch_size = 500;                       // evaluation
+  int64_t reestimate_batch = 128;
+};
+
+struct PrunedEval {
+  double ratio = 0.0;
+  EvalResult eval;
+};
+
+struct EffectiveEval {
+  EvalResult plain;
+  // After BatchNorm re-estimation; empty when skipped (no BatchNorm layer, no images, or a graph
+  // that cannot re-estimate), with the reason in `reestimate_note`.
+  std::optional<EvalResult> reestimated;
+  std::string reestimate_note;
+  int64_t reestimate_images = 0;
+  std::vector<PrunedEval> pruned;
+  double top1_effective = 0.0;  // the highest top-1 of the above
+  std::string worst = "plain";  // what gave it: "plain", "bn re-estimation", "prune 0.20"
+};
+
+// Evaluates `model` (typically locked) on `test` plain, after re-estimating its BatchNorm
+// statistics on `unlabelled` (the caller draws them from the training split; the labels are
+// never read), and after pruning; the model ends bit for bit as it started, also when a step
+// throws. Throws what evaluate throws.
+EffectiveEval evaluate_effective(LoadedModel& model, const Dataset& test, const Dataset& unlabelled,
+                                 const EffectiveOptions& options = {});
+
+// The images `evaluate_effective` re-estimates on: options.reestimate_images of the training
+// split, drawn with options.seed (all of them when there are fewer).
+Dataset reestimation_images(const Dataset& train_split, const EffectiveOptions& options);
+
+}  // namespace corelocker
