@@ -16,19 +16,9 @@ namespace {
 using testing::clone;
 using testing::fresh_tiny;
 
-torch::Tensor tensor_of(LoadedModel& m, const std::string& name) {
-  for (auto& t : named_tensors(*m.net)) {
-    if (t.name == name) return t.tensor;
-  }
-  throw std::runtime_error("no tensor " + name);
-}
+using testing::tensor_of;
 
-const Dataset& train_split() {
-  static Dataset d = load_dataset("fashion-mnist", "", Split::kTrain);
-  return d;
-}
-
-Dataset small_train(int64_t n, uint64_t seed = 3) { return subset(train_split(), n, seed); }
+Dataset small_train(int64_t n, uint64_t seed = 3) { return subset(testing::fashion_train(), n, seed); }
 
 TrainOptions quick(int epochs = 1) {
   TrainOptions o;
@@ -146,10 +136,7 @@ TEST(Prune, RemovesExactlyTheRequestedFractionOfTheSmallestWeights) {
 }
 
 TEST(Prune, CountIsExactEvenWithTiesAndZerosFromALock) {
-  LoadedModel m = fresh_tiny(2);
-  LockOptions lo;
-  lo.ratio = 0.1;
-  lock_model(m, lo);
+  LoadedModel m = testing::locked_tiny(2, 0.1);
   {
     torch::NoGradGuard no_grad;
     tensor_of(m, "conv1.weight").fill_(0.25);  // 72 equal values
@@ -225,10 +212,7 @@ TEST(ZeroRetrain, FindsBnLockChannelsAndTheirFilters) {
 }
 
 TEST(ZeroRetrain, TrainsOnlyThePositionsItFound) {
-  LoadedModel m = fresh_tiny(6);
-  LockOptions lo;
-  lo.ratio = 0.1;
-  lock_model(m, lo);
+  LoadedModel m = testing::locked_tiny(6, 0.1);
   LoadedModel before = clone(m);
   ZeroRetrainResult r = zero_retrain(m, small_train(256), quick());
   ASSERT_FALSE(r.suspects.empty());
@@ -255,10 +239,7 @@ TEST(ZeroRetrain, NothingToFindChangesNothing) {
 
 // ---------------------------------------------------------------- reinit
 TEST(Reinit, RedrawsTheSuspectsFromTheTensorsOwnDistributionAndNothingElse) {
-  LoadedModel m = fresh_tiny(30);
-  LockOptions lo;
-  lo.ratio = 0.1;
-  lock_model(m, lo);
+  LoadedModel m = testing::locked_tiny(30, 0.1);
   LoadedModel before = clone(m);
   auto suspects = find_extracted(m);
   ASSERT_FALSE(suspects.empty());
@@ -285,10 +266,7 @@ TEST(Reinit, RedrawsTheSuspectsFromTheTensorsOwnDistributionAndNothingElse) {
 }
 
 TEST(Reinit, RedrawsLikeZeroRetrainThenTrainsEveryParameter) {
-  LoadedModel locked = fresh_tiny(31);
-  LockOptions lo;
-  lo.ratio = 0.1;
-  lock_model(locked, lo);
+  LoadedModel locked = testing::locked_tiny(31, 0.1);
   auto suspects = find_extracted(locked);
   ASSERT_FALSE(suspects.empty());
   Dataset data = small_train(256);
@@ -362,10 +340,7 @@ TEST(Reinit, KindParsesPrintsAndRunsRightAfterFinetune) {
 }
 
 TEST(Reinit, HarnessRunsItAndSaysWhatWasReinitialised) {
-  LoadedModel locked = fresh_tiny(33);
-  LockOptions lo;
-  lo.ratio = 0.1;
-  lock_model(locked, lo);
+  LoadedModel locked = testing::locked_tiny(33, 0.1);
   LoadedModel before = clone(locked);
   int64_t kernels = 0, positions = 0;
   for (const auto& s : find_extracted(locked)) {
@@ -385,13 +360,13 @@ TEST(Reinit, HarnessRunsItAndSaysWhatWasReinitialised) {
   LoadedModel direct = clone(locked);
   TrainOptions o = quick();
   o.seed = 4;
-  reinit_finetune(direct, attacker_data(train_split(), 0.005, 4), o);
+  reinit_finetune(direct, attacker_data(testing::fashion_train(), 0.005, 4), o);
   std::vector<Digest> prints;
   AttackHooks hooks;
   hooks.on_trial = [&](int, const Dataset&, LoadedModel& m) {
     prints.push_back(model_fingerprint(m));
   };
-  AttackReport r = run_attack(locked, train_split(), test, 10.0, std::nullopt, cfg, h, hooks);
+  AttackReport r = run_attack(locked, testing::fashion_train(), test, 10.0, std::nullopt, cfg, h, hooks);
   EXPECT_EQ(r.label, "reinit + finetune");
   ASSERT_EQ(r.trials.size(), 1u);
   ASSERT_EQ(prints.size(), 1u);
@@ -403,7 +378,7 @@ TEST(Reinit, HarnessRunsItAndSaysWhatWasReinitialised) {
   EXPECT_NE(d.find("every parameter fine-tuned"), std::string::npos) << d;
   EXPECT_TRUE(testing::same_tensors(before, locked));
   cfg.train.epochs = 0;
-  EXPECT_THROW(run_attack(locked, train_split(), test, 10.0, std::nullopt, cfg, h), UsageError);
+  EXPECT_THROW(run_attack(locked, testing::fashion_train(), test, 10.0, std::nullopt, cfg, h), UsageError);
 }
 
 // ---------------------------------------------------------------- bn-recalibrate
@@ -514,7 +489,7 @@ TEST(Harness, LeavesTheLockedModelAlone) {
   HarnessOptions h;
   h.trials = 3;
   h.data_fraction = 0.01;
-  AttackReport r = run_attack(locked, train_split(), testing::fmnist_test(200), 10.0, 80.0, cfg, h);
+  AttackReport r = run_attack(locked, testing::fashion_train(), testing::fmnist_test(200), 10.0, 80.0, cfg, h);
   EXPECT_EQ(r.trials.size(), 1u) << "pruning without fine-tuning uses no data: one trial";
   EXPECT_EQ(r.trials[0].train_images, 0);
   EXPECT_TRUE(testing::same_tensors(before, locked));
@@ -528,15 +503,15 @@ TEST(Harness, RejectsBadOptions) {
   cfg.train = quick();
   HarnessOptions h;
   h.data_fraction = 0.0;
-  EXPECT_THROW(run_attack(locked, train_split(), test, 10.0, std::nullopt, cfg, h), UsageError);
+  EXPECT_THROW(run_attack(locked, testing::fashion_train(), test, 10.0, std::nullopt, cfg, h), UsageError);
   h.data_fraction = 1.5;
-  EXPECT_THROW(run_attack(locked, train_split(), test, 10.0, std::nullopt, cfg, h), UsageError);
+  EXPECT_THROW(run_attack(locked, testing::fashion_train(), test, 10.0, std::nullopt, cfg, h), UsageError);
   h.data_fraction = 0.01;
   h.trials = 0;
-  EXPECT_THROW(run_attack(locked, train_split(), test, 10.0, std::nullopt, cfg, h), UsageError);
+  EXPECT_THROW(run_attack(locked, testing::fashion_train(), test, 10.0, std::nullopt, cfg, h), UsageError);
   h.trials = 1;
   cfg.train.epochs = 0;
-  EXPECT_THROW(run_attack(locked, train_split(), test, 10.0, std::nullopt, cfg, h), UsageError);
+  EXPECT_THROW(run_attack(locked, testing::fashion_train(), test, 10.0, std::nullopt, cfg, h), UsageError);
   EXPECT_THROW(parse_attack_kind("brute-force"), UsageError);
 }
 
@@ -554,7 +529,7 @@ TEST(Scratch, DoesNotReadTheLockedWeights) {
     prints.push_back(model_fingerprint(m));
   };
   LoadedModel a = fresh_tiny(13);
-  AttackReport ra = run_attack(a, train_split(), test, 10.0, std::nullopt, cfg, h, hooks);
+  AttackReport ra = run_attack(a, testing::fashion_train(), test, 10.0, std::nullopt, cfg, h, hooks);
   // A "locked model" whose every value is NaN: reading any of it would poison the result.
   LoadedModel poisoned = fresh_tiny(14);
   {
@@ -563,7 +538,7 @@ TEST(Scratch, DoesNotReadTheLockedWeights) {
       if (t.tensor.is_floating_point()) t.tensor.fill_(std::nan(""));
     }
   }
-  AttackReport rb = run_attack(poisoned, train_split(), test, 10.0, std::nullopt, cfg, h, hooks);
+  AttackReport rb = run_attack(poisoned, testing::fashion_train(), test, 10.0, std::nullopt, cfg, h, hooks);
   ASSERT_EQ(prints.size(), 4u);
   EXPECT_EQ(prints[0], prints[2]);
   EXPECT_EQ(prints[1], prints[3]);

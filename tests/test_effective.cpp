@@ -14,17 +14,9 @@ namespace {
 using testing::clone;
 using testing::fresh_tiny;
 
-torch::Tensor tensor_of(LoadedModel& m, const std::string& name) {
-  for (auto& t : named_tensors(*m.net)) {
-    if (t.name == name) return t.tensor;
-  }
-  throw std::runtime_error("no tensor " + name);
-}
+using testing::tensor_of;
 
-const Dataset& train_split() {
-  static Dataset d = load_dataset("fashion-mnist", "", Split::kTrain);
-  return d;
-}
+const Dataset& train_split() { return testing::fashion_train(); }
 
 const Dataset& test_subset() {
   static Dataset d = subset(load_dataset("fashion-mnist", "", Split::kTest), 1000, 7);

@@ -5,7 +5,9 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <stdexcept>
 
+#include "locking/lock.h"
 #include "train/trainer.h"
 #include "util/atomic_file.h"
 
@@ -31,6 +33,26 @@ LoadedModel clone(LoadedModel& m) {
   auto dst = named_tensors(*c.net);
   for (size_t i = 0; i < src.size(); ++i) dst[i].tensor.copy_(src[i].tensor);
   return c;
+}
+
+LoadedModel locked_tiny(uint64_t seed, double ratio) {
+  LoadedModel m = fresh_tiny(seed);
+  LockOptions o;
+  o.ratio = ratio;
+  lock_model(m, o);
+  return m;
+}
+
+torch::Tensor tensor_of(LoadedModel& m, const std::string& name) {
+  for (auto& t : named_tensors(*m.net)) {
+    if (t.name == name) return t.tensor;
+  }
+  throw std::runtime_error("no tensor " + name);
+}
+
+const Dataset& fashion_train() {
+  static const Dataset d = load_dataset("fashion-mnist", "", Split::kTrain);
+  return d;
 }
 
 LoadedModel trained_resnet() {

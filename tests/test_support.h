@@ -24,4 +24,13 @@ bool same_tensors(LoadedModel& a, LoadedModel& b);
 // Deep copy of a model (weights and metadata).
 LoadedModel clone(LoadedModel& m);
 
+// fresh_tiny(seed) locked in memory with the paper's l1 (per layer) at `ratio`.
+LoadedModel locked_tiny(uint64_t seed, double ratio);
+
+// The tensor of a model with this name (shares storage). Throws when there is none.
+torch::Tensor tensor_of(LoadedModel& m, const std::string& name);
+
+// The Fashion-MNIST training split, loaded once.
+const Dataset& fashion_train();
+
 }  // namespace corelocker::testing

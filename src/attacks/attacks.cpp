@@ -1,11 +1,10 @@
 #include "attacks/attacks.h"
 
-#include "attacks/effective.h"
-
 #include <cmath>
 #include <set>
 #include <unordered_map>
 
+#include "attacks/effective.h"
 #include "util/error.h"
 
 namespace corelocker {

@@ -107,6 +107,15 @@ void write_synthetic(const std::string& path, const std::vector<StSpec>& specs) 
   w.commit();
 }
 
+// The timed lock command: the default lock unless a criterion is named.
+std::vector<std::string> lock_argv(const std::string& exe, const std::string& src, const std::string& locked,
+                                   const std::string& key, double ratio, const std::string& criterion) {
+  std::vector<std::string> argv = {exe, "lock", "--model", src, "--out", locked, "--key-out", key, "--ratio",
+                                   fixed(ratio, 6)};
+  if (!criterion.empty()) argv.insert(argv.end(), {"--criterion", criterion});
+  return argv;
+}
+
 }  // namespace
 
 void add_bench_safetensors(CLI::App& app) {
@@ -116,13 +125,16 @@ void add_bench_safetensors(CLI::App& app) {
   static std::string dir;
   static int repeat = 3;
   static bool keep = false;
-  static std::string binary;
+  static std::string binary, lock_criterion;
   c->add_option("--size-gib", size_gib, "Size of the synthetic file in GiB")->capture_default_str()->check(
       CLI::Range(0.001, 64.0));
   c->add_option("--dir", dir, "Folder for the files (needs about 4x the size free)")->required();
   c->add_option("--ratio", ratio, "Extraction ratio of the lock")->capture_default_str()->check(CLI::Range(0.0, 1.0));
   c->add_option("--repeat", repeat, "Runs of each step (the median is compared)")->capture_default_str()->check(
       CLI::Range(1, 20));
+  c->add_option("--criterion", lock_criterion,
+                "Lock with this criterion (l1: the paper's per-layer lock, the one timed before the default lock "
+                "existed; default: the default lock, global ranking with the first and last layers)");
   c->add_flag("--keep", keep, "Keep the files");
   c->add_option("--binary", binary, "corelocker binary to time (default: the one beside this; e.g. an older build)");
   handlers()[c] = [] {
@@ -142,6 +154,8 @@ void add_bench_safetensors(CLI::App& app) {
     std::printf("synthetic file %s: %.1f MiB, %zu tensors (%zu conv/linear weights), written in %.2f s\n", src.c_str(),
                 file_mib, specs.size(), specs.size() / 2, write_s);
     std::printf("binary timed: %s\n", exe.c_str());
+    std::printf("lock timed: %s\n", lock_criterion.empty() ? "the default lock (l1, global, first/last included)"
+                                                            : ("--criterion " + lock_criterion).c_str());
     std::printf("load average before: %s\n", got_load == 3 ? (fixed(load[0], 2) + " " + fixed(load[1], 2) + " " +
                                                               fixed(load[2], 2)).c_str() : "unknown");
     struct Step {
@@ -152,7 +166,7 @@ void add_bench_safetensors(CLI::App& app) {
     std::vector<Step> steps = {
         {"cp", {"cp", src, copy}, {}},
         {"cp + sync FILE", {"sh", "-c", "cp \"$0\" \"$1\" && sync \"$1\"", src, copy}, {}},
-        {"lock", {exe, "lock", "--model", src, "--out", locked, "--key-out", key, "--ratio", fixed(ratio, 6)}, {}},
+        {"lock", lock_argv(exe, src, locked, key, ratio, lock_criterion), {}},
         {"unlock", {exe, "unlock", "--model", locked, "--key", key, "--out", restored}, {}},
         // one BLAKE2b pass over the file: a lock makes two, an unlock two over the touched tensors
         {"fingerprint", {exe, "fingerprint", src}, {}},
