@@ -11,7 +11,7 @@ packages=(
   libcli11-dev nlohmann-json3-dev libsodium-dev zlib1g-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   dataset-fashion-mnist gnuplot-nox
-  python3-torch
+  python3-torch python3-dev pybind11-dev python3-pytest
   libonnx-dev libprotobuf-dev python3-onnx
   librust-blake3-dev
 )

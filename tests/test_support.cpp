@@ -7,7 +7,9 @@
 #include <cstring>
 #include <stdexcept>
 
+#include "attacks/harness.h"
 #include "locking/lock.h"
+#include "models/torchscript.h"
 #include "train/trainer.h"
 #include "util/atomic_file.h"
 
@@ -26,6 +28,7 @@ LoadedModel fresh_tiny(uint64_t seed, int64_t width) {
 }
 
 LoadedModel clone(LoadedModel& m) {
+  if (m.meta.arch == kTorchScriptArch) return copy_model(m);  // no architecture to rebuild
   LoadedModel c = create_model(m.meta);
   c.meta = m.meta;
   torch::NoGradGuard no_grad;

@@ -1,5 +1,5 @@
 // TorchScript files the owner brings: structure from the graph, lock / unlock, the locked file
-// still runs in Python PyTorch.
+// still runs in Python PyTorch, and the attacks run on it.
 #include <gtest/gtest.h>
 
 #include <array>
@@ -8,6 +8,9 @@
 #include <map>
 #include <set>
 
+#include "attacks/attacks.h"
+#include "attacks/effective.h"
+#include "attacks/harness.h"
 #include "eval/evaluate.h"
 #include "locking/lock.h"
 #include "models/checkpoint.h"
@@ -220,6 +223,168 @@ TEST(TorchScript, FilesThatAreNotUsableModelsAreRefused) {
   } catch (const FormatError& e) {
     EXPECT_NE(std::string(e.what()).find("nothing to extract"), std::string::npos) << e.what();
   }
+}
+
+TEST(TorchScript, MetadataCountsAsStoredOnceCorelockerWroteTheFile) {
+  TempDir tmp;
+  LoadedModel plain = load_model(fresh_fixtures() + "/scripted.pt");
+  EXPECT_FALSE(plain.meta_stored) << "a file from PyTorch carries no corelocker metadata";
+  plain.meta.preprocess.pad_to = 32;
+  save_model(tmp.file("written.pt"), plain);
+  LoadedModel written = load_model(tmp.file("written.pt"));
+  EXPECT_TRUE(written.meta_stored);
+  EXPECT_EQ(written.meta.preprocess.pad_to, 32);
+}
+
+// ---------------------------------------------------------------- attacks on TorchScript
+TrainOptions quick_training() {
+  TrainOptions o;
+  o.epochs = 1;
+  o.batch_size = 64;
+  o.lr = 0.05;
+  o.seed = 5;
+  return o;
+}
+
+// `file` of the fresh fixtures (or of `dir`), locked with l1 at `ratio`.
+LoadedModel locked_fixture(const std::string& file, double ratio = 0.1, const std::string& dir = fresh_fixtures()) {
+  LoadedModel m = load_model(dir + "/" + file);
+  lock_model(m, options(Criterion::kL1, ratio));
+  return m;
+}
+
+TEST(TorchScriptAttacks, CopyIsDeepAndTrainsUnderTheModulesOwnNames) {
+  LoadedModel locked = locked_fixture("scripted.pt");
+  const Digest before = model_fingerprint(locked);
+  LoadedModel copy = copy_model(locked);
+  EXPECT_TRUE(same_tensors(copy, locked));
+  // Only fc.weight trains, named as the structure names it; BatchNorm statistics frozen.
+  TrainOptions o = quick_training();
+  o.trainable = [](const std::string& name) { return name == "fc.weight"; };
+  o.freeze_bn_stats = true;
+  train(*copy.net, subset(testing::fashion_train(), 256, 3), copy.meta.preprocess, o);
+  EXPECT_EQ(model_fingerprint(locked), before) << "training the copy changed the original";
+  for (auto& t : named_tensors(*copy.net)) {
+    const bool equal = t.tensor.equal(testing::tensor_of(locked, t.name));
+    EXPECT_EQ(equal, t.name != "fc.weight") << t.name;
+  }
+  // Without the freeze the running statistics of the scripted BatchNorms move.
+  o.freeze_bn_stats = false;
+  train(*copy.net, subset(testing::fashion_train(), 256, 3), copy.meta.preprocess, o);
+  EXPECT_FALSE(testing::tensor_of(copy, "bn1.running_mean").equal(testing::tensor_of(locked, "bn1.running_mean")));
+}
+
+TEST(TorchScriptAttacks, ZeroRetrainTrainsOnlyWhatTheLockLeftAtZero) {
+  LoadedModel locked = locked_fixture("scripted.pt");
+  LoadedModel m = copy_model(locked);
+  const ZeroRetrainResult z = zero_retrain(m, subset(testing::fashion_train(), 256, 4), quick_training());
+  ASSERT_GT(z.positions, 0);
+  std::map<std::string, torch::Tensor> masks;
+  for (const auto& sus : z.suspects) masks[sus.tensor] = sus.mask;
+  for (auto& t : named_tensors(*m.net)) {
+    const torch::Tensor& was = testing::tensor_of(locked, t.name);
+    auto it = masks.find(t.name);
+    const torch::Tensor keep = it == masks.end() ? torch::ones_like(was, torch::kBool) : it->second.logical_not();
+    EXPECT_TRUE(t.tensor.masked_select(keep).equal(was.masked_select(keep))) << t.name << " changed outside the suspects";
+    if (it != masks.end()) {
+      EXPECT_FALSE(t.tensor.masked_select(it->second).equal(was.masked_select(it->second))) << t.name;
+    }
+  }
+}
+
+TEST(TorchScriptAttacks, ScratchRedrawsEveryParameterAsPyTorchInitialisesIt) {
+  // Trained, so that no BatchNorm scale is still at its initial 1.
+  const std::string trained = torchscript_fixtures("ts-trained-3k-s1", "--train-images 3000 --epochs 1 --seed 1");
+  for (const std::string file : {"scripted.pt", "traced.pt"}) {
+    SCOPED_TRACE(file);
+    LoadedModel locked = locked_fixture(file, 0.1, trained);
+    const Digest locked_print = model_fingerprint(locked);
+    PytorchInit init;
+    LoadedModel s = scratch_model(locked, /*seed=*/7, &init);
+    EXPECT_EQ(model_fingerprint(locked), locked_print);
+    EXPECT_FALSE(s.meta.lock.has_value());
+    const Structure& structure = s.net->structure();
+    EXPECT_EQ(init.layers, static_cast<int64_t>(structure.size()));
+    EXPECT_EQ(init.other_parameters, 0) << "every parameter of the fixture belongs to a layer";
+    for (const auto& layer : structure) {
+      torch::Tensor w = testing::tensor_of(s, layer.weight);
+      EXPECT_FALSE(w.equal(testing::tensor_of(locked, layer.weight))) << layer.weight;
+      if (layer.kind == LayerKind::kBatchNorm) {
+        EXPECT_TRUE(w.eq(1).all().item<bool>()) << layer.weight;
+        EXPECT_TRUE(testing::tensor_of(s, layer.bias).eq(0).all().item<bool>()) << layer.bias;
+        EXPECT_TRUE(testing::tensor_of(s, layer.name + ".running_mean").eq(0).all().item<bool>()) << layer.name;
+        EXPECT_TRUE(testing::tensor_of(s, layer.name + ".running_var").eq(1).all().item<bool>()) << layer.name;
+        EXPECT_EQ(testing::tensor_of(s, layer.name + ".num_batches_tracked").item<int64_t>(), 0) << layer.name;
+        continue;
+      }
+      // kaiming_uniform_(a=sqrt(5)): U(-b, b), b = 1/sqrt(fan_in); its sd is b/sqrt(3).
+      const double bound = 1.0 / std::sqrt(static_cast<double>(w[0].numel()));
+      const double largest = w.abs().max().item<double>();
+      EXPECT_LE(largest, bound) << layer.weight;
+      EXPECT_GE(largest, 0.9 * bound) << layer.weight;
+      if (w.numel() >= 500) {
+        EXPECT_NEAR(w.std().item<double>(), bound / std::sqrt(3.0), 0.1 * bound / std::sqrt(3.0)) << layer.weight;
+        EXPECT_NEAR(w.mean().item<double>(), 0.0, 0.1 * bound) << layer.weight;
+      }
+      if (!layer.bias.empty()) {
+        EXPECT_LE(testing::tensor_of(s, layer.bias).abs().max().item<double>(), bound) << layer.bias;
+      }
+    }
+    // Seeded: the same seed draws the same model, another seed another one.
+    LoadedModel again = scratch_model(locked, 7), other = scratch_model(locked, 8);
+    EXPECT_EQ(model_fingerprint(again), model_fingerprint(s));
+    EXPECT_NE(model_fingerprint(other), model_fingerprint(s));
+  }
+}
+
+TEST(TorchScriptAttacks, HarnessRunsOnACopyAndSkipsBnRecalibrationOnATracedGraph) {
+  const Dataset test = testing::fmnist_test(200);
+  HarnessOptions h;
+  h.trials = 1;
+  h.data_fraction = 0.005;
+  for (const std::string file : {"scripted.pt", "traced.pt"}) {
+    SCOPED_TRACE(file);
+    LoadedModel locked = locked_fixture(file);
+    const Digest before = model_fingerprint(locked);
+    for (AttackKind kind : all_attack_kinds()) {
+      AttackConfig cfg;
+      cfg.kind = kind;
+      cfg.train = quick_training();
+      std::vector<Digest> attacked;
+      AttackHooks hooks;
+      hooks.on_trial = [&](int, const Dataset&, LoadedModel& m) { attacked.push_back(model_fingerprint(m)); };
+      const AttackReport r = run_attack(locked, testing::fashion_train(), test, 10.0, std::nullopt, cfg, h, hooks);
+      EXPECT_EQ(model_fingerprint(locked), before) << to_string(kind);
+      if (kind == AttackKind::kBnRecalibrate && file == "traced.pt") {
+        EXPECT_NE(r.skipped.find("traced TorchScript graph fixes evaluation mode in BatchNorm layer 'bn1'"),
+                  std::string::npos)
+            << r.skipped;
+        EXPECT_TRUE(r.trials.empty());
+        EXPECT_TRUE(attacked.empty());
+        continue;
+      }
+      EXPECT_EQ(r.skipped, "") << to_string(kind);
+      ASSERT_EQ(attacked.size(), 1u) << to_string(kind);
+      EXPECT_NE(attacked[0], before) << to_string(kind) << " left the model as it was";
+    }
+  }
+}
+
+TEST(TorchScriptAttacks, ReestimationIsUnavailableExactlyWhereRunningTheModelCannotDoIt) {
+  const Dataset data = subset(testing::fashion_train(), 128, 2);
+  for (const std::string file : {"scripted.pt", "traced.pt"}) {
+    LoadedModel m = load_model(fresh_fixtures() + "/" + file);
+    const std::string why = reestimation_unavailable(m);
+    bool ran = true;
+    try {
+      reestimate_batchnorm(m, data, 64);
+    } catch (const Error&) {
+      ran = false;
+    }
+    EXPECT_EQ(why.empty(), ran) << file << ": " << why;
+  }
+  LoadedModel plain = create_model(new_model_meta("fcn", "fashion-mnist", {{"norm", 0}, {"depth", 1}, {"width", 16}}));
+  EXPECT_EQ(reestimation_unavailable(plain), "the model has no BatchNorm layer with running statistics");
 }
 
 }  // namespace

@@ -5,6 +5,7 @@
 #include <unordered_map>
 
 #include "attacks/effective.h"
+#include "models/torchscript.h"
 #include "util/error.h"
 
 namespace corelocker {
@@ -22,6 +23,25 @@ const torch::Tensor& need(const std::unordered_map<std::string, torch::Tensor>& 
   if (it == m.end())
     throw Error("structure names tensor '" + name + "', which the model does not have");
   return it->second;
+}
+
+// torch.nn.init's fan-in of a weight: size(1) times the receptive field (dimensions 2 and up);
+// the length of a 1-D tensor.
+int64_t fan_in_of(const torch::Tensor& t) { return t.dim() < 2 ? t.numel() : t[0].numel(); }
+
+// U(-1/sqrt(fan_in), 1/sqrt(fan_in)): kaiming_uniform_(a=sqrt(5)) has bound
+// gain * sqrt(3 / fan_in) with gain sqrt(2 / (1 + 5)), which is 1/sqrt(fan_in); Conv2d and Linear
+// draw their bias from the same bound. PyTorch leaves a tensor with fan_in 0 alone; so do we.
+void uniform_fan_in(torch::Tensor t, int64_t fan_in) {
+  if (fan_in <= 0) return;
+  const double bound = 1.0 / std::sqrt(static_cast<double>(fan_in));
+  t.uniform_(-bound, bound);
+}
+
+// The last component of a dotted tensor name ("layer1.bn1.running_mean" -> "running_mean").
+std::string leaf_name(const std::string& name) {
+  const auto dot = name.rfind('.');
+  return dot == std::string::npos ? name : name.substr(dot + 1);
 }
 
 }  // namespace
@@ -249,6 +269,55 @@ LoadedModel scratch_model(const ModelMeta& meta, uint64_t seed) {
   m.training_json = "{}";
   torch::manual_seed(seed);
   return create_model(m);
+}
+
+PytorchInit pytorch_default_init(LoadedModel& model, uint64_t seed) {
+  torch::NoGradGuard no_grad;
+  torch::manual_seed(seed);
+  auto tensors = tensor_map(model);
+  std::set<std::string> drawn;
+  PytorchInit r;
+  for (const auto& layer : model.net->structure()) {
+    if (drawn.count(layer.weight)) continue;  // a layer recorded twice keeps its first draw
+    torch::Tensor w = need(tensors, layer.weight);
+    const bool weighted = layer.kind == LayerKind::kConv2d || layer.kind == LayerKind::kLinear;
+    const int64_t fan_in = fan_in_of(w);
+    if (weighted) uniform_fan_in(w, fan_in);
+    else w.fill_(1.0);
+    drawn.insert(layer.weight);
+    if (!layer.bias.empty()) {
+      torch::Tensor b = need(tensors, layer.bias);
+      if (weighted) uniform_fan_in(b, fan_in);
+      else b.zero_();
+      drawn.insert(layer.bias);
+    }
+    ++r.layers;
+  }
+  for (auto& t : named_tensors(*model.net)) {
+    const std::string leaf = leaf_name(t.name);
+    if (t.is_buffer) {
+      // Every BatchNorm's statistics, also of one without affine parameters (not in the structure).
+      if (leaf == "running_mean" || leaf == "num_batches_tracked") t.tensor.zero_();
+      if (leaf == "running_var") t.tensor.fill_(1.0);
+      continue;
+    }
+    if (drawn.count(t.name)) continue;
+    uniform_fan_in(t.tensor, fan_in_of(t.tensor));
+    ++r.other_parameters;
+  }
+  return r;
+}
+
+LoadedModel scratch_model(LoadedModel& like, uint64_t seed, PytorchInit* init) {
+  auto* script = dynamic_cast<TorchScriptNetwork*>(like.net.get());
+  if (script == nullptr) return scratch_model(like.meta, seed);
+  LoadedModel m{like.meta, script->deep_copy(), like.meta_stored};
+  m.meta.lock.reset();
+  m.meta.training_json = "{}";
+  const PytorchInit drawn = pytorch_default_init(m, seed);
+  if (init != nullptr) *init = drawn;
+  m.net->eval();
+  return m;
 }
 
 }  // namespace corelocker

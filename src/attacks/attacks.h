@@ -124,7 +124,29 @@ BnRecalibrateResult bn_recalibrate(LoadedModel& model, const Dataset& data,
                                    const TrainCallback& progress = nullptr);
 
 // A freshly initialised model of the same architecture, metadata and preprocessing as `meta`
-// (seeded with `seed`), with no lock recorded. Reads nothing but the metadata.
+// (seeded with `seed`), with no lock recorded. Reads nothing but the metadata. Built-in
+// architectures only (UsageError otherwise).
 LoadedModel scratch_model(const ModelMeta& meta, uint64_t seed);
+
+struct PytorchInit {
+  int64_t layers = 0;            // conv / linear / norm layers of the structure
+  int64_t other_parameters = 0;  // parameters outside the structure
+};
+
+// Re-draws every parameter of `model` as PyTorch's layers initialise themselves
+// (reset_parameters), seeding the global generator with `seed`, and resets BatchNorm running
+// statistics (mean 0, variance 1, num_batches_tracked 0). Conv2d / Linear layers of the
+// structure: weight kaiming_uniform_(a=sqrt(5)), that is U(-b, b) with b = 1/sqrt(fan_in), bias
+// U(-b, b) with the same b; BatchNorm / LayerNorm: weight 1, bias 0. A parameter outside the
+// structure (read by no conv2d, linear or norm call: an embedding, a learned scale, an LSTM gate)
+// is drawn as a weight of its shape would be, U(-b, b) with b = 1/sqrt(fan_in) (fan_in: size(1)
+// times the receptive field; for a 1-D tensor its length), so that no trained value survives.
+// Other buffers (masks, index tables) are constants of the module and stay.
+PytorchInit pytorch_default_init(LoadedModel& model, uint64_t seed);
+
+// The scratch baseline for `like`: a built-in architecture is rebuilt from the metadata
+// (scratch_model above); a TorchScript module is deep-copied and re-initialised with
+// pytorch_default_init (`init`, when given, says what was re-drawn). No lock is recorded.
+LoadedModel scratch_model(LoadedModel& like, uint64_t seed, PytorchInit* init = nullptr);
 
 }  // namespace corelocker

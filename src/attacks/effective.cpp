@@ -7,6 +7,7 @@
 #include <unordered_map>
 
 #include "attacks/attacks.h"
+#include "models/torchscript.h"
 #include "util/error.h"
 
 namespace corelocker {
@@ -71,11 +72,20 @@ std::string ratio_label(double r) {
 
 ReestimateResult reestimate_batchnorm(LoadedModel& model, const Dataset& data, int64_t batch_size) {
   if (batch_size < 1) throw UsageError("batch size " + std::to_string(batch_size) + ": must be >= 1");
+  int64_t next = 0;
+  return reestimate_batchnorm(model, [&]() -> torch::Tensor {
+    if (next >= data.size()) return {};
+    const int64_t n = std::min(batch_size, data.size() - next);
+    next += n;
+    return preprocess_batch(data.images.narrow(0, next - n, n), model.meta.preprocess, /*augment=*/false);
+  });
+}
+
+ReestimateResult reestimate_batchnorm(LoadedModel& model, const BatchSource& next_batch) {
   std::vector<BnBuffers> bns = batchnorm_buffers(model);
   if (bns.empty()) {
     throw UsageError("model '" + model.meta.arch + "' has no BatchNorm layer with running statistics to re-estimate");
   }
-  if (data.size() == 0) throw UsageError("no images to re-estimate BatchNorm statistics on");
   torch::NoGradGuard no_grad;
   const bool was_training = model.net->is_training();
   // The generator is reseeded so that both passes over the first batch draw the same dropout
@@ -95,9 +105,8 @@ ReestimateResult reestimate_batchnorm(LoadedModel& model, const Dataset& data, i
   ReestimateResult r;
   model.net->train();
   try {
-    for (int64_t s = 0; s < data.size(); s += batch_size) {
-      const int64_t n = std::min(batch_size, data.size() - s);
-      auto x = preprocess_batch(data.images.narrow(0, s, n), model.meta.preprocess, /*augment=*/false);
+    for (torch::Tensor x = next_batch(); x.defined(); x = next_batch()) {
+      const int64_t n = x.size(0);
       const uint64_t batch_seed = 0x5eed0000ULL + static_cast<uint64_t>(r.batches);
       zero_stats(bns, 0.0);
       generator.set_current_seed(batch_seed);
@@ -132,6 +141,7 @@ ReestimateResult reestimate_batchnorm(LoadedModel& model, const Dataset& data, i
       ++r.batches;
       r.images += n;
     }
+    if (r.batches == 0) throw UsageError("no images to re-estimate BatchNorm statistics on");
   } catch (...) {
     for (size_t i = 0; i < bns.size(); ++i) {
       bns[i].mean.copy_(saved[i][0]);
@@ -151,6 +161,16 @@ ReestimateResult reestimate_batchnorm(LoadedModel& model, const Dataset& data, i
   model.net->train(was_training);
   r.layers = static_cast<int64_t>(bns.size());
   return r;
+}
+
+std::string reestimation_unavailable(LoadedModel& model) {
+  if (batchnorm_buffers(model).empty()) return "the model has no BatchNorm layer with running statistics";
+  const auto* script = dynamic_cast<const TorchScriptNetwork*>(model.net.get());
+  if (script == nullptr || script->batchnorms_fixed_in_eval().empty()) return "";
+  const auto& fixed = script->batchnorms_fixed_in_eval();
+  const std::string more = fixed.size() > 1 ? " and " + std::to_string(fixed.size() - 1) + " more" : "";
+  return "the traced TorchScript graph fixes evaluation mode in BatchNorm layer '" + fixed.front() + "'" + more +
+         ": running statistics cannot be re-estimated by running the model";
 }
 
 Dataset reestimation_images(const Dataset& train_split, const EffectiveOptions& options) {

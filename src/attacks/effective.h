@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -36,6 +37,17 @@ struct ReestimateResult {
 // training mode (a traced TorchScript graph that fixed evaluation mode), naming the layer.
 ReestimateResult reestimate_batchnorm(LoadedModel& model, const Dataset& data,
                                       int64_t batch_size = 128);
+
+// The same on batches of network input that the caller prepares (preprocessed, as the model
+// takes them; the Python module's data loaders): `next_batch` returns the next batch, or an
+// undefined tensor when there are no more. Throws as above, and what `next_batch` throws.
+using BatchSource = std::function<torch::Tensor()>;
+ReestimateResult reestimate_batchnorm(LoadedModel& model, const BatchSource& next_batch);
+
+// Why reestimate_batchnorm cannot work on this model, read from its structure and graph without
+// running it: no BatchNorm layer keeps running statistics, or the graph fixes evaluation mode (a
+// traced TorchScript module). Empty when it can.
+std::string reestimation_unavailable(LoadedModel& model);
 
 struct EffectiveOptions {
   int64_t reestimate_images = 512;                // unlabelled training images; 0: skip

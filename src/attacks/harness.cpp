@@ -5,6 +5,8 @@
 #include <cstdio>
 #include <tuple>
 
+#include "attacks/effective.h"
+#include "models/torchscript.h"
 #include "util/error.h"
 #include "util/stats.h"
 
@@ -80,8 +82,14 @@ Dataset attacker_data(const Dataset& train_split, double fraction, uint64_t seed
 }
 
 LoadedModel copy_model(LoadedModel& model) {
+  if (auto* script = dynamic_cast<TorchScriptNetwork*>(model.net.get())) {
+    LoadedModel c{model.meta, script->deep_copy(), model.meta_stored};
+    c.net->eval();
+    return c;
+  }
   LoadedModel c = create_model(model.meta);
   c.meta = model.meta;
+  c.meta_stored = model.meta_stored;
   torch::NoGradGuard no_grad;
   auto src = named_tensors(*model.net);
   auto dst = named_tensors(*c.net);
@@ -90,6 +98,11 @@ LoadedModel copy_model(LoadedModel& model) {
   for (size_t i = 0; i < src.size(); ++i) dst[i].tensor.copy_(src[i].tensor);
   c.net->eval();
   return c;
+}
+
+std::string attack_unavailable(LoadedModel& model, const AttackConfig& config) {
+  if (config.kind == AttackKind::kBnRecalibrate) return reestimation_unavailable(model);
+  return "";
 }
 
 AttackReport run_attack(LoadedModel& locked, const Dataset& train_split, const Dataset& test,
@@ -112,6 +125,8 @@ AttackReport run_attack(LoadedModel& locked, const Dataset& train_split, const D
   report.train_split_size = train_split.size();
   report.locked_top1 = locked_top1;
   report.original_top1 = original_top1;
+  report.skipped = attack_unavailable(locked, config);
+  if (!report.skipped.empty()) return report;
   const int trials = config.uses_data() ? options.trials : 1;
   std::vector<double> top1, recovered;
   for (int t = 0; t < trials; ++t) {
@@ -127,13 +142,21 @@ AttackReport run_attack(LoadedModel& locked, const Dataset& train_split, const D
       if (hooks.on_train) hooks.on_train(report.label, t, p);
     };
     const auto start = std::chrono::steady_clock::now();
-    LoadedModel m = config.kind == AttackKind::kScratch ? scratch_model(locked.meta, r.seed)
+    PytorchInit init;
+    LoadedModel m = config.kind == AttackKind::kScratch ? scratch_model(locked, r.seed, &init)
                                                         : copy_model(locked);
     switch (config.kind) {
       case AttackKind::kFinetune:
         finetune(m, data, o, progress);
         break;
       case AttackKind::kScratch:
+        if (init.layers > 0) {
+          r.detail = "the TorchScript module re-initialised as PyTorch's layers do: " + std::to_string(init.layers) +
+                     " layers" +
+                     (init.other_parameters > 0
+                          ? ", " + std::to_string(init.other_parameters) + " parameters outside them as weights"
+                          : "");
+        }
         train(*m.net, data, m.meta.preprocess, o, progress);
         break;
       case AttackKind::kPrune: {
@@ -208,7 +231,12 @@ std::string report_table(const std::vector<AttackReport>& reports) {
   const char* head[] = {"attack",         "data",      "trials",     "locked",
                         "after attack %", "recovered", "vs scratch", "s/trial"};
   for (size_t i = 0; i < 8; ++i) out += pad(head[i], w[i], i == 0) + (i < 7 ? " " : "\n");
+  std::string skipped;
   for (const auto& r : reports) {
+    if (!r.skipped.empty()) {
+      skipped += r.label + ": not run: " + r.skipped + "\n";
+      continue;
+    }
     const size_t n = r.trials.size();
     double secs = 0;
     for (const auto& t : r.trials) secs += t.seconds;
@@ -230,7 +258,7 @@ std::string report_table(const std::vector<AttackReport>& reports) {
                                  fmt("%.1f", n ? secs / double(n) : 0.0)};
     for (size_t i = 0; i < 8; ++i) out += pad(cells[i], w[i], i == 0) + (i < 7 ? " " : "\n");
   }
-  return out;
+  return out + skipped;
 }
 
 const AttackReport* best_advantage(const std::vector<AttackReport>& reports) {
@@ -265,6 +293,13 @@ std::string advantage_summary(const std::vector<AttackReport>& reports) {
 nlohmann::json report_json(const std::vector<AttackReport>& reports) {
   nlohmann::json arr = nlohmann::json::array();
   for (const auto& r : reports) {
+    if (!r.skipped.empty()) {
+      arr.push_back({{"attack", to_string(r.config.kind)},
+                     {"label", r.label},
+                     {"skipped", r.skipped},
+                     {"trials", nlohmann::json::array()}});
+      continue;
+    }
     nlohmann::json trials = nlohmann::json::array();
     for (const auto& t : r.trials) {
       trials.push_back({{"trial", t.trial},

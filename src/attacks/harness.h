@@ -62,6 +62,9 @@ struct AttackReport {
   // trial, and its sample sd.
   std::optional<double> advantage, sd_advantage;
   int advantage_pairs = 0;  // differences behind the advantage (sd needs two)
+  // Why the attack cannot run on this model (bn-recalibrate on a traced TorchScript graph, or on
+  // a model without BatchNorm statistics); empty when it ran. A skipped report has no trials.
+  std::string skipped;
 };
 
 struct AttackHooks {
@@ -75,9 +78,13 @@ struct AttackHooks {
 // Throws UsageError when the fraction is outside (0, 1] or selects no image.
 Dataset attacker_data(const Dataset& train_split, double fraction, uint64_t seed);
 
-// Runs one attack over options.trials trials (one when the attack uses no data). `locked` is
-// never modified: each trial attacks a copy (scratch builds a fresh model from the metadata
-// only). `locked_top1` is the locked model's accuracy on `test` (evaluate it once and pass it to
+// Why `config`'s attack cannot run on `model` (see AttackReport::skipped); empty when it can.
+std::string attack_unavailable(LoadedModel& model, const AttackConfig& config);
+
+// Runs one attack over options.trials trials (one when the attack uses no data), or none, with
+// the reason in report.skipped, when attack_unavailable says it cannot run. `locked` is never
+// modified: each trial attacks a copy (scratch builds a fresh model from the metadata only, or
+// re-initialises a copy of a TorchScript module). `locked_top1` is the locked model's accuracy on `test` (evaluate it once and pass it to
 // every attack); `original_top1`, when known, is recorded for the report. Throws UsageError for
 // bad options.
 AttackReport run_attack(LoadedModel& locked, const Dataset& train_split, const Dataset& test,
@@ -90,11 +97,12 @@ AttackReport run_attack(LoadedModel& locked, const Dataset& train_split, const D
 // when the two runs did not use the same data.
 void compare_to_scratch(AttackReport& report, const AttackReport& scratch);
 
-// A deep copy of a model: metadata and every parameter and buffer.
+// A deep copy of a model: metadata and every parameter and buffer (a TorchScript module is
+// copied whole, see TorchScriptNetwork::deep_copy).
 LoadedModel copy_model(LoadedModel& model);
 
-// One table, one row per report: attack, data, trials, locked, after attack, recovered,
-// advantage over scratch, time per trial.
+// One table, one row per report that ran: attack, data, trials, locked, after attack, recovered,
+// advantage over scratch, time per trial; then one line per skipped report with its reason.
 std::string report_table(const std::vector<AttackReport>& reports);
 
 // The non-scratch report with the largest advantage over scratch (the first of equals); null when
@@ -108,7 +116,8 @@ const AttackReport* best_advantage(const std::vector<AttackReport>& reports);
 // Empty when no report has an advantage.
 std::string advantage_summary(const std::vector<AttackReport>& reports);
 
-// All reports with every trial, and the verdict (best_advantage: attack, kind, data_fraction,
+// All reports with every trial (a skipped one with "skipped": its reason, and no numbers), and
+// the verdict (best_advantage: attack, kind, data_fraction,
 // advantage, sd_advantage; null without one), as one JSON object.
 nlohmann::json report_json(const std::vector<AttackReport>& reports);
 

@@ -136,6 +136,7 @@ void add_analyze(CLI::App& app) {
   static DisparityOptions opts;
   static Common common;
   static KeyAccess access;
+  static InputArgs input;
   c->add_option("--model", model_path,
                 "Locked model (with --key) or unlocked model (with --criterion and --ratio)")
       ->required();
@@ -156,8 +157,10 @@ void add_analyze(CLI::App& app) {
   add_key_access(c, access, /*writing=*/false);
   add_threads(c, common);
   add_data(c, common);
+  add_input_args(c, input);
   handlers()[c] = [] {
     apply_threads(common);
+    require_runnable(model_path, "analyze");
     opts.scale_inputs = !unscaled;
     LoadedModel original, locked;
     if (!key_paths.empty()) {
@@ -166,6 +169,8 @@ void add_analyze(CLI::App& app) {
       if (!locked.meta.lock)
         throw UsageError("model '" + model_path + "' is not locked; give --ratio [--criterion] instead");
       original = load_unlocked(model_path, read_keys(key_paths, access));
+      apply_input_args(input, locked, model_path);
+      apply_input_args(input, original, model_path);
     } else {
       if (ratio < 0.0)
         throw UsageError("give --key (a locked model) or --ratio [--criterion] (an unlocked one)");
@@ -173,6 +178,8 @@ void add_analyze(CLI::App& app) {
       if (original.meta.lock)
         throw UsageError("model '" + model_path + "' is locked; give its --key instead");
       locked = load_model(model_path);
+      apply_input_args(input, original, model_path);
+      apply_input_args(input, locked, model_path);
       LockOptions lo = lock_options(units);
       lo.ratio = ratio;
       const LockOutcome out = lock_model(locked, lo);

@@ -29,12 +29,15 @@ void add_attack(CLI::App& app) {
   static TrainOptions topts;
   static Common common;
   static EffectiveArgs effective;
+  static InputArgs input;
   topts.lr = 0.05;
   c->add_option("kind", kind,
                 "finetune | reinit | prune | zero-retrain | bn-recalibrate | scratch, or a comma-separated "
                 "list of them (finetune,reinit,scratch), or all")
       ->required();
-  c->add_option("--model", model_path, "Locked model to attack")->required();
+  c->add_option("--model", model_path,
+                "Locked model to attack (checkpoint or TorchScript file; never written to)")
+      ->required();
   c->add_option("--original", original_path,
                 "Original model: report its accuracy beside the attack's");
   c->add_option("--data-fraction", fractions,
@@ -69,17 +72,29 @@ void add_attack(CLI::App& app) {
   add_threads(c, common);
   add_data(c, common);
   add_effective_args(c, effective);
+  add_input_args(c, input);
   handlers()[c] = [] {
     apply_threads(common);
+    require_runnable(model_path, "attack");
+    if (!original_path.empty()) require_runnable(original_path, "attack");
     const bool all = kind == "all";
     const std::vector<AttackKind> kinds = parse_attack_kinds(kind);
     if (fractions.empty()) fractions = {0.05};
     if (ratios.empty()) ratios = all ? std::vector<double>{0.2, 0.4} : std::vector<double>{0.2};
 
     LoadedModel locked = load_model(model_path);
-    if (locked.meta.arch == kTorchScriptArch) {
-      // The attacks rebuild the architecture (scratch) and walk its BatchNorm modules.
-      throw UsageError("model '" + model_path + "' is a TorchScript file: attacks need a built-in architecture");
+    apply_input_args(input, locked, model_path);
+    // Refused before any data is read when no attack asked for can run on this model; otherwise
+    // those that cannot are skipped with their reason.
+    std::string cannot_run;
+    for (AttackKind k : kinds) {
+      AttackConfig probe;
+      probe.kind = k;
+      cannot_run = attack_unavailable(locked, probe);
+      if (cannot_run.empty()) break;
+    }
+    if (!cannot_run.empty()) {
+      throw UsageError("no attack of '" + kind + "' can run on '" + model_path + "': " + cannot_run);
     }
     const std::string dataset = locked.meta.dataset.empty() ? "fashion-mnist" : locked.meta.dataset;
     Dataset train_split = load_dataset(dataset, common.data_dir, Split::kTrain);
@@ -95,6 +110,15 @@ void add_attack(CLI::App& app) {
       if (original.meta.arch != locked.meta.arch || original.meta.options != locked.meta.options) {
         throw UsageError("--original '" + original_path + "' is a " + original.meta.arch +
                          ", the locked model is a " + locked.meta.arch);
+      }
+      if (original.meta_stored) {
+        apply_input_args(input, original, original_path);
+      } else {
+        // A TorchScript file straight from PyTorch: the same network as the locked one, fed the same way.
+        original.meta.dataset = locked.meta.dataset;
+        original.meta.input = locked.meta.input;
+        original.meta.preprocess = locked.meta.preprocess;
+        original.meta.classes = locked.meta.classes;
       }
       original_top1 = evaluate(*original.net, test, original.meta.preprocess).top1;
     }
@@ -147,7 +171,8 @@ void add_attack(CLI::App& app) {
         line.update(current + " ...");
         set.push_back(
             run_attack(locked, train_split, test, locked_top1, original_top1, cfg, h, hooks));
-        line.finish(current + ": " + pct(set.back().mean_top1) + "%");
+        line.finish(current + ": " + (set.back().skipped.empty() ? pct(set.back().mean_top1) + "%"
+                                                                 : "not run (" + set.back().skipped + ")"));
       }
       const AttackReport* scratch = nullptr;
       for (const auto& r : set) {
@@ -160,6 +185,16 @@ void add_attack(CLI::App& app) {
       }
       reports.insert(reports.end(), set.begin(), set.end());
     }
+    // A traced graph fixed evaluation mode: BatchNorm layers normalise with their running
+    // statistics and never update them, in every attack that trains (scratch included).
+    std::string traced_note;
+    if (auto* script = dynamic_cast<TorchScriptNetwork*>(locked.net.get())) {
+      if (!script->batchnorms_fixed_in_eval().empty()) {
+        traced_note = "the traced graph fixes evaluation mode in its BatchNorm layers: attacks that train keep "
+                      "their running statistics fixed, and scratch trains without batch statistics (a weak "
+                      "yardstick); a scripted file of the same model gives the fair comparison";
+      }
+    }
 
     Json j = report_json(reports);
     j["model"] = model_path;
@@ -169,6 +204,7 @@ void add_attack(CLI::App& app) {
     j["locked_top1"] = locked_top1;
     j["locked"] = effective_json(locked_eval);
     j["original_top1"] = original_top1 ? Json(*original_top1) : Json();
+    if (!traced_note.empty()) j["note"] = traced_note;
     j["lock"] = locked.meta.lock ? Json{{"criterion", locked.meta.lock->criterion},
                                         {"scope", locked.meta.lock->scope},
                                         {"ratio", locked.meta.lock->ratio}}
@@ -201,6 +237,7 @@ void add_attack(CLI::App& app) {
                   trials, static_cast<unsigned long long>(seed));
     }
     std::printf("%s", report_table(reports).c_str());
+    if (!traced_note.empty()) std::printf("note: %s\n", traced_note.c_str());
     std::printf(
         "\nrecovered = after attack - locked; vs scratch = after attack - scratch, paired by trial "
         "(same data);\n"

@@ -150,7 +150,8 @@ void add_sweep(CLI::App& app) {
   static bool log_space = false, include_io = false, exclude_io = false, no_plot = false, plain_only = false;
   static Common common;
   static EffectiveArgs effective;
-  c->add_option("--model", model_path, "Model checkpoint (unlocked)")->required();
+  static InputArgs input;
+  c->add_option("--model", model_path, "Model checkpoint or TorchScript file (unlocked)")->required();
   auto* r = c->add_option("--ratios", ratios, "Comma-separated ratios, e.g. 0.0005,0.001,0.005");
   auto* f = c->add_option("--from", from, "First ratio of a range")->check(CLI::Range(0.0, 1.0));
   auto* t = c->add_option("--to", to, "Last ratio of a range")->check(CLI::Range(0.0, 1.0));
@@ -179,8 +180,10 @@ void add_sweep(CLI::App& app) {
   c->add_flag("--no-plot", no_plot, "Skip the plot (no gnuplot needed)");
   add_threads(c, common);
   add_data(c, common);
+  add_input_args(c, input);
   handlers()[c] = [] {
     apply_threads(common);
+    require_runnable(model_path, "sweep");
     SweepOptions o;
     if (!ratios.empty()) {
       o.ratios = parse_ratios(ratios);
@@ -198,6 +201,7 @@ void add_sweep(CLI::App& app) {
     if (!scope.empty()) o.scope = parse_scope(scope);
 
     LoadedModel model = load_model(model_path);
+    apply_input_args(input, model, model_path);
     if (model.meta.lock)
       throw UsageError("model '" + model_path + "' is locked; sweep an unlocked model");
     const Digest fp_before = model_fingerprint(model);
@@ -307,8 +311,9 @@ void add_calibrate(CLI::App& app) {
   static CalibrationOptions copt;
   static Common common;
   static EffectiveArgs effective;
+  static InputArgs input;
   static bool target_plain = false;
-  c->add_option("--model", model_path, "Model checkpoint (unlocked)")->required();
+  c->add_option("--model", model_path, "Model checkpoint or TorchScript file (unlocked)")->required();
   c->add_option("--target", target,
                 "Top-1 band in percent, e.g. 50-55, of the effective top-1 (after BatchNorm re-estimation and "
                 "pruning; measured on validation)")
@@ -328,14 +333,17 @@ void add_calibrate(CLI::App& app) {
   c->add_option("--key-out", key_out, "Write its access key here (with --out)");
   add_threads(c, common);
   add_data(c, common);
+  add_input_args(c, input);
   handlers()[c] = [] {
     apply_threads(common);
+    require_runnable(model_path, "calibrate");
     const Band band = parse_band(target);
     const LockOptions lopt = lock_options(unit_args);
     if (out.empty() != key_out.empty()) throw UsageError("--out and --key-out go together");
     if (!out.empty() && same_file(out, key_out))
       throw UsageError("--out '" + out + "' and --key-out '" + key_out + "' name the same file");
     LoadedModel model = load_model(model_path);
+    apply_input_args(input, model, model_path);  // stored in the locked model --out writes
     if (model.meta.lock)
       throw UsageError("model '" + model_path + "' is locked; calibrate an unlocked model");
     const Dataset val_data = validation_set(model.meta, common, val);
@@ -414,7 +422,8 @@ void add_bands(CLI::App& app) {
   static bool no_test = false, target_plain = false;
   static Common common;
   static EffectiveArgs effective;
-  c->add_option("--model", model_path, "Model checkpoint (unlocked)")->required();
+  static InputArgs input;
+  c->add_option("--model", model_path, "Model checkpoint or TorchScript file (unlocked)")->required();
   c->add_option("--width", bopt.width, "Band width in points")->capture_default_str();
   c->add_flag("--target-plain", target_plain,
               "Bands of the plain top-1 of the locked model (default: of the effective top-1, after BatchNorm "
@@ -432,10 +441,13 @@ void add_bands(CLI::App& app) {
   c->add_option("--json", json_out, "Also write the table as JSON");
   add_threads(c, common);
   add_data(c, common);
+  add_input_args(c, input);
   handlers()[c] = [] {
     apply_threads(common);
+    require_runnable(model_path, "bands");
     const LockOptions lopt = lock_options(unit_args);
     LoadedModel model = load_model(model_path);
+    apply_input_args(input, model, model_path);
     if (model.meta.lock)
       throw UsageError("model '" + model_path + "' is locked; use an unlocked model");
     const Dataset val_data = validation_set(model.meta, common, val);

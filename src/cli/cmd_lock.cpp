@@ -76,7 +76,7 @@ void add_lock(CLI::App& app) {
   c->add_option("--scope", scope, kScopeHelp);
   c->add_option("--seed", seed, "Seed for --criterion random")->capture_default_str();
   c->add_option("--units", units, "Units drawn by --criterion random: l1 | bn")->capture_default_str();
-  c->add_option("--fill", fill, "What extracted positions hold: zero | decoy")->capture_default_str();
+  c->add_option("--fill", fill, "What extracted positions hold: zero | decoy | decoy-v1 (the earlier decoys, for comparison)")->capture_default_str();
   c->add_option("--decoy-tries", decoy_tries,
                 "With --fill decoy (single ratio): draw this many decoy fills and keep the one that --decoy-target "
                 "picks by top-1 on the validation split (1: no search, no data needed)")
@@ -119,7 +119,7 @@ void add_lock(CLI::App& app) {
     if (is_onnx_file(model_path)) return lock_onnx({model_path, out, key_out, o, eval_after, !tiers.empty() || !tier_bands.empty()}, access);
     const KeyCredentials creds = credentials(access);
     LoadedModel model = load_model(model_path);
-    apply_input_args(input, model.meta);  // recorded in the locked model's metadata
+    apply_input_args(input, model, model_path);  // recorded in the locked model's metadata
     std::unique_ptr<Dataset> test, unlabelled;
     auto eval_state = [&](const char* label) {
       if (!test) {
@@ -157,7 +157,7 @@ void add_lock(CLI::App& app) {
     if (ratios.empty()) {
       DecoySearch search;
       std::unique_ptr<Dataset> val_data;
-      if (o.fill == Fill::kDecoy && decoy_tries > 1) {
+      if (o.fill != Fill::kZero && decoy_tries > 1) {
         val_data = std::make_unique<Dataset>(validation_set(model.meta, common, val));
         search.tries = decoy_tries;
         search.target = decoy_target == "lowest" ? DecoySearch::Target::kLowest : DecoySearch::Target::kMatchZero;

@@ -87,8 +87,9 @@ void add_eval(CLI::App& app) {
   add_effective_args(c, effective);
   handlers()[c] = [] {
     apply_threads(common);
+    require_runnable(model_path, "eval");
     LoadedModel model = key_paths.empty() ? load_model(model_path) : load_unlocked(model_path, read_keys(key_paths, access));
-    apply_input_args(input, model.meta);
+    apply_input_args(input, model, model_path);
     const Dataset test = test_set(model.meta, common);
     if (model.meta.lock) {
       const EffectiveEval e =

@@ -53,6 +53,7 @@ void add_predict(CLI::App& app) {
   static int top = 1;
   static Common common;
   static KeyAccess access;
+  static InputArgs input_args;
   c->add_option("--model", model_path, "Model (locked or not)")->required();
   c->add_option("--key", key_paths, "Key(s) to unlock with in memory, tier 1 first");
   c->add_option("--input", input, "Images: IDX (.gz or plain), or raw bytes with --raw")->required();
@@ -61,9 +62,12 @@ void add_predict(CLI::App& app) {
   c->add_flag("--json", json, "Print one JSON object");
   add_key_access(c, access, /*writing=*/false);
   add_threads(c, common);
+  add_input_args(c, input_args);
   handlers()[c] = [] {
     apply_threads(common);
+    require_runnable(model_path, "predict");
     LoadedModel model = key_paths.empty() ? load_model(model_path) : load_unlocked(model_path, read_keys(key_paths, access));
+    apply_input_args(input_args, model, model_path);
     torch::Tensor images = read_images(input, raw, model.meta);
     torch::NoGradGuard no_grad;
     model.net->eval();
@@ -94,25 +98,55 @@ void add_detect(CLI::App& app) {
   auto* c = app.add_subcommand("detect", "Audit a locked model: can the extracted units be found from its weights alone?");
   static std::string model_path, key_path;
   static bool json = false;
+  static DetectOptions options;
+  static Common common;
   static KeyAccess access;
+  options.learned_locks = 2;
   c->add_option("--model", model_path, "Locked model")->required();
-  c->add_option("--key", key_path, "Its key: the ground truth the detector is scored against")->required();
+  c->add_option("--key", key_path, "Its key: the ground truth the detectors are scored against")->required();
+  c->add_option("--learned-locks", options.learned_locks,
+                "Training locks for the learned detector: the locked model locked again with the key's options "
+                "and other decoy seeds (what an attacker with the tool can make); 0: no learned detector")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 100));
+  c->add_option("--seed", options.learned_seed, "Decoy seed of the first training lock (the next ones count up)")
+      ->capture_default_str();
+  c->add_option("--permutations", options.permutations, "Random truth sets each detector's chance level is drawn from")
+      ->capture_default_str()
+      ->check(CLI::Range(2, 100000));
   c->add_flag("--json", json, "Print one JSON object");
   add_key_access(c, access, /*writing=*/false);
+  add_threads(c, common);
   handlers()[c] = [] {
+    apply_threads(common);
     LoadedModel model = load_model(model_path);
     const KeyFile key = read_keys({key_path}, access).front();
     if (model_fingerprint(model) != key.header.locked_fingerprint) {
       throw MismatchError("key '" + key_path + "' does not apply to '" + model_path + "' (fingerprints differ)");
     }
-    DetectionReport r = detect_extracted(named_tensors(*model.net), key);
+    DetectionReport r = detect_extracted(model, key, options);
     Json layers = Json::array();
     for (const auto& l : r.layers) {
+      Json by_detector = Json::object();
+      for (const auto& [name, hits] : l.detector_hits) by_detector[name] = hits;
       layers.push_back({{"tensor", l.tensor}, {"units", l.units}, {"extracted", l.extracted}, {"hits", l.hits},
                         {"hits_far_from_median", l.hits_far}, {"hits_smallest", l.hits_small},
-                        {"exact_zero_units", l.exact_zero}});
+                        {"exact_zero_units", l.exact_zero}, {"detector_hits", by_detector}});
     }
-    const bool at_chance = r.oracle_z() <= 3.0;
+    // "position" never looks at a unit's own values: it measures the criterion, not the fill.
+    bool at_chance = true;
+    Json detectors = Json::array();
+    for (const auto& d : r.detectors) {
+      const bool fill_dependent = d.name != "position";
+      if (fill_dependent && d.z() > 3.0) at_chance = false;
+      detectors.push_back({{"name", d.name}, {"tensors", d.tensors}, {"units", d.units}, {"flagged", d.flagged},
+                           {"hits", d.hits}, {"precision", d.precision()}, {"chance_hits_mean", d.chance_hits},
+                           {"chance_hits_sd", d.chance_sd}, {"chance", d.chance()}, {"z", d.z()},
+                           {"depends_on_fill", fill_dependent}});
+    }
+    Json learned = {{"locks", r.learned_locks}, {"seed", options.learned_seed},
+                    {"training_kernels", r.learned_training_units}, {"features", r.learned_features},
+                    {"weights", r.learned_weights}};
     Json j = {{"model", model_path},
               {"fill", to_string(key.header.fill)},
               {"flagged", r.flagged},
@@ -127,6 +161,8 @@ void add_detect(CLI::App& app) {
                 {"chance", r.oracle_chance()},
                 {"z", r.oracle_z()},
                 {"permutations", r.permutations}}},
+              {"detectors", detectors},
+              {"learned", learned},
               {"at_chance", at_chance},
               {"layers", layers}};
     if (json) {
@@ -140,18 +176,24 @@ void add_detect(CLI::App& app) {
                   static_cast<long long>(l.extracted), static_cast<long long>(l.hits_far),
                   static_cast<long long>(l.hits_small), static_cast<long long>(l.exact_zero));
     }
-    std::printf("\nfill %s: each attacker flags %lld units (as many as were extracted, per tensor)\n",
-                to_string(key.header.fill), static_cast<long long>(r.flagged));
-    std::printf("  norm furthest from median: %lld extracted, precision %s%% (chance %s%%)\n",
-                static_cast<long long>(r.hits_far), pct(100.0 * r.precision_far()).c_str(), pct(100.0 * r.chance()).c_str());
-    std::printf("  smallest norm:             %lld extracted, precision %s%% (chance %s%%)\n",
-                static_cast<long long>(r.hits_small), pct(100.0 * r.precision_small()).c_str(),
-                pct(100.0 * r.chance()).c_str());
-    std::printf("  better of the two per tensor (oracle): %lld extracted, precision %s%%; on random units it gets "
-                "%s +- %s (%d draws): z = %s, %s\n",
-                static_cast<long long>(r.hits), pct(100.0 * r.precision()).c_str(), fixed(r.oracle_chance_hits, 1).c_str(),
-                fixed(r.oracle_chance_sd, 1).c_str(), r.permutations, fixed(r.oracle_z(), 2).c_str(),
-                at_chance ? "at chance" : "ABOVE chance: the locked weights give extracted positions away");
+    std::printf("\nfill %s: each detector flags as many units as were extracted, per tensor it scores; chance: the "
+                "same flags against %d random sets of units\n",
+                to_string(key.header.fill), r.permutations);
+    std::printf("%-16s %7s %8s %7s %10s %16s %7s\n", "detector", "tensors", "flagged", "hits", "precision",
+                "chance (sd)", "z");
+    for (const auto& d : r.detectors) {
+      std::printf("%-16s %7lld %8lld %7lld %9s%% %9s (%4s) %7s%s\n", d.name.c_str(), static_cast<long long>(d.tensors),
+                  static_cast<long long>(d.flagged), static_cast<long long>(d.hits), pct(100.0 * d.precision()).c_str(),
+                  fixed(d.chance_hits, 1).c_str(), fixed(d.chance_sd, 1).c_str(), fixed(d.z(), 2).c_str(),
+                  d.name == "position" ? "  (does not depend on the fill)" : "");
+    }
+    if (r.learned_locks > 0) {
+      std::printf("learned: trained on %lld kernels of %d locks of this model (seeds %llu..)\n",
+                  static_cast<long long>(r.learned_training_units), r.learned_locks,
+                  static_cast<unsigned long long>(options.learned_seed));
+    }
+    std::printf("%s\n", at_chance ? "every detector that depends on the fill is at chance (z <= 3)"
+                                  : "ABOVE chance (z > 3): the locked weights give extracted positions away");
     return 0;
   };
 }

@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -17,6 +18,8 @@
 #include "cli/progress.h"
 #include "data/dataset.h"
 #include "eval/evaluate.h"
+#include "formats/onnx_model.h"
+#include "formats/safetensors.h"
 #include "keyfile/key_file.h"
 #include "locking/fingerprint.h"
 #include "locking/lock.h"
@@ -85,7 +88,11 @@ bool input_args_given(const InputArgs& a) {
          a.channels >= 0;
 }
 
-void apply_input_args(const InputArgs& a, ModelMeta& meta) {
+namespace {
+
+// Applies the given options over `meta` (a model file that stores no preprocessing) and checks
+// the result. Throws UsageError.
+void override_input(const InputArgs& a, ModelMeta& meta) {
   if (!a.dataset.empty()) {
     const DatasetInfo info = dataset_info(a.dataset);
     if (info.name != meta.dataset) {
@@ -123,6 +130,70 @@ void apply_input_args(const InputArgs& a, ModelMeta& meta) {
   }
   for (double s : meta.preprocess.std) {
     if (!(s > 0)) throw UsageError("--std " + std::to_string(s) + ": must be positive");
+  }
+}
+
+std::string values_text(const std::vector<double>& v) {
+  std::string out;
+  for (double x : v) {
+    char b[32];
+    std::snprintf(b, sizeof b, "%g", x);
+    out += (out.empty() ? "" : ",") + std::string(b);
+  }
+  return out;
+}
+
+// One value for every channel stands for that value repeated; equal up to rounding in print.
+bool same_values(const std::vector<double>& given, const std::vector<double>& stored) {
+  if (given.size() != 1 && given.size() != stored.size()) return false;
+  for (size_t i = 0; i < stored.size(); ++i) {
+    const double g = given.size() == 1 ? given[0] : given[i];
+    if (std::fabs(g - stored[i]) > 1e-9 * std::max(1.0, std::fabs(stored[i]))) return false;
+  }
+  return !stored.empty();
+}
+
+// Checks every given option against what the model file stores. Throws UsageError.
+void check_against_stored(const InputArgs& a, const ModelMeta& meta, const std::string& path) {
+  auto refuse = [&](const std::string& option, const std::string& given, const std::string& what,
+                    const std::string& stored) {
+    throw UsageError(option + " " + given + ": model '" + path + "' stores " + what + " " + stored +
+                     "; leave the option out or give the stored value");
+  };
+  const std::string dataset = meta.dataset.empty() ? "fashion-mnist" : meta.dataset;
+  if (!a.dataset.empty() && dataset_info(a.dataset).name != dataset) refuse("--dataset", a.dataset, "dataset", dataset);
+  if (!a.mean.empty() && !same_values(a.mean, meta.preprocess.mean)) {
+    refuse("--mean", values_text(a.mean), "mean", values_text(meta.preprocess.mean));
+  }
+  if (!a.std.empty() && !same_values(a.std, meta.preprocess.std)) {
+    refuse("--std", values_text(a.std), "std", values_text(meta.preprocess.std));
+  }
+  const Preprocess& p = meta.preprocess;
+  if (a.pad >= 0 && a.pad != p.pad_to) refuse("--pad", std::to_string(a.pad), "pad", std::to_string(p.pad_to));
+  if (a.resize >= 0 && a.resize != p.resize_to) {
+    refuse("--resize", std::to_string(a.resize), "resize", std::to_string(p.resize_to));
+  }
+  if (a.channels >= 0 && a.channels != p.channels) {
+    refuse("--channels", std::to_string(a.channels), "channels", std::to_string(p.channels));
+  }
+}
+
+}  // namespace
+
+void apply_input_args(const InputArgs& a, LoadedModel& model, const std::string& path) {
+  if (model.meta_stored) return check_against_stored(a, model.meta, path);
+  override_input(a, model.meta);
+}
+
+void require_runnable(const std::string& path, const char* command) {
+  if (is_onnx_file(path)) {
+    throw UsageError("model '" + path + "' is an ONNX file: `" + command +
+                     "` cannot run ONNX models yet (this build has no ONNX runtime); lock, unlock, fingerprint and "
+                     "inspect work on it");
+  }
+  if (is_safetensors_file(path)) {
+    throw UsageError("model '" + path + "' is a safetensors file: it holds tensors but no network, so `" + command +
+                     "` cannot run it; lock, unlock, fingerprint and inspect work on it");
   }
 }
 

@@ -30,9 +30,12 @@ struct Common {
   int64_t test_subset = 0;
 };
 
-// How to feed a model we did not build (TorchScript): its data set and preprocessing. Given
-// values override the model's metadata; `lock` stores them in the locked model's metadata so
-// later commands need not repeat them.
+// How to feed a model: its data set and preprocessing (--dataset --mean --std --pad --resize
+// --channels), the same options on every command that evaluates or trains a model. A model file
+// that stores them (our checkpoints always; a TorchScript file once corelocker wrote it: `lock`,
+// `calibrate`, `unlock`) is fed as stored, and an option that disagrees with the stored value is
+// a usage error; a TorchScript file straight from PyTorch stores nothing, and the options apply
+// over Fashion-MNIST defaults. Files corelocker writes store what it used.
 struct InputArgs {
   std::string dataset;
   std::vector<double> mean, std;
@@ -41,8 +44,13 @@ struct InputArgs {
 void add_input_args(CLI::App* c, InputArgs& a);
 // Whether any of the options was given.
 bool input_args_given(const InputArgs& a);
-// Applies the given options to `meta` and checks the result. Throws UsageError.
-void apply_input_args(const InputArgs& a, ModelMeta& meta);
+// Applies the options to `model`, loaded from `path`: with model.meta_stored, checks each given
+// option against the stored value (UsageError naming the option, the value given and the value
+// stored); otherwise applies them over the defaults and checks the result. Throws UsageError.
+void apply_input_args(const InputArgs& a, LoadedModel& model, const std::string& path);
+// Refuses a model file this build cannot run, for a command that evaluates or trains it: ONNX
+// (no ONNX runtime yet) and safetensors (tensors without a network). Throws UsageError.
+void require_runnable(const std::string& path, const char* command);
 
 void add_threads(CLI::App* c, Common& o);
 void add_data(CLI::App* c, Common& o);

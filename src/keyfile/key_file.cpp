@@ -21,7 +21,14 @@ const char* to_string(Criterion c) {
   return "?";
 }
 const char* to_string(Scope s) { return s == Scope::kLayer ? "layer" : "global"; }
-const char* to_string(Fill f) { return f == Fill::kDecoy ? "decoy" : "zero"; }
+const char* to_string(Fill f) {
+  switch (f) {
+    case Fill::kZero: return "zero";
+    case Fill::kDecoyV1: return "decoy-v1";
+    case Fill::kDecoy: return "decoy";
+  }
+  return "?";
+}
 const char* to_string(Encryption e) {
   switch (e) {
     case Encryption::kNone: return "none";
@@ -34,7 +41,8 @@ const char* to_string(Encryption e) {
 Fill parse_fill(const std::string& s) {
   if (s == "zero") return Fill::kZero;
   if (s == "decoy") return Fill::kDecoy;
-  throw UsageError("fill '" + s + "': expected zero or decoy");
+  if (s == "decoy-v1") return Fill::kDecoyV1;
+  throw UsageError("fill '" + s + "': expected zero, decoy or decoy-v1");
 }
 
 KeyCredentials::~KeyCredentials() {
@@ -382,7 +390,7 @@ void check_codes(Framing& f, const std::string& what) {
   KeyHeader& h = f.header;
   if (f.criterion > 2) throw FormatError(what + ": unknown criterion code " + std::to_string(f.criterion));
   if (f.scope > 1) throw FormatError(what + ": unknown scope code " + std::to_string(f.scope));
-  if (f.fill > 1) throw FormatError(what + ": unknown fill code " + std::to_string(f.fill));
+  if (f.fill > 2) throw FormatError(what + ": unknown fill code " + std::to_string(f.fill));
   if (f.flags > 3) throw FormatError(what + ": unknown flag bits 0x" + to_hex(&f.flags, 1));
   if (f.encryption > 2) throw FormatError(what + ": unknown encryption code " + std::to_string(f.encryption));
   h.criterion = static_cast<Criterion>(f.criterion);

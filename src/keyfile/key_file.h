@@ -11,7 +11,7 @@
 //                       that is not the last, the model locked at the next smaller ratio)
 //                   16  key id (random; shared by the keys of one tiered lock)
 //                   u8  criterion (0 l1, 1 bn, 2 random), u8 scope (0 layer, 1 global),
-//                   u8  fill (0 zero, 1 decoy), u8 flags (bit 0 include io, bit 1 random bn units)
+//                   u8  fill (0 zero, 1 decoy-v1, 2 decoy), u8 flags (bit 0 include io, bit 1 random bn units)
 //                   f64 ratio of the state the key applies to
 //                   f64 ratio of the state it produces (0: the original)
 //                   u64 seed, u64 units restored by this key
@@ -55,7 +55,10 @@ constexpr uint32_t kKeyMaxDims = 8;
 
 enum class Criterion : uint8_t { kL1 = 0, kBn = 1, kRandom = 2 };
 enum class Scope : uint8_t { kLayer = 0, kGlobal = 1 };
-enum class Fill : uint8_t { kZero = 0, kDecoy = 1 };
+// kDecoyV1: the first decoy generator (elements resampled from other units; every key with fill
+// code 1 was made by it); kDecoy: decoys drawn from a model of the tensor's own kernels
+// (locking/decoys.h).
+enum class Fill : uint8_t { kZero = 0, kDecoyV1 = 1, kDecoy = 2 };
 enum class Encryption : uint8_t { kNone = 0, kPassphrase = 1, kSecret = 2 };
 enum class DType : uint8_t { kF32 = 1, kF64 = 2, kF16 = 3, kBF16 = 4 };
 

@@ -8,6 +8,7 @@
 #include <iterator>
 #include <unordered_map>
 
+#include "locking/decoys.h"
 #include "locking/fingerprint.h"
 #include "util/error.h"
 
@@ -48,41 +49,6 @@ torch::Tensor unit_view(const torch::Tensor& t, int64_t unit_size, const std::st
 }
 
 std::string short_fp(const Digest& d) { return to_hex(d).substr(0, 16); }
-
-// Overwrites the `targets` rows of `view` [N, s] with decoys: each gets the l1 norm of a random
-// donor unit and elements drawn from random positions of random donors, so that its size and
-// value distribution are those of the tensor's remaining units, yet it copies none of them.
-// Donors are all units that are neither extracted nor excluded. (Donors from the lower half by
-// norm kept the locked accuracy nearer zero fill but let a smallest-norm attacker find the
-// decoys at twice chance; docs/keys.md. The lock's decoy search restores the damage instead.)
-void decoy_fill(const torch::Tensor& view, const std::vector<int64_t>& targets, const std::vector<int64_t>& excluded,
-                uint64_t seed) {
-  const int64_t n = view.size(0), s = view.size(1), t = static_cast<int64_t>(targets.size());
-  std::vector<char> taken(static_cast<size_t>(n), 0);
-  for (auto u : excluded) taken[static_cast<size_t>(u)] = 1;
-  for (auto u : targets) taken[static_cast<size_t>(u)] = 1;
-  std::vector<int64_t> donor_list;
-  for (int64_t u = 0; u < n; ++u) {
-    if (!taken[static_cast<size_t>(u)]) donor_list.push_back(u);
-  }
-  auto target_idx = torch::tensor(targets, torch::kInt64);
-  if (donor_list.empty() || t == 0) {
-    view.index_fill_(0, target_idx, 0);
-    return;
-  }
-  auto gen = at::detail::createCPUGenerator(seed);
-  auto donors = torch::tensor(donor_list, torch::kInt64);
-  const int64_t d = donors.numel();
-  auto pick = [&](int64_t count) { return donors.index_select(0, torch::randint(d, {count}, gen, torch::kInt64)); };
-  auto flat = view.reshape({-1});
-  auto elem_idx = pick(t * s) * s + torch::randint(s, {t * s}, gen, torch::kInt64);
-  auto decoys = flat.index_select(0, elem_idx).view({t, s}).to(torch::kFloat64);
-  if (s > 1) {
-    auto norms = view.index_select(0, pick(t)).to(torch::kFloat64).abs().sum(1);
-    decoys.mul_((norms / decoys.abs().sum(1).clamp_min(1e-30)).unsqueeze(1));
-  }
-  view.index_copy_(0, target_idx, decoys.to(view.scalar_type()));
-}
 
 }  // namespace
 
@@ -153,25 +119,19 @@ KeyFile extract_units_seeded(std::vector<NamedTensor>& tensors, const Extraction
     if (!e.values.empty()) std::memcpy(e.values.data(), values.data_ptr(), e.values.size());
     key.entries.push_back(std::move(e));
   }
-  uint64_t decoy_seed = 0;
-  if (seed != nullptr) {
-    decoy_seed = *seed;
+  if (options.fill == Fill::kZero) {
+    for (const auto& p : plan.entries) {
+      unit_view(*named[p.tensor], p.unit_size, p.tensor).index_fill_(0, torch::tensor(p.units, torch::kInt64), 0);
+    }
   } else {
-    random_bytes(&decoy_seed, sizeof decoy_seed);  // decoys must not be predictable
-  }
-  for (const auto& p : plan.entries) {
-    auto view = unit_view(*named[p.tensor], p.unit_size, p.tensor);
-    if (options.fill == Fill::kZero) {
-      view.index_fill_(0, torch::tensor(p.units, torch::kInt64), 0);
-      continue;
+    uint64_t decoy_seed = 0;
+    if (seed != nullptr) {
+      decoy_seed = *seed;
+    } else {
+      random_bytes(&decoy_seed, sizeof decoy_seed);  // decoys must not be predictable
     }
-    std::vector<int64_t> excluded;
-    if (no_donors != nullptr) {
-      for (const auto& e : no_donors->entries) {
-        if (e.tensor == p.tensor) excluded = e.units;
-      }
-    }
-    decoy_fill(view, p.units, excluded, decoy_seed++);
+    for (const auto& p : plan.entries) unit_view(*named[p.tensor], p.unit_size, p.tensor);  // contiguity checks
+    fill_decoys(tensors, plan, no_donors, options.fill, decoy_seed);
   }
   key.header.locked_fingerprint = fingerprint(tensors);
   return key;
@@ -182,6 +142,11 @@ KeyFile extract_units_seeded(std::vector<NamedTensor>& tensors, const Extraction
 KeyFile extract_units(std::vector<NamedTensor>& tensors, const ExtractionPlan& plan,
                       const LockOptions& options, const ExtractionPlan* no_donors) {
   return extract_units_seeded(tensors, plan, options, no_donors, nullptr);
+}
+
+KeyFile extract_units(std::vector<NamedTensor>& tensors, const ExtractionPlan& plan, const LockOptions& options,
+                      const ExtractionPlan* no_donors, uint64_t decoy_seed) {
+  return extract_units_seeded(tensors, plan, options, no_donors, &decoy_seed);
 }
 
 void restore_units(std::vector<NamedTensor>& tensors, const KeyFile& key) {
@@ -250,7 +215,7 @@ LockOutcome lock_model(LoadedModel& model, const Ranking& ranking, double ratio,
   ExtractionPlan plan = plan_at(ranking, tensors, model.net->structure(), ratio);
   LockOutcome out;
   uint64_t best_seed = 0;
-  const bool searching = options.fill == Fill::kDecoy && search.tries > 1 && search.score;
+  const bool searching = options.fill != Fill::kZero && search.tries > 1 && search.score;
   if (searching) {
     torch::NoGradGuard no_grad;
     // Copies of the tensors the plan touches, to put back between tries.
@@ -271,7 +236,11 @@ LockOutcome lock_model(LoadedModel& model, const Ranking& ranking, double ratio,
     double best = 0.0;
     for (int i = 0; i < search.tries; ++i) {
       uint64_t seed = 0;
-      random_bytes(&seed, sizeof seed);
+      if (search.seed) {
+        seed = *search.seed + static_cast<uint64_t>(i);
+      } else {
+        random_bytes(&seed, sizeof seed);
+      }
       extract_units_seeded(tensors, plan, options, nullptr, &seed);
       const double score = search.score(model);
       const double distance =
@@ -283,7 +252,9 @@ LockOutcome lock_model(LoadedModel& model, const Ranking& ranking, double ratio,
       for (auto& [live, copy] : saved) live.copy_(copy);
     }
   }
-  out.key = extract_units_seeded(tensors, plan, options, nullptr, searching ? &best_seed : nullptr);
+  if (!searching && search.seed.has_value()) best_seed = *search.seed;
+  const bool seeded = searching || search.seed.has_value();
+  out.key = extract_units_seeded(tensors, plan, options, nullptr, seeded ? &best_seed : nullptr);
   out.stats.units = plan.units;
   out.stats.candidates = ranking.total_units();
   out.stats.values = static_cast<int64_t>(out.key.value_count());

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -14,10 +15,14 @@ namespace corelocker {
 
 // Moves the plan's units out of `tensors` into a key whose header records the fingerprints
 // before and after, the options and a fresh random key id. Extracted positions become 0, or
-// with Fill::kDecoy values resampled from the same tensor's other units (never from units in
-// `no_donors`, e.g. those a later tier extracts). Throws Error.
+// decoys (locking/decoys.h) modelled on the units that stay (never on units in `no_donors`,
+// e.g. those a later tier extracts), drawn with a seed from the OS. Throws Error.
 KeyFile extract_units(std::vector<NamedTensor>& tensors, const ExtractionPlan& plan,
                       const LockOptions& options, const ExtractionPlan* no_donors = nullptr);
+// Same, with the decoy generator's seed given (reproducible decoys: tests, the detector's
+// training locks). Throws Error.
+KeyFile extract_units(std::vector<NamedTensor>& tensors, const ExtractionPlan& plan, const LockOptions& options,
+                      const ExtractionPlan* no_donors, uint64_t decoy_seed);
 
 // Units of `larger` that are not in `smaller` (both from the same ranking).
 ExtractionPlan plan_difference(const ExtractionPlan& larger, const ExtractionPlan& smaller);
@@ -47,17 +52,20 @@ LockOutcome lock_model(LoadedModel& model, const LockOptions& options);
 // Same, from a ranking computed before (reused across ratios or seeds).
 LockOutcome lock_model(LoadedModel& model, const Ranking& ranking, double ratio);
 
-// Decoy search: with Fill::kDecoy, `tries` independent decoy fills are drawn and `score` (for
+// Decoy search: with a decoy fill, `tries` independent decoy fills are drawn and `score` (for
 // example top-1 on a validation split of the training data) is called on the model in each
 // locked state. kMatchZero keeps the draw whose score is nearest the zero-filled lock's (one
 // more call, first): decoys then replace zeros without moving the utility the ratio was chosen
-// for. kLowest keeps the lowest score. Decoys stay random draws from the tensors' other units;
-// the search only picks which draw. Ignored for zero fill.
+// for. kLowest keeps the lowest score. Decoys stay random draws from the model of the tensors'
+// remaining units; the search only picks which draw. Ignored for zero fill. `seed` (tests,
+// training locks) makes the draws reproducible: draw i uses seed + i; by default each draw's
+// seed comes from the OS.
 struct DecoySearch {
   enum class Target { kMatchZero, kLowest };
   int tries = 1;
   Target target = Target::kMatchZero;
   std::function<double(LoadedModel&)> score;
+  std::optional<uint64_t> seed;
 };
 LockOutcome lock_model(LoadedModel& model, const Ranking& ranking, double ratio, const DecoySearch& search);
 

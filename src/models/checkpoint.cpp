@@ -52,7 +52,7 @@ ModelMeta new_model_meta(const std::string& arch, const std::string& dataset,
 }
 
 LoadedModel create_model(const ModelMeta& meta) {
-  LoadedModel m{meta, build_network(meta)};
+  LoadedModel m{meta, build_network(meta), /*meta_stored=*/true};
   m.meta.tensors.clear();
   for (const auto& t : named_tensors(*m.net)) m.meta.tensors.push_back(t.name);
   return m;
@@ -63,7 +63,7 @@ LoadedModel load_model(const std::string& path) {
   c10::IValue probe;
   // No corelocker metadata attribute: a TorchScript module the owner brought (or one we locked).
   if (!archive.try_read(kMetaKey, probe)) return load_torchscript(path);
-  LoadedModel m{read_meta(archive, path), nullptr};
+  LoadedModel m{read_meta(archive, path), nullptr, /*meta_stored=*/true};
   m.net = build_network(m.meta);
   auto tensors = named_tensors(*m.net);
   if (tensors.size() != m.meta.tensors.size()) {

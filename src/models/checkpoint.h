@@ -14,6 +14,10 @@ namespace corelocker {
 struct LoadedModel {
   ModelMeta meta;
   std::shared_ptr<Network> net;
+  // False when the file carried no corelocker metadata (a TorchScript file straight from
+  // PyTorch): meta's data set and preprocessing are then defaults that the caller may override.
+  // True for our checkpoints and for every file corelocker wrote.
+  bool meta_stored = true;
 };
 
 // Metadata for a new model of `arch` on a data set (input shape, normalisation, classes), with

@@ -160,6 +160,21 @@ std::vector<NamedTensor> named_tensors(torch::nn::Module& module) {
   return out;
 }
 
+std::vector<NamedTensor> named_parameters_of(torch::nn::Module& module) {
+  std::vector<NamedTensor> out;
+  for (auto& t : named_tensors(module)) {
+    if (!t.is_buffer) out.push_back(std::move(t));
+  }
+  return out;
+}
+
+void freeze_batchnorm_statistics(torch::nn::Module& module) {
+  if (auto* script = dynamic_cast<TorchScriptNetwork*>(&module)) return script->freeze_batchnorm_statistics();
+  for (auto& m : module.modules(/*include_self=*/false)) {
+    if (m->as<torch::nn::BatchNorm2d>() || m->as<torch::nn::BatchNorm1d>()) m->eval();
+  }
+}
+
 int64_t parameter_count(torch::nn::Module& module) {
   int64_t n = 0;
   for (const auto& p : module.parameters(/*recurse=*/true)) n += p.numel();

@@ -73,6 +73,14 @@ std::shared_ptr<Network> build_network(const ModelMeta& meta);
 // Parameters then buffers, in module registration order.
 std::vector<NamedTensor> named_tensors(torch::nn::Module& module);
 
+// The parameters of named_tensors (buffers left out), under the same names: what trains, by the
+// names that the structure, keys and masks use (a TorchScript module's own dotted names).
+std::vector<NamedTensor> named_parameters_of(torch::nn::Module& module);
+
+// Puts every BatchNorm layer in evaluation mode, so that its running statistics stay as they are
+// while the rest of the network trains (built-in networks and TorchScript modules alike).
+void freeze_batchnorm_statistics(torch::nn::Module& module);
+
 // Number of parameter elements (buffers excluded).
 int64_t parameter_count(torch::nn::Module& module);
 

@@ -1,5 +1,6 @@
 #include "models/torchscript.h"
 
+#include <torch/csrc/jit/ir/constants.h>
 #include <torch/csrc/jit/passes/constant_propagation.h>
 #include <torch/csrc/jit/passes/dead_code_elimination.h>
 #include <torch/csrc/jit/passes/inliner.h>
@@ -18,6 +19,7 @@ namespace corelocker {
 struct TorchScriptNetwork::Impl {
   torch::jit::Module module;
   Structure structure;
+  std::vector<std::string> eval_only_norms;  // see batchnorms_fixed_in_eval()
 };
 
 namespace {
@@ -67,6 +69,7 @@ class GraphReader {
   }
 
   Structure structure;
+  std::vector<std::string> eval_only_norms;  // BatchNorm layers whose training flag is a constant false
 
  private:
   // The parameter a node input reads, or "" when it is not a parameter of the module.
@@ -104,6 +107,13 @@ class GraphReader {
     }
     structure.push_back({strip_suffix(weight), kind, weight, param_of(n, b), producer});
     index_[weight] = static_cast<int>(structure.size()) - 1;
+    // aten::batch_norm(input, weight, bias, running_mean, running_var, training, ...): tracing
+    // records the mode the module was traced in as a constant; scripting reads self.training.
+    constexpr size_t kTrainingInput = 5;
+    if (kind == LayerKind::kBatchNorm && n->inputs().size() > kTrainingInput) {
+      const auto training = torch::jit::constant_as<bool>(n->input(kTrainingInput));
+      if (training && !*training) eval_only_norms.push_back(structure.back().name);
+    }
   }
 
   const std::map<std::string, torch::Tensor>& params_;
@@ -112,7 +122,12 @@ class GraphReader {
   std::map<const Value*, int> producers_;
 };
 
-Structure read_structure(torch::jit::Module& module, const std::string& what) {
+struct GraphFacts {
+  Structure structure;
+  std::vector<std::string> eval_only_norms;
+};
+
+GraphFacts read_graph(torch::jit::Module& module, const std::string& what) {
   std::map<std::string, torch::Tensor> params;
   for (const auto& p : module.named_parameters(/*recurse=*/true)) params[p.name] = p.value;
   auto method = module.find_method("forward");
@@ -123,7 +138,7 @@ Structure read_structure(torch::jit::Module& module, const std::string& what) {
   torch::jit::EliminateDeadCode(graph);
   GraphReader reader(params, graph->inputs().at(0));
   reader.read(graph->block());
-  return reader.structure;
+  return {reader.structure, reader.eval_only_norms};
 }
 
 // nn::Module names may not contain dots.
@@ -161,6 +176,35 @@ void TorchScriptNetwork::train(bool on) {
   impl_->module.train(on);
 }
 
+std::shared_ptr<TorchScriptNetwork> TorchScriptNetwork::deep_copy() const {
+  auto copy = std::make_shared<Impl>(*impl_);
+  {
+    // Without gradients the cloned tensors are leaves, which an optimizer can take.
+    torch::NoGradGuard no_grad;
+    copy->module = impl_->module.deepcopy();
+  }
+  // The copy's parameters are fresh tensors; they train as the originals do.
+  std::map<std::string, bool> grad;
+  for (const auto& p : impl_->module.named_parameters(/*recurse=*/true)) grad[p.name] = p.value.requires_grad();
+  for (const auto& p : copy->module.named_parameters(/*recurse=*/true)) p.value.requires_grad_(grad.at(p.name));
+  auto net = std::make_shared<TorchScriptNetwork>(copy);
+  net->train(is_training());
+  return net;
+}
+
+void TorchScriptNetwork::freeze_batchnorm_statistics() {
+  for (auto sub : impl_->module.modules()) {
+    bool mean = false, var = false;
+    for (const auto& b : sub.named_buffers(/*recurse=*/false)) {
+      mean = mean || b.name == "running_mean";
+      var = var || b.name == "running_var";
+    }
+    if (mean && var) sub.train(false);
+  }
+}
+
+const std::vector<std::string>& TorchScriptNetwork::batchnorms_fixed_in_eval() const { return impl_->eval_only_norms; }
+
 std::vector<NamedTensor> TorchScriptNetwork::tensors() const {
   std::vector<NamedTensor> out;
   for (const auto& p : impl_->module.named_parameters(/*recurse=*/true)) out.push_back({p.name, p.value, false});
@@ -185,7 +229,9 @@ LoadedModel load_torchscript(const std::string& path) {
                       std::string(e.what_without_backtrace()) + ")");
   }
   impl->module.eval();
-  impl->structure = read_structure(impl->module, what);
+  GraphFacts facts = read_graph(impl->module, what);
+  impl->structure = std::move(facts.structure);
+  impl->eval_only_norms = std::move(facts.eval_only_norms);
   if (impl->structure.empty()) {
     throw FormatError(what + ": its forward graph uses no conv2d, linear, batch_norm or layer_norm on a parameter: "
                       "nothing to extract");
@@ -199,6 +245,7 @@ LoadedModel load_torchscript(const std::string& path) {
                         kTorchScriptArch + "'");
     }
   } else {
+    m.meta_stored = false;
     const DatasetInfo info = dataset_info("fashion-mnist");
     m.meta.arch = kTorchScriptArch;
     m.meta.dataset = info.name;
@@ -209,6 +256,28 @@ LoadedModel load_torchscript(const std::string& path) {
   }
   m.net = std::make_shared<TorchScriptNetwork>(impl);
   m.meta.tensors.clear();
+  for (const auto& t : named_tensors(*m.net)) m.meta.tensors.push_back(t.name);
+  return m;
+}
+
+LoadedModel wrap_torchscript(const torch::jit::Module& module, const std::string& what) {
+  auto impl = std::make_shared<TorchScriptNetwork::Impl>();
+  impl->module = module;  // a handle: the same module object, not a copy
+  GraphFacts facts = read_graph(impl->module, what);
+  impl->structure = std::move(facts.structure);
+  impl->eval_only_norms = std::move(facts.eval_only_norms);
+  if (impl->structure.empty()) {
+    throw FormatError(what + ": its forward graph uses no conv2d, linear, batch_norm or layer_norm on a parameter: "
+                      "nothing to extract");
+  }
+  LoadedModel m;
+  m.meta_stored = false;
+  m.meta.arch = kTorchScriptArch;
+  auto net = std::make_shared<TorchScriptNetwork>(impl);
+  // The wrapper's own flag follows the module's (what callers that switch modes put back), set
+  // without TorchScriptNetwork::train, which would give every submodule the same mode.
+  net->torch::nn::Module::train(impl->module.is_training());
+  m.net = net;
   for (const auto& t : named_tensors(*m.net)) m.meta.tensors.push_back(t.name);
   return m;
 }

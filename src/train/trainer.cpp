@@ -70,12 +70,15 @@ TrainSummary train(Network& net, const Dataset& data, const Preprocess& pp, cons
 
   // Weight decay on weights only: normalisation parameters and biases are left alone.
   std::vector<torch::Tensor> decay, no_decay, frozen_params;
-  for (const auto& p : net.named_parameters(/*recurse=*/true)) {
-    if (o.trainable && !o.trainable(p.key())) {
-      if (p.value().requires_grad()) frozen_params.push_back(p.value());
+  // By the names named_tensors gives (a TorchScript module's own dotted names), which the
+  // structure, `trainable` and the masks use.
+  const std::vector<NamedTensor> named_params = named_parameters_of(net);
+  for (const auto& p : named_params) {
+    if (o.trainable && !o.trainable(p.name)) {
+      if (p.tensor.requires_grad()) frozen_params.push_back(p.tensor);
       continue;
     }
-    (p.value().dim() <= 1 ? no_decay : decay).push_back(p.value());
+    (p.tensor.dim() <= 1 ? no_decay : decay).push_back(p.tensor);
   }
   // Parameters that do not train need no gradient (saves the weight-gradient work); restored on
   // every way out.
@@ -92,10 +95,14 @@ TrainSummary train(Network& net, const Dataset& data, const Preprocess& pp, cons
   };
   std::vector<Masked> masked;
   {
-    auto params = net.named_parameters(/*recurse=*/true);
+    std::map<std::string, torch::Tensor> by_name;
+    for (const auto& p : named_params) by_name[p.name] = p.tensor;
     for (const auto& [name, mask] : o.update_masks) {
-      const torch::Tensor* p = params.find(name);
-      if (!p) throw UsageError("update mask names parameter '" + name + "', which the network does not have");
+      auto found = by_name.find(name);
+      if (found == by_name.end()) {
+        throw UsageError("update mask names parameter '" + name + "', which the network does not have");
+      }
+      const torch::Tensor* p = &found->second;
       if (mask.sizes() != p->sizes()) {
         throw UsageError("update mask for '" + name + "' has shape " + c10::str(mask.sizes()) +
                          ", the parameter has " + c10::str(p->sizes()));
@@ -136,11 +143,7 @@ TrainSummary train(Network& net, const Dataset& data, const Preprocess& pp, cons
   set_memory_format(net, torch::MemoryFormat::ChannelsLast);
   for (auto& m : masked) m.frozen = m.param.detach().clone();  // after the layout change
   net.train();
-  if (o.freeze_bn_stats) {
-    for (auto& m : net.modules(/*include_self=*/false)) {
-      if (m->as<torch::nn::BatchNorm2d>() || m->as<torch::nn::BatchNorm1d>()) m->eval();
-    }
-  }
+  if (o.freeze_bn_stats) freeze_batchnorm_statistics(net);
   TrainSummary summary;
   summary.epochs = o.start_epoch;
   const auto start = std::chrono::steady_clock::now();
