@@ -1,6 +1,7 @@
 // Granular utility control: in-memory sweeps, calibration to a band, the bands table.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "control/calibrate.h"
@@ -241,6 +242,12 @@ TEST(SearchBand, LandsInEveryBandWithinEightEvaluations) {
       EXPECT_LE(calls, 8) << text;
       EXPECT_EQ(static_cast<int>(c.probes.size()), calls);
       EXPECT_DOUBLE_EQ(smooth(c.chosen.ratio, wiggle).top1, c.chosen.top1);
+      // A smooth curve has plans all along it: the search reaches the band's middle half.
+      if (wiggle == 0.0) {
+        const double quarter = (band.high - band.low) / 4.0;
+        EXPECT_GE(c.chosen.top1, band.low + quarter) << text;
+        EXPECT_LE(c.chosen.top1, band.high - quarter) << text;
+      }
     }
   }
 }
@@ -304,6 +311,80 @@ TEST(SearchBand, BandBetweenTwoUnitCountsIsReportedAsSuch) {
   EXPECT_EQ(twin.status, CalibrationStatus::kBetweenSteps) << twin.explanation;
   EXPECT_NE(twin.explanation.find("(8 units)"), std::string::npos) << twin.explanation;
   EXPECT_NE(twin.explanation.find("(10 units)"), std::string::npos) << twin.explanation;
+}
+
+TEST(SearchBand, StepsOverAUnitThatJumpsOverTheBand) {
+  // 200 units in ranking order; extracting one costs 2 points, except the fifth, which alone
+  // takes 80. The evaluator reads the current order, which the reordering changes.
+  std::vector<int> order(200);
+  for (int i = 0; i < 200; ++i) order[i] = i;
+  auto acc_of = [&](int64_t units) {
+    double acc = 90.0;
+    for (int64_t i = 0; i < units; ++i) acc -= order[i] == 4 ? 80.0 : 2.0;
+    return std::max(acc, 10.0);
+  };
+  auto curve = [&](double r) {
+    const int64_t u = units_at_ratio(200, r);
+    const double acc = acc_of(u);
+    return Probe{r, u, 0.0, acc, acc, acc};
+  };
+  Reorder reorder = [&](size_t group, int64_t position, int64_t count) {
+    EXPECT_EQ(group, 0u);
+    std::rotate(order.begin() + position, order.begin() + position + count, order.end());
+  };
+  CalibrationOptions o;
+  o.start_ratio = 0.01;
+  // Without reordering the band lies between 4 units (82%) and 5 (2% -> floor 10%).
+  Calibration stuck = search_band({200}, curve, parse_band("50-55"), o);
+  EXPECT_EQ(stuck.status, CalibrationStatus::kBetweenSteps) << stuck.explanation;
+  EXPECT_TRUE(stuck.reordered.empty());
+  o.max_evaluations = 12;
+  Calibration c = search_band({200}, curve, parse_band("50-55"), o, {}, reorder);
+  ASSERT_TRUE(c.found()) << c.explanation;
+  ASSERT_EQ(c.reordered.size(), 1u);
+  EXPECT_EQ(c.reordered[0].position, 4);
+  EXPECT_EQ(c.reordered[0].count, 1);
+  EXPECT_NE(c.explanation.find("moved to the end"), std::string::npos) << c.explanation;
+  // 19 ordinary units give 52%, the middle half of the band (51.25-53.75%), and the chosen
+  // probe's accuracy is what the final order gives.
+  EXPECT_EQ(c.chosen.units, 19);
+  EXPECT_DOUBLE_EQ(c.chosen.top1, 52.0);
+  EXPECT_DOUBLE_EQ(acc_of(c.chosen.units), c.chosen.top1);
+  EXPECT_LE(c.probes.size(), 12u);
+}
+
+TEST(SearchBand, AcceptsTheBandsEdgeWhenItsMiddleIsOutOfReach) {
+  // 3 units give 54.6% (inside 50-55, outside its middle half), 4 units 30%: the search aims
+  // for the middle, finds nothing there, and settles on the edge probe.
+  auto step = [](double r) {
+    const int64_t u = units_at_ratio(100, r);
+    const double acc = u < 3 ? 90.0 : u == 3 ? 54.6 : 30.0;
+    return Probe{r, u, 0.0, acc, acc, acc};
+  };
+  CalibrationOptions o;
+  o.start_ratio = 0.01;
+  Calibration c = search_band({100}, step, parse_band("50-55"), o);
+  ASSERT_TRUE(c.found()) << c.explanation;
+  EXPECT_EQ(c.chosen.units, 3);
+  EXPECT_NE(c.explanation.find("middle"), std::string::npos) << c.explanation;
+}
+
+TEST(SearchBand, ReorderingsReplayOnARanking) {
+  Ranking r;
+  r.groups.push_back({"conv", {{0, 0, 9.f}, {0, 1, 8.f}, {0, 2, 7.f}, {0, 3, 6.f}}});
+  r.groups.push_back({"linear", {{1, 0, 5.f}, {1, 1, 4.f}}});
+  Calibration c;
+  c.reordered = {{0, 1, 2}, {1, 0, 1}};
+  const Ranking out = calibrated_ranking(r, c);
+  std::vector<int64_t> conv, linear;
+  for (const auto& u : out.groups[0].ranked) conv.push_back(u.index);
+  for (const auto& u : out.groups[1].ranked) linear.push_back(u.index);
+  EXPECT_EQ(conv, (std::vector<int64_t>{0, 3, 1, 2}));
+  EXPECT_EQ(linear, (std::vector<int64_t>{1, 0}));
+  c.reordered = {{0, 3, 2}};
+  EXPECT_THROW(calibrated_ranking(r, c), Error);
+  c.reordered = {{2, 0, 1}};
+  EXPECT_THROW(calibrated_ranking(r, c), Error);
 }
 
 TEST(SearchBand, RunsOutOfBudgetWithTheClosestProbe) {

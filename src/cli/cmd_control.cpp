@@ -380,13 +380,23 @@ void add_calibrate(CLI::App& app) {
       }
       throw Error("no ratio found for band " + target + ": " + cal.explanation + hint + "; nothing written");
     }
+    // The ranking the chosen ratio applies to, with the units that jumped over the band moved down.
+    const Ranking chosen_ranking = calibrated_ranking(ranking, cal);
     const Dataset test_data = test_set(model.meta, common);
     const EffectiveTarget test_target{&unlabelled, effective.options()};
-    const LockedEval on_test = evaluate_locked(model, ranking, cal.chosen.ratio, test_data, 500,
+    const LockedEval on_test = evaluate_locked(model, chosen_ranking, cal.chosen.ratio, test_data, 500,
                                                target_plain ? nullptr : &test_target);
     std::printf("chosen ratio %s: %lld units, %s%% of parameters\n",
                 ratio_text(cal.chosen.ratio).c_str(), static_cast<long long>(cal.chosen.units),
                 fixed(100.0 * cal.chosen.param_fraction, 3).c_str());
+    if (!cal.reordered.empty()) {
+      int64_t moved = 0;
+      for (const auto& m : cal.reordered) moved += m.count;
+      std::printf(
+          "  %lld unit(s) that each took the accuracy from above the band to below it were moved to the end of "
+          "the ranking; `lock --ratio` at this ratio takes other units, the key written here holds these\n",
+          static_cast<long long>(moved));
+    }
     std::printf("  validation top-1 %s%%%s  top-3 %s%%\n", pct(cal.chosen.plain_top1).c_str(),
                 target_plain ? "" : ("  effective " + pct(cal.chosen.top1) + "%").c_str(),
                 pct(cal.chosen.top3).c_str());
@@ -398,7 +408,7 @@ void add_calibrate(CLI::App& app) {
                   pct(on_test.eval.top3).c_str(), static_cast<long long>(on_test.eval.n));
     }
     if (!out.empty()) {
-      LockOutcome outcome = lock_model(model, ranking, cal.chosen.ratio);
+      LockOutcome outcome = lock_model(model, chosen_ranking, cal.chosen.ratio);
       // Key first: a locked model without its key would be lost utility.
       const uint64_t key_bytes = write_key_file(key_out, outcome.key);
       save_model(out, model);

@@ -85,6 +85,32 @@ class Prober {
     return false;
   }
 
+  // The smallest ratio in (lo, hi] whose plan extracts at least `units` units (hi when none
+  // smaller does), found by bisection in log space without evaluating anything.
+  double ratio_for_units(int64_t wanted, double lo, double hi) const {
+    if (units(hi) < wanted) return hi;
+    double a = lo, b = hi;
+    for (int i = 0; i < 200; ++i) {
+      const double m = std::exp((log_ratio(a) + log_ratio(b)) / 2.0);
+      if (m <= a || m >= b) break;
+      if (units(m) >= wanted)
+        b = m;
+      else
+        a = m;
+    }
+    return b;
+  }
+
+  // Drops the cached plans of ratios above `ratio` (their units changed).
+  void forget_above(double ratio) {
+    for (auto it = cache_.begin(); it != cache_.end();) {
+      if (it->second.ratio > ratio)
+        it = cache_.erase(it);
+      else
+        ++it;
+    }
+  }
+
   int evaluations() const { return evaluations_; }
   const std::vector<Probe>& made() const { return made_; }
   std::vector<Probe> by_ratio() const {
@@ -185,22 +211,54 @@ std::vector<int64_t> group_sizes(const Ranking& ranking) {
   return g;
 }
 
+void move_down(Ranking& ranking, const Reordering& r) {
+  if (r.group >= ranking.groups.size())
+    throw Error("reordering names group " + std::to_string(r.group) + " of a ranking with " +
+                std::to_string(ranking.groups.size()));
+  auto& units = ranking.groups[r.group].ranked;
+  const auto n = static_cast<int64_t>(units.size());
+  if (r.position < 0 || r.count < 0 || r.position + r.count > n)
+    throw Error("reordering of units " + std::to_string(r.position) + "+" + std::to_string(r.count) +
+                " in group '" + ranking.groups[r.group].label + "' of " + std::to_string(n) + " units");
+  std::rotate(units.begin() + r.position, units.begin() + r.position + r.count, units.end());
+}
+
+Ranking calibrated_ranking(const Ranking& ranking, const Calibration& calibration) {
+  Ranking out = ranking;
+  for (const auto& r : calibration.reordered) move_down(out, r);
+  return out;
+}
+
 Calibration calibrate(LoadedModel& model, const Ranking& ranking, const Dataset& data, Band band,
                       const CalibrationOptions& options, const ProbeCallback& on_probe) {
   check_unlocked(model);
-  return search_band(group_sizes(ranking),
-                     locked_evaluator(model, ranking, data, options.batch_size, options.effective), band, options,
-                     on_probe);
+  Ranking work = ranking;  // the evaluator reads it, the reordering changes it
+  Reorder reorder;
+  if (options.reorder) {
+    reorder = [&work](size_t group, int64_t position, int64_t count) {
+      move_down(work, {group, position, count});
+    };
+  }
+  return search_band(group_sizes(work),
+                     locked_evaluator(model, work, data, options.batch_size, options.effective), band, options,
+                     on_probe, reorder);
 }
 
 Calibration search_band(const std::vector<int64_t>& groups, const Evaluator& evaluate, Band band,
-                        const CalibrationOptions& options, const ProbeCallback& on_probe) {
+                        const CalibrationOptions& options, const ProbeCallback& on_probe,
+                        const Reorder& reorder) {
   check_common(options.step, options.start_ratio, options.max_evaluations);
   if (!(options.max_ratio > 0.0 && options.max_ratio <= 1.0)) {
     throw UsageError("max ratio " + std::to_string(options.max_ratio) + ": must be within (0, 1]");
   }
   Prober prober(groups, evaluate, options.max_evaluations, on_probe);
   Calibration out;
+  const std::string band_text = num(band.low, 1) + "-" + num(band.high, 1) + "%";
+  // The search steers toward the middle half of the band, so that the accuracy on other data
+  // (the test split) has room on both sides; any probe inside the band is accepted at the end.
+  const double middle = (band.low + band.high) / 2.0;
+  const double quarter = (band.high - band.low) / 4.0;
+  const Band core{band.low + quarter, band.high - quarter};
   auto finish = [&](CalibrationStatus status, std::string why) {
     out.status = status;
     out.probes = prober.made();
@@ -211,33 +269,61 @@ Calibration search_band(const std::vector<int64_t>& groups, const Evaluator& eva
         out.reach_low = std::min(out.reach_low, p.top1);
         out.reach_high = std::max(out.reach_high, p.top1);
       }
-      if (status != CalibrationStatus::kFound) {
-        out.chosen = out.probes.front();
-        for (const auto& p : out.probes) {
-          if (distance(band, p.top1) < distance(band, out.chosen.top1)) out.chosen = p;
-        }
+    }
+    if (status == CalibrationStatus::kFound) return out;
+    // Probes made before a reordering that changed their plan no longer describe the ranking
+    // handed back: choose among the current ones.
+    const auto valid = prober.by_ratio();
+    const Probe* best = nullptr;
+    for (const auto& p : valid) {
+      if (band.contains(p.top1) && (!best || std::abs(p.top1 - middle) < std::abs(best->top1 - middle)))
+        best = &p;
+    }
+    if (best) {
+      out.status = CalibrationStatus::kFound;
+      out.chosen = *best;
+      out.explanation = describe(*best) + ", inside " + band_text + " (the search for its middle, " +
+                        num(core.low, 2) + "-" + num(core.high, 2) + "%, ended: " + out.explanation + ")";
+      return out;
+    }
+    if (!valid.empty()) {
+      out.chosen = valid.front();
+      for (const auto& p : valid) {
+        if (distance(band, p.top1) < distance(band, out.chosen.top1)) out.chosen = p;
       }
     }
     return out;
   };
-  const std::string band_text = num(band.low, 1) + "-" + num(band.high, 1) + "%";
+  auto found = [&](const Probe& q) {
+    out.chosen = q;
+    int64_t moved_units = 0;
+    for (const auto& m : out.reordered) moved_units += m.count;
+    return finish(CalibrationStatus::kFound,
+                  describe(q) + ", inside " + band_text +
+                      (moved_units ? " (with " + std::to_string(moved_units) +
+                                         " unit(s) that each jumped over the band moved to the end of the ranking)"
+                                   : std::string()));
+  };
   auto out_of_budget = [&] {
-    return finish(CalibrationStatus::kOutOfBudget, "no ratio in " + band_text + " within " +
-                                                       std::to_string(options.max_evaluations) +
-                                                       " evaluations (raise --max-evals)");
+    int64_t moved_units = 0;
+    for (const auto& m : out.reordered) moved_units += m.count;
+    return finish(CalibrationStatus::kOutOfBudget,
+                  "no ratio in " + band_text + " within " + std::to_string(options.max_evaluations) +
+                      " evaluations" +
+                      (moved_units ? " (" + std::to_string(moved_units) +
+                                         " unit(s) that each jumped over the band moved down the ranking)"
+                                   : std::string()) +
+                      " (raise --max-evals)");
   };
 
-  // bracket: walk from the start ratio by factors of `step` until the band is enclosed
+  // bracket: walk from the start ratio by factors of `step` until the core is enclosed
   Probe p;
   bool have_above = false, have_below = false;
   double r = std::min(options.start_ratio, options.max_ratio);
   for (;;) {
     if (!prober.probe(r, &p)) return out_of_budget();
-    if (band.contains(p.top1)) {
-      out.chosen = p;
-      return finish(CalibrationStatus::kFound, describe(p) + ", inside " + band_text);
-    }
-    if (p.top1 > band.high) {
+    if (core.contains(p.top1)) return found(p);
+    if (p.top1 > core.high) {
       have_above = true;
       if (have_below) break;
       if (r >= options.max_ratio) {
@@ -259,20 +345,23 @@ Calibration search_band(const std::vector<int64_t>& groups, const Evaluator& eva
     }
   }
 
-  // refine: every pair of neighbouring probes (in ratio order) on opposite sides of the band
+  // refine: every pair of neighbouring probes (in ratio order) on opposite sides of the core
   // encloses a crossing, falling or rising. Probe inside the widest such pair, interpolating
-  // top-1 against log(ratio) toward the middle of the band, kept 20% away from either end so
-  // that the pair shrinks by a fixed factor even where the curve is flat.
-  const double target = (band.low + band.high) / 2.0;
-  auto side = [&](const Probe& q) { return q.top1 > band.high ? 1 : q.top1 < band.low ? -1 : 0; };
+  // top-1 against log(ratio) toward the middle, kept 20% away from either end so that the pair
+  // shrinks by a fixed factor even where the curve is flat.
+  auto side = [&](const Probe& q) { return q.top1 > core.high ? 1 : q.top1 < core.low ? -1 : 0; };
   std::string collapsed;  // the last pair that had no unit count left between its ends
   bool explored_up = false, explored_down = false;
   int last_side = 0;
   bool same_side_twice = false;
+  int64_t moved = 0;  // units reordered so far
+  bool reordered_last = false;  // the last step was a reordering and its probe
   for (;;) {
     const auto probes = prober.by_ratio();
     const Probe* a = nullptr;
     const Probe* b = nullptr;
+    const Probe* cliff_above = nullptr;  // a falling pair with no plan between its ends
+    const Probe* cliff_below = nullptr;
     double pair_mid = 0.0;  // a ratio strictly inside the chosen pair
     for (size_t i = 0; i + 1 < probes.size(); ++i) {
       const Probe &x = probes[i], &y = probes[i + 1];
@@ -283,6 +372,10 @@ Calibration search_band(const std::vector<int64_t>& groups, const Evaluator& eva
       const double mid = std::exp((prober.log_ratio(x.ratio) + prober.log_ratio(y.ratio)) / 2.0);
       if (!prober.between(x.ratio, y.ratio, mid, &probe_at)) {
         collapsed = describe(x) + ", " + describe(y);
+        if (side(x) == 1 && !cliff_above) {
+          cliff_above = &x;
+          cliff_below = &y;
+        }
         continue;
       }
       const double gap = prober.log_ratio(y.ratio) - prober.log_ratio(x.ratio);
@@ -298,11 +391,45 @@ Calibration search_band(const std::vector<int64_t>& groups, const Evaluator& eva
       // Interpolation stalls on a cliff (one end keeps moving by the 20% floor): after a probe
       // lands on the same side twice in a row, bisect instead.
       const double t =
-          same_side_twice ? 0.5 : std::clamp((a->top1 - target) / (a->top1 - b->top1), 0.2, 0.8);
+          same_side_twice ? 0.5 : std::clamp((a->top1 - middle) / (a->top1 - b->top1), 0.2, 0.8);
       if (!prober.between(a->ratio, b->ratio, std::exp(xa + t * (xb - xa)), &next))
         next = pair_mid;  // exists: checked above
+      reordered_last = false;
+    } else if (cliff_above && reorder) {
+      // The units that one step adds jump from above the core to below it: move them to the end
+      // of their groups' rankings and try the units ranked after them in their place. Plans up
+      // to the step's upper end keep their units; larger ones change and are measured afresh.
+      const auto from = prober.counts(cliff_above->ratio), to = prober.counts(cliff_below->ratio);
+      const double upper = cliff_above->ratio, retry = cliff_below->ratio;
+      for (size_t g = 0; g < from.size(); ++g) {
+        if (to[g] > from[g]) {
+          reorder(g, from[g], to[g] - from[g]);
+          out.reordered.push_back({g, from[g], to[g] - from[g]});
+          moved += to[g] - from[g];
+        }
+      }
+      prober.forget_above(upper);
+      collapsed.clear();  // its pair no longer describes the ranking
+      next = retry;
+      explored_up = explored_down = false;
+      same_side_twice = false;
+      last_side = 0;
+      reordered_last = true;
+    } else if (reordered_last && probes.size() >= 2 && side(probes.back()) == 1 &&
+               probes.back().ratio < options.max_ratio) {
+      // After a reordering everything measured lies above the core. Near a cliff a factor of
+      // `step` overshoots by many units: extrapolate the unit count from the two largest plans.
+      const Probe &x = probes[probes.size() - 2], &y = probes.back();
+      const int64_t ux = prober.units(x.ratio), uy = prober.units(y.ratio);
+      const double slope = (x.top1 - y.top1) / double(std::max<int64_t>(uy - ux, 1));
+      int64_t want = uy + 1;
+      if (slope > 0.0) want = uy + std::max<int64_t>(1, std::llround((y.top1 - middle) / slope));
+      const double cap = std::min(y.ratio * options.step, options.max_ratio);
+      want = std::min(want, prober.units(cap));
+      next = prober.ratio_for_units(want, y.ratio, cap);
+      reordered_last = false;
     } else if (!explored_up && probes.back().ratio < options.max_ratio) {
-      // Every crossing found is a jump over the band. A noisy curve may still cross it again
+      // Every crossing found is a jump over the core. A noisy curve may still cross it again
       // further out: look once beyond each end before giving up.
       explored_up = true;
       next = std::min(probes.back().ratio * options.step, options.max_ratio);
@@ -310,19 +437,23 @@ Calibration search_band(const std::vector<int64_t>& groups, const Evaluator& eva
       explored_down = true;
       next = probes.front().ratio / options.step;
       if (prober.units(next) == 0) next = 0.0;
+    } else if (collapsed.empty()) {
+      return finish(CalibrationStatus::kBetweenSteps,
+                    "band " + band_text + " is reached by no unit count tried, with " + std::to_string(moved) +
+                        " unit(s) that each jumped over it moved down the ranking");
     } else {
       return finish(CalibrationStatus::kBetweenSteps,
                     "band " + band_text + " falls between two unit counts: " + collapsed);
     }
     if (!prober.probe(next, &p)) {
-      if (collapsed.empty()) return out_of_budget();
+      if (collapsed.empty() || moved) return out_of_budget();
       return finish(CalibrationStatus::kBetweenSteps,
-                    "band " + band_text + " falls between two unit counts: " + collapsed);
+                    "band " + band_text + " falls between two unit counts: " + collapsed +
+                        (moved ? " (" + std::to_string(moved) + " such units moved down the ranking, " +
+                                     std::to_string(options.max_evaluations) + " evaluations spent)"
+                               : std::string()));
     }
-    if (band.contains(p.top1)) {
-      out.chosen = p;
-      return finish(CalibrationStatus::kFound, describe(p) + ", inside " + band_text);
-    }
+    if (core.contains(p.top1)) return found(p);
     same_side_twice = a && side(p) == last_side;
     last_side = a ? side(p) : 0;
   }
@@ -417,8 +548,11 @@ TierCalibration calibrate_tiers(LoadedModel& model, const Ranking& ranking, cons
                                 const ProbeCallback& on_probe) {
   if (bands.empty()) throw UsageError("tier bands: give at least one band");
   TierCalibration out;
+  // Tiers share one ranking (each tier's units contain the next's), so no band may reorder it.
+  CalibrationOptions tier_options = options;
+  tier_options.reorder = false;
   for (const Band& band : bands) {
-    Calibration cal = calibrate(model, ranking, data, band, options, on_probe);
+    Calibration cal = calibrate(model, ranking, data, band, tier_options, on_probe);
     if (!cal.found()) {
       throw Error("tier band " + std::to_string(band.low) + "-" + std::to_string(band.high) + ": " +
                   cal.explanation);

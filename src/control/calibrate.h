@@ -9,6 +9,11 @@
 // above the band and whose larger ratio is below it, and probes strictly inside it; whatever a
 // probe returns, one end moves in, so a crossing stays between the ends however the curve
 // wiggles, and the search ends when the bracket has no unit count left inside it.
+//
+// Cliffs: with a global ranking, one unit (a stem kernel, say) can take the accuracy from above
+// the band to below it. `calibrate` then moves that unit to the end of the ranking and tries the
+// units ranked after it in its place, so the band is reached with a set that is not a prefix
+// of the original ranking; the key records the units, whatever their order.
 #pragma once
 
 #include <cstdint>
@@ -39,6 +44,9 @@ struct CalibrationOptions {
   double step = 4.0;           // bracketing: multiply / divide the ratio by this
   double max_ratio = 1.0;
   int64_t batch_size = 500;
+  // When one more unit jumps from above the band to below it, move that unit to the end of the
+  // ranking and go on with the units after it (Calibration::reordered records the moves).
+  bool reorder = true;
 };
 
 // One evaluation the search made (top-1 / top-3 on the data it was given). `top1` is what the
@@ -62,6 +70,14 @@ enum class CalibrationStatus {
 };
 const char* to_string(CalibrationStatus s);
 
+// Units a search moved to the end of one group's ranking: `count` units from `position` on, in
+// the ranking as it stood at that moment.
+struct Reordering {
+  size_t group = 0;
+  int64_t position = 0;
+  int64_t count = 0;
+};
+
 struct Calibration {
   CalibrationStatus status = CalibrationStatus::kOutOfBudget;
   Probe chosen;
@@ -69,6 +85,9 @@ struct Calibration {
   double reach_low = 0.0;     // lowest and highest top-1 among the probes
   double reach_high = 0.0;
   std::string explanation;  // one sentence with the numbers, for every status
+  // The moves, in order, that turn the ranking the search started from into the one `chosen`
+  // applies to (empty: the ranking as given).
+  std::vector<Reordering> reordered;
   bool found() const { return status == CalibrationStatus::kFound; }
 };
 
@@ -78,15 +97,28 @@ using ProbeCallback = std::function<void(const Probe&)>;
 // distinct plan (per distinct vector of per-group unit counts).
 using Evaluator = std::function<Probe(double ratio)>;
 
+// Moves `count` units from `position` of a group's ranking to its end; the evaluator must see
+// the change. Given to a search, it lets the search step over units that jump over the band.
+using Reorder = std::function<void(size_t group, int64_t position, int64_t count)>;
+
 // Sizes of the groups that compete for a fraction (what turns a ratio into unit counts).
 std::vector<int64_t> group_sizes(const Ranking& ranking);
 
-// The search behind `calibrate`, on any curve: `groups` are the ranking's group sizes.
-// Throws UsageError for bad options.
+// The search behind `calibrate`, on any curve: `groups` are the ranking's group sizes. It
+// steers toward the middle half of the band and accepts any probe inside the band when the
+// budget or the unit steps end the search. Throws UsageError for bad options.
 Calibration search_band(const std::vector<int64_t>& groups, const Evaluator& evaluate, Band band,
-                        const CalibrationOptions& options, const ProbeCallback& on_probe = {});
+                        const CalibrationOptions& options, const ProbeCallback& on_probe = {},
+                        const Reorder& reorder = {});
 
-// Searches a ratio whose top-1 accuracy on `data` (a validation split) lies in `band`.
+// Applies one reordering to a ranking. Throws Error when it does not fit the ranking.
+void move_down(Ranking& ranking, const Reordering& r);
+
+// The ranking a calibration's chosen ratio applies to: `ranking` with its reorderings applied.
+Ranking calibrated_ranking(const Ranking& ranking, const Calibration& calibration);
+
+// Searches a ratio whose top-1 accuracy on `data` (a validation split) lies in `band`, reordering
+// the ranking as the options allow (lock with calibrated_ranking(ranking, result)).
 // Throws UsageError (bad options, model locked) / Error.
 Calibration calibrate(LoadedModel& model, const Ranking& ranking, const Dataset& data, Band band,
                       const CalibrationOptions& options, const ProbeCallback& on_probe = {});
