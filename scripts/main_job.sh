@@ -7,6 +7,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build="${CORELOCKER_BUILD_DIR:-$root/build}"
-"$root/scripts/setup.sh" "$build"
+# Only what the main job runs: the command-line tool (corelocker_cli builds corelocker-torch too).
+"$root/scripts/setup.sh" "$build" corelocker_cli
 cd "$root"
 exec "$build/corelocker" demo --workdir "${CORELOCKER_WORKDIR:-runs/demo}" "$@"

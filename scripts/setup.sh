@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
 # Installs every Debian package corelocker needs and builds it. Idempotent and
-# non-interactive; uses sudo when not root. Usage: scripts/setup.sh [build-dir]
+# non-interactive; uses sudo when not root. Usage: scripts/setup.sh [build-dir [target...]]
+# (no target: everything, tests included). Every caller configures the same way (warnings as
+# errors: the project builds with Debian 12's GCC only), so the main job and the test command
+# share one build instead of reconfiguring it and compiling everything twice.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build="${1:-$root/build}"
+shift $(( $# > 0 ? 1 : 0 ))
+targets=("$@")
 
 packages=(
   build-essential cmake pkg-config
@@ -42,5 +47,9 @@ if command -v update-alternatives >/dev/null; then
   fi
 fi
 
-cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release ${CORELOCKER_CMAKE_ARGS:-} >/dev/null
-cmake --build "$build" -j"${CORELOCKER_JOBS:-2}"
+cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DCORELOCKER_WERROR=ON ${CORELOCKER_CMAKE_ARGS:-} >/dev/null
+if [ "${#targets[@]}" -gt 0 ]; then
+  cmake --build "$build" -j"${CORELOCKER_JOBS:-2}" --target "${targets[@]}"
+else
+  cmake --build "$build" -j"${CORELOCKER_JOBS:-2}"
+fi

@@ -1,9 +1,9 @@
 #include <gtest/gtest.h>
+#include <sodium.h>
 
 #include <algorithm>
-#include <vector>
-
 #include <cstring>
+#include <vector>
 
 #include "util/checked.h"
 #include "util/hash.h"
@@ -39,6 +39,33 @@ TEST(Hash, Blake2bMatchesKnownVector) {
   // BLAKE2b-256 of the empty string.
   Digest d = hash_bytes("", 0);
   EXPECT_EQ(to_hex(d), "0e5751c026e543b2e8ab2eb06099daa1d1e5df47778f7787faab45cdf12fe3a8");
+}
+
+// Hasher is our own BLAKE2b: its digests must be libsodium's, whatever the lengths and however
+// the bytes are split between update() calls (block boundaries, the block kept for the end).
+TEST(Hash, Blake2bIsLibsodiumsWhateverThePieces) {
+  ASSERT_GE(sodium_init(), 0);
+  Hasher abc;
+  abc.update("abc", 3);
+  EXPECT_EQ(to_hex(abc.finish()),
+            "bddd813c634239723171ef3fee98579b94964e3bb1cb3e427262c8c068d52319");
+  std::vector<uint8_t> data(70000);
+  uint32_t x = 12345;
+  for (auto& b : data) b = static_cast<uint8_t>((x = x * 1103515245u + 12345u) >> 24);
+  for (size_t n : {0, 1, 127, 128, 129, 255, 256, 257, 383, 384, 1000, 4096, 65537, 70000}) {
+    Digest expected{};
+    crypto_generichash(expected.data(), expected.size(), data.data(), n, nullptr, 0);
+    for (size_t step : {size_t{0}, size_t{1}, size_t{7}, size_t{128}, size_t{129}, size_t{1000}}) {
+      Hasher h;
+      if (step == 0) {
+        h.update(data.data(), n);
+      } else {
+        for (size_t at = 0, k = step; at < n; at += k, k = k % 300 + step)
+          h.update(data.data() + at, std::min(k, n - at));
+      }
+      EXPECT_EQ(h.finish(), expected) << n << " bytes in pieces of " << step;
+    }
+  }
 }
 
 TEST(Hash, Blake3MatchesKnownVectorsAndStreams) {

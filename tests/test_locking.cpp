@@ -1,5 +1,8 @@
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <cstring>
+
 #include "locking/fingerprint.h"
 #include "locking/lock.h"
 #include "test_support.h"
@@ -141,6 +144,162 @@ TEST(Selection, NoEligibleNormLayersIsAUsageError) {
   LockOptions o;
   o.criterion = Criterion::kBn;
   EXPECT_THROW(rank_units(tensors, only_linear, o), UsageError);
+}
+
+// A network given as tensors and structure: kernels of several sizes, dtypes and many ties, a
+// conv large enough to be scored in several runs, and norms fed by a conv or a linear layer.
+struct SyntheticNet {
+  std::vector<NamedTensor> tensors;
+  Structure structure;
+};
+SyntheticNet synthetic_net(bool constant_fc) {
+  torch::manual_seed(7);
+  SyntheticNet n;
+  auto add = [&](const std::string& name, torch::Tensor t) {
+    n.tensors.push_back({name, t, false});
+  };
+  add("c1.weight", torch::randn({16, 3, 3, 3}));
+  add("n1.weight", torch::rand({16}));
+  add("n1.bias", torch::randn({16}));
+  add("c2.weight", torch::randn({300, 256, 3, 3}));
+  add("n2.weight", (torch::rand({300}) * 4).round() / 4);
+  add("c3.weight", (torch::randn({40, 300, 1, 1}) * 4).round() / 4);
+  add("c3.bias", torch::randn({40}));
+  add("c4.weight", torch::randn({8, 40, 5, 5}).to(torch::kFloat64));
+  add("c5.weight", ((torch::randn({8, 8, 3, 3}) * 2).round() / 2).to(torch::kFloat16));
+  add("fc1.weight",  // 150,000 weights: constant, more ties than a group keeps aside
+      constant_fc ? torch::full({1000, 150}, 0.5) : (torch::randn({1000, 150}) * 3).round() / 3);
+  add("n6.weight", torch::ones({1000}));
+  add("fc2.weight", torch::randn({10, 1000}).to(torch::kBFloat16));
+  add("fc2.bias", torch::randn({10}));
+  n.structure = {{"c1", LayerKind::kConv2d, "c1.weight", "", -1},
+                 {"n1", LayerKind::kBatchNorm, "n1.weight", "n1.bias", 0},
+                 {"c2", LayerKind::kConv2d, "c2.weight", "", -1},
+                 {"n2", LayerKind::kBatchNorm, "n2.weight", "", 2},
+                 {"c3", LayerKind::kConv2d, "c3.weight", "c3.bias", -1},
+                 {"c4", LayerKind::kConv2d, "c4.weight", "", -1},
+                 {"c5", LayerKind::kConv2d, "c5.weight", "", -1},
+                 {"fc1", LayerKind::kLinear, "fc1.weight", "", -1},
+                 {"n6", LayerKind::kLayerNorm, "n6.weight", "", -1},
+                 {"fc2", LayerKind::kLinear, "fc2.weight", "fc2.bias", -1}};
+  return n;
+}
+
+void expect_same_plan(const ExtractionPlan& a, const ExtractionPlan& b, const std::string& what) {
+  EXPECT_EQ(a.units, b.units) << what;
+  ASSERT_EQ(a.entries.size(), b.entries.size()) << what;
+  for (size_t i = 0; i < a.entries.size(); ++i) {
+    EXPECT_EQ(a.entries[i].tensor, b.entries[i].tensor) << what;
+    EXPECT_EQ(a.entries[i].unit_size, b.entries[i].unit_size) << what;
+    EXPECT_EQ(a.entries[i].units, b.entries[i].units) << what << " entry " << a.entries[i].tensor;
+  }
+}
+
+// select_units must be plan_at(rank_units(...)) exactly: the same units (ties to the earlier
+// unit), the same order of entries, for every criterion, scope and ratio.
+TEST(Selection, SelectUnitsIsTheFullRankingsPlan) {
+  for (bool constant_fc : {false, true}) {
+    SyntheticNet n = synthetic_net(constant_fc);
+    for (Criterion c : {Criterion::kL1, Criterion::kBn, Criterion::kRandom}) {
+      for (Scope scope : {Scope::kLayer, Scope::kGlobal}) {
+        for (bool io : {false, true}) {
+          LockOptions o;
+          o.criterion = c;
+          o.scope = scope;
+          o.include_io = io;
+          o.seed = 5;
+          const Ranking r = rank_units(n.tensors, n.structure, o);  // the same at every ratio
+          for (double ratio : {0.0, 0.001, 0.05, 0.3, 0.5, 1.0}) {
+            o.ratio = ratio;
+            const std::string what = std::string(to_string(c)) + " " + to_string(scope) +
+                                     (io ? " io " : " ") + std::to_string(ratio) +
+                                     (constant_fc ? " constant" : "");
+            const UnitSelection s = select_units(n.tensors, n.structure, o);
+            expect_same_plan(plan_at(r, n.tensors, n.structure, ratio), s.plan, what);
+            EXPECT_EQ(r.total_units(), s.candidates) << what;
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(Selection, SelectUnitsWithANanScoreFollowsTheRanking) {
+  SyntheticNet n = synthetic_net(false);
+  n.tensors[3].tensor[5][7][1][1] = std::nanf("");
+  LockOptions o;
+  o.scope = Scope::kGlobal;
+  o.ratio = 0.2;
+  expect_same_plan(plan_at(rank_units(n.tensors, n.structure, o), n.tensors, n.structure, o.ratio),
+                   select_units(n.tensors, n.structure, o).plan, "nan");
+}
+
+// The lock's single pass that moves units into the key and hashes the locked state gives what
+// the separate steps give: the key's values, a zeroed model, both fingerprints.
+TEST(Lock, ExtractionHashesWhatItLeaves) {
+  SyntheticNet n = synthetic_net(false);
+  std::vector<NamedTensor> copy;
+  for (const auto& t : n.tensors) copy.push_back({t.name, t.tensor.clone(), false});
+  LockOptions o;
+  o.scope = Scope::kGlobal;
+  o.include_io = true;
+  o.ratio = 0.1;
+  const ExtractionPlan plan = select_units(n.tensors, n.structure, o).plan;
+  const Digest original = fingerprint(n.tensors);
+  const KeyFile key = extract_units(n.tensors, plan, o);
+  EXPECT_EQ(key.header.original_fingerprint, original);
+  EXPECT_EQ(key.header.locked_fingerprint, fingerprint(n.tensors));
+  for (size_t i = 0; i < plan.entries.size(); ++i) {
+    const auto& e = key.entries[i];
+    EXPECT_EQ(e.tensor, plan.entries[i].tensor);
+    torch::Tensor before, after;
+    for (size_t j = 0; j < copy.size(); ++j) {
+      if (copy[j].name == e.tensor) before = copy[j].tensor, after = n.tensors[j].tensor;
+    }
+    const auto idx = torch::tensor(plan.entries[i].units, torch::kInt64);
+    const auto rows =
+        before.view({-1, static_cast<int64_t>(e.unit_size)}).index_select(0, idx).contiguous();
+    ASSERT_EQ(e.values.size(), static_cast<size_t>(rows.numel()) * rows.element_size());
+    EXPECT_EQ(std::memcmp(e.values.data(), rows.data_ptr(), e.values.size()), 0) << e.tensor;
+    EXPECT_TRUE(
+        torch::equal(after.view({-1, static_cast<int64_t>(e.unit_size)}).index_select(0, idx),
+                     torch::zeros_like(rows)));
+  }
+  restore_units(n.tensors, key);
+  for (size_t j = 0; j < copy.size(); ++j)
+    EXPECT_TRUE(torch::equal(copy[j].tensor, n.tensors[j].tensor)) << copy[j].name;
+}
+
+// Tied weights (one tensor under two names, as TorchScript lists shared parameters): the
+// original's fingerprint sees no zeros, the locked one sees them under both names, and a plan
+// naming both keeps the original values in both entries.
+TEST(Lock, ExtractionFollowsTiedTensors) {
+  torch::manual_seed(3);
+  const torch::Tensor w = torch::randn({64, 32, 3, 3});
+  const torch::Tensor original = w.clone();
+  for (bool both : {false, true}) {
+    w.copy_(original);
+    std::vector<NamedTensor> tensors = {
+        {"a.weight", w, false}, {"b.bias", torch::randn({8}), false}, {"z.weight", w, false}};
+    ExtractionPlan plan;
+    const std::vector<int64_t> units = {0, 5, 77, 2047};
+    plan.entries.push_back({"z.weight", 9, units});
+    if (both) plan.entries.push_back({"a.weight", 9, units});
+    plan.units = 4;
+    LockOptions o;
+    const Digest before = fingerprint(tensors);
+    const KeyFile key = extract_units(tensors, plan, o);
+    EXPECT_EQ(key.header.original_fingerprint, before);
+    EXPECT_EQ(key.header.locked_fingerprint, fingerprint(tensors));
+    EXPECT_NE(key.header.locked_fingerprint, before);
+    const auto rows = original.view({-1, 9}).index_select(0, torch::tensor(units)).contiguous();
+    for (const auto& e : key.entries) {
+      ASSERT_EQ(e.values.size(), static_cast<size_t>(rows.numel()) * 4);
+      EXPECT_EQ(std::memcmp(e.values.data(), rows.data_ptr(), e.values.size()), 0) << e.tensor;
+    }
+    restore_units(tensors, key);
+    EXPECT_TRUE(torch::equal(w, original));
+  }
 }
 
 TEST(Lock, FirstAndLastLayerUntouchedByDefault) {

@@ -163,8 +163,7 @@ void add_lock(CLI::App& app) {
         search.target = decoy_target == "lowest" ? DecoySearch::Target::kLowest : DecoySearch::Target::kMatchZero;
         search.score = [&](LoadedModel& m) { return evaluate(*m.net, *val_data, m.meta.preprocess).top1; };
       }
-      auto tensors = named_tensors(*model.net);
-      LockOutcome outcome = lock_model(model, rank_units(tensors, model.net->structure(), o), o.ratio, search);
+      LockOutcome outcome = lock_model(model, o, search);
       if (search.tries > 1) {
         std::printf("decoy fill: kept the %s of %d draws (top-1 on %lld validation images)\n",
                     search.target == DecoySearch::Target::kLowest ? "lowest" : "one nearest zero fill", search.tries,

@@ -20,6 +20,9 @@ constexpr auto kF64 = torch::kFloat64;
 constexpr int64_t kMinOwnKernels = 32;
 // Fewer remaining norms than this: norms come from the pool too.
 constexpr int64_t kMinOwnNorms = 8;
+// Decoy shapes are moment-matched (match_moments) when there are at least this many times the
+// kernel's elements of both decoys and real kernels.
+constexpr int64_t kMinMatched = 4;
 
 torch::Tensor f64(const torch::Tensor& t) { return t.detach().to(kF64); }
 
@@ -99,7 +102,8 @@ torch::Tensor taken_elements(const NamedTensor& tensor, const ExtractionPlan& pl
 // of their shapes (unit l2 norm): shape = mean + filter (row) effect + channel (column) effect +
 // residual. Effects are shrunk best linear predictions: a row's raw mean residual times
 // var_row / (var_row + var_residual / kernels in the row), which gives a decoy the covariance
-// with its filter's other kernels that a real kernel has.
+// with its filter's other kernels that a real kernel has; what it leaves unexplained is drawn
+// once per filter (channel) at fill time (fill_kernels).
 struct KernelFit {
   int64_t rows = 0, cols = 0, s = 0;
   torch::Tensor shapes;                  // [n, s] remaining kernels, unit l2 norm
@@ -107,6 +111,7 @@ struct KernelFit {
   torch::Tensor mean;                    // [s]
   torch::Tensor row_effect, col_effect;  // [rows, s], [cols, s], shrunk
   torch::Tensor row_shrink, col_shrink;  // [rows], [cols]
+  torch::Tensor row_cov, col_cov;        // [s, s] the effects' covariances (trace: the variance)
   torch::Tensor residual;                // [n, s]
   double row_var = 0.0, col_var = 0.0, residual_var = 0.0;  // per kernel, summed over positions
   int64_t count() const { return shapes.size(0); }
@@ -128,6 +133,8 @@ KernelFit fit_kernels(const torch::Tensor& weight, const torch::Tensor& kernel_t
   f.col_effect = torch::zeros({f.cols, f.s}, kF64);
   f.row_shrink = torch::zeros({f.rows}, kF64);
   f.col_shrink = torch::zeros({f.cols}, kF64);
+  f.row_cov = torch::zeros({f.s, f.s}, kF64);
+  f.col_cov = torch::zeros({f.s, f.s}, kF64);
   const int64_t n = f.count();
   if (n == 0) {
     f.mean = torch::zeros({f.s}, kF64);
@@ -173,6 +180,19 @@ KernelFit fit_kernels(const torch::Tensor& weight, const torch::Tensor& kernel_t
   f.col_shrink = shrink(f.col_var, n_col);
   f.row_effect = row_raw * f.row_shrink.unsqueeze(1);
   f.col_effect = col_raw * f.col_shrink.unsqueeze(1);
+  // The effects' covariance over positions: that of the raw effects (the residual's share in
+  // them included), scaled to the variance. Subtracting the residual's share and clipping at
+  // positive semi-definite put the variance of weak effects in a few directions, which the
+  // matching of moments (draw_shapes) then shrank, and with them the effects.
+  auto effect_cov = [&](const torch::Tensor& raw, const torch::Tensor& counts, double var) {
+    auto r = raw.index_select(0, counts.gt(0).nonzero().squeeze(1));
+    if (var <= 0.0 || r.size(0) == 0) return torch::zeros({f.s, f.s}, kF64);
+    auto c = r.t().mm(r);
+    const double trace = c.trace().item<double>();
+    return trace > 0.0 ? c * (var / trace) : torch::eye(f.s, kF64) * (var / double(f.s));
+  };
+  f.row_cov = effect_cov(row_raw, n_row, f.row_var);
+  f.col_cov = effect_cov(col_raw, n_col, f.col_var);
   return f;
 }
 
@@ -216,6 +236,45 @@ torch::Tensor calibration_stats(const torch::Tensor& shapes, int64_t kh, int64_t
   return torch::stack({st.roughness, st.sparsity, st.peak_share, balance, maha}, 1);
 }
 
+// Symmetric square root of a covariance and of its pseudo-inverse (eigenvalues below 1e-12 of
+// the largest count as 0 in the inverse: a kernel's smallest directions can be 1e-4 of its
+// largest, and a product of two covariances squares that).
+std::pair<torch::Tensor, torch::Tensor> sqrt_and_inverse_sqrt(const torch::Tensor& cov) {
+  auto [values, vectors] = torch::linalg_eigh(cov);
+  const double floor = std::max(values.max().item<double>(), 1e-300) * 1e-12;
+  auto root = values.clamp_min(0).sqrt();
+  auto inverse =
+      torch::where(values.gt(floor), 1.0 / root.clamp_min(1e-300), torch::zeros_like(root));
+  return {(vectors * root).mm(vectors.t()), (vectors * inverse).mm(vectors.t())};
+}
+
+// Maps `shapes` [t, s] (rows of unit l2 norm) so that their mean and covariance are `mean` and
+// `cov` [s, s] (those of the remaining kernels' shapes), back on the unit sphere. Why: a
+// detector that standardises a tensor's kernels against their own covariance (a Mahalanobis
+// distance) sees the mixture of kernels and decoys, and when the decoys' covariance differs
+// from the kernels' in any direction, even with the same mean distance under the kernels' own
+// covariance, the kernels sit further out under the mixture's (convexity of 1/x; the more so,
+// the larger the decoys' share: the default lock takes 55-65% of the first stage's kernels).
+// The map is the linear one that moves a Gaussian least (the optimal transport map between
+// Gaussians), so the decoys' structure (filter and channel effects, marginals) is kept as well
+// as it can be; renormalising moves the moments a little, so it is applied a few times.
+torch::Tensor match_moments(torch::Tensor shapes, const torch::Tensor& mean,
+                            const torch::Tensor& cov) {
+  shapes = shapes / shapes.pow(2).sum(1, true).sqrt().clamp_min(1e-300);
+  for (int iter = 0; iter < 4; ++iter) {
+    auto got_mean = shapes.mean(0);
+    auto c = shapes - got_mean;
+    auto got = c.t().mm(c) / double(shapes.size(0));
+    auto [got_root, got_inv_root] = sqrt_and_inverse_sqrt(got);
+    // T = G^-1/2 (G^1/2 C G^1/2)^1/2 G^-1/2 maps covariance G to C.
+    auto middle = std::get<0>(sqrt_and_inverse_sqrt(got_root.mm(cov).mm(got_root)));
+    auto map = got_inv_root.mm(middle).mm(got_inv_root);
+    shapes = mean + c.mm(map);  // map is symmetric
+    shapes = shapes / shapes.pow(2).sum(1, true).sqrt().clamp_min(1e-300);
+  }
+  return shapes;
+}
+
 // Decoy shapes: `centre` [t, s] plus a residual from `pool`, scaled so that its energy is
 // `target_var` [t] on average. Which residual model fits depends on the model (a copula over
 // kernel positions keeps each position's marginal, e.g. the flat ones of a kernel still near its
@@ -223,9 +282,11 @@ torch::Tensor calibration_stats(const torch::Tensor& shapes, int64_t kh, int64_t
 // e.g. kernels that are all positive or all negative; Gaussian marginals sharpen flat kernels),
 // so a small grid of them is drawn: copula basis (positions, principal coordinates) x marginals
 // (copula to Gaussian) x lengths (each a remaining residual's length, or all equal) x scale
-// (0.8 to 1.25 times the target). The candidate whose decoys' mean roughness, sparsity, peak
-// share, sign balance and Mahalanobis distance are nearest those of `real` [m, s] (in units of
-// their sd) is kept.
+// (0.8 to 1.25 times the target; 1 where the moments are matched). With at least kMinMatched
+// times s decoys and rows of `real`, each candidate's moments are matched to `real`'s
+// (match_moments). The candidate whose decoys' mean roughness, sparsity, peak share, sign
+// balance and Mahalanobis distance are nearest those of `real` [m, s] (in units of their sd) is
+// kept (with matched moments, its mean sparsity is then set to `real`'s).
 torch::Tensor draw_shapes(const torch::Tensor& centre, const torch::Tensor& target_var,
                           const torch::Tensor& pool, const torch::Tensor& real, int64_t kh,
                           int64_t kw, at::Generator& gen) {
@@ -243,6 +304,15 @@ torch::Tensor draw_shapes(const torch::Tensor& centre, const torch::Tensor& targ
   auto real_cov = (real_unit - real_mean).t().mm(real_unit - real_mean) /
                   double(std::max<int64_t>(real.size(0), 1));
   auto precision = torch::linalg_pinv(real_cov);
+  // Enough decoys and kernels to estimate a covariance from: their moments are matched.
+  const bool match =
+      t >= kMinMatched * centre.size(1) && real.size(0) >= kMinMatched * centre.size(1);
+  // Matched moments fix the decoys' overall scale; scaling the residual against the filter's
+  // and channel's effects would then only change how alike a filter's (channel's) decoys are,
+  // which the statistics below do not see (a heavily extracted filter's decoys came out less
+  // alike than its kernels), so the residual keeps the fitted variance.
+  const std::vector<double> gains =
+      match ? std::vector<double>{1.0} : std::vector<double>{0.8, 0.9, 1.0, 1.1, 1.25};
   auto want = calibration_stats(real, kh, kw, real_mean, precision);
   auto want_mean = want.mean(0);
   auto want_sd =
@@ -259,8 +329,9 @@ torch::Tensor draw_shapes(const torch::Tensor& centre, const torch::Tensor& targ
       auto e = a * gaussian + (1.0 - a) * copula;
       auto direction = e / e.pow(2).sum(1, true).sqrt().clamp_min(1e-300);
       for (const auto& scale : scales) {
-        for (double g : {0.8, 0.9, 1.0, 1.1, 1.25}) {
+        for (double g : gains) {
           auto shapes = centre + direction * (g * scale);
+          if (match) shapes = match_moments(shapes, real_mean, real_cov);
           auto got = calibration_stats(shapes, kh, kw, real_mean, precision).mean(0);
           const double gap = ((got - want_mean).abs() / want_sd).sum().item<double>();
           if (!best.defined() || gap < best_gap) {
@@ -269,6 +340,31 @@ torch::Tensor draw_shapes(const torch::Tensor& centre, const torch::Tensor& targ
           }
         }
       }
+    }
+  }
+  if (match) {
+    // The grid leaves the decoys a little flatter than the kernels (sparsity 0.01-0.02 higher in
+    // the heavily extracted tensors, where the learned detector weighted it): an elementwise
+    // power, sign(x)|x|^p, sets their mean sparsity to the kernels', then the moments are
+    // matched again.
+    const double want_sparsity = want_mean[1].item<double>();
+    auto mean_sparsity = [&](const torch::Tensor& x) {
+      return kernel_shape_stats(x, kh, kw).sparsity.mean().item<double>();
+    };
+    auto power = [](const torch::Tensor& x, double p) {
+      auto y = x.sign() * x.abs().pow(p);
+      return y / y.pow(2).sum(1, true).sqrt().clamp_min(1e-300);
+    };
+    for (int round = 0; round < 3; ++round) {
+      double lo = 0.5, hi = 2.0;  // sparsity falls as p grows
+      if (mean_sparsity(power(best, lo)) < want_sparsity ||
+          mean_sparsity(power(best, hi)) > want_sparsity)
+        break;
+      for (int i = 0; i < 30; ++i) {
+        const double mid = 0.5 * (lo + hi);
+        (mean_sparsity(power(best, mid)) > want_sparsity ? lo : hi) = mid;
+      }
+      best = match_moments(power(best, 0.5 * (lo + hi)), real_mean, real_cov);
     }
   }
   return best;
@@ -327,11 +423,24 @@ void fill_kernels(Context& c, NamedTensor& t, const PlanEntry& p) {
   torch::Tensor shapes, norms_from;
   if (fit.count() >= std::max(kMinOwnKernels, 4 * s)) {
     auto rows_idx = kernel_idx.div(cols, "floor"), cols_idx = kernel_idx.remainder(cols);
-    auto centre = fit.mean + fit.row_effect.index_select(0, rows_idx) +
-                  fit.col_effect.index_select(0, cols_idx);
-    auto target_var = fit.residual_var +
-                      (1.0 - fit.row_shrink.index_select(0, rows_idx)) * fit.row_var +
-                      (1.0 - fit.col_shrink.index_select(0, cols_idx)) * fit.col_var;
+    // One draw of each filter's and each channel's effect from its distribution given the
+    // remaining kernels (the shrunk prediction plus the part it leaves unexplained), shared by
+    // every decoy of that filter (channel): decoys in the same filter then covary as real
+    // kernels do. Unshared noise in each decoy instead left the decoys of a heavily extracted
+    // filter or channel less alike than real ones (the default lock takes most of the first
+    // stage's kernels; corr_channel and the learned detector found them).
+    auto effect_draw = [&](const torch::Tensor& effect, const torch::Tensor& shrink,
+                           const torch::Tensor& cov) {
+      auto [values, vectors] = torch::linalg_eigh(cov);
+      auto noise = torch::randn({effect.size(0), fit.s}, c.gen, torch::TensorOptions(kF64))
+                       .mm((vectors * values.clamp_min(0).sqrt()).t());
+      return effect + noise * (1.0 - shrink).clamp_min(0).sqrt().unsqueeze(1);
+    };
+    auto row_draw = effect_draw(fit.row_effect, fit.row_shrink, fit.row_cov);
+    auto col_draw = effect_draw(fit.col_effect, fit.col_shrink, fit.col_cov);
+    auto centre =
+        fit.mean + row_draw.index_select(0, rows_idx) + col_draw.index_select(0, cols_idx);
+    auto target_var = torch::full({count}, fit.residual_var, kF64);
     shapes = draw_shapes(centre, target_var, fit.residual, fit.shapes, kh, kw, c.gen);
     norms_from = fit.l1;
   } else {

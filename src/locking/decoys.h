@@ -5,14 +5,23 @@
 //   decoy     (Fill::kDecoy) Conv kernels (kh x kw with kh*kw >= 2) are drawn from a model of the
 //             same tensor's remaining kernels, fitted at lock time:
 //               shape  = the tensor's mean kernel shape (unit l2 norm) + the filter's and the input
-//                        channel's effects, as shrunk best linear predictions from the remaining
-//                        kernels of that filter / channel (a two-way random-effects model), + a
-//                        residual drawn from a Gaussian copula of the remaining kernels' residuals;
-//                        the residual model (copula over kernel positions or over principal
-//                        coordinates, copula or Gaussian marginals, lengths, scale) is chosen per
+//                        channel's effects (a two-way random-effects model of the remaining
+//                        kernels: each filter's and each channel's effect is drawn once from its
+//                        distribution given the remaining kernels, the shrunk best linear
+//                        prediction plus the part it leaves unexplained, and shared by the decoys
+//                        of that filter / channel), + a residual drawn from a Gaussian copula of
+//                        the remaining kernels' residuals; the residual model (copula over kernel
+//                        positions or over principal coordinates, copula or Gaussian marginals,
+//                        lengths, and scale where the moments are not matched) is chosen per
 //                        tensor from a small grid so that the decoys' mean roughness, sparsity,
 //                        peak share, sign balance and Mahalanobis distance match the remaining
-//                        kernels';
+//                        kernels'. Where the tensor has at least 4*kh*kw decoys and as many
+//                        remaining kernels, each candidate's shapes are mapped to the remaining
+//                        kernels' mean and covariance (the least-moving linear map, then back to
+//                        unit norm), and the kept one to their mean sparsity by an elementwise
+//                        power sign(x)|x|^p: when decoys outnumber the kernels (the default lock
+//                        takes most of the first stage), the kernels stand out under the tensor's
+//                        covariance unless the decoys share it;
 //               size   = an l1 norm from a smoothed bootstrap of the remaining kernels' norms
 //                        (log scale, variance kept), so no decoy shares a norm with a kernel.
 //             A decoy copies no kernel: whole-kernel copies (with sign flips, flips and turns)

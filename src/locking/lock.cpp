@@ -4,8 +4,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <condition_variable>
 #include <cstring>
+#include <exception>
 #include <iterator>
+#include <mutex>
+#include <thread>
 #include <unordered_map>
 
 #include "locking/decoys.h"
@@ -84,14 +88,129 @@ int64_t plan_values(const ExtractionPlan& plan) {
 
 namespace {
 
-// extract_units with the decoy generator's seed given (nullptr: drawn from the OS).
+// Bytes a fingerprint hashes between two looks at how far it got.
+constexpr uint64_t kFingerprintPiece = uint64_t{1} << 20;
+
+// The fingerprint of tensors (contiguous, in fingerprint order) hashed on a thread of its own,
+// which says how far it got in bytes of tensor data counted over the whole order: another thread
+// may change what it has hashed. BLAKE2b is sequential, so a lock's two fingerprints (before and
+// after) can only run side by side, one a little behind the other.
+class FingerprintAhead {
+ public:
+  FingerprintAhead(const std::vector<const NamedTensor*>& order,
+                   const std::vector<torch::Tensor>& contiguous)
+      : thread_([this, &order, &contiguous] { run(order, contiguous); }) {}
+  ~FingerprintAhead() {
+    if (thread_.joinable()) thread_.join();
+  }
+  FingerprintAhead(const FingerprintAhead&) = delete;
+  FingerprintAhead& operator=(const FingerprintAhead&) = delete;
+
+  // Waits until the tensor data before `position` is hashed.
+  void wait_past(uint64_t position) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    hashed_changed_.wait(lock, [&] { return hashed_ >= position; });
+  }
+  // The fingerprint, once all is hashed. Throws what hashing threw.
+  Digest finish() {
+    thread_.join();
+    if (error_) std::rethrow_exception(error_);
+    return digest_;
+  }
+
+ private:
+  void run(const std::vector<const NamedTensor*>& order,
+           const std::vector<torch::Tensor>& contiguous) {
+    try {
+      FingerprintStream fp(order.size());
+      uint64_t hashed = 0;
+      for (size_t i = 0; i < order.size(); ++i) {
+        const torch::Tensor& c = contiguous[i];
+        fp.header(order[i]->name, c);
+        const auto* data = static_cast<const uint8_t*>(c.data_ptr());
+        const uint64_t nbytes = static_cast<uint64_t>(c.numel()) * c.element_size();
+        for (uint64_t at = 0; at < nbytes; at += kFingerprintPiece) {
+          const uint64_t n = std::min(kFingerprintPiece, nbytes - at);
+          fp.bytes(data + at, n);
+          publish(hashed += n);
+        }
+      }
+      digest_ = fp.finish();
+    } catch (...) {
+      error_ = std::current_exception();
+    }
+    publish(UINT64_MAX);
+  }
+  void publish(uint64_t hashed) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      hashed_ = hashed;
+    }
+    hashed_changed_.notify_one();
+  }
+
+  std::mutex mutex_;
+  std::condition_variable hashed_changed_;
+  uint64_t hashed_ = 0;
+  Digest digest_{};
+  std::exception_ptr error_;
+  std::thread thread_;  // last: starts once the members above exist
+};
+
+// The tensors of a fingerprint as it reads them (contiguous, on the CPU), made before a lock
+// changes anything: those a plan names are the tensors themselves.
+std::vector<torch::Tensor> contiguous_cpu(const std::vector<const NamedTensor*>& order) {
+  std::vector<torch::Tensor> out;
+  out.reserve(order.size());
+  for (const NamedTensor* t : order) out.push_back(t->tensor.detach().cpu().contiguous());
+  return out;
+}
+
+// Digest of tensors prepared by contiguous_cpu, as fingerprint() computes it.
+Digest fingerprint_of(const std::vector<const NamedTensor*>& order,
+                      const std::vector<torch::Tensor>& contiguous) {
+  FingerprintStream fp(order.size());
+  for (size_t i = 0; i < order.size(); ++i) {
+    fp.header(order[i]->name, contiguous[i]);
+    fp.bytes(contiguous[i].data_ptr(),
+             static_cast<uint64_t>(contiguous[i].numel()) * contiguous[i].element_size());
+  }
+  return fp.finish();
+}
+
+// Whether a tensor the plan changes shares memory with another tensor (tied weights under two
+// names): their bytes then change together, which a piece-by-piece pass cannot follow.
+bool shares_memory(const std::vector<const NamedTensor*>& order,
+                   const std::unordered_map<const NamedTensor*, size_t>& planned) {
+  struct Span {
+    uintptr_t begin, end;
+    bool planned;
+  };
+  std::vector<Span> spans;
+  for (const NamedTensor* t : order) {
+    if (!t->tensor.has_storage() || t->tensor.storage().nbytes() == 0) continue;
+    const auto begin = reinterpret_cast<uintptr_t>(t->tensor.storage().data());
+    spans.push_back({begin, begin + t->tensor.storage().nbytes(), planned.count(t) > 0});
+  }
+  std::sort(spans.begin(), spans.end(),
+            [](const Span& a, const Span& b) { return a.begin < b.begin; });
+  for (size_t i = 0; i < spans.size(); ++i) {
+    for (size_t j = i + 1; j < spans.size() && spans[j].begin < spans[i].end; ++j) {
+      if (spans[i].planned || spans[j].planned) return true;
+    }
+  }
+  return false;
+}
+
+// extract_units with the decoy generator's seed given (nullptr: drawn from the OS). `spent`, when
+// given, is `plan` itself, whose unit lists a zero fill may free once the key has them (the lock's
+// peak memory is then the key's).
 KeyFile extract_units_seeded(std::vector<NamedTensor>& tensors, const ExtractionPlan& plan,
                              const LockOptions& options, const ExtractionPlan* no_donors,
-                             const uint64_t* seed) {
+                             const uint64_t* seed, ExtractionPlan* spent = nullptr) {
   torch::NoGradGuard no_grad;
-  auto named = by_name(tensors);
+  const std::vector<const NamedTensor*> order = fingerprint_order(tensors);
   KeyFile key;
-  key.header.original_fingerprint = fingerprint(tensors);
   random_bytes(key.header.key_id.data(), key.header.key_id.size());
   key.header.criterion = options.criterion;
   key.header.fill = options.fill;
@@ -101,39 +220,116 @@ KeyFile extract_units_seeded(std::vector<NamedTensor>& tensors, const Extraction
   key.header.ratio = options.ratio;
   key.header.seed = options.criterion == Criterion::kRandom ? options.seed : 0;
   key.header.units = static_cast<uint64_t>(plan.units);
-  // Gather every value before zeroing anything: bn plans touch a tensor through one entry only,
-  // but the order must not matter.
-  for (const auto& p : plan.entries) {
-    auto it = named.find(p.tensor);
-    if (it == named.end()) throw Error("plan names tensor '" + p.tensor + "' which the model does not have");
-    const torch::Tensor& t = *it->second;
-    KeyEntry e;
-    e.tensor = p.tensor;
-    e.dtype = to_dtype(t, p.tensor);
-    for (auto d : t.sizes()) e.shape.push_back(static_cast<uint64_t>(d));
-    e.unit_size = static_cast<uint64_t>(p.unit_size);
-    e.units.assign(p.units.begin(), p.units.end());
-    auto idx = torch::tensor(p.units, torch::kInt64);
-    auto values = unit_view(t, p.unit_size, p.tensor).index_select(0, idx).contiguous();
-    e.values.resize(static_cast<size_t>(values.numel()) * values.element_size());
-    if (!e.values.empty()) std::memcpy(e.values.data(), values.data_ptr(), e.values.size());
-    key.entries.push_back(std::move(e));
-  }
-  if (options.fill == Fill::kZero) {
-    for (const auto& p : plan.entries) {
-      unit_view(*named[p.tensor], p.unit_size, p.tensor).index_fill_(0, torch::tensor(p.units, torch::kInt64), 0);
+  // Every entry is checked before anything changes; the key's entries follow the plan's.
+  std::unordered_map<const NamedTensor*, size_t> entry_of;
+  key.entries.reserve(plan.entries.size());
+  {
+    std::unordered_map<std::string, const NamedTensor*> named;
+    for (const auto& t : tensors) named[t.name] = &t;
+    for (size_t pi = 0; pi < plan.entries.size(); ++pi) {
+      const PlanEntry& p = plan.entries[pi];
+      auto it = named.find(p.tensor);
+      if (it == named.end())
+        throw Error("plan names tensor '" + p.tensor + "' which the model does not have");
+      const torch::Tensor& t = it->second->tensor;
+      KeyEntry e;
+      e.tensor = p.tensor;
+      e.dtype = to_dtype(t, p.tensor);
+      if (!t.device().is_cpu()) {
+        throw Error("tensor '" + p.tensor + "' is on " + t.device().str() +
+                    ": corelocker locks CPU tensors");
+      }
+      for (auto d : t.sizes()) e.shape.push_back(static_cast<uint64_t>(d));
+      const int64_t rows = unit_view(t, p.unit_size, p.tensor).size(0);
+      for (size_t u = 0; u < p.units.size(); ++u) {
+        if (p.units[u] < 0 || p.units[u] >= rows || (u > 0 && p.units[u] <= p.units[u - 1])) {
+          throw Error("plan entry '" + p.tensor + "': unit " + std::to_string(p.units[u]) +
+                      " out of order or out of range (" + std::to_string(rows) + " units)");
+        }
+      }
+      if (!entry_of.emplace(it->second, key.entries.size()).second) {
+        throw Error("plan names tensor '" + p.tensor + "' twice");
+      }
+      e.unit_size = static_cast<uint64_t>(p.unit_size);
+      e.units.assign(p.units.begin(), p.units.end());
+      if (spent != nullptr && options.fill == Fill::kZero)
+        std::vector<int64_t>().swap(spent->entries[pi].units);
+      e.values.resize(e.units.size() * e.unit_size * t.element_size());
+      key.entries.push_back(std::move(e));
     }
-  } else {
-    uint64_t decoy_seed = 0;
-    if (seed != nullptr) {
-      decoy_seed = *seed;
+  }
+  const std::vector<torch::Tensor> contiguous = contiguous_cpu(order);
+  // Copies the key's units below row `end` of a tensor (from unit `next` of its entry on) into
+  // the key, zeroing them in the model when `zero`.
+  auto take_units = [](KeyEntry& e, uint8_t* data, uint64_t end, size_t& next, bool zero) {
+    const uint64_t unit_bytes = e.unit_size * dtype_size(e.dtype);
+    for (; next < e.units.size() && e.units[next] < end; ++next) {
+      uint8_t* unit = data + e.units[next] * unit_bytes;
+      std::memcpy(e.values.data() + next * unit_bytes, unit, unit_bytes);
+      if (zero) std::memset(unit, 0, unit_bytes);  // +0.0 in every dtype
+    }
+  };
+  if (options.fill != Fill::kZero || shares_memory(order, entry_of)) {
+    // One step after the other: every value into the key before anything changes (tensors that
+    // share memory see each other's changes), then the fill, then the locked state's digest.
+    key.header.original_fingerprint = fingerprint_of(order, contiguous);
+    for (const auto& [t, i] : entry_of) {
+      size_t next = 0;
+      take_units(key.entries[i], static_cast<uint8_t*>(t->tensor.data_ptr()), UINT64_MAX, next,
+                 false);
+    }
+    if (options.fill == Fill::kZero) {
+      for (const auto& [t, i] : entry_of) {
+        const KeyEntry& e = key.entries[i];
+        const uint64_t unit_bytes = e.unit_size * dtype_size(e.dtype);
+        auto* data = static_cast<uint8_t*>(t->tensor.data_ptr());
+        for (uint64_t u : e.units) std::memset(data + u * unit_bytes, 0, unit_bytes);
+      }
     } else {
-      random_bytes(&decoy_seed, sizeof decoy_seed);  // decoys must not be predictable
+      uint64_t decoy_seed = 0;
+      if (seed != nullptr) {
+        decoy_seed = *seed;
+      } else {
+        random_bytes(&decoy_seed, sizeof decoy_seed);  // decoys must not be predictable
+      }
+      fill_decoys(tensors, plan, no_donors, options.fill, decoy_seed);
     }
-    for (const auto& p : plan.entries) unit_view(*named[p.tensor], p.unit_size, p.tensor);  // contiguity checks
-    fill_decoys(tensors, plan, no_donors, options.fill, decoy_seed);
+    key.header.locked_fingerprint = fingerprint(tensors);
+    return key;
   }
-  key.header.locked_fingerprint = fingerprint(tensors);
+  // Zero fill: the original's fingerprint runs ahead on another thread; this one follows a piece
+  // behind, moving each piece's units into the key and hashing the piece locked while it is in
+  // cache.
+  FingerprintAhead original(order, contiguous);
+  FingerprintStream locked(order.size());
+  uint64_t position = 0;
+  for (size_t i = 0; i < order.size(); ++i) {
+    const torch::Tensor& c = contiguous[i];
+    const uint64_t nbytes = static_cast<uint64_t>(c.numel()) * c.element_size();
+    // The model's own tensor when the plan names it.
+    auto* data = static_cast<uint8_t*>(c.data_ptr());
+    locked.header(order[i]->name, c);
+    auto found = entry_of.find(order[i]);
+    if (found == entry_of.end()) {
+      locked.bytes(data, nbytes);
+    } else {
+      KeyEntry& e = key.entries[found->second];
+      const uint64_t unit_bytes = e.unit_size * c.element_size();
+      const uint64_t rows = unit_bytes == 0 ? 0 : nbytes / unit_bytes;
+      const uint64_t piece_rows =
+          std::max<uint64_t>(1, kFingerprintPiece / std::max<uint64_t>(unit_bytes, 1));
+      size_t next = 0;
+      for (uint64_t r0 = 0; r0 < rows; r0 += piece_rows) {
+        const uint64_t r1 = std::min(rows, r0 + piece_rows);
+        original.wait_past(position + r1 * unit_bytes);
+        take_units(e, data, r1, next, true);
+        locked.bytes(data + r0 * unit_bytes, (r1 - r0) * unit_bytes);
+      }
+    }
+    position += nbytes;
+  }
+  key.header.original_fingerprint = original.finish();
+  key.header.locked_fingerprint = locked.finish();
   return key;
 }
 
@@ -190,29 +386,21 @@ void restore_units(std::vector<NamedTensor>& tensors, const KeyFile& key) {
   }
 }
 
-LockOutcome lock_model(LoadedModel& model, const LockOptions& options) {
-  if (!(options.ratio >= 0.0 && options.ratio <= 1.0)) {
-    throw UsageError("ratio " + std::to_string(options.ratio) + ": must be within [0, 1]");
-  }
-  auto tensors = named_tensors(*model.net);
-  return lock_model(model, rank_units(tensors, model.net->structure(), options), options.ratio);
-}
+namespace {
 
-LockOutcome lock_model(LoadedModel& model, const Ranking& ranking, double ratio) {
-  return lock_model(model, ranking, ratio, DecoySearch{});
-}
-
-LockOutcome lock_model(LoadedModel& model, const Ranking& ranking, double ratio, const DecoySearch& search) {
+void check_lockable(const LoadedModel& model, const DecoySearch& search) {
   if (model.meta.lock) {
     throw UsageError("model is already locked (key id " + model.meta.lock->key_id + "); unlock it first");
   }
   if (search.tries < 1 || search.tries > 1000) {
     throw UsageError("decoy tries " + std::to_string(search.tries) + ": must be within [1, 1000]");
   }
-  auto tensors = named_tensors(*model.net);
-  LockOptions options = ranking.options;
-  options.ratio = ratio;
-  ExtractionPlan plan = plan_at(ranking, tensors, model.net->structure(), ratio);
+}
+
+// lock_model once the plan is made.
+LockOutcome lock_planned(LoadedModel& model, std::vector<NamedTensor>& tensors,
+                         ExtractionPlan& plan, int64_t candidates, const LockOptions& options,
+                         const DecoySearch& search) {
   LockOutcome out;
   uint64_t best_seed = 0;
   const bool searching = options.fill != Fill::kZero && search.tries > 1 && search.score;
@@ -254,20 +442,51 @@ LockOutcome lock_model(LoadedModel& model, const Ranking& ranking, double ratio,
   }
   if (!searching && search.seed.has_value()) best_seed = *search.seed;
   const bool seeded = searching || search.seed.has_value();
-  out.key = extract_units_seeded(tensors, plan, options, nullptr, seeded ? &best_seed : nullptr);
+  out.key =
+      extract_units_seeded(tensors, plan, options, nullptr, seeded ? &best_seed : nullptr, &plan);
   out.stats.units = plan.units;
-  out.stats.candidates = ranking.total_units();
+  out.stats.candidates = candidates;
   out.stats.values = static_cast<int64_t>(out.key.value_count());
   out.stats.parameters = parameter_count(*model.net);
   model.meta.lock = LockInfo{to_hex(out.key.header.key_id.data(), out.key.header.key_id.size()),
                              to_hex(out.key.header.original_fingerprint),
                              to_string(options.criterion),
                              to_string(options.scope),
-                             ratio,
+                             options.ratio,
                              CORELOCKER_VERSION,
                              to_string(options.fill),
                              1};
   return out;
+}
+
+}  // namespace
+
+LockOutcome lock_model(LoadedModel& model, const LockOptions& options) {
+  return lock_model(model, options, DecoySearch{});
+}
+
+LockOutcome lock_model(LoadedModel& model, const LockOptions& options, const DecoySearch& search) {
+  if (!(options.ratio >= 0.0 && options.ratio <= 1.0)) {
+    throw UsageError("ratio " + std::to_string(options.ratio) + ": must be within [0, 1]");
+  }
+  auto tensors = named_tensors(*model.net);
+  UnitSelection selection = select_units(tensors, model.net->structure(), options);
+  check_lockable(model, search);
+  return lock_planned(model, tensors, selection.plan, selection.candidates, options, search);
+}
+
+LockOutcome lock_model(LoadedModel& model, const Ranking& ranking, double ratio) {
+  return lock_model(model, ranking, ratio, DecoySearch{});
+}
+
+LockOutcome lock_model(LoadedModel& model, const Ranking& ranking, double ratio,
+                       const DecoySearch& search) {
+  check_lockable(model, search);
+  auto tensors = named_tensors(*model.net);
+  LockOptions options = ranking.options;
+  options.ratio = ratio;
+  ExtractionPlan plan = plan_at(ranking, tensors, model.net->structure(), ratio);
+  return lock_planned(model, tensors, plan, ranking.total_units(), options, search);
 }
 
 void unlock_model(LoadedModel& model, const KeyFile& key) {

@@ -45,8 +45,8 @@ struct LockOutcome {
   LockStats stats;
 };
 
-// Locks a model in memory: ranks, plans at options.ratio, extracts, and records the lock in
-// the model's metadata. Throws UsageError (bad options) / Error.
+// Locks a model in memory: selects the units at options.ratio (select_units), extracts, and
+// records the lock in the model's metadata. Throws UsageError (bad options) / Error.
 LockOutcome lock_model(LoadedModel& model, const LockOptions& options);
 
 // Same, from a ranking computed before (reused across ratios or seeds).
@@ -68,6 +68,8 @@ struct DecoySearch {
   std::optional<uint64_t> seed;
 };
 LockOutcome lock_model(LoadedModel& model, const Ranking& ranking, double ratio, const DecoySearch& search);
+// Same, selecting the units at options.ratio (no ranking to reuse).
+LockOutcome lock_model(LoadedModel& model, const LockOptions& options, const DecoySearch& search);
 
 // Unlocks a model in memory: applies the keys in order (tier keys: largest ratio first) and
 // updates its lock metadata (cleared once the original is back). Nothing is written to disk.

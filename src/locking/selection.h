@@ -76,4 +76,17 @@ int64_t units_at_ratio(int64_t n, double ratio);
 ExtractionPlan plan_at(const Ranking& ranking, const std::vector<NamedTensor>& tensors,
                        const Structure& structure, double ratio);
 
+struct UnitSelection {
+  ExtractionPlan plan;
+  int64_t candidates = 0;  // units that competed (Ranking::total_units())
+};
+
+// The plan of one lock at options.ratio: the same plan, entry for entry, as plan_at(rank_units(
+// tensors, structure, options), tensors, structure, options.ratio), found without ranking every
+// unit: a histogram of scores finds each group's k-th best, a second pass takes the units above
+// it (memory: a histogram per group, the units taken and those scored near the k-th). Throws what
+// those two throw.
+UnitSelection select_units(const std::vector<NamedTensor>& tensors, const Structure& structure,
+                           const LockOptions& options);
+
 }  // namespace corelocker

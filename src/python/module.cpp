@@ -140,13 +140,13 @@ KeyPtr lock_tensors(const py::dict& tensors_py, const py::handle& structure_c,
   py::gil_scoped_release nogil;
   LoadedModel model = wrap_torchscript(module, what);
   const Structure& structure = model.net->structure();
-  const Ranking ranking = rank_units(tensors, structure, o);
-  const ExtractionPlan plan = plan_at(ranking, tensors, structure, o.ratio);
+  const UnitSelection selection = select_units(tensors, structure, o);
+  const ExtractionPlan& plan = selection.plan;
   auto key = std::make_shared<Key>();
   key->file = extract_units(tensors, plan, o);
   LockStats s;
   s.units = plan.units;
-  s.candidates = ranking.total_units();
+  s.candidates = selection.candidates;
   s.values = static_cast<int64_t>(key->file.value_count());
   s.parameters = parameter_count(*model.net);
   key->stats = s;

@@ -26,6 +26,6 @@ def test_a_lock_keeps_only_the_key():
     assert r["rss_growth_trimmed"] <= r["key_memory"] + 4 * MIB, r
     # Unlocked for a while: the key's values go in, the locked values they replace are kept aside.
     assert r["unlocked_peak_growth"] <= 2 * r["key_memory"] + 4 * MIB, r
-    # The peak while locking is the library's ranking (a score and a 24-byte entry per unit, and
-    # the sort's buffer): about 1.2-1.5x the weights for 3x3 kernels; a copy would add 1x more.
-    assert r["peak_growth"] < 2 * r["weights"], r
+    # The peak while locking is the key and a little more (the plan's unit lists, freed as the
+    # key takes them): no full ranking of the units (that was 1.2-1.5x the weights), no copy.
+    assert r["peak_growth"] <= 1.25 * r["key_memory"] + 4 * MIB, r
