@@ -8,12 +8,20 @@
 #include <stdexcept>
 
 #include "attacks/harness.h"
+#include "cli/allocator.h"
 #include "locking/lock.h"
 #include "models/torchscript.h"
 #include "train/trainer.h"
 #include "util/atomic_file.h"
 
 namespace corelocker::testing {
+
+namespace {
+// The library runs here with the malloc settings the corelocker binaries start with: glibc's
+// defaults map and unmap every large tensor, which made the detector tests spend most of their
+// time in the kernel (page faults) and run several times longer than `corelocker detect`.
+const bool kAllocatorTuned = (cli::tune_allocator(), true);
+}  // namespace
 
 LoadedModel fresh_tiny(uint64_t seed, int64_t width) {
   torch::manual_seed(seed);

@@ -4,6 +4,7 @@
 #include <sodium.h>
 
 #include <cstring>
+#include <utility>
 
 #include "blake3.h"
 #include "util/error.h"
@@ -65,6 +66,12 @@ inline void blake2b_round(uint64_t* v, const uint64_t* m) {
   mix(v[3], v[4], v[9], v[14], m[s[14]], m[s[15]]);
 }
 
+// The twelve rounds, unrolled: each round's message schedule is a compile-time constant.
+template <int... R>
+void blake2b_rounds(uint64_t v[16], const uint64_t m[16], std::integer_sequence<int, R...>) {
+  (blake2b_round<R>(v, m), ...);
+}
+
 void blake2b_compress(uint64_t h[8], const uint64_t t[2], const uint8_t* block, bool last) {
   uint64_t m[16], v[16];
   for (int i = 0; i < 16; ++i) {
@@ -78,18 +85,7 @@ void blake2b_compress(uint64_t h[8], const uint64_t t[2], const uint8_t* block, 
   v[12] ^= t[0];
   v[13] ^= t[1];
   if (last) v[14] = ~v[14];
-  blake2b_round<0>(v, m);
-  blake2b_round<1>(v, m);
-  blake2b_round<2>(v, m);
-  blake2b_round<3>(v, m);
-  blake2b_round<4>(v, m);
-  blake2b_round<5>(v, m);
-  blake2b_round<6>(v, m);
-  blake2b_round<7>(v, m);
-  blake2b_round<8>(v, m);
-  blake2b_round<9>(v, m);
-  blake2b_round<10>(v, m);
-  blake2b_round<11>(v, m);
+  blake2b_rounds(v, m, std::make_integer_sequence<int, 12>{});
   for (int i = 0; i < 8; ++i) h[i] ^= v[i] ^ v[i + 8];
 }
 
