@@ -36,8 +36,9 @@ class Hasher {
   size_t buffered_ = 0;  // bytes in block_
 };
 
-// Incremental BLAKE3 with a 32-byte output: five times BLAKE2b's speed on one core here (AVX-512;
-// docs/benchmarks.md), for hashing gigabytes of tensor data.
+// Incremental BLAKE3 with a 32-byte output: five times libsodium's BLAKE2b speed on one core here
+// (AVX-512; docs/benchmarks.md; Hasher above is about twice libsodium's), for hashing gigabytes of
+// tensor data.
 class Blake3Hasher {
  public:
   Blake3Hasher();
