@@ -316,11 +316,11 @@ TEST(Detectors, NewDecoysStayAtChanceOnATrainedResnet) {
   for (const auto& d : r.detectors) {
     if (d.name == "position")
       continue;  // looks only at the neighbours: the criterion, not the fill
-    // One seeded lock of this undertrained model (2 epochs on 12,000 images). Over 5 locks with
-    // OS seeds its fill-dependent detectors sat at z -1.8..4.1 (learned 1.0-4.1, twin 0.1-2.0;
-    // docs/keys.md); zero fill and noise or copied decoys give z > 10. 3.5 is therefore a
-    // regression bound for this seed, looser than the bar the measurements in docs/keys.md
-    // are held to (3).
+    // One seeded lock of this undertrained model (2 epochs on 12,000 images); zero fill and noise
+    // or copied decoys give z > 10. A single lock's z varies with the decoy draw (the previous
+    // generator's learned detector ranged over 1.0-4.1 across 5 locks of an earlier fixture and
+    // reached 4.4 on this one), so 3.5 is a regression bound for this seed, looser than the bar
+    // the three-lock measurements in docs/keys.md are held to (3).
     EXPECT_LE(d.z(), 3.5) << d.name << ": " << d.hits << " hits, chance " << d.chance_hits << " +- "
                           << d.chance_sd;
   }
