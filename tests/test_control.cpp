@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 
 #include "control/calibrate.h"
 #include "control/utility_curve.h"
@@ -224,6 +225,16 @@ Probe smooth(double ratio, double wiggle = 0.0) {
   return Probe{ratio, 0, 0.0, acc, std::min(100.0, acc + 5.0), acc};
 }
 
+// A curve over one group of `n` units whose top-1 (plain and effective alike) depends only on
+// the unit count: what a ratio's plan takes.
+Evaluator by_units(int64_t n, std::function<double(int64_t)> top1_of) {
+  return [n, top1_of = std::move(top1_of)](double r) {
+    const int64_t u = units_at_ratio(n, r);
+    const double acc = top1_of(u);
+    return Probe{r, u, 0.0, acc, acc, acc};
+  };
+}
+
 TEST(SearchBand, LandsInEveryBandWithinEightEvaluations) {
   const std::vector<int64_t> groups = {20000, 50000};
   for (double wiggle : {0.0, 3.0}) {
@@ -255,11 +266,9 @@ TEST(SearchBand, LandsInEveryBandWithinEightEvaluations) {
 TEST(SearchBand, FindsTheBandBeyondANonMonotoneStretch) {
   // Unit counts of one group of 1000: the curve dips to 30% at 3-4 units, rises back to 70% at
   // 5-9, and only reaches 50-55 at 10-29 units. The first crossing jumps over the band.
-  auto bumpy = [](double r) {
-    const int64_t u = units_at_ratio(1000, r);
-    const double acc = u <= 2 ? 90.0 : u <= 4 ? 30.0 : u <= 9 ? 70.0 : u <= 29 ? 52.0 : 10.0;
-    return Probe{r, u, 0.0, acc, acc, acc};
-  };
+  const Evaluator bumpy = by_units(1000, [](int64_t u) {
+    return u <= 2 ? 90.0 : u <= 4 ? 30.0 : u <= 9 ? 70.0 : u <= 29 ? 52.0 : 10.0;
+  });
   CalibrationOptions o;
   o.start_ratio = 0.001;
   Calibration c = search_band({1000}, bumpy, parse_band("50-55"), o);
@@ -323,11 +332,7 @@ TEST(SearchBand, StepsOverAUnitThatJumpsOverTheBand) {
     for (int64_t i = 0; i < units; ++i) acc -= order[i] == 4 ? 80.0 : 2.0;
     return std::max(acc, 10.0);
   };
-  auto curve = [&](double r) {
-    const int64_t u = units_at_ratio(200, r);
-    const double acc = acc_of(u);
-    return Probe{r, u, 0.0, acc, acc, acc};
-  };
+  const Evaluator curve = by_units(200, acc_of);
   Reorder reorder = [&](size_t group, int64_t position, int64_t count) {
     EXPECT_EQ(group, 0u);
     std::rotate(order.begin() + position, order.begin() + position + count, order.end());
@@ -356,11 +361,8 @@ TEST(SearchBand, StepsOverAUnitThatJumpsOverTheBand) {
 TEST(SearchBand, AcceptsTheBandsEdgeWhenItsMiddleIsOutOfReach) {
   // 3 units give 54.6% (inside 50-55, outside its middle half), 4 units 30%: the search aims
   // for the middle, finds nothing there, and settles on the edge probe.
-  auto step = [](double r) {
-    const int64_t u = units_at_ratio(100, r);
-    const double acc = u < 3 ? 90.0 : u == 3 ? 54.6 : 30.0;
-    return Probe{r, u, 0.0, acc, acc, acc};
-  };
+  const Evaluator step =
+      by_units(100, [](int64_t u) { return u < 3 ? 90.0 : u == 3 ? 54.6 : 30.0; });
   CalibrationOptions o;
   o.start_ratio = 0.01;
   Calibration c = search_band({100}, step, parse_band("50-55"), o);
