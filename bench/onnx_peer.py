@@ -1,11 +1,19 @@
 #!/usr/bin/python3
-"""Python side of scripts/onnx_trained.sh: trains the small ResNet-style network of
-tests/fixtures/make_onnx_fixtures.py on Fashion-MNIST with PyTorch, exports it to ONNX (BN kept),
-and measures the top-1 of any ONNX file of that network by loading its initializers back into
-the PyTorch module (there is no ONNX runtime in Debian 12; the module runs the same graph).
+"""Python side of scripts/onnx_trained.sh: trains a ResNet-style network on Fashion-MNIST with
+PyTorch, exports it to ONNX (BN kept), and measures the top-1 of any ONNX file of that network by
+loading its initializers back into the PyTorch module (PyTorch's own number, to hold corelocker's
+`eval` of the same file, which runs it through OpenCV, against).
 
-  onnx_peer.py train --out model.onnx [--epochs 1] [--seed 1] [--threads 2]
-  onnx_peer.py eval MODEL.onnx [MODEL.onnx ...]     prints one JSON line per file
+  onnx_peer.py train --out model.onnx [--arch small|resnet20] [--pad 32] [--train-subset N]
+                     [--epochs 1] [--seed 1] [--threads 2]
+  onnx_peer.py eval MODEL.onnx [MODEL.onnx ...] [--arch A] [--pad P]   one JSON line per file
+
+  --arch small     the network of tests/fixtures/make_onnx_fixtures.py (28x28 input)
+  --arch resnet20  ResNet-20 with 1x1 projection shortcuts (tests/fixtures/torchscript_model.py,
+                   blocks 3, width 16); train it with --pad 32 (corelocker: eval --pad 32).
+                   Option-A shortcuts export a Pad whose amounts the graph computes, which
+                   OpenCV 4.6 cannot import.
+  --pad P          images centred in P x P (black border), as corelocker's --pad
 
 Needs Debian's python3-torch and python3-onnx. Measurement tool, not part of the product.
 """
@@ -26,15 +34,21 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = "/usr/share/datasets/fashion-mnist"
 
 
-def fixture_module():
-    path = os.path.join(HERE, "..", "tests", "fixtures", "make_onnx_fixtures.py")
-    spec = importlib.util.spec_from_file_location("make_onnx_fixtures", path)
+def fixture_module(name="make_onnx_fixtures"):
+    path = os.path.join(HERE, "..", "tests", "fixtures", name + ".py")
+    spec = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
 
 
-def idx(name):
+def build(arch):
+    if arch == "resnet20":
+        return fixture_module("torchscript_model").SmallResNet(16, blocks=3, shortcut="projection")
+    return fixture_module().SmallResNet()
+
+
+def idx(name, pad=0):
     with gzip.open(os.path.join(DATA, name)) as f:
         data = f.read()
     magic, n = struct.unpack(">II", data[:8])
@@ -42,7 +56,11 @@ def idx(name):
         return torch.from_numpy(np.frombuffer(data, np.uint8, n, 8).astype(np.int64))
     rows, cols = struct.unpack(">II", data[8:16])
     x = np.frombuffer(data, np.uint8, n * rows * cols, 16).reshape(n, 1, rows, cols)
-    return (torch.from_numpy(x.astype(np.float32)) / 255.0 - 0.2860) / 0.3530
+    x = torch.from_numpy(x.astype(np.float32)) / 255.0
+    if pad > rows:  # as corelocker's --pad: zero border in [0, 1], then normalise
+        ph, pw = pad - rows, pad - cols
+        x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
+    return (x - 0.2860) / 0.3530
 
 
 def top1(net, x, y):
@@ -57,8 +75,11 @@ def top1(net, x, y):
 def train(a):
     torch.manual_seed(a.seed)
     torch.set_num_threads(a.threads)
-    net = fixture_module().SmallResNet()
-    x, y = idx("train-images-idx3-ubyte.gz"), idx("train-labels-idx1-ubyte.gz")
+    net = build(a.arch)
+    x, y = idx("train-images-idx3-ubyte.gz", a.pad), idx("train-labels-idx1-ubyte.gz")
+    if a.train_subset > 0:
+        keep = torch.randperm(len(x))[:a.train_subset]
+        x, y = x[keep], y[keep]
     opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=True)
     steps = a.epochs * ((len(x) + 127) // 128)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=steps)
@@ -74,17 +95,18 @@ def train(a):
     net.eval()
     torch.onnx.export(net, x[:1], a.out, input_names=["input"], output_names=["logits"], opset_version=13,
                       do_constant_folding=False, training=torch.onnx.TrainingMode.PRESERVE)
-    xt, yt = idx("t10k-images-idx3-ubyte.gz"), idx("t10k-labels-idx1-ubyte.gz")
-    print(json.dumps({"file": a.out, "pytorch_top1": top1(net, xt, yt), "epochs": a.epochs}))
+    xt, yt = idx("t10k-images-idx3-ubyte.gz", a.pad), idx("t10k-labels-idx1-ubyte.gz")
+    print(json.dumps({"file": a.out, "arch": a.arch, "pad": a.pad, "train_images": len(x), "epochs": a.epochs,
+                      "pytorch_top1": top1(net, xt, yt)}))
 
 
 def evaluate(a):
     torch.set_num_threads(a.threads)
-    xt, yt = idx("t10k-images-idx3-ubyte.gz"), idx("t10k-labels-idx1-ubyte.gz")
+    xt, yt = idx("t10k-images-idx3-ubyte.gz", a.pad), idx("t10k-labels-idx1-ubyte.gz")
     for path in a.models:
         m = onnx.load(path)
         onnx.checker.check_model(m)
-        net = fixture_module().SmallResNet()
+        net = build(a.arch)
         state = net.state_dict()
         inits = {t.name: torch.from_numpy(onnx.numpy_helper.to_array(t).copy()) for t in m.graph.initializer}
         for n in m.graph.node:  # the exporter feeds deduplicated initializers through Identity
@@ -106,9 +128,13 @@ def main():
     t.add_argument("--epochs", type=int, default=1)
     t.add_argument("--seed", type=int, default=1)
     t.add_argument("--threads", type=int, default=2)
+    t.add_argument("--train-subset", type=int, default=0, help="train on N random training images (0: all)")
     e = sub.add_parser("eval")
     e.add_argument("models", nargs="+")
     e.add_argument("--threads", type=int, default=2)
+    for p in (t, e):
+        p.add_argument("--arch", choices=["small", "resnet20"], default="small")
+        p.add_argument("--pad", type=int, default=0)
     a = ap.parse_args()
     train(a) if a.cmd == "train" else evaluate(a)
 

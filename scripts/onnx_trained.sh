@@ -3,7 +3,8 @@
 # Fashion-MNIST and exported to ONNX (BN kept) is locked with l1, bn and random (seeds 1-5) at
 # one ratio; each locked file must pass the ONNX checker (corelocker checks before writing, the
 # Python side again) and is evaluated by loading its initializers into the same PyTorch module
-# (bench/onnx_peer.py); unlock must give the original file back byte for byte.
+# (bench/onnx_peer.py); unlock must give the original file back byte for byte. Then corelocker
+# evaluates the original and the default lock itself, through OpenCV (docs/formats.md).
 # Usage: scripts/onnx_trained.sh [work-dir] [ratio] [epochs]   (needs a built build/corelocker)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -28,3 +29,11 @@ for run in "${runs[@]}"; do
   locked+=("$work/locked-$name.onnx")
 done
 /usr/bin/python3 "$peer" eval "$work/model.onnx" "${locked[@]}" "$work/restored-l1-s1.onnx"
+# corelocker's own evaluation (OpenCV's dnn module): the original, to hold against the peer's
+# PyTorch top-1 above, and the default lock with its plain and effective top-1.
+"$B" eval --model "$work/model.onnx" --json
+"$B" lock --model "$work/model.onnx" --ratio "$ratio" --out "$work/locked-default.onnx" \
+  --key-out "$work/key-default.clk" --eval
+"$B" unlock --model "$work/locked-default.onnx" --key "$work/key-default.clk" --out "$work/restored-default.onnx"
+cmp "$work/model.onnx" "$work/restored-default.onnx"
+echo "restored-default.onnx: byte-identical to model.onnx"

@@ -17,7 +17,7 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   dataset-fashion-mnist gnuplot-nox
   python3-torch python3-dev pybind11-dev python3-pytest
-  libonnx-dev libprotobuf-dev python3-onnx
+  libonnx-dev libprotobuf-dev python3-onnx libopencv-dnn-dev
   librust-blake3-dev
 )
 

@@ -1,4 +1,4 @@
-// `corelocker lock / unlock / fingerprint / inspect` on ONNX files, through the built binary.
+// `corelocker eval / lock / unlock / fingerprint / inspect` on ONNX files, through the built binary.
 #include <gtest/gtest.h>
 
 #include "cli_run.h"
@@ -73,7 +73,7 @@ TEST_F(CliOnnx, EncryptedKeyNeedsItsPassphrase) {
 
 TEST_F(CliOnnx, OptionsThatMakeNoSenseForOnnxAreRefused) {
   const std::string base = "lock --model " + f("m.onnx") + " --key-out " + f("k.clk") + " --out " + f("l.onnx");
-  for (const std::string extra : {" --eval", " --tiers 0.01,0.05", " --tier-bands 30-35", " --fill decoy",
+  for (const std::string extra : {" --tiers 0.01,0.05", " --tier-bands 30-35", " --fill decoy", " --eval --fill decoy",
                                   " --mean 0.5", " --pad 32", " --dataset cifar10"}) {
     CliRun r = run(base + extra);
     EXPECT_EQ(r.code, 2) << extra << ": " << r.out;
@@ -84,6 +84,79 @@ TEST_F(CliOnnx, OptionsThatMakeNoSenseForOnnxAreRefused) {
   CliRun r = run("lock --model " + f("m.onnx") + " --key-out " + f("k.clk") + " --out " + f("l.ckpt"));
   EXPECT_EQ(r.code, 2) << r.out;
   EXPECT_NE(r.out.find("ending in .onnx"), std::string::npos) << r.out;
+}
+
+// `eval` and `lock --eval` run the graph through OpenCV on the test split.
+TEST_F(CliOnnx, EvalAndLockEvalRunTheGraph) {
+  const std::string data = " --test-subset 300 --threads 2";
+  CliRun e = run("eval --model " + f("m.onnx") + " --json" + data);
+  ASSERT_EQ(e.code, 0) << e.out;
+  EXPECT_NE(e.out.find("\"runtime\":\"OpenCV"), std::string::npos) << e.out;
+  EXPECT_NE(e.out.find("\"locked\":false"), std::string::npos) << e.out;
+  EXPECT_NE(e.out.find("\"n\":300"), std::string::npos) << e.out;
+  CliRun t = run("eval --model " + f("m.onnx") + data);
+  ASSERT_EQ(t.code, 0) << t.out;
+  EXPECT_NE(t.out.find("top-1 "), std::string::npos) << t.out;
+
+  CliRun l = run("lock --model " + f("m.onnx") + " --eval --reestimate-images 64 --out " + f("l.onnx") + " --key-out " +
+                 f("k.clk") + data);
+  ASSERT_EQ(l.code, 0) << l.out;
+  EXPECT_NE(l.out.find("locked accuracy:"), std::string::npos) << l.out;
+  EXPECT_NE(l.out.find("after BN re-estimation "), std::string::npos) << l.out;
+  EXPECT_EQ(l.out.find("n/a"), std::string::npos) << l.out;  // re-estimated, not skipped
+
+  CliRun le = run("eval --model " + f("l.onnx") + " --json --reestimate-images 64" + data);
+  ASSERT_EQ(le.code, 0) << le.out;
+  EXPECT_NE(le.out.find("\"locked\":true"), std::string::npos) << le.out;
+  EXPECT_NE(le.out.find("\"top1_effective\""), std::string::npos) << le.out;
+  EXPECT_NE(le.out.find("\"effective_from\""), std::string::npos) << le.out;
+  EXPECT_EQ(le.out.find("\"top1_reestimated\":null"), std::string::npos) << le.out;
+
+  // Unlocked in memory with the key: the original's numbers, nothing written.
+  CliRun u = run("eval --model " + f("l.onnx") + " --key " + f("k.clk") + " --json" + data);
+  ASSERT_EQ(u.code, 0) << u.out;
+  auto top1 = [](const std::string& out) { return out.substr(out.find("\"top1\":"), 14); };
+  EXPECT_EQ(top1(u.out), top1(e.out)) << u.out << e.out;
+
+  // Preprocessing that does not fit the graph's 1x28x28 input is a usage error.
+  CliRun p = run("eval --model " + f("m.onnx") + " --pad 32" + data);
+  EXPECT_EQ(p.code, 2) << p.out;
+  EXPECT_NE(p.out.find("--pad"), std::string::npos) << p.out;
+}
+
+TEST_F(CliOnnx, AGraphOpenCvCannotImportIsRefusedNamingTheNodeAndNothingIsWritten) {
+  onnx::ModelProto m = testing::read_proto(f("m.onnx"));
+  onnx::GraphProto& g = *m.mutable_graph();
+  // logits -> Hardmax (an ONNX op OpenCV 4.6 lacks) -> the graph's output
+  for (auto& n : *g.mutable_node()) {
+    for (auto& o : *n.mutable_output()) {
+      if (o == "logits") o = "scores";
+    }
+  }
+  onnx::NodeProto* h = g.add_node();
+  h->set_op_type("Hardmax");
+  h->set_name("hardmax_head");
+  h->add_input("scores");
+  h->add_output("logits");
+  testing::write_proto(f("hard.onnx"), m);
+  CliRun r = run("eval --model " + f("hard.onnx") + " --test-subset 10");
+  EXPECT_EQ(r.code, 1) << r.out;
+  EXPECT_NE(r.out.find("hard.onnx"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("node 'hardmax_head' (op Hardmax)"), std::string::npos) << r.out;
+  r = run("lock --model " + f("hard.onnx") + " --eval --test-subset 10 --out " + f("l.onnx") + " --key-out " + f("k.clk"));
+  EXPECT_EQ(r.code, 1) << r.out;
+  EXPECT_NE(r.out.find("node 'hardmax_head' (op Hardmax)"), std::string::npos) << r.out;
+  EXPECT_FALSE(file_exists(f("l.onnx")));
+  EXPECT_FALSE(file_exists(f("k.clk")));
+  // Without --eval it locks: nothing runs the graph.
+  EXPECT_EQ(run("lock --model " + f("hard.onnx") + " --out " + f("l.onnx") + " --key-out " + f("k.clk")).code, 0);
+}
+
+TEST_F(CliOnnx, CommandsThatCannotRunOnnxSaySo) {
+  CliRun r = run("calibrate --model " + f("m.onnx") + " --target 50-55 --out " + f("l.onnx") + " --key-out " + f("k.clk"));
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_NE(r.out.find("eval and lock --eval"), std::string::npos) << r.out;
+  EXPECT_FALSE(file_exists(f("l.onnx")));
 }
 
 TEST_F(CliOnnx, HostileExternalDataIsRefusedAndNothingIsWritten) {
@@ -113,6 +186,9 @@ TEST_F(CliOnnx, EveryHostileFileIsRefusedByEveryCommandAndNothingIsWritten) {
     EXPECT_FALSE(file_exists(dir.file("k.clk"))) << "defect " << d;
     EXPECT_EQ(run("fingerprint " + path).code, 1) << "defect " << d;
     EXPECT_EQ(run("inspect " + path).code, 1) << "defect " << d;
+    CliRun e = run("eval --model " + path + " --test-subset 10");
+    EXPECT_EQ(e.code, 1) << "defect " << d << ": " << e.out;
+    EXPECT_NE(e.out.find("m.onnx"), std::string::npos) << "defect " << d << ": " << e.out;
   }
 }
 

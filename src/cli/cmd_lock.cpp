@@ -62,7 +62,7 @@ void add_lock(CLI::App& app) {
   static Common common;
   static KeyAccess access;
   static InputArgs input;
-  c->add_option("--model", model_path, "Model checkpoint or TorchScript file to lock")->required();
+  c->add_option("--model", model_path, "Model checkpoint, TorchScript, safetensors or ONNX file to lock")->required();
   c->add_option("--criterion", criterion, kCriterionHelp);
   c->add_option("--ratio", ratio, "Fraction of units to extract")->capture_default_str()->check(CLI::Range(0.0, 1.0));
   c->add_option("--tiers", tiers, "Tiered keys: comma-separated ratios, e.g. 0.005,0.02,0.05 (replaces --ratio)");
@@ -100,11 +100,10 @@ void add_lock(CLI::App& app) {
   add_data(c, common);
   add_input_args(c, input);
   handlers()[c] = [c] {
-    const bool foreign = is_safetensors_file(model_path) || is_onnx_file(model_path);
-    if (foreign && input_args_given(input)) {
-      // These describe how to feed a model we run; a lock of these formats never runs it.
-      throw UsageError("--dataset, --mean, --std, --pad, --resize and --channels apply to checkpoints "
-                       "and TorchScript files, not to '" + model_path + "' (nothing is evaluated or stored)");
+    if (is_safetensors_file(model_path) && input_args_given(input)) {
+      // These describe how to feed a model we run; a lock of this format never runs it.
+      throw UsageError("--dataset, --mean, --std, --pad, --resize and --channels apply to checkpoints, "
+                       "TorchScript and ONNX files, not to '" + model_path + "' (nothing is evaluated or stored)");
     }
     if (is_safetensors_file(model_path)) return lock_safetensors_command(*c, model_path, out, key_out, access);
     apply_threads(common);
@@ -116,7 +115,10 @@ void add_lock(CLI::App& app) {
     if (same_file(out, key_out)) {
       throw UsageError("--out '" + out + "' and --key-out '" + key_out + "' name the same file");
     }
-    if (is_onnx_file(model_path)) return lock_onnx({model_path, out, key_out, o, eval_after, !tiers.empty() || !tier_bands.empty()}, access);
+    if (is_onnx_file(model_path)) {
+      const bool tiered = !tiers.empty() || !tier_bands.empty();
+      return lock_onnx({model_path, out, key_out, o, eval_after, tiered, input, common, effective}, access);
+    }
     const KeyCredentials creds = credentials(access);
     LoadedModel model = load_model(model_path);
     apply_input_args(input, model, model_path);  // recorded in the locked model's metadata

@@ -4,6 +4,7 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "cli/cmd_onnx.h"
 #include "cli/commands.h"
 #include "cli/common.h"
 #include "cli/progress.h"
@@ -75,8 +76,8 @@ void add_eval(CLI::App& app) {
   static InputArgs input;
   static EffectiveArgs effective;
   c->add_option("--model", model_path,
-                "Model checkpoint or TorchScript file (original or locked; a locked one also gets its effective top-1: "
-                "after BatchNorm re-estimation and pruning)")
+                "Model checkpoint, TorchScript or ONNX file (original or locked; a locked one also gets its effective "
+                "top-1: after BatchNorm re-estimation and pruning)")
       ->required();
   c->add_option("--key", key_paths, "Unlock in memory with this key (repeat for tier keys) before evaluating; nothing is written");
   add_key_access(c, access, /*writing=*/false);
@@ -86,33 +87,19 @@ void add_eval(CLI::App& app) {
   add_input_args(c, input);
   add_effective_args(c, effective);
   handlers()[c] = [] {
+    if (is_onnx_file(model_path)) return eval_onnx({model_path, key_paths, json, input, common, effective}, access);
     apply_threads(common);
     require_runnable(model_path, "eval");
     LoadedModel model = key_paths.empty() ? load_model(model_path) : load_unlocked(model_path, read_keys(key_paths, access));
     apply_input_args(input, model, model_path);
     const Dataset test = test_set(model.meta, common);
     if (model.meta.lock) {
-      const EffectiveEval e =
-          evaluate_effective(model, test, effective_images(model.meta, common, effective), effective.options());
-      if (json) {
-        Json j = effective_json(e);
-        j.update({{"model", model_path}, {"n", e.plain.n}, {"locked", true}, {"seconds", e.plain.seconds}});
-        std::printf("%s\n", j.dump().c_str());
-      } else {
-        std::printf("%s (locked): %s; top-3 %s%% on %lld test images\n", model_path.c_str(), effective_text(e).c_str(),
-                    pct(e.plain.top3).c_str(), static_cast<long long>(e.plain.n));
-      }
+      print_eval(model_path,
+                 evaluate_effective(model, test, effective_images(model.meta, common, effective), effective.options()),
+                 json);
       return 0;
     }
-    EvalResult r = evaluate(*model.net, test, model.meta.preprocess);
-    if (json) {
-      Json j = {{"model", model_path}, {"top1", r.top1}, {"top3", r.top3}, {"n", r.n},
-                {"locked", false}, {"seconds", r.seconds}};
-      std::printf("%s\n", j.dump().c_str());
-    } else {
-      std::printf("%s: top-1 %s%%, top-3 %s%% on %lld test images\n", model_path.c_str(), pct(r.top1).c_str(),
-                  pct(r.top3).c_str(), static_cast<long long>(r.n));
-    }
+    print_eval(model_path, evaluate(*model.net, test, model.meta.preprocess), json);
     return 0;
   };
 }

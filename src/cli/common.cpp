@@ -185,11 +185,23 @@ void apply_input_args(const InputArgs& a, LoadedModel& model, const std::string&
   override_input(a, model.meta);
 }
 
+ModelMeta input_meta(const InputArgs& a) {
+  const DatasetInfo info = dataset_info("fashion-mnist");
+  ModelMeta meta;
+  meta.dataset = info.name;
+  meta.input = info.input;
+  meta.classes = info.classes;
+  meta.preprocess.mean = info.mean;
+  meta.preprocess.std = info.std;
+  override_input(a, meta);
+  return meta;
+}
+
 void require_runnable(const std::string& path, const char* command) {
   if (is_onnx_file(path)) {
     throw UsageError("model '" + path + "' is an ONNX file: `" + command +
-                     "` cannot run ONNX models yet (this build has no ONNX runtime); lock, unlock, fingerprint and "
-                     "inspect work on it");
+                     "` cannot run ONNX models yet; eval and lock --eval evaluate them (OpenCV's dnn module), and "
+                     "lock, unlock, fingerprint and inspect work on them");
   }
   if (is_safetensors_file(path)) {
     throw UsageError("model '" + path + "' is a safetensors file: it holds tensors but no network, so `" + command +
@@ -197,9 +209,10 @@ void require_runnable(const std::string& path, const char* command) {
   }
 }
 
-void apply_threads(const Common& o) {
+int apply_threads(const Common& o) {
   const int n = o.threads > 0 ? o.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   torch::set_num_threads(n);
+  return n;
 }
 
 Dataset test_set(const ModelMeta& meta, const Common& o) {
@@ -463,6 +476,29 @@ Json effective_json(const EffectiveEval& e) {
             {"effective_from", e.worst}};
   if (!e.reestimated) j["reestimate_note"] = e.reestimate_note;
   return j;
+}
+
+void print_eval(const std::string& model, const EvalResult& r, bool json, const Json& extra) {
+  if (json) {
+    Json j = {{"model", model}, {"top1", r.top1}, {"top3", r.top3}, {"n", r.n}, {"locked", false}, {"seconds", r.seconds}};
+    j.update(extra);
+    std::printf("%s\n", j.dump().c_str());
+  } else {
+    std::printf("%s: top-1 %s%%, top-3 %s%% on %lld test images\n", model.c_str(), pct(r.top1).c_str(),
+                pct(r.top3).c_str(), static_cast<long long>(r.n));
+  }
+}
+
+void print_eval(const std::string& model, const EffectiveEval& e, bool json, const Json& extra) {
+  if (json) {
+    Json j = effective_json(e);
+    j.update({{"model", model}, {"n", e.plain.n}, {"locked", true}, {"seconds", e.plain.seconds}});
+    j.update(extra);
+    std::printf("%s\n", j.dump().c_str());
+  } else {
+    std::printf("%s (locked): %s; top-3 %s%% on %lld test images\n", model.c_str(), effective_text(e).c_str(),
+                pct(e.plain.top3).c_str(), static_cast<long long>(e.plain.n));
+  }
 }
 
 void print_lock_stats(const LockOutcome& o, uint64_t key_bytes) {

@@ -48,14 +48,17 @@ bool input_args_given(const InputArgs& a);
 // option against the stored value (UsageError naming the option, the value given and the value
 // stored); otherwise applies them over the defaults and checks the result. Throws UsageError.
 void apply_input_args(const InputArgs& a, LoadedModel& model, const std::string& path);
-// Refuses a model file this build cannot run, for a command that evaluates or trains it: ONNX
-// (no ONNX runtime yet) and safetensors (tensors without a network). Throws UsageError.
+// The data set and preprocessing of a model file that stores none (ONNX): the options over
+// Fashion-MNIST's defaults, checked as apply_input_args checks them. Throws UsageError.
+ModelMeta input_meta(const InputArgs& a);
+// Refuses a model file this command cannot run: ONNX (only `eval` and `lock --eval` run it) and
+// safetensors (tensors without a network). Throws UsageError.
 void require_runnable(const std::string& path, const char* command);
 
 void add_threads(CLI::App* c, Common& o);
 void add_data(CLI::App* c, Common& o);
-// Sets LibTorch's thread count (default: all cores).
-void apply_threads(const Common& o);
+// Sets LibTorch's thread count (default: all cores); returns it.
+int apply_threads(const Common& o);
 // The test split of the model's data set, or the requested subset of it.
 Dataset test_set(const ModelMeta& meta, const Common& o);
 
@@ -127,6 +130,10 @@ std::string effective_text(const EffectiveEval& e);
 // {"top1", "top3", "top1_reestimated" (null when not measured), "top1_pruned" {"0.20": ...},
 //  "top1_effective", "effective_from"}
 Json effective_json(const EffectiveEval& e);
+// What `eval` prints for a model: one line, or with `json` one object with `extra` merged in.
+void print_eval(const std::string& model, const EvalResult& r, bool json, const Json& extra = Json::object());
+// The same for a locked model: plain, re-estimated, pruned and effective top-1.
+void print_eval(const std::string& model, const EffectiveEval& e, bool json, const Json& extra = Json::object());
 
 // The lines `lock` prints about what went into a key.
 void print_lock_stats(const LockOutcome& o, uint64_t key_bytes);

@@ -5,6 +5,7 @@
 #include <cstring>
 #include <sstream>
 
+#include "formats/onnx_eval.h"
 #include "locking/selection.h"
 #include "util/error.h"
 #include "util/hash.h"
@@ -12,25 +13,13 @@
 namespace corelocker {
 namespace {
 
-torch::ScalarType scalar_type(DType d) {
-  switch (d) {
-    case DType::kF32: return torch::kFloat32;
-    case DType::kF64: return torch::kFloat64;
-    case DType::kF16: return torch::kFloat16;
-    case DType::kBF16: return torch::kBFloat16;
-  }
-  throw Error("unknown dtype");
-}
-
 // The layers' weights as tensors, for the shared ranking code (copies; the model is not touched).
 std::vector<NamedTensor> layer_tensors(const OnnxModel& model) {
   std::vector<NamedTensor> out;
   for (const auto& layer : model.structure()) {
     const OnnxTensor* t = model.find(layer.weight);
     if (t == nullptr) throw Error("ONNX layer '" + layer.name + "': no initializer '" + layer.weight + "'");
-    auto blob = torch::from_blob(const_cast<uint8_t*>(t->bytes.data()), c10::IntArrayRef(t->dims),
-                                 scalar_type(onnx_key_dtype(t->data_type)));
-    out.push_back({t->name, blob.clone(), false});
+    out.push_back({t->name, onnx_to_tensor(*t), false});
   }
   return out;
 }

@@ -26,6 +26,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 #include <utility>
@@ -64,6 +65,24 @@ bool onnx_is_float(int32_t data_type);
 // True when `path` ends in ".onnx" (any case): the CLI's cue to take the ONNX path.
 bool is_onnx_file(const std::string& path);
 
+// A BatchNormalization node whose running statistics are initializers (OnnxModel::batchnorms).
+struct OnnxBatchNorm {
+  std::string node;      // its name, as in OnnxModel::runtime_bytes
+  std::string input;     // the tensor it normalises
+  std::string producer;  // the node whose output `input` is; empty when `input` is a graph input
+  int producer_output = 0;  // which output of `producer`
+  std::string mean;      // input 3 (running mean): an initializer, or an Identity of one
+  std::string var;       // input 4 (running variance), the same
+  int32_t data_type = 0;  // of mean and var
+  int64_t channels = 0;   // elements of mean and var
+};
+
+// The graph input the data goes into: the first input that is not an initializer.
+struct OnnxInput {
+  std::string name;
+  std::vector<int64_t> dims;  // -1 where the dimension is symbolic or unknown
+};
+
 class OnnxModel {
  public:
   OnnxModel();
@@ -86,6 +105,19 @@ class OnnxModel {
   int64_t ir_version() const;
   int64_t opset() const;  // of the default domain; 0 when not imported
   size_t node_count() const;
+
+  // The graph input that takes the data. Throws FormatError when every input is an initializer.
+  OnnxInput input() const;
+  // BatchNormalization nodes in node order whose inputs 3 and 4 (running mean and variance) are
+  // float initializers (directly or through an Identity) of equal size.
+  std::vector<OnnxBatchNorm> batchnorms() const;
+  // The model serialised for a runtime (formats/onnx_runtime.h), not for a file: every
+  // initializer inline as raw_data with its current value, or with `replace[name]` (same byte
+  // count; a name may also be an Identity's output), Identity nodes of initializers folded into
+  // initializers of their own (OpenCV cannot import them; PyTorch's exporter writes them for
+  // equal initializers), and unnamed nodes named "node<i>" (i: the node's index). Throws Error
+  // when a replacement names no initializer or has the wrong size, or the model is over 2 GiB.
+  std::string runtime_bytes(const std::map<std::string, std::vector<uint8_t>>& replace = {}) const;
 
   // metadata_props, in file order.
   std::vector<std::pair<std::string, std::string>> metadata() const;
