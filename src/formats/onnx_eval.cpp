@@ -6,6 +6,7 @@
 #include <set>
 
 #include "formats/onnx_runtime.h"
+#include "locking/lock.h"
 #include "util/error.h"
 
 namespace corelocker {
@@ -48,17 +49,9 @@ std::string ratio_label(double r) {
 }  // namespace
 
 torch::ScalarType onnx_scalar_type(int32_t data_type) {
-  switch (onnx_key_dtype(data_type)) {
-    case DType::kF32:
-      return torch::kFloat32;
-    case DType::kF64:
-      return torch::kFloat64;
-    case DType::kF16:
-      return torch::kFloat16;
-    case DType::kBF16:
-      return torch::kBFloat16;
-  }
-  throw Error("ONNX data type " + onnx_type_name(data_type) + " has no torch dtype");
+  if (!onnx_is_float(data_type))
+    throw Error("ONNX data type " + onnx_type_name(data_type) + " has no torch dtype");
+  return to_scalar_type(onnx_key_dtype(data_type));
 }
 
 torch::Tensor onnx_to_tensor(const OnnxTensor& t) {

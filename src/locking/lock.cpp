@@ -31,16 +31,6 @@ DType to_dtype(const torch::Tensor& t, const std::string& name) {
   }
 }
 
-torch::ScalarType to_scalar(DType d) {
-  switch (d) {
-    case DType::kF32: return torch::kFloat32;
-    case DType::kF64: return torch::kFloat64;
-    case DType::kF16: return torch::kFloat16;
-    case DType::kBF16: return torch::kBFloat16;
-  }
-  return torch::kFloat32;
-}
-
 std::unordered_map<std::string, torch::Tensor*> by_name(std::vector<NamedTensor>& tensors) {
   std::unordered_map<std::string, torch::Tensor*> m;
   for (auto& t : tensors) m[t.name] = &t.tensor;
@@ -55,6 +45,16 @@ torch::Tensor unit_view(const torch::Tensor& t, int64_t unit_size, const std::st
 std::string short_fp(const Digest& d) { return to_hex(d).substr(0, 16); }
 
 }  // namespace
+
+torch::ScalarType to_scalar_type(DType d) {
+  switch (d) {
+    case DType::kF32: return torch::kFloat32;
+    case DType::kF64: return torch::kFloat64;
+    case DType::kF16: return torch::kFloat16;
+    case DType::kBF16: return torch::kBFloat16;
+  }
+  return torch::kFloat32;
+}
 
 ExtractionPlan plan_difference(const ExtractionPlan& larger, const ExtractionPlan& smaller) {
   ExtractionPlan out;
@@ -376,7 +376,7 @@ void restore_units(std::vector<NamedTensor>& tensors, const KeyFile& key) {
   for (const auto& e : key.entries) {
     const auto k = static_cast<int64_t>(e.units.size()), s = static_cast<int64_t>(e.unit_size);
     std::vector<int64_t> units(e.units.begin(), e.units.end());
-    auto values = torch::from_blob(const_cast<uint8_t*>(e.values.data()), {k, s}, to_scalar(e.dtype));
+    auto values = torch::from_blob(const_cast<uint8_t*>(e.values.data()), {k, s}, to_scalar_type(e.dtype));
     unit_view(*named[e.tensor], s, e.tensor).index_copy_(0, torch::tensor(units, torch::kInt64), values);
   }
   const Digest restored = fingerprint(tensors);

@@ -17,6 +17,9 @@ namespace corelocker {
 // before and after, the options and a fresh random key id. Extracted positions become 0, or
 // decoys (locking/decoys.h) modelled on the units that stay (never on units in `no_donors`,
 // e.g. those a later tier extracts), drawn with a seed from the OS. Throws Error.
+// The torch dtype of a key entry's dtype.
+torch::ScalarType to_scalar_type(DType d);
+
 KeyFile extract_units(std::vector<NamedTensor>& tensors, const ExtractionPlan& plan,
                       const LockOptions& options, const ExtractionPlan* no_donors = nullptr);
 // Same, with the decoy generator's seed given (reproducible decoys: tests, the detector's

@@ -10,20 +10,6 @@
 namespace corelocker {
 namespace {
 
-torch::ScalarType scalar_type(DType d) {
-  switch (d) {
-    case DType::kF32:
-      return torch::kFloat32;
-    case DType::kF64:
-      return torch::kFloat64;
-    case DType::kF16:
-      return torch::kFloat16;
-    case DType::kBF16:
-      return torch::kBFloat16;
-  }
-  return torch::kFloat32;
-}
-
 // The [units, unit_size] view of each entry's tensor, after checking name, dtype and shape.
 std::vector<torch::Tensor> entry_views(std::vector<NamedTensor>& tensors, const KeyFile& key) {
   std::unordered_map<std::string, const torch::Tensor*> named;
@@ -35,7 +21,7 @@ std::vector<torch::Tensor> entry_views(std::vector<NamedTensor>& tensors, const 
       throw MismatchError("key entry '" + e.tensor + "': model has no such tensor");
     const torch::Tensor& t = *it->second;
     const std::vector<int64_t> shape(e.shape.begin(), e.shape.end());
-    if (t.scalar_type() != scalar_type(e.dtype) || t.sizes() != c10::IntArrayRef(shape)) {
+    if (t.scalar_type() != to_scalar_type(e.dtype) || t.sizes() != c10::IntArrayRef(shape)) {
       throw MismatchError("key entry '" + e.tensor + "': " + to_string(e.dtype) + " " +
                           c10::str(c10::IntArrayRef(shape)) + ", tensor is " +
                           c10::toString(t.scalar_type()) + " " + c10::str(t.sizes()));
@@ -77,7 +63,7 @@ Digest relock(std::vector<NamedTensor>& tensors, const KeyFile& undo) {
     auto values =
         torch::from_blob(const_cast<uint8_t*>(e.values.data()),
                          {static_cast<int64_t>(e.units.size()), static_cast<int64_t>(e.unit_size)},
-                         scalar_type(e.dtype));
+                         to_scalar_type(e.dtype));
     views[i].index_copy_(0, unit_index(e), values);
   }
   return fingerprint(tensors);
