@@ -46,6 +46,21 @@ TEST(CliTorchScript, LockRecordsThePreprocessingAndUnlockRestoresTheFingerprint)
   EXPECT_EQ(back.out, fp.out);
 }
 
+TEST(CliTorchScript, ADatasetGivenForAFileWithoutMetadataSetsItsClassesToo) {
+  const std::string dir = testing::torchscript_fixtures("ts-fresh-s3", "--seed 3");
+  TempDir tmp;
+  const std::string model = dir + "/scripted.pt", locked = tmp.file("locked.pt"), key = tmp.file("k.clk");
+  // Locking runs no forward pass: the data set given is recorded as it is, with all its facts.
+  auto r = run("lock --model " + model + " --ratio 0.05 --dataset cifar100 --out " + locked + " --key-out " + key);
+  ASSERT_EQ(r.code, 0) << r.out;
+  r = run("inspect --json " + locked);
+  ASSERT_EQ(r.code, 0) << r.out;
+  const auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["dataset"], "cifar100");
+  EXPECT_EQ(j["classes"], 100);
+  EXPECT_EQ(j["mean"].size(), 3u);
+}
+
 TEST(CliTorchScript, PreprocessingOptionsAreChecked) {
   const std::string model = testing::torchscript_fixtures("ts-fresh-s3", "--seed 3") + "/traced.pt";
   auto r = run("eval --model " + model + " --mean 0.1,0.2 --test-subset 10");

@@ -98,6 +98,7 @@ void override_input(const InputArgs& a, ModelMeta& meta) {
     if (info.name != meta.dataset) {
       meta.dataset = info.name;
       meta.input = info.input;
+      meta.classes = info.classes;
       meta.preprocess.mean = info.mean;
       meta.preprocess.std = info.std;
     }
