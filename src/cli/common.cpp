@@ -90,18 +90,21 @@ bool input_args_given(const InputArgs& a) {
 
 namespace {
 
+// The facts of a data set a model's metadata records: name, input shape, classes, normalisation.
+void use_dataset(const DatasetInfo& info, ModelMeta& meta) {
+  meta.dataset = info.name;
+  meta.input = info.input;
+  meta.classes = info.classes;
+  meta.preprocess.mean = info.mean;
+  meta.preprocess.std = info.std;
+}
+
 // Applies the given options over `meta` (a model file that stores no preprocessing) and checks
 // the result. Throws UsageError.
 void override_input(const InputArgs& a, ModelMeta& meta) {
   if (!a.dataset.empty()) {
     const DatasetInfo info = dataset_info(a.dataset);
-    if (info.name != meta.dataset) {
-      meta.dataset = info.name;
-      meta.input = info.input;
-      meta.classes = info.classes;
-      meta.preprocess.mean = info.mean;
-      meta.preprocess.std = info.std;
-    }
+    if (info.name != meta.dataset) use_dataset(info, meta);
   }
   if (a.pad >= 0) meta.preprocess.pad_to = a.pad;
   if (a.resize >= 0) meta.preprocess.resize_to = a.resize;
@@ -187,13 +190,8 @@ void apply_input_args(const InputArgs& a, LoadedModel& model, const std::string&
 }
 
 ModelMeta input_meta(const InputArgs& a) {
-  const DatasetInfo info = dataset_info("fashion-mnist");
   ModelMeta meta;
-  meta.dataset = info.name;
-  meta.input = info.input;
-  meta.classes = info.classes;
-  meta.preprocess.mean = info.mean;
-  meta.preprocess.std = info.std;
+  use_dataset(dataset_info("fashion-mnist"), meta);
   override_input(a, meta);
   return meta;
 }
