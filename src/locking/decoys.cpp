@@ -23,6 +23,9 @@ constexpr int64_t kMinOwnNorms = 8;
 // Decoy shapes are moment-matched (match_moments) when there are at least this many times the
 // kernel's elements of both decoys and real kernels.
 constexpr int64_t kMinMatched = 4;
+// Candidate shapes drawn per decoy; each decoy keeps the one whose sorted |element| profile is
+// nearest that of a random remaining kernel (draw_shapes).
+constexpr int64_t kProfileCandidates = 16;
 
 torch::Tensor f64(const torch::Tensor& t) { return t.detach().to(kF64); }
 
@@ -287,19 +290,39 @@ torch::Tensor match_moments(torch::Tensor shapes, const torch::Tensor& mean,
 // (match_moments). The candidate whose decoys' mean roughness, sparsity, peak share, sign
 // balance and Mahalanobis distance are nearest those of `real` [m, s] (in units of their sd) is
 // kept (with matched moments, its mean sparsity is then set to `real`'s).
+// Each cell of the grid draws kProfileCandidates shapes per decoy and keeps, per decoy, the one
+// whose sorted |element| profile (unit l2) is nearest that of a random row of `real`. Why: the
+// copula's positions are all but uncorrelated, so its draws are independent per position and
+// miss how a kernel's magnitudes depend on each other; on kernels near their uniform
+// initialisation they came out flatter than the kernels (sparsity +0.13 sd), and what brought
+// the mean sparsity back (Gaussian marginals, the power below with p > 1) did it with one
+// outstanding element: peak share too high for the sparsity, 2nd / 1st largest too low, which
+// the learned detector found (peak share and sparsity weighted alike, z 3.4-6.0 on the one-epoch
+// ResNet-20's l1 locks; runs/s15/decoy-analysis.md).
 torch::Tensor draw_shapes(const torch::Tensor& centre, const torch::Tensor& target_var,
                           const torch::Tensor& pool, const torch::Tensor& real, int64_t kh,
                           int64_t kw, at::Generator& gen) {
-  const int64_t t = centre.size(0);
+  const int64_t t = centre.size(0), k = kProfileCandidates;
   auto centred = pool - pool.mean(0);
   auto basis =
       std::get<1>(torch::linalg_eigh(centred.t().mm(centred) / double(pool.size(0))));  // [s, s]
   std::vector<std::pair<torch::Tensor, torch::Tensor>> draws;  // (copula, gaussian) per basis
-  draws.push_back(copula_draws(pool, t, gen));
-  auto [copula_pc, gaussian_pc] = copula_draws(pool.mm(basis), t, gen);
+  draws.push_back(copula_draws(pool, k * t, gen));
+  auto [copula_pc, gaussian_pc] = copula_draws(pool.mm(basis), k * t, gen);
   draws.emplace_back(copula_pc.mm(basis.t()), gaussian_pc.mm(basis.t()));
   // What the decoys should look like.
   auto real_unit = real / real.pow(2).sum(1, true).sqrt().clamp_min(1e-300);
+  // Candidate c of decoy i is row c * t + i; decoy i keeps the candidate whose sorted |element|
+  // profile is nearest that of a random remaining kernel.
+  auto target_rows = torch::randint(real.size(0), {t}, gen, torch::kInt64);
+  auto target_profile = std::get<0>(real_unit.index_select(0, target_rows).abs().sort(1));
+  auto pick = [&](const torch::Tensor& candidates) {
+    auto unit = candidates / candidates.pow(2).sum(1, true).sqrt().clamp_min(1e-300);
+    auto profile = std::get<0>(unit.abs().sort(1)).view({k, t, -1});
+    auto nearest = (profile - target_profile.unsqueeze(0)).pow(2).sum(2).argmin(0);  // [t]
+    return candidates.index_select(0, nearest * t + torch::arange(t, torch::kInt64));
+  };
+  auto centres = centre.repeat({k, 1});
   auto real_mean = real_unit.mean(0);
   auto real_cov = (real_unit - real_mean).t().mm(real_unit - real_mean) /
                   double(std::max<int64_t>(real.size(0), 1));
@@ -319,9 +342,11 @@ torch::Tensor draw_shapes(const torch::Tensor& centre, const torch::Tensor& targ
       want.size(0) > 1 ? want.std(0).clamp_min(1e-12) : torch::ones({want.size(1)}, kF64);
   auto pool_norms = pool.pow(2).sum(1).sqrt();
   const double pool_energy = std::max(pool_norms.pow(2).mean().item<double>(), 1e-300);
-  auto lengths = pool_norms.index_select(0, torch::randint(pool.size(0), {t}, gen, torch::kInt64));
+  auto lengths =
+      pool_norms.index_select(0, torch::randint(pool.size(0), {k * t}, gen, torch::kInt64));
+  auto target_vars = target_var.repeat({k});
   const std::vector<torch::Tensor> scales = {
-      (lengths * (target_var / pool_energy).sqrt()).unsqueeze(1), target_var.sqrt().unsqueeze(1)};
+      (lengths * (target_vars / pool_energy).sqrt()).unsqueeze(1), target_vars.sqrt().unsqueeze(1)};
   torch::Tensor best;
   double best_gap = INFINITY;
   for (const auto& [copula, gaussian] : draws) {
@@ -330,7 +355,7 @@ torch::Tensor draw_shapes(const torch::Tensor& centre, const torch::Tensor& targ
       auto direction = e / e.pow(2).sum(1, true).sqrt().clamp_min(1e-300);
       for (const auto& scale : scales) {
         for (double g : gains) {
-          auto shapes = centre + direction * (g * scale);
+          auto shapes = pick(centres + direction * (g * scale));
           if (match) shapes = match_moments(shapes, real_mean, real_cov);
           auto got = calibration_stats(shapes, kh, kw, real_mean, precision).mean(0);
           const double gap = ((got - want_mean).abs() / want_sd).sum().item<double>();
