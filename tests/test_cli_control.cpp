@@ -11,6 +11,8 @@
 #include <cstdio>
 #include <thread>
 
+#include <nlohmann/json.hpp>
+
 #include "report/csv_log.h"
 #include "cli_run.h"
 #include "temp_dir.h"
@@ -35,7 +37,7 @@ size_t lines_in(const std::string& path) {
 }
 
 // Starts a long sweep in the background, waits for `rows` rows in its CSV, sends `sig` and
-// returns the exit status.
+// returns the exit status; -1 (and a test failure) when the rows are not there within 120 s.
 int interrupt_sweep(const testing::TempDir& dir, size_t rows, int sig) {
   const std::string model = dir.file("m.ckpt"), out = dir.file("out");
   const pid_t pid = fork();
@@ -53,9 +55,14 @@ int interrupt_sweep(const testing::TempDir& dir, size_t rows, int sig) {
   while (lines_in(out + "/sweep.csv") < rows + 1 && std::chrono::steady_clock::now() < deadline) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
-  ::kill(pid, sig);
+  const bool reached = lines_in(out + "/sweep.csv") >= rows + 1;
+  ::kill(pid, reached ? sig : SIGKILL);
   int status = 0;
   ::waitpid(pid, &status, 0);
+  if (!reached) {
+    ADD_FAILURE() << "the sweep wrote fewer than " << rows << " rows within 120 s";
+    return -1;
+  }
   return status;
 }
 
@@ -115,6 +122,7 @@ TEST_F(CliControl, SweepNeedsRatios) {
 
 TEST_F(CliControl, KilledSweepLeavesAReadablePartialCsv) {
   const int status = interrupt_sweep(dir_, 3, SIGKILL);
+  ASSERT_NE(status, -1);
   ASSERT_TRUE(WIFSIGNALED(status));
   expect_readable_partial_csv(dir_.file("out/sweep.csv"), 3);
   EXPECT_FALSE(file_exists(dir_.file("out/sweep.json")));  // never half-written
@@ -122,6 +130,7 @@ TEST_F(CliControl, KilledSweepLeavesAReadablePartialCsv) {
 
 TEST_F(CliControl, CtrlCStopsTheSweepAndKeepsWhatWasMeasured) {
   const int status = interrupt_sweep(dir_, 2, SIGINT);
+  ASSERT_NE(status, -1);
   ASSERT_TRUE(WIFEXITED(status));
   EXPECT_EQ(WEXITSTATUS(status), 1);
   expect_readable_partial_csv(dir_.file("out/sweep.csv"), 2);
@@ -149,6 +158,37 @@ TEST_F(CliControl, CalibrateWritesTheLockedModelAndAKeyThatRestoresIt) {
   ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_EQ(run("fingerprint " + dir_.file("restored.ckpt")).out,
             run("fingerprint " + dir_.file("m.ckpt")).out);
+}
+
+// A band is searched over the default ranking without the first and last layers (their units
+// move a model trained elsewhere 30-40 points each); --include-io and a named criterion say
+// otherwise, and a plain `lock` keeps the default lock's units.
+TEST_F(CliControl, BandSearchesLeaveTheFirstAndLastLayersOutUnlessAsked) {
+  auto key_includes_io = [&](const std::string& key) {
+    CliRun k = run("inspect --json " + key);
+    EXPECT_EQ(k.code, 0) << k.out;
+    return nlohmann::json::parse(k.out).at("include_io").get<bool>();
+  };
+  const std::string common = " --val-size 200 --test-subset 100 --reestimate-images 32 --out " +
+                             dir_.file("l.ckpt") + " --key-out ";
+  CliRun r = run("calibrate --model " + dir_.file("m.ckpt") + " --target 0-100" + common + dir_.file("a.clk"));
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("default without first/last (l1, global)"), std::string::npos) << r.out;
+  EXPECT_FALSE(key_includes_io(dir_.file("a.clk")));
+  r = run("calibrate --model " + dir_.file("m.ckpt") + " --target 0-100 --include-io" + common + dir_.file("b.clk"));
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("default (l1, global, first/last included)"), std::string::npos) << r.out;
+  EXPECT_TRUE(key_includes_io(dir_.file("b.clk")));
+  r = run("lock --model " + dir_.file("m.ckpt") + " --tier-bands 0-100" + common + dir_.file("c.clk"));
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_FALSE(key_includes_io(dir_.file("c.tier1.clk")));
+  r = run("lock --model " + dir_.file("m.ckpt") + " --ratio 0.01 --out " + dir_.file("l.ckpt") + " --key-out " +
+          dir_.file("d.clk"));
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_TRUE(key_includes_io(dir_.file("d.clk")));
+  r = run("bands --model " + dir_.file("m.ckpt") + " --width 50 --max-evals 2 --no-test --val-size 200 "
+          "--reestimate-images 32");
+  EXPECT_NE(r.out.find("default without first/last (l1, global)"), std::string::npos) << r.out;
 }
 
 TEST_F(CliControl, UnreachableBandSaysSoAndWritesNothing) {

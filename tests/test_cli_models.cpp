@@ -109,8 +109,13 @@ TEST(CliModels, CtrlCKeepsTheLastCheckpointAndResumeFinishes) {
   while (!file_exists(ckpt) && std::chrono::steady_clock::now() < deadline) {
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
-  kill(pid, SIGINT);
   int status = 0;
+  if (!file_exists(ckpt)) {
+    kill(pid, SIGKILL);
+    waitpid(pid, &status, 0);
+    FAIL() << "no checkpoint within 60 s of starting training";
+  }
+  kill(pid, SIGINT);
   waitpid(pid, &status, 0);
   ASSERT_TRUE(WIFEXITED(status));
   ASSERT_EQ(WEXITSTATUS(status), 130);

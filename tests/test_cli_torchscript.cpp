@@ -72,6 +72,13 @@ TEST(CliTorchScript, PreprocessingOptionsAreChecked) {
   r = run("eval --model " + model + " --dataset mnist --test-subset 10");
   EXPECT_EQ(r.code, 2) << r.out;
   EXPECT_NE(r.out.find("mnist"), std::string::npos) << r.out;
+  // Padding only grows an image: a size below the image's (or below --resize) is refused, not ignored.
+  r = run("eval --model " + model + " --pad 2 --test-subset 10");
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_NE(r.out.find("--pad 2: smaller than the 28x28 images of fashion-mnist"), std::string::npos) << r.out;
+  r = run("eval --model " + model + " --resize 40 --pad 32 --test-subset 10");
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_NE(r.out.find("--pad 32: smaller than the 40x40 images after --resize"), std::string::npos) << r.out;
   // Resizing 28x28 to 40x40 feeds the convolutional network another size; it still runs.
   r = run("eval --model " + model + " --resize 40 --test-subset 10 --json");
   EXPECT_EQ(r.code, 0) << r.out;

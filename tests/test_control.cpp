@@ -371,6 +371,22 @@ TEST(SearchBand, AcceptsTheBandsEdgeWhenItsMiddleIsOutOfReach) {
   EXPECT_NE(c.explanation.find("middle"), std::string::npos) << c.explanation;
 }
 
+TEST(SearchBand, NeverChoosesAPlanThatTakesNothing) {
+  // Every probe of a flat curve lies in 0-100: a plan that takes units is chosen, not ratio 0
+  // (the unlocked model), which the walk down toward the band's middle reaches last.
+  CalibrationOptions o;
+  o.start_ratio = 0.01;
+  Calibration flat = search_band({1000}, by_units(1000, [](int64_t) { return 10.0; }), parse_band("0-100"), o);
+  ASSERT_TRUE(flat.found()) << flat.explanation;
+  EXPECT_GT(flat.chosen.units, 0);
+  // The unlocked model (91%) is in the middle of 85-95 and the first unit takes it to 50%: no
+  // plan that takes something lands, and the search says so instead of choosing none.
+  const Evaluator cliff = by_units(1000, [](int64_t u) { return u == 0 ? 91.0 : 50.0; });
+  Calibration none = search_band({1000}, cliff, parse_band("85-95"), o);
+  EXPECT_FALSE(none.found()) << none.explanation;
+  EXPECT_EQ(none.status, CalibrationStatus::kBetweenSteps) << none.explanation;
+}
+
 TEST(SearchBand, ReorderingsReplayOnARanking) {
   Ranking r;
   r.groups.push_back({"conv", {{0, 0, 9.f}, {0, 1, 8.f}, {0, 2, 7.f}, {0, 3, 6.f}}});

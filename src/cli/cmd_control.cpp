@@ -338,7 +338,7 @@ void add_calibrate(CLI::App& app) {
     apply_threads(common);
     require_runnable(model_path, "calibrate");
     const Band band = parse_band(target);
-    const LockOptions lopt = lock_options(unit_args);
+    const LockOptions lopt = band_lock_options(unit_args);
     if (out.empty() != key_out.empty()) throw UsageError("--out and --key-out go together");
     if (!out.empty() && same_file(out, key_out))
       throw UsageError("--out '" + out + "' and --key-out '" + key_out + "' name the same file");
@@ -377,6 +377,9 @@ void add_calibrate(CLI::App& app) {
         // Layers of equal size gain their next unit at the same ratio, so layer scope moves in
         // steps of several units; global scope adds one unit at a time.
         hint = " (layer scope steps several equally sized layers at once: --scope global adds one unit at a time)";
+      } else if (cal.status == CalibrationStatus::kBetweenSteps && ranking.options.include_io) {
+        // A stem or head kernel can carry tens of points of accuracy on its own.
+        hint = " (units of the first and last layers move the accuracy in large steps: try without --include-io)";
       }
       throw Error("no ratio found for band " + target + ": " + cal.explanation + hint + "; nothing written");
     }
@@ -455,7 +458,7 @@ void add_bands(CLI::App& app) {
   handlers()[c] = [] {
     apply_threads(common);
     require_runnable(model_path, "bands");
-    const LockOptions lopt = lock_options(unit_args);
+    const LockOptions lopt = band_lock_options(unit_args);
     LoadedModel model = load_model(model_path);
     apply_input_args(input, model, model_path);
     if (model.meta.lock)

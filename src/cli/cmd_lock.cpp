@@ -107,7 +107,9 @@ void add_lock(CLI::App& app) {
     }
     if (is_safetensors_file(model_path)) return lock_safetensors_command(*c, model_path, out, key_out, access);
     apply_threads(common);
-    LockOptions o = lock_options_for(resolve_units(criterion, scope, include_io, exclude_io), ratio);
+    const UnitChoice chosen_units = tier_bands.empty() ? resolve_units(criterion, scope, include_io, exclude_io)
+                                                         : band_units(criterion, scope, include_io, exclude_io);
+    LockOptions o = lock_options_for(chosen_units, ratio);
     o.seed = seed;
     o.fill = parse_fill(fill);
     if (units != "l1" && units != "bn") throw UsageError("units '" + units + "': expected l1 or bn");

@@ -62,7 +62,9 @@ const char* const kCriterionHelp =
     "l1 | bn | random: the paper's criterion (l1 and random per layer, bn global, first and last layers left "
     "alone); default: the default lock (l1 units ranked over the whole model, first and last layers included)";
 const char* const kScopeHelp = "layer | global (default: global; with --criterion, the paper's: layer for l1/random, global for bn)";
-const char* const kIncludeIoHelp = "Also extract from the first and last layer (the default lock does)";
+const char* const kIncludeIoHelp =
+    "Also extract from the first and last layer (the default lock does; calibrate, bands and --tier-bands leave "
+    "them out unless given this)";
 const char* const kExcludeIoHelp = "Leave the first and last layer alone (what a named --criterion does)";
 
 CLI::Option* add_unit_args(CLI::App* c, UnitArgs& a, bool random_allowed) {
@@ -75,12 +77,29 @@ CLI::Option* add_unit_args(CLI::App* c, UnitArgs& a, bool random_allowed) {
   return criterion;
 }
 
-LockOptions lock_options(const UnitArgs& a) {
-  LockOptions o = lock_options_for(resolve_units(a.criterion, a.scope, a.include_io, a.exclude_io), 0.0);
+namespace {
+
+LockOptions options_for(const UnitChoice& u, const UnitArgs& a) {
+  LockOptions o = lock_options_for(u, 0.0);
   o.seed = a.seed;
   if (a.units != "l1" && a.units != "bn") throw UsageError("units '" + a.units + "': expected l1 or bn");
   o.random_bn_units = a.units == "bn";
   return o;
+}
+
+}  // namespace
+
+LockOptions lock_options(const UnitArgs& a) {
+  return options_for(resolve_units(a.criterion, a.scope, a.include_io, a.exclude_io), a);
+}
+
+UnitChoice band_units(const std::string& criterion, const std::string& scope, bool include_io, bool exclude_io) {
+  const bool named = !criterion.empty() && criterion != "default";
+  return resolve_units(criterion, scope, include_io, exclude_io || (!named && !include_io));
+}
+
+LockOptions band_lock_options(const UnitArgs& a) {
+  return options_for(band_units(a.criterion, a.scope, a.include_io, a.exclude_io), a);
 }
 
 bool input_args_given(const InputArgs& a) {
@@ -89,15 +108,6 @@ bool input_args_given(const InputArgs& a) {
 }
 
 namespace {
-
-// The facts of a data set a model's metadata records: name, input shape, classes, normalisation.
-void use_dataset(const DatasetInfo& info, ModelMeta& meta) {
-  meta.dataset = info.name;
-  meta.input = info.input;
-  meta.classes = info.classes;
-  meta.preprocess.mean = info.mean;
-  meta.preprocess.std = info.std;
-}
 
 // Applies the given options over `meta` (a model file that stores no preprocessing) and checks
 // the result. Throws UsageError.
@@ -109,6 +119,16 @@ void override_input(const InputArgs& a, ModelMeta& meta) {
   if (a.pad >= 0) meta.preprocess.pad_to = a.pad;
   if (a.resize >= 0) meta.preprocess.resize_to = a.resize;
   if (a.channels >= 0) meta.preprocess.channels = a.channels;
+  // Images are resized first, then padded: a pad size below that size would be ignored.
+  const int64_t pad = meta.preprocess.pad_to, resize = meta.preprocess.resize_to;
+  const int64_t side = std::max(resize > 0 ? resize : meta.input.height, resize > 0 ? resize : meta.input.width);
+  if (pad > 0 && pad < side) {
+    throw UsageError("--pad " + std::to_string(pad) + ": smaller than the " +
+                     (resize > 0 ? std::to_string(resize) + "x" + std::to_string(resize) + " images after --resize"
+                                 : std::to_string(meta.input.height) + "x" + std::to_string(meta.input.width) +
+                                       " images of " + meta.dataset) +
+                     "; padding only grows an image (give 0 for none, or at least " + std::to_string(side) + ")");
+  }
   const int64_t fed = meta.preprocess.channels > 0 ? meta.preprocess.channels : meta.input.channels;
   if (meta.preprocess.channels > 0 && meta.input.channels != 1 && meta.preprocess.channels != meta.input.channels) {
     throw UsageError("--channels " + std::to_string(meta.preprocess.channels) + ": the data set has " +

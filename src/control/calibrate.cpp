@@ -259,6 +259,15 @@ Calibration search_band(const std::vector<int64_t>& groups, const Evaluator& eva
   const double middle = (band.low + band.high) / 2.0;
   const double quarter = (band.high - band.low) / 4.0;
   const Band core{band.low + quarter, band.high - quarter};
+  // A plan that takes no unit is the unlocked model: it is never chosen (a lock takes something),
+  // and where it lies in the band's middle the search counts it as above, so that it goes on to
+  // the smallest plan that does take units.
+  auto takes_nothing = [&](const Probe& q) { return prober.units(q.ratio) == 0; };
+  auto in_core = [&](const Probe& q) { return core.contains(q.top1) && !takes_nothing(q); };
+  auto side = [&](const Probe& q) {
+    if (q.top1 > core.high || (takes_nothing(q) && q.top1 >= core.low)) return 1;
+    return q.top1 < core.low ? -1 : 0;
+  };
   auto finish = [&](CalibrationStatus status, std::string why) {
     out.status = status;
     out.probes = prober.made();
@@ -276,7 +285,8 @@ Calibration search_band(const std::vector<int64_t>& groups, const Evaluator& eva
     const auto valid = prober.by_ratio();
     const Probe* best = nullptr;
     for (const auto& p : valid) {
-      if (band.contains(p.top1) && (!best || std::abs(p.top1 - middle) < std::abs(best->top1 - middle)))
+      if (band.contains(p.top1) && !takes_nothing(p) &&
+          (!best || std::abs(p.top1 - middle) < std::abs(best->top1 - middle)))
         best = &p;
     }
     if (best) {
@@ -322,8 +332,8 @@ Calibration search_band(const std::vector<int64_t>& groups, const Evaluator& eva
   double r = std::min(options.start_ratio, options.max_ratio);
   for (;;) {
     if (!prober.probe(r, &p)) return out_of_budget();
-    if (core.contains(p.top1)) return found(p);
-    if (p.top1 > core.high) {
+    if (in_core(p)) return found(p);
+    if (side(p) == 1) {
       have_above = true;
       if (have_below) break;
       if (r >= options.max_ratio) {
@@ -349,7 +359,6 @@ Calibration search_band(const std::vector<int64_t>& groups, const Evaluator& eva
   // encloses a crossing, falling or rising. Probe inside the widest such pair, interpolating
   // top-1 against log(ratio) toward the middle, kept 20% away from either end so that the pair
   // shrinks by a fixed factor even where the curve is flat.
-  auto side = [&](const Probe& q) { return q.top1 > core.high ? 1 : q.top1 < core.low ? -1 : 0; };
   std::string collapsed;  // the last pair that had no unit count left between its ends
   bool explored_up = false, explored_down = false;
   int last_side = 0;
@@ -453,7 +462,7 @@ Calibration search_band(const std::vector<int64_t>& groups, const Evaluator& eva
                                      std::to_string(options.max_evaluations) + " evaluations spent)"
                                : std::string()));
     }
-    if (core.contains(p.top1)) return found(p);
+    if (in_core(p)) return found(p);
     same_side_twice = a && side(p) == last_side;
     last_side = a ? side(p) : 0;
   }

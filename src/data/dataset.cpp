@@ -23,6 +23,14 @@ DatasetInfo dataset_info(const std::string& name) {
   throw UsageError("dataset '" + name + "': unknown (known: fashion-mnist, cifar10, cifar100)");
 }
 
+void use_dataset(const DatasetInfo& info, ModelMeta& meta) {
+  meta.dataset = info.name;
+  meta.input = info.input;
+  meta.classes = info.classes;
+  meta.preprocess.mean = info.mean;
+  meta.preprocess.std = info.std;
+}
+
 Dataset load_dataset(const std::string& name, const std::string& dir, Split split) {
   const DatasetInfo info = dataset_info(name);
   const std::string folder = dir.empty() ? info.default_dir : dir;

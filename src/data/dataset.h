@@ -29,6 +29,10 @@ struct DatasetInfo {
 // unknown name.
 DatasetInfo dataset_info(const std::string& name);
 
+// Records a data set's facts in a model's metadata: name, input shape, classes and
+// normalisation; the rest of the preprocessing (padding, resizing, channels) is left as it is.
+void use_dataset(const DatasetInfo& info, ModelMeta& meta);
+
 struct Dataset {
   torch::Tensor images;  // uint8 [N, C, H, W]
   torch::Tensor labels;  // int64 [N]

@@ -41,11 +41,7 @@ ModelMeta new_model_meta(const std::string& arch, const std::string& dataset,
   ModelMeta meta;
   meta.arch = a.name;
   meta.options = resolve_options(a, options);
-  meta.dataset = info.name;
-  meta.input = info.input;
-  meta.classes = info.classes;
-  meta.preprocess.mean = info.mean;
-  meta.preprocess.std = info.std;
+  use_dataset(info, meta);
   // CIFAR-style networks take 28x28 inputs padded to 32x32; the others take the image as is.
   meta.preprocess.pad_to = a.pad_to;
   return meta;

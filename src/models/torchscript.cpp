@@ -246,13 +246,8 @@ LoadedModel load_torchscript(const std::string& path) {
     }
   } else {
     m.meta_stored = false;
-    const DatasetInfo info = dataset_info("fashion-mnist");
     m.meta.arch = kTorchScriptArch;
-    m.meta.dataset = info.name;
-    m.meta.input = info.input;
-    m.meta.classes = info.classes;
-    m.meta.preprocess.mean = info.mean;
-    m.meta.preprocess.std = info.std;
+    use_dataset(dataset_info("fashion-mnist"), m.meta);
   }
   m.net = std::make_shared<TorchScriptNetwork>(impl);
   m.meta.tensors.clear();
