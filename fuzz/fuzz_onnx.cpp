@@ -9,7 +9,8 @@
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   try {
-    corelocker::OnnxModel m = corelocker::parse_onnx_model(data, size, "/nonexistent-corelocker-fuzz", "fuzz");
+    corelocker::OnnxModel m =
+        corelocker::parse_onnx_model(data, size, "/nonexistent-corelocker-fuzz", "fuzz");
     (void)corelocker::onnx_fingerprint(m);
   } catch (const corelocker::Error&) {
   }

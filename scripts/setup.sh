@@ -18,7 +18,7 @@ packages=(
   dataset-fashion-mnist gnuplot-nox
   python3-torch python3-dev pybind11-dev python3-pytest
   libonnx-dev libprotobuf-dev python3-onnx libopencv-dnn-dev
-  librust-blake3-dev
+  librust-blake3-dev clang-format
 )
 
 sudo_cmd=()

@@ -24,7 +24,9 @@ inline std::string onnx_fixture_dir(std::string* why) {
   const std::string dir = std::string(CORELOCKER_TEST_CACHE) + "/onnx-fixtures";
   if (file_exists(dir + "/resnet_bn.onnx") && file_exists(dir + "/resnet_folded.onnx")) return dir;
   if (std::system("/usr/bin/python3 -c 'import torch' >/dev/null 2>&1") != 0) {
-    *why = "/usr/bin/python3 cannot import torch (install Debian's python3-torch) to export the ONNX fixtures";
+    *why =
+        "/usr/bin/python3 cannot import torch (install Debian's python3-torch) to export the ONNX "
+        "fixtures";
     return "";
   }
   // Export into a private folder, then move the files in: tests run in parallel.
@@ -34,8 +36,8 @@ inline std::string onnx_fixture_dir(std::string* why) {
     *why = "cannot create " + tmpl;
     return "";
   }
-  const std::string cmd = "/usr/bin/python3 '" + std::string(CORELOCKER_ONNX_FIXTURE_SCRIPT) + "' '" + tmpl +
-                          "' >'" + tmpl + "/log' 2>&1";
+  const std::string cmd = "/usr/bin/python3 '" + std::string(CORELOCKER_ONNX_FIXTURE_SCRIPT) +
+                          "' '" + tmpl + "' >'" + tmpl + "/log' 2>&1";
   if (std::system(cmd.c_str()) != 0) {
     *why = "the fixture script failed: " + cmd;
     return "";
@@ -48,12 +50,12 @@ inline std::string onnx_fixture_dir(std::string* why) {
   return dir;
 }
 
-#define CORELOCKER_ONNX_FIXTURES(dir_var)                    \
-  std::string dir_var;                                       \
-  {                                                          \
-    std::string why_;                                        \
+#define CORELOCKER_ONNX_FIXTURES(dir_var)                     \
+  std::string dir_var;                                        \
+  {                                                           \
+    std::string why_;                                         \
     dir_var = ::corelocker::testing::onnx_fixture_dir(&why_); \
-    if (dir_var.empty()) GTEST_SKIP() << why_;               \
+    if (dir_var.empty()) GTEST_SKIP() << why_;                \
   }
 
 inline onnx::ModelProto read_proto(const std::string& path) {
@@ -85,7 +87,8 @@ inline onnx::ModelProto to_typed(onnx::ModelProto m) {
 }
 
 // Every raw initializer moved, one after another, into `dir/location` (external data).
-inline onnx::ModelProto to_external(onnx::ModelProto m, const std::string& dir, const std::string& location) {
+inline onnx::ModelProto to_external(onnx::ModelProto m, const std::string& dir,
+                                    const std::string& location) {
   std::string data;
   for (auto& t : *m.mutable_graph()->mutable_initializer()) {
     if (!t.has_raw_data()) continue;
@@ -130,8 +133,9 @@ inline bool python_onnx_available() {
 
 // Runs onnx.checker.check_model in Python on a file; returns the exit status.
 inline int python_onnx_check(const std::string& path) {
-  const std::string cmd = "/usr/bin/python3 -c 'import onnx, sys; onnx.checker.check_model(sys.argv[1])' '" + path +
-                          "' >/dev/null 2>&1";
+  const std::string cmd =
+      "/usr/bin/python3 -c 'import onnx, sys; onnx.checker.check_model(sys.argv[1])' '" + path +
+      "' >/dev/null 2>&1";
   return std::system(cmd.c_str());
 }
 

@@ -25,8 +25,10 @@ LoadedModel fresh_fcn(int64_t depth, int64_t width, bool norm, uint64_t seed) {
   for (auto& t : named_tensors(*m.net)) {
     // Non-trivial BatchNorm state, so that folding it into the weights is really exercised.
     if (t.name.rfind("bn", 0) != 0) continue;
-    if (t.name.find("running_var") != std::string::npos) t.tensor.uniform_(0.5, 2.0);
-    else if (t.name.find("running_mean") != std::string::npos || !t.is_buffer) t.tensor.uniform_(-1.0, 1.0);
+    if (t.name.find("running_var") != std::string::npos)
+      t.tensor.uniform_(0.5, 2.0);
+    else if (t.name.find("running_mean") != std::string::npos || !t.is_buffer)
+      t.tensor.uniform_(-1.0, 1.0);
   }
   return m;
 }
@@ -66,8 +68,8 @@ TEST(OperatorNorm, ConvolutionNormIsTheNormOfTheMapOnTheInput) {
   struct Case {
     int64_t in_c, out_c, k, stride, pad, groups, h, w;
   };
-  for (Case c : {Case{2, 3, 3, 1, 1, 1, 5, 5}, Case{2, 4, 3, 2, 1, 1, 6, 5},
-                 Case{4, 4, 3, 1, 0, 2, 5, 6}}) {
+  for (Case c :
+       {Case{2, 3, 3, 1, 1, 1, 5, 5}, Case{2, 4, 3, 2, 1, 1, 6, 5}, Case{4, 4, 3, 1, 0, 2, 5, 6}}) {
     torch::Tensor k = torch::randn({c.out_c, c.in_c / c.groups, c.k, c.k}, torch::kFloat64);
     ConvGeometry g;
     g.stride = {c.stride, c.stride};
@@ -97,7 +99,7 @@ TEST(Disparity, FcnChainWithAndWithoutBatchNorm) {
     EXPECT_EQ(r.mode, DisparityMode::kChain);
     EXPECT_EQ(r.samples, 40);
     EXPECT_LE(r.input_norm, 1.0 + 1e-6);  // scaled in float32
-    ASSERT_EQ(r.layers.size(), 4u);  // fc1..fc3 and out
+    ASSERT_EQ(r.layers.size(), 4u);       // fc1..fc3 and out
     EXPECT_EQ(r.layers.front().name, "fc1");
     EXPECT_EQ(r.layers.back().name, "out");
     // The first and last layers are not extracted: nothing changes at layer 1, and the last

@@ -1,6 +1,6 @@
-#include <gtest/gtest.h>
 #include <dirent.h>
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/vfs.h>
@@ -29,7 +29,8 @@ size_t cached_pages(const std::string& path) {
   const int fd = ::open(path.c_str(), O_RDONLY);
   struct stat st {};
   ::fstat(fd, &st);
-  const size_t size = static_cast<size_t>(st.st_size), page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+  const size_t size = static_cast<size_t>(st.st_size),
+               page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
   void* m = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
   std::vector<unsigned char> in((size + page - 1) / page);
   ::mincore(m, size, in.data());
@@ -85,7 +86,7 @@ TEST(AtomicFile, SameFileSeesThroughSpellingsAndLinks) {
   testing::TempDir dir;
   ASSERT_EQ(::mkdir(dir.file("sub").c_str(), 0755), 0);
   const std::string d = dir.path();
-  EXPECT_TRUE(same_file(d + "/x", d + "/./x"));         // neither exists yet: same folder entry
+  EXPECT_TRUE(same_file(d + "/x", d + "/./x"));  // neither exists yet: same folder entry
   EXPECT_TRUE(same_file(d + "/x", d + "/sub/../x"));
   EXPECT_FALSE(same_file(d + "/x", d + "/y"));
   EXPECT_FALSE(same_file(d + "/x", d + "/sub/x"));

@@ -18,7 +18,9 @@ using testing::fresh_tiny;
 
 using testing::tensor_of;
 
-Dataset small_train(int64_t n, uint64_t seed = 3) { return subset(testing::fashion_train(), n, seed); }
+Dataset small_train(int64_t n, uint64_t seed = 3) {
+  return subset(testing::fashion_train(), n, seed);
+}
 
 TrainOptions quick(int epochs = 1) {
   TrainOptions o;
@@ -366,7 +368,8 @@ TEST(Reinit, HarnessRunsItAndSaysWhatWasReinitialised) {
   hooks.on_trial = [&](int, const Dataset&, LoadedModel& m) {
     prints.push_back(model_fingerprint(m));
   };
-  AttackReport r = run_attack(locked, testing::fashion_train(), test, 10.0, std::nullopt, cfg, h, hooks);
+  AttackReport r =
+      run_attack(locked, testing::fashion_train(), test, 10.0, std::nullopt, cfg, h, hooks);
   EXPECT_EQ(r.label, "reinit + finetune");
   ASSERT_EQ(r.trials.size(), 1u);
   ASSERT_EQ(prints.size(), 1u);
@@ -378,7 +381,8 @@ TEST(Reinit, HarnessRunsItAndSaysWhatWasReinitialised) {
   EXPECT_NE(d.find("every parameter fine-tuned"), std::string::npos) << d;
   EXPECT_TRUE(testing::same_tensors(before, locked));
   cfg.train.epochs = 0;
-  EXPECT_THROW(run_attack(locked, testing::fashion_train(), test, 10.0, std::nullopt, cfg, h), UsageError);
+  EXPECT_THROW(run_attack(locked, testing::fashion_train(), test, 10.0, std::nullopt, cfg, h),
+               UsageError);
 }
 
 // ---------------------------------------------------------------- bn-recalibrate
@@ -489,7 +493,8 @@ TEST(Harness, LeavesTheLockedModelAlone) {
   HarnessOptions h;
   h.trials = 3;
   h.data_fraction = 0.01;
-  AttackReport r = run_attack(locked, testing::fashion_train(), testing::fmnist_test(200), 10.0, 80.0, cfg, h);
+  AttackReport r =
+      run_attack(locked, testing::fashion_train(), testing::fmnist_test(200), 10.0, 80.0, cfg, h);
   EXPECT_EQ(r.trials.size(), 1u) << "pruning without fine-tuning uses no data: one trial";
   EXPECT_EQ(r.trials[0].train_images, 0);
   EXPECT_TRUE(testing::same_tensors(before, locked));
@@ -503,15 +508,19 @@ TEST(Harness, RejectsBadOptions) {
   cfg.train = quick();
   HarnessOptions h;
   h.data_fraction = 0.0;
-  EXPECT_THROW(run_attack(locked, testing::fashion_train(), test, 10.0, std::nullopt, cfg, h), UsageError);
+  EXPECT_THROW(run_attack(locked, testing::fashion_train(), test, 10.0, std::nullopt, cfg, h),
+               UsageError);
   h.data_fraction = 1.5;
-  EXPECT_THROW(run_attack(locked, testing::fashion_train(), test, 10.0, std::nullopt, cfg, h), UsageError);
+  EXPECT_THROW(run_attack(locked, testing::fashion_train(), test, 10.0, std::nullopt, cfg, h),
+               UsageError);
   h.data_fraction = 0.01;
   h.trials = 0;
-  EXPECT_THROW(run_attack(locked, testing::fashion_train(), test, 10.0, std::nullopt, cfg, h), UsageError);
+  EXPECT_THROW(run_attack(locked, testing::fashion_train(), test, 10.0, std::nullopt, cfg, h),
+               UsageError);
   h.trials = 1;
   cfg.train.epochs = 0;
-  EXPECT_THROW(run_attack(locked, testing::fashion_train(), test, 10.0, std::nullopt, cfg, h), UsageError);
+  EXPECT_THROW(run_attack(locked, testing::fashion_train(), test, 10.0, std::nullopt, cfg, h),
+               UsageError);
   EXPECT_THROW(parse_attack_kind("brute-force"), UsageError);
 }
 
@@ -529,7 +538,8 @@ TEST(Scratch, DoesNotReadTheLockedWeights) {
     prints.push_back(model_fingerprint(m));
   };
   LoadedModel a = fresh_tiny(13);
-  AttackReport ra = run_attack(a, testing::fashion_train(), test, 10.0, std::nullopt, cfg, h, hooks);
+  AttackReport ra =
+      run_attack(a, testing::fashion_train(), test, 10.0, std::nullopt, cfg, h, hooks);
   // A "locked model" whose every value is NaN: reading any of it would poison the result.
   LoadedModel poisoned = fresh_tiny(14);
   {
@@ -538,7 +548,8 @@ TEST(Scratch, DoesNotReadTheLockedWeights) {
       if (t.tensor.is_floating_point()) t.tensor.fill_(std::nan(""));
     }
   }
-  AttackReport rb = run_attack(poisoned, testing::fashion_train(), test, 10.0, std::nullopt, cfg, h, hooks);
+  AttackReport rb =
+      run_attack(poisoned, testing::fashion_train(), test, 10.0, std::nullopt, cfg, h, hooks);
   ASSERT_EQ(prints.size(), 4u);
   EXPECT_EQ(prints[0], prints[2]);
   EXPECT_EQ(prints[1], prints[3]);

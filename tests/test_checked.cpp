@@ -10,7 +10,9 @@
 
 namespace corelocker {
 
-TEST(Checked, MultipliesWithinRange) { EXPECT_EQ(checked_mul(1u << 20, 1u << 20, "x"), uint64_t{1} << 40); }
+TEST(Checked, MultipliesWithinRange) {
+  EXPECT_EQ(checked_mul(1u << 20, 1u << 20, "x"), uint64_t{1} << 40);
+}
 
 TEST(Checked, MultiplicationOverflowThrowsNamingTheField) {
   try {
@@ -70,10 +72,12 @@ TEST(Hash, Blake2bIsLibsodiumsWhateverThePieces) {
 
 TEST(Hash, Blake3MatchesKnownVectorsAndStreams) {
   Blake3Hasher empty;
-  EXPECT_EQ(to_hex(empty.finish()), "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262");
+  EXPECT_EQ(to_hex(empty.finish()),
+            "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262");
   Blake3Hasher abc;
   abc.update("abc", 3);
-  EXPECT_EQ(to_hex(abc.finish()), "6437b3ac38465133ffb63b75273a8db548c558465d79db03fd359c6cd5bd9d85");
+  EXPECT_EQ(to_hex(abc.finish()),
+            "6437b3ac38465133ffb63b75273a8db548c558465d79db03fd359c6cd5bd9d85");
   // 100,000 bytes (many 1 KiB chunks, so the SIMD paths run) in one call and in uneven pieces
   std::vector<uint8_t> data(100000);
   for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<uint8_t>(i % 251);

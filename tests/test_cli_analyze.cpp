@@ -64,7 +64,10 @@ TEST_F(CliAnalyze, UsageErrors) {
   CliRun r = run("analyze --model " + dir_.file("m.ckpt") + " --key " + dir_.file("none.clk"));
   EXPECT_EQ(r.code, 2) << r.out;
   EXPECT_NE(r.out.find("not locked"), std::string::npos) << r.out;
-  EXPECT_EQ(run("analyze --model " + dir_.file("m.ckpt") + " --criterion l1 --ratio 0.1 --samples 0").code, 2);
+  EXPECT_EQ(
+      run("analyze --model " + dir_.file("m.ckpt") + " --criterion l1 --ratio 0.1 --samples 0")
+          .code,
+      2);
 }
 
 }  // namespace

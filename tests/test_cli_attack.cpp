@@ -101,13 +101,17 @@ TEST_F(CliAttack, JsonOutputAndUsageErrors) {
   ASSERT_TRUE(locked["top1_reestimated"].is_number()) << locked.dump();
   EXPECT_EQ(locked["reestimate_images"], 512);
   double worst = std::max(locked["top1"].get<double>(), locked["top1_reestimated"].get<double>());
-  for (const auto& [ratio, top1] : locked["top1_pruned"].items()) worst = std::max(worst, top1.get<double>());
+  for (const auto& [ratio, top1] : locked["top1_pruned"].items())
+    worst = std::max(worst, top1.get<double>());
   EXPECT_DOUBLE_EQ(locked["top1_effective"].get<double>(), worst);
   EXPECT_DOUBLE_EQ(locked["top1"].get<double>(), j["locked_top1"].get<double>());
 
   // A list of attacks runs those, in that order, with the verdict over them.
-  CliRun list = run("attack prune,scratch --json --epochs 1 --trials 1 --data-fraction 0.005 --reestimate-images 0 "
-                    "--model " + dir_.file("locked.ckpt") + " --test-subset 100");
+  CliRun list =
+      run("attack prune,scratch --json --epochs 1 --trials 1 --data-fraction 0.005 "
+          "--reestimate-images 0 "
+          "--model " +
+          dir_.file("locked.ckpt") + " --test-subset 100");
   ASSERT_EQ(list.code, 0) << list.out;
   auto lj = nlohmann::json::parse(list.out);
   ASSERT_EQ(lj["attacks"].size(), 2u);

@@ -9,12 +9,11 @@
 #include <array>
 #include <chrono>
 #include <cstdio>
+#include <nlohmann/json.hpp>
 #include <thread>
 
-#include <nlohmann/json.hpp>
-
-#include "report/csv_log.h"
 #include "cli_run.h"
+#include "report/csv_log.h"
 #include "temp_dir.h"
 #include "util/atomic_file.h"
 
@@ -171,22 +170,26 @@ TEST_F(CliControl, BandSearchesLeaveTheFirstAndLastLayersOutUnlessAsked) {
   };
   const std::string common = " --val-size 200 --test-subset 100 --reestimate-images 32 --out " +
                              dir_.file("l.ckpt") + " --key-out ";
-  CliRun r = run("calibrate --model " + dir_.file("m.ckpt") + " --target 0-100" + common + dir_.file("a.clk"));
+  CliRun r = run("calibrate --model " + dir_.file("m.ckpt") + " --target 0-100" + common +
+                 dir_.file("a.clk"));
   ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_NE(r.out.find("default without first/last (l1, global)"), std::string::npos) << r.out;
   EXPECT_FALSE(key_includes_io(dir_.file("a.clk")));
-  r = run("calibrate --model " + dir_.file("m.ckpt") + " --target 0-100 --include-io" + common + dir_.file("b.clk"));
+  r = run("calibrate --model " + dir_.file("m.ckpt") + " --target 0-100 --include-io" + common +
+          dir_.file("b.clk"));
   ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_NE(r.out.find("default (l1, global, first/last included)"), std::string::npos) << r.out;
   EXPECT_TRUE(key_includes_io(dir_.file("b.clk")));
-  r = run("lock --model " + dir_.file("m.ckpt") + " --tier-bands 0-100" + common + dir_.file("c.clk"));
+  r = run("lock --model " + dir_.file("m.ckpt") + " --tier-bands 0-100" + common +
+          dir_.file("c.clk"));
   ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_FALSE(key_includes_io(dir_.file("c.tier1.clk")));
-  r = run("lock --model " + dir_.file("m.ckpt") + " --ratio 0.01 --out " + dir_.file("l.ckpt") + " --key-out " +
-          dir_.file("d.clk"));
+  r = run("lock --model " + dir_.file("m.ckpt") + " --ratio 0.01 --out " + dir_.file("l.ckpt") +
+          " --key-out " + dir_.file("d.clk"));
   ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_TRUE(key_includes_io(dir_.file("d.clk")));
-  r = run("bands --model " + dir_.file("m.ckpt") + " --width 50 --max-evals 2 --no-test --val-size 200 "
+  r = run("bands --model " + dir_.file("m.ckpt") +
+          " --width 50 --max-evals 2 --no-test --val-size 200 "
           "--reestimate-images 32");
   EXPECT_NE(r.out.find("default without first/last (l1, global)"), std::string::npos) << r.out;
 }

@@ -1,4 +1,5 @@
-// `corelocker eval / lock / unlock / fingerprint / inspect` on ONNX files, through the built binary.
+// `corelocker eval / lock / unlock / fingerprint / inspect` on ONNX files, through the built
+// binary.
 #include <gtest/gtest.h>
 
 #include "cli_run.h"
@@ -26,8 +27,8 @@ class CliOnnx : public ::testing::Test {
 };
 
 TEST_F(CliOnnx, LockUnlockFingerprintInspect) {
-  CliRun r = run("lock --model " + f("m.onnx") + " --criterion bn --ratio 0.1 --out " + f("locked.onnx") +
-                 " --key-out " + f("k.clk"));
+  CliRun r = run("lock --model " + f("m.onnx") + " --criterion bn --ratio 0.1 --out " +
+                 f("locked.onnx") + " --key-out " + f("k.clk"));
   ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_NE(r.out.find("units extracted:"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("passes the ONNX checker"), std::string::npos) << r.out;
@@ -43,7 +44,8 @@ TEST_F(CliOnnx, LockUnlockFingerprintInspect) {
   ASSERT_EQ(it.code, 0) << it.out;
   EXPECT_NE(it.out.find("type: onnx model"), std::string::npos) << it.out;
 
-  r = run("unlock --model " + f("locked.onnx") + " --key " + f("k.clk") + " --out " + f("restored.onnx"));
+  r = run("unlock --model " + f("locked.onnx") + " --key " + f("k.clk") + " --out " +
+          f("restored.onnx"));
   ASSERT_EQ(r.code, 0) << r.out;
   CliRun a = run("fingerprint " + f("m.onnx"));
   CliRun b = run("fingerprint " + f("restored.onnx"));
@@ -58,30 +60,33 @@ TEST_F(CliOnnx, LockUnlockFingerprintInspect) {
 TEST_F(CliOnnx, EncryptedKeyNeedsItsPassphrase) {
   write_file_atomic(f("pw.txt"), std::string("correct horse\n"));
   write_file_atomic(f("bad.txt"), std::string("wrong horse\n"));
-  ASSERT_EQ(run("lock --model " + f("m.onnx") + " --out " + f("locked.onnx") + " --key-out " + f("k.clk") +
-                " --passphrase-file " + f("pw.txt") + " --kdf interactive")
+  ASSERT_EQ(run("lock --model " + f("m.onnx") + " --out " + f("locked.onnx") + " --key-out " +
+                f("k.clk") + " --passphrase-file " + f("pw.txt") + " --kdf interactive")
                 .code,
             0);
-  CliRun r = run("unlock --model " + f("locked.onnx") + " --key " + f("k.clk") + " --passphrase-file " + f("bad.txt") +
-                 " --out " + f("r.onnx"));
+  CliRun r = run("unlock --model " + f("locked.onnx") + " --key " + f("k.clk") +
+                 " --passphrase-file " + f("bad.txt") + " --out " + f("r.onnx"));
   EXPECT_EQ(r.code, 3) << r.out;
   EXPECT_FALSE(file_exists(f("r.onnx")));
-  r = run("unlock --model " + f("locked.onnx") + " --key " + f("k.clk") + " --passphrase-file " + f("pw.txt") +
-          " --out " + f("r.onnx"));
+  r = run("unlock --model " + f("locked.onnx") + " --key " + f("k.clk") + " --passphrase-file " +
+          f("pw.txt") + " --out " + f("r.onnx"));
   EXPECT_EQ(r.code, 0) << r.out;
 }
 
 TEST_F(CliOnnx, OptionsThatMakeNoSenseForOnnxAreRefused) {
-  const std::string base = "lock --model " + f("m.onnx") + " --key-out " + f("k.clk") + " --out " + f("l.onnx");
-  for (const std::string extra : {" --tiers 0.01,0.05", " --tier-bands 30-35", " --fill decoy", " --eval --fill decoy",
-                                  " --mean 0.5", " --pad 32", " --dataset cifar10"}) {
+  const std::string base =
+      "lock --model " + f("m.onnx") + " --key-out " + f("k.clk") + " --out " + f("l.onnx");
+  for (const std::string extra :
+       {" --tiers 0.01,0.05", " --tier-bands 30-35", " --fill decoy", " --eval --fill decoy",
+        " --mean 0.5", " --pad 32", " --dataset cifar10"}) {
     CliRun r = run(base + extra);
     EXPECT_EQ(r.code, 2) << extra << ": " << r.out;
     EXPECT_NE(r.out.find("usage error"), std::string::npos) << r.out;
     EXPECT_FALSE(file_exists(f("l.onnx"))) << extra;
     EXPECT_FALSE(file_exists(f("k.clk"))) << extra;
   }
-  CliRun r = run("lock --model " + f("m.onnx") + " --key-out " + f("k.clk") + " --out " + f("l.ckpt"));
+  CliRun r =
+      run("lock --model " + f("m.onnx") + " --key-out " + f("k.clk") + " --out " + f("l.ckpt"));
   EXPECT_EQ(r.code, 2) << r.out;
   EXPECT_NE(r.out.find("ending in .onnx"), std::string::npos) << r.out;
 }
@@ -98,8 +103,8 @@ TEST_F(CliOnnx, EvalAndLockEvalRunTheGraph) {
   ASSERT_EQ(t.code, 0) << t.out;
   EXPECT_NE(t.out.find("top-1 "), std::string::npos) << t.out;
 
-  CliRun l = run("lock --model " + f("m.onnx") + " --eval --reestimate-images 64 --out " + f("l.onnx") + " --key-out " +
-                 f("k.clk") + data);
+  CliRun l = run("lock --model " + f("m.onnx") + " --eval --reestimate-images 64 --out " +
+                 f("l.onnx") + " --key-out " + f("k.clk") + data);
   ASSERT_EQ(l.code, 0) << l.out;
   EXPECT_NE(l.out.find("locked accuracy:"), std::string::npos) << l.out;
   EXPECT_NE(l.out.find("after BN re-estimation "), std::string::npos) << l.out;
@@ -143,17 +148,22 @@ TEST_F(CliOnnx, AGraphOpenCvCannotImportIsRefusedNamingTheNodeAndNothingIsWritte
   EXPECT_EQ(r.code, 1) << r.out;
   EXPECT_NE(r.out.find("hard.onnx"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("node 'hardmax_head' (op Hardmax)"), std::string::npos) << r.out;
-  r = run("lock --model " + f("hard.onnx") + " --eval --test-subset 10 --out " + f("l.onnx") + " --key-out " + f("k.clk"));
+  r = run("lock --model " + f("hard.onnx") + " --eval --test-subset 10 --out " + f("l.onnx") +
+          " --key-out " + f("k.clk"));
   EXPECT_EQ(r.code, 1) << r.out;
   EXPECT_NE(r.out.find("node 'hardmax_head' (op Hardmax)"), std::string::npos) << r.out;
   EXPECT_FALSE(file_exists(f("l.onnx")));
   EXPECT_FALSE(file_exists(f("k.clk")));
   // Without --eval it locks: nothing runs the graph.
-  EXPECT_EQ(run("lock --model " + f("hard.onnx") + " --out " + f("l.onnx") + " --key-out " + f("k.clk")).code, 0);
+  EXPECT_EQ(
+      run("lock --model " + f("hard.onnx") + " --out " + f("l.onnx") + " --key-out " + f("k.clk"))
+          .code,
+      0);
 }
 
 TEST_F(CliOnnx, CommandsThatCannotRunOnnxSaySo) {
-  CliRun r = run("calibrate --model " + f("m.onnx") + " --target 50-55 --out " + f("l.onnx") + " --key-out " + f("k.clk"));
+  CliRun r = run("calibrate --model " + f("m.onnx") + " --target 50-55 --out " + f("l.onnx") +
+                 " --key-out " + f("k.clk"));
   EXPECT_EQ(r.code, 2) << r.out;
   EXPECT_NE(r.out.find("eval and lock --eval"), std::string::npos) << r.out;
   EXPECT_FALSE(file_exists(f("l.onnx")));
@@ -165,7 +175,8 @@ TEST_F(CliOnnx, HostileExternalDataIsRefusedAndNothingIsWritten) {
   write_file_atomic(f("w.bin"), read_file(f("model/w.bin")));
   testing::set_external_key(m, "layer1.conv1.weight", "location", "../w.bin");
   testing::write_proto(f("model/evil.onnx"), m);
-  CliRun r = run("lock --model " + f("model/evil.onnx") + " --out " + f("l.onnx") + " --key-out " + f("k.clk"));
+  CliRun r = run("lock --model " + f("model/evil.onnx") + " --out " + f("l.onnx") + " --key-out " +
+                 f("k.clk"));
   EXPECT_EQ(r.code, 1) << r.out;
   EXPECT_NE(r.out.find("'../w.bin' has a '..' component"), std::string::npos) << r.out;
   EXPECT_FALSE(file_exists(f("l.onnx")));
@@ -178,7 +189,8 @@ TEST_F(CliOnnx, EveryHostileFileIsRefusedByEveryCommandAndNothingIsWritten) {
   for (int d = 0; d <= static_cast<int>(testing::Defect::kNotProtobuf); ++d) {
     testing::TempDir dir;
     const std::string path = testing::make_hostile(fx_, dir, static_cast<testing::Defect>(d));
-    CliRun r = run("lock --model " + path + " --out " + dir.file("l.onnx") + " --key-out " + dir.file("k.clk"));
+    CliRun r = run("lock --model " + path + " --out " + dir.file("l.onnx") + " --key-out " +
+                   dir.file("k.clk"));
     EXPECT_EQ(r.code, 1) << "defect " << d << ": " << r.out;
     EXPECT_NE(r.out.find("m.onnx"), std::string::npos) << "defect " << d << ": " << r.out;
     EXPECT_FALSE(file_exists(dir.file("l.onnx"))) << "defect " << d;
@@ -194,9 +206,16 @@ TEST_F(CliOnnx, EveryHostileFileIsRefusedByEveryCommandAndNothingIsWritten) {
 
 TEST_F(CliOnnx, KeyOfAnotherModelIsRefused) {
   write_file_atomic(f("other.onnx"), read_file(fx_ + "/resnet_folded.onnx"));
-  ASSERT_EQ(run("lock --model " + f("m.onnx") + " --out " + f("l1.onnx") + " --key-out " + f("k1.clk")).code, 0);
-  ASSERT_EQ(run("lock --model " + f("other.onnx") + " --out " + f("l2.onnx") + " --key-out " + f("k2.clk")).code, 0);
-  CliRun r = run("unlock --model " + f("l1.onnx") + " --key " + f("k2.clk") + " --out " + f("r.onnx"));
+  ASSERT_EQ(
+      run("lock --model " + f("m.onnx") + " --out " + f("l1.onnx") + " --key-out " + f("k1.clk"))
+          .code,
+      0);
+  ASSERT_EQ(run("lock --model " + f("other.onnx") + " --out " + f("l2.onnx") + " --key-out " +
+                f("k2.clk"))
+                .code,
+            0);
+  CliRun r =
+      run("unlock --model " + f("l1.onnx") + " --key " + f("k2.clk") + " --out " + f("r.onnx"));
   EXPECT_EQ(r.code, 1) << r.out;
   EXPECT_NE(r.out.find("key belongs to another model"), std::string::npos) << r.out;
   EXPECT_FALSE(file_exists(f("r.onnx")));

@@ -32,12 +32,15 @@ CliRun shell(const std::string& cmd) {
 
 // A small CNN in safetensors: stem conv, BN, two inner convs, a hidden linear, a head, buffers.
 void write_cnn(const std::string& path, uint32_t seed) {
-  const std::vector<StSpec> specs = {
-      {"conv1.weight", "F32", {8, 1, 3, 3}},      {"bn1.weight", "F32", {8}},
-      {"bn1.running_mean", "F32", {8}},            {"bn1.num_batches_tracked", "I64", {}},
-      {"layer1.conv1.weight", "F32", {16, 8, 3, 3}}, {"layer1.conv2.weight", "BF16", {16, 16, 3, 3}},
-      {"fc1.weight", "F16", {32, 64}},             {"fc.weight", "F32", {10, 32}},
-      {"fc.bias", "F32", {10}}};
+  const std::vector<StSpec> specs = {{"conv1.weight", "F32", {8, 1, 3, 3}},
+                                     {"bn1.weight", "F32", {8}},
+                                     {"bn1.running_mean", "F32", {8}},
+                                     {"bn1.num_batches_tracked", "I64", {}},
+                                     {"layer1.conv1.weight", "F32", {16, 8, 3, 3}},
+                                     {"layer1.conv2.weight", "BF16", {16, 16, 3, 3}},
+                                     {"fc1.weight", "F16", {32, 64}},
+                                     {"fc.weight", "F32", {10, 32}},
+                                     {"fc.bias", "F32", {10}}};
   std::mt19937 rng(seed);
   std::normal_distribution<float> w(0.0f, 0.1f);
   std::vector<uint8_t> data;
@@ -49,7 +52,8 @@ void write_cnn(const std::string& path, uint32_t seed) {
       uint32_t bits;
       std::memcpy(&bits, &v, 4);
       if (s.dtype == "F32") {
-        data.insert(data.end(), reinterpret_cast<const uint8_t*>(&v), reinterpret_cast<const uint8_t*>(&v) + 4);
+        data.insert(data.end(), reinterpret_cast<const uint8_t*>(&v),
+                    reinterpret_cast<const uint8_t*>(&v) + 4);
       } else if (s.dtype == "BF16") {
         data.push_back(static_cast<uint8_t>(bits >> 16));
         data.push_back(static_cast<uint8_t>(bits >> 24));
@@ -57,12 +61,14 @@ void write_cnn(const std::string& path, uint32_t seed) {
         const uint32_t sign = (bits >> 16) & 0x8000u;
         const int e = static_cast<int>((bits >> 23) & 0xff) - 112;
         const uint16_t h = e <= 0 ? static_cast<uint16_t>(sign)
-                                  : static_cast<uint16_t>(sign | (static_cast<uint32_t>(e) << 10) | ((bits >> 13) & 0x3ffu));
+                                  : static_cast<uint16_t>(sign | (static_cast<uint32_t>(e) << 10) |
+                                                          ((bits >> 13) & 0x3ffu));
         data.push_back(static_cast<uint8_t>(h));
         data.push_back(static_cast<uint8_t>(h >> 8));
       } else {  // I64
         const uint64_t one = i + 1;
-        data.insert(data.end(), reinterpret_cast<const uint8_t*>(&one), reinterpret_cast<const uint8_t*>(&one) + 8);
+        data.insert(data.end(), reinterpret_cast<const uint8_t*>(&one),
+                    reinterpret_cast<const uint8_t*>(&one) + 8);
       }
     }
   }
@@ -77,12 +83,15 @@ class CliSt : public ::testing::Test {
     write_cnn(dir_.file("m.safetensors"), 1);
     write_cnn(dir_.file("other.safetensors"), 2);
   }
-  CliRun lock(const std::string& in, const std::string& out, const std::string& key, const std::string& extra = "") {
-    return run("lock --model " + dir_.file(in) + " --ratio 0.1 --out " + dir_.file(out) + " --key-out " + dir_.file(key) +
-               " " + extra);
+  CliRun lock(const std::string& in, const std::string& out, const std::string& key,
+              const std::string& extra = "") {
+    return run("lock --model " + dir_.file(in) + " --ratio 0.1 --out " + dir_.file(out) +
+               " --key-out " + dir_.file(key) + " " + extra);
   }
-  CliRun unlock(const std::string& in, const std::string& key, const std::string& out, const std::string& extra = "") {
-    return run("unlock --model " + dir_.file(in) + " --key " + dir_.file(key) + " --out " + dir_.file(out) + " " + extra);
+  CliRun unlock(const std::string& in, const std::string& key, const std::string& out,
+                const std::string& extra = "") {
+    return run("unlock --model " + dir_.file(in) + " --key " + dir_.file(key) + " --out " +
+               dir_.file(out) + " " + extra);
   }
   bool same_bytes(const std::string& a, const std::string& b) {
     return std::system(("cmp -s " + dir_.file(a) + " " + dir_.file(b)).c_str()) == 0;
@@ -91,7 +100,8 @@ class CliSt : public ::testing::Test {
 };
 
 TEST_F(CliSt, LockChangesTheFingerprintAndUnlockRestoresTheFileByteForByte) {
-  CliRun l = lock("m.safetensors", "locked.safetensors", "key.clk", "--criterion l1");  // the paper's, per layer
+  CliRun l = lock("m.safetensors", "locked.safetensors", "key.clk",
+                  "--criterion l1");  // the paper's, per layer
   ASSERT_EQ(l.code, 0) << l.out;
   EXPECT_NE(l.out.find("left alone (first/last layer): conv1.weight"), std::string::npos) << l.out;
   EXPECT_NE(l.out.find("left alone (first/last layer): fc.weight"), std::string::npos) << l.out;
@@ -119,10 +129,11 @@ TEST_F(CliSt, OutputsNamingTheSameFileOtherwiseAreRefused) {
     std::string args, message;
   };
   const std::vector<Case> cases = {
-      {"lock --model " + d + "/m.safetensors --out " + d + "/l.safetensors --key-out " + d + "/./l.safetensors",
+      {"lock --model " + d + "/m.safetensors --out " + d + "/l.safetensors --key-out " + d +
+           "/./l.safetensors",
        "name the same file"},
-      {"lock --model " + d + "/m.safetensors --out " + d + "/../" + d.substr(d.find_last_of('/') + 1) +
-           "/m.safetensors --key-out " + d + "/k.clk",
+      {"lock --model " + d + "/m.safetensors --out " + d + "/../" +
+           d.substr(d.find_last_of('/') + 1) + "/m.safetensors --key-out " + d + "/k.clk",
        "names the input file"},
       // the whole tool's own check (checkpoints, ONNX), reached before the model is read
       {"lock --model " + d + "/none.ckpt --out " + d + "/a.ckpt --key-out " + d + "/./a.ckpt",
@@ -136,7 +147,8 @@ TEST_F(CliSt, OutputsNamingTheSameFileOtherwiseAreRefused) {
   EXPECT_FALSE(file_exists(dir_.file("l.safetensors")));
   EXPECT_FALSE(file_exists(dir_.file("k.clk")));
   ASSERT_EQ(lock("m.safetensors", "l.safetensors", "k.clk").code, 0);
-  const CliRun r = run("unlock --model " + d + "/l.safetensors --key " + d + "/k.clk --out " + d + "/./l.safetensors");
+  const CliRun r = run("unlock --model " + d + "/l.safetensors --key " + d + "/k.clk --out " + d +
+                       "/./l.safetensors");
   EXPECT_EQ(r.code, 2) << r.out;
   EXPECT_NE(r.out.find("names the input file"), std::string::npos) << r.out;
 }
@@ -152,7 +164,8 @@ TEST_F(CliSt, PreprocessingOptionsAreRefused) {
 }
 
 TEST_F(CliSt, DetectsTheFormatByContentWithoutTheExtension) {
-  ASSERT_EQ(std::system(("cp " + dir_.file("m.safetensors") + " " + dir_.file("model.bin")).c_str()), 0);
+  ASSERT_EQ(
+      std::system(("cp " + dir_.file("m.safetensors") + " " + dir_.file("model.bin")).c_str()), 0);
   CliRun l = lock("model.bin", "locked.bin", "key.clk", "--scope global --include-io");
   ASSERT_EQ(l.code, 0) << l.out;
   EXPECT_EQ(l.out.find("left alone"), std::string::npos) << l.out;
@@ -163,7 +176,8 @@ TEST_F(CliSt, DetectsTheFormatByContentWithoutTheExtension) {
 // A 20-line reader of the published format in Python (the `safetensors` package is not in
 // Debian): the locked file must load as tensors of the right shapes, with the lock metadata.
 TEST_F(CliSt, LockedFileLoadsInAPythonReaderOfTheFormat) {
-  if (std::system("/usr/bin/python3 -c 'import torch' >/dev/null 2>&1") != 0) GTEST_SKIP() << "no /usr/bin/python3 torch";
+  if (std::system("/usr/bin/python3 -c 'import torch' >/dev/null 2>&1") != 0)
+    GTEST_SKIP() << "no /usr/bin/python3 torch";
   ASSERT_EQ(lock("m.safetensors", "locked.safetensors", "key.clk").code, 0);
   const std::string script = R"(
 import json, struct, sys, torch
@@ -187,7 +201,8 @@ except ImportError:
 print('tensors', len(header), 'zeros', zeros, 'key_id', meta['corelocker.key_id'], 'format', meta['format'])
 )";
   write_file_atomic(dir_.file("reader.py"), script);
-  const CliRun p = shell("/usr/bin/python3 " + dir_.file("reader.py") + " " + dir_.file("locked.safetensors"));
+  const CliRun p =
+      shell("/usr/bin/python3 " + dir_.file("reader.py") + " " + dir_.file("locked.safetensors"));
   ASSERT_EQ(p.code, 0) << p.out;
   EXPECT_NE(p.out.find("tensors 9 "), std::string::npos) << p.out;
   EXPECT_NE(p.out.find(" format pt"), std::string::npos) << p.out;
@@ -199,13 +214,18 @@ print('tensors', len(header), 'zeros', zeros, 'key_id', meta['corelocker.key_id'
 TEST_F(CliSt, EncryptedKeyNeedsTheRightPassphrase) {
   ::setenv("CL_ST_PASS", "correct horse", 1);
   ::setenv("CL_ST_WRONG", "wrong horse", 1);
-  ASSERT_EQ(lock("m.safetensors", "locked.safetensors", "key.clk", "--passphrase-env CL_ST_PASS --kdf min").code, 0);
+  ASSERT_EQ(lock("m.safetensors", "locked.safetensors", "key.clk",
+                 "--passphrase-env CL_ST_PASS --kdf min")
+                .code,
+            0);
   CliRun none = unlock("locked.safetensors", "key.clk", "r.safetensors");
   EXPECT_EQ(none.code, 2) << none.out;
-  CliRun wrong = unlock("locked.safetensors", "key.clk", "r.safetensors", "--passphrase-env CL_ST_WRONG");
+  CliRun wrong =
+      unlock("locked.safetensors", "key.clk", "r.safetensors", "--passphrase-env CL_ST_WRONG");
   EXPECT_EQ(wrong.code, 3) << wrong.out;
   EXPECT_FALSE(file_exists(dir_.file("r.safetensors")));
-  CliRun right = unlock("locked.safetensors", "key.clk", "r.safetensors", "--passphrase-env CL_ST_PASS");
+  CliRun right =
+      unlock("locked.safetensors", "key.clk", "r.safetensors", "--passphrase-env CL_ST_PASS");
   ASSERT_EQ(right.code, 0) << right.out;
   EXPECT_TRUE(same_bytes("m.safetensors", "r.safetensors"));
 }
@@ -228,12 +248,15 @@ TEST_F(CliSt, InspectShowsLayersAndTheLock) {
   CliRun t = run("inspect " + dir_.file("m.safetensors"));
   ASSERT_EQ(t.code, 0) << t.out;
   EXPECT_NE(t.out.find("type: safetensors model"), std::string::npos) << t.out;
-  EXPECT_NE(t.out.find("name=layer1.conv2.weight  kind=conv  units=256  unit_size=9  eligible=true"), std::string::npos)
+  EXPECT_NE(
+      t.out.find("name=layer1.conv2.weight  kind=conv  units=256  unit_size=9  eligible=true"),
+      std::string::npos)
       << t.out;
 }
 
 TEST_F(CliSt, OptionsThatDoNotApplyAreRefused) {
-  for (const std::string extra : {"--tiers 0.01,0.05", "--eval", "--criterion bn", "--fill decoy", "--criterion random"}) {
+  for (const std::string extra :
+       {"--tiers 0.01,0.05", "--eval", "--criterion bn", "--fill decoy", "--criterion random"}) {
     CliRun l = lock("m.safetensors", "locked.safetensors", "key.clk", extra);
     EXPECT_EQ(l.code, 2) << extra << ": " << l.out;
     EXPECT_FALSE(file_exists(dir_.file("locked.safetensors"))) << extra;
@@ -243,7 +266,8 @@ TEST_F(CliSt, OptionsThatDoNotApplyAreRefused) {
 
 // Hostile files, one defect each: refused with the defect named, no locked file, no key.
 TEST_F(CliSt, HostileFilesAreRefusedAndNothingIsWritten) {
-  auto put = [&](const std::string& name, const std::string& header, uint64_t data, uint64_t length) {
+  auto put = [&](const std::string& name, const std::string& header, uint64_t data,
+                 uint64_t length) {
     std::vector<uint8_t> b(8 + header.size() + data, 0);
     std::memcpy(b.data(), &length, 8);
     std::memcpy(b.data() + 8, header.data(), header.size());
@@ -287,7 +311,8 @@ TEST_F(CliSt, DefaultLockRanksGloballyWithTheFirstAndLastLayerAsEveryFormatDoes)
   const CliRun l = lock("m.safetensors", "locked.safetensors", "key.clk");
   ASSERT_EQ(l.code, 0) << l.out;
   EXPECT_EQ(l.out.find("left alone"), std::string::npos) << l.out;
-  EXPECT_NE(l.out.find("with default (l1, global, first/last included)"), std::string::npos) << l.out;
+  EXPECT_NE(l.out.find("with default (l1, global, first/last included)"), std::string::npos)
+      << l.out;
   const CliRun k = run("inspect --json " + dir_.file("key.clk"));
   ASSERT_EQ(k.code, 0) << k.out;
   const auto j = nlohmann::json::parse(k.out);
@@ -317,12 +342,14 @@ TEST_F(CliSt, FrontAndWholeToolGiveTheSameAnswers) {
   const std::string opts = " --scope global --include-io --threads 1";
   const CliRun la = lock("m.safetensors", "a.safetensors", "a.clk", opts);  // --ratio 0.1
   ASSERT_EQ(la.code, 0) << la.out;
-  const CliRun lb = shell(whole + " lock --model " + m + " --ratio 0.1 --out " + dir_.file("b.safetensors") +
-                          " --key-out " + dir_.file("b.clk") + opts);
+  const CliRun lb = shell(whole + " lock --model " + m + " --ratio 0.1 --out " +
+                          dir_.file("b.safetensors") + " --key-out " + dir_.file("b.clk") + opts);
   ASSERT_EQ(lb.code, 0) << lb.out;
   // the same units and values (only the random key id differs; fingerprints leave it out)
-  EXPECT_EQ(run("fingerprint " + dir_.file("a.safetensors")).out, shell(whole + " fingerprint " + dir_.file("b.safetensors")).out);
-  EXPECT_EQ(std::filesystem::file_size(dir_.file("a.clk")), std::filesystem::file_size(dir_.file("b.clk")));
+  EXPECT_EQ(run("fingerprint " + dir_.file("a.safetensors")).out,
+            shell(whole + " fingerprint " + dir_.file("b.safetensors")).out);
+  EXPECT_EQ(std::filesystem::file_size(dir_.file("a.clk")),
+            std::filesystem::file_size(dir_.file("b.clk")));
   auto stats = [](const std::string& out) {  // "units extracted ... key size" as printed
     const auto a = out.find("units extracted"), b = out.find("locked model:");
     return a == std::string::npos || b == std::string::npos ? std::string() : out.substr(a, b - a);
@@ -331,8 +358,8 @@ TEST_F(CliSt, FrontAndWholeToolGiveTheSameAnswers) {
   EXPECT_EQ(stats(la.out), stats(lb.out));
   // each key unlocks the other binary's output
   ASSERT_EQ(unlock("a.safetensors", "a.clk", "ra.safetensors", "--threads 2").code, 0);
-  const CliRun ub = shell(whole + " unlock --model " + dir_.file("b.safetensors") + " --key " + dir_.file("b.clk") +
-                          " --out " + dir_.file("rb.safetensors"));
+  const CliRun ub = shell(whole + " unlock --model " + dir_.file("b.safetensors") + " --key " +
+                          dir_.file("b.clk") + " --out " + dir_.file("rb.safetensors"));
   ASSERT_EQ(ub.code, 0) << ub.out;
   EXPECT_TRUE(same_bytes("ra.safetensors", "m.safetensors"));
   EXPECT_TRUE(same_bytes("rb.safetensors", "m.safetensors"));
@@ -341,10 +368,12 @@ TEST_F(CliSt, FrontAndWholeToolGiveTheSameAnswers) {
 TEST_F(CliSt, FrontHandsOverHelpOtherOptionsAndOtherCommands) {
   const CliRun help = run("lock --help");
   EXPECT_EQ(help.code, 0) << help.out;
-  EXPECT_NE(help.out.find("--tier-bands"), std::string::npos) << "the whole tool's help: " << help.out;
+  EXPECT_NE(help.out.find("--tier-bands"), std::string::npos)
+      << "the whole tool's help: " << help.out;
   const CliRun tiers = lock("m.safetensors", "l.safetensors", "l.clk", "--tiers 0.1,0.2");
   EXPECT_EQ(tiers.code, 2) << tiers.out;
-  EXPECT_NE(tiers.out.find("--tiers does not apply to safetensors files"), std::string::npos) << tiers.out;
+  EXPECT_NE(tiers.out.find("--tiers does not apply to safetensors files"), std::string::npos)
+      << tiers.out;
   EXPECT_FALSE(std::filesystem::exists(dir_.file("l.safetensors")));
   const CliRun typo = run("fingerprint --jsn " + dir_.file("m.safetensors"));
   EXPECT_EQ(typo.code, 2) << typo.out;
@@ -356,25 +385,28 @@ TEST_F(CliSt, FrontHandsOverHelpOtherOptionsAndOtherCommands) {
 // Without corelocker-torch beside it, the front still serves safetensors files (so it never
 // needed LibTorch for them) and says clearly what is missing for the rest.
 TEST_F(CliSt, FrontServesSafetensorsWithoutTheWholeTool) {
-  ASSERT_EQ(std::system(("cp " + std::string(CORELOCKER_BIN) + " " + dir_.file("corelocker")).c_str()), 0);
+  ASSERT_EQ(
+      std::system(("cp " + std::string(CORELOCKER_BIN) + " " + dir_.file("corelocker")).c_str()),
+      0);
   const std::string alone = dir_.file("corelocker");
   const CliRun fp = shell(alone + " fingerprint " + dir_.file("m.safetensors"));
   EXPECT_EQ(fp.code, 0) << fp.out;
   EXPECT_EQ(fp.out, run("fingerprint " + dir_.file("m.safetensors")).out);
-  const CliRun l = shell(alone + " lock --model " + dir_.file("m.safetensors") + " --out " + dir_.file("l.safetensors") +
-                         " --key-out " + dir_.file("l.clk"));
+  const CliRun l = shell(alone + " lock --model " + dir_.file("m.safetensors") + " --out " +
+                         dir_.file("l.safetensors") + " --key-out " + dir_.file("l.clk"));
   EXPECT_EQ(l.code, 0) << l.out;
   const CliRun other = shell(alone + " models");
   EXPECT_EQ(other.code, 1) << other.out;
-  EXPECT_NE(other.out.find("cannot run '" + dir_.path() + "/corelocker-torch'"), std::string::npos) << other.out;
+  EXPECT_NE(other.out.find("cannot run '" + dir_.path() + "/corelocker-torch'"), std::string::npos)
+      << other.out;
 }
 
 // `cmake --install` gives users the two binaries side by side; the installed front serves
 // safetensors files itself and hands everything else to the installed whole tool.
 TEST_F(CliSt, InstalledBinariesWorkTogether) {
   const std::string prefix = dir_.file("prefix");
-  const CliRun install =
-      shell(std::string(CORELOCKER_CMAKE) + " --install " + CORELOCKER_BUILD_DIR + " --prefix " + prefix);
+  const CliRun install = shell(std::string(CORELOCKER_CMAKE) + " --install " +
+                               CORELOCKER_BUILD_DIR + " --prefix " + prefix);
   ASSERT_EQ(install.code, 0) << install.out;
   const std::string front = prefix + "/bin/corelocker";
   ASSERT_TRUE(file_exists(prefix + "/bin/corelocker-torch"));

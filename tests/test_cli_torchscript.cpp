@@ -21,11 +21,13 @@ using testing::TempDir;
 TEST(CliTorchScript, LockRecordsThePreprocessingAndUnlockRestoresTheFingerprint) {
   const std::string dir = testing::torchscript_fixtures("ts-fresh-s3", "--seed 3");
   TempDir tmp;
-  const std::string model = dir + "/scripted.pt", locked = tmp.file("locked.pt"), key = tmp.file("k.clk");
+  const std::string model = dir + "/scripted.pt", locked = tmp.file("locked.pt"),
+                    key = tmp.file("k.clk");
   auto fp = run("fingerprint " + model);
   ASSERT_EQ(fp.code, 0) << fp.out;
-  auto r = run("lock --model " + model + " --criterion l1 --ratio 0.05 --mean 0.5 --std 0.25 --pad 32 --out " +
-               locked + " --key-out " + key + " --eval --test-subset 100");
+  auto r = run("lock --model " + model +
+               " --criterion l1 --ratio 0.05 --mean 0.5 --std 0.25 --pad 32 --out " + locked +
+               " --key-out " + key + " --eval --test-subset 100");
   ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_NE(r.out.find("locked accuracy"), std::string::npos) << r.out;
   r = run("inspect --json " + locked);
@@ -49,9 +51,11 @@ TEST(CliTorchScript, LockRecordsThePreprocessingAndUnlockRestoresTheFingerprint)
 TEST(CliTorchScript, ADatasetGivenForAFileWithoutMetadataSetsItsClassesToo) {
   const std::string dir = testing::torchscript_fixtures("ts-fresh-s3", "--seed 3");
   TempDir tmp;
-  const std::string model = dir + "/scripted.pt", locked = tmp.file("locked.pt"), key = tmp.file("k.clk");
+  const std::string model = dir + "/scripted.pt", locked = tmp.file("locked.pt"),
+                    key = tmp.file("k.clk");
   // Locking runs no forward pass: the data set given is recorded as it is, with all its facts.
-  auto r = run("lock --model " + model + " --ratio 0.05 --dataset cifar100 --out " + locked + " --key-out " + key);
+  auto r = run("lock --model " + model + " --ratio 0.05 --dataset cifar100 --out " + locked +
+               " --key-out " + key);
   ASSERT_EQ(r.code, 0) << r.out;
   r = run("inspect --json " + locked);
   ASSERT_EQ(r.code, 0) << r.out;
@@ -72,13 +76,17 @@ TEST(CliTorchScript, PreprocessingOptionsAreChecked) {
   r = run("eval --model " + model + " --dataset mnist --test-subset 10");
   EXPECT_EQ(r.code, 2) << r.out;
   EXPECT_NE(r.out.find("mnist"), std::string::npos) << r.out;
-  // Padding only grows an image: a size below the image's (or below --resize) is refused, not ignored.
+  // Padding only grows an image: a size below the image's (or below --resize) is refused, not
+  // ignored.
   r = run("eval --model " + model + " --pad 2 --test-subset 10");
   EXPECT_EQ(r.code, 2) << r.out;
-  EXPECT_NE(r.out.find("--pad 2: smaller than the 28x28 images of fashion-mnist"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("--pad 2: smaller than the 28x28 images of fashion-mnist"),
+            std::string::npos)
+      << r.out;
   r = run("eval --model " + model + " --resize 40 --pad 32 --test-subset 10");
   EXPECT_EQ(r.code, 2) << r.out;
-  EXPECT_NE(r.out.find("--pad 32: smaller than the 40x40 images after --resize"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("--pad 32: smaller than the 40x40 images after --resize"), std::string::npos)
+      << r.out;
   // Resizing 28x28 to 40x40 feeds the convolutional network another size; it still runs.
   r = run("eval --model " + model + " --resize 40 --test-subset 10 --json");
   EXPECT_EQ(r.code, 0) << r.out;
@@ -91,28 +99,32 @@ TEST(CliTorchScript, EveryCommandChecksGivenPreprocessingAgainstTheStoredOne) {
   const std::string dir = testing::torchscript_fixtures("ts-fresh-s3", "--seed 3");
   TempDir tmp;
   const std::string locked = tmp.file("locked.pt"), key = tmp.file("k.clk");
-  auto r = run("lock --model " + dir + "/scripted.pt --pad 32 --out " + locked + " --key-out " + key);
+  auto r =
+      run("lock --model " + dir + "/scripted.pt --pad 32 --out " + locked + " --key-out " + key);
   ASSERT_EQ(r.code, 0) << r.out;
   const std::string m = " --model " + locked;
-  const std::vector<std::string> commands = {"eval" + m,
-                                             "lock" + m + " --out " + tmp.file("x.pt") + " --key-out " + tmp.file("x.clk"),
-                                             "sweep" + m + " --ratios 0.01",
-                                             "calibrate" + m + " --target 50-55",
-                                             "bands" + m,
-                                             "attack finetune" + m,
-                                             "analyze" + m + " --key " + key,
-                                             "predict" + m + " --input " + tmp.file("none.idx")};
+  const std::vector<std::string> commands = {
+      "eval" + m,
+      "lock" + m + " --out " + tmp.file("x.pt") + " --key-out " + tmp.file("x.clk"),
+      "sweep" + m + " --ratios 0.01",
+      "calibrate" + m + " --target 50-55",
+      "bands" + m,
+      "attack finetune" + m,
+      "analyze" + m + " --key " + key,
+      "predict" + m + " --input " + tmp.file("none.idx")};
   for (const auto& c : commands) {
     r = run(c + " --pad 28");
     EXPECT_EQ(r.code, 2) << c << ": " << r.out;
-    EXPECT_NE(r.out.find("--pad 28: model '" + locked + "' stores pad 32; leave the option out or give the stored value"),
+    EXPECT_NE(r.out.find("--pad 28: model '" + locked +
+                         "' stores pad 32; leave the option out or give the stored value"),
               std::string::npos)
         << c << ": " << r.out;
   }
   for (const auto& [option, expected] : std::vector<std::pair<std::string, std::string>>{
            {"--mean 0.5", "--mean 0.5: model '" + locked + "' stores mean 0.286"},
            {"--std 0.3,0.3", "--std 0.3,0.3: model '" + locked + "' stores std 0.353"},
-           {"--dataset cifar10", "--dataset cifar10: model '" + locked + "' stores dataset fashion-mnist"},
+           {"--dataset cifar10",
+            "--dataset cifar10: model '" + locked + "' stores dataset fashion-mnist"},
            {"--resize 32", "--resize 32: model '" + locked + "' stores resize 0"},
            {"--channels 3", "--channels 3: model '" + locked + "' stores channels 0"}}) {
     r = run("sweep" + m + " --ratios 0.01 " + option);
@@ -120,7 +132,8 @@ TEST(CliTorchScript, EveryCommandChecksGivenPreprocessingAgainstTheStoredOne) {
     EXPECT_NE(r.out.find(expected), std::string::npos) << option << ": " << r.out;
   }
   // Values that agree with the stored ones are accepted (one value stands for every channel).
-  r = run("eval" + m + " --pad 32 --mean 0.2860 --std 0.353 --dataset fashion-mnist --test-subset 20 --json");
+  r = run("eval" + m +
+          " --pad 32 --mean 0.2860 --std 0.353 --dataset fashion-mnist --test-subset 20 --json");
   EXPECT_EQ(r.code, 0) << r.out;
   write_file_atomic(tmp.file("two.raw"), std::string(2 * 28 * 28, '\x40'));
   r = run("predict" + m + " --key " + key + " --pad 32 --raw --input " + tmp.file("two.raw"));
@@ -130,18 +143,24 @@ TEST(CliTorchScript, EveryCommandChecksGivenPreprocessingAgainstTheStoredOne) {
   ASSERT_EQ(run("train --arch tinycnn --epochs 0 --out " + tmp.file("m.ckpt")).code, 0);
   r = run("eval --model " + tmp.file("m.ckpt") + " --pad 32 --test-subset 20");
   EXPECT_EQ(r.code, 2) << r.out;
-  EXPECT_NE(r.out.find("--pad 32: model '" + tmp.file("m.ckpt") + "' stores pad 0"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("--pad 32: model '" + tmp.file("m.ckpt") + "' stores pad 0"),
+            std::string::npos)
+      << r.out;
 }
 
 // calibrate on a file from PyTorch with preprocessing options: the locked file it writes stores
 // them, `eval` reads them back without options, PyTorch still runs the file, unlock restores it.
 TEST(CliTorchScript, CalibrateStoresThePreprocessingItWasGiven) {
-  const std::string dir = testing::torchscript_fixtures("ts-trained-3k-s1", "--train-images 3000 --epochs 1 --seed 1");
+  const std::string dir =
+      testing::torchscript_fixtures("ts-trained-3k-s1", "--train-images 3000 --epochs 1 --seed 1");
   TempDir tmp;
-  const std::string model = dir + "/scripted.pt", locked = tmp.file("locked.pt"), key = tmp.file("k.clk");
+  const std::string model = dir + "/scripted.pt", locked = tmp.file("locked.pt"),
+                    key = tmp.file("k.clk");
   // --pad 28 and --resize 28 change nothing on 28x28 images, but they are not the defaults (0).
-  auto r = run("calibrate --model " + model + " --target 30-50 --pad 28 --resize 28 --mean 0.286 --std 0.353 "
-               "--val-size 500 --test-subset 200 --reestimate-images 64 --out " + locked + " --key-out " + key);
+  auto r = run("calibrate --model " + model +
+               " --target 30-50 --pad 28 --resize 28 --mean 0.286 --std 0.353 "
+               "--val-size 500 --test-subset 200 --reestimate-images 64 --out " +
+               locked + " --key-out " + key);
   ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_NE(r.out.find("inside 30.0-50.0%"), std::string::npos) << r.out;
   r = run("inspect --json " + locked);
@@ -155,8 +174,8 @@ TEST(CliTorchScript, CalibrateStoresThePreprocessingItWasGiven) {
   r = run("eval --model " + locked + " --resize 0 --test-subset 100");
   EXPECT_EQ(r.code, 2) << r.out;
   EXPECT_NE(r.out.find("stores resize 28"), std::string::npos) << r.out;
-  const std::string python = std::string(testing::kPython) + " '" + testing::fixture_script() + "' run '" + locked +
-                             "' --test-images 100 > /dev/null 2>&1";
+  const std::string python = std::string(testing::kPython) + " '" + testing::fixture_script() +
+                             "' run '" + locked + "' --test-images 100 > /dev/null 2>&1";
   EXPECT_EQ(std::system(python.c_str()), 0) << python;
   r = run("unlock --model " + locked + " --key " + key + " --out " + tmp.file("restored.pt"));
   ASSERT_EQ(r.code, 0) << r.out;
@@ -169,26 +188,33 @@ TEST(CliTorchScript, AttackRunsOnScriptedAndTracedFilesAndNeverWritesThem) {
   const std::string dir = testing::torchscript_fixtures("ts-fresh-s3", "--seed 3");
   TempDir tmp;
   for (const std::string file : {"scripted", "traced"}) {
-    auto r = run("lock --model " + dir + "/" + file + ".pt --out " + tmp.file(file + ".pt") + " --key-out " +
-                 tmp.file(file + ".clk"));
+    auto r = run("lock --model " + dir + "/" + file + ".pt --out " + tmp.file(file + ".pt") +
+                 " --key-out " + tmp.file(file + ".clk"));
     ASSERT_EQ(r.code, 0) << r.out;
   }
-  const auto scripted_bytes = read_file(tmp.file("scripted.pt")), traced_bytes = read_file(tmp.file("traced.pt"));
-  const std::string budget = " --data-fraction 0.005 --trials 1 --epochs 1 --test-subset 100 --reestimate-images 64";
-  auto r = run("attack finetune,bn-recalibrate,scratch --json --model " + tmp.file("scripted.pt") + budget);
+  const auto scripted_bytes = read_file(tmp.file("scripted.pt")),
+             traced_bytes = read_file(tmp.file("traced.pt"));
+  const std::string budget =
+      " --data-fraction 0.005 --trials 1 --epochs 1 --test-subset 100 --reestimate-images 64";
+  auto r = run("attack finetune,bn-recalibrate,scratch --json --model " + tmp.file("scripted.pt") +
+               budget);
   ASSERT_EQ(r.code, 0) << r.out;
   auto j = nlohmann::json::parse(r.out);
   ASSERT_EQ(j["attacks"].size(), 3u);
   EXPECT_TRUE(j["attacks"][0]["advantage_over_scratch"].is_number()) << j.dump();
-  EXPECT_EQ(j["attacks"][1]["trials"].size(), 1u) << "a scripted module re-estimates its BatchNorms";
-  EXPECT_NE(j["attacks"][2]["trials"][0]["detail"].get<std::string>().find("re-initialised as PyTorch's layers do"),
+  EXPECT_EQ(j["attacks"][1]["trials"].size(), 1u)
+      << "a scripted module re-estimates its BatchNorms";
+  EXPECT_NE(j["attacks"][2]["trials"][0]["detail"].get<std::string>().find(
+                "re-initialised as PyTorch's layers do"),
             std::string::npos)
       << j.dump();
   EXPECT_FALSE(j.contains("note"));
 
-  r = run("attack all --model " + tmp.file("traced.pt") + budget + " --report " + tmp.file("report.json"));
+  r = run("attack all --model " + tmp.file("traced.pt") + budget + " --report " +
+          tmp.file("report.json"));
   ASSERT_EQ(r.code, 0) << r.out;
-  const std::string why = "the traced TorchScript graph fixes evaluation mode in BatchNorm layer 'bn1'";
+  const std::string why =
+      "the traced TorchScript graph fixes evaluation mode in BatchNorm layer 'bn1'";
   EXPECT_NE(r.out.find("bn-recalibrate: not run: " + why), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("bn-recalibrate + affine: not run: " + why), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("verdict: "), std::string::npos) << r.out;
@@ -235,13 +261,15 @@ TEST(CliFormats, CommandsThatRunAModelRefuseOnnxAndSafetensorsFiles) {
       const auto r = run(line);
       if (name == "m.onnx" && command == "eval") {  // evaluated: this one is not ONNX at all
         EXPECT_EQ(r.code, 1) << line << ": " << r.out;
-        EXPECT_NE(r.out.find("not a valid ONNX ModelProto"), std::string::npos) << line << ": " << r.out;
+        EXPECT_NE(r.out.find("not a valid ONNX ModelProto"), std::string::npos)
+            << line << ": " << r.out;
         continue;
       }
       EXPECT_EQ(r.code, 2) << line << ": " << r.out;
-      const std::string expected = name == "m.onnx" ? "is an ONNX file: `" + command + "` cannot run ONNX models yet"
-                                                    : "is a safetensors file: it holds tensors but no network, so `" +
-                                                          command + "` cannot run it";
+      const std::string expected =
+          name == "m.onnx" ? "is an ONNX file: `" + command + "` cannot run ONNX models yet"
+                           : "is a safetensors file: it holds tensors but no network, so `" +
+                                 command + "` cannot run it";
       EXPECT_NE(r.out.find(expected), std::string::npos) << line << ": " << r.out;
     }
   }

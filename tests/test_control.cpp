@@ -361,8 +361,9 @@ TEST(SearchBand, StepsOverAUnitThatJumpsOverTheBand) {
 TEST(SearchBand, AcceptsTheBandsEdgeWhenItsMiddleIsOutOfReach) {
   // 3 units give 54.6% (inside 50-55, outside its middle half), 4 units 30%: the search aims
   // for the middle, finds nothing there, and settles on the edge probe.
-  const Evaluator step =
-      by_units(100, [](int64_t u) { return u < 3 ? 90.0 : u == 3 ? 54.6 : 30.0; });
+  const Evaluator step = by_units(100, [](int64_t u) {
+    return u < 3 ? 90.0 : u == 3 ? 54.6 : 30.0;
+  });
   CalibrationOptions o;
   o.start_ratio = 0.01;
   Calibration c = search_band({100}, step, parse_band("50-55"), o);
@@ -376,7 +377,8 @@ TEST(SearchBand, NeverChoosesAPlanThatTakesNothing) {
   // (the unlocked model), which the walk down toward the band's middle reaches last.
   CalibrationOptions o;
   o.start_ratio = 0.01;
-  Calibration flat = search_band({1000}, by_units(1000, [](int64_t) { return 10.0; }), parse_band("0-100"), o);
+  Calibration flat =
+      search_band({1000}, by_units(1000, [](int64_t) { return 10.0; }), parse_band("0-100"), o);
   ASSERT_TRUE(flat.found()) << flat.explanation;
   EXPECT_GT(flat.chosen.units, 0);
   // The unlocked model (91%) is in the middle of 85-95 and the first unit takes it to 50%: no

@@ -91,8 +91,8 @@ TEST(Preprocess, PadsAndNormalises) {
   auto img = torch::full({2, 1, 28, 28}, 255, torch::kUInt8);
   auto x = preprocess_batch(img, pp, /*augment=*/false);
   EXPECT_EQ(x.sizes(), (std::vector<int64_t>{2, 1, 32, 32}));
-  EXPECT_FLOAT_EQ(x[0][0][16][16].item<float>(), 2.0f);   // (1 - 0.5) / 0.25
-  EXPECT_FLOAT_EQ(x[0][0][0][0].item<float>(), -2.0f);    // zero padding, normalised
+  EXPECT_FLOAT_EQ(x[0][0][16][16].item<float>(), 2.0f);  // (1 - 0.5) / 0.25
+  EXPECT_FLOAT_EQ(x[0][0][0][0].item<float>(), -2.0f);   // zero padding, normalised
   EXPECT_FLOAT_EQ(x[0][0][1][1].item<float>(), -2.0f);
   EXPECT_FLOAT_EQ(x[0][0][2][2].item<float>(), 2.0f);
 }

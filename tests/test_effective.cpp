@@ -52,8 +52,10 @@ TEST(Reestimate, MatchesPyTorchsCumulativeAverageWhateverTheMomentum) {
   EXPECT_EQ(r.images, 300);
   EXPECT_EQ(r.batches, 5);
   cumulative_reference(reference, data, 64);
-  for (const char* name : {"bn1.running_mean", "bn1.running_var", "bn2.running_mean", "bn2.running_var"}) {
-    EXPECT_TRUE(torch::allclose(tensor_of(m, name), tensor_of(reference, name), 1e-4, 1e-5)) << name;
+  for (const char* name :
+       {"bn1.running_mean", "bn1.running_var", "bn2.running_mean", "bn2.running_var"}) {
+    EXPECT_TRUE(torch::allclose(tensor_of(m, name), tensor_of(reference, name), 1e-4, 1e-5))
+        << name;
   }
   EXPECT_EQ(tensor_of(m, "bn1.num_batches_tracked").item<int64_t>(), 5);
   // Parameters are untouched.
@@ -84,7 +86,8 @@ TEST(Reestimate, ScriptedModuleIsReestimatedAndTracedOneIsRefusedByName) {
   torch::NoGradGuard no_grad;
   auto x = preprocess_batch(data.images, scripted.meta.preprocess, false);
   auto stem = torch::conv2d(x, tensor_of(scripted, "conv1.weight"), {}, 1, 1);
-  EXPECT_TRUE(torch::allclose(tensor_of(scripted, "bn1.running_mean"), stem.mean({0, 2, 3}), 1e-4, 1e-5));
+  EXPECT_TRUE(
+      torch::allclose(tensor_of(scripted, "bn1.running_mean"), stem.mean({0, 2, 3}), 1e-4, 1e-5));
   const auto var = stem.permute({1, 0, 2, 3}).reshape({stem.size(1), -1}).var(1, /*unbiased=*/true);
   EXPECT_TRUE(torch::allclose(tensor_of(scripted, "bn1.running_var"), var, 1e-3, 1e-5));
 
@@ -120,7 +123,8 @@ TEST(Effective, IsTheWorstCaseAndLeavesTheModelAsItWas) {
   EXPECT_DOUBLE_EQ(e.top1_effective, worst);
   // The measured weakness of the paper's per-layer l1 lock (docs/attacks.md): re-estimation wins
   // back far more than the plain model shows.
-  EXPECT_GT(e.reestimated->top1, e.plain.top1 + 20.0) << e.plain.top1 << " -> " << e.reestimated->top1;
+  EXPECT_GT(e.reestimated->top1, e.plain.top1 + 20.0)
+      << e.plain.top1 << " -> " << e.reestimated->top1;
   EXPECT_EQ(e.worst, "bn re-estimation");
   // The same evaluation again gives the same numbers: nothing leaked from the first.
   const EffectiveEval again = evaluate_effective(m, test_subset(), unlabelled);
@@ -130,9 +134,11 @@ TEST(Effective, IsTheWorstCaseAndLeavesTheModelAsItWas) {
 TEST(Effective, DefaultLockHoldsAgainstReestimationOnTheTrainedResnet) {
   LoadedModel m = testing::trained_resnet();
   lock_model(m, lock_options_for(default_units(), 0.05));
-  const EffectiveEval e = evaluate_effective(m, test_subset(), reestimation_images(train_split(), EffectiveOptions{}));
+  const EffectiveEval e =
+      evaluate_effective(m, test_subset(), reestimation_images(train_split(), EffectiveOptions{}));
   ASSERT_TRUE(e.reestimated.has_value());
-  EXPECT_LE(e.top1_effective, 20.0) << "plain " << e.plain.top1 << ", re-estimated " << e.reestimated->top1;
+  EXPECT_LE(e.top1_effective, 20.0)
+      << "plain " << e.plain.top1 << ", re-estimated " << e.reestimated->top1;
 }
 
 TEST(Effective, WithoutImagesOrBatchNormReestimationIsSkippedWithAReason) {

@@ -27,7 +27,17 @@ void write_gz(const std::string& path, const std::vector<uint8_t>& bytes) {
   gzclose(f);
 }
 
-enum class Defect { kEmpty, kBadMagic, kFloatType, kZeroDims, kFiveDims, kTruncatedHeader, kTruncatedData, kTrailingByte, kOverflowDims };
+enum class Defect {
+  kEmpty,
+  kBadMagic,
+  kFloatType,
+  kZeroDims,
+  kFiveDims,
+  kTruncatedHeader,
+  kTruncatedData,
+  kTrailingByte,
+  kOverflowDims
+};
 
 struct Case {
   Defect defect;
@@ -37,14 +47,29 @@ struct Case {
 std::vector<uint8_t> broken(Defect d) {
   auto good = make_idx({3, 2, 2});
   switch (d) {
-    case Defect::kEmpty: return {};
-    case Defect::kBadMagic: good[1] = 1; return good;
-    case Defect::kFloatType: good[2] = 0x0d; return good;
-    case Defect::kZeroDims: good[3] = 0; return good;
-    case Defect::kFiveDims: good[3] = 5; return good;
-    case Defect::kTruncatedHeader: good.resize(9); return good;
-    case Defect::kTruncatedData: good.pop_back(); return good;
-    case Defect::kTrailingByte: good.push_back(0); return good;
+    case Defect::kEmpty:
+      return {};
+    case Defect::kBadMagic:
+      good[1] = 1;
+      return good;
+    case Defect::kFloatType:
+      good[2] = 0x0d;
+      return good;
+    case Defect::kZeroDims:
+      good[3] = 0;
+      return good;
+    case Defect::kFiveDims:
+      good[3] = 5;
+      return good;
+    case Defect::kTruncatedHeader:
+      good.resize(9);
+      return good;
+    case Defect::kTruncatedData:
+      good.pop_back();
+      return good;
+    case Defect::kTrailingByte:
+      good.push_back(0);
+      return good;
     case Defect::kOverflowDims: {
       auto b = make_idx({0, 0, 0, 0});
       for (size_t i = 4; i < 20; ++i) b[i] = 0xff;
@@ -67,15 +92,19 @@ TEST_P(IdxBroken, IsRefusedWithTheRightError) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Defects, IdxBroken,
-    ::testing::Values(Case{Defect::kEmpty, "truncated IDX header"}, Case{Defect::kBadMagic, "bad IDX magic"},
-                      Case{Defect::kFloatType, "unsupported IDX element type"},
-                      Case{Defect::kZeroDims, "0 dimensions"}, Case{Defect::kFiveDims, "5 dimensions"},
-                      Case{Defect::kTruncatedHeader, "truncated IDX header"},
-                      Case{Defect::kTruncatedData, "(truncated)"}, Case{Defect::kTrailingByte, "(trailing bytes)"},
-                      Case{Defect::kOverflowDims, "overflow"}),
-    [](const ::testing::TestParamInfo<Case>& i) { return "defect" + std::to_string(static_cast<int>(i.param.defect)); });
+INSTANTIATE_TEST_SUITE_P(Defects, IdxBroken,
+                         ::testing::Values(Case{Defect::kEmpty, "truncated IDX header"},
+                                           Case{Defect::kBadMagic, "bad IDX magic"},
+                                           Case{Defect::kFloatType, "unsupported IDX element type"},
+                                           Case{Defect::kZeroDims, "0 dimensions"},
+                                           Case{Defect::kFiveDims, "5 dimensions"},
+                                           Case{Defect::kTruncatedHeader, "truncated IDX header"},
+                                           Case{Defect::kTruncatedData, "(truncated)"},
+                                           Case{Defect::kTrailingByte, "(trailing bytes)"},
+                                           Case{Defect::kOverflowDims, "overflow"}),
+                         [](const ::testing::TestParamInfo<Case>& i) {
+                           return "defect" + std::to_string(static_cast<int>(i.param.defect));
+                         });
 
 TEST(Idx, ParsesAValidFile) {
   IdxArray a = parse_idx(make_idx({3, 2, 2}), "x");

@@ -1,10 +1,9 @@
 // Key file round trip and a matrix of hand-made broken files, one defect each.
 #include <gtest/gtest.h>
 
-#include <random>
-
 #include <cstring>
 #include <functional>
+#include <random>
 
 #include "keyfile/key_file.h"
 #include "temp_dir.h"
@@ -38,7 +37,8 @@ KeyFile sample_key() {
 // are the LEB128 bytes 0x00 (first index 0) and 0x01 (gap 2 minus 1) after their byte count.
 constexpr size_t kVersion = 8, kHeaderSize = 12, kCriterion = 96, kRatio = 100, kRatioAfter = 108;
 constexpr size_t kTier = 132, kEncryption = 136, kEntryCount = 204;
-constexpr size_t kName0Len = 208, kDtype0 = 220, kNdim0 = 221, kUnitSize0 = 240, kCount0 = 248, kIndexBytes0 = 256;
+constexpr size_t kName0Len = 208, kDtype0 = 220, kNdim0 = 221, kUnitSize0 = 240, kCount0 = 248,
+                 kIndexBytes0 = 256;
 constexpr size_t kIndex0 = 264, kValue0 = 266, kName1 = 294;
 
 void put16(std::vector<uint8_t>& b, size_t at, uint16_t v) { std::memcpy(&b[at], &v, 2); }
@@ -66,7 +66,8 @@ TEST_P(KeyBroken, IsRefusedWithTheRightError) {
     parse_key(bytes.data(), bytes.size(), "key 'k.clk'");
     FAIL() << GetParam().name << " was accepted";
   } catch (const FormatError& e) {
-    EXPECT_NE(std::string(e.what()).find(GetParam().expected), std::string::npos) << GetParam().name << ": " << e.what();
+    EXPECT_NE(std::string(e.what()).find(GetParam().expected), std::string::npos)
+        << GetParam().name << ": " << e.what();
     EXPECT_NE(std::string(e.what()).find("k.clk"), std::string::npos) << e.what();
   }
 }
@@ -74,7 +75,8 @@ TEST_P(KeyBroken, IsRefusedWithTheRightError) {
 const Case kCases[] = {
     {"empty", [](auto& b) { b.clear(); }, "bad magic"},
     {"bad magic", [](auto& b) { b[0] = 'X'; }, "bad magic"},
-    {"future version", [](auto& b) { put32(b, kVersion, 4); }, "version 4, this build reads up to 3"},
+    {"future version", [](auto& b) { put32(b, kVersion, 4); },
+     "version 4, this build reads up to 3"},
     {"version zero", [](auto& b) { put32(b, kVersion, 0); }, "version 0"},
     {"header size", [](auto& b) { put32(b, kHeaderSize, 100); }, "header size 100"},
     {"truncated header", [](auto& b) { b.resize(50); }, "truncated"},
@@ -83,33 +85,137 @@ const Case kCases[] = {
     {"flipped header byte", [](auto& b) { b[20] ^= 1; }, "checksum mismatch"},
     {"flipped value byte", [](auto& b) { b[kValue0 + 3] ^= 0x80; }, "checksum mismatch"},
     {"flipped checksum byte", [](auto& b) { b.back() ^= 1; }, "checksum mismatch"},
-    {"unknown criterion", [](auto& b) { b[kCriterion] = 7; reseal(b); }, "unknown criterion code 7"},
-    {"ratio out of range", [](auto& b) { double r = 2.0; std::memcpy(&b[kRatio], &r, 8); reseal(b); }, "outside [0, 1]"},
-    {"ratio after above ratio", [](auto& b) { double r = 0.5; std::memcpy(&b[kRatioAfter], &r, 8); reseal(b); }, "is not below the ratio"},
-    {"tier beyond tier count", [](auto& b) { put16(b, kTier, 3); reseal(b); }, "tier 3 of 1"},
+    {"unknown criterion",
+     [](auto& b) {
+       b[kCriterion] = 7;
+       reseal(b);
+     },
+     "unknown criterion code 7"},
+    {"ratio out of range",
+     [](auto& b) {
+       double r = 2.0;
+       std::memcpy(&b[kRatio], &r, 8);
+       reseal(b);
+     },
+     "outside [0, 1]"},
+    {"ratio after above ratio",
+     [](auto& b) {
+       double r = 0.5;
+       std::memcpy(&b[kRatioAfter], &r, 8);
+       reseal(b);
+     },
+     "is not below the ratio"},
+    {"tier beyond tier count",
+     [](auto& b) {
+       put16(b, kTier, 3);
+       reseal(b);
+     },
+     "tier 3 of 1"},
     {"unknown encryption", [](auto& b) { b[kEncryption] = 9; }, "(trailing bytes)"},
-    {"count larger than index block", [](auto& b) { put64(b, kCount0, 1000); reseal(b); }, "1000 unit indices cannot fit in an index block of 2 bytes"},
-    {"huge count", [](auto& b) { put64(b, kCount0, UINT64_MAX / 4); reseal(b); }, "cannot fit in an index block"},
-    {"index block larger than data", [](auto& b) { put64(b, kIndexBytes0, 1000); reseal(b); }, "truncated while reading unit indices of 'a.weight'"},
-    {"huge index block", [](auto& b) { put64(b, kIndexBytes0, UINT64_MAX); reseal(b); }, "truncated while reading unit indices"},
-    {"index block with a spare byte", [](auto& b) { put64(b, kIndexBytes0, 3); reseal(b); }, "holds 2 indices in 2 bytes"},
-    {"index out of range", [](auto& b) { b[kIndex0 + 1] = 3; reseal(b); }, "unit index 4 out of range"},
-    {"first index out of range", [](auto& b) { b[kIndex0] = 0x7f; reseal(b); }, "out of range (tensor has 4 units)"},
-    {"index runs past its block", [](auto& b) { b[kIndex0 + 1] = 0x81; reseal(b); }, "ends inside index 1"},
-    {"index not minimally encoded", [](auto& b) { b[kIndex0] = 0x80; b[kIndex0 + 1] = 0x00; reseal(b); }, "index 0 is not minimally encoded"},
-    {"duplicate tensor", [](auto& b) { b[kName1] = 'a'; reseal(b); }, "duplicate entry for tensor 'a.weight'"},
-    {"unit size does not divide", [](auto& b) { put64(b, kUnitSize0, 5); reseal(b); }, "does not divide"},
-    {"unknown dtype", [](auto& b) { b[kDtype0] = 9; reseal(b); }, "unknown dtype code 9"},
-    {"zero dimensions", [](auto& b) { b[kNdim0] = 0; reseal(b); }, "0 dimensions"},
-    {"empty name", [](auto& b) { put32(b, kName0Len, 0); reseal(b); }, "name length 0"},
-    {"more entries than payload", [](auto& b) { put32(b, kEntryCount, 3); reseal(b); }, "truncated while reading name length"},
-    {"fewer entries than payload", [](auto& b) { put32(b, kEntryCount, 1); reseal(b); }, "bytes left in the payload"},
+    {"count larger than index block",
+     [](auto& b) {
+       put64(b, kCount0, 1000);
+       reseal(b);
+     },
+     "1000 unit indices cannot fit in an index block of 2 bytes"},
+    {"huge count",
+     [](auto& b) {
+       put64(b, kCount0, UINT64_MAX / 4);
+       reseal(b);
+     },
+     "cannot fit in an index block"},
+    {"index block larger than data",
+     [](auto& b) {
+       put64(b, kIndexBytes0, 1000);
+       reseal(b);
+     },
+     "truncated while reading unit indices of 'a.weight'"},
+    {"huge index block",
+     [](auto& b) {
+       put64(b, kIndexBytes0, UINT64_MAX);
+       reseal(b);
+     },
+     "truncated while reading unit indices"},
+    {"index block with a spare byte",
+     [](auto& b) {
+       put64(b, kIndexBytes0, 3);
+       reseal(b);
+     },
+     "holds 2 indices in 2 bytes"},
+    {"index out of range",
+     [](auto& b) {
+       b[kIndex0 + 1] = 3;
+       reseal(b);
+     },
+     "unit index 4 out of range"},
+    {"first index out of range",
+     [](auto& b) {
+       b[kIndex0] = 0x7f;
+       reseal(b);
+     },
+     "out of range (tensor has 4 units)"},
+    {"index runs past its block",
+     [](auto& b) {
+       b[kIndex0 + 1] = 0x81;
+       reseal(b);
+     },
+     "ends inside index 1"},
+    {"index not minimally encoded",
+     [](auto& b) {
+       b[kIndex0] = 0x80;
+       b[kIndex0 + 1] = 0x00;
+       reseal(b);
+     },
+     "index 0 is not minimally encoded"},
+    {"duplicate tensor",
+     [](auto& b) {
+       b[kName1] = 'a';
+       reseal(b);
+     },
+     "duplicate entry for tensor 'a.weight'"},
+    {"unit size does not divide",
+     [](auto& b) {
+       put64(b, kUnitSize0, 5);
+       reseal(b);
+     },
+     "does not divide"},
+    {"unknown dtype",
+     [](auto& b) {
+       b[kDtype0] = 9;
+       reseal(b);
+     },
+     "unknown dtype code 9"},
+    {"zero dimensions",
+     [](auto& b) {
+       b[kNdim0] = 0;
+       reseal(b);
+     },
+     "0 dimensions"},
+    {"empty name",
+     [](auto& b) {
+       put32(b, kName0Len, 0);
+       reseal(b);
+     },
+     "name length 0"},
+    {"more entries than payload",
+     [](auto& b) {
+       put32(b, kEntryCount, 3);
+       reseal(b);
+     },
+     "truncated while reading name length"},
+    {"fewer entries than payload",
+     [](auto& b) {
+       put32(b, kEntryCount, 1);
+       reseal(b);
+     },
+     "bytes left in the payload"},
 };
 
 INSTANTIATE_TEST_SUITE_P(Defects, KeyBroken, ::testing::ValuesIn(kCases),
                          [](const ::testing::TestParamInfo<Case>& i) {
                            std::string n = i.param.name;
-                           for (auto& c : n) if (!isalnum(static_cast<unsigned char>(c))) c = '_';
+                           for (auto& c : n)
+                             if (!isalnum(static_cast<unsigned char>(c))) c = '_';
                            return n;
                          });
 
@@ -129,7 +235,8 @@ TEST(KeyFile, IndexOverflowingSixtyFourBitsIsRefused) {
     parse_key(bytes.data(), bytes.size(), "k");
     FAIL() << "overflowing index accepted";
   } catch (const FormatError& e) {
-    EXPECT_NE(std::string(e.what()).find("index 0 overflows 64 bits"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("index 0 overflows 64 bits"), std::string::npos)
+        << e.what();
   }
 }
 
@@ -179,7 +286,9 @@ TEST(KeyFile, RoundTrips) {
 // A version-1 file, written the way corelocker 0.1 wrote it.
 std::vector<uint8_t> v1_bytes(const KeyFile& k) {
   std::vector<uint8_t> b(kKeyMagic, kKeyMagic + 8);
-  auto raw = [&](const void* p, size_t n) { b.insert(b.end(), static_cast<const uint8_t*>(p), static_cast<const uint8_t*>(p) + n); };
+  auto raw = [&](const void* p, size_t n) {
+    b.insert(b.end(), static_cast<const uint8_t*>(p), static_cast<const uint8_t*>(p) + n);
+  };
   auto u8 = [&](uint8_t v) { b.push_back(v); };
   auto u32 = [&](uint32_t v) { raw(&v, 4); };
   auto u64 = [&](uint64_t v) { raw(&v, 8); };
@@ -222,7 +331,8 @@ std::vector<uint8_t> v1_bytes(const KeyFile& k) {
 TEST(KeyFile, Version1IsStillRead) {
   KeyFile k = sample_key();
   auto bytes = v1_bytes(k);
-  ASSERT_EQ(bytes.size(), 16u + kKeyHeaderSizeV1 + (bytes.size() - 16 - kKeyHeaderSizeV1 - 32) + 32);
+  ASSERT_EQ(bytes.size(),
+            16u + kKeyHeaderSizeV1 + (bytes.size() - 16 - kKeyHeaderSizeV1 - 32) + 32);
   KeyFile back = parse_key(bytes.data(), bytes.size(), "v1");
   EXPECT_EQ(back.header.version, 1u);
   EXPECT_EQ(back.header.criterion, Criterion::kBn);
@@ -269,7 +379,8 @@ TEST(KeyEncryption, WrongPassphraseIsAnAuthError) {
     parse_key(bytes.data(), bytes.size(), "k", passphrase("battery staple"));
     FAIL();
   } catch (const AuthError& e) {
-    EXPECT_NE(std::string(e.what()).find("wrong passphrase or key file altered"), std::string::npos);
+    EXPECT_NE(std::string(e.what()).find("wrong passphrase or key file altered"),
+              std::string::npos);
   }
 }
 
@@ -284,7 +395,8 @@ TEST(KeyEncryption, EveryFlippedByteAfterTheFramingIsAnAuthError) {
     if (i == kEncryption) continue;  // changes the framing itself: see below
     auto bytes = good;
     bytes[i] ^= 0x01;
-    EXPECT_THROW(parse_key(bytes.data(), bytes.size(), "k", passphrase("pw")), AuthError) << "byte " << i;
+    EXPECT_THROW(parse_key(bytes.data(), bytes.size(), "k", passphrase("pw")), AuthError)
+        << "byte " << i;
   }
   auto bytes = good;
   bytes[kEncryption] = 0;  // pretend to be plain: no checksum where one would have to be

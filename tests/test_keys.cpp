@@ -33,7 +33,8 @@ TEST(Tiers, EachKeyLandsOnTheSingleRatioLockAndTheLastOnTheOriginal) {
   LoadedModel original = fresh_tiny(11);
   LoadedModel m = clone(original);
   std::vector<double> seen;
-  auto tiers = lock_model_tiers(m, l1_at(0), {0.2, 0.05, 0.1}, [&](double r, LoadedModel&) { seen.push_back(r); });
+  auto tiers = lock_model_tiers(m, l1_at(0), {0.2, 0.05, 0.1},
+                                [&](double r, LoadedModel&) { seen.push_back(r); });
   EXPECT_EQ(seen, (std::vector<double>{0.05, 0.1, 0.2}));
   ASSERT_EQ(tiers.size(), 3u);
   // The locked model is the lock at the largest ratio, unit for unit.
@@ -148,8 +149,10 @@ TEST(Decoy, TheDetectorFindsZeroFillButNotDecoys) {
       // Decoys are drawn from the OS generator; 4 sd leaves room for their randomness while
       // catching decoys that stand out in size (lower-half donors gave ~2x chance, 5.5 sd).
       EXPECT_LE(r.precision_far(), r.chance() + 4 * sd) << "decoys stand out from the median";
-      EXPECT_LE(r.precision_small(), r.chance() + 4 * sd) << "decoys are smaller than the other units";
-      EXPECT_LE(r.oracle_z(), 4.0) << "oracle finds decoys: " << r.hits << " hits, chance " << r.oracle_chance_hits;
+      EXPECT_LE(r.precision_small(), r.chance() + 4 * sd)
+          << "decoys are smaller than the other units";
+      EXPECT_LE(r.oracle_z(), 4.0)
+          << "oracle finds decoys: " << r.hits << " hits, chance " << r.oracle_chance_hits;
     }
   }
 }
@@ -189,7 +192,8 @@ TEST(DecoySearch, KeepsTheDrawNearestZeroFillOrTheLowestAndRestoresExactly) {
       seen.push_back(model_fingerprint(state));
       bool zeros = false;
       for (auto& t : named_tensors(*state.net)) {
-        if (t.name == "conv2.weight") zeros = t.tensor.reshape({-1, 9}).eq(0).all(1).any().item<bool>();
+        if (t.name == "conv2.weight")
+          zeros = t.tensor.reshape({-1, 9}).eq(0).all(1).any().item<bool>();
       }
       zero_filled.push_back(zeros);
       return scores[seen.size() - 1];
@@ -199,7 +203,8 @@ TEST(DecoySearch, KeepsTheDrawNearestZeroFillOrTheLowestAndRestoresExactly) {
     ASSERT_EQ(seen.size(), scores.size());
     EXPECT_EQ(zero_filled.front(), match) << "the reference is the zero-filled lock";
     const size_t first_draw = match ? 1 : 0;
-    for (size_t i = first_draw + 1; i < seen.size(); ++i) EXPECT_NE(seen[i], seen[first_draw]) << "draws differ";
+    for (size_t i = first_draw + 1; i < seen.size(); ++i)
+      EXPECT_NE(seen[i], seen[first_draw]) << "draws differ";
     const size_t chosen = match ? 4 : 1;  // 0.35 is nearest 0.3; 0.2 is the lowest
     EXPECT_EQ(model_fingerprint(m), seen[chosen]);
     EXPECT_EQ(out.key.header.locked_fingerprint, seen[chosen]);

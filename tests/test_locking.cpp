@@ -60,7 +60,8 @@ TEST(Selection, L1PicksTheKernelsWithTheLargestL1Norm) {
   auto norms = tensor_of(m, "conv2.weight").abs().reshape({128, 9}).sum(1);
   auto selected = torch::zeros({128}, torch::kBool);
   for (auto u : entry_of(plan, "conv2.weight")->units) selected[u] = true;
-  EXPECT_GE(norms.masked_select(selected).min().item<float>(), norms.masked_select(~selected).max().item<float>());
+  EXPECT_GE(norms.masked_select(selected).min().item<float>(),
+            norms.masked_select(~selected).max().item<float>());
 }
 
 TEST(Selection, GlobalScopeUsesOneThresholdAcrossLayers) {
@@ -71,7 +72,9 @@ TEST(Selection, GlobalScopeUsesOneThresholdAcrossLayers) {
   o.ratio = 0.2;
   ExtractionPlan plan = plan_for(m, o);
   // conv kernels of conv1 (8) and conv2 (128) compete together: round(0.2 * 136) = 27.
-  auto score = [&](const std::string& name, int64_t n) { return tensor_of(m, name).abs().reshape({n, 9}).sum(1); };
+  auto score = [&](const std::string& name, int64_t n) {
+    return tensor_of(m, name).abs().reshape({n, 9}).sum(1);
+  };
   auto s1 = score("conv1.weight", 8), s2 = score("conv2.weight", 128);
   auto all = torch::cat({s1, s2});
   auto sel = torch::zeros({136}, torch::kBool);
@@ -83,7 +86,8 @@ TEST(Selection, GlobalScopeUsesOneThresholdAcrossLayers) {
     }
   }
   EXPECT_EQ(taken, 27u);
-  EXPECT_GE(all.masked_select(sel).min().item<float>(), all.masked_select(~sel).max().item<float>());
+  EXPECT_GE(all.masked_select(sel).min().item<float>(),
+            all.masked_select(~sel).max().item<float>());
 }
 
 TEST(Selection, BnTakesGammaBetaAndOnlyEligibleProducingFilters) {
@@ -94,7 +98,8 @@ TEST(Selection, BnTakesGammaBetaAndOnlyEligibleProducingFilters) {
   o.ratio = 0.25;  // 6 of the 24 channels of bn1 + bn2
   ExtractionPlan plan = plan_for(m, o);
   EXPECT_EQ(plan.units, 6);
-  EXPECT_EQ(entry_of(plan, "conv1.weight"), nullptr) << "conv1 is the first layer: its filters stay";
+  EXPECT_EQ(entry_of(plan, "conv1.weight"), nullptr)
+      << "conv1 is the first layer: its filters stay";
   auto gammas = torch::cat({tensor_of(m, "bn1.weight"), tensor_of(m, "bn2.weight")}).abs();
   const float sixth = std::get<0>(gammas.sort(0, /*descending=*/true))[5].item<float>();
   size_t bn2_units = 0;
@@ -104,7 +109,8 @@ TEST(Selection, BnTakesGammaBetaAndOnlyEligibleProducingFilters) {
     if (!w) continue;
     ASSERT_TRUE(b);
     EXPECT_EQ(w->units, b->units);
-    for (auto u : w->units) EXPECT_GE(std::abs(tensor_of(m, std::string(bn) + ".weight")[u].item<float>()), sixth);
+    for (auto u : w->units)
+      EXPECT_GE(std::abs(tensor_of(m, std::string(bn) + ".weight")[u].item<float>()), sixth);
     if (std::string(bn) == "bn2") bn2_units = w->units.size();
   }
   const PlanEntry* f = entry_of(plan, "conv2.weight");
@@ -332,7 +338,9 @@ TEST(Lock, ExtractedUnitsAreZeroAndTheKeyHoldsTheirValues) {
     std::vector<int64_t> units(e.units.begin(), e.units.end());
     auto idx = torch::tensor(units, torch::kInt64);
     EXPECT_TRUE(locked.index_select(0, idx).eq(0).all().item<bool>());
-    auto values = torch::from_blob(const_cast<uint8_t*>(e.values.data()), {static_cast<int64_t>(units.size()), static_cast<int64_t>(e.unit_size)}, torch::kFloat32);
+    auto values = torch::from_blob(
+        const_cast<uint8_t*>(e.values.data()),
+        {static_cast<int64_t>(units.size()), static_cast<int64_t>(e.unit_size)}, torch::kFloat32);
     EXPECT_TRUE(values.equal(orig.index_select(0, idx)));
   }
   EXPECT_EQ(out.stats.values, static_cast<int64_t>(out.key.value_count()));
@@ -379,8 +387,8 @@ INSTANTIATE_TEST_SUITE_P(Criteria, LockUnlock,
                                            RoundTrip{Criterion::kRandom, Scope::kLayer, false},
                                            RoundTrip{Criterion::kRandom, Scope::kGlobal, false}),
                          [](const ::testing::TestParamInfo<RoundTrip>& i) {
-                           return std::string(to_string(i.param.criterion)) + "_" + to_string(i.param.scope) +
-                                  (i.param.include_io ? "_io" : "");
+                           return std::string(to_string(i.param.criterion)) + "_" +
+                                  to_string(i.param.scope) + (i.param.include_io ? "_io" : "");
                          });
 
 TEST(Unlock, KeyOfAnotherModelIsRefusedAndChangesNothing) {

@@ -25,7 +25,9 @@ TEST(ResNet, Resnet20HasTheCanonicalSizeAndStructure) {
   // Every tensor named by the structure exists.
   auto tensors = named_tensors(*m.net);
   for (const auto& l : s) {
-    EXPECT_TRUE(std::any_of(tensors.begin(), tensors.end(), [&](const NamedTensor& t) { return t.name == l.weight; })) << l.weight;
+    EXPECT_TRUE(std::any_of(tensors.begin(), tensors.end(), [&](const NamedTensor& t) {
+      return t.name == l.weight;
+    })) << l.weight;
   }
 }
 

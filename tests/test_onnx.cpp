@@ -71,8 +71,12 @@ TEST_F(Onnx, ReadsTheLayerWiringOfAPyTorchExportWithBatchNorm) {
     const std::string conv = s[static_cast<size_t>(l.producer)].weight;
     // bn1 <- conv1, layer1.bn2 <- layer1.conv2, layer2.short.1 <- layer2.short.0
     const std::string stem = l.weight.substr(0, l.weight.size() - std::string("weight").size());
-    if (stem == "layer2.short.1.") EXPECT_EQ(conv, "layer2.short.0.weight");
-    else EXPECT_EQ(conv, stem.substr(0, stem.size() - 4) + "conv" + stem.substr(stem.size() - 2) + "weight") << stem;
+    if (stem == "layer2.short.1.")
+      EXPECT_EQ(conv, "layer2.short.0.weight");
+    else
+      EXPECT_EQ(conv,
+                stem.substr(0, stem.size() - 4) + "conv" + stem.substr(stem.size() - 2) + "weight")
+          << stem;
   }
   EXPECT_EQ(bns, 6);
   EXPECT_EQ(layer_named(s, "bn1.weight")->bias, "bn1.bias");
@@ -180,7 +184,8 @@ TEST_F(Onnx, BnLockTakesGammaBetaAndTheProducingConvFilter) {
   for (const auto& e : lo.key.entries) by[e.tensor] = &e;
   bool saw_filter = false;
   for (const auto& e : lo.key.entries) {
-    if (e.tensor.find(".bn") == std::string::npos && e.tensor.find("short.1") == std::string::npos) continue;
+    if (e.tensor.find(".bn") == std::string::npos && e.tensor.find("short.1") == std::string::npos)
+      continue;
     if (e.tensor.size() < 7 || e.tensor.compare(e.tensor.size() - 7, 7, ".weight") != 0) continue;
     const std::string stem = e.tensor.substr(0, e.tensor.size() - 6);
     ASSERT_TRUE(by.count(stem + "bias")) << "beta goes with gamma: " << e.tensor;
@@ -226,12 +231,14 @@ TEST_F(Onnx, TypedDataLocksAndUnlocksKeepingItsStorage) {
   unlock_onnx_model(locked, {lo.key});
   save_onnx_model(dir_.file("restored.onnx"), locked);
   EXPECT_EQ(onnx_fingerprint(load_onnx_model(dir_.file("restored.onnx"))), fp0);
-  EXPECT_EQ(stored_bytes(read_proto(dir_.file("restored.onnx"))), stored_bytes(read_proto(dir_.file("typed.onnx"))));
+  EXPECT_EQ(stored_bytes(read_proto(dir_.file("restored.onnx"))),
+            stored_bytes(read_proto(dir_.file("typed.onnx"))));
 }
 
 TEST_F(Onnx, ExternalDataLocksAndUnlocksIntoItsOwnDataFile) {
   CORELOCKER_ONNX_FIXTURES(fx);
-  write_proto(dir_.file("ext.onnx"), testing::to_external(read_proto(fx + "/resnet_bn.onnx"), dir_.path(), "weights.bin"));
+  write_proto(dir_.file("ext.onnx"),
+              testing::to_external(read_proto(fx + "/resnet_bn.onnx"), dir_.path(), "weights.bin"));
   const auto weights = read_file(dir_.file("weights.bin"));
   OnnxModel m = load_onnx_model(dir_.file("ext.onnx"));
   EXPECT_EQ(m.find("fc.weight")->storage, OnnxStorage::kExternal);
@@ -284,26 +291,30 @@ TEST_P(OnnxHostile, IsRefusedWithAClearError) {
     FAIL() << "loaded a hostile file; expected an error containing '" << GetParam().message << "'";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find(GetParam().message), std::string::npos) << e.what();
-    EXPECT_NE(std::string(e.what()).find("m.onnx"), std::string::npos) << "names the file: " << e.what();
+    EXPECT_NE(std::string(e.what()).find("m.onnx"), std::string::npos)
+        << "names the file: " << e.what();
   }
 }
 
 INSTANTIATE_TEST_SUITE_P(
     Defects, OnnxHostile,
-    ::testing::Values(HostileCase{testing::Defect::kExternalDotDot, "has a '..' component"},
-                      HostileCase{testing::Defect::kExternalAbsolute, "is an absolute path"},
-                      HostileCase{testing::Defect::kExternalSymlinkOut, "leaves the model's folder"},
-                      HostileCase{testing::Defect::kExternalOffsetPastEnd, "offset 99999999 is past the end"},
-                      HostileCase{testing::Defect::kExternalLengthPastEnd, "is past the end of 'w.bin'"},
-                      HostileCase{testing::Defect::kExternalLengthWrong, "external data length 636, dims and data type need 640"},
-                      HostileCase{testing::Defect::kExternalMissingFile, "cannot open external data"},
-                      HostileCase{testing::Defect::kExternalUnknownKey, "unknown external data key 'basepath'"},
-                      HostileCase{testing::Defect::kRawDataWrongSize, "raw_data has 2300 bytes, dims [8, 8, 3, 3] of FLOAT need 2304"},
-                      HostileCase{testing::Defect::kTypedCountWrong, "159 typed values"},
-                      HostileCase{testing::Defect::kRawAndTyped, "both raw_data and typed values"},
-                      HostileCase{testing::Defect::kDuplicateInitializer, "initializer 'fc.bias' appears twice"},
-                      HostileCase{testing::Defect::kTruncated, "not a valid ONNX ModelProto"},
-                      HostileCase{testing::Defect::kNotProtobuf, "not a valid ONNX ModelProto"}),
+    ::testing::Values(
+        HostileCase{testing::Defect::kExternalDotDot, "has a '..' component"},
+        HostileCase{testing::Defect::kExternalAbsolute, "is an absolute path"},
+        HostileCase{testing::Defect::kExternalSymlinkOut, "leaves the model's folder"},
+        HostileCase{testing::Defect::kExternalOffsetPastEnd, "offset 99999999 is past the end"},
+        HostileCase{testing::Defect::kExternalLengthPastEnd, "is past the end of 'w.bin'"},
+        HostileCase{testing::Defect::kExternalLengthWrong,
+                    "external data length 636, dims and data type need 640"},
+        HostileCase{testing::Defect::kExternalMissingFile, "cannot open external data"},
+        HostileCase{testing::Defect::kExternalUnknownKey, "unknown external data key 'basepath'"},
+        HostileCase{testing::Defect::kRawDataWrongSize,
+                    "raw_data has 2300 bytes, dims [8, 8, 3, 3] of FLOAT need 2304"},
+        HostileCase{testing::Defect::kTypedCountWrong, "159 typed values"},
+        HostileCase{testing::Defect::kRawAndTyped, "both raw_data and typed values"},
+        HostileCase{testing::Defect::kDuplicateInitializer, "initializer 'fc.bias' appears twice"},
+        HostileCase{testing::Defect::kTruncated, "not a valid ONNX ModelProto"},
+        HostileCase{testing::Defect::kNotProtobuf, "not a valid ONNX ModelProto"}),
     [](const ::testing::TestParamInfo<HostileCase>& i) {
       return "defect" + std::to_string(static_cast<int>(i.param.defect));
     });

@@ -55,7 +55,8 @@ TEST(ScopedUnlock, WrongKeyChangesNothingAndRelockWritesEvenAfterOtherChanges) {
   tensor_of(a, "bn1.running_mean").add_(1.0);  // changed while unlocked
   EXPECT_NE(relock(tensors_a, undo), key_a.header.locked_fingerprint);
   tensor_of(a, "bn1.running_mean").sub_(1.0);
-  EXPECT_EQ(fingerprint(tensors_a), key_a.header.locked_fingerprint);  // the key's units were put back
+  EXPECT_EQ(fingerprint(tensors_a),
+            key_a.header.locked_fingerprint);  // the key's units were put back
 }
 
 TEST(WrapTorchScript, SharesTheModulesTensorsAndKeepsItsModes) {
@@ -70,8 +71,10 @@ TEST(WrapTorchScript, SharesTheModulesTensorsAndKeepsItsModes) {
   const LockOutcome out = lock_model(wrapped, LockOptions{});
   // The lock changed the module itself.
   std::vector<NamedTensor> own;
-  for (const auto& p : module.named_parameters(/*recurse=*/true)) own.push_back({p.name, p.value, false});
-  for (const auto& b : module.named_buffers(/*recurse=*/true)) own.push_back({b.name, b.value, true});
+  for (const auto& p : module.named_parameters(/*recurse=*/true))
+    own.push_back({p.name, p.value, false});
+  for (const auto& b : module.named_buffers(/*recurse=*/true))
+    own.push_back({b.name, b.value, true});
   EXPECT_EQ(fingerprint(own), out.key.header.locked_fingerprint);
   EXPECT_NE(out.key.header.locked_fingerprint, before);
 }
@@ -85,7 +88,8 @@ TEST(Reestimate, BatchesFromTheCallerGiveTheDatasetsResult) {
     if (next >= data.size()) return {};
     const int64_t n = std::min<int64_t>(64, data.size() - next);
     next += n;
-    return preprocess_batch(data.images.narrow(0, next - n, n), b.meta.preprocess, /*augment=*/false);
+    return preprocess_batch(data.images.narrow(0, next - n, n), b.meta.preprocess,
+                            /*augment=*/false);
   });
   EXPECT_EQ(ra.batches, rb.batches);
   EXPECT_EQ(ra.images, rb.images);

@@ -26,8 +26,11 @@ std::vector<uint8_t> framed(const std::string& header, uint64_t data_size) {
 
 TEST(Safetensors, WriterRoundTripsThroughTheReader) {
   testing::TempDir dir;
-  const std::vector<StSpec> specs = {{"conv.weight", "F32", {2, 1, 3, 3}}, {"fc.weight", "BF16", {3, 4}},
-                                     {"steps", "I64", {}}, {"empty", "F16", {0, 5}}, {"mask", "BOOL", {3}}};
+  const std::vector<StSpec> specs = {{"conv.weight", "F32", {2, 1, 3, 3}},
+                                     {"fc.weight", "BF16", {3, 4}},
+                                     {"steps", "I64", {}},
+                                     {"empty", "F16", {0, 5}},
+                                     {"mask", "BOOL", {3}}};
   const std::string header = st_make_header(specs, {{"format", "pt"}});
   EXPECT_EQ((8 + header.size()) % 8, 0u);
   const uint64_t data = 18 * 4 + 12 * 2 + 8 + 0 + 3;
@@ -67,7 +70,8 @@ TEST(Safetensors, WriterRefusesShortDataAndLeavesNothing) {
 
 TEST(Safetensors, DetectionByContentAndExtension) {
   testing::TempDir dir;
-  write_file_atomic(dir.file("model.bin"), framed(R"({"a":{"dtype":"U8","shape":[2],"data_offsets":[0,2]}})", 2));
+  write_file_atomic(dir.file("model.bin"),
+                    framed(R"({"a":{"dtype":"U8","shape":[2],"data_offsets":[0,2]}})", 2));
   write_file_atomic(dir.file("other.bin"), std::string("PK\x03\x04 not a safetensors file"));
   write_file_atomic(dir.file("broken.safetensors"), std::string("xx"));
   EXPECT_TRUE(is_safetensors_file(dir.file("model.bin")));
@@ -95,7 +99,8 @@ struct Case {
 };
 
 std::string one(const std::string& dtype, const std::string& shape, const std::string& offsets) {
-  return R"({"a":{"dtype":")" + dtype + R"(","shape":)" + shape + R"(,"data_offsets":)" + offsets + "}}";
+  return R"({"a":{"dtype":")" + dtype + R"(","shape":)" + shape + R"(,"data_offsets":)" + offsets +
+         "}}";
 }
 
 std::vector<Case> cases() {
@@ -110,33 +115,52 @@ std::vector<Case> cases() {
   c.push_back({"InvalidUtf8", framed("{\"\xff\xfe\":{}}", 0), "not valid JSON"});
   c.push_back({"JsonArray", framed("[1,2]", 0), "expected an object"});
   c.push_back({"UnknownDtype", framed(one("F31", "[2]", "[0,8]"), 8), "unknown dtype 'F31'"});
-  c.push_back({"DtypeNotString", framed(R"({"a":{"dtype":7,"shape":[2],"data_offsets":[0,8]}})", 8), "dtype is not a string"});
+  c.push_back({"DtypeNotString", framed(R"({"a":{"dtype":7,"shape":[2],"data_offsets":[0,8]}})", 8),
+               "dtype is not a string"});
   c.push_back({"ShapeSizeMismatch", framed(one("F32", "[3]", "[0,8]"), 8), "need 12"});
   c.push_back({"WrongDtypeSize", framed(one("F64", "[2]", "[0,8]"), 8), "need 16"});
-  c.push_back({"NegativeDimension", framed(one("F32", "[-2]", "[0,8]"), 8), "non-negative integer"});
-  c.push_back({"FractionalDimension", framed(one("F32", "[2.5]", "[0,8]"), 8), "non-negative integer"});
+  c.push_back(
+      {"NegativeDimension", framed(one("F32", "[-2]", "[0,8]"), 8), "non-negative integer"});
+  c.push_back(
+      {"FractionalDimension", framed(one("F32", "[2.5]", "[0,8]"), 8), "non-negative integer"});
   c.push_back({"ShapeOverflow",
-               framed(one("F32", "[4294967296,4294967296,4294967296]", "[0,8]"), 8), "size overflow"});
-  c.push_back({"OffsetsPastTheData", framed(one("F32", "[2]", "[8,16]"), 8), "past the data region"});
+               framed(one("F32", "[4294967296,4294967296,4294967296]", "[0,8]"), 8),
+               "size overflow"});
+  c.push_back(
+      {"OffsetsPastTheData", framed(one("F32", "[2]", "[8,16]"), 8), "past the data region"});
   c.push_back({"OffsetsReversed", framed(one("F32", "[0]", "[8,0]"), 8), "end before they begin"});
   c.push_back({"OffsetsNotAPair", framed(one("F32", "[2]", "[0,8,8]"), 8), "not [begin, end]"});
-  c.push_back({"Overlap",
-               framed(R"({"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4]},"b":{"dtype":"U8","shape":[4],"data_offsets":[2,6]}})", 6),
-               "overlaps tensor 'a'"});
-  c.push_back({"Gap",
-               framed(R"({"a":{"dtype":"U8","shape":[2],"data_offsets":[0,2]},"b":{"dtype":"U8","shape":[2],"data_offsets":[4,6]}})", 6),
-               "gap in the data region"});
+  c.push_back(
+      {"Overlap",
+       framed(
+           R"({"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4]},"b":{"dtype":"U8","shape":[4],"data_offsets":[2,6]}})",
+           6),
+       "overlaps tensor 'a'"});
+  c.push_back(
+      {"Gap",
+       framed(
+           R"({"a":{"dtype":"U8","shape":[2],"data_offsets":[0,2]},"b":{"dtype":"U8","shape":[2],"data_offsets":[4,6]}})",
+           6),
+       "gap in the data region"});
   c.push_back({"TrailingBytes", framed(good, 12), "trailing bytes"});
-  c.push_back({"DuplicateName",
-               framed(R"({"a":{"dtype":"U8","shape":[2],"data_offsets":[0,2]},"a":{"dtype":"U8","shape":[2],"data_offsets":[2,4]}})", 4),
-               "duplicate key 'a'"});
-  c.push_back({"MetadataNotAnObject", framed(R"({"__metadata__":"x"})", 0), "__metadata__ is a JSON string"});
-  c.push_back({"MetadataValueNotString", framed(R"({"__metadata__":{"epoch":3}})", 0), "'epoch' is a JSON number"});
-  c.push_back({"MissingField", framed(R"({"a":{"dtype":"U8","shape":[2]}})", 0), "needs dtype, shape and data_offsets"});
+  c.push_back(
+      {"DuplicateName",
+       framed(
+           R"({"a":{"dtype":"U8","shape":[2],"data_offsets":[0,2]},"a":{"dtype":"U8","shape":[2],"data_offsets":[2,4]}})",
+           4),
+       "duplicate key 'a'"});
+  c.push_back({"MetadataNotAnObject", framed(R"({"__metadata__":"x"})", 0),
+               "__metadata__ is a JSON string"});
+  c.push_back({"MetadataValueNotString", framed(R"({"__metadata__":{"epoch":3}})", 0),
+               "'epoch' is a JSON number"});
+  c.push_back({"MissingField", framed(R"({"a":{"dtype":"U8","shape":[2]}})", 0),
+               "needs dtype, shape and data_offsets"});
   c.push_back({"UnknownField",
-               framed(R"({"a":{"dtype":"U8","shape":[2],"data_offsets":[0,2],"stride":[1]}})", 2), "unknown field 'stride'"});
+               framed(R"({"a":{"dtype":"U8","shape":[2],"data_offsets":[0,2],"stride":[1]}})", 2),
+               "unknown field 'stride'"});
   c.push_back({"EntryNotAnObject", framed(R"({"a":[1]})", 0), "expected an object"});
-  c.push_back({"EmptyName", framed(R"({"":{"dtype":"U8","shape":[2],"data_offsets":[0,2]}})", 2), "empty name"});
+  c.push_back({"EmptyName", framed(R"({"":{"dtype":"U8","shape":[2],"data_offsets":[0,2]}})", 2),
+               "empty name"});
   return c;
 }
 
@@ -154,7 +178,9 @@ TEST_P(StBroken, IsRefusedWithTheRightError) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Defects, StBroken, ::testing::ValuesIn(cases()),
-                         [](const ::testing::TestParamInfo<Case>& i) { return std::string(i.param.name); });
+                         [](const ::testing::TestParamInfo<Case>& i) {
+                           return std::string(i.param.name);
+                         });
 
 TEST(Safetensors, MappedReaderRefusesAHostileFileFromDisk) {
   testing::TempDir dir;

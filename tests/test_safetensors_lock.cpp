@@ -1,14 +1,13 @@
 // Streaming l1 lock / unlock of safetensors files: the right units go, restore is byte-exact, and
 // wrong keys or altered files are refused with nothing written.
 #include <gtest/gtest.h>
-
 #include <sys/resource.h>
 
 #include <algorithm>
-#include <csignal>
 #include <cmath>
-#include <filesystem>
+#include <csignal>
 #include <cstring>
+#include <filesystem>
 #include <limits>
 #include <map>
 #include <random>
@@ -65,7 +64,8 @@ Model sample_model(uint32_t seed) {
     return b;
   };
   Model m;
-  auto add = [&](const std::string& n, const std::string& dt, std::vector<uint64_t> shape, std::vector<uint8_t> d) {
+  auto add = [&](const std::string& n, const std::string& dt, std::vector<uint64_t> shape,
+                 std::vector<uint8_t> d) {
     m.specs.push_back({n, dt, std::move(shape)});
     m.data.push_back(std::move(d));
   };
@@ -81,7 +81,8 @@ Model sample_model(uint32_t seed) {
   return m;
 }
 
-void write_model(const std::string& path, const Model& m, const std::map<std::string, std::string>& meta) {
+void write_model(const std::string& path, const Model& m,
+                 const std::map<std::string, std::string>& meta) {
   uint64_t total = 0;
   for (const auto& d : m.data) total += d.size();
   StWriter w(path, st_make_header(m.specs, meta), total);
@@ -110,15 +111,18 @@ float abs_value(const std::string& dtype, const uint8_t* p, uint64_t i) {
 }
 
 // The units a full sort picks: score descending, ties by (layer, index) in file order.
-std::vector<uint64_t> expected_units(const StFile& f, const StTensor& t, uint64_t unit_size, uint64_t k) {
+std::vector<uint64_t> expected_units(const StFile& f, const StTensor& t, uint64_t unit_size,
+                                     uint64_t k) {
   const uint64_t n = t.numel() / unit_size;
   std::vector<std::pair<float, uint64_t>> s;
   for (uint64_t u = 0; u < n; ++u) {
     float sum = 0.0f;
-    for (uint64_t e = 0; e < unit_size; ++e) sum += abs_value(t.dtype, f.tensor_data(t), u * unit_size + e);
+    for (uint64_t e = 0; e < unit_size; ++e)
+      sum += abs_value(t.dtype, f.tensor_data(t), u * unit_size + e);
     s.emplace_back(sum, u);
   }
-  std::stable_sort(s.begin(), s.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+  std::stable_sort(s.begin(), s.end(),
+                   [](const auto& a, const auto& b) { return a.first > b.first; });
   std::vector<uint64_t> out;
   for (uint64_t i = 0; i < k; ++i) out.push_back(s[i].second);
   std::sort(out.begin(), out.end());
@@ -127,7 +131,9 @@ std::vector<uint64_t> expected_units(const StFile& f, const StTensor& t, uint64_
 
 class StLock : public ::testing::Test {
  protected:
-  void SetUp() override { write_model(dir_.file("m.safetensors"), sample_model(7), {{"format", "pt"}}); }
+  void SetUp() override {
+    write_model(dir_.file("m.safetensors"), sample_model(7), {{"format", "pt"}});
+  }
   StLockOutcome lock(const StLockOptions& o, const std::string& out = "locked.safetensors") {
     return lock_safetensors(dir_.file("m.safetensors"), dir_.file(out), o,
                             [&](const KeyFile& k) { write_key_file(dir_.file("key.clk"), k); });
@@ -166,7 +172,8 @@ TEST_F(StLock, LayerScopeTakesTheTopUnitsOfEachInnerLayerAndRestoresByteExact) {
       const bool taken = next < e.units.size() && e.units[next] == u;
       const uint64_t bytes = e.unit_size * es;
       if (taken) {
-        EXPECT_EQ(std::vector<uint8_t>(lp + u * bytes, lp + (u + 1) * bytes), std::vector<uint8_t>(bytes, 0));
+        EXPECT_EQ(std::vector<uint8_t>(lp + u * bytes, lp + (u + 1) * bytes),
+                  std::vector<uint8_t>(bytes, 0));
         EXPECT_EQ(std::memcmp(e.values.data() + next * bytes, op + u * bytes, bytes), 0);
         ++next;
       } else {
@@ -179,7 +186,8 @@ TEST_F(StLock, LayerScopeTakesTheTopUnitsOfEachInnerLayerAndRestoresByteExact) {
   EXPECT_EQ(st_fingerprint(locked), r.key.header.locked_fingerprint);
 
   const KeyFile key = read_key_file(dir_.file("key.clk"));
-  const StUnlockOutcome u = unlock_safetensors(dir_.file("locked.safetensors"), dir_.file("restored.safetensors"), key);
+  const StUnlockOutcome u =
+      unlock_safetensors(dir_.file("locked.safetensors"), dir_.file("restored.safetensors"), key);
   EXPECT_EQ(u.fingerprint, r.key.header.original_fingerprint);
   EXPECT_EQ(read_file(dir_.file("restored.safetensors")), read_file(dir_.file("m.safetensors")));
 }
@@ -196,7 +204,8 @@ TEST_F(StLock, GlobalScopeAndIncludeIoAndNoMetadataStillRestoreByteExact) {
   EXPECT_EQ(r.units, 5u + 34u);
   const StFile locked(dir_.file("locked.safetensors"));
   EXPECT_EQ(locked.header.metadata.at("corelocker.scope"), "global");
-  unlock_safetensors(dir_.file("locked.safetensors"), dir_.file("restored.safetensors"), read_key_file(dir_.file("key.clk")));
+  unlock_safetensors(dir_.file("locked.safetensors"), dir_.file("restored.safetensors"),
+                     read_key_file(dir_.file("key.clk")));
   EXPECT_EQ(read_file(dir_.file("restored.safetensors")), read_file(dir_.file("m.safetensors")));
 }
 
@@ -223,7 +232,8 @@ TEST_F(StLock, PaddedHeaderWithMetadataInTheMiddleRestoresByteExact) {
   EXPECT_EQ(r.units, 3u);
   const StFile locked(dir_.file("locked.safetensors"));
   EXPECT_EQ(locked.header.metadata.at("x"), "y");
-  unlock_safetensors(dir_.file("locked.safetensors"), dir_.file("restored.safetensors"), read_key_file(dir_.file("key.clk")));
+  unlock_safetensors(dir_.file("locked.safetensors"), dir_.file("restored.safetensors"),
+                     read_key_file(dir_.file("key.clk")));
   EXPECT_EQ(read_file(dir_.file("restored.safetensors")), bytes);
 }
 
@@ -238,9 +248,11 @@ TEST_F(StLock, KeyOfAnotherLockIsRefusedAndNothingIsWritten) {
   // A key with the right id but altered values: the restored fingerprint does not match.
   KeyFile bad = first;
   bad.entries[0].values[0] ^= 0x40;
-  EXPECT_THROW(unlock_safetensors(dir_.file("locked.safetensors"), dir_.file("r.safetensors"), bad), MismatchError);
+  EXPECT_THROW(unlock_safetensors(dir_.file("locked.safetensors"), dir_.file("r.safetensors"), bad),
+               MismatchError);
   EXPECT_FALSE(file_exists(dir_.file("r.safetensors")));
-  EXPECT_NO_THROW(unlock_safetensors(dir_.file("locked.safetensors"), dir_.file("r.safetensors"), first));
+  EXPECT_NO_THROW(
+      unlock_safetensors(dir_.file("locked.safetensors"), dir_.file("r.safetensors"), first));
 }
 
 TEST_F(StLock, AlteredLockedFileIsRefusedAndNothingIsWritten) {
@@ -249,7 +261,8 @@ TEST_F(StLock, AlteredLockedFileIsRefusedAndNothingIsWritten) {
   bytes[bytes.size() - 3] ^= 0x01;  // a byte of fc.bias
   write_file_atomic(dir_.file("altered.safetensors"), bytes);
   try {
-    unlock_safetensors(dir_.file("altered.safetensors"), dir_.file("r.safetensors"), read_key_file(dir_.file("key.clk")));
+    unlock_safetensors(dir_.file("altered.safetensors"), dir_.file("r.safetensors"),
+                       read_key_file(dir_.file("key.clk")));
     FAIL() << "accepted";
   } catch (const MismatchError& e) {
     EXPECT_NE(std::string(e.what()).find("was modified"), std::string::npos) << e.what();
@@ -266,25 +279,28 @@ TEST_F(StLock, ChangedHeaderIsRefused) {
   bytes[8 + at + 10] = 'q';  // "pt" -> "qt": still valid, but not the header that was locked
   write_file_atomic(dir_.file("altered.safetensors"), bytes);
   try {
-    unlock_safetensors(dir_.file("altered.safetensors"), dir_.file("r.safetensors"), read_key_file(dir_.file("key.clk")));
+    unlock_safetensors(dir_.file("altered.safetensors"), dir_.file("r.safetensors"),
+                       read_key_file(dir_.file("key.clk")));
     FAIL() << "accepted";
   } catch (const FormatError& e) {
-    EXPECT_NE(std::string(e.what()).find("header was changed after locking"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("header was changed after locking"), std::string::npos)
+        << e.what();
   }
   EXPECT_FALSE(file_exists(dir_.file("r.safetensors")));
 }
 
 TEST_F(StLock, RefusesToLockTwiceOrWithoutEligibleLayers) {
   lock(StLockOptions{});
-  EXPECT_THROW(lock_safetensors(dir_.file("locked.safetensors"), dir_.file("x.safetensors"), StLockOptions{},
-                                [](const KeyFile&) {}),
+  EXPECT_THROW(lock_safetensors(dir_.file("locked.safetensors"), dir_.file("x.safetensors"),
+                                StLockOptions{}, [](const KeyFile&) {}),
                UsageError);
   EXPECT_THROW(unlock_safetensors(dir_.file("m.safetensors"), dir_.file("x.safetensors"),
                                   read_key_file(dir_.file("key.clk"))),
                UsageError);
-  write_model(dir_.file("tiny.safetensors"), Model{{{"fc.weight", "F32", {2, 2}}}, {std::vector<uint8_t>(16)}}, {});
-  EXPECT_THROW(lock_safetensors(dir_.file("tiny.safetensors"), dir_.file("x.safetensors"), StLockOptions{},
-                                [](const KeyFile&) {}),
+  write_model(dir_.file("tiny.safetensors"),
+              Model{{{"fc.weight", "F32", {2, 2}}}, {std::vector<uint8_t>(16)}}, {});
+  EXPECT_THROW(lock_safetensors(dir_.file("tiny.safetensors"), dir_.file("x.safetensors"),
+                                StLockOptions{}, [](const KeyFile&) {}),
                UsageError);
   EXPECT_FALSE(file_exists(dir_.file("x.safetensors")));
 }
@@ -295,7 +311,8 @@ Model three_linear_layers(const std::string& dtype, const std::vector<T>& v) {
   std::vector<uint8_t> d(v.size() * sizeof(T));
   std::memcpy(d.data(), v.data(), d.size());
   Model m;
-  m.specs = {{"in.weight", dtype, {5, 6}}, {"mid.weight", dtype, {6, 5}}, {"out.weight", dtype, {5, 6}}};
+  m.specs = {
+      {"in.weight", dtype, {5, 6}}, {"mid.weight", dtype, {6, 5}}, {"out.weight", dtype, {5, 6}}};
   m.data = {d, d, d};
   return m;
 }
@@ -315,7 +332,8 @@ TEST_F(StLock, F64AndNaNWeightsLockAndRestoreByteExact) {
   EXPECT_EQ(r.key.entries[0].dtype, DType::kF64);
   // 30 weights -> 3: the infinity first, then the two 5.0 with the lowest indices
   EXPECT_EQ(r.key.entries[0].units, (std::vector<uint64_t>{0, 8, 10}));
-  unlock_safetensors(dir_.file("locked.safetensors"), dir_.file("restored.safetensors"), read_key_file(dir_.file("key.clk")));
+  unlock_safetensors(dir_.file("locked.safetensors"), dir_.file("restored.safetensors"),
+                     read_key_file(dir_.file("key.clk")));
   EXPECT_EQ(read_file(dir_.file("restored.safetensors")), read_file(dir_.file("m.safetensors")));
 }
 
@@ -332,7 +350,8 @@ TEST_F(StLock, F32NaNAndInfinityRankAsInF64) {
   const StLockOutcome r = lock(o);
   ASSERT_EQ(r.key.entries.size(), 1u);
   EXPECT_EQ(r.key.entries[0].units, (std::vector<uint64_t>{0, 8, 10}));
-  unlock_safetensors(dir_.file("locked.safetensors"), dir_.file("restored.safetensors"), read_key_file(dir_.file("key.clk")));
+  unlock_safetensors(dir_.file("locked.safetensors"), dir_.file("restored.safetensors"),
+                     read_key_file(dir_.file("key.clk")));
   EXPECT_EQ(read_file(dir_.file("restored.safetensors")), read_file(dir_.file("m.safetensors")));
 }
 
@@ -370,12 +389,14 @@ TEST_F(StLock, LargeLayersWithTiesSelectAsAFullSortOnOneOrTwoThreads) {
       const StTensor& t = tensor(name);
       for (uint64_t u = 0; u < t.numel() / unit_size; ++u) {
         float sum = 0.0f;
-        for (uint64_t e = 0; e < unit_size; ++e) sum += abs_value("F32", orig.tensor_data(t), u * unit_size + e);
+        for (uint64_t e = 0; e < unit_size; ++e)
+          sum += abs_value("F32", orig.tensor_data(t), u * unit_size + e);
         s.emplace_back(sum, name, u);
       }
     }
     const uint64_t k = static_cast<uint64_t>(std::llround(0.05 * static_cast<double>(s.size())));
-    std::stable_sort(s.begin(), s.end(), [](const auto& a, const auto& b) { return std::get<0>(a) > std::get<0>(b); });
+    std::stable_sort(s.begin(), s.end(),
+                     [](const auto& a, const auto& b) { return std::get<0>(a) > std::get<0>(b); });
     std::map<std::string, std::vector<uint64_t>> out;
     for (uint64_t i = 0; i < k; ++i) out[std::get<1>(s[i])].push_back(std::get<2>(s[i]));
     for (auto& [name, units] : out) std::sort(units.begin(), units.end());
@@ -413,23 +434,29 @@ TEST_F(StLock, LargeLayersWithTiesSelectAsAFullSortOnOneOrTwoThreads) {
     EXPECT_EQ(taken(one), want);
     EXPECT_EQ(taken(two), want);
     ASSERT_EQ(one.key.entries.size(), two.key.entries.size());
-    for (size_t i = 0; i < one.key.entries.size(); ++i) EXPECT_EQ(one.key.entries[i].values, two.key.entries[i].values);
+    for (size_t i = 0; i < one.key.entries.size(); ++i)
+      EXPECT_EQ(one.key.entries[i].values, two.key.entries[i].values);
     EXPECT_EQ(one.key.header.locked_fingerprint, two.key.header.locked_fingerprint);
     EXPECT_EQ(one.key.header.original_fingerprint, st_fingerprint(orig, 1));
     EXPECT_EQ(one.key.header.original_fingerprint, st_fingerprint(orig, 2));
-    EXPECT_EQ(unlock_safetensors(dir_.file("one.safetensors"), dir_.file("r1.safetensors"), one_key, 2).fingerprint,
-              one.key.header.original_fingerprint);
-    EXPECT_EQ(unlock_safetensors(dir_.file("two.safetensors"), dir_.file("r2.safetensors"), two_key, 1).fingerprint,
-              one.key.header.original_fingerprint);
+    EXPECT_EQ(
+        unlock_safetensors(dir_.file("one.safetensors"), dir_.file("r1.safetensors"), one_key, 2)
+            .fingerprint,
+        one.key.header.original_fingerprint);
+    EXPECT_EQ(
+        unlock_safetensors(dir_.file("two.safetensors"), dir_.file("r2.safetensors"), two_key, 1)
+            .fingerprint,
+        one.key.header.original_fingerprint);
     EXPECT_EQ(read_file(dir_.file("r1.safetensors")), read_file(dir_.file("m.safetensors")));
     EXPECT_EQ(read_file(dir_.file("r2.safetensors")), read_file(dir_.file("m.safetensors")));
   }
 }
 
 TEST_F(StLock, FailingKeyWriteLeavesNoLockedFile) {
-  EXPECT_THROW(lock_safetensors(dir_.file("m.safetensors"), dir_.file("l.safetensors"), StLockOptions{},
-                                [](const KeyFile&) { throw IoError("disk full"); }),
-               IoError);
+  EXPECT_THROW(
+      lock_safetensors(dir_.file("m.safetensors"), dir_.file("l.safetensors"), StLockOptions{},
+                       [](const KeyFile&) { throw IoError("disk full"); }),
+      IoError);
   EXPECT_FALSE(file_exists(dir_.file("l.safetensors")));
 }
 
@@ -437,7 +464,8 @@ TEST_F(StLock, FingerprintIgnoresLockMetadataButNotOtherMetadata) {
   const Digest a = st_fingerprint(StFile(dir_.file("m.safetensors")));
   write_model(dir_.file("n.safetensors"), sample_model(7), {{"format", "np"}});
   EXPECT_NE(a, st_fingerprint(StFile(dir_.file("n.safetensors"))));
-  write_model(dir_.file("o.safetensors"), sample_model(7), {{"format", "pt"}, {"corelocker.note", "x"}});
+  write_model(dir_.file("o.safetensors"), sample_model(7),
+              {{"format", "pt"}, {"corelocker.note", "x"}});
   EXPECT_EQ(a, st_fingerprint(StFile(dir_.file("o.safetensors"))));
 }
 
@@ -471,7 +499,8 @@ TEST_F(StLock, SampledThresholdSelectsAsAFullSortAndFallsBackWhenFooled) {
     EXPECT_EQ(r.key.entries[i].tensor, orig.header.tensors[i].name);
     EXPECT_EQ(r.key.entries[i].units, expected_units(orig, orig.header.tensors[i], 1, 104858));
   }
-  unlock_safetensors(dir_.file("locked.safetensors"), dir_.file("restored.safetensors"), read_key_file(dir_.file("key.clk")));
+  unlock_safetensors(dir_.file("locked.safetensors"), dir_.file("restored.safetensors"),
+                     read_key_file(dir_.file("key.clk")));
   EXPECT_EQ(read_file(dir_.file("restored.safetensors")), read_file(dir_.file("m.safetensors")));
 }
 
@@ -511,9 +540,11 @@ TEST_F(StLock, F32WeightsInPartialBlocksAndAcrossChunksSelectAsAFullSort) {
     for (size_t i = 0; i < 2; ++i) {
       const StTensor& t = orig.header.tensors[i];
       SCOPED_TRACE(t.name);
-      const std::vector<uint64_t> want = expected_units(orig, t, 1, std::llround(0.05 * double(t.numel())));
+      const std::vector<uint64_t> want =
+          expected_units(orig, t, 1, std::llround(0.05 * double(t.numel())));
       EXPECT_EQ(r.key.entries[i].units, want);
-      for (size_t large : i == 0 ? std::vector<size_t>{n - 1, 262143, 262144, 0} : std::vector<size_t>{7, 258}) {
+      for (size_t large :
+           i == 0 ? std::vector<size_t>{n - 1, 262143, 262144, 0} : std::vector<size_t>{7, 258}) {
         EXPECT_TRUE(std::binary_search(want.begin(), want.end(), large)) << large;
       }
     }
@@ -563,10 +594,11 @@ TEST_F(StLock, WriteFailureInThePassLeavesNothing) {
 Digest documented_fingerprint(const StFile& f, StFingerprintScheme scheme) {
   std::vector<const StTensor*> order;
   for (const auto& t : f.header.tensors) order.push_back(&t);
-  std::sort(order.begin(), order.end(), [](const StTensor* a, const StTensor* b) { return a->name < b->name; });
+  std::sort(order.begin(), order.end(),
+            [](const StTensor* a, const StTensor* b) { return a->name < b->name; });
   Hasher h;
   h.update_str(scheme == StFingerprintScheme::kV1 ? "corelocker-safetensors-fingerprint-v1"
-                                                 : "corelocker-safetensors-fingerprint-v2");
+                                                  : "corelocker-safetensors-fingerprint-v2");
   h.update_u64(order.size());
   for (const StTensor* t : order) {
     h.update_str(t->name);
@@ -599,14 +631,18 @@ TEST_F(StLock, FingerprintsFollowTheDocumentedSchemes) {
   const StFile orig(dir_.file("m.safetensors"));
   EXPECT_EQ(st_fingerprint_scheme(orig.header), StFingerprintScheme::kV2);
   EXPECT_EQ(st_fingerprint(orig), documented_fingerprint(orig, StFingerprintScheme::kV2));
-  EXPECT_EQ(st_fingerprint(orig, 1, StFingerprintScheme::kV1), documented_fingerprint(orig, StFingerprintScheme::kV1));
-  EXPECT_NE(st_fingerprint(orig, 1, StFingerprintScheme::kV1), st_fingerprint(orig, 1, StFingerprintScheme::kV2));
+  EXPECT_EQ(st_fingerprint(orig, 1, StFingerprintScheme::kV1),
+            documented_fingerprint(orig, StFingerprintScheme::kV1));
+  EXPECT_NE(st_fingerprint(orig, 1, StFingerprintScheme::kV1),
+            st_fingerprint(orig, 1, StFingerprintScheme::kV2));
 
   const StLockOutcome r = lock(StLockOptions{});
   const StFile locked(dir_.file("locked.safetensors"));
   EXPECT_EQ(locked.header.metadata.at("corelocker.fingerprint_scheme"), "2");
-  EXPECT_EQ(r.key.header.locked_fingerprint, documented_fingerprint(locked, StFingerprintScheme::kV2));
-  EXPECT_EQ(r.key.header.original_fingerprint, documented_fingerprint(orig, StFingerprintScheme::kV2));
+  EXPECT_EQ(r.key.header.locked_fingerprint,
+            documented_fingerprint(locked, StFingerprintScheme::kV2));
+  EXPECT_EQ(r.key.header.original_fingerprint,
+            documented_fingerprint(orig, StFingerprintScheme::kV2));
 }
 
 TEST_F(StLock, UnknownFingerprintSchemeIsRefused) {
@@ -624,7 +660,8 @@ TEST_F(StLock, UnknownFingerprintSchemeIsRefused) {
     EXPECT_NE(std::string(e.what()).find("fingerprint_scheme '7'"), std::string::npos) << e.what();
   }
   const KeyFile key = read_key_file(dir_.file("key.clk"));
-  EXPECT_THROW(unlock_safetensors(dir_.file("odd.safetensors"), dir_.file("r.safetensors"), key), FormatError);
+  EXPECT_THROW(unlock_safetensors(dir_.file("odd.safetensors"), dir_.file("r.safetensors"), key),
+               FormatError);
   EXPECT_FALSE(file_exists(dir_.file("r.safetensors")));
 }
 
@@ -639,12 +676,15 @@ TEST(StLockCompat, SchemeOneLockStillUnlocks) {
   EXPECT_EQ(st_fingerprint_scheme(locked.header), StFingerprintScheme::kV1);
   const KeyFile key = read_key_file(dir + "locked.clk");
   EXPECT_EQ(key.header.version, 2u);  // u64 unit indices: the key format before version 3
-  EXPECT_EQ(to_hex(st_fingerprint(locked)), "884ff4ec7fe3822ccc28182d508e29003d6c8bd0cb1bb3733bac063cc21200de");
+  EXPECT_EQ(to_hex(st_fingerprint(locked)),
+            "884ff4ec7fe3822ccc28182d508e29003d6c8bd0cb1bb3733bac063cc21200de");
   EXPECT_EQ(st_fingerprint(locked), key.header.locked_fingerprint);
-  const StUnlockOutcome r = unlock_safetensors(dir + "locked.safetensors", tmp.file("r.safetensors"), key, 2);
+  const StUnlockOutcome r =
+      unlock_safetensors(dir + "locked.safetensors", tmp.file("r.safetensors"), key, 2);
   EXPECT_EQ(read_file(tmp.file("r.safetensors")), read_file(dir + "original.safetensors"));
   EXPECT_EQ(r.fingerprint, key.header.original_fingerprint);
-  EXPECT_EQ(to_hex(r.fingerprint), "c791f1775196d9ad9e26cfb34fe5bf199b5f8519b5933652f0dc6a1ba72f8911");
+  EXPECT_EQ(to_hex(r.fingerprint),
+            "c791f1775196d9ad9e26cfb34fe5bf199b5f8519b5933652f0dc6a1ba72f8911");
   // the original itself is unlocked, so its own fingerprint is scheme 2
   EXPECT_NE(st_fingerprint(StFile(dir + "original.safetensors")), key.header.original_fingerprint);
 }

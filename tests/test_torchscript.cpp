@@ -31,7 +31,8 @@ std::string fresh_fixtures() { return torchscript_fixtures("ts-fresh-s3", "--see
 
 // Runs the fixture script's `run` mode on a model: exit code and output.
 std::pair<int, std::string> python_run(const std::string& model) {
-  const std::string cmd = std::string(testing::kPython) + " '" + testing::fixture_script() + "' run '" + model + "' 2>&1";
+  const std::string cmd = std::string(testing::kPython) + " '" + testing::fixture_script() +
+                          "' run '" + model + "' 2>&1";
   FILE* p = popen(cmd.c_str(), "r");
   std::string out;
   std::array<char, 4096> buf{};
@@ -60,7 +61,8 @@ TEST(TorchScript, ScriptedAndTracedFilesGiveTheSameStructureFromTheirGraphs) {
   LoadedModel scripted = load_model(dir + "/scripted.pt");
   LoadedModel traced = load_model(dir + "/traced.pt");
   EXPECT_EQ(scripted.meta.arch, kTorchScriptArch);
-  EXPECT_EQ(model_fingerprint(scripted), model_fingerprint(traced)) << "both files hold the same weights";
+  EXPECT_EQ(model_fingerprint(scripted), model_fingerprint(traced))
+      << "both files hold the same weights";
   const Structure& s = scripted.net->structure();
   const Structure& t = traced.net->structure();
   ASSERT_EQ(s.size(), t.size());
@@ -79,9 +81,11 @@ TEST(TorchScript, ScriptedAndTracedFilesGiveTheSameStructureFromTheirGraphs) {
   EXPECT_EQ(s.back().name, "fc");
   EXPECT_EQ(s.back().kind, LayerKind::kLinear);
   EXPECT_EQ(s.back().bias, "fc.bias");
-  for (const auto& [bn, conv] : std::vector<std::pair<std::string, std::string>>{
-           {"bn1", "conv1"}, {"layer1.bn2", "layer1.conv2"}, {"layer2.shortcut.1", "layer2.shortcut.0"},
-           {"layer3.bn1", "layer3.conv1"}}) {
+  for (const auto& [bn, conv] :
+       std::vector<std::pair<std::string, std::string>>{{"bn1", "conv1"},
+                                                        {"layer1.bn2", "layer1.conv2"},
+                                                        {"layer2.shortcut.1", "layer2.shortcut.0"},
+                                                        {"layer3.bn1", "layer3.conv1"}}) {
     const LayerSpec& l = layer_named(s, bn);
     EXPECT_EQ(l.kind, LayerKind::kBatchNorm);
     EXPECT_EQ(l.weight, bn + ".weight");
@@ -108,7 +112,8 @@ TEST(TorchScript, LockedFileRunsInPythonAndUnlocksToTheOriginal) {
     EXPECT_NE(text.find("\"shape\": [2, 10]"), std::string::npos) << text;
 
     LoadedModel locked = load_model(tmp.file("locked.pt"));
-    ASSERT_TRUE(locked.meta.lock.has_value()) << "lock metadata travels in the archive's extra file";
+    ASSERT_TRUE(locked.meta.lock.has_value())
+        << "lock metadata travels in the archive's extra file";
     EXPECT_EQ(model_fingerprint(locked), out.key.header.locked_fingerprint);
     EXPECT_FALSE(same_tensors(locked, original));
     unlock_model(locked, out.key);
@@ -136,9 +141,11 @@ TEST(TorchScript, BnTakesGammaBetaAndTheProducingConvFilters) {
     const bool eligible = &conv != &s.front();  // the first layer is not extracted
     if (eligible) {
       ++with_filters;
-      EXPECT_EQ(units[conv.weight], units[l.weight]) << "filters of " << conv.name << " go with " << l.name;
+      EXPECT_EQ(units[conv.weight], units[l.weight])
+          << "filters of " << conv.name << " go with " << l.name;
     } else {
-      EXPECT_EQ(units.count(conv.weight), 0u) << "first layer " << conv.name << " must not be extracted";
+      EXPECT_EQ(units.count(conv.weight), 0u)
+          << "first layer " << conv.name << " must not be extracted";
     }
   }
   EXPECT_GT(with_filters, 0);
@@ -152,7 +159,8 @@ TEST(TorchScript, BnTakesGammaBetaAndTheProducingConvFilters) {
     if (changed) {
       EXPECT_TRUE(in_key) << before[i].name << " changed but is not in the key";
     }
-    if (in_key && before[i].name.size() > 7 && before[i].name.substr(before[i].name.size() - 7) == ".weight") {
+    if (in_key && before[i].name.size() > 7 &&
+        before[i].name.substr(before[i].name.size() - 7) == ".weight") {
       EXPECT_TRUE(changed) << before[i].name;
     }
   }
@@ -160,7 +168,8 @@ TEST(TorchScript, BnTakesGammaBetaAndTheProducingConvFilters) {
 
 TEST(TorchScript, L1LockMakesATrainedModelFallAndTheKeyRestoresIt) {
   // Trained in Python on 3,000 Fashion-MNIST images for one epoch (about 20 s).
-  const std::string dir = torchscript_fixtures("ts-trained-3k-s1", "--train-images 3000 --epochs 1 --seed 1");
+  const std::string dir =
+      torchscript_fixtures("ts-trained-3k-s1", "--train-images 3000 --epochs 1 --seed 1");
   LoadedModel m = load_model(dir + "/scripted.pt");
   const Dataset test = testing::fmnist_test(2000);
   const double before = evaluate(*m.net, test, m.meta.preprocess).top1;
@@ -186,8 +195,9 @@ TEST(TorchScript, BuiltInResnetWeightsLockExactlyAsTheBuiltInModel) {
     }
   }
   save_model(tmp.file("r20.ckpt"), builtin);
-  const std::string cmd = std::string(testing::kPython) + " '" + testing::fixture_script() + "' from-checkpoint '" +
-                          tmp.file("r20.ckpt") + "' '" + tmp.path() + "' 2>&1";
+  const std::string cmd = std::string(testing::kPython) + " '" + testing::fixture_script() +
+                          "' from-checkpoint '" + tmp.file("r20.ckpt") + "' '" + tmp.path() +
+                          "' 2>&1";
   ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
   auto units_of = [](const LockOutcome& o) {
     std::map<std::string, std::pair<std::vector<uint64_t>, std::vector<uint8_t>>> m;
@@ -247,7 +257,8 @@ TrainOptions quick_training() {
 }
 
 // `file` of the fresh fixtures (or of `dir`), locked with l1 at `ratio`.
-LoadedModel locked_fixture(const std::string& file, double ratio = 0.1, const std::string& dir = fresh_fixtures()) {
+LoadedModel locked_fixture(const std::string& file, double ratio = 0.1,
+                           const std::string& dir = fresh_fixtures()) {
   LoadedModel m = load_model(dir + "/" + file);
   lock_model(m, options(Criterion::kL1, ratio));
   return m;
@@ -271,30 +282,36 @@ TEST(TorchScriptAttacks, CopyIsDeepAndTrainsUnderTheModulesOwnNames) {
   // Without the freeze the running statistics of the scripted BatchNorms move.
   o.freeze_bn_stats = false;
   train(*copy.net, subset(testing::fashion_train(), 256, 3), copy.meta.preprocess, o);
-  EXPECT_FALSE(testing::tensor_of(copy, "bn1.running_mean").equal(testing::tensor_of(locked, "bn1.running_mean")));
+  EXPECT_FALSE(testing::tensor_of(copy, "bn1.running_mean")
+                   .equal(testing::tensor_of(locked, "bn1.running_mean")));
 }
 
 TEST(TorchScriptAttacks, ZeroRetrainTrainsOnlyWhatTheLockLeftAtZero) {
   LoadedModel locked = locked_fixture("scripted.pt");
   LoadedModel m = copy_model(locked);
-  const ZeroRetrainResult z = zero_retrain(m, subset(testing::fashion_train(), 256, 4), quick_training());
+  const ZeroRetrainResult z =
+      zero_retrain(m, subset(testing::fashion_train(), 256, 4), quick_training());
   ASSERT_GT(z.positions, 0);
   std::map<std::string, torch::Tensor> masks;
   for (const auto& sus : z.suspects) masks[sus.tensor] = sus.mask;
   for (auto& t : named_tensors(*m.net)) {
     const torch::Tensor& was = testing::tensor_of(locked, t.name);
     auto it = masks.find(t.name);
-    const torch::Tensor keep = it == masks.end() ? torch::ones_like(was, torch::kBool) : it->second.logical_not();
-    EXPECT_TRUE(t.tensor.masked_select(keep).equal(was.masked_select(keep))) << t.name << " changed outside the suspects";
+    const torch::Tensor keep =
+        it == masks.end() ? torch::ones_like(was, torch::kBool) : it->second.logical_not();
+    EXPECT_TRUE(t.tensor.masked_select(keep).equal(was.masked_select(keep)))
+        << t.name << " changed outside the suspects";
     if (it != masks.end()) {
-      EXPECT_FALSE(t.tensor.masked_select(it->second).equal(was.masked_select(it->second))) << t.name;
+      EXPECT_FALSE(t.tensor.masked_select(it->second).equal(was.masked_select(it->second)))
+          << t.name;
     }
   }
 }
 
 TEST(TorchScriptAttacks, ScratchRedrawsEveryParameterAsPyTorchInitialisesIt) {
   // Trained, so that no BatchNorm scale is still at its initial 1.
-  const std::string trained = torchscript_fixtures("ts-trained-3k-s1", "--train-images 3000 --epochs 1 --seed 1");
+  const std::string trained =
+      torchscript_fixtures("ts-trained-3k-s1", "--train-images 3000 --epochs 1 --seed 1");
   for (const std::string file : {"scripted.pt", "traced.pt"}) {
     SCOPED_TRACE(file);
     LoadedModel locked = locked_fixture(file, 0.1, trained);
@@ -312,9 +329,12 @@ TEST(TorchScriptAttacks, ScratchRedrawsEveryParameterAsPyTorchInitialisesIt) {
       if (layer.kind == LayerKind::kBatchNorm) {
         EXPECT_TRUE(w.eq(1).all().item<bool>()) << layer.weight;
         EXPECT_TRUE(testing::tensor_of(s, layer.bias).eq(0).all().item<bool>()) << layer.bias;
-        EXPECT_TRUE(testing::tensor_of(s, layer.name + ".running_mean").eq(0).all().item<bool>()) << layer.name;
-        EXPECT_TRUE(testing::tensor_of(s, layer.name + ".running_var").eq(1).all().item<bool>()) << layer.name;
-        EXPECT_EQ(testing::tensor_of(s, layer.name + ".num_batches_tracked").item<int64_t>(), 0) << layer.name;
+        EXPECT_TRUE(testing::tensor_of(s, layer.name + ".running_mean").eq(0).all().item<bool>())
+            << layer.name;
+        EXPECT_TRUE(testing::tensor_of(s, layer.name + ".running_var").eq(1).all().item<bool>())
+            << layer.name;
+        EXPECT_EQ(testing::tensor_of(s, layer.name + ".num_batches_tracked").item<int64_t>(), 0)
+            << layer.name;
         continue;
       }
       // kaiming_uniform_(a=sqrt(5)): U(-b, b), b = 1/sqrt(fan_in); its sd is b/sqrt(3).
@@ -323,11 +343,13 @@ TEST(TorchScriptAttacks, ScratchRedrawsEveryParameterAsPyTorchInitialisesIt) {
       EXPECT_LE(largest, bound) << layer.weight;
       EXPECT_GE(largest, 0.9 * bound) << layer.weight;
       if (w.numel() >= 500) {
-        EXPECT_NEAR(w.std().item<double>(), bound / std::sqrt(3.0), 0.1 * bound / std::sqrt(3.0)) << layer.weight;
+        EXPECT_NEAR(w.std().item<double>(), bound / std::sqrt(3.0), 0.1 * bound / std::sqrt(3.0))
+            << layer.weight;
         EXPECT_NEAR(w.mean().item<double>(), 0.0, 0.1 * bound) << layer.weight;
       }
       if (!layer.bias.empty()) {
-        EXPECT_LE(testing::tensor_of(s, layer.bias).abs().max().item<double>(), bound) << layer.bias;
+        EXPECT_LE(testing::tensor_of(s, layer.bias).abs().max().item<double>(), bound)
+            << layer.bias;
       }
     }
     // Seeded: the same seed draws the same model, another seed another one.
@@ -352,11 +374,15 @@ TEST(TorchScriptAttacks, HarnessRunsOnACopyAndSkipsBnRecalibrationOnATracedGraph
       cfg.train = quick_training();
       std::vector<Digest> attacked;
       AttackHooks hooks;
-      hooks.on_trial = [&](int, const Dataset&, LoadedModel& m) { attacked.push_back(model_fingerprint(m)); };
-      const AttackReport r = run_attack(locked, testing::fashion_train(), test, 10.0, std::nullopt, cfg, h, hooks);
+      hooks.on_trial = [&](int, const Dataset&, LoadedModel& m) {
+        attacked.push_back(model_fingerprint(m));
+      };
+      const AttackReport r =
+          run_attack(locked, testing::fashion_train(), test, 10.0, std::nullopt, cfg, h, hooks);
       EXPECT_EQ(model_fingerprint(locked), before) << to_string(kind);
       if (kind == AttackKind::kBnRecalibrate && file == "traced.pt") {
-        EXPECT_NE(r.skipped.find("traced TorchScript graph fixes evaluation mode in BatchNorm layer 'bn1'"),
+        EXPECT_NE(r.skipped.find(
+                      "traced TorchScript graph fixes evaluation mode in BatchNorm layer 'bn1'"),
                   std::string::npos)
             << r.skipped;
         EXPECT_TRUE(r.trials.empty());
@@ -383,8 +409,10 @@ TEST(TorchScriptAttacks, ReestimationIsUnavailableExactlyWhereRunningTheModelCan
     }
     EXPECT_EQ(why.empty(), ran) << file << ": " << why;
   }
-  LoadedModel plain = create_model(new_model_meta("fcn", "fashion-mnist", {{"norm", 0}, {"depth", 1}, {"width", 16}}));
-  EXPECT_EQ(reestimation_unavailable(plain), "the model has no BatchNorm layer with running statistics");
+  LoadedModel plain = create_model(
+      new_model_meta("fcn", "fashion-mnist", {{"norm", 0}, {"depth", 1}, {"width", 16}}));
+  EXPECT_EQ(reestimation_unavailable(plain),
+            "the model has no BatchNorm layer with running statistics");
 }
 
 }  // namespace

@@ -4,8 +4,8 @@
 
 #include <sstream>
 
-#include "test_support.h"
 #include "eval/evaluate.h"
+#include "test_support.h"
 #include "train/trainer.h"
 #include "util/error.h"
 
@@ -66,10 +66,14 @@ void expect_resumed_run_equals_uninterrupted(const std::string& optimizer) {
   EXPECT_TRUE(testing::same_tensors(saved, full));
 }
 
-TEST(Training, ResumedRunEqualsAnUninterruptedOne) { expect_resumed_run_equals_uninterrupted("sgd"); }
+TEST(Training, ResumedRunEqualsAnUninterruptedOne) {
+  expect_resumed_run_equals_uninterrupted("sgd");
+}
 
 // Adam keeps two moments per parameter: they must travel with the optimizer state too.
-TEST(Training, ResumedAdamRunEqualsAnUninterruptedOne) { expect_resumed_run_equals_uninterrupted("adam"); }
+TEST(Training, ResumedAdamRunEqualsAnUninterruptedOne) {
+  expect_resumed_run_equals_uninterrupted("adam");
+}
 
 TEST(Training, AdamLearnsAndAnUnknownOptimizerIsAUsageError) {
   Dataset data = testing::fmnist_test(512);

@@ -14,7 +14,9 @@ namespace corelocker::testing {
 
 constexpr const char* kPython = "/usr/bin/python3";
 
-inline std::string fixture_script() { return std::string(CORELOCKER_SOURCE_DIR) + "/tests/fixtures/torchscript_model.py"; }
+inline std::string fixture_script() {
+  return std::string(CORELOCKER_SOURCE_DIR) + "/tests/fixtures/torchscript_model.py";
+}
 
 // Folder NAME in the test cache holding scripted.pt, traced.pt (the same weights) and
 // noparams.pt, made with `make_args` (e.g. "--train-images 3000"). Throws when Python fails.
@@ -25,11 +27,15 @@ inline std::string torchscript_fixtures(const std::string& name, const std::stri
   ::flock(fd, LOCK_EX);
   int rc = 0;
   if (::access((dir + "/noparams.pt").c_str(), F_OK) != 0) {
-    rc = std::system((std::string(kPython) + " '" + fixture_script() + "' make '" + dir + "' " + make_args).c_str());
+    rc = std::system(
+        (std::string(kPython) + " '" + fixture_script() + "' make '" + dir + "' " + make_args)
+            .c_str());
   }
   ::flock(fd, LOCK_UN);
   ::close(fd);
-  if (rc != 0) throw std::runtime_error("making TorchScript fixtures failed (is python3-torch installed?): " + dir);
+  if (rc != 0)
+    throw std::runtime_error("making TorchScript fixtures failed (is python3-torch installed?): " +
+                             dir);
   return dir;
 }
 

@@ -141,8 +141,8 @@ struct LayerAccumulator {
 };
 
 // The samples, preprocessed as the original model expects and (optionally) scaled to norm <= 1.
-torch::Tensor prepared_inputs(const Dataset& data, const Preprocess& pp, int64_t begin,
-                              int64_t end, bool scale) {
+torch::Tensor prepared_inputs(const Dataset& data, const Preprocess& pp, int64_t begin, int64_t end,
+                              bool scale) {
   torch::Tensor x = preprocess_batch(data.images.slice(0, begin, end), pp, /*augment=*/false);
   if (scale) {
     torch::Tensor n = row_norms(x).clamp_min(1.0).to(x.scalar_type());
@@ -202,7 +202,8 @@ std::vector<FoldedLayer> fold_fcn(LoadedModel& m, const std::string& which) {
     l.b = norm ? torch::zeros({l.w.size(0)}, torch::kFloat64) : get(fc + ".bias");
     if (norm) {
       const std::string bn = "bn" + std::to_string(i);
-      const torch::Tensor scale = get(bn + ".weight") / torch::sqrt(get(bn + ".running_var") + 1e-5);
+      const torch::Tensor scale =
+          get(bn + ".weight") / torch::sqrt(get(bn + ".running_var") + 1e-5);
       l.w = l.w * scale.unsqueeze(1);
       l.b = (l.b - get(bn + ".running_mean")) * scale + get(bn + ".bias");
     }
@@ -242,8 +243,8 @@ void analyze_chain(LoadedModel& original, LoadedModel& locked, const Dataset& da
     d.changed = count_changed(orig[m].w, lock[m].w) + count_changed(orig[m].b, lock[m].b);
     d.delta_norm = spectral_norm(lock[m].w - orig[m].w, o.power_iterations, o.seed + m);
     d.weight_norm = spectral_norm(orig[m].w, o.power_iterations, o.seed + m);
-    d.random_estimate = population_sd(orig[m].w) *
-                        (std::sqrt(double(orig[m].w.size(1))) + std::sqrt(double(orig[m].w.size(0))));
+    d.random_estimate = population_sd(orig[m].w) * (std::sqrt(double(orig[m].w.size(1))) +
+                                                    std::sqrt(double(orig[m].w.size(0))));
     d.delta_bias = (lock[m].b - orig[m].b).norm().item<double>();
     r.lambda = std::max(r.lambda, d.weight_norm);
   }
@@ -257,8 +258,8 @@ void analyze_chain(LoadedModel& original, LoadedModel& locked, const Dataset& da
   original.net->eval();
   for (int64_t begin = 0; begin < n; begin += o.batch_size) {
     const int64_t end = std::min(n, begin + o.batch_size);
-    const torch::Tensor images = prepared_inputs(data, original.meta.preprocess, begin, end,
-                                                 o.scale_inputs);
+    const torch::Tensor images =
+        prepared_inputs(data, original.meta.preprocess, begin, end, o.scale_inputs);
     torch::Tensor x = images.flatten(1).to(torch::kFloat64);
     const torch::Tensor x_norm = row_norms(x);
     r.input_norm += x_norm.sum().item<double>();
@@ -332,9 +333,9 @@ struct CaptureState {
 thread_local CaptureState* g_capture = nullptr;
 
 const std::set<std::string>& captured_ops() {
-  static const std::set<std::string> ops = {"aten::conv2d", "aten::convolution",
-                                            "aten::_convolution", "aten::linear", "aten::addmm",
-                                            "aten::mm", "aten::matmul"};
+  static const std::set<std::string> ops = {
+      "aten::conv2d", "aten::convolution", "aten::_convolution", "aten::linear",
+      "aten::addmm",  "aten::mm",          "aten::matmul"};
   return ops;
 }
 
@@ -427,7 +428,8 @@ std::map<int, Captured> capture_inputs(LoadedModel& model, const torch::Tensor& 
 torch::Tensor apply_layer(const Captured& c, const torch::Tensor& x, const LayerTensors& t,
                           bool with_bias) {
   const torch::Tensor w = t.weight.to(torch::kFloat64);
-  const torch::Tensor b = with_bias && t.bias.defined() ? t.bias.to(torch::kFloat64) : torch::Tensor();
+  const torch::Tensor b =
+      with_bias && t.bias.defined() ? t.bias.to(torch::kFloat64) : torch::Tensor();
   const torch::Tensor xd = x.to(torch::kFloat64);
   if (c.conv) {
     return torch::conv2d(xd, w, b, c.geometry.stride, c.geometry.padding, c.geometry.dilation,
@@ -479,7 +481,8 @@ void analyze_linear_map(LoadedModel& original, LoadedModel& locked, const Datase
           continue;
         }
         if (!co->second.input.defined()) {
-          skipped[int(i)] = "a convolution this analysis does not model (padding='same' or transposed)";
+          skipped[int(i)] =
+              "a convolution this analysis does not model (padding='same' or transposed)";
           continue;
         }
         if (sample_axis(co->second.input, batch) < 0) {
@@ -489,10 +492,11 @@ void analyze_linear_map(LoadedModel& original, LoadedModel& locked, const Datase
         const LayerTensors to = layer_tensors(orig_tensors, s[i], "original");
         const LayerTensors tl = layer_tensors(lock_tensors, s[i], "locked");
         const torch::Tensor& in = co->second.input;
-        const bool fits = co->second.conv ? in.dim() == 4 && to.weight.dim() == 4 &&
-                                                in.size(1) == to.weight.size(1) * co->second.geometry.groups
-                                          : in.dim() >= 1 && to.weight.dim() == 2 &&
-                                                in.size(-1) == to.weight.size(1);
+        const bool fits =
+            co->second.conv
+                ? in.dim() == 4 && to.weight.dim() == 4 &&
+                      in.size(1) == to.weight.size(1) * co->second.geometry.groups
+                : in.dim() >= 1 && to.weight.dim() == 2 && in.size(-1) == to.weight.size(1);
         if (!fits) {
           // For example a weight multiplied from the left (W @ x) in a TorchScript model.
           skipped[int(i)] = "its weight is applied in a way this analysis does not model";
@@ -519,11 +523,12 @@ void analyze_linear_map(LoadedModel& original, LoadedModel& locked, const Datase
         }
         if (to.bias.defined()) {
           // A bias is added at every output position of one sample.
-          const torch::Tensor one = apply_layer(c, c.input.narrow(sample_axis(c.input, batch), 0, 1),
-                                                to, false);
+          const torch::Tensor one =
+              apply_layer(c, c.input.narrow(sample_axis(c.input, batch), 0, 1), to, false);
           const double positions = double(one.numel()) / double(to.bias.numel());
-          d.delta_bias = (tl.bias.to(torch::kFloat64) - to.bias.to(torch::kFloat64)).norm().item<double>() *
-                         std::sqrt(positions);
+          d.delta_bias =
+              (tl.bias.to(torch::kFloat64) - to.bias.to(torch::kFloat64)).norm().item<double>() *
+              std::sqrt(positions);
         }
         rows[int(i)] = d;
         order.push_back(int(i));
@@ -541,7 +546,8 @@ void analyze_linear_map(LoadedModel& original, LoadedModel& locked, const Datase
       auto cl_it = cap_l.find(i);
       if (cl_it == cap_l.end() || !cl_it->second.input.defined() ||
           !cl_it->second.input.sizes().equals(co.input.sizes()))
-        throw Error("layer " + d.name + ": the locked network used it differently from the original");
+        throw Error("layer " + d.name +
+                    ": the locked network used it differently from the original");
       const int axis = sample_axis(co.input, batch);
       const LayerTensors to = layer_tensors(orig_tensors, s[i], "original");
       const LayerTensors tl = layer_tensors(lock_tensors, s[i], "locked");
@@ -572,8 +578,9 @@ void analyze_linear_map(LoadedModel& original, LoadedModel& locked, const Datase
 }  // namespace
 
 double spectral_norm(const torch::Tensor& matrix, int iterations, uint64_t seed) {
-  if (matrix.dim() != 2) throw Error("spectral_norm: expected a matrix, got " +
-                                     std::to_string(matrix.dim()) + " dimensions");
+  if (matrix.dim() != 2)
+    throw Error("spectral_norm: expected a matrix, got " + std::to_string(matrix.dim()) +
+                " dimensions");
   const torch::Tensor a = matrix.detach().to(torch::kFloat64);
   if (a.numel() == 0) return 0.0;
   return power_iteration(
@@ -593,7 +600,8 @@ double conv_operator_norm(const torch::Tensor& kernel, const ConvGeometry& g, in
     const int64_t in = g.input[1 + d], ks = k.size(2 + d);
     out_size[d] = (in + 2 * g.padding[d] - g.dilation[d] * (ks - 1) - 1) / g.stride[d] + 1;
     if (out_size[d] < 1) throw Error("conv_operator_norm: kernel larger than the padded input");
-    out_pad[d] = in - ((out_size[d] - 1) * g.stride[d] - 2 * g.padding[d] + g.dilation[d] * (ks - 1) + 1);
+    out_pad[d] =
+        in - ((out_size[d] - 1) * g.stride[d] - 2 * g.padding[d] + g.dilation[d] * (ks - 1) + 1);
   }
   return power_iteration(
       shape,
@@ -609,7 +617,8 @@ double conv_operator_norm(const torch::Tensor& kernel, const ConvGeometry& g, in
 
 DisparityReport analyze_disparity(LoadedModel& original, LoadedModel& locked, const Dataset& data,
                                   const DisparityOptions& options) {
-  if (options.samples < 1) throw UsageError("samples " + std::to_string(options.samples) + ": must be at least 1");
+  if (options.samples < 1)
+    throw UsageError("samples " + std::to_string(options.samples) + ": must be at least 1");
   if (options.batch_size < 1)
     throw UsageError("batch size " + std::to_string(options.batch_size) + ": must be at least 1");
   if (data.size() < 1) throw UsageError("analysis needs at least one input; the data set is empty");

@@ -36,11 +36,11 @@
 namespace corelocker {
 
 struct DisparityOptions {
-  int64_t samples = 256;    // test inputs used (the first N of `data`)
+  int64_t samples = 256;  // test inputs used (the first N of `data`)
   int64_t batch_size = 64;
   bool scale_inputs = true;  // x / max(1, ||x||_2): the paper's ||x||_2 <= 1
   int power_iterations = 200;
-  uint64_t seed = 0;         // power-iteration start vectors
+  uint64_t seed = 0;  // power-iteration start vectors
 };
 
 enum class DisparityMode { kChain, kLinearMap };
@@ -57,14 +57,14 @@ struct LayerDisparity {
   // sigma(W*) (sqrt(fan_in) + sqrt(fan_out)): the operator norm a random matrix of the same
   // shape and spread would have (Property 2); NaN for convolutions.
   double random_estimate = 0.0;
-  double delta_bias = 0.0;   // ||b - b*||_2 over the output (a conv bias counts at every position)
+  double delta_bias = 0.0;  // ||b - b*||_2 over the output (a conv bias counts at every position)
   // Means over the samples.
-  double in_norm = 0.0;      // ||y*^(m-1)||_2
-  double out_norm = 0.0;     // ||y*^(m)||_2
-  double g = 0.0;            // G^(m)
-  double observed = 0.0;     // ||y^(m) - y*^(m)||_2
-  double step_bound = 0.0;   // G + L (||W - W*||_2 ||y*^(m-1)||_2 + ||b - b*||_2)
-  double eta = 0.0;          // mu L^m lambda^(m-1) ||x||_2 with mu = delta_norm
+  double in_norm = 0.0;     // ||y*^(m-1)||_2
+  double out_norm = 0.0;    // ||y*^(m)||_2
+  double g = 0.0;           // G^(m)
+  double observed = 0.0;    // ||y^(m) - y*^(m)||_2
+  double step_bound = 0.0;  // G + L (||W - W*||_2 ||y*^(m-1)||_2 + ||b - b*||_2)
+  double eta = 0.0;         // mu L^m lambda^(m-1) ||x||_2 with mu = delta_norm
   // Per-sample checks (a relative tolerance of 1e-5 absorbs rounding).
   int64_t samples = 0;
   int64_t thm2_violations = 0;  // observed < G
@@ -85,9 +85,9 @@ struct VarianceCheck {
 struct DisparityReport {
   DisparityMode mode = DisparityMode::kLinearMap;
   int64_t samples = 0;
-  double input_norm = 0.0;   // mean ||x||_2 of the inputs used
-  double lipschitz = 1.0;    // L
-  double lambda = 0.0;       // max_m ||W*^(m)||_2, the lambda of the eta column
+  double input_norm = 0.0;  // mean ||x||_2 of the inputs used
+  double lipschitz = 1.0;   // L
+  double lambda = 0.0;      // max_m ||W*^(m)||_2, the lambda of the eta column
   std::vector<LayerDisparity> layers;
   std::vector<std::string> skipped;  // structure layers not measured, each with the reason
   VarianceCheck variance;
@@ -111,7 +111,7 @@ struct ConvGeometry {
 
 // Operator norm of x -> conv2d(x, kernel) on inputs of geometry.input, by power iteration with
 // the convolution and its adjoint (the transposed convolution).
-double conv_operator_norm(const torch::Tensor& kernel, const ConvGeometry& geometry,
-                          int iterations, uint64_t seed);
+double conv_operator_norm(const torch::Tensor& kernel, const ConvGeometry& geometry, int iterations,
+                          uint64_t seed);
 
 }  // namespace corelocker

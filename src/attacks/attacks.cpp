@@ -78,7 +78,8 @@ std::vector<AttackKind> parse_attack_kinds(const std::string& list) {
   size_t start = 0;
   while (start <= list.size()) {
     const size_t comma = list.find(',', start);
-    const std::string item = list.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+    const std::string item =
+        list.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
     const AttackKind k = parse_attack_kind(item);
     for (AttackKind seen : out) {
       if (seen == k) throw UsageError("attacks '" + list + "': '" + item + "' given twice");
@@ -282,13 +283,17 @@ PytorchInit pytorch_default_init(LoadedModel& model, uint64_t seed) {
     torch::Tensor w = need(tensors, layer.weight);
     const bool weighted = layer.kind == LayerKind::kConv2d || layer.kind == LayerKind::kLinear;
     const int64_t fan_in = fan_in_of(w);
-    if (weighted) uniform_fan_in(w, fan_in);
-    else w.fill_(1.0);
+    if (weighted)
+      uniform_fan_in(w, fan_in);
+    else
+      w.fill_(1.0);
     drawn.insert(layer.weight);
     if (!layer.bias.empty()) {
       torch::Tensor b = need(tensors, layer.bias);
-      if (weighted) uniform_fan_in(b, fan_in);
-      else b.zero_();
+      if (weighted)
+        uniform_fan_in(b, fan_in);
+      else
+        b.zero_();
       drawn.insert(layer.bias);
     }
     ++r.layers;

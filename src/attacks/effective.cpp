@@ -49,7 +49,8 @@ class Snapshot {
  public:
   explicit Snapshot(LoadedModel& model) : training_(model.net->is_training()) {
     torch::NoGradGuard no_grad;
-    for (auto& t : named_tensors(*model.net)) saved_.emplace_back(t.tensor, t.tensor.detach().clone());
+    for (auto& t : named_tensors(*model.net))
+      saved_.emplace_back(t.tensor, t.tensor.detach().clone());
   }
   void restore(LoadedModel& model) {
     torch::NoGradGuard no_grad;
@@ -71,20 +72,23 @@ std::string ratio_label(double r) {
 }  // namespace
 
 ReestimateResult reestimate_batchnorm(LoadedModel& model, const Dataset& data, int64_t batch_size) {
-  if (batch_size < 1) throw UsageError("batch size " + std::to_string(batch_size) + ": must be >= 1");
+  if (batch_size < 1)
+    throw UsageError("batch size " + std::to_string(batch_size) + ": must be >= 1");
   int64_t next = 0;
   return reestimate_batchnorm(model, [&]() -> torch::Tensor {
     if (next >= data.size()) return {};
     const int64_t n = std::min(batch_size, data.size() - next);
     next += n;
-    return preprocess_batch(data.images.narrow(0, next - n, n), model.meta.preprocess, /*augment=*/false);
+    return preprocess_batch(data.images.narrow(0, next - n, n), model.meta.preprocess,
+                            /*augment=*/false);
   });
 }
 
 ReestimateResult reestimate_batchnorm(LoadedModel& model, const BatchSource& next_batch) {
   std::vector<BnBuffers> bns = batchnorm_buffers(model);
   if (bns.empty()) {
-    throw UsageError("model '" + model.meta.arch + "' has no BatchNorm layer with running statistics to re-estimate");
+    throw UsageError("model '" + model.meta.arch +
+                     "' has no BatchNorm layer with running statistics to re-estimate");
   }
   torch::NoGradGuard no_grad;
   const bool was_training = model.net->is_training();
@@ -100,7 +104,8 @@ ReestimateResult reestimate_batchnorm(LoadedModel& model, const BatchSource& nex
   }
   std::vector<std::array<torch::Tensor, 3>> saved;
   for (const auto& b : bns) {
-    saved.push_back({b.mean.clone(), b.var.clone(), b.count.defined() ? b.count.clone() : torch::Tensor()});
+    saved.push_back(
+        {b.mean.clone(), b.var.clone(), b.count.defined() ? b.count.clone() : torch::Tensor()});
   }
   ReestimateResult r;
   model.net->train();
@@ -121,11 +126,15 @@ ReestimateResult reestimate_batchnorm(LoadedModel& model, const BatchSource& nex
         generator.set_current_seed(batch_seed);
         model.net->forward(x);
         for (size_t i = 0; i < bns.size(); ++i) {
-          const double m = 1.0 - (bns[i].var.to(torch::kFloat64) - from_zero[i]).mean().item<double>();
+          const double m =
+              1.0 - (bns[i].var.to(torch::kFloat64) - from_zero[i]).mean().item<double>();
           if (!(m > 1e-6 && m <= 1.0 + 1e-4)) {
-            throw Error("BatchNorm layer '" + bns[i].layer + "' does not update its running statistics in training mode "
-                        "(momentum measured " + std::to_string(m) +
-                        "; a traced TorchScript graph fixes evaluation mode): its statistics cannot be re-estimated "
+            throw Error("BatchNorm layer '" + bns[i].layer +
+                        "' does not update its running statistics in training mode "
+                        "(momentum measured " +
+                        std::to_string(m) +
+                        "; a traced TorchScript graph fixes evaluation mode): its statistics "
+                        "cannot be re-estimated "
                         "by running the model");
           }
           momentum[i] = m;
@@ -164,13 +173,15 @@ ReestimateResult reestimate_batchnorm(LoadedModel& model, const BatchSource& nex
 }
 
 std::string reestimation_unavailable(LoadedModel& model) {
-  if (batchnorm_buffers(model).empty()) return "the model has no BatchNorm layer with running statistics";
+  if (batchnorm_buffers(model).empty())
+    return "the model has no BatchNorm layer with running statistics";
   const auto* script = dynamic_cast<const TorchScriptNetwork*>(model.net.get());
   if (script == nullptr || script->batchnorms_fixed_in_eval().empty()) return "";
   const auto& fixed = script->batchnorms_fixed_in_eval();
-  const std::string more = fixed.size() > 1 ? " and " + std::to_string(fixed.size() - 1) + " more" : "";
-  return "the traced TorchScript graph fixes evaluation mode in BatchNorm layer '" + fixed.front() + "'" + more +
-         ": running statistics cannot be re-estimated by running the model";
+  const std::string more =
+      fixed.size() > 1 ? " and " + std::to_string(fixed.size() - 1) + " more" : "";
+  return "the traced TorchScript graph fixes evaluation mode in BatchNorm layer '" + fixed.front() +
+         "'" + more + ": running statistics cannot be re-estimated by running the model";
 }
 
 Dataset reestimation_images(const Dataset& train_split, const EffectiveOptions& options) {
@@ -197,7 +208,8 @@ EffectiveEval evaluate_effective(LoadedModel& model, const Dataset& test, const 
       out.reestimate_note = "the model has no BatchNorm statistics";
     } else {
       try {
-        out.reestimate_images = reestimate_batchnorm(model, unlabelled, options.reestimate_batch).images;
+        out.reestimate_images =
+            reestimate_batchnorm(model, unlabelled, options.reestimate_batch).images;
         out.reestimated = evaluate(*model.net, test, model.meta.preprocess, options.batch_size);
         consider(out.reestimated->top1, "bn re-estimation");
       } catch (const UsageError&) {

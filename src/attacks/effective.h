@@ -32,9 +32,10 @@ struct ReestimateResult {
 // TorchScript modules alike, whatever momentum their layers were built with: before each batch
 // the statistics are zeroed, so the layer leaves momentum x batch statistic behind, and the
 // momentum is measured on the first batch (once with the variance at 0, once at 1, same random
-// state). Parameters do not change; on failure the statistics are put back. Throws UsageError when the model has no BatchNorm layer with
-// running statistics or `data` is empty; Error when a layer does not update its statistics in
-// training mode (a traced TorchScript graph that fixed evaluation mode), naming the layer.
+// state). Parameters do not change; on failure the statistics are put back. Throws UsageError when
+// the model has no BatchNorm layer with running statistics or `data` is empty; Error when a layer
+// does not update its statistics in training mode (a traced TorchScript graph that fixed evaluation
+// mode), naming the layer.
 ReestimateResult reestimate_batchnorm(LoadedModel& model, const Dataset& data,
                                       int64_t batch_size = 128);
 

@@ -151,11 +151,11 @@ AttackReport run_attack(LoadedModel& locked, const Dataset& train_split, const D
         break;
       case AttackKind::kScratch:
         if (init.layers > 0) {
-          r.detail = "the TorchScript module re-initialised as PyTorch's layers do: " + std::to_string(init.layers) +
-                     " layers" +
-                     (init.other_parameters > 0
-                          ? ", " + std::to_string(init.other_parameters) + " parameters outside them as weights"
-                          : "");
+          r.detail = "the TorchScript module re-initialised as PyTorch's layers do: " +
+                     std::to_string(init.layers) + " layers" +
+                     (init.other_parameters > 0 ? ", " + std::to_string(init.other_parameters) +
+                                                      " parameters outside them as weights"
+                                                : "");
         }
         train(*m.net, data, m.meta.preprocess, o, progress);
         break;

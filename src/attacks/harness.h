@@ -84,9 +84,9 @@ std::string attack_unavailable(LoadedModel& model, const AttackConfig& config);
 // Runs one attack over options.trials trials (one when the attack uses no data), or none, with
 // the reason in report.skipped, when attack_unavailable says it cannot run. `locked` is never
 // modified: each trial attacks a copy (scratch builds a fresh model from the metadata only, or
-// re-initialises a copy of a TorchScript module). `locked_top1` is the locked model's accuracy on `test` (evaluate it once and pass it to
-// every attack); `original_top1`, when known, is recorded for the report. Throws UsageError for
-// bad options.
+// re-initialises a copy of a TorchScript module). `locked_top1` is the locked model's accuracy on
+// `test` (evaluate it once and pass it to every attack); `original_top1`, when known, is recorded
+// for the report. Throws UsageError for bad options.
 AttackReport run_attack(LoadedModel& locked, const Dataset& train_split, const Dataset& test,
                         double locked_top1, std::optional<double> original_top1,
                         const AttackConfig& config, const HarnessOptions& options,

@@ -53,14 +53,9 @@ Json report_json(const DisparityReport& r) {
   } else {
     var["reason"] = r.variance.reason;
   }
-  return {{"mode", to_string(r.mode)},
-          {"samples", r.samples},
-          {"input_norm", r.input_norm},
-          {"lipschitz", r.lipschitz},
-          {"lambda", r.lambda},
-          {"layers", layers},
-          {"skipped", r.skipped},
-          {"theorem1", var}};
+  return {{"mode", to_string(r.mode)}, {"samples", r.samples}, {"input_norm", r.input_norm},
+          {"lipschitz", r.lipschitz},  {"lambda", r.lambda},   {"layers", layers},
+          {"skipped", r.skipped},      {"theorem1", var}};
 }
 
 void print_report(const DisparityReport& r) {
@@ -97,25 +92,29 @@ void print_report(const DisparityReport& r) {
                 static_cast<long long>(d.thm2_violations), static_cast<long long>(d.samples),
                 num(1.0 + d.thm2_worst).c_str());
   }
-  std::printf("Theorem 3/4 (|y-y*| <= G + eta, eta = |dW|_2 L^m lambda^(m-1) |x|): violated in %lld of %zu layers\n",
-              static_cast<long long>(t3_layers), r.layers.size());
+  std::printf(
+      "Theorem 3/4 (|y-y*| <= G + eta, eta = |dW|_2 L^m lambda^(m-1) |x|): violated in %lld of %zu "
+      "layers\n",
+      static_cast<long long>(t3_layers), r.layers.size());
   for (const auto& d : r.layers) {
     if (d.thm3_violations == 0) continue;
     std::printf("  m %d %s: %lld of %lld inputs\n", d.m, d.name.c_str(),
                 static_cast<long long>(d.thm3_violations), static_cast<long long>(d.samples));
   }
   if (step_layers > 0) {
-    std::printf("the proof's step |y-y*| <= G + L(|dW|_2 |y*m-1| + |db|) failed in %lld layers "
-                "(rounding, or a layer the mode does not model)\n",
-                static_cast<long long>(step_layers));
+    std::printf(
+        "the proof's step |y-y*| <= G + L(|dW|_2 |y*m-1| + |db|) failed in %lld layers "
+        "(rounding, or a layer the mode does not model)\n",
+        static_cast<long long>(step_layers));
   }
   if (r.variance.applicable) {
-    std::printf("Theorem 1 (output variance across the inputs <= bound): original %s <= %s %s, "
-                "locked %s <= %s %s\n",
-                num(r.variance.measured_original).c_str(), num(r.variance.bound_original).c_str(),
-                r.variance.measured_original <= r.variance.bound_original ? "holds" : "VIOLATED",
-                num(r.variance.measured_locked).c_str(), num(r.variance.bound_locked).c_str(),
-                r.variance.measured_locked <= r.variance.bound_locked ? "holds" : "VIOLATED");
+    std::printf(
+        "Theorem 1 (output variance across the inputs <= bound): original %s <= %s %s, "
+        "locked %s <= %s %s\n",
+        num(r.variance.measured_original).c_str(), num(r.variance.bound_original).c_str(),
+        r.variance.measured_original <= r.variance.bound_original ? "holds" : "VIOLATED",
+        num(r.variance.measured_locked).c_str(), num(r.variance.bound_locked).c_str(),
+        r.variance.measured_locked <= r.variance.bound_locked ? "holds" : "VIOLATED");
   } else {
     std::printf("Theorem 1: not computed: %s\n", r.variance.reason.c_str());
   }
@@ -147,12 +146,14 @@ void add_analyze(CLI::App& app) {
   c->add_option("--samples", opts.samples, "Test images to measure on")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
-  c->add_option("--sample-seed", sample_seed, "Seed that draws the test images")->capture_default_str();
+  c->add_option("--sample-seed", sample_seed, "Seed that draws the test images")
+      ->capture_default_str();
   c->add_option("--power-iterations", opts.power_iterations, "Power iterations per operator norm")
       ->capture_default_str()
       ->check(CLI::Range(1, 100000));
-  c->add_flag("--unscaled", unscaled,
-              "Use the inputs as preprocessed (default: scaled to ||x||_2 <= 1 as the paper assumes)");
+  c->add_flag(
+      "--unscaled", unscaled,
+      "Use the inputs as preprocessed (default: scaled to ||x||_2 <= 1 as the paper assumes)");
   c->add_option("--json", json_out, "Also write the report as JSON to this file");
   add_key_access(c, access, /*writing=*/false);
   add_threads(c, common);
@@ -167,7 +168,8 @@ void add_analyze(CLI::App& app) {
       if (ratio >= 0.0) throw UsageError("--ratio goes with --criterion, not with --key");
       locked = load_model(model_path);
       if (!locked.meta.lock)
-        throw UsageError("model '" + model_path + "' is not locked; give --ratio [--criterion] instead");
+        throw UsageError("model '" + model_path +
+                         "' is not locked; give --ratio [--criterion] instead");
       original = load_unlocked(model_path, read_keys(key_paths, access));
       apply_input_args(input, locked, model_path);
       apply_input_args(input, original, model_path);
@@ -185,7 +187,8 @@ void add_analyze(CLI::App& app) {
       const LockOutcome out = lock_model(locked, lo);
       std::printf("locked in memory: %s, %s scope, ratio %s: %lld units, %lld values\n",
                   to_string(lo.criterion), to_string(lo.scope), fixed(ratio, 6).c_str(),
-                  static_cast<long long>(out.stats.units), static_cast<long long>(out.stats.values));
+                  static_cast<long long>(out.stats.units),
+                  static_cast<long long>(out.stats.values));
     }
     Dataset data = subset(test_set(original.meta, common), opts.samples, sample_seed);
     const DisparityReport report = analyze_disparity(original, locked, data, opts);

@@ -31,9 +31,10 @@ void add_attack(CLI::App& app) {
   static EffectiveArgs effective;
   static InputArgs input;
   topts.lr = 0.05;
-  c->add_option("kind", kind,
-                "finetune | reinit | prune | zero-retrain | bn-recalibrate | scratch, or a comma-separated "
-                "list of them (finetune,reinit,scratch), or all")
+  c->add_option(
+       "kind", kind,
+       "finetune | reinit | prune | zero-retrain | bn-recalibrate | scratch, or a comma-separated "
+       "list of them (finetune,reinit,scratch), or all")
       ->required();
   c->add_option("--model", model_path,
                 "Locked model to attack (checkpoint or TorchScript file; never written to)")
@@ -94,7 +95,8 @@ void add_attack(CLI::App& app) {
       if (cannot_run.empty()) break;
     }
     if (!cannot_run.empty()) {
-      throw UsageError("no attack of '" + kind + "' can run on '" + model_path + "': " + cannot_run);
+      throw UsageError("no attack of '" + kind + "' can run on '" + model_path +
+                       "': " + cannot_run);
     }
     const std::string dataset = locked.meta.dataset.empty() ? "fashion-mnist" : locked.meta.dataset;
     Dataset train_split = load_dataset(dataset, common.data_dir, Split::kTrain);
@@ -114,7 +116,8 @@ void add_attack(CLI::App& app) {
       if (original.meta_stored) {
         apply_input_args(input, original, original_path);
       } else {
-        // A TorchScript file straight from PyTorch: the same network as the locked one, fed the same way.
+        // A TorchScript file straight from PyTorch: the same network as the locked one, fed the
+        // same way.
         original.meta.dataset = locked.meta.dataset;
         original.meta.input = locked.meta.input;
         original.meta.preprocess = locked.meta.preprocess;
@@ -171,8 +174,9 @@ void add_attack(CLI::App& app) {
         line.update(current + " ...");
         set.push_back(
             run_attack(locked, train_split, test, locked_top1, original_top1, cfg, h, hooks));
-        line.finish(current + ": " + (set.back().skipped.empty() ? pct(set.back().mean_top1) + "%"
-                                                                 : "not run (" + set.back().skipped + ")"));
+        line.finish(current + ": " +
+                    (set.back().skipped.empty() ? pct(set.back().mean_top1) + "%"
+                                                : "not run (" + set.back().skipped + ")"));
       }
       const AttackReport* scratch = nullptr;
       for (const auto& r : set) {
@@ -190,9 +194,11 @@ void add_attack(CLI::App& app) {
     std::string traced_note;
     if (auto* script = dynamic_cast<TorchScriptNetwork*>(locked.net.get())) {
       if (!script->batchnorms_fixed_in_eval().empty()) {
-        traced_note = "the traced graph fixes evaluation mode in its BatchNorm layers: attacks that train keep "
-                      "their running statistics fixed, and scratch trains without batch statistics (a weak "
-                      "yardstick); a scripted file of the same model gives the fair comparison";
+        traced_note =
+            "the traced graph fixes evaluation mode in its BatchNorm layers: attacks that train "
+            "keep "
+            "their running statistics fixed, and scratch trains without batch statistics (a weak "
+            "yardstick); a scripted file of the same model gives the fair comparison";
       }
     }
 

@@ -8,8 +8,8 @@
 #include <cstdio>
 #include <cstring>
 #include <memory>
-#include <optional>
 #include <nlohmann/json.hpp>
+#include <optional>
 
 #include "cli/commands.h"
 #include "cli/common.h"
@@ -50,15 +50,19 @@ std::string ratio_text(double r) { return fixed(r, 6); }
 
 std::string probe_line(int n, const Probe& p, bool effective) {
   char b[240];
-  std::snprintf(b, sizeof b, "  eval %2d: ratio %s  units %7lld  params %6s%%  val top-1 %6s%%  %s %6s%%  top-3 %6s%%", n,
-                ratio_text(p.ratio).c_str(), static_cast<long long>(p.units), fixed(100.0 * p.param_fraction, 3).c_str(),
-                pct(p.plain_top1).c_str(), effective ? "effective" : "         ",
-                effective ? pct(p.top1).c_str() : "", pct(p.top3).c_str());
+  std::snprintf(
+      b, sizeof b,
+      "  eval %2d: ratio %s  units %7lld  params %6s%%  val top-1 %6s%%  %s %6s%%  top-3 %6s%%", n,
+      ratio_text(p.ratio).c_str(), static_cast<long long>(p.units),
+      fixed(100.0 * p.param_fraction, 3).c_str(), pct(p.plain_top1).c_str(),
+      effective ? "effective" : "         ", effective ? pct(p.top1).c_str() : "",
+      pct(p.top3).c_str());
   return b;
 }
 
 // The effective target of a search, or none with --target-plain.
-std::optional<EffectiveTarget> search_target(bool target_plain, const Dataset& unlabelled, const EffectiveArgs& a) {
+std::optional<EffectiveTarget> search_target(bool target_plain, const Dataset& unlabelled,
+                                             const EffectiveArgs& a) {
   if (target_plain) return std::nullopt;
   return EffectiveTarget{&unlabelled, a.options()};
 }
@@ -147,11 +151,13 @@ void add_sweep(CLI::App& app) {
   static double from = 0.0, to = 0.0;
   static int steps = 0, seeds = 5;
   static uint64_t first_seed = 0;
-  static bool log_space = false, include_io = false, exclude_io = false, no_plot = false, plain_only = false;
+  static bool log_space = false, include_io = false, exclude_io = false, no_plot = false,
+              plain_only = false;
   static Common common;
   static EffectiveArgs effective;
   static InputArgs input;
-  c->add_option("--model", model_path, "Model checkpoint or TorchScript file (unlocked)")->required();
+  c->add_option("--model", model_path, "Model checkpoint or TorchScript file (unlocked)")
+      ->required();
   auto* r = c->add_option("--ratios", ratios, "Comma-separated ratios, e.g. 0.0005,0.001,0.005");
   auto* f = c->add_option("--from", from, "First ratio of a range")->check(CLI::Range(0.0, 1.0));
   auto* t = c->add_option("--to", to, "Last ratio of a range")->check(CLI::Range(0.0, 1.0));
@@ -160,7 +166,8 @@ void add_sweep(CLI::App& app) {
   c->add_flag("--log", log_space, "Space the range evenly in log(ratio) (default: linearly)");
   r->excludes(f)->excludes(t)->excludes(s);
   c->add_option("--criteria", criteria,
-                "Comma-separated: l1, bn, random (the paper's criteria, each in its own scope unless --scope; "
+                "Comma-separated: l1, bn, random (the paper's criteria, each in its own scope "
+                "unless --scope; "
                 "--scope global --include-io gives the default lock's units)")
       ->capture_default_str();
   c->add_option("--seeds", seeds, "Seeds for random (mean and sample sd)")
@@ -169,11 +176,14 @@ void add_sweep(CLI::App& app) {
   c->add_option("--first-seed", first_seed, "First seed for random")->capture_default_str();
   c->add_option("--units", units, "Units drawn by random: l1 | bn")->capture_default_str();
   auto* io = c->add_flag("--include-io", include_io, kIncludeIoHelp);
-  c->add_flag("--exclude-io", exclude_io, "Leave the first and last layer alone (the default here)")->excludes(io);
+  c->add_flag("--exclude-io", exclude_io, "Leave the first and last layer alone (the default here)")
+      ->excludes(io);
   c->add_option("--scope", scope,
-                "layer | global for every criterion (default: the paper's, layer for l1/random, global for bn)");
+                "layer | global for every criterion (default: the paper's, layer for l1/random, "
+                "global for bn)");
   c->add_flag("--plain-only", plain_only,
-              "Measure only the plain top-1 (no effective top-1: BatchNorm re-estimation and pruning per point)");
+              "Measure only the plain top-1 (no effective top-1: BatchNorm re-estimation and "
+              "pruning per point)");
   add_effective_args(c, effective);
   c->add_option("--out-dir", out_dir,
                 "Folder for sweep.csv (row by row), sweep.json, sweep.png, sweep.svg, sweep.gp");
@@ -208,7 +218,8 @@ void add_sweep(CLI::App& app) {
     const Dataset data = test_set(model.meta, common);
     const EvalResult original = evaluate(*model.net, data, model.meta.preprocess);
     const double chance = 100.0 / double(data.classes);
-    const Dataset unlabelled = plain_only ? Dataset{} : effective_images(model.meta, common, effective);
+    const Dataset unlabelled =
+        plain_only ? Dataset{} : effective_images(model.meta, common, effective);
     if (!plain_only) o.effective = EffectiveTarget{&unlabelled, effective.options()};
     std::unique_ptr<CsvLog> csv;
     if (!out_dir.empty()) {
@@ -313,12 +324,15 @@ void add_calibrate(CLI::App& app) {
   static EffectiveArgs effective;
   static InputArgs input;
   static bool target_plain = false;
-  c->add_option("--model", model_path, "Model checkpoint or TorchScript file (unlocked)")->required();
+  c->add_option("--model", model_path, "Model checkpoint or TorchScript file (unlocked)")
+      ->required();
   c->add_option("--target", target,
-                "Top-1 band in percent, e.g. 50-55, of the effective top-1 (after BatchNorm re-estimation and "
+                "Top-1 band in percent, e.g. 50-55, of the effective top-1 (after BatchNorm "
+                "re-estimation and "
                 "pruning; measured on validation)")
       ->required();
-  c->add_flag("--target-plain", target_plain, "Target the plain top-1 of the locked model instead of the effective one");
+  c->add_flag("--target-plain", target_plain,
+              "Target the plain top-1 of the locked model instead of the effective one");
   add_effective_args(c, effective);
   add_unit_args(c, unit_args, /*random_allowed=*/true);
   add_val_args(c, val);
@@ -347,7 +361,8 @@ void add_calibrate(CLI::App& app) {
     if (model.meta.lock)
       throw UsageError("model '" + model_path + "' is locked; calibrate an unlocked model");
     const Dataset val_data = validation_set(model.meta, common, val);
-    const Dataset unlabelled = target_plain ? Dataset{} : effective_images(model.meta, common, effective);
+    const Dataset unlabelled =
+        target_plain ? Dataset{} : effective_images(model.meta, common, effective);
     copt.effective = search_target(target_plain, unlabelled, effective);
     const Ranking ranking = rank_units(named_tensors(*model.net), model.net->structure(), lopt);
     std::printf(
@@ -355,8 +370,9 @@ void add_calibrate(CLI::App& app) {
         "split "
         "(seed %llu)\n",
         model_path.c_str(), describe_units({lopt.criterion, lopt.scope, lopt.include_io}).c_str(),
-        target_plain ? "plain" : "effective", fixed(band.low, 1).c_str(), fixed(band.high, 1).c_str(),
-        static_cast<long long>(val_data.size()), static_cast<unsigned long long>(val.seed));
+        target_plain ? "plain" : "effective", fixed(band.low, 1).c_str(),
+        fixed(band.high, 1).c_str(), static_cast<long long>(val_data.size()),
+        static_cast<unsigned long long>(val.seed));
     std::fflush(stdout);
     int n = 0;
     Calibration cal = calibrate(model, ranking, val_data, band, copt, [&](const Probe& p) {
@@ -373,22 +389,28 @@ void add_calibrate(CLI::App& app) {
                     ratio_text(cal.chosen.ratio).c_str(), pct(cal.chosen.top1).c_str());
       }
       std::string hint;
-      if (cal.status == CalibrationStatus::kBetweenSteps && ranking.options.scope == Scope::kLayer) {
+      if (cal.status == CalibrationStatus::kBetweenSteps &&
+          ranking.options.scope == Scope::kLayer) {
         // Layers of equal size gain their next unit at the same ratio, so layer scope moves in
         // steps of several units; global scope adds one unit at a time.
-        hint = " (layer scope steps several equally sized layers at once: --scope global adds one unit at a time)";
+        hint =
+            " (layer scope steps several equally sized layers at once: --scope global adds one "
+            "unit at a time)";
       } else if (cal.status == CalibrationStatus::kBetweenSteps && ranking.options.include_io) {
         // A stem or head kernel can carry tens of points of accuracy on its own.
-        hint = " (units of the first and last layers move the accuracy in large steps: try without --include-io)";
+        hint =
+            " (units of the first and last layers move the accuracy in large steps: try without "
+            "--include-io)";
       }
-      throw Error("no ratio found for band " + target + ": " + cal.explanation + hint + "; nothing written");
+      throw Error("no ratio found for band " + target + ": " + cal.explanation + hint +
+                  "; nothing written");
     }
     // The ranking the chosen ratio applies to, with the units that jumped over the band moved down.
     const Ranking chosen_ranking = calibrated_ranking(ranking, cal);
     const Dataset test_data = test_set(model.meta, common);
     const EffectiveTarget test_target{&unlabelled, effective.options()};
-    const LockedEval on_test = evaluate_locked(model, chosen_ranking, cal.chosen.ratio, test_data, 500,
-                                               target_plain ? nullptr : &test_target);
+    const LockedEval on_test = evaluate_locked(model, chosen_ranking, cal.chosen.ratio, test_data,
+                                               500, target_plain ? nullptr : &test_target);
     std::printf("chosen ratio %s: %lld units, %s%% of parameters\n",
                 ratio_text(cal.chosen.ratio).c_str(), static_cast<long long>(cal.chosen.units),
                 fixed(100.0 * cal.chosen.param_fraction, 3).c_str());
@@ -396,8 +418,10 @@ void add_calibrate(CLI::App& app) {
       int64_t moved = 0;
       for (const auto& m : cal.reordered) moved += m.count;
       std::printf(
-          "  %lld unit(s) that each took the accuracy from above the band to below it were moved to the end of "
-          "the ranking; `lock --ratio` at this ratio takes other units, the key written here holds these\n",
+          "  %lld unit(s) that each took the accuracy from above the band to below it were moved "
+          "to the end of "
+          "the ranking; `lock --ratio` at this ratio takes other units, the key written here holds "
+          "these\n",
           static_cast<long long>(moved));
     }
     std::printf("  validation top-1 %s%%%s  top-3 %s%%\n", pct(cal.chosen.plain_top1).c_str(),
@@ -407,8 +431,9 @@ void add_calibrate(CLI::App& app) {
       std::printf("  test       %s (%lld images)\n", effective_text(*on_test.effective).c_str(),
                   static_cast<long long>(on_test.eval.n));
     } else {
-      std::printf("  test       top-1 %s%%  top-3 %s%% (%lld images)\n", pct(on_test.eval.top1).c_str(),
-                  pct(on_test.eval.top3).c_str(), static_cast<long long>(on_test.eval.n));
+      std::printf("  test       top-1 %s%%  top-3 %s%% (%lld images)\n",
+                  pct(on_test.eval.top1).c_str(), pct(on_test.eval.top3).c_str(),
+                  static_cast<long long>(on_test.eval.n));
     }
     if (!out.empty()) {
       LockOutcome outcome = lock_model(model, chosen_ranking, cal.chosen.ratio);
@@ -436,10 +461,12 @@ void add_bands(CLI::App& app) {
   static Common common;
   static EffectiveArgs effective;
   static InputArgs input;
-  c->add_option("--model", model_path, "Model checkpoint or TorchScript file (unlocked)")->required();
+  c->add_option("--model", model_path, "Model checkpoint or TorchScript file (unlocked)")
+      ->required();
   c->add_option("--width", bopt.width, "Band width in points")->capture_default_str();
   c->add_flag("--target-plain", target_plain,
-              "Bands of the plain top-1 of the locked model (default: of the effective top-1, after BatchNorm "
+              "Bands of the plain top-1 of the locked model (default: of the effective top-1, "
+              "after BatchNorm "
               "re-estimation and pruning)");
   add_effective_args(c, effective);
   add_unit_args(c, unit_args, /*random_allowed=*/true);
@@ -464,14 +491,16 @@ void add_bands(CLI::App& app) {
     if (model.meta.lock)
       throw UsageError("model '" + model_path + "' is locked; use an unlocked model");
     const Dataset val_data = validation_set(model.meta, common, val);
-    const Dataset unlabelled = target_plain ? Dataset{} : effective_images(model.meta, common, effective);
+    const Dataset unlabelled =
+        target_plain ? Dataset{} : effective_images(model.meta, common, effective);
     bopt.effective = search_target(target_plain, unlabelled, effective);
     const Ranking ranking = rank_units(named_tensors(*model.net), model.net->structure(), lopt);
     std::printf(
         "bands %s: %s, %s-point bands of the %s top-1, on %lld validation images from the training "
         "split\n",
         model_path.c_str(), describe_units({lopt.criterion, lopt.scope, lopt.include_io}).c_str(),
-        fixed(bopt.width, 1).c_str(), target_plain ? "plain" : "effective", static_cast<long long>(val_data.size()));
+        fixed(bopt.width, 1).c_str(), target_plain ? "plain" : "effective",
+        static_cast<long long>(val_data.size()));
     std::fflush(stdout);
     int n = 0;
     BandsTable table = utility_bands(model, ranking, val_data, bopt, [&](const Probe& p) {
@@ -483,8 +512,8 @@ void add_bands(CLI::App& app) {
     std::printf("\nunlocked: validation top-1 %s%%; chance %s%%; %d evaluations%s\n",
                 pct(table.original_top1).c_str(), pct(table.chance).c_str(), table.evaluations,
                 table.complete ? "" : " (budget ran out: table incomplete)");
-    std::printf("%-12s %10s %9s %9s %11s %11s   (%s top-1)\n", "band", "ratio", "units", "params%", "val top-1",
-                "test top-1", target_plain ? "plain" : "effective");
+    std::printf("%-12s %10s %9s %9s %11s %11s   (%s top-1)\n", "band", "ratio", "units", "params%",
+                "val top-1", "test top-1", target_plain ? "plain" : "effective");
     Json rows = Json::array();
     for (const auto& row : table.rows) {
       const std::string label = fixed(row.band.low, 0) + "-" + fixed(row.band.high, 0) + "%";

@@ -21,9 +21,10 @@ namespace corelocker::cli {
 
 // ---------------------------------------------------------------- demo (the README's main job)
 void add_demo(CLI::App& app) {
-  auto* c = app.add_subcommand(
-      "demo", "Train (or reuse) resnet20 on Fashion-MNIST, lock with the default lock and the paper's l1 / bn / random, "
-              "unlock, print one table");
+  auto* c = app.add_subcommand("demo",
+                               "Train (or reuse) resnet20 on Fashion-MNIST, lock with the default "
+                               "lock and the paper's l1 / bn / random, "
+                               "unlock, print one table");
   static TrainArgs a;
   static Common common;
   static std::string workdir = "runs/demo";
@@ -35,22 +36,31 @@ void add_demo(CLI::App& app) {
   add_effective_args(c, effective);
   add_threads(c, common);
   add_data(c, common);
-  c->add_option("--workdir", workdir, "Folder for the checkpoint, locked models and keys")->capture_default_str();
-  c->add_option("--ratio", ratio, "Extraction ratio")->capture_default_str()->check(CLI::Range(0.0, 1.0));
-  c->add_option("--seeds", seeds, "Seeds for the random baseline")->capture_default_str()->check(CLI::PositiveNumber);
+  c->add_option("--workdir", workdir, "Folder for the checkpoint, locked models and keys")
+      ->capture_default_str();
+  c->add_option("--ratio", ratio, "Extraction ratio")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 1.0));
+  c->add_option("--seeds", seeds, "Seeds for the random baseline")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   c->add_flag("--retrain", retrain, "Train even when a cached checkpoint exists");
   handlers()[c] = [] {
     apply_threads(common);
-    if (std::system(("mkdir -p '" + workdir + "'").c_str()) != 0) throw IoError("cannot create '" + workdir + "'");
+    if (std::system(("mkdir -p '" + workdir + "'").c_str()) != 0)
+      throw IoError("cannot create '" + workdir + "'");
     const std::string ckpt = workdir + "/" + a.arch + ".ckpt";
     if (retrain || !file_exists(ckpt)) {
-      std::printf("training %s on %s for %d epochs -> %s\n", a.arch.c_str(), a.dataset.c_str(), a.opts.epochs, ckpt.c_str());
+      std::printf("training %s on %s for %d epochs -> %s\n", a.arch.c_str(), a.dataset.c_str(),
+                  a.opts.epochs, ckpt.c_str());
       std::fflush(stdout);
       Json summary;
       LoadedModel m = train_model(a, common, summary);
-      if (summary.value("interrupted", false)) throw Error("training interrupted (Ctrl-C); nothing written");
+      if (summary.value("interrupted", false))
+        throw Error("training interrupted (Ctrl-C); nothing written");
       save_model(ckpt, m);
-      if (summary.contains("seconds")) std::printf("trained in %s\n", format_duration(summary["seconds"].get<double>()).c_str());
+      if (summary.contains("seconds"))
+        std::printf("trained in %s\n", format_duration(summary["seconds"].get<double>()).c_str());
     } else {
       std::printf("reusing cached checkpoint %s (--retrain to train again)\n", ckpt.c_str());
     }
@@ -83,7 +93,8 @@ void add_demo(CLI::App& app) {
       LockOptions o = lock_options_for(v.units, ratio);
       LoadedModel m = load_model(ckpt);
       LockOutcome out = lock_model(m, o);
-      const std::string locked_path = workdir + "/locked-" + v.file + ".ckpt", key_path = workdir + "/key-" + v.file + ".clk";
+      const std::string locked_path = workdir + "/locked-" + v.file + ".ckpt",
+                        key_path = workdir + "/key-" + v.file + ".clk";
       const uint64_t bytes = write_key_file(key_path, out.key);
       save_model(locked_path, m);
       locked_files.push_back({locked_path, key_path});
@@ -119,44 +130,52 @@ void add_demo(CLI::App& app) {
       line.finish("random baseline: " + std::to_string(seeds) + " seeds done");
       auto [m1, sd1] = mean_sd(top1);
       auto [m3, sd3] = mean_sd(top3);
-      double lo = *std::min_element(top1.begin(), top1.end()), hi = *std::max_element(top1.begin(), top1.end());
+      double lo = *std::min_element(top1.begin(), top1.end()),
+             hi = *std::max_element(top1.begin(), top1.end());
       EvalResult mean_result;
       mean_result.top1 = m1;
       mean_result.top3 = m3;
       mean_result.n = test.size();
       Row row("random, default's units (" + std::to_string(seeds) + ")", mean_result);
       row.extracted = fixed(100.0 * stats.param_fraction(), 3) + "%";
-      row.spread = "top-1 sd " + fixed(sd1, 2) + ", min " + pct(lo) + ", max " + pct(hi) + "; top-3 sd " + fixed(sd3, 2);
+      row.spread = "top-1 sd " + fixed(sd1, 2) + ", min " + pct(lo) + ", max " + pct(hi) +
+                   "; top-3 sd " + fixed(sd3, 2);
       rows.push_back(row);
     }
     bool all_exact = true;
     for (const auto& [locked_path, key_path] : locked_files) {
       LoadedModel m = load_model(locked_path);
       unlock_model(m, read_key_file(key_path));
-      const std::string restored_path = locked_path.substr(0, locked_path.size() - 5) + "-restored.ckpt";
+      const std::string restored_path =
+          locked_path.substr(0, locked_path.size() - 5) + "-restored.ckpt";
       save_model(restored_path, m);
       LoadedModel back = load_model(restored_path);
       const bool exact = model_fingerprint(back) == original_fp;
       all_exact = all_exact && exact;
-      Row row("restored from " + key_path.substr(key_path.find_last_of('/') + 1), evaluate(*back.net, test, back.meta.preprocess));
+      Row row("restored from " + key_path.substr(key_path.find_last_of('/') + 1),
+              evaluate(*back.net, test, back.meta.preprocess));
       row.spread = exact ? "fingerprint equals original" : "FINGERPRINT DIFFERS";
       rows.push_back(row);
     }
-    std::printf("\n%s, %s, %lld test images, extraction ratio %s\n\n", a.arch.c_str(), original.meta.dataset.c_str(),
-                static_cast<long long>(test.size()), fixed(ratio, 4).c_str());
-    std::printf("%-34s %8s %10s %10s %8s %10s %8s  %s\n", "model", "top-1 %", "BN re-est.", "effective", "top-3 %",
-                "key bytes", "params", "notes");
+    std::printf("\n%s, %s, %lld test images, extraction ratio %s\n\n", a.arch.c_str(),
+                original.meta.dataset.c_str(), static_cast<long long>(test.size()),
+                fixed(ratio, 4).c_str());
+    std::printf("%-34s %8s %10s %10s %8s %10s %8s  %s\n", "model", "top-1 %", "BN re-est.",
+                "effective", "top-3 %", "key bytes", "params", "notes");
     for (const auto& r : rows) {
-      std::printf("%-34s %8s %10s %10s %8s %10s %8s  %s\n", r.name.c_str(), pct(r.r.top1).c_str(), r.reestimated.c_str(),
-                  r.effective.c_str(), pct(r.r.top3).c_str(), r.key_bytes.c_str(), r.extracted.c_str(), r.spread.c_str());
+      std::printf("%-34s %8s %10s %10s %8s %10s %8s  %s\n", r.name.c_str(), pct(r.r.top1).c_str(),
+                  r.reestimated.c_str(), r.effective.c_str(), pct(r.r.top3).c_str(),
+                  r.key_bytes.c_str(), r.extracted.c_str(), r.spread.c_str());
     }
-    std::printf("\nBN re-est.: after re-estimating BatchNorm statistics on %lld unlabelled training images; effective: "
-                "the highest top-1 of plain, re-estimated and pruned (%s)\n",
-                static_cast<long long>(unlabelled.size()), "global magnitude pruning at 20% and 40%");
-    std::printf("\noriginal fingerprint %s\nrestore bit-exact: %s\n", to_hex(original_fp).c_str(), all_exact ? "yes" : "NO");
+    std::printf(
+        "\nBN re-est.: after re-estimating BatchNorm statistics on %lld unlabelled training "
+        "images; effective: "
+        "the highest top-1 of plain, re-estimated and pruned (%s)\n",
+        static_cast<long long>(unlabelled.size()), "global magnitude pruning at 20% and 40%");
+    std::printf("\noriginal fingerprint %s\nrestore bit-exact: %s\n", to_hex(original_fp).c_str(),
+                all_exact ? "yes" : "NO");
     return all_exact ? 0 : 1;
   };
 }
-
 
 }  // namespace corelocker::cli

@@ -33,8 +33,8 @@ struct OnnxEvalArgs {
 // Each returns the exit code; they throw corelocker errors like the other handlers.
 int lock_onnx(const OnnxLockArgs& a, const KeyAccess& access);
 int eval_onnx(const OnnxEvalArgs& a, const KeyAccess& access);
-int unlock_onnx(const std::string& model, const std::vector<std::string>& key_paths, const std::string& out,
-                const KeyAccess& access);
+int unlock_onnx(const std::string& model, const std::vector<std::string>& key_paths,
+                const std::string& out, const KeyAccess& access);
 int fingerprint_onnx(const std::string& path);
 int inspect_onnx(const std::string& path, bool json);
 

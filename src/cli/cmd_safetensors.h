@@ -17,8 +17,8 @@ namespace corelocker::cli {
 int lock_safetensors_command(const CLI::App& c, const std::string& model, const std::string& out,
                              const std::string& key_out, const KeyAccess& access);
 // `unlock` of a locked safetensors file with one key; `threads` 0: all cores.
-int unlock_safetensors_command(const std::string& model, const std::vector<std::string>& keys, const std::string& out,
-                               const KeyAccess& access, unsigned threads);
+int unlock_safetensors_command(const std::string& model, const std::vector<std::string>& keys,
+                               const std::string& out, const KeyAccess& access, unsigned threads);
 // `fingerprint`: prints the safetensors fingerprint (hex).
 int fingerprint_safetensors_command(const std::string& path);
 // `inspect`: tensors, layers, metadata, lock and fingerprint, as text or one JSON object.

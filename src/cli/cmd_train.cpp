@@ -30,8 +30,10 @@ void add_train(CLI::App& app) {
   add_train_args(c, a);
   add_threads(c, common);
   add_data(c, common);
-  c->add_option("--out", out, "Checkpoint to write (also after every epoch, with OUT.optim)")->required();
-  c->add_flag("--resume", a.resume, "Go on training from the unfinished checkpoint --out (its options win)");
+  c->add_option("--out", out, "Checkpoint to write (also after every epoch, with OUT.optim)")
+      ->required();
+  c->add_flag("--resume", a.resume,
+              "Go on training from the unfinished checkpoint --out (its options win)");
   c->add_flag("!--no-eval", eval_after, "Skip the test-set evaluation at the end");
   handlers()[c] = [] {
     apply_threads(common);
@@ -41,8 +43,8 @@ void add_train(CLI::App& app) {
     if (summary.value("interrupted", false)) {
       const int done = summary.value("epochs_done", 0);
       if (done > 0) {
-        std::printf("interrupted: %s holds epoch %d of %d; `train --out %s --resume` goes on\n", out.c_str(), done,
-                    summary.value("epochs", 0), out.c_str());
+        std::printf("interrupted: %s holds epoch %d of %d; `train --out %s --resume` goes on\n",
+                    out.c_str(), done, summary.value("epochs", 0), out.c_str());
       } else {
         std::printf("interrupted before the first epoch ended; nothing written\n");
       }
@@ -53,13 +55,14 @@ void add_train(CLI::App& app) {
       summary["test_top1"] = r.top1;
       summary["test_top3"] = r.top3;
       model.meta.training_json = summary.dump();
-      std::printf("test accuracy: top-1 %s%%, top-3 %s%% (%lld images)\n", pct(r.top1).c_str(), pct(r.top3).c_str(),
-                  static_cast<long long>(r.n));
+      std::printf("test accuracy: top-1 %s%%, top-3 %s%% (%lld images)\n", pct(r.top1).c_str(),
+                  pct(r.top3).c_str(), static_cast<long long>(r.n));
     }
     save_model(out, model);
     std::printf("wrote %s (%s, %lld parameters", out.c_str(), model.meta.arch.c_str(),
                 static_cast<long long>(parameter_count(*model.net)));
-    if (summary.contains("seconds")) std::printf(", trained %s", format_duration(summary["seconds"].get<double>()).c_str());
+    if (summary.contains("seconds"))
+      std::printf(", trained %s", format_duration(summary["seconds"].get<double>()).c_str());
     std::printf(")\n");
     return 0;
   };
@@ -76,10 +79,13 @@ void add_eval(CLI::App& app) {
   static InputArgs input;
   static EffectiveArgs effective;
   c->add_option("--model", model_path,
-                "Model checkpoint, TorchScript or ONNX file (original or locked; a locked one also gets its effective "
+                "Model checkpoint, TorchScript or ONNX file (original or locked; a locked one also "
+                "gets its effective "
                 "top-1: after BatchNorm re-estimation and pruning)")
       ->required();
-  c->add_option("--key", key_paths, "Unlock in memory with this key (repeat for tier keys) before evaluating; nothing is written");
+  c->add_option("--key", key_paths,
+                "Unlock in memory with this key (repeat for tier keys) before evaluating; nothing "
+                "is written");
   add_key_access(c, access, /*writing=*/false);
   c->add_flag("--json", json, "Print one JSON object");
   add_threads(c, common);
@@ -87,15 +93,18 @@ void add_eval(CLI::App& app) {
   add_input_args(c, input);
   add_effective_args(c, effective);
   handlers()[c] = [] {
-    if (is_onnx_file(model_path)) return eval_onnx({model_path, key_paths, json, input, common, effective}, access);
+    if (is_onnx_file(model_path))
+      return eval_onnx({model_path, key_paths, json, input, common, effective}, access);
     apply_threads(common);
     require_runnable(model_path, "eval");
-    LoadedModel model = key_paths.empty() ? load_model(model_path) : load_unlocked(model_path, read_keys(key_paths, access));
+    LoadedModel model = key_paths.empty() ? load_model(model_path)
+                                          : load_unlocked(model_path, read_keys(key_paths, access));
     apply_input_args(input, model, model_path);
     const Dataset test = test_set(model.meta, common);
     if (model.meta.lock) {
       print_eval(model_path,
-                 evaluate_effective(model, test, effective_images(model.meta, common, effective), effective.options()),
+                 evaluate_effective(model, test, effective_images(model.meta, common, effective),
+                                    effective.options()),
                  json);
       return 0;
     }
@@ -104,31 +113,33 @@ void add_eval(CLI::App& app) {
   };
 }
 
-
 // ---------------------------------------------------------------- models
 void add_models(CLI::App& app) {
   auto* c = app.add_subcommand("models", "List the built-in architectures with parameter counts");
   static std::string dataset = "fashion-mnist";
-  c->add_option("--dataset", dataset, "Data set that sets input shape and classes")->capture_default_str();
+  c->add_option("--dataset", dataset, "Data set that sets input shape and classes")
+      ->capture_default_str();
   handlers()[c] = [] {
     const DatasetInfo info = dataset_info(dataset);
     std::printf("on %s (%lldx%lldx%lld, %lld classes), default options:\n", info.name.c_str(),
-                static_cast<long long>(info.input.channels), static_cast<long long>(info.input.height),
-                static_cast<long long>(info.input.width), static_cast<long long>(info.classes));
+                static_cast<long long>(info.input.channels),
+                static_cast<long long>(info.input.height), static_cast<long long>(info.input.width),
+                static_cast<long long>(info.classes));
     for (const auto& a : list_architectures()) {
       LoadedModel m = create_model(new_model_meta(a.name, dataset));
-      std::printf("%-10s %10lld parameters  %s\n", a.name.c_str(), static_cast<long long>(parameter_count(*m.net)),
-                  a.description.c_str());
+      std::printf("%-10s %10lld parameters  %s\n", a.name.c_str(),
+                  static_cast<long long>(parameter_count(*m.net)), a.description.c_str());
       std::string opts;
       for (const auto& o : a.options) {
         opts += "  " + o.name + "=" + std::to_string(o.fallback) + " (" + o.help + ")";
       }
-      if (a.pad_to > 0) opts += "  [input padded to " + std::to_string(a.pad_to) + "x" + std::to_string(a.pad_to) + "]";
+      if (a.pad_to > 0)
+        opts +=
+            "  [input padded to " + std::to_string(a.pad_to) + "x" + std::to_string(a.pad_to) + "]";
       std::printf("%-10s %10s %s\n", "", "", opts.c_str());
     }
     return 0;
   };
 }
-
 
 }  // namespace corelocker::cli

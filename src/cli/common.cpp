@@ -2,16 +2,15 @@
 
 #include <sodium.h>
 
-#include <cstdlib>
-#include <cstring>
-
 #include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
-#include <cstdint>
 #include <csignal>
+#include <cstdint>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <nlohmann/json.hpp>
 #include <thread>
 
@@ -38,40 +37,61 @@ std::map<CLI::App*, std::function<int()>>& handlers() {
 // Options shared by commands that touch data or compute.
 
 void add_threads(CLI::App* c, Common& o) {
-  c->add_option("--threads", o.threads, "Compute threads (default: all cores)")->check(CLI::NonNegativeNumber);
+  c->add_option("--threads", o.threads, "Compute threads (default: all cores)")
+      ->check(CLI::NonNegativeNumber);
 }
 
 void add_data(CLI::App* c, Common& o) {
-  c->add_option("--data-dir", o.data_dir, "Data set folder (default: the data set's standard location)");
-  c->add_option("--test-subset", o.test_subset, "Evaluate on a random N-image subset of the test split (0: all)")
+  c->add_option("--data-dir", o.data_dir,
+                "Data set folder (default: the data set's standard location)");
+  c->add_option("--test-subset", o.test_subset,
+                "Evaluate on a random N-image subset of the test split (0: all)")
       ->check(CLI::NonNegativeNumber);
 }
 
 void add_input_args(CLI::App* c, InputArgs& a) {
-  c->add_option("--dataset", a.dataset, "Data set the model takes (fashion-mnist | cifar10 | cifar100; default: the model's)");
-  c->add_option("--mean", a.mean, "Per-channel mean subtracted after scaling to [0,1] (one value, or one per channel)")
+  c->add_option(
+      "--dataset", a.dataset,
+      "Data set the model takes (fashion-mnist | cifar10 | cifar100; default: the model's)");
+  c->add_option(
+       "--mean", a.mean,
+       "Per-channel mean subtracted after scaling to [0,1] (one value, or one per channel)")
       ->delimiter(',');
-  c->add_option("--std", a.std, "Per-channel standard deviation divided by (one value, or one per channel)")->delimiter(',');
-  c->add_option("--pad", a.pad, "Zero-pad images to NxN (0: no padding)")->check(CLI::Range(0, 4096));
-  c->add_option("--resize", a.resize, "Resize images to NxN, bilinear (0: keep the size)")->check(CLI::Range(0, 4096));
-  c->add_option("--channels", a.channels, "Repeat a grey channel this many times (e.g. 3 for an RGB network; 0: as is)")
+  c->add_option("--std", a.std,
+                "Per-channel standard deviation divided by (one value, or one per channel)")
+      ->delimiter(',');
+  c->add_option("--pad", a.pad, "Zero-pad images to NxN (0: no padding)")
+      ->check(CLI::Range(0, 4096));
+  c->add_option("--resize", a.resize, "Resize images to NxN, bilinear (0: keep the size)")
+      ->check(CLI::Range(0, 4096));
+  c->add_option("--channels", a.channels,
+                "Repeat a grey channel this many times (e.g. 3 for an RGB network; 0: as is)")
       ->check(CLI::Range(0, 64));
 }
 
 const char* const kCriterionHelp =
-    "l1 | bn | random: the paper's criterion (l1 and random per layer, bn global, first and last layers left "
-    "alone); default: the default lock (l1 units ranked over the whole model, first and last layers included)";
-const char* const kScopeHelp = "layer | global (default: global; with --criterion, the paper's: layer for l1/random, global for bn)";
+    "l1 | bn | random: the paper's criterion (l1 and random per layer, bn global, first and last "
+    "layers left "
+    "alone); default: the default lock (l1 units ranked over the whole model, first and last "
+    "layers included)";
+const char* const kScopeHelp =
+    "layer | global (default: global; with --criterion, the paper's: layer for l1/random, global "
+    "for bn)";
 const char* const kIncludeIoHelp =
-    "Also extract from the first and last layer (the default lock does; calibrate, bands and --tier-bands leave "
+    "Also extract from the first and last layer (the default lock does; calibrate, bands and "
+    "--tier-bands leave "
     "them out unless given this)";
-const char* const kExcludeIoHelp = "Leave the first and last layer alone (what a named --criterion does)";
+const char* const kExcludeIoHelp =
+    "Leave the first and last layer alone (what a named --criterion does)";
 
 CLI::Option* add_unit_args(CLI::App* c, UnitArgs& a, bool random_allowed) {
-  auto* criterion = c->add_option("--criterion", a.criterion, random_allowed ? kCriterionHelp : "l1 | bn (default: the default lock)");
+  auto* criterion =
+      c->add_option("--criterion", a.criterion,
+                    random_allowed ? kCriterionHelp : "l1 | bn (default: the default lock)");
   c->add_option("--scope", a.scope, kScopeHelp);
   c->add_option("--seed", a.seed, "Seed for --criterion random")->capture_default_str();
-  c->add_option("--units", a.units, "Units drawn by --criterion random: l1 | bn")->capture_default_str();
+  c->add_option("--units", a.units, "Units drawn by --criterion random: l1 | bn")
+      ->capture_default_str();
   auto* in = c->add_flag("--include-io", a.include_io, kIncludeIoHelp);
   c->add_flag("--exclude-io", a.exclude_io, kExcludeIoHelp)->excludes(in);
   return criterion;
@@ -82,7 +102,8 @@ namespace {
 LockOptions options_for(const UnitChoice& u, const UnitArgs& a) {
   LockOptions o = lock_options_for(u, 0.0);
   o.seed = a.seed;
-  if (a.units != "l1" && a.units != "bn") throw UsageError("units '" + a.units + "': expected l1 or bn");
+  if (a.units != "l1" && a.units != "bn")
+    throw UsageError("units '" + a.units + "': expected l1 or bn");
   o.random_bn_units = a.units == "bn";
   return o;
 }
@@ -93,7 +114,8 @@ LockOptions lock_options(const UnitArgs& a) {
   return options_for(resolve_units(a.criterion, a.scope, a.include_io, a.exclude_io), a);
 }
 
-UnitChoice band_units(const std::string& criterion, const std::string& scope, bool include_io, bool exclude_io) {
+UnitChoice band_units(const std::string& criterion, const std::string& scope, bool include_io,
+                      bool exclude_io) {
   const bool named = !criterion.empty() && criterion != "default";
   return resolve_units(criterion, scope, include_io, exclude_io || (!named && !include_io));
 }
@@ -121,36 +143,45 @@ void override_input(const InputArgs& a, ModelMeta& meta) {
   if (a.channels >= 0) meta.preprocess.channels = a.channels;
   // Images are resized first, then padded: a pad size below that size would be ignored.
   const int64_t pad = meta.preprocess.pad_to, resize = meta.preprocess.resize_to;
-  const int64_t side = std::max(resize > 0 ? resize : meta.input.height, resize > 0 ? resize : meta.input.width);
+  const int64_t side =
+      std::max(resize > 0 ? resize : meta.input.height, resize > 0 ? resize : meta.input.width);
   if (pad > 0 && pad < side) {
-    throw UsageError("--pad " + std::to_string(pad) + ": smaller than the " +
-                     (resize > 0 ? std::to_string(resize) + "x" + std::to_string(resize) + " images after --resize"
-                                 : std::to_string(meta.input.height) + "x" + std::to_string(meta.input.width) +
-                                       " images of " + meta.dataset) +
-                     "; padding only grows an image (give 0 for none, or at least " + std::to_string(side) + ")");
+    throw UsageError(
+        "--pad " + std::to_string(pad) + ": smaller than the " +
+        (resize > 0
+             ? std::to_string(resize) + "x" + std::to_string(resize) + " images after --resize"
+             : std::to_string(meta.input.height) + "x" + std::to_string(meta.input.width) +
+                   " images of " + meta.dataset) +
+        "; padding only grows an image (give 0 for none, or at least " + std::to_string(side) +
+        ")");
   }
   const int64_t fed = meta.preprocess.channels > 0 ? meta.preprocess.channels : meta.input.channels;
-  if (meta.preprocess.channels > 0 && meta.input.channels != 1 && meta.preprocess.channels != meta.input.channels) {
-    throw UsageError("--channels " + std::to_string(meta.preprocess.channels) + ": the data set has " +
-                     std::to_string(meta.input.channels) + " channels; only a grey channel can be repeated");
+  if (meta.preprocess.channels > 0 && meta.input.channels != 1 &&
+      meta.preprocess.channels != meta.input.channels) {
+    throw UsageError("--channels " + std::to_string(meta.preprocess.channels) +
+                     ": the data set has " + std::to_string(meta.input.channels) +
+                     " channels; only a grey channel can be repeated");
   }
-  auto per_channel = [&](const std::vector<double>& given, std::vector<double>& out, const char* flag) {
+  auto per_channel = [&](const std::vector<double>& given, std::vector<double>& out,
+                         const char* flag) {
     if (given.empty()) {
-      if (static_cast<int64_t>(out.size()) == 1 && fed > 1) out.assign(static_cast<size_t>(fed), out[0]);
+      if (static_cast<int64_t>(out.size()) == 1 && fed > 1)
+        out.assign(static_cast<size_t>(fed), out[0]);
       return;
     }
     if (given.size() != 1 && static_cast<int64_t>(given.size()) != fed) {
-      throw UsageError(std::string(flag) + ": " + std::to_string(given.size()) + " values for " + std::to_string(fed) +
-                       " channels (give one, or one per channel)");
+      throw UsageError(std::string(flag) + ": " + std::to_string(given.size()) + " values for " +
+                       std::to_string(fed) + " channels (give one, or one per channel)");
     }
     out = given.size() == 1 ? std::vector<double>(static_cast<size_t>(fed), given[0]) : given;
   };
   per_channel(a.mean, meta.preprocess.mean, "--mean");
   per_channel(a.std, meta.preprocess.std, "--std");
-  if (static_cast<int64_t>(meta.preprocess.mean.size()) != fed || static_cast<int64_t>(meta.preprocess.std.size()) != fed) {
-    throw UsageError("normalisation has " + std::to_string(meta.preprocess.mean.size()) + " means / " +
-                     std::to_string(meta.preprocess.std.size()) + " stds for " + std::to_string(fed) +
-                     " channels: give --mean and --std");
+  if (static_cast<int64_t>(meta.preprocess.mean.size()) != fed ||
+      static_cast<int64_t>(meta.preprocess.std.size()) != fed) {
+    throw UsageError("normalisation has " + std::to_string(meta.preprocess.mean.size()) +
+                     " means / " + std::to_string(meta.preprocess.std.size()) + " stds for " +
+                     std::to_string(fed) + " channels: give --mean and --std");
   }
   for (double s : meta.preprocess.std) {
     if (!(s > 0)) throw UsageError("--std " + std::to_string(s) + ": must be positive");
@@ -185,7 +216,8 @@ void check_against_stored(const InputArgs& a, const ModelMeta& meta, const std::
                      "; leave the option out or give the stored value");
   };
   const std::string dataset = meta.dataset.empty() ? "fashion-mnist" : meta.dataset;
-  if (!a.dataset.empty() && dataset_info(a.dataset).name != dataset) refuse("--dataset", a.dataset, "dataset", dataset);
+  if (!a.dataset.empty() && dataset_info(a.dataset).name != dataset)
+    refuse("--dataset", a.dataset, "dataset", dataset);
   if (!a.mean.empty() && !same_values(a.mean, meta.preprocess.mean)) {
     refuse("--mean", values_text(a.mean), "mean", values_text(meta.preprocess.mean));
   }
@@ -193,7 +225,8 @@ void check_against_stored(const InputArgs& a, const ModelMeta& meta, const std::
     refuse("--std", values_text(a.std), "std", values_text(meta.preprocess.std));
   }
   const Preprocess& p = meta.preprocess;
-  if (a.pad >= 0 && a.pad != p.pad_to) refuse("--pad", std::to_string(a.pad), "pad", std::to_string(p.pad_to));
+  if (a.pad >= 0 && a.pad != p.pad_to)
+    refuse("--pad", std::to_string(a.pad), "pad", std::to_string(p.pad_to));
   if (a.resize >= 0 && a.resize != p.resize_to) {
     refuse("--resize", std::to_string(a.resize), "resize", std::to_string(p.resize_to));
   }
@@ -219,23 +252,27 @@ ModelMeta input_meta(const InputArgs& a) {
 void require_runnable(const std::string& path, const char* command) {
   if (is_onnx_file(path)) {
     throw UsageError("model '" + path + "' is an ONNX file: `" + command +
-                     "` cannot run ONNX models yet; eval and lock --eval evaluate them (OpenCV's dnn module), and "
+                     "` cannot run ONNX models yet; eval and lock --eval evaluate them (OpenCV's "
+                     "dnn module), and "
                      "lock, unlock, fingerprint and inspect work on them");
   }
   if (is_safetensors_file(path)) {
-    throw UsageError("model '" + path + "' is a safetensors file: it holds tensors but no network, so `" + command +
+    throw UsageError("model '" + path +
+                     "' is a safetensors file: it holds tensors but no network, so `" + command +
                      "` cannot run it; lock, unlock, fingerprint and inspect work on it");
   }
 }
 
 int apply_threads(const Common& o) {
-  const int n = o.threads > 0 ? o.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const int n = o.threads > 0 ? o.threads
+                              : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   torch::set_num_threads(n);
   return n;
 }
 
 Dataset test_set(const ModelMeta& meta, const Common& o) {
-  Dataset d = load_dataset(meta.dataset.empty() ? "fashion-mnist" : meta.dataset, o.data_dir, Split::kTest);
+  Dataset d =
+      load_dataset(meta.dataset.empty() ? "fashion-mnist" : meta.dataset, o.data_dir, Split::kTest);
   return subset(d, o.test_subset, /*seed=*/12345);
 }
 
@@ -245,30 +282,35 @@ std::string pct(double v) {
   return b;
 }
 
-
 namespace {
 std::atomic<bool> g_interrupted{false};
 extern "C" void on_sigint(int) { g_interrupted = true; }
 
 void train_progress(Progress& bar_line, const TrainProgress& p) {
   const double frac = double(p.step) / double(p.steps);
-  std::string line = "epoch " + std::to_string(p.epoch) + "/" + std::to_string(p.epochs) + " " + bar(frac) + " " +
-                     std::to_string(p.step) + "/" + std::to_string(p.steps) + " loss " + fixed(p.loss, 4) +
-                     " acc " + fixed(p.accuracy, 2) + "% lr " + fixed(p.lr, 4) + " " +
-                     fixed(p.images_per_second, 0) + " img/s ETA " + format_duration(p.eta_seconds);
-  if (p.epoch_done) bar_line.finish(line);
-  else if (p.step % 5 == 0) bar_line.update(line);
+  std::string line = "epoch " + std::to_string(p.epoch) + "/" + std::to_string(p.epochs) + " " +
+                     bar(frac) + " " + std::to_string(p.step) + "/" + std::to_string(p.steps) +
+                     " loss " + fixed(p.loss, 4) + " acc " + fixed(p.accuracy, 2) + "% lr " +
+                     fixed(p.lr, 4) + " " + fixed(p.images_per_second, 0) + " img/s ETA " +
+                     format_duration(p.eta_seconds);
+  if (p.epoch_done)
+    bar_line.finish(line);
+  else if (p.step % 5 == 0)
+    bar_line.update(line);
 }
 
 }  // namespace
 
 void add_train_args(CLI::App* c, TrainArgs& a) {
   c->add_option("--arch", a.arch, "Architecture (see `corelocker models`)")->capture_default_str();
-  c->add_option("--dataset", a.dataset, "Data set: fashion-mnist, cifar10, cifar100")->capture_default_str();
+  c->add_option("--dataset", a.dataset, "Data set: fashion-mnist, cifar10, cifar100")
+      ->capture_default_str();
   c->add_option("--depth", a.depth, "Depth option of the architecture (default: its own)");
   c->add_option("--width", a.width, "Width option of the architecture (default: its own)");
-  c->add_option("--set", a.set, "Architecture option KEY=VALUE (repeatable; see `corelocker models`)");
-  c->add_option("--epochs", a.opts.epochs, "Epochs (0 writes a freshly initialised model)")->capture_default_str();
+  c->add_option("--set", a.set,
+                "Architecture option KEY=VALUE (repeatable; see `corelocker models`)");
+  c->add_option("--epochs", a.opts.epochs, "Epochs (0 writes a freshly initialised model)")
+      ->capture_default_str();
   c->add_option("--batch-size", a.opts.batch_size, "Batch size")->capture_default_str();
   c->add_option("--lr", a.opts.lr, "Peak learning rate")->capture_default_str();
   c->add_option("--optimizer", a.opts.optimizer, "sgd (Nesterov momentum) | adam")
@@ -276,7 +318,8 @@ void add_train_args(CLI::App* c, TrainArgs& a) {
       ->check(CLI::IsMember({"sgd", "adam"}));
   c->add_option("--momentum", a.opts.momentum, "SGD momentum (Nesterov)")->capture_default_str();
   c->add_option("--weight-decay", a.opts.weight_decay, "Weight decay")->capture_default_str();
-  c->add_option("--schedule", a.opts.schedule, "onecycle | cosine | constant")->capture_default_str();
+  c->add_option("--schedule", a.opts.schedule, "onecycle | cosine | constant")
+      ->capture_default_str();
   c->add_option("--seed", a.opts.seed, "Random seed")->capture_default_str();
   c->add_option("--train-subset", a.train_subset, "Train on a random N-image subset (0: all)");
   c->add_flag("!--no-augment", a.opts.augment, "Disable random-crop (and flip) augmentation");
@@ -289,7 +332,8 @@ std::map<std::string, int64_t> arch_options(const TrainArgs& a) {
   if (a.width != 0) o["width"] = a.width;
   for (const auto& kv : a.set) {
     const auto eq = kv.find('=');
-    if (eq == std::string::npos || eq == 0) throw UsageError("--set '" + kv + "': expected KEY=VALUE");
+    if (eq == std::string::npos || eq == 0)
+      throw UsageError("--set '" + kv + "': expected KEY=VALUE");
     const std::string key = kv.substr(0, eq), value = kv.substr(eq + 1);
     size_t used = 0;
     int64_t v = 0;
@@ -326,7 +370,8 @@ void save_optimizer(const std::string& path, torch::optim::Optimizer& optimizer)
 
 void load_optimizer(const std::string& path, torch::optim::Optimizer& optimizer) {
   if (!file_exists(path)) {
-    throw IoError("cannot resume: optimizer state '" + path + "' not found (written beside the checkpoint after every epoch)");
+    throw IoError("cannot resume: optimizer state '" + path +
+                  "' not found (written beside the checkpoint after every epoch)");
   }
   try {
     torch::serialize::InputArchive archive;
@@ -336,7 +381,8 @@ void load_optimizer(const std::string& path, torch::optim::Optimizer& optimizer)
     archive.read("rng_state", rng, /*is_buffer=*/true);
     set_rng_state(rng);
   } catch (const c10::Error& e) {
-    throw FormatError("optimizer state '" + path + "': unreadable (" + e.what_without_backtrace() + ")");
+    throw FormatError("optimizer state '" + path + "': unreadable (" + e.what_without_backtrace() +
+                      ")");
   }
 }
 
@@ -369,30 +415,41 @@ LoadedModel train_model(const TrainArgs& a, const Common& common, Json& summary_
   int64_t train_subset = a.train_subset;
   Json summary;
   if (a.resume) {
-    if (a.checkpoint.empty()) throw UsageError("--resume needs the checkpoint to go on from (--out)");
+    if (a.checkpoint.empty())
+      throw UsageError("--resume needs the checkpoint to go on from (--out)");
     model = load_model(a.checkpoint);
     summary = Json::parse(model.meta.training_json, nullptr, /*allow_exceptions=*/false);
-    if (summary.is_object() && !summary.contains("epochs_done") && summary.contains("final_train_loss")) {
-      throw UsageError("'" + a.checkpoint + "' has finished all " + std::to_string(summary.value("epochs", 0)) +
-                       " epochs; nothing to resume");
+    if (summary.is_object() && !summary.contains("epochs_done") &&
+        summary.contains("final_train_loss")) {
+      throw UsageError("'" + a.checkpoint + "' has finished all " +
+                       std::to_string(summary.value("epochs", 0)) + " epochs; nothing to resume");
     }
     if (!summary.is_object() || !summary.contains("epochs_done")) {
-      throw UsageError("cannot resume from '" + a.checkpoint + "': it is not a checkpoint of an unfinished training run");
+      throw UsageError("cannot resume from '" + a.checkpoint +
+                       "': it is not a checkpoint of an unfinished training run");
     }
     opts = recorded_options(summary, a.checkpoint);
     train_subset = summary.value("train_subset", int64_t{0});
     if (opts.start_epoch >= opts.epochs) {
-      throw UsageError("'" + a.checkpoint + "' has finished all " + std::to_string(opts.epochs) + " epochs; nothing to resume");
+      throw UsageError("'" + a.checkpoint + "' has finished all " + std::to_string(opts.epochs) +
+                       " epochs; nothing to resume");
     }
   } else {
     ModelMeta meta = new_model_meta(a.arch, a.dataset, arch_options(a));
     opts.flip = opts.augment && (a.flip || dataset_info(a.dataset).flip);
     torch::manual_seed(opts.seed);
     model = create_model(meta);
-    summary = {{"epochs", opts.epochs}, {"batch_size", opts.batch_size}, {"lr", opts.lr},
-               {"schedule", opts.schedule}, {"seed", opts.seed}, {"augment", opts.augment},
-               {"flip", opts.flip}, {"weight_decay", opts.weight_decay}, {"momentum", opts.momentum},
-               {"optimizer", opts.optimizer}, {"train_subset", train_subset}};
+    summary = {{"epochs", opts.epochs},
+               {"batch_size", opts.batch_size},
+               {"lr", opts.lr},
+               {"schedule", opts.schedule},
+               {"seed", opts.seed},
+               {"augment", opts.augment},
+               {"flip", opts.flip},
+               {"weight_decay", opts.weight_decay},
+               {"momentum", opts.momentum},
+               {"optimizer", opts.optimizer},
+               {"train_subset", train_subset}};
   }
   if (opts.epochs > opts.start_epoch) {
     Dataset train_data = load_dataset(model.meta.dataset, common.data_dir, Split::kTrain);
@@ -400,7 +457,8 @@ LoadedModel train_model(const TrainArgs& a, const Common& common, Json& summary_
     summary["train_images"] = train_data.size();
     const double seconds_before = summary.value("seconds", 0.0);
     if (opts.start_epoch > 0) {
-      std::printf("resuming %s at epoch %d of %d\n", a.checkpoint.c_str(), opts.start_epoch + 1, opts.epochs);
+      std::printf("resuming %s at epoch %d of %d\n", a.checkpoint.c_str(), opts.start_epoch + 1,
+                  opts.epochs);
       std::fflush(stdout);
     }
     Progress line;
@@ -411,10 +469,15 @@ LoadedModel train_model(const TrainArgs& a, const Common& common, Json& summary_
     hooks.keep_going = [] { return !g_interrupted.load(); };
     const auto start = std::chrono::steady_clock::now();
     if (!a.checkpoint.empty()) {
-      if (opts.start_epoch > 0) hooks.restore = [&](torch::optim::Optimizer& o) { load_optimizer(optim_path(a.checkpoint), o); };
+      if (opts.start_epoch > 0)
+        hooks.restore = [&](torch::optim::Optimizer& o) {
+          load_optimizer(optim_path(a.checkpoint), o);
+        };
       hooks.on_epoch_end = [&](int epoch, torch::optim::Optimizer& o) {
         summary["epochs_done"] = epoch;
-        summary["seconds"] = seconds_before + std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        summary["seconds"] =
+            seconds_before +
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
         model.meta.training_json = summary.dump();
         // Optimizer state first: a checkpoint on disk always has the state that goes with it.
         save_optimizer(optim_path(a.checkpoint), o);
@@ -455,16 +518,19 @@ EffectiveOptions EffectiveArgs::options() const {
 
 void add_effective_args(CLI::App* c, EffectiveArgs& a) {
   c->add_option("--reestimate-images", a.reestimate_images,
-                "Unlabelled training images on which the effective accuracy re-estimates BatchNorm statistics "
+                "Unlabelled training images on which the effective accuracy re-estimates BatchNorm "
+                "statistics "
                 "(0: no re-estimation)")
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
-  c->add_option("--reestimate-seed", a.seed, "Seed that draws the re-estimation images")->capture_default_str();
+  c->add_option("--reestimate-seed", a.seed, "Seed that draws the re-estimation images")
+      ->capture_default_str();
 }
 
 Dataset effective_images(const ModelMeta& meta, const Common& common, const EffectiveArgs& a) {
   if (a.reestimate_images <= 0) return Dataset{};
-  Dataset train = load_dataset(meta.dataset.empty() ? "fashion-mnist" : meta.dataset, common.data_dir, Split::kTrain);
+  Dataset train = load_dataset(meta.dataset.empty() ? "fashion-mnist" : meta.dataset,
+                               common.data_dir, Split::kTrain);
   return reestimation_images(train, a.options());
 }
 
@@ -499,12 +565,13 @@ Json effective_json(const EffectiveEval& e) {
 
 void print_eval(const std::string& model, const EvalResult& r, bool json, const Json& extra) {
   if (json) {
-    Json j = {{"model", model}, {"top1", r.top1}, {"top3", r.top3}, {"n", r.n}, {"locked", false}, {"seconds", r.seconds}};
+    Json j = {{"model", model}, {"top1", r.top1},  {"top3", r.top3},
+              {"n", r.n},       {"locked", false}, {"seconds", r.seconds}};
     j.update(extra);
     std::printf("%s\n", j.dump().c_str());
   } else {
-    std::printf("%s: top-1 %s%%, top-3 %s%% on %lld test images\n", model.c_str(), pct(r.top1).c_str(),
-                pct(r.top3).c_str(), static_cast<long long>(r.n));
+    std::printf("%s: top-1 %s%%, top-3 %s%% on %lld test images\n", model.c_str(),
+                pct(r.top1).c_str(), pct(r.top3).c_str(), static_cast<long long>(r.n));
   }
 }
 
@@ -515,8 +582,9 @@ void print_eval(const std::string& model, const EffectiveEval& e, bool json, con
     j.update(extra);
     std::printf("%s\n", j.dump().c_str());
   } else {
-    std::printf("%s (locked): %s; top-3 %s%% on %lld test images\n", model.c_str(), effective_text(e).c_str(),
-                pct(e.plain.top3).c_str(), static_cast<long long>(e.plain.n));
+    std::printf("%s (locked): %s; top-3 %s%% on %lld test images\n", model.c_str(),
+                effective_text(e).c_str(), pct(e.plain.top3).c_str(),
+                static_cast<long long>(e.plain.n));
   }
 }
 
@@ -531,8 +599,6 @@ void print_lock_stats(const LockOutcome& o, uint64_t key_bytes) {
               fixed(s.values ? double(key_bytes) / double(s.values) : 0.0, 2).c_str());
 }
 
-
-
 void add_val_args(CLI::App* c, ValArgs& v) {
   c->add_option("--val-size", v.size, "Validation images, drawn from the training split")
       ->capture_default_str()
@@ -546,6 +612,5 @@ Dataset validation_set(const ModelMeta& meta, const Common& common, const ValArg
                                common.data_dir, Split::kTrain);
   return subset(train, v.size, v.seed);
 }
-
 
 }  // namespace corelocker::cli

@@ -62,15 +62,14 @@ int apply_threads(const Common& o);
 // The test split of the model's data set, or the requested subset of it.
 Dataset test_set(const ModelMeta& meta, const Common& o);
 
-std::string pct(double v);                // "12.34"
-
+std::string pct(double v);  // "12.34"
 
 // Options of `train` (also used by `demo`).
 struct TrainArgs {
   std::string arch = "resnet20";
   std::string dataset = "fashion-mnist";
-  int64_t depth = 0;  // 0: the architecture's default
-  int64_t width = 0;  // 0: the architecture's default
+  int64_t depth = 0;             // 0: the architecture's default
+  int64_t width = 0;             // 0: the architecture's default
   std::vector<std::string> set;  // KEY=VALUE architecture options
   bool flip = false;             // force horizontal flips (on by default for CIFAR)
   int64_t train_subset = 0;
@@ -105,7 +104,8 @@ LockOptions lock_options(const UnitArgs& a);
 // resolve_units, except that without --criterion and --include-io the first and last layers are
 // left out. A stem with a few dozen kernels moves the accuracy 30-40 points per kernel on models
 // trained elsewhere, so a ranking that holds them jumps over most bands; the full lock keeps them.
-UnitChoice band_units(const std::string& criterion, const std::string& scope, bool include_io, bool exclude_io);
+UnitChoice band_units(const std::string& criterion, const std::string& scope, bool include_io,
+                      bool exclude_io);
 LockOptions band_lock_options(const UnitArgs& a);
 // Help texts of the unit options, shared by every command that takes them.
 extern const char* const kCriterionHelp;
@@ -131,15 +131,18 @@ struct EffectiveArgs {
 void add_effective_args(CLI::App* c, EffectiveArgs& a);
 // The re-estimation images from the training split of the model's data set.
 Dataset effective_images(const ModelMeta& meta, const Common& common, const EffectiveArgs& a);
-// "top-1 14.08%, after BN re-estimation 83.06%, pruned 0.20 / 0.40: 14.10 / 13.20%; effective 83.06%"
+// "top-1 14.08%, after BN re-estimation 83.06%, pruned 0.20 / 0.40: 14.10 / 13.20%;
+// effective 83.06%"
 std::string effective_text(const EffectiveEval& e);
 // {"top1", "top3", "top1_reestimated" (null when not measured), "top1_pruned" {"0.20": ...},
 //  "top1_effective", "effective_from"}
 Json effective_json(const EffectiveEval& e);
 // What `eval` prints for a model: one line, or with `json` one object with `extra` merged in.
-void print_eval(const std::string& model, const EvalResult& r, bool json, const Json& extra = Json::object());
+void print_eval(const std::string& model, const EvalResult& r, bool json,
+                const Json& extra = Json::object());
 // The same for a locked model: plain, re-estimated, pruned and effective top-1.
-void print_eval(const std::string& model, const EffectiveEval& e, bool json, const Json& extra = Json::object());
+void print_eval(const std::string& model, const EffectiveEval& e, bool json,
+                const Json& extra = Json::object());
 
 // The lines `lock` prints about what went into a key.
 void print_lock_stats(const LockOutcome& o, uint64_t key_bytes);

@@ -4,9 +4,9 @@
 // Everything else, and any arguments this parser does not accept (--help, options that do not
 // apply to safetensors files, typos), goes unchanged to `corelocker-torch`, the whole tool,
 // installed beside this binary (execv), which answers exactly as it always has.
-#include <CLI/CLI.hpp>
 #include <unistd.h>
 
+#include <CLI/CLI.hpp>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -80,8 +80,8 @@ Commands add_commands(CLI::App& app, Args& a) {
   if (path.empty()) path = "corelocker-torch";
   std::fflush(nullptr);
   ::execv(path.c_str(), argv);
-  std::fprintf(stderr, "corelocker: error: cannot run '%s' (the rest of the tool): %s\n", path.c_str(),
-               std::strerror(errno));
+  std::fprintf(stderr, "corelocker: error: cannot run '%s' (the rest of the tool): %s\n",
+               path.c_str(), std::strerror(errno));
   std::exit(1);
 }
 
@@ -89,7 +89,8 @@ Commands add_commands(CLI::App& app, Args& a) {
 
 int main(int argc, char** argv) {
   const std::string command = argc >= 2 ? argv[1] : "";
-  if (command != "lock" && command != "unlock" && command != "fingerprint" && command != "inspect") hand_over(argv);
+  if (command != "lock" && command != "unlock" && command != "fingerprint" && command != "inspect")
+    hand_over(argv);
   tune_allocator();
   CLI::App app;
   app.require_subcommand(1);
@@ -102,9 +103,11 @@ int main(int argc, char** argv) {
   }
   if (!is_safetensors_file(a.model)) hand_over(argv);
   return exit_code_of(app, [&] {
-    if (c.lock->parsed()) return lock_safetensors_command(*c.lock, a.model, a.out, a.key_out, a.access);
+    if (c.lock->parsed())
+      return lock_safetensors_command(*c.lock, a.model, a.out, a.key_out, a.access);
     if (c.unlock->parsed()) {
-      return unlock_safetensors_command(a.model, a.keys, a.out, a.access, static_cast<unsigned>(a.threads));
+      return unlock_safetensors_command(a.model, a.keys, a.out, a.access,
+                                        static_cast<unsigned>(a.threads));
     }
     if (c.fingerprint->parsed()) return fingerprint_safetensors_command(a.model);
     return inspect_safetensors_command(a.model, a.json);

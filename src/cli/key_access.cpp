@@ -19,18 +19,24 @@ std::string fixed(double v, int digits) {
 
 void add_key_access(CLI::App* c, KeyAccess& k, bool writing) {
   const std::string verb = writing ? "Encrypt" : "Decrypt";
-  c->add_option("--passphrase-file", k.passphrase_file, verb + " the key with the passphrase in this file (one trailing newline ignored)");
-  c->add_option("--passphrase-env", k.passphrase_env, verb + " the key with the passphrase in this environment variable");
-  c->add_option("--secret-file", k.secret_file, verb + " the key with the raw 32-byte secret in this file");
+  c->add_option("--passphrase-file", k.passphrase_file,
+                verb + " the key with the passphrase in this file (one trailing newline ignored)");
+  c->add_option("--passphrase-env", k.passphrase_env,
+                verb + " the key with the passphrase in this environment variable");
+  c->add_option("--secret-file", k.secret_file,
+                verb + " the key with the raw 32-byte secret in this file");
   if (writing) {
-    c->add_option("--kdf", k.kdf, "Argon2id cost for a passphrase: interactive | moderate | sensitive")->capture_default_str();
+    c->add_option("--kdf", k.kdf,
+                  "Argon2id cost for a passphrase: interactive | moderate | sensitive")
+        ->capture_default_str();
   }
 }
 
 KeyCredentials credentials(const KeyAccess& k) {
   KeyCredentials c;
   const int given = !k.passphrase_file.empty() + !k.passphrase_env.empty() + !k.secret_file.empty();
-  if (given > 1) throw UsageError("give only one of --passphrase-file, --passphrase-env, --secret-file");
+  if (given > 1)
+    throw UsageError("give only one of --passphrase-file, --passphrase-env, --secret-file");
   set_kdf_preset(c, k.kdf);
   if (!k.passphrase_file.empty()) {
     auto bytes = read_file(k.passphrase_file);
@@ -38,11 +44,13 @@ KeyCredentials credentials(const KeyAccess& k) {
     sodium_memzero(bytes.data(), bytes.size());
     if (!c.passphrase.empty() && c.passphrase.back() == '\n') c.passphrase.pop_back();
     if (!c.passphrase.empty() && c.passphrase.back() == '\r') c.passphrase.pop_back();
-    if (c.passphrase.empty()) throw UsageError("passphrase file '" + k.passphrase_file + "' is empty");
+    if (c.passphrase.empty())
+      throw UsageError("passphrase file '" + k.passphrase_file + "' is empty");
     c.kind = Encryption::kPassphrase;
   } else if (!k.passphrase_env.empty()) {
     const char* v = std::getenv(k.passphrase_env.c_str());
-    if (v == nullptr || *v == '\0') throw UsageError("environment variable '" + k.passphrase_env + "' is unset or empty");
+    if (v == nullptr || *v == '\0')
+      throw UsageError("environment variable '" + k.passphrase_env + "' is unset or empty");
     c.passphrase = v;
     c.kind = Encryption::kPassphrase;
   } else if (!k.secret_file.empty()) {

@@ -3,7 +3,6 @@
 // to this binary. One try/catch; exit codes 0 success, 1 failure, 2 usage error, 3
 // authentication failure.
 #include <CLI/CLI.hpp>
-
 #include <string>
 
 #include "cli/allocator.h"

@@ -144,8 +144,10 @@ void check_unlocked(const LoadedModel& model) {
 Evaluator locked_evaluator(LoadedModel& model, const Ranking& ranking, const Dataset& data,
                            int64_t batch_size, const std::optional<EffectiveTarget>& effective) {
   return [&model, &ranking, &data, batch_size, effective](double ratio) {
-    LockedEval e = evaluate_locked(model, ranking, ratio, data, batch_size, effective ? &*effective : nullptr);
-    return Probe{ratio, e.stats.units, e.stats.param_fraction(), e.target_top1(), e.eval.top3, e.eval.top1};
+    LockedEval e =
+        evaluate_locked(model, ranking, ratio, data, batch_size, effective ? &*effective : nullptr);
+    return Probe{ratio,           e.stats.units, e.stats.param_fraction(),
+                 e.target_top1(), e.eval.top3,   e.eval.top1};
   };
 }
 
@@ -218,8 +220,9 @@ void move_down(Ranking& ranking, const Reordering& r) {
   auto& units = ranking.groups[r.group].ranked;
   const auto n = static_cast<int64_t>(units.size());
   if (r.position < 0 || r.count < 0 || r.position + r.count > n)
-    throw Error("reordering of units " + std::to_string(r.position) + "+" + std::to_string(r.count) +
-                " in group '" + ranking.groups[r.group].label + "' of " + std::to_string(n) + " units");
+    throw Error("reordering of units " + std::to_string(r.position) + "+" +
+                std::to_string(r.count) + " in group '" + ranking.groups[r.group].label + "' of " +
+                std::to_string(n) + " units");
   std::rotate(units.begin() + r.position, units.begin() + r.position + r.count, units.end());
 }
 
@@ -240,8 +243,8 @@ Calibration calibrate(LoadedModel& model, const Ranking& ranking, const Dataset&
     };
   }
   return search_band(group_sizes(work),
-                     locked_evaluator(model, work, data, options.batch_size, options.effective), band, options,
-                     on_probe, reorder);
+                     locked_evaluator(model, work, data, options.batch_size, options.effective),
+                     band, options, on_probe, reorder);
 }
 
 Calibration search_band(const std::vector<int64_t>& groups, const Evaluator& evaluate, Band band,
@@ -292,8 +295,9 @@ Calibration search_band(const std::vector<int64_t>& groups, const Evaluator& eva
     if (best) {
       out.status = CalibrationStatus::kFound;
       out.chosen = *best;
-      out.explanation = describe(*best) + ", inside " + band_text + " (the search for its middle, " +
-                        num(core.low, 2) + "-" + num(core.high, 2) + "%, ended: " + out.explanation + ")";
+      out.explanation = describe(*best) + ", inside " + band_text +
+                        " (the search for its middle, " + num(core.low, 2) + "-" +
+                        num(core.high, 2) + "%, ended: " + out.explanation + ")";
       return out;
     }
     if (!valid.empty()) {
@@ -308,22 +312,25 @@ Calibration search_band(const std::vector<int64_t>& groups, const Evaluator& eva
     out.chosen = q;
     int64_t moved_units = 0;
     for (const auto& m : out.reordered) moved_units += m.count;
-    return finish(CalibrationStatus::kFound,
-                  describe(q) + ", inside " + band_text +
-                      (moved_units ? " (with " + std::to_string(moved_units) +
-                                         " unit(s) that each jumped over the band moved to the end of the ranking)"
-                                   : std::string()));
+    return finish(
+        CalibrationStatus::kFound,
+        describe(q) + ", inside " + band_text +
+            (moved_units
+                 ? " (with " + std::to_string(moved_units) +
+                       " unit(s) that each jumped over the band moved to the end of the ranking)"
+                 : std::string()));
   };
   auto out_of_budget = [&] {
     int64_t moved_units = 0;
     for (const auto& m : out.reordered) moved_units += m.count;
-    return finish(CalibrationStatus::kOutOfBudget,
-                  "no ratio in " + band_text + " within " + std::to_string(options.max_evaluations) +
-                      " evaluations" +
-                      (moved_units ? " (" + std::to_string(moved_units) +
-                                         " unit(s) that each jumped over the band moved down the ranking)"
-                                   : std::string()) +
-                      " (raise --max-evals)");
+    return finish(
+        CalibrationStatus::kOutOfBudget,
+        "no ratio in " + band_text + " within " + std::to_string(options.max_evaluations) +
+            " evaluations" +
+            (moved_units ? " (" + std::to_string(moved_units) +
+                               " unit(s) that each jumped over the band moved down the ranking)"
+                         : std::string()) +
+            " (raise --max-evals)");
   };
 
   // bracket: walk from the start ratio by factors of `step` until the core is enclosed
@@ -363,7 +370,7 @@ Calibration search_band(const std::vector<int64_t>& groups, const Evaluator& eva
   bool explored_up = false, explored_down = false;
   int last_side = 0;
   bool same_side_twice = false;
-  int64_t moved = 0;  // units reordered so far
+  int64_t moved = 0;            // units reordered so far
   bool reordered_last = false;  // the last step was a reordering and its probe
   for (;;) {
     const auto probes = prober.by_ratio();
@@ -448,7 +455,8 @@ Calibration search_band(const std::vector<int64_t>& groups, const Evaluator& eva
       if (prober.units(next) == 0) next = 0.0;
     } else if (collapsed.empty()) {
       return finish(CalibrationStatus::kBetweenSteps,
-                    "band " + band_text + " is reached by no unit count tried, with " + std::to_string(moved) +
+                    "band " + band_text + " is reached by no unit count tried, with " +
+                        std::to_string(moved) +
                         " unit(s) that each jumped over it moved down the ranking");
     } else {
       return finish(CalibrationStatus::kBetweenSteps,
@@ -456,11 +464,12 @@ Calibration search_band(const std::vector<int64_t>& groups, const Evaluator& eva
     }
     if (!prober.probe(next, &p)) {
       if (collapsed.empty() || moved) return out_of_budget();
-      return finish(CalibrationStatus::kBetweenSteps,
-                    "band " + band_text + " falls between two unit counts: " + collapsed +
-                        (moved ? " (" + std::to_string(moved) + " such units moved down the ranking, " +
-                                     std::to_string(options.max_evaluations) + " evaluations spent)"
-                               : std::string()));
+      return finish(
+          CalibrationStatus::kBetweenSteps,
+          "band " + band_text + " falls between two unit counts: " + collapsed +
+              (moved ? " (" + std::to_string(moved) + " such units moved down the ranking, " +
+                           std::to_string(options.max_evaluations) + " evaluations spent)"
+                     : std::string()));
     }
     if (in_core(p)) return found(p);
     same_side_twice = a && side(p) == last_side;

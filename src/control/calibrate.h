@@ -137,7 +137,7 @@ TierCalibration calibrate_tiers(LoadedModel& model, const Ranking& ranking, cons
 
 struct BandsOptions {
   std::optional<EffectiveTarget> effective;  // as in CalibrationOptions
-  double width = 5.0;         // band width in points
+  double width = 5.0;                        // band width in points
   double tolerance = 0.05;    // a band's ratio is the smallest within this relative precision
   int max_evaluations = 200;  // for the whole table
   double step = 4.0;

@@ -11,7 +11,8 @@
 namespace corelocker {
 
 LockedEval evaluate_locked(LoadedModel& model, const Ranking& ranking, double ratio,
-                           const Dataset& data, int64_t batch_size, const EffectiveTarget* effective) {
+                           const Dataset& data, int64_t batch_size,
+                           const EffectiveTarget* effective) {
   if (!(ratio >= 0.0 && ratio <= 1.0)) {
     throw UsageError("ratio " + std::to_string(ratio) + ": must be within [0, 1]");
   }
@@ -31,7 +32,8 @@ LockedEval evaluate_locked(LoadedModel& model, const Ranking& ranking, double ra
       static const Dataset kNone;
       EffectiveOptions o = effective->options;
       o.batch_size = batch_size;
-      out.effective = evaluate_effective(model, data, effective->unlabelled ? *effective->unlabelled : kNone, o);
+      out.effective = evaluate_effective(model, data,
+                                         effective->unlabelled ? *effective->unlabelled : kNone, o);
       out.eval = out.effective->plain;
     } else {
       out.eval = evaluate(*model.net, data, model.meta.preprocess, batch_size);

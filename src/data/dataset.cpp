@@ -15,10 +15,12 @@ DatasetInfo dataset_info(const std::string& name) {
   }
   // Per-channel mean and standard deviation of the training images.
   if (name == "cifar10" || name == "cifar-10") {
-    return {"cifar10", {3, 32, 32}, 10, {0.4914, 0.4822, 0.4465}, {0.2470, 0.2435, 0.2616}, "", true};
+    return {"cifar10", {3, 32, 32}, 10, {0.4914, 0.4822, 0.4465}, {0.2470, 0.2435, 0.2616},
+            "",        true};
   }
   if (name == "cifar100" || name == "cifar-100") {
-    return {"cifar100", {3, 32, 32}, 100, {0.5071, 0.4865, 0.4409}, {0.2673, 0.2564, 0.2762}, "", true};
+    return {"cifar100", {3, 32, 32}, 100, {0.5071, 0.4865, 0.4409}, {0.2673, 0.2564, 0.2762},
+            "",         true};
   }
   throw UsageError("dataset '" + name + "': unknown (known: fashion-mnist, cifar10, cifar100)");
 }
@@ -49,11 +51,13 @@ Dataset load_cifar(const std::string& dir, bool cifar100, Split split) {
   for (const auto& f : cifar_files(kind, split == Split::kTrain)) {
     const std::string path = dir + "/" + f;
     if (!file_exists(path)) {
-      throw IoError("data set file '" + path + "' not found (" + (cifar100 ? "CIFAR-100" : "CIFAR-10") +
+      throw IoError("data set file '" + path + "' not found (" +
+                    (cifar100 ? "CIFAR-100" : "CIFAR-10") +
                     " binary version expected in --data-dir)");
     }
     // A CIFAR file is at most 50,000 records; anything far larger is not one.
-    append_cifar(all, parse_cifar(read_maybe_gzip(path, uint64_t{1} << 28), kind, "'" + path + "'"));
+    append_cifar(all,
+                 parse_cifar(read_maybe_gzip(path, uint64_t{1} << 28), kind, "'" + path + "'"));
   }
   const auto n = static_cast<int64_t>(all.count);
   Dataset d;
@@ -71,7 +75,8 @@ std::string find_file(const std::string& dir, const std::string& base) {
     std::string p = dir + "/" + base + suffix;
     if (file_exists(p)) return p;
   }
-  throw IoError("data set file '" + dir + "/" + base + ".gz' not found (is dataset-fashion-mnist installed, or --data-dir right?)");
+  throw IoError("data set file '" + dir + "/" + base +
+                ".gz' not found (is dataset-fashion-mnist installed, or --data-dir right?)");
 }
 
 }  // namespace
@@ -95,14 +100,15 @@ Dataset load_fashion_mnist(const std::string& dir, Split split) {
                       " dimensions, expected 1");
   }
   if (images.dims[0] != labels.dims[0]) {
-    throw FormatError("'" + image_path + "' has " + std::to_string(images.dims[0]) + " images but '" +
-                      label_path + "' has " + std::to_string(labels.dims[0]) + " labels");
+    throw FormatError("'" + image_path + "' has " + std::to_string(images.dims[0]) +
+                      " images but '" + label_path + "' has " + std::to_string(labels.dims[0]) +
+                      " labels");
   }
   if (images.dims[0] == 0) throw FormatError("'" + image_path + "': no images");
   for (size_t i = 0; i < labels.data.size(); ++i) {
     if (labels.data[i] >= 10) {
-      throw FormatError("'" + label_path + "': label " + std::to_string(labels.data[i]) + " at index " +
-                        std::to_string(i) + " out of range 0..9");
+      throw FormatError("'" + label_path + "': label " + std::to_string(labels.data[i]) +
+                        " at index " + std::to_string(i) + " out of range 0..9");
     }
   }
   const int64_t n = images.dims[0];
@@ -132,7 +138,8 @@ Dataset subset(const Dataset& data, int64_t n, uint64_t seed) {
     const uint64_t span = idx.size() - static_cast<uint64_t>(i);
     const uint64_t limit = UINT64_MAX - UINT64_MAX % span;
     uint64_t r;
-    do r = rng(); while (r >= limit);
+    do r = rng();
+    while (r >= limit);
     std::swap(idx[static_cast<size_t>(i)], idx[static_cast<size_t>(i) + r % span]);
   }
   idx.resize(static_cast<size_t>(n));
@@ -140,7 +147,8 @@ Dataset subset(const Dataset& data, int64_t n, uint64_t seed) {
   return select(data, torch::tensor(idx, torch::kInt64));
 }
 
-torch::Tensor preprocess_batch(const torch::Tensor& images, const Preprocess& pp, bool augment, bool flip) {
+torch::Tensor preprocess_batch(const torch::Tensor& images, const Preprocess& pp, bool augment,
+                               bool flip) {
   auto x = images.to(torch::kFloat32).div_(255.0);
   if (pp.resize_to > 0 && (x.size(2) != pp.resize_to || x.size(3) != pp.resize_to)) {
     namespace F = torch::nn::functional;
@@ -151,7 +159,8 @@ torch::Tensor preprocess_batch(const torch::Tensor& images, const Preprocess& pp
   }
   const int64_t h = x.size(2), w = x.size(3);
   if (pp.pad_to > h || pp.pad_to > w) {
-    const int64_t ph = std::max<int64_t>(pp.pad_to - h, 0), pw = std::max<int64_t>(pp.pad_to - w, 0);
+    const int64_t ph = std::max<int64_t>(pp.pad_to - h, 0),
+                  pw = std::max<int64_t>(pp.pad_to - w, 0);
     x = torch::constant_pad_nd(x, {pw / 2, pw - pw / 2, ph / 2, ph - ph / 2});
   }
   if (augment) {

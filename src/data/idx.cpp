@@ -28,9 +28,8 @@ IdxArray parse_idx(std::vector<uint8_t> bytes, const std::string& what) {
                       std::to_string(bytes[1]) + ", expected 0,0)");
   }
   if (bytes[2] != 0x08) {
-    throw FormatError(what + ": unsupported IDX element type 0x" +
-                      std::to_string(bytes[2] >> 4) + std::to_string(bytes[2] & 15) +
-                      " (expected 0x08, unsigned byte)");
+    throw FormatError(what + ": unsupported IDX element type 0x" + std::to_string(bytes[2] >> 4) +
+                      std::to_string(bytes[2] & 15) + " (expected 0x08, unsigned byte)");
   }
   const uint8_t ndim = bytes[3];
   if (ndim < 1 || ndim > 4) {
@@ -89,7 +88,8 @@ std::vector<uint8_t> read_maybe_gzip(const std::string& path, uint64_t max_bytes
   if (rc == Z_BUF_ERROR) {
     throw FormatError("'" + path + "': truncated gzip stream");
   }
-  if (rc != Z_OK) throw FormatError("'" + path + "': corrupt gzip stream (code " + std::to_string(rc) + ")");
+  if (rc != Z_OK)
+    throw FormatError("'" + path + "': corrupt gzip stream (code " + std::to_string(rc) + ")");
   return out;
 }
 

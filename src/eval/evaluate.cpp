@@ -37,7 +37,8 @@ EvalResult evaluate(Network& net, const Dataset& data, const Preprocess& pp, int
     try {
       logits = net.forward(x);
     } catch (const c10::Error& e) {
-      throw Error("forward pass failed on input of shape " + c10::str(x.sizes()) + ": " + e.what_without_backtrace());
+      throw Error("forward pass failed on input of shape " + c10::str(x.sizes()) + ": " +
+                  e.what_without_backtrace());
     }
     hits.add(logits, data.labels.narrow(0, i, b));
   }

@@ -16,7 +16,8 @@ struct EvalResult {
 };
 
 // Evaluates in eval mode without gradients. Throws Error on a shape mismatch.
-EvalResult evaluate(Network& net, const Dataset& data, const Preprocess& pp, int64_t batch_size = 500);
+EvalResult evaluate(Network& net, const Dataset& data, const Preprocess& pp,
+                    int64_t batch_size = 500);
 
 // Top-1 / top-3 counts, shared by every evaluation: add() one batch of logits [B, classes]
 // against labels [B], then result().

@@ -18,7 +18,8 @@ std::vector<NamedTensor> layer_tensors(const OnnxModel& model) {
   std::vector<NamedTensor> out;
   for (const auto& layer : model.structure()) {
     const OnnxTensor* t = model.find(layer.weight);
-    if (t == nullptr) throw Error("ONNX layer '" + layer.name + "': no initializer '" + layer.weight + "'");
+    if (t == nullptr)
+      throw Error("ONNX layer '" + layer.name + "': no initializer '" + layer.weight + "'");
     out.push_back({t->name, onnx_to_tensor(*t), false});
   }
   return out;
@@ -41,16 +42,22 @@ std::string ratio_str(double r) {
 LockInfo onnx_lock_info(const OnnxModel& model) {
   LockInfo info;
   for (const auto& [k, v] : model.metadata()) {
-    if (k == kOnnxMetaKeyId) info.key_id = v;
-    else if (k == kOnnxMetaOriginal) info.original_fingerprint = v;
-    else if (k == kOnnxMetaCriterion) info.criterion = v;
-    else if (k == kOnnxMetaScope) info.scope = v;
-    else if (k == kOnnxMetaVersion) info.tool_version = v;
+    if (k == kOnnxMetaKeyId)
+      info.key_id = v;
+    else if (k == kOnnxMetaOriginal)
+      info.original_fingerprint = v;
+    else if (k == kOnnxMetaCriterion)
+      info.criterion = v;
+    else if (k == kOnnxMetaScope)
+      info.scope = v;
+    else if (k == kOnnxMetaVersion)
+      info.tool_version = v;
     else if (k == kOnnxMetaRatio) {
       try {
         info.ratio = std::stod(v);
       } catch (const std::exception&) {
-        throw FormatError("ONNX metadata '" + std::string(kOnnxMetaRatio) + "': '" + v + "' is not a number");
+        throw FormatError("ONNX metadata '" + std::string(kOnnxMetaRatio) + "': '" + v +
+                          "' is not a number");
       }
     }
   }
@@ -66,7 +73,8 @@ LockOutcome lock_onnx_model(OnnxModel& model, const LockOptions& options) {
     throw UsageError("ratio " + std::to_string(options.ratio) + ": must be within [0, 1]");
   }
   if (options.fill != Fill::kZero) {
-    throw UsageError(std::string("fill '") + to_string(options.fill) + "': ONNX models are locked with zero fill only");
+    throw UsageError(std::string("fill '") + to_string(options.fill) +
+                     "': ONNX models are locked with zero fill only");
   }
   // rank and plan (shared with our own checkpoints)
   const std::vector<NamedTensor> tensors = layer_tensors(model);
@@ -88,7 +96,8 @@ LockOutcome lock_onnx_model(OnnxModel& model, const LockOptions& options) {
   h.units = static_cast<uint64_t>(plan.units);
   for (const auto& p : plan.entries) {
     const OnnxTensor* t = model.find(p.tensor);
-    if (t == nullptr) throw Error("plan names initializer '" + p.tensor + "' which the model does not have");
+    if (t == nullptr)
+      throw Error("plan names initializer '" + p.tensor + "' which the model does not have");
     KeyEntry e;
     e.tensor = p.tensor;
     e.dtype = onnx_key_dtype(t->data_type);
@@ -96,10 +105,12 @@ LockOutcome lock_onnx_model(OnnxModel& model, const LockOptions& options) {
     e.unit_size = static_cast<uint64_t>(p.unit_size);
     e.units.assign(p.units.begin(), p.units.end());
     const size_t block = static_cast<size_t>(p.unit_size) * dtype_size(e.dtype);
-    if (t->numel() % e.unit_size != 0) throw Error("initializer '" + p.tensor + "': unit size does not divide it");
+    if (t->numel() % e.unit_size != 0)
+      throw Error("initializer '" + p.tensor + "': unit size does not divide it");
     e.values.resize(e.units.size() * block);
     for (size_t i = 0; i < e.units.size(); ++i) {
-      if (e.units[i] >= t->numel() / e.unit_size) throw Error("initializer '" + p.tensor + "': unit out of range");
+      if (e.units[i] >= t->numel() / e.unit_size)
+        throw Error("initializer '" + p.tensor + "': unit out of range");
       std::memcpy(e.values.data() + i * block, t->bytes.data() + e.units[i] * block, block);
     }
     out.stats.values += static_cast<int64_t>(e.units.size() * e.unit_size);
@@ -137,25 +148,31 @@ void unlock_onnx_model(OnnxModel& model, const std::vector<KeyFile>& keys) {
                             "... is the original this key restores)");
       }
       throw MismatchError("key belongs to another model: key expects locked model " +
-                          short_fp(key.header.locked_fingerprint) + "..., this model is " + short_fp(fp) + "...");
+                          short_fp(key.header.locked_fingerprint) + "..., this model is " +
+                          short_fp(fp) + "...");
     }
     // Check every entry before writing any of them.
     for (const auto& e : key.entries) {
       const OnnxTensor* t = model.find(e.tensor);
-      if (t == nullptr) throw MismatchError("key entry '" + e.tensor + "': model has no such initializer");
+      if (t == nullptr)
+        throw MismatchError("key entry '" + e.tensor + "': model has no such initializer");
       if (!onnx_is_float(t->data_type) || onnx_key_dtype(t->data_type) != e.dtype) {
-        throw MismatchError("key entry '" + e.tensor + "': dtype " + to_string(e.dtype) + ", initializer is " +
-                            onnx_type_name(t->data_type));
+        throw MismatchError("key entry '" + e.tensor + "': dtype " + to_string(e.dtype) +
+                            ", initializer is " + onnx_type_name(t->data_type));
       }
       const std::vector<uint64_t> dims(t->dims.begin(), t->dims.end());
-      if (dims != e.shape) throw MismatchError("key entry '" + e.tensor + "': shape differs from the initializer's");
-      if (e.unit_size == 0 || t->numel() % e.unit_size != 0 || e.values.size() != e.units.size() * e.unit_size * dtype_size(e.dtype)) {
-        throw MismatchError("key entry '" + e.tensor + "': unit size " + std::to_string(e.unit_size) +
-                            " does not fit the initializer's " + std::to_string(t->numel()) + " elements");
+      if (dims != e.shape)
+        throw MismatchError("key entry '" + e.tensor + "': shape differs from the initializer's");
+      if (e.unit_size == 0 || t->numel() % e.unit_size != 0 ||
+          e.values.size() != e.units.size() * e.unit_size * dtype_size(e.dtype)) {
+        throw MismatchError("key entry '" + e.tensor + "': unit size " +
+                            std::to_string(e.unit_size) + " does not fit the initializer's " +
+                            std::to_string(t->numel()) + " elements");
       }
       for (uint64_t u : e.units) {
         if (u >= t->numel() / e.unit_size) {
-          throw MismatchError("key entry '" + e.tensor + "': unit " + std::to_string(u) + " out of range");
+          throw MismatchError("key entry '" + e.tensor + "': unit " + std::to_string(u) +
+                              " out of range");
         }
       }
     }
@@ -168,7 +185,8 @@ void unlock_onnx_model(OnnxModel& model, const std::vector<KeyFile>& keys) {
     }
     const Digest restored = onnx_fingerprint(model);
     if (restored != key.header.original_fingerprint) {
-      throw Error("restored model's fingerprint " + short_fp(restored) + "... differs from the one recorded in the key " +
+      throw Error("restored model's fingerprint " + short_fp(restored) +
+                  "... differs from the one recorded in the key " +
                   short_fp(key.header.original_fingerprint) + "...");
     }
   }
@@ -176,8 +194,8 @@ void unlock_onnx_model(OnnxModel& model, const std::vector<KeyFile>& keys) {
   if (last.ratio_after > 0.0) {
     model.set_metadata(kOnnxMetaRatio, ratio_str(last.ratio_after));
   } else {
-    for (const char* k : {kOnnxMetaKeyId, kOnnxMetaOriginal, kOnnxMetaCriterion, kOnnxMetaScope, kOnnxMetaRatio,
-                          kOnnxMetaVersion}) {
+    for (const char* k : {kOnnxMetaKeyId, kOnnxMetaOriginal, kOnnxMetaCriterion, kOnnxMetaScope,
+                          kOnnxMetaRatio, kOnnxMetaVersion}) {
       model.set_metadata(k, "");
     }
   }

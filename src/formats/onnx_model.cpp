@@ -42,7 +42,8 @@ int64_t sat_numel(const std::vector<int64_t>& dims, const std::string& what) {
     if (d < 0) throw FormatError(what + ": negative dimension " + std::to_string(d));
     n = checked_mul(n, static_cast<uint64_t>(d), what + ": element count");
   }
-  if (n > static_cast<uint64_t>(INT64_MAX)) throw FormatError(what + ": element count " + std::to_string(n) + " too large");
+  if (n > static_cast<uint64_t>(INT64_MAX))
+    throw FormatError(what + ": element count " + std::to_string(n) + " too large");
   return static_cast<int64_t>(n);
 }
 
@@ -57,11 +58,15 @@ enum class Field { kFloat, kDouble, kInt32, kInt64, kUint64, kNone };
 
 Field typed_field(int32_t t) {
   switch (t) {
-    case TensorProto::FLOAT: return Field::kFloat;
-    case TensorProto::DOUBLE: return Field::kDouble;
-    case TensorProto::INT64: return Field::kInt64;
+    case TensorProto::FLOAT:
+      return Field::kFloat;
+    case TensorProto::DOUBLE:
+      return Field::kDouble;
+    case TensorProto::INT64:
+      return Field::kInt64;
     case TensorProto::UINT32:
-    case TensorProto::UINT64: return Field::kUint64;
+    case TensorProto::UINT64:
+      return Field::kUint64;
     case TensorProto::INT32:
     case TensorProto::INT16:
     case TensorProto::INT8:
@@ -69,8 +74,10 @@ Field typed_field(int32_t t) {
     case TensorProto::UINT8:
     case TensorProto::BOOL:
     case TensorProto::FLOAT16:
-    case TensorProto::BFLOAT16: return Field::kInt32;
-    default: return Field::kNone;
+    case TensorProto::BFLOAT16:
+      return Field::kInt32;
+    default:
+      return Field::kNone;
   }
 }
 
@@ -82,14 +89,20 @@ int typed_count(const TensorProto& t) {
 // The range a value of int32_data must lie in for a narrow type.
 std::pair<int64_t, int64_t> int32_field_range(int32_t t) {
   switch (t) {
-    case TensorProto::INT8: return {INT8_MIN, INT8_MAX};
-    case TensorProto::UINT8: return {0, UINT8_MAX};
-    case TensorProto::BOOL: return {0, 1};
-    case TensorProto::INT16: return {INT16_MIN, INT16_MAX};
+    case TensorProto::INT8:
+      return {INT8_MIN, INT8_MAX};
+    case TensorProto::UINT8:
+      return {0, UINT8_MAX};
+    case TensorProto::BOOL:
+      return {0, 1};
+    case TensorProto::INT16:
+      return {INT16_MIN, INT16_MAX};
     case TensorProto::UINT16:
     case TensorProto::FLOAT16:
-    case TensorProto::BFLOAT16: return {0, UINT16_MAX};
-    default: return {INT32_MIN, INT32_MAX};
+    case TensorProto::BFLOAT16:
+      return {0, UINT16_MAX};
+    default:
+      return {INT32_MIN, INT32_MAX};
   }
 }
 
@@ -105,36 +118,57 @@ T get(const std::vector<uint8_t>& in, size_t i) {
 }
 
 // Decodes the typed field of `t` into little-endian bytes.
-std::vector<uint8_t> decode_typed(const TensorProto& t, uint64_t numel, size_t esize, const std::string& what) {
+std::vector<uint8_t> decode_typed(const TensorProto& t, uint64_t numel, size_t esize,
+                                  const std::string& what) {
   const Field f = typed_field(t.data_type());
   int count = 0;
   switch (f) {
-    case Field::kFloat: count = t.float_data_size(); break;
-    case Field::kDouble: count = t.double_data_size(); break;
-    case Field::kInt32: count = t.int32_data_size(); break;
-    case Field::kInt64: count = t.int64_data_size(); break;
-    case Field::kUint64: count = t.uint64_data_size(); break;
-    case Field::kNone: break;
+    case Field::kFloat:
+      count = t.float_data_size();
+      break;
+    case Field::kDouble:
+      count = t.double_data_size();
+      break;
+    case Field::kInt32:
+      count = t.int32_data_size();
+      break;
+    case Field::kInt64:
+      count = t.int64_data_size();
+      break;
+    case Field::kUint64:
+      count = t.uint64_data_size();
+      break;
+    case Field::kNone:
+      break;
   }
   if (typed_count(t) != count) {
-    throw FormatError(what + ": values in a field other than the one for data type " + onnx_type_name(t.data_type()));
+    throw FormatError(what + ": values in a field other than the one for data type " +
+                      onnx_type_name(t.data_type()));
   }
   if (static_cast<uint64_t>(count) != numel) {
     throw FormatError(what + ": " + std::to_string(count) + " typed values, dims " +
-                      dims_str({t.dims().begin(), t.dims().end()}) + " hold " + std::to_string(numel));
+                      dims_str({t.dims().begin(), t.dims().end()}) + " hold " +
+                      std::to_string(numel));
   }
   std::vector<uint8_t> out(static_cast<size_t>(numel) * esize);
   const auto [lo, hi] = int32_field_range(t.data_type());
   for (int i = 0; i < count; ++i) {
     const size_t k = static_cast<size_t>(i);
     switch (f) {
-      case Field::kFloat: put<float>(out, k, t.float_data(i)); break;
-      case Field::kDouble: put<double>(out, k, t.double_data(i)); break;
-      case Field::kInt64: put<int64_t>(out, k, t.int64_data(i)); break;
+      case Field::kFloat:
+        put<float>(out, k, t.float_data(i));
+        break;
+      case Field::kDouble:
+        put<double>(out, k, t.double_data(i));
+        break;
+      case Field::kInt64:
+        put<int64_t>(out, k, t.int64_data(i));
+        break;
       case Field::kUint64: {
         const uint64_t v = t.uint64_data(i);
         if (t.data_type() == TensorProto::UINT32) {
-          if (v > UINT32_MAX) throw FormatError(what + ": value " + std::to_string(v) + " does not fit UINT32");
+          if (v > UINT32_MAX)
+            throw FormatError(what + ": value " + std::to_string(v) + " does not fit UINT32");
           put<uint32_t>(out, k, static_cast<uint32_t>(v));
         } else {
           put<uint64_t>(out, k, v);
@@ -147,12 +181,16 @@ std::vector<uint8_t> decode_typed(const TensorProto& t, uint64_t numel, size_t e
           throw FormatError(what + ": int32_data value " + std::to_string(v) + " does not fit " +
                             onnx_type_name(t.data_type()));
         }
-        if (esize == 1) put<uint8_t>(out, k, static_cast<uint8_t>(v));
-        else if (esize == 2) put<uint16_t>(out, k, static_cast<uint16_t>(v));
-        else put<int32_t>(out, k, static_cast<int32_t>(v));
+        if (esize == 1)
+          put<uint8_t>(out, k, static_cast<uint8_t>(v));
+        else if (esize == 2)
+          put<uint16_t>(out, k, static_cast<uint16_t>(v));
+        else
+          put<int32_t>(out, k, static_cast<int32_t>(v));
         break;
       }
-      case Field::kNone: break;
+      case Field::kNone:
+        break;
     }
   }
   return out;
@@ -170,18 +208,28 @@ void encode_typed(TensorProto& t, const std::vector<uint8_t>& bytes, size_t esiz
   for (uint64_t i = 0; i < n; ++i) {
     const size_t k = static_cast<size_t>(i);
     switch (typed_field(t.data_type())) {
-      case Field::kFloat: t.add_float_data(get<float>(bytes, k)); break;
-      case Field::kDouble: t.add_double_data(get<double>(bytes, k)); break;
-      case Field::kInt64: t.add_int64_data(get<int64_t>(bytes, k)); break;
+      case Field::kFloat:
+        t.add_float_data(get<float>(bytes, k));
+        break;
+      case Field::kDouble:
+        t.add_double_data(get<double>(bytes, k));
+        break;
+      case Field::kInt64:
+        t.add_int64_data(get<int64_t>(bytes, k));
+        break;
       case Field::kUint64:
         t.add_uint64_data(esize == 4 ? get<uint32_t>(bytes, k) : get<uint64_t>(bytes, k));
         break;
       case Field::kInt32:
-        if (esize == 1) t.add_int32_data(is_signed ? get<int8_t>(bytes, k) : get<uint8_t>(bytes, k));
-        else if (esize == 2) t.add_int32_data(is_signed ? get<int16_t>(bytes, k) : get<uint16_t>(bytes, k));
-        else t.add_int32_data(get<int32_t>(bytes, k));
+        if (esize == 1)
+          t.add_int32_data(is_signed ? get<int8_t>(bytes, k) : get<uint8_t>(bytes, k));
+        else if (esize == 2)
+          t.add_int32_data(is_signed ? get<int16_t>(bytes, k) : get<uint16_t>(bytes, k));
+        else
+          t.add_int32_data(get<int32_t>(bytes, k));
         break;
-      case Field::kNone: break;
+      case Field::kNone:
+        break;
     }
   }
 }
@@ -212,9 +260,11 @@ uint64_t parse_decimal(const std::string& s, const std::string& what) {
 
 // ONNX's rules for an external data location: relative, no `..`, inside the model's folder
 // after resolving symlinks, a regular file. Returns the path to open.
-std::string checked_location(const std::string& location, const std::string& model_dir, const std::string& what) {
+std::string checked_location(const std::string& location, const std::string& model_dir,
+                             const std::string& what) {
   if (location.empty()) throw FormatError(what + ": empty external data location");
-  if (location.find('\0') != std::string::npos) throw FormatError(what + ": external data location contains NUL");
+  if (location.find('\0') != std::string::npos)
+    throw FormatError(what + ": external data location contains NUL");
   if (location.front() == '/' || location.front() == '\\') {
     throw FormatError(what + ": external data location '" + location + "' is an absolute path");
   }
@@ -232,19 +282,22 @@ std::string checked_location(const std::string& location, const std::string& mod
   }
   const std::string path = (model_dir.empty() ? std::string(".") : model_dir) + "/" + location;
   struct stat st {};
-  if (::stat(path.c_str(), &st) != 0) throw IoError(what + ": " + os_error("cannot open external data", path));
-  if (!S_ISREG(st.st_mode)) throw FormatError(what + ": external data '" + location + "' is not a regular file");
+  if (::stat(path.c_str(), &st) != 0)
+    throw IoError(what + ": " + os_error("cannot open external data", path));
+  if (!S_ISREG(st.st_mode))
+    throw FormatError(what + ": external data '" + location + "' is not a regular file");
   std::string dir = real_path(model_dir.empty() ? "." : model_dir);
   if (dir.back() != '/') dir += '/';
   const std::string file = real_path(path);
   if (file.compare(0, dir.size(), dir) != 0) {
-    throw FormatError(what + ": external data location '" + location + "' leaves the model's folder (resolves to '" +
-                      file + "')");
+    throw FormatError(what + ": external data location '" + location +
+                      "' leaves the model's folder (resolves to '" + file + "')");
   }
   return path;
 }
 
-std::vector<uint8_t> read_range(const std::string& path, uint64_t offset, uint64_t length, const std::string& what) {
+std::vector<uint8_t> read_range(const std::string& path, uint64_t offset, uint64_t length,
+                                const std::string& what) {
   int fd = ::open(path.c_str(), O_RDONLY);
   if (fd < 0) throw IoError(what + ": " + os_error("cannot open external data", path));
   std::vector<uint8_t> out(static_cast<size_t>(length));
@@ -262,43 +315,50 @@ std::vector<uint8_t> read_range(const std::string& path, uint64_t offset, uint64
   return out;
 }
 
-std::vector<uint8_t> read_external(const TensorProto& t, uint64_t nbytes, const std::string& model_dir,
-                                   const std::string& what) {
+std::vector<uint8_t> read_external(const TensorProto& t, uint64_t nbytes,
+                                   const std::string& model_dir, const std::string& what) {
   std::map<std::string, std::string> keys;
   for (const auto& e : t.external_data()) {
     const std::string& k = e.key();
     if (k != "location" && k != "offset" && k != "length" && k != "checksum") {
       throw FormatError(what + ": unknown external data key '" + k + "'");
     }
-    if (!keys.emplace(k, e.value()).second) throw FormatError(what + ": external data key '" + k + "' given twice");
+    if (!keys.emplace(k, e.value()).second)
+      throw FormatError(what + ": external data key '" + k + "' given twice");
   }
   if (!keys.count("location")) throw FormatError(what + ": external data without a location");
   const std::string path = checked_location(keys["location"], model_dir, what);
   struct stat st {};
-  if (::stat(path.c_str(), &st) != 0) throw IoError(what + ": " + os_error("cannot open external data", path));
+  if (::stat(path.c_str(), &st) != 0)
+    throw IoError(what + ": " + os_error("cannot open external data", path));
   const uint64_t file_size = static_cast<uint64_t>(st.st_size);
-  const uint64_t offset = keys.count("offset") ? parse_decimal(keys["offset"], what + ": external data offset") : 0;
+  const uint64_t offset =
+      keys.count("offset") ? parse_decimal(keys["offset"], what + ": external data offset") : 0;
   if (offset > file_size) {
-    throw FormatError(what + ": external data offset " + std::to_string(offset) + " is past the end of '" +
-                      keys["location"] + "' (" + std::to_string(file_size) + " bytes)");
+    throw FormatError(what + ": external data offset " + std::to_string(offset) +
+                      " is past the end of '" + keys["location"] + "' (" +
+                      std::to_string(file_size) + " bytes)");
   }
-  const uint64_t length =
-      keys.count("length") ? parse_decimal(keys["length"], what + ": external data length") : file_size - offset;
+  const uint64_t length = keys.count("length")
+                              ? parse_decimal(keys["length"], what + ": external data length")
+                              : file_size - offset;
   const uint64_t end = checked_add(offset, length, what + ": external data offset + length");
   if (end > file_size) {
-    throw FormatError(what + ": external data [" + std::to_string(offset) + ", " + std::to_string(end) +
-                      ") is past the end of '" + keys["location"] + "' (" + std::to_string(file_size) + " bytes)");
+    throw FormatError(what + ": external data [" + std::to_string(offset) + ", " +
+                      std::to_string(end) + ") is past the end of '" + keys["location"] + "' (" +
+                      std::to_string(file_size) + " bytes)");
   }
   if (length != nbytes) {
-    throw FormatError(what + ": external data length " + std::to_string(length) + ", dims and data type need " +
-                      std::to_string(nbytes) + " bytes");
+    throw FormatError(what + ": external data length " + std::to_string(length) +
+                      ", dims and data type need " + std::to_string(nbytes) + " bytes");
   }
   return read_range(path, offset, length, what);
 }
 
 // ------------------------------------------------------------------ initializers
 
-OnnxTensor read_initializer(TensorProto& t, const std::string& model_dir, const std::string& file_what) {
+OnnxTensor read_initializer(TensorProto& t, const std::string& model_dir,
+                            const std::string& file_what) {
   const std::string what = file_what + ": initializer '" + t.name() + "'";
   if (t.name().empty()) throw FormatError(file_what + ": initializer without a name");
   OnnxTensor out;
@@ -306,7 +366,8 @@ OnnxTensor read_initializer(TensorProto& t, const std::string& model_dir, const 
   out.data_type = t.data_type();
   out.dims.assign(t.dims().begin(), t.dims().end());
   const size_t esize = onnx_element_size(t.data_type());
-  if (esize == 0) throw FormatError(what + ": data type " + onnx_type_name(t.data_type()) + " is not supported");
+  if (esize == 0)
+    throw FormatError(what + ": data type " + onnx_type_name(t.data_type()) + " is not supported");
   if (t.has_segment()) throw FormatError(what + ": segmented tensors are not supported");
   const uint64_t numel = static_cast<uint64_t>(sat_numel(out.dims, what));
   const uint64_t nbytes = checked_mul(numel, esize, what + ": byte count");
@@ -314,16 +375,19 @@ OnnxTensor read_initializer(TensorProto& t, const std::string& model_dir, const 
   if (t.data_location() != TensorProto::DEFAULT && !external) {
     throw FormatError(what + ": unknown data_location " + std::to_string(t.data_location()));
   }
-  if (!external && t.external_data_size() > 0) throw FormatError(what + ": external_data entries without data_location EXTERNAL");
+  if (!external && t.external_data_size() > 0)
+    throw FormatError(what + ": external_data entries without data_location EXTERNAL");
   if (external) {
-    if (t.has_raw_data() || typed_count(t) > 0) throw FormatError(what + ": external data and values in the file");
+    if (t.has_raw_data() || typed_count(t) > 0)
+      throw FormatError(what + ": external data and values in the file");
     out.bytes = read_external(t, nbytes, model_dir, what);
     out.storage = OnnxStorage::kExternal;
   } else if (t.has_raw_data()) {
     if (typed_count(t) > 0) throw FormatError(what + ": both raw_data and typed values");
     if (t.raw_data().size() != nbytes) {
-      throw FormatError(what + ": raw_data has " + std::to_string(t.raw_data().size()) + " bytes, dims " +
-                        dims_str(out.dims) + " of " + onnx_type_name(t.data_type()) + " need " + std::to_string(nbytes));
+      throw FormatError(what + ": raw_data has " + std::to_string(t.raw_data().size()) +
+                        " bytes, dims " + dims_str(out.dims) + " of " +
+                        onnx_type_name(t.data_type()) + " need " + std::to_string(nbytes));
     }
     out.bytes.assign(t.raw_data().begin(), t.raw_data().end());
     t.clear_raw_data();
@@ -337,7 +401,8 @@ OnnxTensor read_initializer(TensorProto& t, const std::string& model_dir, const 
 
 // ------------------------------------------------------------------ graph wiring
 
-Structure read_structure(const onnx::GraphProto& g, const std::vector<OnnxTensor>& inits, const std::string& what) {
+Structure read_structure(const onnx::GraphProto& g, const std::vector<OnnxTensor>& inits,
+                         const std::string& what) {
   std::unordered_map<std::string, const OnnxTensor*> init;
   for (const auto& t : inits) init[t.name] = &t;
   // PyTorch's exporter deduplicates equal initializers and feeds the copies through Identity
@@ -351,7 +416,9 @@ Structure read_structure(const onnx::GraphProto& g, const std::vector<OnnxTensor
   auto weight = [&](const onnx::NodeProto& n, int i, size_t rank) -> const OnnxTensor* {
     if (n.input_size() <= i) return nullptr;
     auto it = init.find(n.input(i));
-    if (it == init.end() || !onnx_is_float(it->second->data_type) || it->second->dims.size() != rank) return nullptr;
+    if (it == init.end() || !onnx_is_float(it->second->data_type) ||
+        it->second->dims.size() != rank)
+      return nullptr;
     return it->second;
   };
   auto bias = [&](const onnx::NodeProto& n, int i) -> std::string {
@@ -396,12 +463,14 @@ Structure read_structure(const onnx::GraphProto& g, const std::vector<OnnxTensor
     layer.name = n.name().empty() ? w->name : n.name();
     taken.insert(layer.weight);
     if (!layer.bias.empty()) taken.insert(layer.bias);
-    if (layer.kind == LayerKind::kConv2d && n.output_size() > 0) conv_out[n.output(0)] = static_cast<int>(s.size());
+    if (layer.kind == LayerKind::kConv2d && n.output_size() > 0)
+      conv_out[n.output(0)] = static_cast<int>(s.size());
     if (layer.kind == LayerKind::kBatchNorm && layer.producer >= 0) {
       const OnnxTensor* cw = init.at(s[static_cast<size_t>(layer.producer)].weight);
       if (cw->dims[0] != w->dims[0]) {
-        throw FormatError(what + ": BatchNormalization '" + layer.name + "' has " + std::to_string(w->dims[0]) +
-                          " channels, its Conv '" + s[static_cast<size_t>(layer.producer)].name + "' " +
+        throw FormatError(what + ": BatchNormalization '" + layer.name + "' has " +
+                          std::to_string(w->dims[0]) + " channels, its Conv '" +
+                          s[static_cast<size_t>(layer.producer)].name + "' " +
                           std::to_string(cw->dims[0]) + " filters");
       }
     }
@@ -416,9 +485,12 @@ Structure read_structure(const onnx::GraphProto& g, const std::vector<OnnxTensor
 
 const char* to_string(OnnxStorage s) {
   switch (s) {
-    case OnnxStorage::kRaw: return "raw_data";
-    case OnnxStorage::kTyped: return "typed";
-    case OnnxStorage::kExternal: return "external";
+    case OnnxStorage::kRaw:
+      return "raw_data";
+    case OnnxStorage::kTyped:
+      return "typed";
+    case OnnxStorage::kExternal:
+      return "external";
   }
   return "?";
 }
@@ -430,26 +502,41 @@ uint64_t OnnxTensor::numel() const {
 }
 
 std::string onnx_type_name(int32_t data_type) {
-  if (!onnx::TensorProto_DataType_IsValid(data_type)) return "UNDEFINED(" + std::to_string(data_type) + ")";
+  if (!onnx::TensorProto_DataType_IsValid(data_type))
+    return "UNDEFINED(" + std::to_string(data_type) + ")";
   return onnx::TensorProto_DataType_Name(static_cast<TensorProto_DataType>(data_type));
 }
 
 size_t onnx_element_size(int32_t t) {
   switch (t) {
-    case TensorProto::FLOAT: return 4;
-    case TensorProto::DOUBLE: return 8;
-    case TensorProto::FLOAT16: return 2;
-    case TensorProto::BFLOAT16: return 2;
-    case TensorProto::INT8: return 1;
-    case TensorProto::UINT8: return 1;
-    case TensorProto::BOOL: return 1;
-    case TensorProto::INT16: return 2;
-    case TensorProto::UINT16: return 2;
-    case TensorProto::INT32: return 4;
-    case TensorProto::UINT32: return 4;
-    case TensorProto::INT64: return 8;
-    case TensorProto::UINT64: return 8;
-    default: return 0;
+    case TensorProto::FLOAT:
+      return 4;
+    case TensorProto::DOUBLE:
+      return 8;
+    case TensorProto::FLOAT16:
+      return 2;
+    case TensorProto::BFLOAT16:
+      return 2;
+    case TensorProto::INT8:
+      return 1;
+    case TensorProto::UINT8:
+      return 1;
+    case TensorProto::BOOL:
+      return 1;
+    case TensorProto::INT16:
+      return 2;
+    case TensorProto::UINT16:
+      return 2;
+    case TensorProto::INT32:
+      return 4;
+    case TensorProto::UINT32:
+      return 4;
+    case TensorProto::INT64:
+      return 8;
+    case TensorProto::UINT64:
+      return 8;
+    default:
+      return 0;
   }
 }
 
@@ -460,18 +547,24 @@ bool onnx_is_float(int32_t t) {
 
 DType onnx_key_dtype(int32_t t) {
   switch (t) {
-    case TensorProto::FLOAT: return DType::kF32;
-    case TensorProto::DOUBLE: return DType::kF64;
-    case TensorProto::FLOAT16: return DType::kF16;
-    case TensorProto::BFLOAT16: return DType::kBF16;
-    default: throw Error("ONNX data type " + onnx_type_name(t) + " has no key dtype");
+    case TensorProto::FLOAT:
+      return DType::kF32;
+    case TensorProto::DOUBLE:
+      return DType::kF64;
+    case TensorProto::FLOAT16:
+      return DType::kF16;
+    case TensorProto::BFLOAT16:
+      return DType::kBF16;
+    default:
+      throw Error("ONNX data type " + onnx_type_name(t) + " has no key dtype");
   }
 }
 
 bool is_onnx_file(const std::string& path) {
   if (path.size() < 5) return false;
   std::string ext = path.substr(path.size() - 5);
-  std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char c) { return std::tolower(c); });
+  std::transform(ext.begin(), ext.end(), ext.begin(),
+                 [](unsigned char c) { return std::tolower(c); });
   return ext == ".onnx";
 }
 
@@ -507,7 +600,9 @@ int64_t OnnxModel::opset() const {
   return 0;
 }
 
-size_t OnnxModel::node_count() const { return static_cast<size_t>(impl_->proto.graph().node_size()); }
+size_t OnnxModel::node_count() const {
+  return static_cast<size_t>(impl_->proto.graph().node_size());
+}
 
 std::vector<std::pair<std::string, std::string>> OnnxModel::metadata() const {
   std::vector<std::pair<std::string, std::string>> out;
@@ -685,28 +780,35 @@ std::string OnnxModel::runtime_bytes(
 
 // ------------------------------------------------------------------ parse / load / save
 
-OnnxModel parse_onnx_model(const uint8_t* data, size_t size, const std::string& model_dir, const std::string& what) {
+OnnxModel parse_onnx_model(const uint8_t* data, size_t size, const std::string& model_dir,
+                           const std::string& what) {
   OnnxModel m;
   // protobuf
   if (size > static_cast<size_t>(INT_MAX)) {
-    throw FormatError(what + ": " + std::to_string(size) + " bytes; a ModelProto is at most 2 GiB (use external data)");
+    throw FormatError(what + ": " + std::to_string(size) +
+                      " bytes; a ModelProto is at most 2 GiB (use external data)");
   }
   onnx::ModelProto& proto = m.impl_->proto;
   if (!proto.ParseFromArray(data, static_cast<int>(size))) {
-    throw FormatError(what + ": not a valid ONNX ModelProto (protobuf parse failed; truncated or not ONNX)");
+    throw FormatError(
+        what + ": not a valid ONNX ModelProto (protobuf parse failed; truncated or not ONNX)");
   }
   if (!proto.has_graph()) throw FormatError(what + ": ModelProto without a graph");
-  if (proto.ir_version() <= 0) throw FormatError(what + ": ir_version " + std::to_string(proto.ir_version()) + ", expected >= 1");
+  if (proto.ir_version() <= 0)
+    throw FormatError(what + ": ir_version " + std::to_string(proto.ir_version()) +
+                      ", expected >= 1");
   onnx::GraphProto* g = proto.mutable_graph();
   if (g->sparse_initializer_size() > 0) {
-    throw FormatError(what + ": " + std::to_string(g->sparse_initializer_size()) + " sparse initializers; not supported");
+    throw FormatError(what + ": " + std::to_string(g->sparse_initializer_size()) +
+                      " sparse initializers; not supported");
   }
   // initializers
   std::set<std::string> names;
   m.initializers_.reserve(static_cast<size_t>(g->initializer_size()));
   for (int i = 0; i < g->initializer_size(); ++i) {
     OnnxTensor t = read_initializer(*g->mutable_initializer(i), model_dir, what);
-    if (!names.insert(t.name).second) throw FormatError(what + ": initializer '" + t.name + "' appears twice");
+    if (!names.insert(t.name).second)
+      throw FormatError(what + ": initializer '" + t.name + "' appears twice");
     m.initializers_.push_back(std::move(t));
   }
   // layers
@@ -748,7 +850,8 @@ OnnxModel load_onnx_model(const std::string& path) {
 
 void save_onnx_model(const std::string& path, const OnnxModel& model) {
   const std::string what = "ONNX model '" + path + "'";
-  onnx::ModelProto proto = model.impl_->proto;  // values of raw / external initializers are not in it
+  onnx::ModelProto proto =
+      model.impl_->proto;  // values of raw / external initializers are not in it
   onnx::GraphProto* g = proto.mutable_graph();
   if (static_cast<size_t>(g->initializer_size()) != model.initializers_.size()) {
     throw Error(what + ": initializer list changed size");
@@ -785,7 +888,8 @@ void save_onnx_model(const std::string& path, const OnnxModel& model) {
     }
   }
   std::string serialized;
-  if (proto.ByteSizeLong() > static_cast<size_t>(INT_MAX) || !proto.SerializeToString(&serialized)) {
+  if (proto.ByteSizeLong() > static_cast<size_t>(INT_MAX) ||
+      !proto.SerializeToString(&serialized)) {
     throw Error(what + ": cannot serialise the model (larger than protobuf's 2 GiB?)");
   }
   PendingFile model_file(path);
@@ -795,8 +899,9 @@ void save_onnx_model(const std::string& path, const OnnxModel& model) {
     const bool ok = std::fwrite(serialized.data(), 1, serialized.size(), f) == serialized.size();
     if (std::fclose(f) != 0 || !ok) throw IoError(os_error("cannot write", model_file.temp_path()));
   }
-  if (data.empty() && std::none_of(model.initializers_.begin(), model.initializers_.end(),
-                                   [](const OnnxTensor& t) { return t.storage == OnnxStorage::kExternal; })) {
+  if (data.empty() &&
+      std::none_of(model.initializers_.begin(), model.initializers_.end(),
+                   [](const OnnxTensor& t) { return t.storage == OnnxStorage::kExternal; })) {
     run_checker(model_file.temp_path(), what);
     model_file.commit();
     return;
@@ -817,13 +922,15 @@ void save_onnx_model(const std::string& path, const OnnxModel& model) {
 Digest onnx_fingerprint(const OnnxModel& model) {
   std::vector<const OnnxTensor*> order;
   for (const auto& t : model.initializers()) order.push_back(&t);
-  std::sort(order.begin(), order.end(), [](const OnnxTensor* a, const OnnxTensor* b) { return a->name < b->name; });
+  std::sort(order.begin(), order.end(),
+            [](const OnnxTensor* a, const OnnxTensor* b) { return a->name < b->name; });
   Hasher h;
   h.update_str("corelocker-onnx-fingerprint-v1");
   h.update_u64(order.size());
   for (size_t i = 0; i < order.size(); ++i) {
     const OnnxTensor& t = *order[i];
-    if (i > 0 && order[i - 1]->name == t.name) throw Error("fingerprint: duplicate initializer '" + t.name + "'");
+    if (i > 0 && order[i - 1]->name == t.name)
+      throw Error("fingerprint: duplicate initializer '" + t.name + "'");
     h.update_str(t.name);
     h.update_str(onnx_type_name(t.data_type));
     h.update_u64(t.dims.size());

@@ -67,14 +67,14 @@ bool is_onnx_file(const std::string& path);
 
 // A BatchNormalization node whose running statistics are initializers (OnnxModel::batchnorms).
 struct OnnxBatchNorm {
-  std::string node;      // its name, as in OnnxModel::runtime_bytes
-  std::string input;     // the tensor it normalises
-  std::string producer;  // the node whose output `input` is; empty when `input` is a graph input
+  std::string node;         // its name, as in OnnxModel::runtime_bytes
+  std::string input;        // the tensor it normalises
+  std::string producer;     // the node whose output `input` is; empty when `input` is a graph input
   int producer_output = 0;  // which output of `producer`
-  std::string mean;      // input 3 (running mean): an initializer, or an Identity of one
-  std::string var;       // input 4 (running variance), the same
-  int32_t data_type = 0;  // of mean and var
-  int64_t channels = 0;   // elements of mean and var
+  std::string mean;         // input 3 (running mean): an initializer, or an Identity of one
+  std::string var;          // input 4 (running variance), the same
+  int32_t data_type = 0;    // of mean and var
+  int64_t channels = 0;     // elements of mean and var
 };
 
 // The graph input the data goes into: the first input that is not an initializer.

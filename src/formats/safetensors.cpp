@@ -24,9 +24,10 @@ struct DTypeInfo {
   const char* name;
   size_t size;
 };
-constexpr DTypeInfo kDTypes[] = {{"F64", 8},     {"F32", 4},     {"F16", 2},     {"BF16", 2}, {"I64", 8},
-                                 {"I32", 4},     {"I16", 2},     {"I8", 1},      {"U64", 8},  {"U32", 4},
-                                 {"U16", 2},     {"U8", 1},      {"BOOL", 1},    {"F8_E4M3", 1}, {"F8_E5M2", 1}};
+constexpr DTypeInfo kDTypes[] = {{"F64", 8},  {"F32", 4},     {"F16", 2},    {"BF16", 2},
+                                 {"I64", 8},  {"I32", 4},     {"I16", 2},    {"I8", 1},
+                                 {"U64", 8},  {"U32", 4},     {"U16", 2},    {"U8", 1},
+                                 {"BOOL", 1}, {"F8_E4M3", 1}, {"F8_E5M2", 1}};
 
 std::string os_error(const std::string& action, const std::string& path) {
   return action + " '" + path + "': " + std::strerror(errno);
@@ -40,8 +41,8 @@ Json parse_json_no_duplicates(const std::string& text, const std::string& what) 
   auto cb = [&](int /*depth*/, Json::parse_event_t event, Json& parsed) {
     if (event == Json::parse_event_t::object_start) keys.emplace_back();
     if (event == Json::parse_event_t::object_end && !keys.empty()) keys.pop_back();
-    if (event == Json::parse_event_t::key && !keys.empty() && !keys.back().insert(parsed.get<std::string>()).second &&
-        duplicate.empty()) {
+    if (event == Json::parse_event_t::key && !keys.empty() &&
+        !keys.back().insert(parsed.get<std::string>()).second && duplicate.empty()) {
       duplicate = parsed.get<std::string>();
     }
     return true;
@@ -52,12 +53,14 @@ Json parse_json_no_duplicates(const std::string& text, const std::string& what) 
   } catch (const Json::exception& e) {
     throw FormatError(what + ": header is not valid JSON (" + e.what() + ")");
   }
-  if (!duplicate.empty()) throw FormatError(what + ": duplicate key '" + duplicate + "' in the header");
+  if (!duplicate.empty())
+    throw FormatError(what + ": duplicate key '" + duplicate + "' in the header");
   return j;
 }
 
 uint64_t read_u64(const Json& v, const std::string& field) {
-  if (!v.is_number_unsigned()) throw FormatError(field + ": expected a non-negative integer, found " + v.dump());
+  if (!v.is_number_unsigned())
+    throw FormatError(field + ": expected a non-negative integer, found " + v.dump());
   return v.get<uint64_t>();
 }
 
@@ -80,21 +83,23 @@ uint64_t StTensor::numel() const {
   return n;
 }
 
-StHeader parse_st_header(const uint8_t* data, uint64_t size, uint64_t file_size, const std::string& what) {
+StHeader parse_st_header(const uint8_t* data, uint64_t size, uint64_t file_size,
+                         const std::string& what) {
   StHeader h;
   // preamble
   if (file_size < 8 || size < 8) {
-    throw FormatError(what + ": truncated: " + std::to_string(file_size) + " bytes, a safetensors file needs at least 8");
+    throw FormatError(what + ": truncated: " + std::to_string(file_size) +
+                      " bytes, a safetensors file needs at least 8");
   }
   std::memcpy(&h.header_size, data, 8);
   if (h.header_size == 0) throw FormatError(what + ": header length is 0");
   if (h.header_size > kStMaxHeader) {
-    throw FormatError(what + ": header length " + std::to_string(h.header_size) + " exceeds the limit of " +
-                      std::to_string(kStMaxHeader) + " bytes");
+    throw FormatError(what + ": header length " + std::to_string(h.header_size) +
+                      " exceeds the limit of " + std::to_string(kStMaxHeader) + " bytes");
   }
   if (h.header_size > file_size - 8) {
-    throw FormatError(what + ": header length " + std::to_string(h.header_size) + " runs past the end of the file (" +
-                      std::to_string(file_size) + " bytes)");
+    throw FormatError(what + ": header length " + std::to_string(h.header_size) +
+                      " runs past the end of the file (" + std::to_string(file_size) + " bytes)");
   }
   if (size < 8 + h.header_size) throw FormatError(what + ": header bytes not available");
   h.data_start = 8 + h.header_size;
@@ -103,19 +108,23 @@ StHeader parse_st_header(const uint8_t* data, uint64_t size, uint64_t file_size,
 
   // header JSON
   const Json j = parse_json_no_duplicates(h.header_text, what);
-  if (!j.is_object()) throw FormatError(what + ": header is a JSON " + std::string(j.type_name()) + ", expected an object");
+  if (!j.is_object())
+    throw FormatError(what + ": header is a JSON " + std::string(j.type_name()) +
+                      ", expected an object");
 
   // entries
   for (auto it = j.begin(); it != j.end(); ++it) {
     const std::string& name = it.key();
     const Json& v = it.value();
     if (name == "__metadata__") {
-      if (!v.is_object()) throw FormatError(what + ": __metadata__ is a JSON " + std::string(v.type_name()) + ", expected an object");
+      if (!v.is_object())
+        throw FormatError(what + ": __metadata__ is a JSON " + std::string(v.type_name()) +
+                          ", expected an object");
       h.has_metadata = true;
       for (auto m = v.begin(); m != v.end(); ++m) {
         if (!m.value().is_string()) {
-          throw FormatError(what + ": __metadata__ entry '" + m.key() + "' is a JSON " + std::string(m.value().type_name()) +
-                            ", expected a string");
+          throw FormatError(what + ": __metadata__ entry '" + m.key() + "' is a JSON " +
+                            std::string(m.value().type_name()) + ", expected a string");
         }
         h.metadata[m.key()] = m.value().get<std::string>();
       }
@@ -123,7 +132,9 @@ StHeader parse_st_header(const uint8_t* data, uint64_t size, uint64_t file_size,
     }
     const std::string field = what + ": tensor '" + name + "'";
     if (name.empty()) throw FormatError(what + ": a tensor has an empty name");
-    if (!v.is_object()) throw FormatError(field + " is a JSON " + std::string(v.type_name()) + ", expected an object");
+    if (!v.is_object())
+      throw FormatError(field + " is a JSON " + std::string(v.type_name()) +
+                        ", expected an object");
     for (auto f = v.begin(); f != v.end(); ++f) {
       if (f.key() != "dtype" && f.key() != "shape" && f.key() != "data_offsets") {
         throw FormatError(field + ": unknown field '" + f.key() + "'");
@@ -134,14 +145,16 @@ StHeader parse_st_header(const uint8_t* data, uint64_t size, uint64_t file_size,
     }
     StTensor t;
     t.name = name;
-    if (!v["dtype"].is_string()) throw FormatError(field + ": dtype is not a string: " + v["dtype"].dump());
+    if (!v["dtype"].is_string())
+      throw FormatError(field + ": dtype is not a string: " + v["dtype"].dump());
     t.dtype = v["dtype"].get<std::string>();
     const size_t esize = st_dtype_size(t.dtype);
     if (esize == 0) throw FormatError(field + ": unknown dtype '" + t.dtype + "'");
     const Json& shape = v["shape"];
     if (!shape.is_array()) throw FormatError(field + ": shape is not an array: " + shape.dump());
     if (shape.size() > kStMaxDims) {
-      throw FormatError(field + ": " + std::to_string(shape.size()) + " dimensions, at most " + std::to_string(kStMaxDims));
+      throw FormatError(field + ": " + std::to_string(shape.size()) + " dimensions, at most " +
+                        std::to_string(kStMaxDims));
     }
     uint64_t numel = 1;
     for (const auto& d : shape) {
@@ -150,45 +163,49 @@ StHeader parse_st_header(const uint8_t* data, uint64_t size, uint64_t file_size,
     }
     const uint64_t nbytes = checked_mul(numel, esize, field + " byte size");
     const Json& off = v["data_offsets"];
-    if (!off.is_array() || off.size() != 2) throw FormatError(field + ": data_offsets is not [begin, end]: " + off.dump());
+    if (!off.is_array() || off.size() != 2)
+      throw FormatError(field + ": data_offsets is not [begin, end]: " + off.dump());
     t.begin = read_u64(off[0], field + " data_offsets");
     t.end = read_u64(off[1], field + " data_offsets");
     if (t.begin > t.end) {
-      throw FormatError(field + ": data_offsets [" + std::to_string(t.begin) + ", " + std::to_string(t.end) +
-                        "] end before they begin");
+      throw FormatError(field + ": data_offsets [" + std::to_string(t.begin) + ", " +
+                        std::to_string(t.end) + "] end before they begin");
     }
     if (t.end > h.data_size) {
-      throw FormatError(field + ": data_offsets end at " + std::to_string(t.end) + ", past the data region of " +
-                        std::to_string(h.data_size) + " bytes");
+      throw FormatError(field + ": data_offsets end at " + std::to_string(t.end) +
+                        ", past the data region of " + std::to_string(h.data_size) + " bytes");
     }
     if (t.end - t.begin != nbytes) {
-      throw FormatError(field + ": data_offsets span " + std::to_string(t.end - t.begin) + " bytes, shape and dtype " +
-                        t.dtype + " need " + std::to_string(nbytes));
+      throw FormatError(field + ": data_offsets span " + std::to_string(t.end - t.begin) +
+                        " bytes, shape and dtype " + t.dtype + " need " + std::to_string(nbytes));
     }
     h.tensors.push_back(std::move(t));
   }
 
   // coverage: in offset order the tensors must tile the data region exactly
-  std::stable_sort(h.tensors.begin(), h.tensors.end(),
-                   [](const StTensor& a, const StTensor& b) { return a.begin != b.begin ? a.begin < b.begin : a.end < b.end; });
+  std::stable_sort(h.tensors.begin(), h.tensors.end(), [](const StTensor& a, const StTensor& b) {
+    return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
+  });
   uint64_t at = 0;
   const StTensor* prev = nullptr;
   for (const auto& t : h.tensors) {
     if (t.begin < at) {
-      throw FormatError(what + ": tensor '" + t.name + "' at [" + std::to_string(t.begin) + ", " + std::to_string(t.end) +
-                        "] overlaps tensor '" + prev->name + "' at [" + std::to_string(prev->begin) + ", " +
-                        std::to_string(prev->end) + "]");
+      throw FormatError(what + ": tensor '" + t.name + "' at [" + std::to_string(t.begin) + ", " +
+                        std::to_string(t.end) + "] overlaps tensor '" + prev->name + "' at [" +
+                        std::to_string(prev->begin) + ", " + std::to_string(prev->end) + "]");
     }
     if (t.begin > at) {
-      throw FormatError(what + ": gap in the data region: bytes [" + std::to_string(at) + ", " + std::to_string(t.begin) +
-                        ") belong to no tensor (tensor '" + t.name + "' begins at " + std::to_string(t.begin) + ")");
+      throw FormatError(what + ": gap in the data region: bytes [" + std::to_string(at) + ", " +
+                        std::to_string(t.begin) + ") belong to no tensor (tensor '" + t.name +
+                        "' begins at " + std::to_string(t.begin) + ")");
     }
     at = t.end;
     prev = &t;
   }
   if (at != h.data_size) {
-    throw FormatError(what + ": the tensors cover " + std::to_string(at) + " bytes of the data region, the file has " +
-                      std::to_string(h.data_size) + " (trailing bytes)");
+    throw FormatError(what + ": the tensors cover " + std::to_string(at) +
+                      " bytes of the data region, the file has " + std::to_string(h.data_size) +
+                      " (trailing bytes)");
   }
   return h;
 }
@@ -233,7 +250,8 @@ StFile::StFile(const std::string& p) : path(p), map(p) {
 
 bool is_safetensors_file(const std::string& path) {
   const std::string ext = ".safetensors";
-  if (path.size() >= ext.size() && path.compare(path.size() - ext.size(), ext.size(), ext) == 0) return true;
+  if (path.size() >= ext.size() && path.compare(path.size() - ext.size(), ext.size(), ext) == 0)
+    return true;
   const int fd = ::open(path.c_str(), O_RDONLY);
   if (fd < 0) return false;
   struct stat st {};
@@ -246,14 +264,16 @@ bool is_safetensors_file(const std::string& path) {
   return n > 0 && n <= kStMaxHeader && n <= static_cast<uint64_t>(st.st_size) - 8 && b[8] == '{';
 }
 
-std::string st_make_header(const std::vector<StSpec>& tensors, const std::map<std::string, std::string>& metadata) {
+std::string st_make_header(const std::vector<StSpec>& tensors,
+                           const std::map<std::string, std::string>& metadata) {
   std::string out = "{";
   if (!metadata.empty()) out += "\"__metadata__\":" + Json(metadata).dump();
   std::set<std::string> names;
   uint64_t at = 0;
   for (const auto& t : tensors) {
     const size_t esize = st_dtype_size(t.dtype);
-    if (esize == 0) throw UsageError("tensor '" + t.name + "': unknown safetensors dtype '" + t.dtype + "'");
+    if (esize == 0)
+      throw UsageError("tensor '" + t.name + "': unknown safetensors dtype '" + t.dtype + "'");
     if (t.name.empty() || t.name == "__metadata__" || !names.insert(t.name).second) {
       throw UsageError("tensor name '" + t.name + "' is empty, reserved or given twice");
     }
@@ -312,7 +332,8 @@ StWriter::~StWriter() {
 }
 
 void StWriter::write(const void* data, uint64_t size) {
-  if (size > impl_->expected - impl_->written) throw Error("safetensors writer: more data than the header describes");
+  if (size > impl_->expected - impl_->written)
+    throw Error("safetensors writer: more data than the header describes");
   write_fully(impl_->fd, data, size, impl_->pending.temp_path());
   impl_->written += size;
 }
@@ -323,8 +344,8 @@ void StWriter::sync() {
 
 void StWriter::commit() {
   if (impl_->written != impl_->expected) {
-    throw Error("safetensors writer: " + std::to_string(impl_->written) + " data bytes written, the header describes " +
-                std::to_string(impl_->expected));
+    throw Error("safetensors writer: " + std::to_string(impl_->written) +
+                " data bytes written, the header describes " + std::to_string(impl_->expected));
   }
   const int fd = impl_->fd;
   impl_->fd = -1;

@@ -47,16 +47,17 @@ struct StHeader {
   uint64_t header_size = 0;  // N
   uint64_t data_start = 0;   // 8 + N
   uint64_t data_size = 0;
-  std::string header_text;          // the N header bytes, verbatim
-  std::vector<StTensor> tensors;    // in file order (by data offset)
-  bool has_metadata = false;        // "__metadata__" present (possibly empty)
+  std::string header_text;        // the N header bytes, verbatim
+  std::vector<StTensor> tensors;  // in file order (by data offset)
+  bool has_metadata = false;      // "__metadata__" present (possibly empty)
   std::map<std::string, std::string> metadata;
 };
 
 // Parses and validates the preamble and header of a safetensors file of `file_size` bytes whose
 // first min(file_size, 8 + N) bytes are `data` (`size` of them). `what` names the source in
 // errors. Throws FormatError naming the defect and the value found.
-StHeader parse_st_header(const uint8_t* data, uint64_t size, uint64_t file_size, const std::string& what);
+StHeader parse_st_header(const uint8_t* data, uint64_t size, uint64_t file_size,
+                         const std::string& what);
 
 // A read-only memory map of a whole file. Pages already read can be given back with release()
 // so that a pass over a file larger than RAM keeps a small resident set.
@@ -83,7 +84,9 @@ struct StFile {
   std::string path;
   MappedFile map;
   StHeader header;
-  const uint8_t* tensor_data(const StTensor& t) const { return map.data() + header.data_start + t.begin; }
+  const uint8_t* tensor_data(const StTensor& t) const {
+    return map.data() + header.data_start + t.begin;
+  }
 };
 
 // True when `path` ends in ".safetensors", or its first bytes are a little-endian length N below
@@ -98,7 +101,8 @@ struct StSpec {
   std::string dtype;
   std::vector<uint64_t> shape;
 };
-std::string st_make_header(const std::vector<StSpec>& tensors, const std::map<std::string, std::string>& metadata);
+std::string st_make_header(const std::vector<StSpec>& tensors,
+                           const std::map<std::string, std::string>& metadata);
 
 // Writes a safetensors file streaming: the header at construction, then the tensors' bytes in
 // order through write(); commit() checks the byte count and renames the file into place.

@@ -4,8 +4,8 @@
 #include <atomic>
 #include <cinttypes>
 #include <cmath>
-#include <cstdio>
 #include <condition_variable>
+#include <cstdio>
 #include <cstring>
 #include <deque>
 #include <exception>
@@ -13,8 +13,8 @@
 #include <limits>
 #include <map>
 #include <mutex>
-#include <thread>
 #include <nlohmann/json.hpp>
+#include <thread>
 #if defined(__SSE2__)
 #include <emmintrin.h>
 #endif
@@ -26,9 +26,10 @@ namespace corelocker {
 namespace {
 
 constexpr uint64_t kRelease = uint64_t{64} << 20;  // bytes hashed between giving pages back
-constexpr uint64_t kChunk = uint64_t{1} << 20;     // bytes copied and written at a time (stays in cache)
-constexpr uint64_t kWindow = uint64_t{8} << 20;    // bytes scored at a time while they are hashed
-constexpr size_t kRing = 8;                        // chunk buffers in flight between writer and hasher
+constexpr uint64_t kChunk = uint64_t{1}
+                            << 20;  // bytes copied and written at a time (stays in cache)
+constexpr uint64_t kWindow = uint64_t{8} << 20;  // bytes scored at a time while they are hashed
+constexpr size_t kRing = 8;  // chunk buffers in flight between writer and hasher
 constexpr uint64_t kKeepSampled = uint64_t{256} << 20;  // layers whose sampled pages stay mapped
 
 unsigned resolve_threads(unsigned threads) {
@@ -40,8 +41,10 @@ class TensorHasher {
  public:
   explicit TensorHasher(StFingerprintScheme scheme) : v2_(scheme == StFingerprintScheme::kV2) {}
   void update(const uint8_t* p, uint64_t n) {
-    if (v2_) b3_.update(p, n);
-    else b2_.update(p, n);
+    if (v2_)
+      b3_.update(p, n);
+    else
+      b2_.update(p, n);
   }
   Digest finish() { return v2_ ? b3_.finish() : b2_.finish(); }
 
@@ -124,8 +127,10 @@ class BackgroundHasher {
       const Job job = std::move(jobs_.front());
       jobs_.pop_front();
       lock.unlock();
-      if (job.h != nullptr) job.h->update(job.p, job.n);  // neither libsodium's nor BLAKE3's update throws
-      else job.fn();
+      if (job.h != nullptr)
+        job.h->update(job.p, job.n);  // neither libsodium's nor BLAKE3's update throws
+      else
+        job.fn();
       lock.lock();
       ++done_;
       cv_.notify_all();
@@ -197,7 +202,8 @@ DType key_dtype(const std::string& st) {
 }
 
 bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+  return s.size() >= suffix.size() &&
+         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
 // ---------------------------------------------------------------- hashing
@@ -213,13 +219,15 @@ Digest tensor_digest(const StFile& f, const StTensor& t, StFingerprintScheme sch
   return h.finish();
 }
 
-Digest combine(const StHeader& header, const std::map<std::string, Digest>& digests, StFingerprintScheme scheme) {
+Digest combine(const StHeader& header, const std::map<std::string, Digest>& digests,
+               StFingerprintScheme scheme) {
   std::vector<const StTensor*> order;
   for (const auto& t : header.tensors) order.push_back(&t);
-  std::sort(order.begin(), order.end(), [](const StTensor* a, const StTensor* b) { return a->name < b->name; });
+  std::sort(order.begin(), order.end(),
+            [](const StTensor* a, const StTensor* b) { return a->name < b->name; });
   Hasher h;
   h.update_str(scheme == StFingerprintScheme::kV1 ? "corelocker-safetensors-fingerprint-v1"
-                                                 : "corelocker-safetensors-fingerprint-v2");
+                                                  : "corelocker-safetensors-fingerprint-v2");
   h.update_u64(order.size());
   for (const StTensor* t : order) {
     h.update_str(t->name);
@@ -341,7 +349,8 @@ class KthKey {
       if (buf_[i] > kth) buf_[kept++] = buf_[i];
     }
     // kept == above; then the earliest k - above of the keys equal to the k-th
-    std::fill(buf_.begin() + static_cast<std::ptrdiff_t>(kept), buf_.begin() + static_cast<std::ptrdiff_t>(k_), kth);
+    std::fill(buf_.begin() + static_cast<std::ptrdiff_t>(kept),
+              buf_.begin() + static_cast<std::ptrdiff_t>(k_), kth);
     n_ = k_;
     threshold_ = kth;
     full_ = true;
@@ -388,12 +397,13 @@ struct Picked {
 // hands their keys to `sel` (a KthKey, a RuleSink, or anything with floor(), push_key() and
 // push_block()).
 template <typename Sink, typename Load>
-void score_units(const uint8_t* p, uint64_t u0, uint64_t u1, uint64_t unit_size, uint32_t layer, Sink& sel,
-                 Load load) {
+void score_units(const uint8_t* p, uint64_t u0, uint64_t u1, uint64_t unit_size, uint32_t layer,
+                 Sink& sel, Load load) {
   for (uint64_t u = u0; u < u1; ++u) {
     float s = 0.0f;
     for (uint64_t e = u * unit_size; e < (u + 1) * unit_size; ++e) s += std::fabs(load(p, e));
-    if (std::isnan(s)) s = -std::numeric_limits<float>::infinity();  // never preferred, still ordered
+    if (std::isnan(s))
+      s = -std::numeric_limits<float>::infinity();  // never preferred, still ordered
     sel.push_key(order_key(s), layer, u);
   }
 }
@@ -405,7 +415,8 @@ uint32_t f32_abs_key(const uint8_t* b) {
   uint32_t bits;
   std::memcpy(&bits, b, 4);
   bits &= 0x7fffffffu;
-  return bits > 0x7f800000u ? 0x007fffffu : bits | 0x80000000u;  // order_key(|w|), or of -inf for NaN
+  return bits > 0x7f800000u ? 0x007fffffu
+                            : bits | 0x80000000u;  // order_key(|w|), or of -inf for NaN
 }
 
 template <typename Sink>
@@ -421,12 +432,14 @@ void score_f32_weights(const uint8_t* p, uint64_t u0, uint64_t u1, uint32_t laye
     alignas(16) uint32_t flipped[16];
     unsigned mask = 0;
     for (int q = 0; q < 4; ++q) {
-      const __m128i v = _mm_and_si128(
-          _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 4 * (u + 4 * static_cast<uint64_t>(q)))), abs_mask);
+      const __m128i v = _mm_and_si128(_mm_loadu_si128(reinterpret_cast<const __m128i*>(
+                                          p + 4 * (u + 4 * static_cast<uint64_t>(q)))),
+                                      abs_mask);
       const __m128i nan = _mm_cmpgt_epi32(v, inf);
       const __m128i f = _mm_or_si128(_mm_andnot_si128(nan, v), _mm_and_si128(nan, nan_flipped));
       _mm_store_si128(reinterpret_cast<__m128i*>(flipped + 4 * q), f);
-      mask |= static_cast<unsigned>(_mm_movemask_ps(_mm_castsi128_ps(_mm_cmpgt_epi32(f, floor)))) << (4 * q);
+      mask |= static_cast<unsigned>(_mm_movemask_ps(_mm_castsi128_ps(_mm_cmpgt_epi32(f, floor))))
+              << (4 * q);
     }
     if (mask == 0) continue;
     for (uint32_t& k : flipped) k ^= 0x80000000u;  // the keys
@@ -437,7 +450,8 @@ void score_f32_weights(const uint8_t* p, uint64_t u0, uint64_t u1, uint32_t laye
 }
 
 template <typename Sink>
-void score_chunk(DType d, const uint8_t* p, uint64_t u0, uint64_t u1, uint64_t unit_size, uint32_t layer, Sink& sel) {
+void score_chunk(DType d, const uint8_t* p, uint64_t u0, uint64_t u1, uint64_t unit_size,
+                 uint32_t layer, Sink& sel) {
   switch (d) {
     case DType::kF32:
       if (unit_size == 1) return score_f32_weights(p, u0, u1, layer, sel);
@@ -483,10 +497,12 @@ struct KeySample {
     for (; mask != 0; mask &= mask - 1) keys.push_back(k[__builtin_ctz(mask)]);
   }
 };
-bool sample_threshold(DType d, const uint8_t* p, uint64_t n, uint64_t unit_size, uint64_t k, uint32_t& out) {
+bool sample_threshold(DType d, const uint8_t* p, uint64_t n, uint64_t unit_size, uint64_t k,
+                      uint32_t& out) {
   if (k == 0 || n < 8 * kSample) return false;
   const double expect = double(kSample) * double(k) / double(n);
-  const auto rank = static_cast<uint64_t>(std::ceil(expect + 4.0 * std::sqrt(expect) + 8.0));  // 1-based, best first
+  const auto rank = static_cast<uint64_t>(
+      std::ceil(expect + 4.0 * std::sqrt(expect) + 8.0));  // 1-based, best first
   if (rank >= kSample / 2) return false;
   KeySample sample;
   sample.keys.reserve(kSample);
@@ -535,7 +551,7 @@ size_t skip_value(const std::string& s, size_t i) {
 }
 
 struct SplicePoint {
-  size_t at = 0;           // insert here
+  size_t at = 0;             // insert here
   bool in_metadata = false;  // inside an existing __metadata__ object
   bool object_empty = true;  // the object we insert into has no entries yet
 };
@@ -583,7 +599,8 @@ std::string json_str(const std::string& s) { return nlohmann::json(s).dump(); }
 // The locked header: the original text with the lock entries spliced in and space padding so
 // that the data stays 8-aligned. Entry values are fixed-width so the text's length is known
 // before the splice entry that records it is written.
-std::string locked_header_text(const StHeader& h, const KeyFile& key, const std::string& scope_text, double ratio) {
+std::string locked_header_text(const StHeader& h, const KeyFile& key, const std::string& scope_text,
+                               double ratio) {
   const SplicePoint sp = find_splice_point(h.header_text);
   const std::string& orig = h.header_text;
   char ratio_buf[64];
@@ -602,7 +619,8 @@ std::string locked_header_text(const StHeader& h, const KeyFile& key, const std:
   };
   auto render = [&] {
     std::string t;
-    for (const auto& [k, v] : entries) t += (t.empty() ? "" : ",") + json_str(k) + ":" + json_str(v);
+    for (const auto& [k, v] : entries)
+      t += (t.empty() ? "" : ",") + json_str(k) + ":" + json_str(v);
     if (!sp.in_metadata) t = "\"__metadata__\":{" + t + "}";
     if (!sp.object_empty) t += ",";
     return t;
@@ -624,22 +642,27 @@ std::string meta_or_throw(const StHeader& h, const std::string& key, const std::
 // The original header text of a locked file (checked against the hash recorded at lock time).
 std::string original_header_text(const StHeader& h, const std::string& what) {
   const std::string splice = meta_or_throw(h, "corelocker.splice", what);
-  if (splice.size() != 41 || splice[20] != '+') throw FormatError(what + ": corelocker.splice is malformed: '" + splice + "'");
+  if (splice.size() != 41 || splice[20] != '+')
+    throw FormatError(what + ": corelocker.splice is malformed: '" + splice + "'");
   const uint64_t at = parse_fixed20(splice.substr(0, 20), what + ": corelocker.splice");
   const uint64_t length = parse_fixed20(splice.substr(21), what + ": corelocker.splice");
   const uint64_t orig_size =
-      parse_fixed20(meta_or_throw(h, "corelocker.original_header_bytes", what), what + ": corelocker.original_header_bytes");
+      parse_fixed20(meta_or_throw(h, "corelocker.original_header_bytes", what),
+                    what + ": corelocker.original_header_bytes");
   const std::string& text = h.header_text;
-  if (at > orig_size || length > text.size() || at > text.size() - length || orig_size - at > text.size() - at - length) {
-    throw FormatError(what + ": corelocker.splice " + splice + " does not fit a header of " + std::to_string(text.size()) +
-                      " bytes");
+  if (at > orig_size || length > text.size() || at > text.size() - length ||
+      orig_size - at > text.size() - at - length) {
+    throw FormatError(what + ": corelocker.splice " + splice + " does not fit a header of " +
+                      std::to_string(text.size()) + " bytes");
   }
   std::string orig = text.substr(0, at) + text.substr(at + length, orig_size - at);
   const std::string padding = text.substr(at + length + (orig_size - at));
   const std::string expected = meta_or_throw(h, "corelocker.original_header_blake2b", what);
-  if (padding.find_first_not_of(' ') != std::string::npos || to_hex(hash_bytes(orig.data(), orig.size())) != expected) {
-    throw FormatError(what + ": the header was changed after locking (the original header no longer hashes to " +
-                      expected.substr(0, 16) + "...); it cannot be restored byte for byte");
+  if (padding.find_first_not_of(' ') != std::string::npos ||
+      to_hex(hash_bytes(orig.data(), orig.size())) != expected) {
+    throw FormatError(
+        what + ": the header was changed after locking (the original header no longer hashes to " +
+        expected.substr(0, 16) + "...); it cannot be restored byte for byte");
   }
   return orig;
 }
@@ -651,7 +674,8 @@ StFingerprintScheme st_fingerprint_scheme(const StHeader& header) {
   auto it = header.metadata.find("corelocker.fingerprint_scheme");
   if (it == header.metadata.end()) return StFingerprintScheme::kV1;  // locked before scheme 2
   if (it->second == "2") return StFingerprintScheme::kV2;
-  throw FormatError("corelocker.fingerprint_scheme '" + it->second + "': this build knows 2 (and 1, when the entry is absent)");
+  throw FormatError("corelocker.fingerprint_scheme '" + it->second +
+                    "': this build knows 2 (and 1, when the entry is absent)");
 }
 
 Digest st_fingerprint(const StFile& file, unsigned threads) {
@@ -664,9 +688,11 @@ Digest st_fingerprint(const StFile& file, unsigned threads, StFingerprintScheme 
   std::vector<Digest> digests(tensors.size());
   std::atomic<size_t> next{0};
   auto work = [&] {
-    for (size_t i = next++; i < tensors.size(); i = next++) digests[i] = tensor_digest(file, tensors[i], scheme);
+    for (size_t i = next++; i < tensors.size(); i = next++)
+      digests[i] = tensor_digest(file, tensors[i], scheme);
   };
-  const size_t helpers = std::min<size_t>(resolve_threads(threads), tensors.size()) - (tensors.empty() ? 0 : 1);
+  const size_t helpers =
+      std::min<size_t>(resolve_threads(threads), tensors.size()) - (tensors.empty() ? 0 : 1);
   std::vector<std::thread> pool;
   for (size_t i = 0; i < helpers; ++i) pool.emplace_back(work);
   work();
@@ -681,7 +707,8 @@ std::vector<StLayer> st_layers(const StHeader& header, bool include_io) {
   for (const auto& t : header.tensors) {
     if (!st_is_float(t.dtype) || !ends_with(t.name, "weight") || t.numel() == 0) continue;
     if (t.shape.size() == 4) {
-      layers.push_back({t.name, StLayerKind::kConv, t.shape[2] * t.shape[3], t.shape[0] * t.shape[1], true});
+      layers.push_back(
+          {t.name, StLayerKind::kConv, t.shape[2] * t.shape[3], t.shape[0] * t.shape[1], true});
     } else if (t.shape.size() == 2) {
       layers.push_back({t.name, StLayerKind::kLinear, 1, t.numel(), true});
     }
@@ -714,7 +741,8 @@ std::vector<std::pair<std::string, std::string>> st_lock_metadata(const StHeader
   return out;
 }
 
-StLockOutcome lock_safetensors(const std::string& in, const std::string& out, const StLockOptions& options,
+StLockOutcome lock_safetensors(const std::string& in, const std::string& out,
+                               const StLockOptions& options,
                                const std::function<void(const KeyFile&)>& before_commit) {
   if (!(options.ratio >= 0.0 && options.ratio <= 1.0)) {
     throw UsageError("ratio " + std::to_string(options.ratio) + " is outside [0, 1]");
@@ -730,12 +758,15 @@ StLockOutcome lock_safetensors(const std::string& in, const std::string& out, co
   const std::vector<StLayer> layers = st_layers(h, options.include_io);
   std::map<std::string, size_t> layer_of;  // tensor name -> index into layers
   for (size_t i = 0; i < layers.size(); ++i) {
-    if (layers[i].eligible) layer_of[layers[i].tensor] = i;
-    else outcome.excluded.push_back(layers[i].tensor);
+    if (layers[i].eligible)
+      layer_of[layers[i].tensor] = i;
+    else
+      outcome.excluded.push_back(layers[i].tensor);
   }
   if (layer_of.empty()) {
     throw UsageError(what + ": no eligible layer (" + std::to_string(layers.size()) +
-                     " 4-D or 2-D float '*weight' tensors" + (options.include_io ? "" : ", first and last excluded") + ")");
+                     " 4-D or 2-D float '*weight' tensors" +
+                     (options.include_io ? "" : ", first and last excluded") + ")");
   }
 
   // groups: one per layer (scope layer) or one per kind of unit (scope global)
@@ -756,7 +787,8 @@ StLockOutcome lock_safetensors(const std::string& in, const std::string& out, co
   // Scope layer: one selector reused layer after layer; scope global: one per kind of unit.
   std::vector<KthKey> selectors(options.scope == Scope::kLayer ? 1 : 2);
   if (options.scope == Scope::kGlobal) {
-    for (size_t g = 0; g < 2; ++g) selectors[g].reset(units_at_ratio(group_units[g], options.ratio));
+    for (size_t g = 0; g < 2; ++g)
+      selectors[g].reset(units_at_ratio(group_units[g], options.ratio));
   }
   // by layer, or by group; declared before the helper, whose jobs count their ties down
   std::vector<Rule> rules(options.scope == Scope::kLayer ? layers.size() : 2);
@@ -781,7 +813,8 @@ StLockOutcome lock_safetensors(const std::string& in, const std::string& out, co
       continue;
     }
     const StLayer& layer = layers[li->second];
-    KthKey& sel = selectors[options.scope == Scope::kLayer ? 0 : static_cast<size_t>(group_of[li->second])];
+    KthKey& sel =
+        selectors[options.scope == Scope::kLayer ? 0 : static_cast<size_t>(group_of[li->second])];
     const uint32_t lid = static_cast<uint32_t>(li->second);
     const DType dt = key_dtype(t.dtype);
     const uint64_t unit_bytes = layer.unit_size * dtype_size(dt);
@@ -813,7 +846,8 @@ StLockOutcome lock_safetensors(const std::string& in, const std::string& out, co
       sel.reset(sel.k());
       score_chunk(dt, p, 0, layer.units, layer.unit_size, lid, sel);
       file.map.release(h.data_start + t.begin, t.nbytes());
-      if (!sel.finish(rule_of(li->second))) throw Error("safetensors lock: selection of '" + t.name + "' failed");
+      if (!sel.finish(rule_of(li->second)))
+        throw Error("safetensors lock: selection of '" + t.name + "' failed");
     }
   }
   if (options.scope == Scope::kGlobal) {
@@ -832,7 +866,8 @@ StLockOutcome lock_safetensors(const std::string& in, const std::string& out, co
   key.header.ratio_after = 0.0;
 
   // pass 2: the locked file; the rules pick the units again as each chunk is copied
-  const std::string header_text = locked_header_text(h, key, to_string(options.scope), options.ratio);
+  const std::string header_text =
+      locked_header_text(h, key, to_string(options.scope), options.ratio);
   StWriter writer(out, header_text, h.data_size);
   for (const auto& t : h.tensors) {
     const uint8_t* p = file.tensor_data(t);
@@ -868,14 +903,15 @@ StLockOutcome lock_safetensors(const std::string& in, const std::string& out, co
       slot = ring.take(background, units * unit_bytes);
       picked[slot].units.resize(chunk_units);
       // by value, or declared before the helper: a job may still run while an exception unwinds
-      const uint64_t ticket = background.call([&ring, &picked, &rule, slot, units, dt, unit_bytes,
-                                               unit_size = layer.unit_size, src = p + u0 * unit_bytes] {
-        uint8_t* b = ring.data(slot);
-        std::memcpy(b, src, units * unit_bytes);
-        RuleSink sink{rule, picked[slot].units.data()};
-        score_chunk(dt, b, 0, units, unit_size, 0, sink);
-        picked[slot].count = sink.count;
-      });
+      const uint64_t ticket =
+          background.call([&ring, &picked, &rule, slot, units, dt, unit_bytes,
+                           unit_size = layer.unit_size, src = p + u0 * unit_bytes] {
+            uint8_t* b = ring.data(slot);
+            std::memcpy(b, src, units * unit_bytes);
+            RuleSink sink{rule, picked[slot].units.data()};
+            score_chunk(dt, b, 0, units, unit_size, 0, sink);
+            picked[slot].count = sink.count;
+          });
       ring.hand_over(slot, ticket);
       return ticket;
     };
@@ -940,18 +976,19 @@ StLockOutcome lock_safetensors(const std::string& in, const std::string& out, co
   return outcome;
 }
 
-StUnlockOutcome unlock_safetensors(const std::string& in, const std::string& out, const KeyFile& key,
-                                   unsigned threads) {
+StUnlockOutcome unlock_safetensors(const std::string& in, const std::string& out,
+                                   const KeyFile& key, unsigned threads) {
   const StFile file(in);
   const StHeader& h = file.header;
   const std::string what = "safetensors file '" + in + "'";
   // cheap checks first: is this the file the key was made for?
   auto kid = h.metadata.find("corelocker.key_id");
-  if (kid == h.metadata.end()) throw UsageError(what + " is not locked (no corelocker.key_id in its metadata)");
+  if (kid == h.metadata.end())
+    throw UsageError(what + " is not locked (no corelocker.key_id in its metadata)");
   const std::string key_id = to_hex(key.header.key_id.data(), key.header.key_id.size());
   if (kid->second != key_id) {
-    throw MismatchError("key belongs to another model: key id " + key_id + ", " + what + " was locked with key id " +
-                        kid->second);
+    throw MismatchError("key belongs to another model: key id " + key_id + ", " + what +
+                        " was locked with key id " + kid->second);
   }
   if (key.header.tiers != 1) throw UsageError("tier keys are not supported for safetensors files");
   const std::string orig_text = original_header_text(h, what);
@@ -959,11 +996,13 @@ StUnlockOutcome unlock_safetensors(const std::string& in, const std::string& out
   const uint64_t orig_size = orig_text.size();
   std::memcpy(&framed[0], &orig_size, 8);
   framed += orig_text;
-  const StHeader orig = parse_st_header(reinterpret_cast<const uint8_t*>(framed.data()), framed.size(),
-                                        framed.size() + h.data_size, what + " (original header)");
+  const StHeader orig =
+      parse_st_header(reinterpret_cast<const uint8_t*>(framed.data()), framed.size(),
+                      framed.size() + h.data_size, what + " (original header)");
   std::map<std::string, const StTensor*> by_name;
   for (const auto& t : h.tensors) by_name[t.name] = &t;
-  if (orig.tensors.size() != h.tensors.size()) throw FormatError(what + ": original header lists other tensors");
+  if (orig.tensors.size() != h.tensors.size())
+    throw FormatError(what + ": original header lists other tensors");
   for (const auto& t : orig.tensors) {
     auto it = by_name.find(t.name);
     if (it == by_name.end() || it->second->dtype != t.dtype || it->second->shape != t.shape ||
@@ -974,11 +1013,12 @@ StUnlockOutcome unlock_safetensors(const std::string& in, const std::string& out
   std::map<std::string, const KeyEntry*> entries;
   for (const auto& e : key.entries) {
     auto it = by_name.find(e.tensor);
-    if (it == by_name.end()) throw MismatchError("key entry '" + e.tensor + "': " + what + " has no such tensor");
+    if (it == by_name.end())
+      throw MismatchError("key entry '" + e.tensor + "': " + what + " has no such tensor");
     const StTensor& t = *it->second;
     if (!st_is_float(t.dtype) || key_dtype(t.dtype) != e.dtype || t.shape != e.shape) {
-      throw MismatchError("key entry '" + e.tensor + "': " + to_string(e.dtype) + " tensor of another shape or dtype than " +
-                          what + "'s " + t.dtype);
+      throw MismatchError("key entry '" + e.tensor + "': " + to_string(e.dtype) +
+                          " tensor of another shape or dtype than " + what + "'s " + t.dtype);
     }
     entries[e.tensor] = &e;
   }
@@ -1025,8 +1065,10 @@ StUnlockOutcome unlock_safetensors(const std::string& in, const std::string& out
       std::memcpy(b, w, n);
       for (; next < e.units.size() && e.units[next] < u1; ++next) {
         uint8_t* up = b + (e.units[next] - u0) * unit_bytes;
-        if (unit_bytes == 4) std::memcpy(up, e.values.data() + next * 4, 4);  // a move, not a call
-        else std::memcpy(up, e.values.data() + next * unit_bytes, unit_bytes);
+        if (unit_bytes == 4)
+          std::memcpy(up, e.values.data() + next * 4, 4);  // a move, not a call
+        else
+          std::memcpy(up, e.values.data() + next * unit_bytes, unit_bytes);
       }
       ring.hand_over(slot, background.update(hr, b, n));
       writer.write(b, n);
@@ -1040,14 +1082,17 @@ StUnlockOutcome unlock_safetensors(const std::string& in, const std::string& out
   }
   const Digest locked_fp = combine(h, locked, scheme);
   if (locked_fp != key.header.locked_fingerprint) {
-    throw MismatchError("key does not apply to " + what + ": its fingerprint is " + to_hex(locked_fp).substr(0, 16) +
-                        ", the key was made for " + to_hex(key.header.locked_fingerprint).substr(0, 16) +
+    throw MismatchError("key does not apply to " + what + ": its fingerprint is " +
+                        to_hex(locked_fp).substr(0, 16) + ", the key was made for " +
+                        to_hex(key.header.locked_fingerprint).substr(0, 16) +
                         " (the locked file was modified, or the key belongs to another lock)");
   }
   outcome.fingerprint = combine(orig, restored, scheme);
   if (outcome.fingerprint != key.header.original_fingerprint) {
-    throw MismatchError("restoring " + what + " gives fingerprint " + to_hex(outcome.fingerprint).substr(0, 16) +
-                        ", the key expects " + to_hex(key.header.original_fingerprint).substr(0, 16) + "; nothing written");
+    throw MismatchError("restoring " + what + " gives fingerprint " +
+                        to_hex(outcome.fingerprint).substr(0, 16) + ", the key expects " +
+                        to_hex(key.header.original_fingerprint).substr(0, 16) +
+                        "; nothing written");
   }
   writer.commit();
   return outcome;

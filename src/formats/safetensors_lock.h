@@ -31,7 +31,8 @@ namespace corelocker {
 constexpr char kStLockPrefix[] = "corelocker.";
 
 // How a safetensors fingerprint hashes each tensor's bytes (docs/key-format.md): scheme 1 with
-// BLAKE2b-256, scheme 2 (what locks write now) with BLAKE3, five times faster. The rest is the same.
+// BLAKE2b-256, scheme 2 (what locks write now) with BLAKE3, five times faster. The rest is the
+// same.
 enum class StFingerprintScheme { kV1 = 1, kV2 = 2 };
 constexpr StFingerprintScheme kStFingerprintCurrent = StFingerprintScheme::kV2;
 
@@ -70,10 +71,10 @@ struct StLockOptions {
 
 struct StLockOutcome {
   KeyFile key;
-  uint64_t units = 0;       // units extracted
-  uint64_t candidates = 0;  // units that competed
-  uint64_t values = 0;      // elements moved into the key
-  uint64_t elements = 0;    // elements of all float tensors in the file
+  uint64_t units = 0;                 // units extracted
+  uint64_t candidates = 0;            // units that competed
+  uint64_t values = 0;                // elements moved into the key
+  uint64_t elements = 0;              // elements of all float tensors in the file
   std::vector<std::string> excluded;  // first / last layer left alone
 };
 
@@ -81,7 +82,8 @@ struct StLockOutcome {
 // calls `before_commit` with the key (to write it; if it throws, nothing is left at `out`), then
 // renames the locked file into place. Throws UsageError (nothing eligible, already locked) /
 // FormatError / IoError.
-StLockOutcome lock_safetensors(const std::string& in, const std::string& out, const StLockOptions& options,
+StLockOutcome lock_safetensors(const std::string& in, const std::string& out,
+                               const StLockOptions& options,
                                const std::function<void(const KeyFile&)>& before_commit);
 
 struct StUnlockOutcome {
@@ -92,8 +94,8 @@ struct StUnlockOutcome {
 // Restores `in` (locked) into `out` with its key: the original header is spliced back and the
 // key's values written back in one pass; both fingerprints are checked before the file is renamed
 // into place. Throws MismatchError (key of another file) / FormatError / IoError.
-StUnlockOutcome unlock_safetensors(const std::string& in, const std::string& out, const KeyFile& key,
-                                   unsigned threads = 0);
+StUnlockOutcome unlock_safetensors(const std::string& in, const std::string& out,
+                                   const KeyFile& key, unsigned threads = 0);
 
 // Lock entries of a locked file's metadata (key id, criterion...), empty for an unlocked file.
 std::vector<std::pair<std::string, std::string>> st_lock_metadata(const StHeader& header);

@@ -14,26 +14,35 @@ namespace corelocker {
 
 const char* to_string(Criterion c) {
   switch (c) {
-    case Criterion::kL1: return "l1";
-    case Criterion::kBn: return "bn";
-    case Criterion::kRandom: return "random";
+    case Criterion::kL1:
+      return "l1";
+    case Criterion::kBn:
+      return "bn";
+    case Criterion::kRandom:
+      return "random";
   }
   return "?";
 }
 const char* to_string(Scope s) { return s == Scope::kLayer ? "layer" : "global"; }
 const char* to_string(Fill f) {
   switch (f) {
-    case Fill::kZero: return "zero";
-    case Fill::kDecoyV1: return "decoy-v1";
-    case Fill::kDecoy: return "decoy";
+    case Fill::kZero:
+      return "zero";
+    case Fill::kDecoyV1:
+      return "decoy-v1";
+    case Fill::kDecoy:
+      return "decoy";
   }
   return "?";
 }
 const char* to_string(Encryption e) {
   switch (e) {
-    case Encryption::kNone: return "none";
-    case Encryption::kPassphrase: return "passphrase (Argon2id + XChaCha20-Poly1305)";
-    case Encryption::kSecret: return "secret (XChaCha20-Poly1305)";
+    case Encryption::kNone:
+      return "none";
+    case Encryption::kPassphrase:
+      return "passphrase (Argon2id + XChaCha20-Poly1305)";
+    case Encryption::kSecret:
+      return "secret (XChaCha20-Poly1305)";
   }
   return "?";
 }
@@ -69,10 +78,14 @@ void set_kdf_preset(KeyCredentials& c, const std::string& preset) {
 }
 const char* to_string(DType d) {
   switch (d) {
-    case DType::kF32: return "f32";
-    case DType::kF64: return "f64";
-    case DType::kF16: return "f16";
-    case DType::kBF16: return "bf16";
+    case DType::kF32:
+      return "f32";
+    case DType::kF64:
+      return "f64";
+    case DType::kF16:
+      return "f16";
+    case DType::kBF16:
+      return "bf16";
   }
   return "?";
 }
@@ -92,10 +105,13 @@ Scope parse_scope(const std::string& s) {
 
 size_t dtype_size(DType d) {
   switch (d) {
-    case DType::kF32: return 4;
-    case DType::kF64: return 8;
+    case DType::kF32:
+      return 4;
+    case DType::kF64:
+      return 8;
     case DType::kF16:
-    case DType::kBF16: return 2;
+    case DType::kBF16:
+      return 2;
   }
   return 0;
 }
@@ -128,7 +144,8 @@ void check_entry(const KeyEntry& e, const std::string& what) {
     throw FormatError(what + ": tensor name of " + std::to_string(e.tensor.size()) +
                       " bytes (expected 1.." + std::to_string(kKeyMaxNameLength) + ")");
   }
-  if (e.tensor.find('\0') != std::string::npos) throw FormatError(at + ": name contains a NUL byte");
+  if (e.tensor.find('\0') != std::string::npos)
+    throw FormatError(at + ": name contains a NUL byte");
   if (e.shape.empty() || e.shape.size() > kKeyMaxDims) {
     throw FormatError(at + ": " + std::to_string(e.shape.size()) + " dimensions (expected 1.." +
                       std::to_string(kKeyMaxDims) + ")");
@@ -154,8 +171,8 @@ void check_entry(const KeyEntry& e, const std::string& what) {
                         ")");
     }
   }
-  const uint64_t value_bytes = checked_mul(checked_mul(e.units.size(), e.unit_size, at),
-                                           dtype_size(e.dtype), at);
+  const uint64_t value_bytes =
+      checked_mul(checked_mul(e.units.size(), e.unit_size, at), dtype_size(e.dtype), at);
   if (e.values.size() != value_bytes) {
     throw FormatError(at + ": " + std::to_string(e.values.size()) + " value bytes, expected " +
                       std::to_string(value_bytes));
@@ -194,11 +211,12 @@ void write_indices(ByteWriter& w, const std::vector<uint64_t>& units) {
 
 // Decodes `count` indices from exactly `size` bytes; refuses overlong, overflowing and
 // non-minimal numbers, and indices past `limit` (the tensor's unit count).
-std::vector<uint64_t> decode_indices(const uint8_t* p, uint64_t size, uint64_t count, uint64_t limit,
-                                     const std::string& at) {
+std::vector<uint64_t> decode_indices(const uint8_t* p, uint64_t size, uint64_t count,
+                                     uint64_t limit, const std::string& at) {
   if (count > size) {
-    throw FormatError(at + ": " + std::to_string(count) + " unit indices cannot fit in an index block of " +
-                      std::to_string(size) + " bytes");
+    throw FormatError(at + ": " + std::to_string(count) +
+                      " unit indices cannot fit in an index block of " + std::to_string(size) +
+                      " bytes");
   }
   std::vector<uint64_t> units(count);
   uint64_t pos = 0, next = 0;
@@ -206,27 +224,31 @@ std::vector<uint64_t> decode_indices(const uint8_t* p, uint64_t size, uint64_t c
     uint64_t v = 0;
     for (int shift = 0;; shift += 7) {
       if (pos == size) {
-        throw FormatError(at + ": index block of " + std::to_string(size) + " bytes ends inside index " +
-                          std::to_string(i));
+        throw FormatError(at + ": index block of " + std::to_string(size) +
+                          " bytes ends inside index " + std::to_string(i));
       }
       const uint8_t b = p[pos++];
-      if (shift == 63 && b > 1) throw FormatError(at + ": index " + std::to_string(i) + " overflows 64 bits");
+      if (shift == 63 && b > 1)
+        throw FormatError(at + ": index " + std::to_string(i) + " overflows 64 bits");
       v |= static_cast<uint64_t>(b & 0x7f) << shift;
       if ((b & 0x80) == 0) {
-        if (b == 0 && shift > 0) throw FormatError(at + ": index " + std::to_string(i) + " is not minimally encoded");
+        if (b == 0 && shift > 0)
+          throw FormatError(at + ": index " + std::to_string(i) + " is not minimally encoded");
         break;
       }
     }
     if (v >= limit || next > limit - 1 - v) {
-      const std::string index = v >= limit ? std::to_string(v) + " or more" : std::to_string(next + v);
-      throw FormatError(at + ": unit index " + index + " out of range (tensor has " + std::to_string(limit) + " units)");
+      const std::string index =
+          v >= limit ? std::to_string(v) + " or more" : std::to_string(next + v);
+      throw FormatError(at + ": unit index " + index + " out of range (tensor has " +
+                        std::to_string(limit) + " units)");
     }
     units[i] = next + v;
     next = units[i] + 1;
   }
   if (pos != size) {
-    throw FormatError(at + ": index block of " + std::to_string(size) + " bytes holds " + std::to_string(count) +
-                      " indices in " + std::to_string(pos) + " bytes");
+    throw FormatError(at + ": index block of " + std::to_string(size) + " bytes holds " +
+                      std::to_string(count) + " indices in " + std::to_string(pos) + " bytes");
   }
   return units;
 }
@@ -237,7 +259,8 @@ std::vector<uint64_t> decode_indices(const uint8_t* p, uint64_t size, uint64_t c
 uint64_t payload_size(const std::vector<KeyEntry>& entries) {
   uint64_t size = 4;
   for (const auto& e : entries) {
-    size += 4 + e.tensor.size() + 4 + 8 * e.shape.size() + 8 + 8 + 8 + encoded_indices_size(e.units) + e.values.size();
+    size += 4 + e.tensor.size() + 4 + 8 * e.shape.size() + 8 + 8 + 8 +
+            encoded_indices_size(e.units) + e.values.size();
   }
   return size;
 }
@@ -259,7 +282,8 @@ void write_payload(ByteWriter& w, const std::vector<KeyEntry>& entries) {
   }
 }
 
-std::vector<KeyEntry> read_entries(ByteReader& p, uint64_t entry_count, uint32_t version, const std::string& what) {
+std::vector<KeyEntry> read_entries(ByteReader& p, uint64_t entry_count, uint32_t version,
+                                   const std::string& what) {
   std::vector<KeyEntry> entries;
   std::set<std::string> names;
   for (uint64_t i = 0; i < entry_count; ++i) {
@@ -286,11 +310,14 @@ std::vector<KeyEntry> read_entries(ByteReader& p, uint64_t entry_count, uint32_t
     const uint64_t count = p.u64("unit count");
     if (version >= 3) {
       const uint64_t size = p.u64("index block size");
-      const uint8_t* block = p.take(size, "unit indices of '" + e.tensor + "'");  // checked before allocating
+      const uint8_t* block =
+          p.take(size, "unit indices of '" + e.tensor + "'");  // checked before allocating
       uint64_t numel = 1;
       for (auto d : e.shape) numel = checked_mul(numel, d, at);
-      if (e.unit_size == 0 || numel % e.unit_size != 0) check_entry(e, what);  // names the unit-size defect
-      e.units = decode_indices(block, size, count, numel / e.unit_size, at + " ('" + e.tensor + "')");
+      if (e.unit_size == 0 || numel % e.unit_size != 0)
+        check_entry(e, what);  // names the unit-size defect
+      e.units =
+          decode_indices(block, size, count, numel / e.unit_size, at + " ('" + e.tensor + "')");
     } else {
       // Check the count against the bytes that are left before allocating anything.
       p.need(checked_mul(count, 8, at), "unit indices of '" + e.tensor + "'");
@@ -370,8 +397,8 @@ Framing read_framing(const uint8_t* data, size_t size, const std::string& what) 
   f.header_end = r.offset();
   // The whole file must be exactly preamble + header + payload (+ checksum when plain).
   const bool plain = f.encryption == 0;
-  const uint64_t expected = checked_add(checked_add(f.header_end, f.payload_size, what),
-                                        plain ? kChecksumSize : 0, what);
+  const uint64_t expected =
+      checked_add(checked_add(f.header_end, f.payload_size, what), plain ? kChecksumSize : 0, what);
   if (size != expected) {
     throw FormatError(what + ": file is " + std::to_string(size) + " bytes, header says " +
                       std::to_string(expected) +
@@ -388,11 +415,13 @@ Framing read_framing(const uint8_t* data, size_t size, const std::string& what) 
 
 void check_codes(Framing& f, const std::string& what) {
   KeyHeader& h = f.header;
-  if (f.criterion > 2) throw FormatError(what + ": unknown criterion code " + std::to_string(f.criterion));
+  if (f.criterion > 2)
+    throw FormatError(what + ": unknown criterion code " + std::to_string(f.criterion));
   if (f.scope > 1) throw FormatError(what + ": unknown scope code " + std::to_string(f.scope));
   if (f.fill > 2) throw FormatError(what + ": unknown fill code " + std::to_string(f.fill));
   if (f.flags > 3) throw FormatError(what + ": unknown flag bits 0x" + to_hex(&f.flags, 1));
-  if (f.encryption > 2) throw FormatError(what + ": unknown encryption code " + std::to_string(f.encryption));
+  if (f.encryption > 2)
+    throw FormatError(what + ": unknown encryption code " + std::to_string(f.encryption));
   h.criterion = static_cast<Criterion>(f.criterion);
   h.scope = static_cast<Scope>(f.scope);
   h.fill = static_cast<Fill>(f.fill);
@@ -402,7 +431,8 @@ void check_codes(Framing& f, const std::string& what) {
   if (!(h.ratio >= 0.0 && h.ratio <= 1.0)) {
     throw FormatError(what + ": ratio " + std::to_string(h.ratio) + " outside [0, 1]");
   }
-  if (!(h.ratio_after >= 0.0 && h.ratio_after < h.ratio) && !(h.ratio == 0.0 && h.ratio_after == 0.0)) {
+  if (!(h.ratio_after >= 0.0 && h.ratio_after < h.ratio) &&
+      !(h.ratio == 0.0 && h.ratio_after == 0.0)) {
     throw FormatError(what + ": ratio after " + std::to_string(h.ratio_after) +
                       " is not below the ratio " + std::to_string(h.ratio));
   }
@@ -439,7 +469,8 @@ void write_header(ByteWriter& out, const KeyHeader& h, uint64_t payload_size) {
 }
 
 // The 32-byte AEAD key for a header's encryption mode. Throws AuthError / UsageError.
-std::array<uint8_t, 32> derive_key(const KeyHeader& h, const KeyCredentials& c, const std::string& what) {
+std::array<uint8_t, 32> derive_key(const KeyHeader& h, const KeyCredentials& c,
+                                   const std::string& what) {
   std::array<uint8_t, 32> k{};
   if (h.encryption == Encryption::kSecret) {
     if (c.kind != Encryption::kSecret) {
@@ -449,16 +480,20 @@ std::array<uint8_t, 32> derive_key(const KeyHeader& h, const KeyCredentials& c, 
     return k;
   }
   if (c.kind != Encryption::kPassphrase) {
-    throw UsageError(what + " is encrypted with a passphrase: give --passphrase-file or --passphrase-env");
+    throw UsageError(what +
+                     " is encrypted with a passphrase: give --passphrase-file or --passphrase-env");
   }
   if (h.kdf_opslimit < crypto_pwhash_OPSLIMIT_MIN || h.kdf_opslimit > kMaxKdfOpslimit ||
       h.kdf_memlimit < crypto_pwhash_MEMLIMIT_MIN || h.kdf_memlimit > kMaxKdfMemlimit) {
-    throw AuthError(what + ": " + kAuthFailed + " (Argon2id cost ops=" + std::to_string(h.kdf_opslimit) +
+    throw AuthError(what + ": " + kAuthFailed +
+                    " (Argon2id cost ops=" + std::to_string(h.kdf_opslimit) +
                     " mem=" + std::to_string(h.kdf_memlimit) + " outside what this build accepts)");
   }
   if (crypto_pwhash(k.data(), k.size(), c.passphrase.data(), c.passphrase.size(), h.salt.data(),
-                    h.kdf_opslimit, static_cast<size_t>(h.kdf_memlimit), crypto_pwhash_ALG_ARGON2ID13) != 0) {
-    throw Error(what + ": Argon2id failed (out of memory for " + std::to_string(h.kdf_memlimit >> 20) + " MiB?)");
+                    h.kdf_opslimit, static_cast<size_t>(h.kdf_memlimit),
+                    crypto_pwhash_ALG_ARGON2ID13) != 0) {
+    throw Error(what + ": Argon2id failed (out of memory for " +
+                std::to_string(h.kdf_memlimit >> 20) + " MiB?)");
   }
   return k;
 }
@@ -474,8 +509,8 @@ std::vector<uint8_t> serialize_key(const KeyFile& key, const KeyCredentials& cre
   const uint64_t size = payload_size(key.entries);
   auto check_size = [&](uint64_t written) {
     if (written != size) {
-      throw Error("key: payload of " + std::to_string(written) + " bytes written, " + std::to_string(size) +
-                  " expected");
+      throw Error("key: payload of " + std::to_string(written) + " bytes written, " +
+                  std::to_string(size) + " expected");
     }
   };
 
@@ -509,11 +544,12 @@ std::vector<uint8_t> serialize_key(const KeyFile& key, const KeyCredentials& cre
   auto k = derive_key(h, credentials, "key");
   write_header(out, h, size + kTagSize);
   const size_t header_end = out.size();
-  out.buffer().resize(header_end + size + kTagSize);  // the ciphertext goes straight after the header
+  out.buffer().resize(header_end + size +
+                      kTagSize);  // the ciphertext goes straight after the header
   unsigned long long sealed_len = 0;
-  crypto_aead_xchacha20poly1305_ietf_encrypt(out.buffer().data() + header_end, &sealed_len, payload.buffer().data(),
-                                             payload.size(), out.buffer().data(), header_end, nullptr, h.nonce.data(),
-                                             k.data());
+  crypto_aead_xchacha20poly1305_ietf_encrypt(
+      out.buffer().data() + header_end, &sealed_len, payload.buffer().data(), payload.size(),
+      out.buffer().data(), header_end, nullptr, h.nonce.data(), k.data());
   sodium_memzero(k.data(), k.size());
   sodium_memzero(payload.buffer().data(), payload.size());
   return std::move(out.buffer());
@@ -544,13 +580,14 @@ KeyFile parse_key(const uint8_t* data, size_t size, const std::string& what,
   // encrypted: authenticate before trusting any header field
   if (f.encryption > 2) throw AuthError(what + ": " + kAuthFailed + " (unknown encryption code)");
   f.header.encryption = static_cast<Encryption>(f.encryption);
-  if (f.payload_size < kTagSize) throw AuthError(what + ": " + kAuthFailed + " (payload shorter than its tag)");
+  if (f.payload_size < kTagSize)
+    throw AuthError(what + ": " + kAuthFailed + " (payload shorter than its tag)");
   auto k = derive_key(f.header, credentials, what);
   std::vector<uint8_t> plain(f.payload_size - kTagSize);
   unsigned long long plain_len = 0;
   const int rc = crypto_aead_xchacha20poly1305_ietf_decrypt(
-      plain.data(), &plain_len, nullptr, data + f.header_end, f.payload_size, data, f.header_end, f.header.nonce.data(),
-      k.data());
+      plain.data(), &plain_len, nullptr, data + f.header_end, f.payload_size, data, f.header_end,
+      f.header.nonce.data(), k.data());
   sodium_memzero(k.data(), k.size());
   if (rc != 0) throw AuthError(what + ": " + kAuthFailed);
   check_codes(f, what);
@@ -566,7 +603,8 @@ KeyFile read_key_file(const std::string& path, const KeyCredentials& credentials
   return parse_key(bytes.data(), bytes.size(), "key '" + path + "'", credentials);
 }
 
-uint64_t write_key_file(const std::string& path, const KeyFile& key, const KeyCredentials& credentials) {
+uint64_t write_key_file(const std::string& path, const KeyFile& key,
+                        const KeyCredentials& credentials) {
   auto bytes = serialize_key(key, credentials);
   write_file_atomic(path, bytes);
   return bytes.size();

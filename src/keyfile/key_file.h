@@ -11,10 +11,9 @@
 //                       that is not the last, the model locked at the next smaller ratio)
 //                   16  key id (random; shared by the keys of one tiered lock)
 //                   u8  criterion (0 l1, 1 bn, 2 random), u8 scope (0 layer, 1 global),
-//                   u8  fill (0 zero, 1 decoy-v1, 2 decoy), u8 flags (bit 0 include io, bit 1 random bn units)
-//                   f64 ratio of the state the key applies to
-//                   f64 ratio of the state it produces (0: the original)
-//                   u64 seed, u64 units restored by this key
+//                   u8  fill (0 zero, 1 decoy-v1, 2 decoy), u8 flags (bit 0 include io, bit 1
+//                   random bn units) f64 ratio of the state the key applies to f64 ratio of the
+//                   state it produces (0: the original) u64 seed, u64 units restored by this key
 //                   u16 tier index (1-based, in order of application), u16 tier count
 //                   u8  encryption (0 none, 1 passphrase/Argon2id, 2 raw 32-byte secret), u8[3] 0
 //                   u64 Argon2id opslimit, u64 memlimit (bytes), 16 salt   (0 unless passphrase)
@@ -79,8 +78,8 @@ using KeyId = std::array<uint8_t, 16>;
 
 struct KeyHeader {
   uint32_t version = kKeyVersion;  // as read; written keys are always the newest version
-  Digest locked_fingerprint{};    // the state the key applies to
-  Digest original_fingerprint{};  // the state it produces
+  Digest locked_fingerprint{};     // the state the key applies to
+  Digest original_fingerprint{};   // the state it produces
   KeyId key_id{};
   Criterion criterion = Criterion::kL1;
   Scope scope = Scope::kLayer;

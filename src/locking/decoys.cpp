@@ -31,8 +31,8 @@ torch::Tensor f64(const torch::Tensor& t) { return t.detach().to(kF64); }
 
 // ---------------------------------------------------------------- decoy-v1
 // Overwrites the `targets` rows of `view` [N, s] with decoys: each gets the l1 norm of a random
-// donor unit and elements drawn from random positions of random donors. Unchanged since the
-// first version, so that `--fill decoy-v1` reproduces those locks' statistics.
+// donor unit and elements drawn from random positions of random donors. Not to be changed:
+// `--fill decoy-v1` must reproduce the statistics of the locks the first generator made.
 void fill_v1(const torch::Tensor& view, const std::vector<int64_t>& targets,
              const std::vector<int64_t>& excluded, uint64_t seed) {
   const int64_t n = view.size(0), s = view.size(1), t = static_cast<int64_t>(targets.size());

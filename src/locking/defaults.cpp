@@ -27,7 +27,7 @@ std::string describe_units(const UnitChoice& u) {
   const UnitChoice d = default_units();
   const bool default_ranking = u.criterion == d.criterion && u.scope == d.scope;
   const bool is_default = default_ranking && u.include_io == d.include_io;
-  std::string s = is_default ? "default (l1, "
+  std::string s = is_default                        ? "default (l1, "
                   : default_ranking && d.include_io ? "default without first/last (l1, "
                                                     : std::string(to_string(u.criterion)) + " (";
   s += to_string(u.scope);

@@ -23,7 +23,7 @@
 //   learned          logistic regression on per-kernel features (conv kernels; see
 //                    DetectOptions), trained on locks the attacker makes of the locked model
 //   oracle           the better of far_from_median and smallest per tensor, chosen with the truth
-//                    in hand (kept from the first detector; its baseline is higher than the plain
+//                    in hand (a reference, not an attack; its baseline is higher than the plain
 //                    chance rate)
 #pragma once
 

@@ -21,10 +21,14 @@ namespace {
 
 DType to_dtype(const torch::Tensor& t, const std::string& name) {
   switch (t.scalar_type()) {
-    case torch::kFloat32: return DType::kF32;
-    case torch::kFloat64: return DType::kF64;
-    case torch::kFloat16: return DType::kF16;
-    case torch::kBFloat16: return DType::kBF16;
+    case torch::kFloat32:
+      return DType::kF32;
+    case torch::kFloat64:
+      return DType::kF64;
+    case torch::kFloat16:
+      return DType::kF16;
+    case torch::kBFloat16:
+      return DType::kBF16;
     default:
       throw Error("tensor '" + name + "' has dtype " + std::string(c10::toString(t.scalar_type())) +
                   ", only floating-point tensors can be locked");
@@ -48,10 +52,14 @@ std::string short_fp(const Digest& d) { return to_hex(d).substr(0, 16); }
 
 torch::ScalarType to_scalar_type(DType d) {
   switch (d) {
-    case DType::kF32: return torch::kFloat32;
-    case DType::kF64: return torch::kFloat64;
-    case DType::kF16: return torch::kFloat16;
-    case DType::kBF16: return torch::kBFloat16;
+    case DType::kF32:
+      return torch::kFloat32;
+    case DType::kF64:
+      return torch::kFloat64;
+    case DType::kF16:
+      return torch::kFloat16;
+    case DType::kBF16:
+      return torch::kBFloat16;
   }
   return torch::kFloat32;
 }
@@ -340,8 +348,9 @@ KeyFile extract_units(std::vector<NamedTensor>& tensors, const ExtractionPlan& p
   return extract_units_seeded(tensors, plan, options, no_donors, nullptr);
 }
 
-KeyFile extract_units(std::vector<NamedTensor>& tensors, const ExtractionPlan& plan, const LockOptions& options,
-                      const ExtractionPlan* no_donors, uint64_t decoy_seed) {
+KeyFile extract_units(std::vector<NamedTensor>& tensors, const ExtractionPlan& plan,
+                      const LockOptions& options, const ExtractionPlan* no_donors,
+                      uint64_t decoy_seed) {
   return extract_units_seeded(tensors, plan, options, no_donors, &decoy_seed);
 }
 
@@ -361,28 +370,32 @@ void restore_units(std::vector<NamedTensor>& tensors, const KeyFile& key) {
   // Check every entry before writing any of them.
   for (const auto& e : key.entries) {
     auto it = named.find(e.tensor);
-    if (it == named.end()) throw MismatchError("key entry '" + e.tensor + "': model has no such tensor");
+    if (it == named.end())
+      throw MismatchError("key entry '" + e.tensor + "': model has no such tensor");
     const torch::Tensor& t = *it->second;
     if (to_dtype(t, e.tensor) != e.dtype) {
-      throw MismatchError("key entry '" + e.tensor + "': dtype " + to_string(e.dtype) + ", tensor is " +
-                          c10::toString(t.scalar_type()));
+      throw MismatchError("key entry '" + e.tensor + "': dtype " + to_string(e.dtype) +
+                          ", tensor is " + c10::toString(t.scalar_type()));
     }
     std::vector<int64_t> shape(e.shape.begin(), e.shape.end());
     if (t.sizes() != c10::IntArrayRef(shape)) {
-      throw MismatchError("key entry '" + e.tensor + "': shape " + c10::str(c10::IntArrayRef(shape)) +
-                          ", tensor is " + c10::str(t.sizes()));
+      throw MismatchError("key entry '" + e.tensor + "': shape " +
+                          c10::str(c10::IntArrayRef(shape)) + ", tensor is " + c10::str(t.sizes()));
     }
   }
   for (const auto& e : key.entries) {
     const auto k = static_cast<int64_t>(e.units.size()), s = static_cast<int64_t>(e.unit_size);
     std::vector<int64_t> units(e.units.begin(), e.units.end());
-    auto values = torch::from_blob(const_cast<uint8_t*>(e.values.data()), {k, s}, to_scalar_type(e.dtype));
-    unit_view(*named[e.tensor], s, e.tensor).index_copy_(0, torch::tensor(units, torch::kInt64), values);
+    auto values =
+        torch::from_blob(const_cast<uint8_t*>(e.values.data()), {k, s}, to_scalar_type(e.dtype));
+    unit_view(*named[e.tensor], s, e.tensor)
+        .index_copy_(0, torch::tensor(units, torch::kInt64), values);
   }
   const Digest restored = fingerprint(tensors);
   if (restored != key.header.original_fingerprint) {
-    throw Error("restored model's fingerprint " + short_fp(restored) + "... differs from the original " +
-                short_fp(key.header.original_fingerprint) + "... recorded in the key");
+    throw Error("restored model's fingerprint " + short_fp(restored) +
+                "... differs from the original " + short_fp(key.header.original_fingerprint) +
+                "... recorded in the key");
   }
 }
 
@@ -390,7 +403,8 @@ namespace {
 
 void check_lockable(const LoadedModel& model, const DecoySearch& search) {
   if (model.meta.lock) {
-    throw UsageError("model is already locked (key id " + model.meta.lock->key_id + "); unlock it first");
+    throw UsageError("model is already locked (key id " + model.meta.lock->key_id +
+                     "); unlock it first");
   }
   if (search.tries < 1 || search.tries > 1000) {
     throw UsageError("decoy tries " + std::to_string(search.tries) + ": must be within [1, 1000]");
@@ -499,7 +513,8 @@ void unlock_model(LoadedModel& model, const KeyFile& key) {
     if (h.tiers > 1 && model.meta.lock && model.meta.lock->key_id == key_id) {
       throw MismatchError("tier key " + std::to_string(h.tier) + " of " + std::to_string(h.tiers) +
                           " applies to the model locked at ratio " + std::to_string(h.ratio) +
-                          ", but this model is locked at ratio " + std::to_string(model.meta.lock->ratio) +
+                          ", but this model is locked at ratio " +
+                          std::to_string(model.meta.lock->ratio) +
                           ": apply the tier keys in order, largest ratio first");
     }
     throw;
@@ -522,19 +537,23 @@ LoadedModel load_unlocked(const std::string& locked_path, const std::vector<KeyF
   return m;
 }
 
-std::vector<TierOutcome> lock_model_tiers(LoadedModel& model, const LockOptions& options, std::vector<double> ratios,
-                                          const std::function<void(double, LoadedModel&)>& on_state) {
+std::vector<TierOutcome> lock_model_tiers(
+    LoadedModel& model, const LockOptions& options, std::vector<double> ratios,
+    const std::function<void(double, LoadedModel&)>& on_state) {
   if (ratios.empty()) throw UsageError("tiers: give at least one ratio");
-  if (ratios.size() > 1000) throw UsageError("tiers: " + std::to_string(ratios.size()) + " ratios (at most 1000)");
+  if (ratios.size() > 1000)
+    throw UsageError("tiers: " + std::to_string(ratios.size()) + " ratios (at most 1000)");
   std::sort(ratios.begin(), ratios.end());
   for (size_t i = 0; i < ratios.size(); ++i) {
     if (!(ratios[i] > 0.0 && ratios[i] <= 1.0)) {
       throw UsageError("tier ratio " + std::to_string(ratios[i]) + ": must be within (0, 1]");
     }
-    if (i > 0 && ratios[i] == ratios[i - 1]) throw UsageError("tier ratio " + std::to_string(ratios[i]) + " given twice");
+    if (i > 0 && ratios[i] == ratios[i - 1])
+      throw UsageError("tier ratio " + std::to_string(ratios[i]) + " given twice");
   }
   if (model.meta.lock) {
-    throw UsageError("model is already locked (key id " + model.meta.lock->key_id + "); unlock it first");
+    throw UsageError("model is already locked (key id " + model.meta.lock->key_id +
+                     "); unlock it first");
   }
   auto tensors = named_tensors(*model.net);
   const Ranking ranking = rank_units(tensors, model.net->structure(), options);
@@ -542,7 +561,8 @@ std::vector<TierOutcome> lock_model_tiers(LoadedModel& model, const LockOptions&
   for (size_t i = 0; i < ratios.size(); ++i) {
     plans.push_back(plan_at(ranking, tensors, model.net->structure(), ratios[i]));
     if (i > 0 && plans[i].units == plans[i - 1].units) {
-      throw UsageError("tiers " + std::to_string(ratios[i - 1]) + " and " + std::to_string(ratios[i]) + " both extract " +
+      throw UsageError("tiers " + std::to_string(ratios[i - 1]) + " and " +
+                       std::to_string(ratios[i]) + " both extract " +
                        std::to_string(plans[i].units) + " units: choose ratios further apart");
     }
   }

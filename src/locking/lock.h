@@ -24,8 +24,9 @@ KeyFile extract_units(std::vector<NamedTensor>& tensors, const ExtractionPlan& p
                       const LockOptions& options, const ExtractionPlan* no_donors = nullptr);
 // Same, with the decoy generator's seed given (reproducible decoys: tests, the detector's
 // training locks). Throws Error.
-KeyFile extract_units(std::vector<NamedTensor>& tensors, const ExtractionPlan& plan, const LockOptions& options,
-                      const ExtractionPlan* no_donors, uint64_t decoy_seed);
+KeyFile extract_units(std::vector<NamedTensor>& tensors, const ExtractionPlan& plan,
+                      const LockOptions& options, const ExtractionPlan* no_donors,
+                      uint64_t decoy_seed);
 
 // Units of `larger` that are not in `smaller` (both from the same ranking).
 ExtractionPlan plan_difference(const ExtractionPlan& larger, const ExtractionPlan& smaller);
@@ -36,10 +37,10 @@ ExtractionPlan plan_difference(const ExtractionPlan& larger, const ExtractionPla
 void restore_units(std::vector<NamedTensor>& tensors, const KeyFile& key);
 
 struct LockStats {
-  int64_t units = 0;        // units extracted, as the criterion counts them
-  int64_t candidates = 0;   // units that competed
-  int64_t values = 0;       // parameter elements moved into the key
-  int64_t parameters = 0;   // parameter elements of the model (buffers excluded)
+  int64_t units = 0;       // units extracted, as the criterion counts them
+  int64_t candidates = 0;  // units that competed
+  int64_t values = 0;      // parameter elements moved into the key
+  int64_t parameters = 0;  // parameter elements of the model (buffers excluded)
   double param_fraction() const { return parameters ? double(values) / double(parameters) : 0.0; }
 };
 
@@ -70,7 +71,8 @@ struct DecoySearch {
   std::function<double(LoadedModel&)> score;
   std::optional<uint64_t> seed;
 };
-LockOutcome lock_model(LoadedModel& model, const Ranking& ranking, double ratio, const DecoySearch& search);
+LockOutcome lock_model(LoadedModel& model, const Ranking& ranking, double ratio,
+                       const DecoySearch& search);
 // Same, selecting the units at options.ratio (no ranking to reuse).
 LockOutcome lock_model(LoadedModel& model, const LockOptions& options, const DecoySearch& search);
 

@@ -23,7 +23,8 @@ TensorIndex index_tensors(const std::vector<NamedTensor>& tensors) {
 
 const torch::Tensor& lookup(const TensorIndex& idx, const std::string& name) {
   auto it = idx.find(name);
-  if (it == idx.end()) throw Error("model has no tensor '" + name + "' (named by its layer structure)");
+  if (it == idx.end())
+    throw Error("model has no tensor '" + name + "' (named by its layer structure)");
   return *it->second;
 }
 
@@ -42,7 +43,9 @@ torch::Tensor unit_scores(const LayerSpec& layer, const torch::Tensor& w) {
   torch::NoGradGuard no_grad;
   auto a = w.detach().to(torch::kFloat32).abs();
   if (layer.kind == LayerKind::kConv2d) {
-    if (w.dim() != 4) throw Error("conv layer '" + layer.name + "': weight has " + std::to_string(w.dim()) + " dimensions, expected 4");
+    if (w.dim() != 4)
+      throw Error("conv layer '" + layer.name + "': weight has " + std::to_string(w.dim()) +
+                  " dimensions, expected 4");
     return a.reshape({w.size(0) * w.size(1), w.size(2) * w.size(3)}).sum(1).contiguous();
   }
   return a.flatten().contiguous();
@@ -51,9 +54,12 @@ torch::Tensor unit_scores(const LayerSpec& layer, const torch::Tensor& w) {
 std::string group_label(const LayerSpec& layer, Scope scope) {
   if (scope == Scope::kLayer) return layer.name;
   switch (layer.kind) {
-    case LayerKind::kConv2d: return "conv kernels";
-    case LayerKind::kLinear: return "linear weights";
-    default: return "norm channels";
+    case LayerKind::kConv2d:
+      return "conv kernels";
+    case LayerKind::kLinear:
+      return "linear weights";
+    default:
+      return "norm channels";
   }
 }
 
@@ -72,7 +78,8 @@ void seeded_shuffle(std::vector<RankedUnit>& v, uint64_t seed) {
     const uint64_t span = i;
     const uint64_t limit = UINT64_MAX - UINT64_MAX % span;
     uint64_t r;
-    do r = rng(); while (r >= limit);
+    do r = rng();
+    while (r >= limit);
     std::swap(v[i - 1], v[r % span]);
   }
 }
@@ -213,9 +220,11 @@ Ranking rank_units(const std::vector<NamedTensor>& tensors, const Structure& str
     for (int64_t u = 0; u < scores.numel(); ++u) ranked.push_back({static_cast<int>(i), u, s[u]});
   }
   if (ranking.groups.empty()) {
-    throw UsageError(std::string("criterion '") + to_string(options.criterion) + "': the model has no eligible " +
-                     (bn_units ? "normalisation layers" : "conv or linear layers") +
-                     (options.include_io ? "" : " (first and last layer excluded; --include-io includes them)"));
+    throw UsageError(
+        std::string("criterion '") + to_string(options.criterion) +
+        "': the model has no eligible " +
+        (bn_units ? "normalisation layers" : "conv or linear layers") +
+        (options.include_io ? "" : " (first and last layer excluded; --include-io includes them)"));
   }
   for (size_t g = 0; g < ranking.groups.size(); ++g) {
     auto& ranked = ranking.groups[g].ranked;

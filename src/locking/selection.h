@@ -35,8 +35,8 @@ struct LockOptions {
 LockOptions lock_options_for(const UnitChoice& units, double ratio);
 
 struct RankedUnit {
-  int layer;       // index into the structure
-  int64_t index;   // unit index within the layer
+  int layer;      // index into the structure
+  int64_t index;  // unit index within the layer
   float score;
 };
 

@@ -18,8 +18,10 @@ torch::serialize::InputArchive open_archive(const std::string& path) {
   try {
     archive.load_from(path);
   } catch (const c10::Error& e) {
-    throw FormatError("model '" + path + "': not a corelocker checkpoint or TorchScript file (LibTorch could not read it: " +
-                      std::string(e.what_without_backtrace()) + ")");
+    throw FormatError(
+        "model '" + path +
+        "': not a corelocker checkpoint or TorchScript file (LibTorch could not read it: " +
+        std::string(e.what_without_backtrace()) + ")");
   }
   return archive;
 }
@@ -27,7 +29,8 @@ torch::serialize::InputArchive open_archive(const std::string& path) {
 ModelMeta read_meta(torch::serialize::InputArchive& archive, const std::string& path) {
   c10::IValue value;
   if (!archive.try_read(kMetaKey, value) || !value.isString()) {
-    throw FormatError("model '" + path + "': no corelocker metadata (attribute '" + kMetaKey + "')");
+    throw FormatError("model '" + path + "': no corelocker metadata (attribute '" + kMetaKey +
+                      "')");
   }
   return meta_from_json(value.toStringRef(), "model '" + path + "'");
 }
@@ -64,7 +67,8 @@ LoadedModel load_model(const std::string& path) {
   auto tensors = named_tensors(*m.net);
   if (tensors.size() != m.meta.tensors.size()) {
     throw FormatError("model '" + path + "': holds " + std::to_string(m.meta.tensors.size()) +
-                      " tensors, architecture '" + m.meta.arch + "' has " + std::to_string(tensors.size()));
+                      " tensors, architecture '" + m.meta.arch + "' has " +
+                      std::to_string(tensors.size()));
   }
   torch::NoGradGuard no_grad;
   for (size_t i = 0; i < tensors.size(); ++i) {
@@ -79,7 +83,8 @@ LoadedModel load_model(const std::string& path) {
     } catch (const c10::Error& e) {
       throw FormatError("model '" + path + "': tensor '" + t.name + "' missing or unreadable");
     }
-    if (!stored.defined() || stored.sizes() != t.tensor.sizes() || stored.scalar_type() != t.tensor.scalar_type()) {
+    if (!stored.defined() || stored.sizes() != t.tensor.sizes() ||
+        stored.scalar_type() != t.tensor.scalar_type()) {
       throw FormatError("model '" + path + "': tensor '" + t.name + "' has shape " +
                         (stored.defined() ? c10::str(stored.sizes()) : "none") + ", expected " +
                         c10::str(t.tensor.sizes()));

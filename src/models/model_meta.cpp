@@ -17,8 +17,10 @@ std::string meta_to_json(const ModelMeta& m) {
   j["format_version"] = kModelMetaVersion;
   j["arch"] = m.arch;
   j["options"] = m.options;
-  j["input"] = {{"channels", m.input.channels}, {"height", m.input.height}, {"width", m.input.width}};
-  j["preprocess"] = {{"mean", m.preprocess.mean}, {"std", m.preprocess.std}, {"pad_to", m.preprocess.pad_to}};
+  j["input"] = {
+      {"channels", m.input.channels}, {"height", m.input.height}, {"width", m.input.width}};
+  j["preprocess"] = {
+      {"mean", m.preprocess.mean}, {"std", m.preprocess.std}, {"pad_to", m.preprocess.pad_to}};
   if (m.preprocess.resize_to > 0) j["preprocess"]["resize_to"] = m.preprocess.resize_to;
   if (m.preprocess.channels > 0) j["preprocess"]["channels"] = m.preprocess.channels;
   j["classes"] = m.classes;
@@ -26,14 +28,11 @@ std::string meta_to_json(const ModelMeta& m) {
   j["training"] = nlohmann::json::parse(m.training_json.empty() ? "{}" : m.training_json);
   j["tensors"] = m.tensors;
   if (m.lock) {
-    j["lock"] = {{"key_id", m.lock->key_id},
-                 {"original_fingerprint", m.lock->original_fingerprint},
-                 {"criterion", m.lock->criterion},
-                 {"scope", m.lock->scope},
-                 {"ratio", m.lock->ratio},
-                 {"tool_version", m.lock->tool_version},
-                 {"fill", m.lock->fill},
-                 {"tiers", m.lock->tiers}};
+    j["lock"] = {
+        {"key_id", m.lock->key_id},       {"original_fingerprint", m.lock->original_fingerprint},
+        {"criterion", m.lock->criterion}, {"scope", m.lock->scope},
+        {"ratio", m.lock->ratio},         {"tool_version", m.lock->tool_version},
+        {"fill", m.lock->fill},           {"tiers", m.lock->tiers}};
   }
   return j.dump();
 }
@@ -64,8 +63,8 @@ ModelMeta meta_from_json(const std::string& text, const std::string& what) {
     m.preprocess.channels = pp.value("channels", int64_t{0});
     if (m.preprocess.resize_to < 0 || m.preprocess.resize_to > 4096 || m.preprocess.channels < 0 ||
         m.preprocess.channels > 64) {
-      throw FormatError(what + ": preprocess resize_to " + std::to_string(m.preprocess.resize_to) + " / channels " +
-                        std::to_string(m.preprocess.channels) + " out of range");
+      throw FormatError(what + ": preprocess resize_to " + std::to_string(m.preprocess.resize_to) +
+                        " / channels " + std::to_string(m.preprocess.channels) + " out of range");
     }
     m.classes = j.at("classes").get<int64_t>();
     m.dataset = j.value("dataset", "");
@@ -85,15 +84,18 @@ ModelMeta meta_from_json(const std::string& text, const std::string& what) {
     if (m.input.channels < 1 || m.input.height < 1 || m.input.width < 1) {
       throw FormatError(what + ": input shape must be positive");
     }
-    if (m.classes < 2) throw FormatError(what + ": " + std::to_string(m.classes) + " classes (need >= 2)");
+    if (m.classes < 2)
+      throw FormatError(what + ": " + std::to_string(m.classes) + " classes (need >= 2)");
     const int64_t fed = m.preprocess.channels > 0 ? m.preprocess.channels : m.input.channels;
-    if (m.preprocess.mean.size() != static_cast<size_t>(fed) || m.preprocess.std.size() != static_cast<size_t>(fed)) {
+    if (m.preprocess.mean.size() != static_cast<size_t>(fed) ||
+        m.preprocess.std.size() != static_cast<size_t>(fed)) {
       throw FormatError(what + ": normalisation has " + std::to_string(m.preprocess.mean.size()) +
-                        " means / " + std::to_string(m.preprocess.std.size()) + " stds for " + std::to_string(fed) +
-                        " channels");
+                        " means / " + std::to_string(m.preprocess.std.size()) + " stds for " +
+                        std::to_string(fed) + " channels");
     }
     for (double s : m.preprocess.std) {
-      if (!(s > 0)) throw FormatError(what + ": normalisation std " + std::to_string(s) + " is not positive");
+      if (!(s > 0))
+        throw FormatError(what + ": normalisation std " + std::to_string(s) + " is not positive");
     }
     return m;
   } catch (const nlohmann::json::exception& e) {

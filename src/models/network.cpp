@@ -5,10 +5,10 @@
 #include "models/cnn_lstm.h"
 #include "models/densenet.h"
 #include "models/fcn.h"
-#include "models/torchscript.h"
 #include "models/preresnet.h"
 #include "models/resnet.h"
 #include "models/tiny_cnn.h"
+#include "models/torchscript.h"
 #include "models/vgg.h"
 #include "models/vit.h"
 #include "util/error.h"
@@ -17,17 +17,21 @@ namespace corelocker {
 
 const char* to_string(LayerKind k) {
   switch (k) {
-    case LayerKind::kConv2d: return "conv2d";
-    case LayerKind::kLinear: return "linear";
-    case LayerKind::kBatchNorm: return "batchnorm";
-    case LayerKind::kLayerNorm: return "layernorm";
+    case LayerKind::kConv2d:
+      return "conv2d";
+    case LayerKind::kLinear:
+      return "linear";
+    case LayerKind::kBatchNorm:
+      return "batchnorm";
+    case LayerKind::kLayerNorm:
+      return "layernorm";
   }
   return "?";
 }
 
 int Network::record_conv(const std::string& path, const torch::nn::Conv2d& conv) {
-  structure_.push_back({path, LayerKind::kConv2d, path + ".weight",
-                        conv->options.bias() ? path + ".bias" : "", -1});
+  structure_.push_back(
+      {path, LayerKind::kConv2d, path + ".weight", conv->options.bias() ? path + ".bias" : "", -1});
   return static_cast<int>(structure_.size()) - 1;
 }
 
@@ -55,34 +59,46 @@ int Network::record_matrix(const std::string& name, const std::string& weight,
 
 std::vector<ArchInfo> list_architectures() {
   return {
-      {"resnet20", "CIFAR ResNet (basic blocks, 16/32/64 channels), depth 6n+2",
-       {{"depth", 20, "6n+2"}}, 32},
-      {"vgg19", "VGG-19 with BatchNorm, CIFAR variant (Network Slimming)",
-       {{"width", 64, "channels of the first stage (64: VGG-19)"}}, 32},
-      {"preresnet", "pre-activation ResNet (Network Slimming), bottleneck depth 9n+2",
+      {"resnet20",
+       "CIFAR ResNet (basic blocks, 16/32/64 channels), depth 6n+2",
+       {{"depth", 20, "6n+2"}},
+       32},
+      {"vgg19",
+       "VGG-19 with BatchNorm, CIFAR variant (Network Slimming)",
+       {{"width", 64, "channels of the first stage (64: VGG-19)"}},
+       32},
+      {"preresnet",
+       "pre-activation ResNet (Network Slimming), bottleneck depth 9n+2",
        {{"depth", 164, "9n+2 (bottleneck) or 6n+2 (basic)"},
         {"bottleneck", 1, "1: bottleneck blocks, 0: basic blocks"}},
        32},
-      {"densenet", "DenseNet (BN-ReLU-conv, 3 dense blocks), depth 3n+4",
-       {{"depth", 40, "3n+4"}, {"growth", 12, "growth rate"}}, 32},
-      {"fcn", "fully connected ReLU network: depth hidden layers of width neurons",
+      {"densenet",
+       "DenseNet (BN-ReLU-conv, 3 dense blocks), depth 3n+4",
+       {{"depth", 40, "3n+4"}, {"growth", 12, "growth rate"}},
+       32},
+      {"fcn",
+       "fully connected ReLU network: depth hidden layers of width neurons",
        {{"depth", 4, "hidden layers"},
         {"width", 256, "neurons per hidden layer"},
         {"norm", 1, "1: BatchNorm1d after each hidden layer, 0: none"}},
        0},
-      {"vit", "small Vision Transformer (patches, LayerNorm, multi-head attention, MLP)",
+      {"vit",
+       "small Vision Transformer (patches, LayerNorm, multi-head attention, MLP)",
        {{"patch", 4, "patch size"},
         {"dim", 128, "embedding width"},
         {"depth", 6, "transformer blocks"},
         {"heads", 4, "attention heads"},
         {"mlp", 256, "MLP hidden width"}},
        0},
-      {"cnnlstm", "conv feature extractor feeding an LSTM over rows",
+      {"cnnlstm",
+       "conv feature extractor feeding an LSTM over rows",
        {{"width", 32, "channels of the first conv (the second has twice as many)"},
         {"hidden", 128, "LSTM hidden size"}},
        0},
-      {"tinycnn", "two conv+BN blocks and two linear layers; for fast tests",
-       {{"width", 8, "channels of the first conv"}}, 0},
+      {"tinycnn",
+       "two conv+BN blocks and two linear layers; for fast tests",
+       {{"width", 8, "channels of the first conv"}},
+       0},
   };
 }
 
@@ -123,8 +139,10 @@ std::shared_ptr<Network> build_network(const ModelMeta& meta) {
                      std::to_string(w) + " with " + std::to_string(meta.classes) +
                      " classes: need at least one channel, one pixel and two classes");
   }
-  if (arch.name == "resnet20") return std::make_shared<ResNet>(opt.at("depth"), in.channels, meta.classes);
-  if (arch.name == "vgg19") return std::make_shared<Vgg>(in.channels, meta.classes, opt.at("width"));
+  if (arch.name == "resnet20")
+    return std::make_shared<ResNet>(opt.at("depth"), in.channels, meta.classes);
+  if (arch.name == "vgg19")
+    return std::make_shared<Vgg>(in.channels, meta.classes, opt.at("width"));
   if (arch.name == "preresnet") {
     return std::make_shared<PreResNet>(opt.at("depth"), opt.at("bottleneck") != 0, in.channels,
                                        meta.classes);
@@ -133,8 +151,8 @@ std::shared_ptr<Network> build_network(const ModelMeta& meta) {
     return std::make_shared<DenseNet>(opt.at("depth"), opt.at("growth"), in.channels, meta.classes);
   }
   if (arch.name == "fcn") {
-    return std::make_shared<Fcn>(in.channels * h * w, meta.classes, opt.at("depth"), opt.at("width"),
-                                 opt.at("norm") != 0);
+    return std::make_shared<Fcn>(in.channels * h * w, meta.classes, opt.at("depth"),
+                                 opt.at("width"), opt.at("norm") != 0);
   }
   if (arch.name == "vit") {
     VitOptions v;
@@ -146,7 +164,8 @@ std::shared_ptr<Network> build_network(const ModelMeta& meta) {
     return std::make_shared<Vit>(in.channels, h, w, meta.classes, v);
   }
   if (arch.name == "cnnlstm") {
-    return std::make_shared<CnnLstm>(in.channels, h, w, meta.classes, opt.at("width"), opt.at("hidden"));
+    return std::make_shared<CnnLstm>(in.channels, h, w, meta.classes, opt.at("width"),
+                                     opt.at("hidden"));
   }
   return std::make_shared<TinyCnn>(in, meta.preprocess.pad_to, meta.classes, opt.at("width"));
 }
@@ -155,8 +174,10 @@ std::vector<NamedTensor> named_tensors(torch::nn::Module& module) {
   // A TorchScript module keeps its own (dotted) names.
   if (auto* script = dynamic_cast<TorchScriptNetwork*>(&module)) return script->tensors();
   std::vector<NamedTensor> out;
-  for (const auto& p : module.named_parameters(/*recurse=*/true)) out.push_back({p.key(), p.value(), false});
-  for (const auto& b : module.named_buffers(/*recurse=*/true)) out.push_back({b.key(), b.value(), true});
+  for (const auto& p : module.named_parameters(/*recurse=*/true))
+    out.push_back({p.key(), p.value(), false});
+  for (const auto& b : module.named_buffers(/*recurse=*/true))
+    out.push_back({b.key(), b.value(), true});
   return out;
 }
 
@@ -169,7 +190,8 @@ std::vector<NamedTensor> named_parameters_of(torch::nn::Module& module) {
 }
 
 void freeze_batchnorm_statistics(torch::nn::Module& module) {
-  if (auto* script = dynamic_cast<TorchScriptNetwork*>(&module)) return script->freeze_batchnorm_statistics();
+  if (auto* script = dynamic_cast<TorchScriptNetwork*>(&module))
+    return script->freeze_batchnorm_statistics();
   for (auto& m : module.modules(/*include_self=*/false)) {
     if (m->as<torch::nn::BatchNorm2d>() || m->as<torch::nn::BatchNorm1d>()) m->eval();
   }

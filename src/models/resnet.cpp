@@ -14,7 +14,8 @@ torch::nn::Conv2d conv3x3(int64_t in, int64_t out, int64_t stride) {
 
 ResNet::ResNet(int64_t depth, int64_t in_channels, int64_t classes) {
   if (depth < 8 || (depth - 2) % 6 != 0) {
-    throw UsageError("resnet depth " + std::to_string(depth) + ": must be 6n+2 (20, 32, 44, 56, 110)");
+    throw UsageError("resnet depth " + std::to_string(depth) +
+                     ": must be 6n+2 (20, 32, 44, 56, 110)");
   }
   const int64_t n = (depth - 2) / 6;
   conv1_ = register_module("conv1", conv3x3(in_channels, 16, 1));
@@ -67,9 +68,10 @@ torch::Tensor ResNet::forward(torch::Tensor x) {
     torch::Tensor shortcut = x;
     if (b.stride != 1 || b.in_planes != b.planes) {
       // Option A: subsample spatially and zero-pad the new channels (no parameters).
-      shortcut = x.index({torch::indexing::Slice(), torch::indexing::Slice(),
-                          torch::indexing::Slice(torch::indexing::None, torch::indexing::None, b.stride),
-                          torch::indexing::Slice(torch::indexing::None, torch::indexing::None, b.stride)});
+      shortcut =
+          x.index({torch::indexing::Slice(), torch::indexing::Slice(),
+                   torch::indexing::Slice(torch::indexing::None, torch::indexing::None, b.stride),
+                   torch::indexing::Slice(torch::indexing::None, torch::indexing::None, b.stride)});
       const int64_t extra = b.planes - b.in_planes;
       shortcut = torch::constant_pad_nd(shortcut, {0, 0, 0, 0, extra / 2, extra - extra / 2});
     }

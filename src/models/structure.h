@@ -13,7 +13,7 @@ enum class LayerKind { kConv2d, kLinear, kBatchNorm, kLayerNorm };
 const char* to_string(LayerKind k);
 
 struct LayerSpec {
-  std::string name;    // module path, e.g. "layer1.0.conv1"
+  std::string name;  // module path, e.g. "layer1.0.conv1"
   LayerKind kind;
   std::string weight;  // full tensor name, e.g. "layer1.0.conv1.weight"
   std::string bias;    // empty when the layer has none

@@ -7,12 +7,15 @@
 namespace corelocker {
 
 TinyCnn::TinyCnn(const InputShape& input, int64_t pad_to, int64_t classes, int64_t width) {
-  if (width < 1 || width > 1024) throw UsageError("tinycnn width " + std::to_string(width) + ": must be 1..1024");
+  if (width < 1 || width > 1024)
+    throw UsageError("tinycnn width " + std::to_string(width) + ": must be 1..1024");
   const int64_t h = std::max(input.height, pad_to), w = std::max(input.width, pad_to);
   if (h < 4 || w < 4) throw UsageError("tinycnn needs inputs of at least 4x4");
-  conv1_ = register_module("conv1", torch::nn::Conv2d(torch::nn::Conv2dOptions(input.channels, width, 3).padding(1)));
+  conv1_ = register_module(
+      "conv1", torch::nn::Conv2d(torch::nn::Conv2dOptions(input.channels, width, 3).padding(1)));
   bn1_ = register_module("bn1", torch::nn::BatchNorm2d(width));
-  conv2_ = register_module("conv2", torch::nn::Conv2d(torch::nn::Conv2dOptions(width, 2 * width, 3).padding(1)));
+  conv2_ = register_module(
+      "conv2", torch::nn::Conv2d(torch::nn::Conv2dOptions(width, 2 * width, 3).padding(1)));
   bn2_ = register_module("bn2", torch::nn::BatchNorm2d(2 * width));
   fc1_ = register_module("fc1", torch::nn::Linear(2 * width * (h / 4) * (w / 4), 64));
   fc2_ = register_module("fc2", torch::nn::Linear(64, classes));

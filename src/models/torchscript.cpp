@@ -50,7 +50,8 @@ std::string strip_suffix(const std::string& weight) {
 // Reads the extractable layers from the inlined forward graph, in execution order.
 class GraphReader {
  public:
-  GraphReader(const std::map<std::string, torch::Tensor>& params, const Value* self) : params_(params), self_(self) {}
+  GraphReader(const std::map<std::string, torch::Tensor>& params, const Value* self)
+      : params_(params), self_(self) {}
 
   void read(const torch::jit::Block* block) {
     for (const Node* n : block->nodes()) {
@@ -69,7 +70,8 @@ class GraphReader {
   }
 
   Structure structure;
-  std::vector<std::string> eval_only_norms;  // BatchNorm layers whose training flag is a constant false
+  std::vector<std::string>
+      eval_only_norms;  // BatchNorm layers whose training flag is a constant false
 
  private:
   // The parameter a node input reads, or "" when it is not a parameter of the module.
@@ -185,8 +187,10 @@ std::shared_ptr<TorchScriptNetwork> TorchScriptNetwork::deep_copy() const {
   }
   // The copy's parameters are fresh tensors; they train as the originals do.
   std::map<std::string, bool> grad;
-  for (const auto& p : impl_->module.named_parameters(/*recurse=*/true)) grad[p.name] = p.value.requires_grad();
-  for (const auto& p : copy->module.named_parameters(/*recurse=*/true)) p.value.requires_grad_(grad.at(p.name));
+  for (const auto& p : impl_->module.named_parameters(/*recurse=*/true))
+    grad[p.name] = p.value.requires_grad();
+  for (const auto& p : copy->module.named_parameters(/*recurse=*/true))
+    p.value.requires_grad_(grad.at(p.name));
   auto net = std::make_shared<TorchScriptNetwork>(copy);
   net->train(is_training());
   return net;
@@ -203,12 +207,16 @@ void TorchScriptNetwork::freeze_batchnorm_statistics() {
   }
 }
 
-const std::vector<std::string>& TorchScriptNetwork::batchnorms_fixed_in_eval() const { return impl_->eval_only_norms; }
+const std::vector<std::string>& TorchScriptNetwork::batchnorms_fixed_in_eval() const {
+  return impl_->eval_only_norms;
+}
 
 std::vector<NamedTensor> TorchScriptNetwork::tensors() const {
   std::vector<NamedTensor> out;
-  for (const auto& p : impl_->module.named_parameters(/*recurse=*/true)) out.push_back({p.name, p.value, false});
-  for (const auto& b : impl_->module.named_buffers(/*recurse=*/true)) out.push_back({b.name, b.value, true});
+  for (const auto& p : impl_->module.named_parameters(/*recurse=*/true))
+    out.push_back({p.name, p.value, false});
+  for (const auto& b : impl_->module.named_buffers(/*recurse=*/true))
+    out.push_back({b.name, b.value, true});
   return out;
 }
 
@@ -233,16 +241,18 @@ LoadedModel load_torchscript(const std::string& path) {
   impl->structure = std::move(facts.structure);
   impl->eval_only_norms = std::move(facts.eval_only_norms);
   if (impl->structure.empty()) {
-    throw FormatError(what + ": its forward graph uses no conv2d, linear, batch_norm or layer_norm on a parameter: "
-                      "nothing to extract");
+    throw FormatError(
+        what +
+        ": its forward graph uses no conv2d, linear, batch_norm or layer_norm on a parameter: "
+        "nothing to extract");
   }
   LoadedModel m;
   const std::string& meta_json = extra[kTorchScriptMetaFile];
   if (!meta_json.empty()) {
     m.meta = meta_from_json(meta_json, what + " (" + kTorchScriptMetaFile + ")");
     if (m.meta.arch != kTorchScriptArch) {
-      throw FormatError(what + ": " + kTorchScriptMetaFile + " names architecture '" + m.meta.arch + "', expected '" +
-                        kTorchScriptArch + "'");
+      throw FormatError(what + ": " + kTorchScriptMetaFile + " names architecture '" + m.meta.arch +
+                        "', expected '" + kTorchScriptArch + "'");
     }
   } else {
     m.meta_stored = false;
@@ -262,8 +272,10 @@ LoadedModel wrap_torchscript(const torch::jit::Module& module, const std::string
   impl->structure = std::move(facts.structure);
   impl->eval_only_norms = std::move(facts.eval_only_norms);
   if (impl->structure.empty()) {
-    throw FormatError(what + ": its forward graph uses no conv2d, linear, batch_norm or layer_norm on a parameter: "
-                      "nothing to extract");
+    throw FormatError(
+        what +
+        ": its forward graph uses no conv2d, linear, batch_norm or layer_norm on a parameter: "
+        "nothing to extract");
   }
   LoadedModel m;
   m.meta_stored = false;
@@ -279,7 +291,8 @@ LoadedModel wrap_torchscript(const torch::jit::Module& module, const std::string
 
 void save_torchscript(const std::string& path, LoadedModel& model) {
   auto* net = dynamic_cast<TorchScriptNetwork*>(model.net.get());
-  if (net == nullptr) throw UsageError("model of architecture '" + model.meta.arch + "' is not a TorchScript module");
+  if (net == nullptr)
+    throw UsageError("model of architecture '" + model.meta.arch + "' is not a TorchScript module");
   model.meta.tensors.clear();
   for (const auto& t : net->tensors()) model.meta.tensors.push_back(t.name);
   PendingFile pending(path);

@@ -33,7 +33,8 @@ void set_rng_state(const torch::Tensor& state) {
     std::lock_guard<std::mutex> lock(gen.mutex());
     gen.set_state(state);
   } catch (const c10::Error& e) {
-    throw Error(std::string("cannot restore the random generator state: ") + e.what_without_backtrace());
+    throw Error(std::string("cannot restore the random generator state: ") +
+                e.what_without_backtrace());
   }
 }
 
@@ -60,7 +61,8 @@ TrainSummary train(Network& net, const Dataset& data, const Preprocess& pp, cons
     throw UsageError("start epoch " + std::to_string(o.start_epoch) + ": must be within 0.." +
                      std::to_string(o.epochs));
   }
-  if (o.batch_size < 1) throw UsageError("batch size " + std::to_string(o.batch_size) + ": must be >= 1");
+  if (o.batch_size < 1)
+    throw UsageError("batch size " + std::to_string(o.batch_size) + ": must be >= 1");
   if (!(o.lr > 0)) throw UsageError("learning rate " + std::to_string(o.lr) + ": must be > 0");
   if (data.size() < 1 && o.epochs > o.start_epoch) throw UsageError("training set is empty");
   scheduled_lr(o.schedule, o.lr, 0, 1);  // validates the name
@@ -100,7 +102,8 @@ TrainSummary train(Network& net, const Dataset& data, const Preprocess& pp, cons
     for (const auto& [name, mask] : o.update_masks) {
       auto found = by_name.find(name);
       if (found == by_name.end()) {
-        throw UsageError("update mask names parameter '" + name + "', which the network does not have");
+        throw UsageError("update mask names parameter '" + name +
+                         "', which the network does not have");
       }
       const torch::Tensor* p = &found->second;
       if (mask.sizes() != p->sizes()) {
@@ -119,9 +122,13 @@ TrainSummary train(Network& net, const Dataset& data, const Preprocess& pp, cons
     throw UsageError("optimizer '" + o.optimizer + "': expected sgd or adam");
   const bool adam = o.optimizer == "adam";
   auto options_for = [&](double decay_rate) -> std::unique_ptr<torch::optim::OptimizerOptions> {
-    if (adam) return std::make_unique<torch::optim::AdamOptions>(torch::optim::AdamOptions(o.lr).weight_decay(decay_rate));
-    return std::make_unique<torch::optim::SGDOptions>(
-        torch::optim::SGDOptions(o.lr).momentum(o.momentum).nesterov(o.momentum > 0).weight_decay(decay_rate));
+    if (adam)
+      return std::make_unique<torch::optim::AdamOptions>(
+          torch::optim::AdamOptions(o.lr).weight_decay(decay_rate));
+    return std::make_unique<torch::optim::SGDOptions>(torch::optim::SGDOptions(o.lr)
+                                                          .momentum(o.momentum)
+                                                          .nesterov(o.momentum > 0)
+                                                          .weight_decay(decay_rate));
   };
   std::vector<torch::optim::OptimizerParamGroup> groups;
   if (!decay.empty()) groups.emplace_back(decay, options_for(o.weight_decay));
@@ -148,7 +155,8 @@ TrainSummary train(Network& net, const Dataset& data, const Preprocess& pp, cons
   summary.epochs = o.start_epoch;
   const auto start = std::chrono::steady_clock::now();
   auto finish = [&] {
-    summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    summary.seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     set_memory_format(net, torch::MemoryFormat::Contiguous);
     net.eval();
     return summary;
@@ -186,7 +194,8 @@ TrainSummary train(Network& net, const Dataset& data, const Preprocess& pp, cons
       correct += logits.argmax(1).eq(y).sum().item<int64_t>();
       seen += b;
       if (hooks.on_progress) {
-        const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        const double elapsed =
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
         TrainProgress p;
         p.epoch = epoch;
         p.epochs = o.epochs;

@@ -15,15 +15,16 @@ namespace corelocker {
 struct TrainOptions {
   int epochs = 2;
   int64_t batch_size = 128;
-  double lr = 0.1;  // peak learning rate
-  double momentum = 0.9;  // SGD only
-  double weight_decay = 5e-4;  // SGD: added to the gradient; Adam: L2, as torch.optim.Adam
-  std::string optimizer = "sgd";  // sgd | adam (betas 0.9, 0.999)
+  double lr = 0.1;                    // peak learning rate
+  double momentum = 0.9;              // SGD only
+  double weight_decay = 5e-4;         // SGD: added to the gradient; Adam: L2, as torch.optim.Adam
+  std::string optimizer = "sgd";      // sgd | adam (betas 0.9, 0.999)
   std::string schedule = "onecycle";  // onecycle | cosine | constant
   bool augment = true;
   bool flip = false;  // horizontal flips (CIFAR); off for Fashion-MNIST
   uint64_t seed = 0;
-  int start_epoch = 0;  // epochs already done (resuming): the schedule and data order go on from there
+  int start_epoch =
+      0;  // epochs already done (resuming): the schedule and data order go on from there
 
   // Which parameters train, by name (null: all). The others stay exactly as they are.
   std::function<bool(const std::string& name)> trainable;
@@ -39,9 +40,9 @@ struct TrainOptions {
 struct TrainProgress {
   int epoch = 0;  // 1-based
   int epochs = 0;
-  int64_t step = 0;   // within the epoch, 1-based
-  int64_t steps = 0;  // per epoch
-  double loss = 0.0;  // running mean over the epoch
+  int64_t step = 0;       // within the epoch, 1-based
+  int64_t steps = 0;      // per epoch
+  double loss = 0.0;      // running mean over the epoch
   double accuracy = 0.0;  // running train top-1 (percent)
   double lr = 0.0;
   double images_per_second = 0.0;
@@ -83,15 +84,16 @@ void set_rng_state(const torch::Tensor& state);
 // (start_epoch 0) seeds the global generator with options.seed; a resumed one whose restore
 // hook brings back the optimizer and generator state saved at the end of the last epoch sees
 // the same batches as an uninterrupted run. Throws UsageError for bad options.
-TrainSummary train(Network& net, const Dataset& data, const Preprocess& pp, const TrainOptions& options,
-                   const TrainHooks& hooks);
+TrainSummary train(Network& net, const Dataset& data, const Preprocess& pp,
+                   const TrainOptions& options, const TrainHooks& hooks);
 
 // The same with only the progress and stop callbacks.
 // Trains in place (all parameters unless options.trainable / update_masks say otherwise).
 // `on_progress` is called after every step; returning false from `keep_going`
 // stops at the end of the current step. Throws UsageError for bad options (also for an update mask
 // that names no parameter or has the wrong shape).
-TrainSummary train(Network& net, const Dataset& data, const Preprocess& pp, const TrainOptions& options,
+TrainSummary train(Network& net, const Dataset& data, const Preprocess& pp,
+                   const TrainOptions& options,
                    const std::function<void(const TrainProgress&)>& on_progress = nullptr,
                    const std::function<bool()>& keep_going = nullptr);
 

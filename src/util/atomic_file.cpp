@@ -33,12 +33,13 @@ std::string parent_dir(const std::string& path) {
   return path.substr(0, slash);
 }
 
-// Drops the cached pages of the file a PendingFile will replace. The rename frees them anyway; freed
-// now, the new file's pages reuse them: the page cache holds one copy of the file instead of two for
-// the length of the write, and on a virtual machine whose idle memory goes back to the host (this
-// project's CI machines) pages freed a moment ago are much cheaper to take than fresh ones (a 1 GiB
-// lock: 3.3-4.3 s -> 1.5-2.2 s, docs/benchmarks.md). Only a regular file with one link, which the
-// rename will delete; the file itself is not touched, so a failed write still leaves it as it was.
+// Drops the cached pages of the file a PendingFile will replace. The rename frees them anyway;
+// freed now, the new file's pages reuse them: the page cache holds one copy of the file instead of
+// two for the length of the write, and on a virtual machine whose idle memory goes back to the host
+// (this project's CI machines) pages freed a moment ago are much cheaper to take than fresh ones (a
+// 1 GiB lock: 3.3-4.3 s -> 1.5-2.2 s, docs/benchmarks.md). Only a regular file with one link, which
+// the rename will delete; the file itself is not touched, so a failed write still leaves it as it
+// was.
 void drop_cached_pages(const std::string& path) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
   if (fd < 0) return;  // no file yet (or a link, or unreadable): nothing to drop
@@ -95,7 +96,8 @@ void PendingFile::commit() {
   mode_t mask = ::umask(0);
   ::umask(mask);
   ::chmod(temp_.c_str(), 0666 & ~mask);
-  if (::rename(temp_.c_str(), path_.c_str()) != 0) throw IoError(os_error("cannot rename onto", path_));
+  if (::rename(temp_.c_str(), path_.c_str()) != 0)
+    throw IoError(os_error("cannot rename onto", path_));
   committed_ = true;
   int dfd = ::open(parent_dir(path_).c_str(), O_RDONLY | O_DIRECTORY);
   if (dfd >= 0) {
@@ -144,7 +146,8 @@ bool same_file(const std::string& a, const std::string& b) {
   };
   const std::string ea = entry(a);
   if (!ea.empty() && ea == entry(b)) return true;
-  struct stat sa {}, sb {};
+  struct stat sa {
+  }, sb{};
   return ::stat(a.c_str(), &sa) == 0 && ::stat(b.c_str(), &sb) == 0 && sa.st_dev == sb.st_dev &&
          sa.st_ino == sb.st_ino;
 }

@@ -151,7 +151,9 @@ Blake3Hasher::~Blake3Hasher() {
   delete state_;
 }
 
-void Blake3Hasher::update(const void* data, size_t size) { blake3_hasher_update(&state_->h, data, size); }
+void Blake3Hasher::update(const void* data, size_t size) {
+  blake3_hasher_update(&state_->h, data, size);
+}
 
 Digest Blake3Hasher::finish() {
   Digest d{};
