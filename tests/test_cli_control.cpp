@@ -194,6 +194,15 @@ TEST_F(CliControl, BandSearchesLeaveTheFirstAndLastLayersOutUnlessAsked) {
   EXPECT_NE(r.out.find("default without first/last (l1, global)"), std::string::npos) << r.out;
 }
 
+TEST_F(CliControl, CalibrateRemovesItsKeyWhenTheLockedModelCannotBeWritten) {
+  CliRun r = run("calibrate --model " + dir_.file("m.ckpt") +
+                 " --target 0-100 --val-size 200 --test-subset 100 --reestimate-images 32 --out " +
+                 dir_.file("no-such-folder/l.ckpt") + " --key-out " + dir_.file("k.clk"));
+  EXPECT_EQ(r.code, 1) << r.out;
+  EXPECT_NE(r.out.find("no-such-folder"), std::string::npos) << r.out;
+  EXPECT_FALSE(file_exists(dir_.file("k.clk"))) << r.out;
+}
+
 TEST_F(CliControl, UnreachableBandSaysSoAndWritesNothing) {
   CliRun r = run("calibrate --model " + dir_.file("m.ckpt") +
                  " --target 95-99 --val-size 200 --test-subset 100 " + "--max-evals 12 --out " +

@@ -437,9 +437,16 @@ void add_calibrate(CLI::App& app) {
     }
     if (!out.empty()) {
       LockOutcome outcome = lock_model(model, chosen_ranking, cal.chosen.ratio);
-      // Key first: a locked model without its key would be lost utility.
-      const uint64_t key_bytes = write_key_file(key_out, outcome.key);
-      save_model(out, model);
+      // Key first: a locked model without its key would be lost utility; a key without its
+      // locked model is removed again.
+      uint64_t key_bytes = 0;
+      try {
+        key_bytes = write_key_file(key_out, outcome.key);
+        save_model(out, model);
+      } catch (...) {
+        if (key_bytes > 0) std::remove(key_out.c_str());
+        throw;
+      }
       std::printf("locked at ratio %s\n", ratio_text(cal.chosen.ratio).c_str());
       print_lock_stats(outcome, key_bytes);
       std::printf("  locked model:         %s\n  key:                  %s (key id %s)\n",
