@@ -25,7 +25,7 @@ constexpr int64_t kMinOwnNorms = 8;
 constexpr int64_t kMinMatched = 4;
 // Candidate shapes drawn per decoy; each decoy keeps the one whose sorted |element| profile is
 // nearest that of a random remaining kernel (draw_shapes).
-constexpr int64_t kProfileCandidates = 16;
+constexpr int64_t kProfileCandidates = 64;
 
 torch::Tensor f64(const torch::Tensor& t) { return t.detach().to(kF64); }
 
