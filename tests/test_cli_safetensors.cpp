@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <set>
 
 #include "cli_run.h"
 #include "formats/safetensors.h"
@@ -157,10 +158,49 @@ TEST_F(CliSt, PreprocessingOptionsAreRefused) {
   for (const std::string extra : {"--mean 0.5", "--std 0.3", "--resize 32", "--channels 3"}) {
     CliRun l = lock("m.safetensors", "locked.safetensors", "key.clk", extra);
     EXPECT_EQ(l.code, 2) << extra << ": " << l.out;
-    EXPECT_NE(l.out.find("not to '"), std::string::npos) << l.out;
+    EXPECT_NE(l.out.find(": not for '" + dir_.file("m.safetensors") +
+                         "' (safetensors): a safetensors file holds tensors but no network"),
+              std::string::npos)
+        << l.out;
     EXPECT_FALSE(file_exists(dir_.file("locked.safetensors")));
     EXPECT_FALSE(file_exists(dir_.file("key.clk")));
   }
+}
+
+// --keep names layers to leave alone (file order does not say which layer is first): their
+// tensors stay byte for byte and the key holds none of their values; a pattern that matches no
+// layer is a usage error with nothing written.
+TEST_F(CliSt, KeepLeavesTheNamedLayersAlone) {
+  CliRun l = lock("m.safetensors", "locked.safetensors", "key.clk",
+                  "--scope global --include-io --keep 'layer1.*' --keep fc1.weight");
+  ASSERT_EQ(l.code, 0) << l.out;
+  const std::set<std::string> kept = {"layer1.conv1.weight", "layer1.conv2.weight", "fc1.weight"};
+  for (const auto& name : kept)
+    EXPECT_NE(l.out.find("left alone (--keep): " + name), std::string::npos) << l.out;
+  const CliRun k = run("inspect --json " + dir_.file("key.clk"));
+  ASSERT_EQ(k.code, 0) << k.out;
+  const auto entries = nlohmann::json::parse(k.out)["entries"];
+  std::set<std::string> keyed;
+  for (const auto& e : entries) keyed.insert(e["tensor"].get<std::string>());
+  EXPECT_EQ(keyed, (std::set<std::string>{"conv1.weight", "fc.weight"}));
+  const StFile before(dir_.file("m.safetensors")), after(dir_.file("locked.safetensors"));
+  for (const auto& t : before.header.tensors) {
+    const StTensor* u = nullptr;
+    for (const auto& x : after.header.tensors)
+      if (x.name == t.name) u = &x;
+    ASSERT_NE(u, nullptr) << t.name;
+    const bool same =
+        std::memcmp(before.tensor_data(t), after.tensor_data(*u), t.end - t.begin) == 0;
+    EXPECT_EQ(same, t.name != "conv1.weight" && t.name != "fc.weight") << t.name;
+  }
+  ASSERT_EQ(unlock("locked.safetensors", "key.clk", "restored.safetensors").code, 0);
+  EXPECT_TRUE(same_bytes("m.safetensors", "restored.safetensors"));
+
+  const CliRun none = lock("m.safetensors", "l2.safetensors", "k2.clk", "--keep 'nothing*'");
+  EXPECT_EQ(none.code, 2) << none.out;
+  EXPECT_NE(none.out.find("--keep 'nothing*' matches no layer"), std::string::npos) << none.out;
+  EXPECT_FALSE(file_exists(dir_.file("l2.safetensors")));
+  EXPECT_FALSE(file_exists(dir_.file("k2.clk")));
 }
 
 TEST_F(CliSt, DetectsTheFormatByContentWithoutTheExtension) {
@@ -372,7 +412,8 @@ TEST_F(CliSt, FrontHandsOverHelpOtherOptionsAndOtherCommands) {
       << "the whole tool's help: " << help.out;
   const CliRun tiers = lock("m.safetensors", "l.safetensors", "l.clk", "--tiers 0.1,0.2");
   EXPECT_EQ(tiers.code, 2) << tiers.out;
-  EXPECT_NE(tiers.out.find("--tiers does not apply to safetensors files"), std::string::npos)
+  EXPECT_NE(tiers.out.find("(safetensors): the streaming lock writes one key a file"),
+            std::string::npos)
       << tiers.out;
   EXPECT_FALSE(std::filesystem::exists(dir_.file("l.safetensors")));
   const CliRun typo = run("fingerprint --jsn " + dir_.file("m.safetensors"));

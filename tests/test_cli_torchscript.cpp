@@ -267,9 +267,9 @@ TEST(CliFormats, CommandsThatRunAModelRefuseOnnxAndSafetensorsFiles) {
       }
       EXPECT_EQ(r.code, 2) << line << ": " << r.out;
       const std::string expected =
-          name == "m.onnx" ? "is an ONNX file: `" + command + "` cannot run ONNX models yet"
-                           : "is a safetensors file: it holds tensors but no network, so `" +
-                                 command + "` cannot run it";
+          "`" + command + "` cannot run model '" + tmp.file(name) + "' (" +
+          (name == "m.onnx" ? "onnx): not yet: this command runs LibTorch models"
+                            : "safetensors): a safetensors file holds tensors but no network");
       EXPECT_NE(r.out.find(expected), std::string::npos) << line << ": " << r.out;
     }
   }

@@ -161,7 +161,7 @@ void add_analyze(CLI::App& app) {
   add_input_args(c, input);
   handlers()[c] = [] {
     apply_threads(common);
-    require_runnable(model_path, "analyze");
+    require_runnable(model_path, Feature::kAttack, "analyze");
     opts.scale_inputs = !unscaled;
     LoadedModel original, locked;
     if (!key_paths.empty()) {

@@ -76,8 +76,8 @@ void add_attack(CLI::App& app) {
   add_input_args(c, input);
   handlers()[c] = [] {
     apply_threads(common);
-    require_runnable(model_path, "attack");
-    if (!original_path.empty()) require_runnable(original_path, "attack");
+    require_runnable(model_path, Feature::kAttack, "attack");
+    if (!original_path.empty()) require_runnable(original_path, Feature::kAttack, "attack");
     const bool all = kind == "all";
     const std::vector<AttackKind> kinds = parse_attack_kinds(kind);
     if (fractions.empty()) fractions = {0.05};

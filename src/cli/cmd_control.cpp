@@ -193,7 +193,7 @@ void add_sweep(CLI::App& app) {
   add_input_args(c, input);
   handlers()[c] = [] {
     apply_threads(common);
-    require_runnable(model_path, "sweep");
+    require_runnable(model_path, Feature::kCalibrate, "sweep");
     SweepOptions o;
     if (!ratios.empty()) {
       o.ratios = parse_ratios(ratios);
@@ -350,7 +350,7 @@ void add_calibrate(CLI::App& app) {
   add_input_args(c, input);
   handlers()[c] = [] {
     apply_threads(common);
-    require_runnable(model_path, "calibrate");
+    require_runnable(model_path, Feature::kCalibrate, "calibrate");
     const Band band = parse_band(target);
     const LockOptions lopt = band_lock_options(unit_args);
     if (out.empty() != key_out.empty()) throw UsageError("--out and --key-out go together");
@@ -439,14 +439,10 @@ void add_calibrate(CLI::App& app) {
       LockOutcome outcome = lock_model(model, chosen_ranking, cal.chosen.ratio);
       // Key first: a locked model without its key would be lost utility; a key without its
       // locked model is removed again.
-      uint64_t key_bytes = 0;
-      try {
-        key_bytes = write_key_file(key_out, outcome.key);
-        save_model(out, model);
-      } catch (...) {
-        if (key_bytes > 0) std::remove(key_out.c_str());
-        throw;
-      }
+      KeyCommit keys(KeyCredentials{});
+      const uint64_t key_bytes = keys.write(key_out, outcome.key);
+      save_model(out, model);
+      keys.keep();
       std::printf("locked at ratio %s\n", ratio_text(cal.chosen.ratio).c_str());
       print_lock_stats(outcome, key_bytes);
       std::printf("  locked model:         %s\n  key:                  %s (key id %s)\n",
@@ -491,7 +487,7 @@ void add_bands(CLI::App& app) {
   add_input_args(c, input);
   handlers()[c] = [] {
     apply_threads(common);
-    require_runnable(model_path, "bands");
+    require_runnable(model_path, Feature::kCalibrate, "bands");
     const LockOptions lopt = band_lock_options(unit_args);
     LoadedModel model = load_model(model_path);
     apply_input_args(input, model, model_path);

@@ -4,12 +4,12 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
-#include "cli/cmd_onnx.h"
 #include "cli/commands.h"
 #include "cli/common.h"
 #include "cli/progress.h"
 #include "data/dataset.h"
 #include "eval/evaluate.h"
+#include "formats/evaluation.h"
 #include "keyfile/key_file.h"
 #include "locking/fingerprint.h"
 #include "locking/lock.h"
@@ -93,22 +93,30 @@ void add_eval(CLI::App& app) {
   add_input_args(c, input);
   add_effective_args(c, effective);
   handlers()[c] = [] {
-    if (is_onnx_file(model_path))
-      return eval_onnx({model_path, key_paths, json, input, common, effective}, access);
-    apply_threads(common);
-    require_runnable(model_path, "eval");
-    LoadedModel model = key_paths.empty() ? load_model(model_path)
-                                          : load_unlocked(model_path, read_keys(key_paths, access));
-    apply_input_args(input, model, model_path);
-    const Dataset test = test_set(model.meta, common);
-    if (model.meta.lock) {
-      print_eval(model_path,
-                 evaluate_effective(model, test, effective_images(model.meta, common, effective),
-                                    effective.options()),
-                 json);
-      return 0;
-    }
-    print_eval(model_path, evaluate(*model.net, test, model.meta.preprocess), json);
+    const ModelFormat& format = model_formats().of(model_path);
+    EvaluationJob job;
+    job.threads = static_cast<unsigned>(apply_threads(common));
+    require_runnable(model_path, Feature::kEvaluate, "eval");
+    if (!key_paths.empty()) job.keys = read_keys(key_paths, access);
+    job.input_given = input_args_given(input);
+    job.describe_input = [](ModelMeta& meta, bool stored, const std::string& path) {
+      apply_input_args(input, meta, stored, path);
+    };
+    job.test = [](const ModelMeta& meta) { return test_set(meta, common); };
+    job.unlabelled = [](const ModelMeta& meta) {
+      return effective_images(meta, common, effective);
+    };
+    job.effective = effective.options();
+    auto extra = [](const std::string& runtime) {
+      return runtime.empty() ? Json::object() : Json{{"runtime", runtime}};
+    };
+    job.on_unlocked = [&](const EvalResult& r, const std::string& runtime) {
+      print_eval(model_path, r, json, extra(runtime));
+    };
+    job.on_locked = [&](const EffectiveEval& e, const std::string& runtime) {
+      print_eval(model_path, e, json, extra(runtime));
+    };
+    format.evaluate(model_path, job);
     return 0;
   };
 }

@@ -71,7 +71,7 @@ void add_predict(CLI::App& app) {
   add_input_args(c, input_args);
   handlers()[c] = [] {
     apply_threads(common);
-    require_runnable(model_path, "predict");
+    require_runnable(model_path, Feature::kPredict, "predict");
     LoadedModel model = key_paths.empty() ? load_model(model_path)
                                           : load_unlocked(model_path, read_keys(key_paths, access));
     apply_input_args(input_args, model, model_path);

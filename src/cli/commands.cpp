@@ -12,6 +12,7 @@ void register_commands(CLI::App& app) {
   add_unlock(app);
   add_fingerprint(app);
   add_inspect(app);
+  add_formats(app);
   add_models(app);
   add_demo(app);
   add_predict(app);

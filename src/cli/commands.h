@@ -13,6 +13,7 @@ void add_lock(CLI::App& app);
 void add_unlock(CLI::App& app);
 void add_fingerprint(CLI::App& app);
 void add_inspect(CLI::App& app);
+void add_formats(CLI::App& app);
 void add_demo(CLI::App& app);
 void add_predict(CLI::App& app);
 void add_detect(CLI::App& app);

@@ -17,8 +17,6 @@
 #include "cli/progress.h"
 #include "data/dataset.h"
 #include "eval/evaluate.h"
-#include "formats/onnx_model.h"
-#include "formats/safetensors.h"
 #include "keyfile/key_file.h"
 #include "locking/fingerprint.h"
 #include "locking/lock.h"
@@ -237,29 +235,21 @@ void check_against_stored(const InputArgs& a, const ModelMeta& meta, const std::
 
 }  // namespace
 
-void apply_input_args(const InputArgs& a, LoadedModel& model, const std::string& path) {
-  if (model.meta_stored) return check_against_stored(a, model.meta, path);
-  override_input(a, model.meta);
-}
-
-ModelMeta input_meta(const InputArgs& a) {
-  ModelMeta meta;
-  use_dataset(dataset_info("fashion-mnist"), meta);
+void apply_input_args(const InputArgs& a, ModelMeta& meta, bool stored, const std::string& path) {
+  if (stored) return check_against_stored(a, meta, path);
   override_input(a, meta);
-  return meta;
 }
 
-void require_runnable(const std::string& path, const char* command) {
-  if (is_onnx_file(path)) {
-    throw UsageError("model '" + path + "' is an ONNX file: `" + command +
-                     "` cannot run ONNX models yet; eval and lock --eval evaluate them (OpenCV's "
-                     "dnn module), and "
-                     "lock, unlock, fingerprint and inspect work on them");
-  }
-  if (is_safetensors_file(path)) {
-    throw UsageError("model '" + path +
-                     "' is a safetensors file: it holds tensors but no network, so `" + command +
-                     "` cannot run it; lock, unlock, fingerprint and inspect work on it");
+void apply_input_args(const InputArgs& a, LoadedModel& model, const std::string& path) {
+  apply_input_args(a, model.meta, model.meta_stored, path);
+}
+
+void require_runnable(const std::string& path, Feature feature, const char* command) {
+  const ModelFormat& format = model_formats().of(path);
+  const Support s = format.supports(feature);
+  if (!s.works) {
+    throw UsageError("`" + std::string(command) + "` cannot run model '" + path + "' (" +
+                     format.name() + "): " + s.note);
   }
 }
 

@@ -11,6 +11,7 @@
 #include "attacks/effective.h"
 #include "cli/key_access.h"
 #include "data/dataset.h"
+#include "formats/format.h"
 #include "locking/lock.h"
 #include "models/checkpoint.h"
 #include "train/trainer.h"
@@ -48,12 +49,11 @@ bool input_args_given(const InputArgs& a);
 // option against the stored value (UsageError naming the option, the value given and the value
 // stored); otherwise applies them over the defaults and checks the result. Throws UsageError.
 void apply_input_args(const InputArgs& a, LoadedModel& model, const std::string& path);
-// The data set and preprocessing of a model file that stores none (ONNX): the options over
-// Fashion-MNIST's defaults, checked as apply_input_args checks them. Throws UsageError.
-ModelMeta input_meta(const InputArgs& a);
-// Refuses a model file this command cannot run: ONNX (only `eval` and `lock --eval` run it) and
-// safetensors (tensors without a network). Throws UsageError.
-void require_runnable(const std::string& path, const char* command);
+// The same on metadata; `stored`: the file stores its own (checked, not replaced).
+void apply_input_args(const InputArgs& a, ModelMeta& meta, bool stored, const std::string& path);
+// Refuses a model file whose format (formats/format.h) lacks `feature`, the feature `command`
+// needs; the message gives the format's reason. Throws UsageError / FormatError.
+void require_runnable(const std::string& path, Feature feature, const char* command);
 
 void add_threads(CLI::App* c, Common& o);
 void add_data(CLI::App* c, Common& o);

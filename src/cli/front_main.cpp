@@ -14,11 +14,12 @@
 #include <vector>
 
 #include "cli/allocator.h"
-#include "cli/cmd_safetensors.h"
 #include "cli/exit_codes.h"
+#include "cli/format_report.h"
 #include "cli/key_access.h"
 #include "cli/sibling.h"
-#include "formats/safetensors.h"
+#include "formats/format.h"
+#include "locking/defaults.h"
 
 namespace {
 
@@ -32,7 +33,7 @@ struct Args {
   double ratio = 0.05;
   bool include_io = false, exclude_io = false, json = false;
   int threads = 0;
-  std::vector<std::string> keys;
+  std::vector<std::string> keys, keep;
   KeyAccess access;  // only one subcommand is parsed
 };
 
@@ -53,6 +54,7 @@ Commands add_commands(CLI::App& app, Args& a) {
   c.lock->add_option("--fill", a.fill)->capture_default_str();
   auto* io = c.lock->add_flag("--include-io", a.include_io);
   c.lock->add_flag("--exclude-io", a.exclude_io)->excludes(io);
+  c.lock->add_option("--keep", a.keep);
   c.lock->add_option("--out", a.out)->required();
   c.lock->add_option("--key-out", a.key_out)->required();
   add_key_access(c.lock, a.access, /*writing=*/true);
@@ -101,15 +103,43 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError&) {
     hand_over(argv);  // help, options the safetensors path lacks, mistakes: the whole tool answers
   }
-  if (!is_safetensors_file(a.model)) hand_over(argv);
+  FormatRegistry& formats = model_formats();
+  register_safetensors_format(formats);  // the formats served without LibTorch
+  const ModelFormat* format = formats.find(a.model);
+  if (format == nullptr) hand_over(argv);
+  const unsigned threads = static_cast<unsigned>(a.threads);
   return exit_code_of(app, [&] {
-    if (c.lock->parsed())
-      return lock_safetensors_command(*c.lock, a.model, a.out, a.key_out, a.access);
-    if (c.unlock->parsed()) {
-      return unlock_safetensors_command(a.model, a.keys, a.out, a.access,
-                                        static_cast<unsigned>(a.threads));
+    if (c.lock->parsed()) {
+      LockRequest r;
+      r.in = a.model;
+      r.out = a.out;
+      r.key_out = a.key_out;
+      r.units = resolve_units(a.criterion, a.scope, a.include_io, a.exclude_io);
+      r.criterion_named = !a.criterion.empty();
+      r.ratio = a.ratio;
+      r.fill = parse_fill(a.fill);
+      r.keep = a.keep;
+      r.threads = threads;
+      check_lock_request(*format, r);
+      KeyCommit keys(credentials(a.access));
+      print_lock_report(r, format->lock(r, keys));
+      return 0;
     }
-    if (c.fingerprint->parsed()) return fingerprint_safetensors_command(a.model);
-    return inspect_safetensors_command(a.model, a.json);
+    if (c.unlock->parsed()) {
+      const UnlockReport rep = format->unlock(a.model, read_keys(a.keys, a.access), a.out, threads);
+      print_unlock_report(a.model, a.out, a.keys.size(), rep);
+      return 0;
+    }
+    if (c.fingerprint->parsed()) {
+      std::printf("%s\n", to_hex(format->fingerprint(a.model, 0)).c_str());
+      return 0;
+    }
+    nlohmann::ordered_json j = format->describe(a.model);
+    j["file"] = a.model;
+    if (a.json)
+      std::printf("%s\n", j.dump().c_str());
+    else
+      print_json_as_text(j);
+    return 0;
   });
 }

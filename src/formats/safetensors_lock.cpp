@@ -17,6 +17,7 @@
 #include <thread>
 #if defined(__SSE2__)
 #include <emmintrin.h>
+#include <fnmatch.h>
 #endif
 
 #include "util/checked.h"
@@ -755,18 +756,40 @@ StLockOutcome lock_safetensors(const std::string& in, const std::string& out,
                      "); unlock it first");
   }
   StLockOutcome outcome;
-  const std::vector<StLayer> layers = st_layers(h, options.include_io);
+  std::vector<StLayer> layers = st_layers(h, options.include_io);
+  std::vector<bool> kept(layers.size(), false);
+  for (const auto& pattern : options.keep) {
+    bool matched = false;
+    for (size_t i = 0; i < layers.size(); ++i) {
+      if (::fnmatch(pattern.c_str(), layers[i].tensor.c_str(), 0) != 0) continue;
+      matched = true;
+      kept[i] = true;
+    }
+    if (!matched) {
+      throw UsageError("--keep '" + pattern + "' matches no layer of " + what + " (" +
+                       std::to_string(layers.size()) +
+                       " 4-D or 2-D float '*weight' tensors; `inspect` lists them)");
+    }
+  }
   std::map<std::string, size_t> layer_of;  // tensor name -> index into layers
   for (size_t i = 0; i < layers.size(); ++i) {
-    if (layers[i].eligible)
+    if (kept[i]) {
+      layers[i].eligible = false;
+      outcome.kept.push_back(layers[i].tensor);
+    } else if (layers[i].eligible) {
       layer_of[layers[i].tensor] = i;
-    else
+    } else {
       outcome.excluded.push_back(layers[i].tensor);
+    }
   }
   if (layer_of.empty()) {
     throw UsageError(what + ": no eligible layer (" + std::to_string(layers.size()) +
                      " 4-D or 2-D float '*weight' tensors" +
-                     (options.include_io ? "" : ", first and last excluded") + ")");
+                     (options.include_io ? "" : ", first and last excluded") +
+                     (options.keep.empty()
+                          ? ""
+                          : ", --keep left " + std::to_string(outcome.kept.size()) + " alone") +
+                     ")");
   }
 
   // groups: one per layer (scope layer) or one per kind of unit (scope global)

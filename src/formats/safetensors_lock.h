@@ -66,6 +66,9 @@ struct StLockOptions {
   Scope scope = Scope::kLayer;
   double ratio = 0.05;
   bool include_io = false;
+  // Layers left alone by name: glob patterns (fnmatch: *, ?, [...]) matched against the whole
+  // tensor name; each must match at least one layer.
+  std::vector<std::string> keep;
   unsigned threads = 0;  // 2 or more: hashing runs beside scoring and writing; 0: all cores
 };
 
@@ -76,6 +79,7 @@ struct StLockOutcome {
   uint64_t values = 0;                // elements moved into the key
   uint64_t elements = 0;              // elements of all float tensors in the file
   std::vector<std::string> excluded;  // first / last layer left alone
+  std::vector<std::string> kept;      // layers left alone by StLockOptions::keep
 };
 
 // Locks `in` into `out` with l1: ranks, writes the locked file to a temporary sibling of `out`,

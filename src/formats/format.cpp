@@ -1,0 +1,211 @@
+#include "formats/format.h"
+
+#include <cstdio>
+
+#include "util/atomic_file.h"
+#include "util/error.h"
+
+namespace corelocker {
+
+const std::vector<Feature>& all_features() {
+  static const std::vector<Feature> all = {
+      Feature::kLock,        Feature::kUnlock,          Feature::kFingerprint,
+      Feature::kInspect,     Feature::kDefaultLock,     Feature::kCriterionL1,
+      Feature::kCriterionBn, Feature::kCriterionRandom, Feature::kKeep,
+      Feature::kDecoyFill,   Feature::kTiers,           Feature::kEncryption,
+      Feature::kEvaluate,    Feature::kCalibrate,       Feature::kAttack,
+      Feature::kPredict};
+  return all;
+}
+
+const char* feature_name(Feature f) {
+  switch (f) {
+    case Feature::kLock:
+      return "lock";
+    case Feature::kUnlock:
+      return "unlock";
+    case Feature::kFingerprint:
+      return "fingerprint";
+    case Feature::kInspect:
+      return "inspect";
+    case Feature::kDefaultLock:
+      return "default lock";
+    case Feature::kCriterionL1:
+      return "l1";
+    case Feature::kCriterionBn:
+      return "bn";
+    case Feature::kCriterionRandom:
+      return "random";
+    case Feature::kKeep:
+      return "keep";
+    case Feature::kDecoyFill:
+      return "decoy fill";
+    case Feature::kTiers:
+      return "tiers";
+    case Feature::kEncryption:
+      return "encrypted keys";
+    case Feature::kEvaluate:
+      return "eval";
+    case Feature::kCalibrate:
+      return "calibrate";
+    case Feature::kAttack:
+      return "attack";
+    case Feature::kPredict:
+      return "predict";
+  }
+  return "?";
+}
+
+const char* feature_request(Feature f) {
+  switch (f) {
+    case Feature::kLock:
+      return "lock";
+    case Feature::kUnlock:
+      return "unlock";
+    case Feature::kFingerprint:
+      return "fingerprint";
+    case Feature::kInspect:
+      return "inspect";
+    case Feature::kDefaultLock:
+      return "lock without --criterion";
+    case Feature::kCriterionL1:
+      return "--criterion l1";
+    case Feature::kCriterionBn:
+      return "--criterion bn";
+    case Feature::kCriterionRandom:
+      return "--criterion random";
+    case Feature::kKeep:
+      return "--keep";
+    case Feature::kDecoyFill:
+      return "--fill decoy";
+    case Feature::kTiers:
+      return "--tiers / --tier-bands";
+    case Feature::kEncryption:
+      return "--passphrase-file / --passphrase-env / --secret-file";
+    case Feature::kEvaluate:
+      return "eval / --eval";
+    case Feature::kCalibrate:
+      return "calibrate / bands / sweep";
+    case Feature::kAttack:
+      return "attack / analyze / detect";
+    case Feature::kPredict:
+      return "predict";
+  }
+  return "?";
+}
+
+std::string tier_key_path(const std::string& key_out, int tier) {
+  const auto slash = key_out.find_last_of('/');
+  const auto dot = key_out.find_last_of('.');
+  const std::string t = ".tier" + std::to_string(tier);
+  if (dot == std::string::npos || (slash != std::string::npos && dot < slash)) return key_out + t;
+  return key_out.substr(0, dot) + t + key_out.substr(dot);
+}
+
+KeyCommit::KeyCommit(KeyCredentials credentials) : credentials_(std::move(credentials)) {}
+
+KeyCommit::~KeyCommit() {
+  if (kept_) return;
+  for (const auto& k : written_) std::remove(k.path.c_str());
+}
+
+uint64_t KeyCommit::write(const std::string& path, const KeyFile& key) {
+  const uint64_t bytes = write_key_file(path, key, credentials_);
+  written_.push_back({path, key.header, bytes});
+  written_.back().header.encryption = credentials_.kind;
+  return bytes;
+}
+
+void check_written(const std::string& out, const Digest& found, const Digest& expected) {
+  if (found == expected) return;
+  std::remove(out.c_str());
+  throw Error("written model '" + out +
+              "' does not match the fingerprint the key expects; removed it");
+}
+
+namespace {
+
+void require(const ModelFormat& format, Feature f, const std::string& path) {
+  const Support s = format.supports(f);
+  if (s.works) return;
+  throw UsageError(std::string(feature_request(f)) + ": not for '" + path + "' (" + format.name() +
+                   "): " + s.note);
+}
+
+}  // namespace
+
+void require_feature(const ModelFormat& format, Feature feature, const std::string& path) {
+  require(format, feature, path);
+}
+
+void ModelFormat::evaluate(const std::string& path, const EvaluationJob&) const {
+  require(*this, Feature::kEvaluate, path);
+  throw UsageError("eval: '" + path + "' (" + name() + ") cannot be evaluated");
+}
+
+void check_lock_request(const ModelFormat& format, const LockRequest& r) {
+  require(format, Feature::kLock, r.in);
+  if (!r.criterion_named) {
+    require(format, Feature::kDefaultLock, r.in);
+  } else {
+    switch (r.units.criterion) {
+      case Criterion::kL1:
+        require(format, Feature::kCriterionL1, r.in);
+        break;
+      case Criterion::kBn:
+        require(format, Feature::kCriterionBn, r.in);
+        break;
+      case Criterion::kRandom:
+        require(format, Feature::kCriterionRandom, r.in);
+        break;
+    }
+  }
+  if (!r.keep.empty()) require(format, Feature::kKeep, r.in);
+  if (r.fill != Fill::kZero) require(format, Feature::kDecoyFill, r.in);
+  if (!r.tier_ratios.empty() || r.tier_bands) require(format, Feature::kTiers, r.in);
+  if (same_file(r.out, r.key_out)) {
+    throw UsageError("--out '" + r.out + "' and --key-out '" + r.key_out + "' name the same file");
+  }
+  if (same_file(r.out, r.in)) {
+    throw UsageError("--out '" + r.out + "' names the input file '" + r.in +
+                     "'; write the locked file elsewhere");
+  }
+}
+
+void FormatRegistry::add(std::unique_ptr<ModelFormat> format) {
+  formats_.push_back(std::move(format));
+}
+
+const ModelFormat* FormatRegistry::find(const std::string& path) const {
+  for (const auto& f : formats_)
+    if (f->recognizes(path)) return f.get();
+  return nullptr;
+}
+
+const ModelFormat& FormatRegistry::of(const std::string& path) const {
+  if (const ModelFormat* f = find(path)) return *f;
+  std::string names;
+  for (const auto& f : formats_) names += (names.empty() ? "" : ", ") + f->name();
+  throw FormatError("model '" + path + "': not a file of any format this binary reads (" +
+                    (names.empty() ? std::string("none registered") : names) + ")");
+}
+
+FormatRegistry& model_formats() {
+  static FormatRegistry registry;
+  return registry;
+}
+
+nlohmann::ordered_json capability_matrix(const FormatRegistry& registry) {
+  nlohmann::ordered_json rows = nlohmann::ordered_json::array();
+  for (const auto& f : registry.all()) {
+    nlohmann::ordered_json cells = nlohmann::ordered_json::object();
+    for (Feature feature : all_features()) {
+      const Support s = f->supports(feature);
+      cells[feature_name(feature)] = {{"works", s.works}, {"note", s.note}};
+    }
+    rows.push_back({{"format", f->name()}, {"files", f->recognition()}, {"features", cells}});
+  }
+  return rows;
+}
+
+}  // namespace corelocker

@@ -1,0 +1,189 @@
+// ONNX models as a ModelFormat: the initializers locked with the library's ranking
+// (formats/onnx_lock.h), evaluation through OpenCV's dnn module (formats/onnx_eval.h).
+#include <memory>
+
+#include "formats/evaluation.h"
+#include "formats/format.h"
+#include "formats/onnx_eval.h"
+#include "formats/onnx_lock.h"
+#include "formats/onnx_model.h"
+#include "formats/onnx_runtime.h"
+#include "util/error.h"
+
+namespace corelocker {
+namespace {
+
+using OJson = nlohmann::ordered_json;
+
+constexpr char kLibTorchOnly[] =
+    "not yet: this command runs LibTorch models (OpenCV evaluates ONNX graphs for eval and "
+    "lock --eval only)";
+
+std::string model_what(const std::string& path) { return "ONNX model '" + path + "'"; }
+
+void require_onnx_out(const std::string& out) {
+  if (!is_onnx_file(out)) {
+    throw UsageError("--out '" + out +
+                     "': an ONNX model is written as ONNX; give a file name ending in .onnx");
+  }
+}
+
+class OnnxFormat : public ModelFormat {
+ public:
+  std::string name() const override { return "onnx"; }
+  std::string recognition() const override { return "name ending in .onnx"; }
+  bool recognizes(const std::string& path) const override { return is_onnx_file(path); }
+
+  Support supports(Feature f) const override {
+    switch (f) {
+      case Feature::kCriterionBn:
+        return works("BatchNormalization nodes paired with the Conv feeding them in the graph");
+      case Feature::kKeep:
+        return cannot(
+            "not yet: the first and last layers are read from the node order (--include-io / "
+            "--exclude-io)");
+      case Feature::kDecoyFill:
+        return cannot("not yet: decoys are drawn and chosen on LibTorch models");
+      case Feature::kTiers:
+        return cannot("not yet: the tiered lock works on LibTorch models");
+      case Feature::kEvaluate:
+        return works("OpenCV's dnn module; graphs it cannot import are refused naming the node");
+      case Feature::kCalibrate:
+      case Feature::kAttack:
+      case Feature::kPredict:
+        return cannot(kLibTorchOnly);
+      default:
+        return works();
+    }
+  }
+
+  Digest fingerprint(const std::string& path, unsigned) const override {
+    return onnx_fingerprint(load_onnx_model(path));
+  }
+
+  OJson describe(const std::string& path) const override {
+    const OnnxModel model = load_onnx_model(path);
+    const LockInfo lock = onnx_lock_info(model);
+    OJson layers = OJson::array();
+    for (const auto& l : model.structure()) {
+      OJson j = {{"name", l.name}, {"kind", to_string(l.kind)}, {"weight", l.weight}};
+      if (!l.bias.empty()) j["bias"] = l.bias;
+      if (l.producer >= 0) j["producer"] = model.structure()[static_cast<size_t>(l.producer)].name;
+      layers.push_back(j);
+    }
+    uint64_t parameters = 0;
+    OJson storage = {{"raw_data", 0}, {"typed", 0}, {"external", 0}};
+    for (const auto& t : model.initializers()) {
+      if (onnx_is_float(t.data_type)) parameters += t.numel();
+      storage[to_string(t.storage)] = storage[to_string(t.storage)].get<int>() + 1;
+    }
+    OJson j = {{"type", lock.key_id.empty() ? "onnx model" : "locked onnx model"},
+               {"producer", model.producer()},
+               {"ir_version", model.ir_version()},
+               {"opset", model.opset()},
+               {"nodes", model.node_count()},
+               {"initializers", model.initializers().size()},
+               {"storage", storage},
+               {"parameters", parameters},
+               {"fingerprint", to_hex(onnx_fingerprint(model))},
+               {"layers", layers}};
+    if (!lock.key_id.empty()) {
+      j["lock"] = {
+          {"key_id", lock.key_id},       {"original_fingerprint", lock.original_fingerprint},
+          {"criterion", lock.criterion}, {"scope", lock.scope},
+          {"ratio", lock.ratio},         {"tool_version", lock.tool_version}};
+    }
+    return j;
+  }
+
+  LockReport lock(const LockRequest& r, KeyCommit& keys) const override {
+    const LockEvaluation* ev = r.evaluation;
+    const bool evaluate = ev != nullptr && ev->evaluate_locked;
+    if (ev != nullptr && ev->input_given && !evaluate) {
+      throw UsageError(
+          "--dataset, --mean, --std, --pad, --resize and --channels say how to feed a model that "
+          "is evaluated; '" +
+          r.in + "' is an ONNX file and is evaluated only with --eval (they are not stored)");
+    }
+    require_onnx_out(r.out);
+    OnnxModel model = load_onnx_model(r.in);
+    // With --eval, whatever would stop the evaluation stops the lock before anything is written.
+    ModelMeta meta;
+    use_dataset(dataset_info("fashion-mnist"), meta);
+    std::unique_ptr<Dataset> test;
+    if (evaluate) {
+      if (ev->describe_input) ev->describe_input(meta, /*stored=*/false, r.in);
+      set_onnx_runtime_threads(static_cast<int>(r.threads));
+      test = std::make_unique<Dataset>(ev->test(meta));
+      check_onnx_runnable(model, *test, meta.preprocess, model_what(r.in));
+    }
+    LockOptions o = lock_options_for(r.units, r.ratio);
+    o.seed = r.seed;
+    o.fill = r.fill;
+    o.random_bn_units = r.random_bn_units;
+    LockOutcome outcome = lock_onnx_model(model, o);
+    keys.write(r.key_out, outcome.key);  // the key first; removed if the model cannot be written
+    save_onnx_model(r.out, model);
+    keys.keep();
+
+    LockReport report;
+    report.keys = keys.written();
+    report.units = outcome.stats.units;
+    report.candidates = outcome.stats.candidates;
+    report.values = outcome.stats.values;
+    report.parameters = outcome.stats.parameters;
+    report.locked_fingerprint = outcome.key.header.locked_fingerprint;
+    report.key_id = to_hex(outcome.key.header.key_id.data(), outcome.key.header.key_id.size());
+    report.note = "passes the ONNX checker";
+    if (evaluate) {  // the locked model in memory: what was written
+      const EffectiveEval e = evaluate_onnx_effective(
+          model, *test, ev->unlabelled(meta), meta.preprocess, model_what(r.out), ev->effective);
+      if (ev->on_evaluated) ev->on_evaluated(0.0, e, onnx_runtime_name());
+    }
+    return report;
+  }
+
+  void evaluate(const std::string& path, const EvaluationJob& job) const override {
+    set_onnx_runtime_threads(static_cast<int>(job.threads));
+    OnnxModel model = load_onnx_model(path);
+    std::string what = model_what(path);
+    if (!job.keys.empty()) {
+      unlock_onnx_model(model, job.keys);  // in memory only
+      what += " (unlocked in memory)";
+    }
+    ModelMeta meta;  // ONNX files store none: Fashion-MNIST's unless the user says otherwise
+    use_dataset(dataset_info("fashion-mnist"), meta);
+    if (job.describe_input) job.describe_input(meta, /*stored=*/false, path);
+    const Dataset test = job.test(meta);
+    check_onnx_runnable(model, test, meta.preprocess, what);
+    if (onnx_lock_info(model).key_id.empty()) {
+      const EvalResult r = evaluate_onnx(model, test, meta.preprocess, what);
+      if (job.on_unlocked) job.on_unlocked(r, onnx_runtime_name());
+      return;
+    }
+    const EffectiveEval e = evaluate_onnx_effective(model, test, job.unlabelled(meta),
+                                                    meta.preprocess, what, job.effective);
+    if (job.on_locked) job.on_locked(e, onnx_runtime_name());
+  }
+
+  UnlockReport unlock(const std::string& in, const std::vector<KeyFile>& keys,
+                      const std::string& out, unsigned) const override {
+    require_onnx_out(out);
+    OnnxModel model = load_onnx_model(in);
+    unlock_onnx_model(model, keys);  // checks every fingerprint; throws before anything is written
+    save_onnx_model(out, model);
+    // Re-read what was written: the file on disk must be the state the last key produces.
+    UnlockReport report;
+    report.fingerprint = onnx_fingerprint(load_onnx_model(out));
+    check_written(out, report.fingerprint, keys.back().header.original_fingerprint);
+    return report;
+  }
+};
+
+}  // namespace
+
+void register_onnx_format(FormatRegistry& registry) {
+  registry.add(std::make_unique<OnnxFormat>());
+}
+
+}  // namespace corelocker

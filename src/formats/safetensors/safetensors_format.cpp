@@ -1,0 +1,149 @@
+// safetensors files as a ModelFormat: the streaming lock and unlock of formats/safetensors_lock.h.
+// Torch-free, so the `corelocker` front binary serves these files without LibTorch.
+#include "formats/format.h"
+#include "formats/safetensors.h"
+#include "formats/safetensors_lock.h"
+#include "util/atomic_file.h"
+#include "util/error.h"
+
+namespace corelocker {
+namespace {
+
+using OJson = nlohmann::ordered_json;
+
+constexpr char kNoNetwork[] =
+    "a safetensors file holds tensors but no network, so nothing can run it";
+
+class SafetensorsFormat : public ModelFormat {
+ public:
+  std::string name() const override { return "safetensors"; }
+  std::string recognition() const override {
+    return "name ending in .safetensors, or an 8-byte header length followed by '{'";
+  }
+  bool recognizes(const std::string& path) const override { return is_safetensors_file(path); }
+
+  Support supports(Feature f) const override {
+    switch (f) {
+      case Feature::kLock:
+      case Feature::kUnlock:
+      case Feature::kFingerprint:
+      case Feature::kInspect:
+      case Feature::kEncryption:
+        return works();
+      case Feature::kDefaultLock:
+        return works("layers found by name: a 4-D '*weight' is a conv, a 2-D one a linear layer");
+      case Feature::kCriterionL1:
+        return works("--scope layer or global");
+      case Feature::kCriterionBn:
+        return cannot(
+            "the file has no graph to say which BatchNorm follows which convolution (pairing "
+            "them by name is not implemented)");
+      case Feature::kCriterionRandom:
+        return cannot("the streaming lock ranks by l1 only");
+      case Feature::kKeep:
+        return works(
+            "glob patterns on tensor names (file order does not say which layer is first)");
+      case Feature::kDecoyFill:
+        return cannot("decoys are chosen by evaluating the locked model, and " +
+                      std::string(kNoNetwork));
+      case Feature::kTiers:
+        return cannot("the streaming lock writes one key a file");
+      case Feature::kEvaluate:
+      case Feature::kCalibrate:
+      case Feature::kAttack:
+      case Feature::kPredict:
+        return cannot(kNoNetwork);
+    }
+    return cannot("unknown feature");
+  }
+
+  Digest fingerprint(const std::string& path, unsigned threads) const override {
+    return st_fingerprint(StFile(path), threads);
+  }
+
+  OJson describe(const std::string& path) const override {
+    const StFile file(path);
+    const StHeader& h = file.header;
+    const auto lock = st_lock_metadata(h);
+    OJson tensors = OJson::array();
+    for (const auto& t : h.tensors)
+      tensors.push_back({{"name", t.name}, {"dtype", t.dtype}, {"shape", t.shape}});
+    OJson layers = OJson::array();
+    for (const auto& l : st_layers(h, /*include_io=*/false)) {
+      layers.push_back({{"name", l.tensor},
+                        {"kind", l.kind == StLayerKind::kConv ? "conv" : "linear"},
+                        {"units", l.units},
+                        {"unit_size", l.unit_size},
+                        {"eligible", l.eligible}});
+    }
+    OJson metadata = OJson::object();
+    for (const auto& [k, v] : h.metadata) {
+      if (k.rfind(kStLockPrefix, 0) != 0) metadata[k] = v;
+    }
+    OJson j = {{"type", lock.empty() ? "safetensors model" : "locked safetensors model"},
+               {"file", path},
+               {"bytes", file.map.size()},
+               {"header_bytes", h.header_size},
+               {"fingerprint", to_hex(st_fingerprint(file))},
+               {"metadata", metadata},
+               {"layers", layers},
+               {"tensors", tensors}};
+    if (!lock.empty()) {
+      OJson l = OJson::object();
+      for (const auto& [k, v] : lock) l[k.substr(std::string(kStLockPrefix).size())] = v;
+      j["lock"] = l;
+    }
+    return j;
+  }
+
+  LockReport lock(const LockRequest& r, KeyCommit& keys) const override {
+    if (r.evaluation != nullptr) throw UsageError("safetensors lock: " + std::string(kNoNetwork));
+    StLockOptions o;
+    o.ratio = r.ratio;
+    o.scope = r.units.scope;
+    o.include_io = r.units.include_io;
+    o.threads = r.threads;
+    o.keep = r.keep;
+    uint64_t key_bytes = 0;
+    StLockOutcome s = lock_safetensors(r.in, r.out, o, [&](const KeyFile& key) {
+      key_bytes = keys.write(r.key_out, key);  // the key first: a locked file without it is lost
+    });
+    keys.keep();  // the locked file is in place
+    LockReport report;
+    report.keys = keys.written();
+    report.units = static_cast<int64_t>(s.units);
+    report.candidates = static_cast<int64_t>(s.candidates);
+    report.values = static_cast<int64_t>(s.values);
+    report.parameters = static_cast<int64_t>(s.elements);
+    report.left_alone = s.excluded;
+    report.kept = s.kept;
+    report.locked_fingerprint = s.key.header.locked_fingerprint;
+    report.key_id = to_hex(s.key.header.key_id.data(), s.key.header.key_id.size());
+    return report;
+  }
+
+  UnlockReport unlock(const std::string& in, const std::vector<KeyFile>& keys,
+                      const std::string& out, unsigned threads) const override {
+    if (keys.size() != 1) {
+      throw UsageError("safetensors files are locked with one key; " + std::to_string(keys.size()) +
+                       " given");
+    }
+    if (same_file(out, in)) {
+      throw UsageError("--out '" + out + "' names the input file '" + in +
+                       "'; write the restored file elsewhere");
+    }
+    // Both fingerprints are checked before the restored file is renamed into place.
+    const StUnlockOutcome s = unlock_safetensors(in, out, keys.front(), threads);
+    UnlockReport report;
+    report.fingerprint = s.fingerprint;
+    return report;
+  }
+};
+
+}  // namespace
+
+void register_safetensors_format(FormatRegistry& registry) {
+  registry.add(std::make_unique<SafetensorsFormat>());
+}
+
+}  // namespace corelocker
