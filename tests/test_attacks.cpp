@@ -1,5 +1,6 @@
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <set>
 
@@ -676,6 +677,45 @@ TEST(Verdict, NothingWithoutScratch) {
   EXPECT_EQ(advantage_summary(reports), "");
   EXPECT_EQ(best_advantage(reports), nullptr);
   EXPECT_TRUE(report_json(reports)["verdict"].is_null());
+}
+
+}  // namespace
+}  // namespace corelocker
+
+namespace corelocker {
+namespace {
+
+// `attack all`'s plan: every attack in table order, prune once a ratio (with fine-tuning when
+// all asks for it), bn-recalibrate with and without the affine parameters; a single prune
+// ignores the data.
+TEST(AttackPlan, AllAndSingleAttacksGiveTheTableRows) {
+  AttackPlanOptions all;
+  all.kinds = parse_attack_kinds("all");
+  all.all = true;
+  all.prune_epochs = 1;
+  all.prune_ratios = {0.2, 0.4};
+  std::vector<std::string> labels;
+  for (const auto& c : attack_plan(all)) {
+    labels.push_back(c.label());
+    EXPECT_TRUE(c.uses_data()) << c.label();
+    EXPECT_EQ(c.train.epochs, c.kind == AttackKind::kPrune ? 1 : 2) << c.label();
+  }
+  for (const char* want : {"prune 0.20 + finetune", "prune 0.40 + finetune", "bn-recalibrate",
+                           "bn-recalibrate + affine", "scratch"}) {
+    EXPECT_NE(std::find(labels.begin(), labels.end(), want), labels.end()) << want;
+  }
+  EXPECT_EQ(labels.size(), std::set<std::string>(labels.begin(), labels.end()).size());
+
+  AttackPlanOptions prune;
+  prune.kinds = {AttackKind::kPrune};
+  const auto one = attack_plan(prune);
+  ASSERT_EQ(one.size(), 1u);
+  EXPECT_EQ(one[0].label(), "prune 0.20");
+  EXPECT_FALSE(one[0].uses_data());
+  prune.kinds = {AttackKind::kBnRecalibrate};
+  prune.bn_train_affine = true;
+  ASSERT_EQ(attack_plan(prune).size(), 1u);
+  EXPECT_EQ(attack_plan(prune)[0].label(), "bn-recalibrate + affine");
 }
 
 }  // namespace

@@ -1,5 +1,6 @@
 #include "attacks/harness.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -347,6 +348,84 @@ nlohmann::json report_json(const std::vector<AttackReport>& reports) {
          best->sd_advantage ? nlohmann::json(*best->sd_advantage) : nlohmann::json()}};
   }
   return {{"attacks", arr}, {"verdict", verdict}};
+}
+
+std::vector<AttackConfig> attack_plan(const AttackPlanOptions& o) {
+  std::vector<AttackConfig> configs;
+  for (AttackKind k : o.kinds) {
+    AttackConfig cfg;
+    cfg.kind = k;
+    cfg.train = o.train;
+    cfg.train.epochs = o.epochs >= 0 ? o.epochs : (k == AttackKind::kPrune ? 0 : 2);
+    if (k == AttackKind::kPrune) {
+      if (o.all) cfg.train.epochs = o.prune_epochs;
+      for (double r : o.prune_ratios) {
+        cfg.prune_ratio = r;
+        configs.push_back(cfg);
+      }
+    } else if (k == AttackKind::kBnRecalibrate && o.all) {
+      configs.push_back(cfg);
+      cfg.bn_train_affine = true;
+      configs.push_back(cfg);
+    } else {
+      cfg.bn_train_affine = o.bn_train_affine;
+      configs.push_back(cfg);
+    }
+  }
+  return configs;
+}
+
+std::vector<AttackReport> run_attack_grid(LoadedModel& locked, const Dataset& train_split,
+                                          const Dataset& test, double locked_top1,
+                                          std::optional<double> original_top1,
+                                          const std::vector<AttackConfig>& plan,
+                                          const std::vector<double>& fractions,
+                                          const HarnessOptions& base,
+                                          const AttackGridHooks& hooks) {
+  std::vector<AttackReport> reports;
+  for (double fraction : fractions) {
+    HarnessOptions h = base;
+    h.data_fraction = fraction;
+    std::vector<AttackReport> set;
+    for (const auto& cfg : plan) {
+      // Pruning without fine-tuning does not depend on the data: one row for all fractions.
+      if (!cfg.uses_data() && fraction != fractions.front()) continue;
+      if (hooks.on_start) hooks.on_start(cfg, fraction);
+      set.push_back(
+          run_attack(locked, train_split, test, locked_top1, original_top1, cfg, h, hooks));
+      if (hooks.on_done) hooks.on_done(set.back());
+    }
+    const AttackReport* scratch = nullptr;
+    for (const auto& r : set)
+      if (r.config.kind == AttackKind::kScratch) scratch = &r;
+    if (scratch != nullptr) {
+      for (auto& r : set)
+        if (&r != scratch) compare_to_scratch(r, *scratch);
+    }
+    reports.insert(reports.end(), set.begin(), set.end());
+  }
+  return reports;
+}
+
+std::string attack_caveat(LoadedModel& locked) {
+  auto* script = dynamic_cast<TorchScriptNetwork*>(locked.net.get());
+  if (script == nullptr || script->batchnorms_fixed_in_eval().empty()) return "";
+  return "the traced graph fixes evaluation mode in its BatchNorm layers: attacks that train keep "
+         "their running statistics fixed, and scratch trains without batch statistics (a weak "
+         "yardstick); a scripted file of the same model gives the fair comparison";
+}
+
+std::vector<std::string> report_details(const std::vector<AttackReport>& reports) {
+  std::vector<std::string> details;
+  for (const auto& r : reports) {
+    if (r.trials.empty() || r.trials.front().detail.empty()) continue;
+    char fraction[32] = "";
+    if (r.config.uses_data())
+      std::snprintf(fraction, sizeof fraction, " (%.1f%% data)", 100.0 * r.options.data_fraction);
+    const std::string d = "  " + r.label + fraction + ": " + r.trials.front().detail;
+    if (std::find(details.begin(), details.end(), d) == details.end()) details.push_back(d);
+  }
+  return details;
 }
 
 }  // namespace corelocker

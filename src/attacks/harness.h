@@ -97,6 +97,45 @@ AttackReport run_attack(LoadedModel& locked, const Dataset& train_split, const D
 // when the two runs did not use the same data.
 void compare_to_scratch(AttackReport& report, const AttackReport& scratch);
 
+// What `attack` runs for the attacks it is asked for.
+struct AttackPlanOptions {
+  std::vector<AttackKind> kinds;
+  // `attack all`: prune also with `prune_epochs` of fine-tuning, bn-recalibrate both without
+  // and with training the BatchNorm affine parameters.
+  bool all = false;
+  TrainOptions train;    // the budget of the attacks that train
+  int epochs = -1;       // -1: 2 for the attacks that train, 0 for prune
+  int prune_epochs = 0;  // with `all`
+  std::vector<double> prune_ratios = {0.2};
+  bool bn_train_affine = false;  // bn-recalibrate (without `all`)
+};
+// The configurations, in report-table order (prune once a ratio).
+std::vector<AttackConfig> attack_plan(const AttackPlanOptions& options);
+
+struct AttackGridHooks : AttackHooks {
+  std::function<void(const AttackConfig& config, double fraction)> on_start;
+  std::function<void(const AttackReport& report)> on_done;
+};
+
+// Runs every configuration of `plan` at every attacker data fraction with `base`'s trials and
+// seed (an attack that uses no data once, at the first fraction), then compares each row with
+// the scratch row of the same fraction when scratch is in the plan. Rows in order: fraction,
+// then plan. Throws what run_attack throws.
+std::vector<AttackReport> run_attack_grid(LoadedModel& locked, const Dataset& train_split,
+                                          const Dataset& test, double locked_top1,
+                                          std::optional<double> original_top1,
+                                          const std::vector<AttackConfig>& plan,
+                                          const std::vector<double>& fractions,
+                                          const HarnessOptions& base,
+                                          const AttackGridHooks& hooks = {});
+
+// Caveats of the report for this model, in words; empty when there are none (a traced
+// TorchScript graph that fixes BatchNorm in evaluation mode makes scratch a weak yardstick).
+std::string attack_caveat(LoadedModel& locked);
+
+// The first trial's detail of each row, "  LABEL (F% data): DETAIL", each distinct line once.
+std::vector<std::string> report_details(const std::vector<AttackReport>& reports);
+
 // A deep copy of a model: metadata and every parameter and buffer (a TorchScript module is
 // copied whole, see TorchScriptNetwork::deep_copy).
 LoadedModel copy_model(LoadedModel& model);

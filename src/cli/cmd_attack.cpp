@@ -11,7 +11,6 @@
 #include "data/dataset.h"
 #include "eval/evaluate.h"
 #include "models/checkpoint.h"
-#include "models/torchscript.h"
 #include "util/atomic_file.h"
 #include "util/error.h"
 
@@ -126,81 +125,40 @@ void add_attack(CLI::App& app) {
       original_top1 = evaluate(*original.net, test, original.meta.preprocess).top1;
     }
 
-    // The configurations, in table order; prune ignores the data, so it runs once.
-    std::vector<AttackConfig> configs;
-    for (AttackKind k : kinds) {
-      AttackConfig cfg;
-      cfg.kind = k;
-      cfg.train = topts;
-      cfg.train.epochs = epochs >= 0 ? epochs : (k == AttackKind::kPrune ? 0 : 2);
-      if (k == AttackKind::kPrune) {
-        if (all) cfg.train.epochs = prune_epochs;
-        for (double r : ratios) {
-          cfg.prune_ratio = r;
-          configs.push_back(cfg);
-        }
-      } else if (k == AttackKind::kBnRecalibrate && all) {
-        configs.push_back(cfg);
-        cfg.bn_train_affine = true;
-        configs.push_back(cfg);
-      } else {
-        cfg.bn_train_affine = affine;
-        configs.push_back(cfg);
-      }
-    }
+    AttackPlanOptions plan_options;
+    plan_options.kinds = kinds;
+    plan_options.all = all;
+    plan_options.train = topts;
+    plan_options.epochs = epochs;
+    plan_options.prune_epochs = prune_epochs;
+    plan_options.prune_ratios = ratios;
+    plan_options.bn_train_affine = affine;
+    const std::vector<AttackConfig> configs = attack_plan(plan_options);
 
     Progress line;
-    AttackHooks hooks;
+    AttackGridHooks hooks;
     std::string current;
-    hooks.on_train = [&](const std::string& label, int trial, const TrainProgress& p) {
+    hooks.on_train = [&](const std::string&, int trial, const TrainProgress& p) {
       if (p.step % 5 != 0 && !p.epoch_done) return;
       line.update(current + " trial " + std::to_string(trial + 1) + " epoch " +
                   std::to_string(p.epoch) + "/" + std::to_string(p.epochs) + " " +
                   bar(double(p.step) / double(p.steps)) + " loss " + fixed(p.loss, 3) + " ETA " +
                   format_duration(p.eta_seconds));
-      (void)label;
     };
-    std::vector<AttackReport> reports;
-    for (double fraction : fractions) {
-      HarnessOptions h;
-      h.data_fraction = fraction;
-      h.trials = trials;
-      h.seed = seed;
-      std::vector<AttackReport> set;
-      for (const auto& cfg : configs) {
-        // Pruning without fine-tuning does not depend on the data: one row for all fractions.
-        if (!cfg.uses_data() && fraction != fractions.front()) continue;
-        current = cfg.label() + " (" + fixed(100.0 * fraction, 0) + "% data)";
-        line.update(current + " ...");
-        set.push_back(
-            run_attack(locked, train_split, test, locked_top1, original_top1, cfg, h, hooks));
-        line.finish(current + ": " +
-                    (set.back().skipped.empty() ? pct(set.back().mean_top1) + "%"
-                                                : "not run (" + set.back().skipped + ")"));
-      }
-      const AttackReport* scratch = nullptr;
-      for (const auto& r : set) {
-        if (r.config.kind == AttackKind::kScratch) scratch = &r;
-      }
-      if (scratch) {
-        for (auto& r : set) {
-          if (&r != scratch) compare_to_scratch(r, *scratch);
-        }
-      }
-      reports.insert(reports.end(), set.begin(), set.end());
-    }
-    // A traced graph fixed evaluation mode: BatchNorm layers normalise with their running
-    // statistics and never update them, in every attack that trains (scratch included).
-    std::string traced_note;
-    if (auto* script = dynamic_cast<TorchScriptNetwork*>(locked.net.get())) {
-      if (!script->batchnorms_fixed_in_eval().empty()) {
-        traced_note =
-            "the traced graph fixes evaluation mode in its BatchNorm layers: attacks that train "
-            "keep "
-            "their running statistics fixed, and scratch trains without batch statistics (a weak "
-            "yardstick); a scripted file of the same model gives the fair comparison";
-      }
-    }
+    hooks.on_start = [&](const AttackConfig& cfg, double fraction) {
+      current = cfg.label() + " (" + fixed(100.0 * fraction, 0) + "% data)";
+      line.update(current + " ...");
+    };
+    hooks.on_done = [&](const AttackReport& r) {
+      line.finish(current + ": " +
+                  (r.skipped.empty() ? pct(r.mean_top1) + "%" : "not run (" + r.skipped + ")"));
+    };
+    HarnessOptions base;
+    base.trials = trials;
+    base.seed = seed;
+    const std::vector<AttackReport> reports = run_attack_grid(
+        locked, train_split, test, locked_top1, original_top1, configs, fractions, base, hooks);
+    const std::string traced_note = attack_caveat(locked);
 
     Json j = report_json(reports);
     j["model"] = model_path;
@@ -248,17 +206,7 @@ void add_attack(CLI::App& app) {
         "\nrecovered = after attack - locked; vs scratch = after attack - scratch, paired by trial "
         "(same data);\n"
         "mean ± sample sd over trials, accuracies in %% top-1\n");
-    std::vector<std::string> details;  // first trial of each row, repeated lines once
-    for (const auto& r : reports) {
-      if (r.trials.empty() || r.trials.front().detail.empty()) continue;
-      std::string d =
-          "  " + r.label +
-          (r.config.uses_data() ? " (" + fixed(100.0 * r.options.data_fraction, 1) + "% data)"
-                                : "") +
-          ": " + r.trials.front().detail;
-      if (std::find(details.begin(), details.end(), d) == details.end()) details.push_back(d);
-    }
-    for (const auto& d : details) std::printf("%s\n", d.c_str());
+    for (const auto& d : report_details(reports)) std::printf("%s\n", d.c_str());
     const std::string summary = advantage_summary(reports);  // empty unless scratch ran
     if (!summary.empty()) std::printf("\n%s", summary.c_str());
     return 0;

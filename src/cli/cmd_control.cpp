@@ -15,6 +15,7 @@
 #include "cli/common.h"
 #include "cli/progress.h"
 #include "control/calibrate.h"
+#include "control/sweep_report.h"
 #include "control/utility_curve.h"
 #include "keyfile/key_file.h"
 #include "locking/fingerprint.h"
@@ -65,80 +66,6 @@ std::optional<EffectiveTarget> search_target(bool target_plain, const Dataset& u
                                              const EffectiveArgs& a) {
   if (target_plain) return std::nullopt;
   return EffectiveTarget{&unlabelled, a.options()};
-}
-
-void make_dir(const std::string& dir) {
-  if (::mkdir(dir.c_str(), 0777) != 0 && errno != EEXIST) {
-    throw IoError("cannot create folder '" + dir + "': " + std::strerror(errno));
-  }
-  struct stat st {};
-  if (::stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
-    throw IoError("'" + dir + "' is not a folder");
-}
-
-Json optional_json(const std::optional<double>& v) { return v ? Json(*v) : Json(); }
-
-Json point_json(const CurvePoint& p) {
-  return {{"criterion", to_string(p.criterion)},
-          {"top1_reestimated", optional_json(p.top1_reestimated)},
-          {"top1_effective", optional_json(p.top1_effective)},
-          {"top1_effective_runs", p.top1_effective_runs},
-          {"scope", to_string(p.scope)},
-          {"ratio", p.ratio},
-          {"units", p.units},
-          {"candidates", p.candidates},
-          {"param_fraction", p.param_fraction},
-          {"seeds", p.top1_runs.size()},
-          {"top1", p.top1},
-          {"top1_sd", p.top1_sd},
-          {"top3", p.top3},
-          {"top3_sd", p.top3_sd},
-          {"top1_runs", p.top1_runs},
-          {"top3_runs", p.top3_runs},
-          {"images", p.images},
-          {"seconds", p.seconds}};
-}
-
-PlotSpec sweep_plot(const std::string& model_path, const std::vector<Criterion>& criteria,
-                    const std::vector<CurvePoint>& points, const EvalResult& original,
-                    double chance, int seeds) {
-  PlotSpec spec;
-  spec.title = "corelocker sweep: " + model_path;
-  spec.x_label = "extraction ratio (fraction of units)";
-  spec.log_x = true;
-  for (int k = 0; k < 2; ++k) {
-    PlotPanel panel;
-    panel.title = k == 0 ? "top-1 accuracy" : "top-3 accuracy";
-    panel.y_label = k == 0 ? "top-1 (%)" : "top-3 (%)";
-    for (Criterion c : criteria) {
-      PlotSeries s;
-      s.name =
-          c == Criterion::kRandom ? "random (" + std::to_string(seeds) + " seeds)" : to_string(c);
-      for (const auto& p : points) {
-        if (p.criterion != c) continue;
-        s.x.push_back(p.ratio);
-        s.y.push_back(k == 0 ? p.top1 : p.top3);
-        if (c == Criterion::kRandom) s.spread.push_back(k == 0 ? p.top1_sd : p.top3_sd);
-      }
-      panel.series.push_back(s);
-      if (k == 0 && c != Criterion::kRandom) {
-        PlotSeries e;
-        e.name = std::string(to_string(c)) + ", effective";
-        for (const auto& p : points) {
-          if (p.criterion != c || !p.top1_effective) continue;
-          e.x.push_back(p.ratio);
-          e.y.push_back(*p.top1_effective);
-        }
-        if (!e.x.empty()) panel.series.push_back(e);
-      }
-    }
-    panel.levels = {{"unlocked (" + pct(k == 0 ? original.top1 : original.top3) + "%)",
-                     k == 0 ? original.top1 : original.top3},
-                    {"chance (" + pct(k == 0 ? chance : std::min(100.0, 3 * chance)) + "%)",
-                     k == 0 ? chance : std::min(100.0, 3 * chance)}};
-    spec.panels.push_back(panel);
-  }
-  return spec;
 }
 
 }  // namespace
@@ -221,15 +148,8 @@ void add_sweep(CLI::App& app) {
     const Dataset unlabelled =
         plain_only ? Dataset{} : effective_images(model.meta, common, effective);
     if (!plain_only) o.effective = EffectiveTarget{&unlabelled, effective.options()};
-    std::unique_ptr<CsvLog> csv;
-    if (!out_dir.empty()) {
-      make_dir(out_dir);
-      csv = std::make_unique<CsvLog>(
-          out_dir + "/sweep.csv",
-          std::vector<std::string>{"criterion", "scope", "ratio", "units", "candidates",
-                                   "param_fraction", "seeds", "top1", "top1_sd", "top3", "top3_sd",
-                                   "images", "seconds", "top1_reestimated", "top1_effective"});
-    }
+    std::unique_ptr<SweepReport> report;
+    if (!out_dir.empty()) report = std::make_unique<SweepReport>(out_dir);
     std::printf("sweep %s on %lld test images: unlocked top-1 %s%%, top-3 %s%%\n",
                 model_path.c_str(), static_cast<long long>(data.size()), pct(original.top1).c_str(),
                 pct(original.top3).c_str());
@@ -253,15 +173,7 @@ void add_sweep(CLI::App& app) {
                   acc(p.top3, p.top3_sd).c_str(), opt(p.top1_reestimated).c_str(),
                   opt(p.top1_effective).c_str());
       std::fflush(stdout);
-      if (csv) {
-        csv->append({to_string(p.criterion), to_string(p.scope), fixed(p.ratio, 8),
-                     std::to_string(p.units), std::to_string(p.candidates),
-                     fixed(p.param_fraction, 8), std::to_string(p.top1_runs.size()),
-                     fixed(p.top1, 4), fixed(p.top1_sd, 4), fixed(p.top3, 4), fixed(p.top3_sd, 4),
-                     std::to_string(p.images), fixed(p.seconds, 3),
-                     p.top1_reestimated ? fixed(*p.top1_reestimated, 4) : "",
-                     p.top1_effective ? fixed(*p.top1_effective, 4) : ""});
-      }
+      if (report) report->add(p);
       return !stop.stopped();
     });
     const double seconds =
@@ -273,37 +185,21 @@ void add_sweep(CLI::App& app) {
     const bool complete = points.size() == total;
     std::printf("%zu of %zu points in %s\n", points.size(), total,
                 format_duration(seconds).c_str());
-    if (!out_dir.empty()) {
-      Json j = {{"model", model_path},
-                {"fingerprint", to_hex(fp_before)},
-                {"dataset", model.meta.dataset},
-                {"test_images", data.size()},
-                {"unlocked", {{"top1", original.top1}, {"top3", original.top3}}},
-                {"chance", chance},
-                {"seeds", seeds},
-                {"first_seed", first_seed},
-                {"include_io", include_io},
-                {"effective", !plain_only},
-                {"reestimate_images", unlabelled.size()},
-                {"scope", scope.empty() ? "default" : scope},
-                {"random_units", units},
-                {"ratios", o.ratios},
-                {"complete", complete},
-                {"seconds", seconds}};
-      Json crit = Json::array();
-      for (Criterion k : o.criteria) crit.push_back(to_string(k));
-      j["criteria"] = crit;
-      Json pts = Json::array();
-      for (const auto& p : points) pts.push_back(point_json(p));
-      j["points"] = pts;
-      write_file_atomic(out_dir + "/sweep.json", j.dump(2) + "\n");
-      std::printf("wrote %s/sweep.csv, %s/sweep.json\n", out_dir.c_str(), out_dir.c_str());
-      if (!no_plot && !points.empty()) {
-        render_plot(sweep_plot(model_path, o.criteria, points, original, chance, seeds),
-                    out_dir + "/sweep.png", out_dir + "/sweep.svg", out_dir + "/sweep.gp");
-        std::printf("wrote %s/sweep.png, %s/sweep.svg (gnuplot script %s/sweep.gp)\n",
-                    out_dir.c_str(), out_dir.c_str(), out_dir.c_str());
-      }
+    if (report) {
+      SweepRun run;
+      run.model = model_path;
+      run.fingerprint = fp_before;
+      run.dataset = model.meta.dataset;
+      run.test_images = data.size();
+      run.unlocked = original;
+      run.chance = chance;
+      run.reestimate_images = unlabelled.size();
+      run.scope = scope.empty() ? "default" : scope;
+      run.random_units = units;
+      const auto written = report->finish(run, o, points, complete, seconds, !no_plot);
+      std::printf("wrote %s/sweep.csv", out_dir.c_str());
+      for (const auto& file : written) std::printf(", %s", file.c_str());
+      std::printf("\n");
     }
     if (!complete)
       throw Error("sweep interrupted after " + std::to_string(points.size()) + " of " +
