@@ -29,24 +29,6 @@
 namespace corelocker::cli {
 namespace {
 
-std::atomic<bool> g_stop{false};
-extern "C" void on_stop_signal(int) { g_stop = true; }
-
-// Ctrl-C asks a long command to stop after the evaluation in flight (restoring the model and
-// keeping what was measured); the previous handler comes back when this goes out of scope.
-class StopOnSigint {
- public:
-  StopOnSigint() {
-    g_stop = false;
-    previous_ = std::signal(SIGINT, on_stop_signal);
-  }
-  ~StopOnSigint() { std::signal(SIGINT, previous_); }
-  bool stopped() const { return g_stop.load(); }
-
- private:
-  void (*previous_)(int) = SIG_DFL;
-};
-
 std::string ratio_text(double r) { return fixed(r, 6); }
 
 std::string probe_line(int n, const Probe& p, bool effective) {

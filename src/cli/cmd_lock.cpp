@@ -44,26 +44,17 @@ std::vector<double> parse_ratios(const std::string& list) {
 
 void add_lock(CLI::App& app) {
   auto* c = app.add_subcommand("lock", "Extract the most significant units into an access key");
-  static std::string model_path, out, key_out, criterion, scope, units = "l1", fill = "zero", tiers,
-                                                                 tier_bands;
+  static LockArgs args;  // what every format reads (format_options.h)
+  static std::string units = "l1", tiers, tier_bands;
   static ValArgs val;
-  static double ratio = 0.05;
   static uint64_t seed = 0;
-  static bool include_io = false, exclude_io = false, eval_after = false, target_plain = false;
+  static bool eval_after = false, target_plain = false;
   static EffectiveArgs effective;
   static int decoy_tries = 8;
   static std::string decoy_target = "zero";
-  static std::vector<std::string> keep;
-  static Common common;
-  static KeyAccess access;
+  static Common common;  // data options (threads: args.threads)
   static InputArgs input;
-  c->add_option("--model", model_path,
-                "Model checkpoint, TorchScript, safetensors or ONNX file to lock")
-      ->required();
-  c->add_option("--criterion", criterion, kCriterionHelp);
-  c->add_option("--ratio", ratio, "Fraction of units to extract")
-      ->capture_default_str()
-      ->check(CLI::Range(0.0, 1.0));
+  add_lock_options(c, args);
   c->add_option("--tiers", tiers,
                 "Tiered keys: comma-separated ratios, e.g. 0.005,0.02,0.05 (replaces --ratio)");
   c->add_option(
@@ -73,20 +64,14 @@ void add_lock(CLI::App& app) {
   add_val_args(c, val);
   c->add_flag("--target-plain", target_plain,
               "--tier-bands: bands of the plain top-1 (default: of the effective top-1, after "
-              "BatchNorm re-estimation "
-              "and pruning)");
-  c->add_option("--scope", scope, kScopeHelp);
+              "BatchNorm re-estimation and pruning)");
   c->add_option("--seed", seed, "Seed for --criterion random")->capture_default_str();
   c->add_option("--units", units, "Units drawn by --criterion random: l1 | bn")
       ->capture_default_str();
-  c->add_option("--fill", fill,
-                "What extracted positions hold: zero | decoy | decoy-v1 (the earlier decoys, for "
-                "comparison)")
-      ->capture_default_str();
   c->add_option("--decoy-tries", decoy_tries,
                 "With --fill decoy (single ratio): draw this many decoy fills and keep the one "
-                "that --decoy-target "
-                "picks by top-1 on the validation split (1: no search, no data needed)")
+                "that --decoy-target picks by top-1 on the validation split (1: no search, no "
+                "data needed)")
       ->capture_default_str()
       ->check(CLI::Range(1, 1000));
   c->add_option(
@@ -95,44 +80,26 @@ void add_lock(CLI::App& app) {
        "lowest: the lowest accuracy")
       ->capture_default_str()
       ->check(CLI::IsMember({"zero", "lowest"}));
-  c->add_option("--keep", keep,
-                "Leave the layers whose weight tensor's name matches this glob pattern alone "
-                "(repeatable; formats lists where it applies)");
-  auto* io = c->add_flag("--include-io", include_io, kIncludeIoHelp);
-  c->add_flag("--exclude-io", exclude_io, kExcludeIoHelp)->excludes(io);
-  c->add_option("--out", out, "Locked model to write")->required();
-  c->add_option("--key-out", key_out,
-                "Access key to write (with --tiers: NAME.tierN.EXT, N in order of application)")
-      ->required();
   c->add_flag("--eval", eval_after,
               "Evaluate the locked model (every tier) on the test split: plain, after BatchNorm "
-              "re-estimation and "
-              "pruning, and the effective top-1 (the highest of them)");
+              "re-estimation and pruning, and the effective top-1 (the highest of them)");
   add_effective_args(c, effective);
-  add_key_access(c, access, /*writing=*/true);
-  add_threads(c, common);
   add_data(c, common);
   add_input_args(c, input);
   handlers()[c] = [c] {
+    const std::string& model_path = args.model;
     const ModelFormat& format = model_formats().of(model_path);
     if (!tiers.empty() && !tier_bands.empty())
       throw UsageError("give --tiers or --tier-bands, not both");
-    LockRequest r;
-    r.in = model_path;
-    r.out = out;
-    r.key_out = key_out;
-    r.units = tier_bands.empty() ? resolve_units(criterion, scope, include_io, exclude_io)
-                                 : band_units(criterion, scope, include_io, exclude_io);
-    r.criterion_named = !criterion.empty();
-    r.ratio = ratio;
+    LockRequest r = lock_request(args);
+    if (!tier_bands.empty())
+      r.units = band_units(args.criterion, args.scope, args.include_io, args.exclude_io);
     if (!tiers.empty()) r.tier_ratios = parse_ratios(tiers);
     r.tier_bands = !tier_bands.empty();
-    r.fill = parse_fill(fill);
     r.seed = seed;
     if (units != "l1" && units != "bn")
       throw UsageError("units '" + units + "': expected l1 or bn");
     r.random_bn_units = units == "bn";
-    r.keep = keep;
     check_lock_request(format, r);
     const Support evaluates = format.supports(Feature::kEvaluate);
     if (!evaluates.works) {
@@ -147,6 +114,7 @@ void add_lock(CLI::App& app) {
         }
       }
     }
+    common.threads = args.threads;
     r.threads = static_cast<unsigned>(apply_threads(common));
     std::vector<Band> bands;
     if (r.tier_bands) {
@@ -200,9 +168,7 @@ void add_lock(CLI::App& app) {
         after_lock += line;
     };
     if (evaluates.works) r.evaluation = &ev;
-    KeyCommit keys(credentials(access));
-    const LockReport report = format.lock(r, keys);
-    print_lock_report(r, report);
+    run_lock(format, r, args.access);
     std::fputs(after_lock.c_str(), stdout);
     return 0;
   };
@@ -212,118 +178,25 @@ void add_lock(CLI::App& app) {
 void add_unlock(CLI::App& app) {
   auto* c =
       app.add_subcommand("unlock", "Restore the original model from a locked model and its key(s)");
-  static std::string model_path, out;
-  static std::vector<std::string> key_paths;
-  static KeyAccess access;
-  static unsigned threads = 0;
-  c->add_option("--model", model_path, "Locked model")->required();
-  c->add_option("--key", key_paths, "Access key; repeat for tier keys, in order (tier 1 first)")
-      ->required();
-  c->add_option("--out", out, "Model to write (the original once every tier key is applied)")
-      ->required();
-  add_key_access(c, access, /*writing=*/false);
-  c->add_option("--threads", threads,
-                "Threads for hashing and writing a safetensors file (default: all cores)");
-  handlers()[c] = [] {
-    const ModelFormat& format = model_formats().of(model_path);
-    const std::vector<KeyFile> keys = read_keys(key_paths, access);
-    const UnlockReport report = format.unlock(model_path, keys, out, threads);
-    print_unlock_report(model_path, out, keys.size(), report);
-    return 0;
-  };
+  static UnlockArgs args;
+  add_unlock_options(c, args);
+  handlers()[c] = [] { return run_unlock(model_formats().of(args.model), args); };
 }
 
 // ---------------------------------------------------------------- fingerprint
 void add_fingerprint(CLI::App& app) {
   auto* c = app.add_subcommand("fingerprint", "Print a model's fingerprint (BLAKE2b-256, hex)");
-  static std::string path;
-  c->add_option("file", path, "Model checkpoint")->required();
-  handlers()[c] = [] {
-    std::printf("%s\n", to_hex(model_formats().of(path).fingerprint(path, 0)).c_str());
-    return 0;
-  };
+  static InspectArgs args;
+  add_fingerprint_options(c, args);
+  handlers()[c] = [] { return run_fingerprint(model_formats().of(args.file), args); };
 }
 
 // ---------------------------------------------------------------- inspect
-using OJson = nlohmann::ordered_json;
-
-// Whether the file starts with the key magic (only its first bytes are read: a model may be
-// large).
-bool starts_like_key(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::vector<uint8_t> head(8);
-  if (!in.read(reinterpret_cast<char*>(head.data()), 8)) return false;
-  return looks_like_key(head);
-}
-
-OJson describe_key(const KeyHeader& h, const KeyFile* key, uint64_t size) {
-  OJson entries = "encrypted (give the passphrase or secret to list them)";
-  if (key != nullptr) {
-    entries = OJson::array();
-    for (const auto& e : key->entries) {
-      entries.push_back({{"tensor", e.tensor},
-                         {"dtype", to_string(e.dtype)},
-                         {"shape", e.shape},
-                         {"unit_size", e.unit_size},
-                         {"units", e.units.size()}});
-    }
-  }
-  OJson j = {{"type", "key"},
-             {"version", h.version},
-             {"bytes", size},
-             {"key_id", to_hex(h.key_id.data(), h.key_id.size())},
-             {"locked_fingerprint", to_hex(h.locked_fingerprint)},
-             {"original_fingerprint", to_hex(h.original_fingerprint)},
-             {"criterion", to_string(h.criterion)},
-             {"scope", to_string(h.scope)},
-             {"fill", to_string(h.fill)},
-             {"ratio", h.ratio},
-             {"ratio_after", h.ratio_after},
-             {"tier", h.tier},
-             {"tiers", h.tiers},
-             {"seed", h.seed},
-             {"include_io", h.include_io},
-             {"units", h.units},
-             {"encryption", to_string(h.encryption)},
-             {"entries", entries}};
-  if (key != nullptr) j["values"] = key->value_count();
-  if (h.encryption != Encryption::kNone && key == nullptr) j["authenticated"] = false;
-  if (h.encryption == Encryption::kPassphrase)
-    j["kdf"] = {{"opslimit", h.kdf_opslimit}, {"memlimit", h.kdf_memlimit}};
-  return j;
-}
-
 void add_inspect(CLI::App& app) {
-  auto* c = app.add_subcommand("inspect", "Describe a checkpoint, a locked model or a key");
-  static std::string path;
-  static bool json = false;
-  static KeyAccess access;
-  c->add_option("file", path, "File to describe")->required();
-  c->add_flag("--json", json, "Print one JSON object");
-  add_key_access(c, access, /*writing=*/false);
-  handlers()[c] = [] {
-    OJson j;
-    if (starts_like_key(path)) {
-      const auto bytes = read_file(path);
-      const std::string what = "key '" + path + "'";
-      const KeyHeader h = parse_key_header(bytes.data(), bytes.size(), what);
-      const KeyCredentials creds = credentials(access);
-      if (h.encryption != Encryption::kNone && creds.kind == Encryption::kNone) {
-        j = describe_key(h, nullptr, bytes.size());
-      } else {
-        const KeyFile key = parse_key(bytes.data(), bytes.size(), what, creds);
-        j = describe_key(key.header, &key, bytes.size());
-      }
-    } else {
-      j = model_formats().of(path).describe(path);
-    }
-    j["file"] = path;
-    if (json)
-      std::printf("%s\n", j.dump().c_str());
-    else
-      print_json_as_text(j);
-    return 0;
-  };
+  auto* c = app.add_subcommand("inspect", "Describe a model file or a key");
+  static InspectArgs args;
+  add_inspect_options(c, args);
+  handlers()[c] = [] { return run_inspect(model_formats(), args); };
 }
 
 // ---------------------------------------------------------------- formats

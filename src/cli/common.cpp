@@ -68,21 +68,6 @@ void add_input_args(CLI::App* c, InputArgs& a) {
       ->check(CLI::Range(0, 64));
 }
 
-const char* const kCriterionHelp =
-    "l1 | bn | random: the paper's criterion (l1 and random per layer, bn global, first and last "
-    "layers left "
-    "alone); default: the default lock (l1 units ranked over the whole model, first and last "
-    "layers included)";
-const char* const kScopeHelp =
-    "layer | global (default: global; with --criterion, the paper's: layer for l1/random, global "
-    "for bn)";
-const char* const kIncludeIoHelp =
-    "Also extract from the first and last layer (the default lock does; calibrate, bands and "
-    "--tier-bands leave "
-    "them out unless given this)";
-const char* const kExcludeIoHelp =
-    "Leave the first and last layer alone (what a named --criterion does)";
-
 CLI::Option* add_unit_args(CLI::App* c, UnitArgs& a, bool random_allowed) {
   auto* criterion =
       c->add_option("--criterion", a.criterion,
@@ -274,8 +259,8 @@ std::string pct(double v) {
 }
 
 namespace {
-std::atomic<bool> g_interrupted{false};
-extern "C" void on_sigint(int) { g_interrupted = true; }
+std::atomic<bool> g_stop{false};
+extern "C" void on_stop_signal(int) { g_stop = true; }
 
 void train_progress(Progress& bar_line, const TrainProgress& p) {
   const double frac = double(p.step) / double(p.steps);
@@ -291,6 +276,15 @@ void train_progress(Progress& bar_line, const TrainProgress& p) {
 }
 
 }  // namespace
+
+StopOnSigint::StopOnSigint() {
+  g_stop = false;
+  previous_ = std::signal(SIGINT, on_stop_signal);
+}
+
+StopOnSigint::~StopOnSigint() { std::signal(SIGINT, previous_); }
+
+bool StopOnSigint::stopped() const { return g_stop.load(); }
 
 void add_train_args(CLI::App* c, TrainArgs& a) {
   c->add_option("--arch", a.arch, "Architecture (see `corelocker models`)")->capture_default_str();
@@ -355,21 +349,13 @@ LoadedModel train_model(const TrainArgs& a, const Common& common, Json& summary_
   Progress line;
   TrainingRunHooks hooks;
   hooks.on_progress = [&](const TrainProgress& p) { train_progress(line, p); };
-  hooks.keep_going = [] { return !g_interrupted.load(); };
+  StopOnSigint stop;
+  hooks.keep_going = [&stop] { return !stop.stopped(); };
   hooks.on_resume = [&](int next_epoch, int epochs) {
     std::printf("resuming %s at epoch %d of %d\n", a.checkpoint.c_str(), next_epoch, epochs);
     std::fflush(stdout);
   };
-  g_interrupted = false;
-  auto previous = std::signal(SIGINT, on_sigint);
-  try {
-    LoadedModel model = run_training(run, hooks, summary_out);
-    std::signal(SIGINT, previous);
-    return model;
-  } catch (...) {
-    std::signal(SIGINT, previous);
-    throw;
-  }
+  return run_training(run, hooks, summary_out);
 }
 
 EffectiveOptions EffectiveArgs::options() const {

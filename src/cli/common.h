@@ -2,6 +2,7 @@
 #pragma once
 
 #include <CLI/CLI.hpp>
+#include <csignal>
 #include <functional>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -9,6 +10,7 @@
 #include <vector>
 
 #include "attacks/effective.h"
+#include "cli/format_options.h"
 #include "cli/key_access.h"
 #include "data/dataset.h"
 #include "formats/format.h"
@@ -56,6 +58,21 @@ void apply_input_args(const InputArgs& a, ModelMeta& meta, bool stored, const st
 void require_runnable(const std::string& path, Feature feature, const char* command);
 
 void add_threads(CLI::App* c, Common& o);
+
+// The one Ctrl-C handler: while one of these lives, Ctrl-C asks a long command (train, sweep) to
+// stop at the next point it checks (after the step or evaluation in flight), keeping what was
+// done; the previous handler comes back when it goes out of scope.
+class StopOnSigint {
+ public:
+  StopOnSigint();
+  ~StopOnSigint();
+  StopOnSigint(const StopOnSigint&) = delete;
+  StopOnSigint& operator=(const StopOnSigint&) = delete;
+  bool stopped() const;
+
+ private:
+  void (*previous_)(int) = SIG_DFL;
+};
 void add_data(CLI::App* c, Common& o);
 // Sets LibTorch's thread count (default: all cores); returns it.
 int apply_threads(const Common& o);
@@ -107,11 +124,6 @@ LockOptions lock_options(const UnitArgs& a);
 UnitChoice band_units(const std::string& criterion, const std::string& scope, bool include_io,
                       bool exclude_io);
 LockOptions band_lock_options(const UnitArgs& a);
-// Help texts of the unit options, shared by every command that takes them.
-extern const char* const kCriterionHelp;
-extern const char* const kScopeHelp;
-extern const char* const kIncludeIoHelp;
-extern const char* const kExcludeIoHelp;
 
 // The validation split: a seeded subset of the TRAINING split, never the test split.
 struct ValArgs {

@@ -15,66 +15,38 @@
 
 #include "cli/allocator.h"
 #include "cli/exit_codes.h"
-#include "cli/format_report.h"
+#include "cli/format_options.h"
 #include "cli/key_access.h"
 #include "cli/sibling.h"
 #include "formats/format.h"
-#include "locking/defaults.h"
 
 namespace {
 
 using namespace corelocker;
 using namespace corelocker::cli;
 
-// The options of the four commands as corelocker-torch defines them for these files (cmd_lock.cpp);
-// tests/test_cli_safetensors.cpp runs both binaries on the same files.
-struct Args {
-  std::string model, out, key_out, criterion, scope, fill = "zero";
-  double ratio = 0.05;
-  bool include_io = false, exclude_io = false, json = false;
-  int threads = 0;
-  std::vector<std::string> keys, keep;
-  KeyAccess access;  // only one subcommand is parsed
-};
-
+// The four commands with the options every format reads (format_options.h); corelocker-torch
+// adds its own to the same groups. tests/test_cli_safetensors.cpp runs both binaries on the
+// same files.
 struct Commands {
   CLI::App* lock;
   CLI::App* unlock;
   CLI::App* fingerprint;
   CLI::App* inspect;
+  LockArgs lock_args;
+  UnlockArgs unlock_args;
+  InspectArgs inspect_args;  // only one subcommand is parsed
 };
 
-Commands add_commands(CLI::App& app, Args& a) {
-  Commands c{};
+void add_commands(CLI::App& app, Commands& c) {
   c.lock = app.add_subcommand("lock");
-  c.lock->add_option("--model", a.model)->required();
-  c.lock->add_option("--criterion", a.criterion);
-  c.lock->add_option("--ratio", a.ratio)->capture_default_str()->check(CLI::Range(0.0, 1.0));
-  c.lock->add_option("--scope", a.scope);
-  c.lock->add_option("--fill", a.fill)->capture_default_str();
-  auto* io = c.lock->add_flag("--include-io", a.include_io);
-  c.lock->add_flag("--exclude-io", a.exclude_io)->excludes(io);
-  c.lock->add_option("--keep", a.keep);
-  c.lock->add_option("--out", a.out)->required();
-  c.lock->add_option("--key-out", a.key_out)->required();
-  add_key_access(c.lock, a.access, /*writing=*/true);
-  c.lock->add_option("--threads", a.threads)->check(CLI::NonNegativeNumber);
-
+  add_lock_options(c.lock, c.lock_args);
   c.unlock = app.add_subcommand("unlock");
-  c.unlock->add_option("--model", a.model)->required();
-  c.unlock->add_option("--key", a.keys)->required();
-  c.unlock->add_option("--out", a.out)->required();
-  add_key_access(c.unlock, a.access, /*writing=*/false);
-  c.unlock->add_option("--threads", a.threads)->check(CLI::NonNegativeNumber);
-
+  add_unlock_options(c.unlock, c.unlock_args);
   c.fingerprint = app.add_subcommand("fingerprint");
-  c.fingerprint->add_option("file", a.model)->required();
-
+  add_fingerprint_options(c.fingerprint, c.inspect_args);
   c.inspect = app.add_subcommand("inspect");
-  c.inspect->add_option("file", a.model)->required();
-  c.inspect->add_flag("--json", a.json);
-  add_key_access(c.inspect, a.access, /*writing=*/false);
-  return c;
+  add_inspect_options(c.inspect, c.inspect_args);
 }
 
 [[noreturn]] void hand_over(char** argv) {
@@ -96,50 +68,27 @@ int main(int argc, char** argv) {
   tune_allocator();
   CLI::App app;
   app.require_subcommand(1);
-  Args a;
-  const Commands c = add_commands(app, a);
+  Commands c;
+  add_commands(app, c);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError&) {
-    hand_over(argv);  // help, options the safetensors path lacks, mistakes: the whole tool answers
+    hand_over(argv);  // help, options of other formats, mistakes: the whole tool answers
   }
   FormatRegistry& formats = model_formats();
   register_safetensors_format(formats);  // the formats served without LibTorch
-  const ModelFormat* format = formats.find(a.model);
+  const std::string& file = c.lock->parsed()     ? c.lock_args.model
+                            : c.unlock->parsed() ? c.unlock_args.model
+                                                 : c.inspect_args.file;
+  const ModelFormat* format = formats.find(file);
   if (format == nullptr) hand_over(argv);
-  const unsigned threads = static_cast<unsigned>(a.threads);
   return exit_code_of(app, [&] {
     if (c.lock->parsed()) {
-      LockRequest r;
-      r.in = a.model;
-      r.out = a.out;
-      r.key_out = a.key_out;
-      r.units = resolve_units(a.criterion, a.scope, a.include_io, a.exclude_io);
-      r.criterion_named = !a.criterion.empty();
-      r.ratio = a.ratio;
-      r.fill = parse_fill(a.fill);
-      r.keep = a.keep;
-      r.threads = threads;
-      check_lock_request(*format, r);
-      KeyCommit keys(credentials(a.access));
-      print_lock_report(r, format->lock(r, keys));
-      return 0;
+      LockRequest r = lock_request(c.lock_args);
+      return run_lock(*format, r, c.lock_args.access);
     }
-    if (c.unlock->parsed()) {
-      const UnlockReport rep = format->unlock(a.model, read_keys(a.keys, a.access), a.out, threads);
-      print_unlock_report(a.model, a.out, a.keys.size(), rep);
-      return 0;
-    }
-    if (c.fingerprint->parsed()) {
-      std::printf("%s\n", to_hex(format->fingerprint(a.model, 0)).c_str());
-      return 0;
-    }
-    nlohmann::ordered_json j = format->describe(a.model);
-    j["file"] = a.model;
-    if (a.json)
-      std::printf("%s\n", j.dump().c_str());
-    else
-      print_json_as_text(j);
-    return 0;
+    if (c.unlock->parsed()) return run_unlock(*format, c.unlock_args);
+    if (c.fingerprint->parsed()) return run_fingerprint(*format, c.inspect_args);
+    return run_inspect(formats, c.inspect_args);
   });
 }
