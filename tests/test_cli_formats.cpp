@@ -112,6 +112,8 @@ TEST_F(CliFormatMatrix, EveryCellOfTheMatrixIsWhatTheToolDoes) {
       if (feature == "keep") args = lock + " --keep 'conv2*'";
       if (feature == "decoy fill") args = lock + " --fill decoy --decoy-tries 1";
       if (feature == "tiers") args = lock + " --tiers 0.02,0.05";
+      if (feature == "tier bands")
+        args = lock + " --tier-bands 0-100 --target-plain --val-size 100 --test-subset 100";
       if (feature == "encrypted keys")
         args = lock + " --passphrase-env CORELOCKER_TEST_PW --kdf min";
       if (feature == "eval") args = "eval --model " + model + data;

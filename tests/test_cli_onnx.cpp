@@ -73,12 +73,42 @@ TEST_F(CliOnnx, EncryptedKeyNeedsItsPassphrase) {
   EXPECT_EQ(r.code, 0) << r.out;
 }
 
+// --tiers: one key a tier, applied largest ratio first. The first key alone leaves the file
+// locked at the smaller ratio; with every key it comes back byte for byte.
+TEST_F(CliOnnx, TiersUnlockStepByStepToTheOriginalBytes) {
+  const CliRun l = run("lock --model " + f("m.onnx") + " --criterion l1 --tiers 0.05,0.2 --out " +
+                       f("l.onnx") + " --key-out " + f("k.clk"));
+  ASSERT_EQ(l.code, 0) << l.out;
+  EXPECT_NE(l.out.find("tier 1 of 2: " + f("k.tier1.clk") + " takes ratio 0.2000 -> 0.0500"),
+            std::string::npos)
+      << l.out;
+  EXPECT_NE(l.out.find("tier 2 of 2: " + f("k.tier2.clk") + " takes ratio 0.0500 -> original"),
+            std::string::npos)
+      << l.out;
+  const CliRun p =
+      run("unlock --model " + f("l.onnx") + " --key " + f("k.tier1.clk") + " --out " + f("p.onnx"));
+  ASSERT_EQ(p.code, 0) << p.out;
+  EXPECT_NE(p.out.find("still locked at ratio 0.0500 (1 tier key(s) to go)"), std::string::npos)
+      << p.out;
+  const CliRun wrong =
+      run("unlock --model " + f("l.onnx") + " --key " + f("k.tier2.clk") + " --out " + f("w.onnx"));
+  EXPECT_EQ(wrong.code, 1) << wrong.out;  // out of order: the key belongs to another state
+  EXPECT_FALSE(file_exists(f("w.onnx")));
+  const CliRun r =
+      run("unlock --model " + f("p.onnx") + " --key " + f("k.tier2.clk") + " --out " + f("r.onnx"));
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_EQ(read_file(f("r.onnx")), read_file(f("m.onnx")));
+  const CliRun both = run("unlock --model " + f("l.onnx") + " --key " + f("k.tier1.clk") +
+                          " --key " + f("k.tier2.clk") + " --out " + f("r2.onnx"));
+  ASSERT_EQ(both.code, 0) << both.out;
+  EXPECT_EQ(read_file(f("r2.onnx")), read_file(f("m.onnx")));
+}
+
 TEST_F(CliOnnx, OptionsThatMakeNoSenseForOnnxAreRefused) {
   const std::string base =
       "lock --model " + f("m.onnx") + " --key-out " + f("k.clk") + " --out " + f("l.onnx");
-  for (const std::string extra :
-       {" --tiers 0.01,0.05", " --tier-bands 30-35", " --fill decoy", " --eval --fill decoy",
-        " --mean 0.5", " --pad 32", " --dataset cifar10"}) {
+  for (const std::string extra : {" --tier-bands 30-35", " --fill decoy", " --eval --fill decoy",
+                                  " --mean 0.5", " --pad 32", " --dataset cifar10"}) {
     CliRun r = run(base + extra);
     EXPECT_EQ(r.code, 2) << extra << ": " << r.out;
     EXPECT_NE(r.out.find("usage error"), std::string::npos) << r.out;

@@ -12,9 +12,9 @@ const std::vector<Feature>& all_features() {
       Feature::kLock,        Feature::kUnlock,          Feature::kFingerprint,
       Feature::kInspect,     Feature::kDefaultLock,     Feature::kCriterionL1,
       Feature::kCriterionBn, Feature::kCriterionRandom, Feature::kKeep,
-      Feature::kDecoyFill,   Feature::kTiers,           Feature::kEncryption,
-      Feature::kEvaluate,    Feature::kCalibrate,       Feature::kAttack,
-      Feature::kPredict};
+      Feature::kDecoyFill,   Feature::kTiers,           Feature::kTierBands,
+      Feature::kEncryption,  Feature::kEvaluate,        Feature::kCalibrate,
+      Feature::kAttack,      Feature::kPredict};
   return all;
 }
 
@@ -42,6 +42,8 @@ const char* feature_name(Feature f) {
       return "decoy fill";
     case Feature::kTiers:
       return "tiers";
+    case Feature::kTierBands:
+      return "tier bands";
     case Feature::kEncryption:
       return "encrypted keys";
     case Feature::kEvaluate:
@@ -79,7 +81,9 @@ const char* feature_request(Feature f) {
     case Feature::kDecoyFill:
       return "--fill decoy";
     case Feature::kTiers:
-      return "--tiers / --tier-bands";
+      return "--tiers";
+    case Feature::kTierBands:
+      return "--tier-bands";
     case Feature::kEncryption:
       return "--passphrase-file / --passphrase-env / --secret-file";
     case Feature::kEvaluate:
@@ -162,7 +166,8 @@ void check_lock_request(const ModelFormat& format, const LockRequest& r) {
   }
   if (!r.keep.empty()) require(format, Feature::kKeep, r.in);
   if (r.fill != Fill::kZero) require(format, Feature::kDecoyFill, r.in);
-  if (!r.tier_ratios.empty() || r.tier_bands) require(format, Feature::kTiers, r.in);
+  if (!r.tier_ratios.empty()) require(format, Feature::kTiers, r.in);
+  if (r.tier_bands) require(format, Feature::kTierBands, r.in);
   if (same_file(r.out, r.key_out)) {
     throw UsageError("--out '" + r.out + "' and --key-out '" + r.key_out + "' name the same file");
   }

@@ -32,7 +32,8 @@ enum class Feature {
   kCriterionRandom,  // --criterion random
   kKeep,             // --keep PATTERN: layers left alone by name
   kDecoyFill,        // --fill decoy
-  kTiers,            // --tiers, --tier-bands
+  kTiers,            // --tiers
+  kTierBands,        // --tier-bands: tiers calibrated to utility bands
   kEncryption,       // --passphrase-file / --secret-file
   kEvaluate,         // eval, lock --eval
   kCalibrate,        // calibrate, bands, sweep

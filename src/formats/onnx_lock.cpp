@@ -2,6 +2,7 @@
 
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cstring>
 #include <sstream>
 
@@ -37,6 +38,79 @@ std::string ratio_str(double r) {
   }
 }
 
+// The key header fields a lock's options set.
+void set_header(KeyHeader& h, const LockOptions& options) {
+  h.criterion = options.criterion;
+  h.scope = options.scope;
+  h.fill = options.fill;
+  h.include_io = options.include_io;
+  h.random_bn_units = options.criterion == Criterion::kRandom && options.random_bn_units;
+  h.ratio = options.ratio;
+  h.seed = options.criterion == Criterion::kRandom ? options.seed : 0;
+}
+
+// Moves the plan's units into key entries and zeroes them in the model: every value is gathered
+// first, then zeroed (a bn plan touches a tensor through one entry). Returns the values moved.
+int64_t extract(OnnxModel& model, const ExtractionPlan& plan, KeyFile& key) {
+  int64_t values = 0;
+  for (const auto& p : plan.entries) {
+    const OnnxTensor* t = model.find(p.tensor);
+    if (t == nullptr)
+      throw Error("plan names initializer '" + p.tensor + "' which the model does not have");
+    KeyEntry e;
+    e.tensor = p.tensor;
+    e.dtype = onnx_key_dtype(t->data_type);
+    for (int64_t d : t->dims) e.shape.push_back(static_cast<uint64_t>(d));
+    e.unit_size = static_cast<uint64_t>(p.unit_size);
+    e.units.assign(p.units.begin(), p.units.end());
+    const size_t block = static_cast<size_t>(p.unit_size) * dtype_size(e.dtype);
+    if (t->numel() % e.unit_size != 0)
+      throw Error("initializer '" + p.tensor + "': unit size does not divide it");
+    e.values.resize(e.units.size() * block);
+    for (size_t i = 0; i < e.units.size(); ++i) {
+      if (e.units[i] >= t->numel() / e.unit_size)
+        throw Error("initializer '" + p.tensor + "': unit out of range");
+      std::memcpy(e.values.data() + i * block, t->bytes.data() + e.units[i] * block, block);
+    }
+    values += static_cast<int64_t>(e.units.size() * e.unit_size);
+    key.entries.push_back(std::move(e));
+  }
+  for (const auto& e : key.entries) {
+    OnnxTensor* t = model.find(e.tensor);
+    const size_t block = static_cast<size_t>(e.unit_size) * dtype_size(e.dtype);
+    // All-zero bytes are +0.0 in every float type the key holds.
+    for (uint64_t u : e.units) std::memset(t->bytes.data() + u * block, 0, block);
+  }
+  return values;
+}
+
+int64_t float_parameters(const OnnxModel& model) {
+  int64_t n = 0;
+  for (const auto& t : model.initializers())
+    if (onnx_is_float(t.data_type)) n += static_cast<int64_t>(t.numel());
+  return n;
+}
+
+void record_lock(OnnxModel& model, const KeyHeader& h, const Digest& original, double ratio) {
+  model.set_metadata(kOnnxMetaKeyId, to_hex(h.key_id.data(), h.key_id.size()));
+  model.set_metadata(kOnnxMetaOriginal, to_hex(original));
+  model.set_metadata(kOnnxMetaCriterion, to_string(h.criterion));
+  model.set_metadata(kOnnxMetaScope, to_string(h.scope));
+  model.set_metadata(kOnnxMetaRatio, ratio_str(ratio));
+  model.set_metadata(kOnnxMetaVersion, CORELOCKER_VERSION);
+}
+
+void check_lockable(const OnnxModel& model, const LockOptions& options) {
+  const LockInfo existing = onnx_lock_info(model);
+  if (!existing.key_id.empty()) {
+    throw UsageError("model is already locked (key id " + existing.key_id + "); unlock it first");
+  }
+  if (options.fill != Fill::kZero) {
+    throw UsageError(std::string("fill '") + to_string(options.fill) +
+                     "': ONNX models are locked with zero fill only");
+  }
+}
+
 }  // namespace
 
 LockInfo onnx_lock_info(const OnnxModel& model) {
@@ -65,76 +139,92 @@ LockInfo onnx_lock_info(const OnnxModel& model) {
 }
 
 LockOutcome lock_onnx_model(OnnxModel& model, const LockOptions& options) {
-  const LockInfo existing = onnx_lock_info(model);
-  if (!existing.key_id.empty()) {
-    throw UsageError("model is already locked (key id " + existing.key_id + "); unlock it first");
-  }
+  check_lockable(model, options);
   if (!(options.ratio >= 0.0 && options.ratio <= 1.0)) {
     throw UsageError("ratio " + std::to_string(options.ratio) + ": must be within [0, 1]");
-  }
-  if (options.fill != Fill::kZero) {
-    throw UsageError(std::string("fill '") + to_string(options.fill) +
-                     "': ONNX models are locked with zero fill only");
   }
   // rank and plan (shared with our own checkpoints)
   const std::vector<NamedTensor> tensors = layer_tensors(model);
   const Ranking ranking = rank_units(tensors, model.structure(), options);
   const ExtractionPlan plan = plan_at(ranking, tensors, model.structure(), options.ratio);
 
-  // extract: gather every value first, then zero (a bn plan touches a tensor through one entry)
   LockOutcome out;
   KeyHeader& h = out.key.header;
   h.original_fingerprint = onnx_fingerprint(model);
   random_bytes(h.key_id.data(), h.key_id.size());
-  h.criterion = options.criterion;
-  h.scope = options.scope;
-  h.fill = options.fill;
-  h.include_io = options.include_io;
-  h.random_bn_units = options.criterion == Criterion::kRandom && options.random_bn_units;
-  h.ratio = options.ratio;
-  h.seed = options.criterion == Criterion::kRandom ? options.seed : 0;
+  set_header(h, options);
   h.units = static_cast<uint64_t>(plan.units);
-  for (const auto& p : plan.entries) {
-    const OnnxTensor* t = model.find(p.tensor);
-    if (t == nullptr)
-      throw Error("plan names initializer '" + p.tensor + "' which the model does not have");
-    KeyEntry e;
-    e.tensor = p.tensor;
-    e.dtype = onnx_key_dtype(t->data_type);
-    for (int64_t d : t->dims) e.shape.push_back(static_cast<uint64_t>(d));
-    e.unit_size = static_cast<uint64_t>(p.unit_size);
-    e.units.assign(p.units.begin(), p.units.end());
-    const size_t block = static_cast<size_t>(p.unit_size) * dtype_size(e.dtype);
-    if (t->numel() % e.unit_size != 0)
-      throw Error("initializer '" + p.tensor + "': unit size does not divide it");
-    e.values.resize(e.units.size() * block);
-    for (size_t i = 0; i < e.units.size(); ++i) {
-      if (e.units[i] >= t->numel() / e.unit_size)
-        throw Error("initializer '" + p.tensor + "': unit out of range");
-      std::memcpy(e.values.data() + i * block, t->bytes.data() + e.units[i] * block, block);
-    }
-    out.stats.values += static_cast<int64_t>(e.units.size() * e.unit_size);
-    out.key.entries.push_back(std::move(e));
-  }
-  for (const auto& e : out.key.entries) {
-    OnnxTensor* t = model.find(e.tensor);
-    const size_t block = static_cast<size_t>(e.unit_size) * dtype_size(e.dtype);
-    // All-zero bytes are +0.0 in every float type the key holds.
-    for (uint64_t u : e.units) std::memset(t->bytes.data() + u * block, 0, block);
-  }
+  out.stats.values = extract(model, plan, out.key);
   h.locked_fingerprint = onnx_fingerprint(model);
   out.stats.units = plan.units;
   out.stats.candidates = ranking.total_units();
-  for (const auto& t : model.initializers()) {
-    if (onnx_is_float(t.data_type)) out.stats.parameters += static_cast<int64_t>(t.numel());
+  out.stats.parameters = float_parameters(model);
+  record_lock(model, h, h.original_fingerprint, h.ratio);
+  return out;
+}
+
+std::vector<TierOutcome> lock_onnx_model_tiers(
+    OnnxModel& model, const LockOptions& options, std::vector<double> ratios,
+    const std::function<void(double ratio, OnnxModel& state)>& on_state) {
+  check_lockable(model, options);
+  if (ratios.empty()) throw UsageError("tiers: give at least one ratio");
+  if (ratios.size() > 1000)
+    throw UsageError("tiers: " + std::to_string(ratios.size()) + " ratios (at most 1000)");
+  std::sort(ratios.begin(), ratios.end());
+  for (size_t i = 0; i < ratios.size(); ++i) {
+    if (!(ratios[i] > 0.0 && ratios[i] <= 1.0))
+      throw UsageError("tier ratio " + std::to_string(ratios[i]) + ": must be within (0, 1]");
+    if (i > 0 && ratios[i] == ratios[i - 1])
+      throw UsageError("tier ratio " + std::to_string(ratios[i]) + " given twice");
   }
-  // metadata
-  model.set_metadata(kOnnxMetaKeyId, to_hex(h.key_id.data(), h.key_id.size()));
-  model.set_metadata(kOnnxMetaOriginal, to_hex(h.original_fingerprint));
-  model.set_metadata(kOnnxMetaCriterion, to_string(h.criterion));
-  model.set_metadata(kOnnxMetaScope, to_string(h.scope));
-  model.set_metadata(kOnnxMetaRatio, ratio_str(h.ratio));
-  model.set_metadata(kOnnxMetaVersion, CORELOCKER_VERSION);
+  const std::vector<NamedTensor> tensors = layer_tensors(model);
+  const Ranking ranking = rank_units(tensors, model.structure(), options);
+  std::vector<ExtractionPlan> plans;
+  for (size_t i = 0; i < ratios.size(); ++i) {
+    plans.push_back(plan_at(ranking, tensors, model.structure(), ratios[i]));
+    if (i > 0 && plans[i].units == plans[i - 1].units) {
+      throw UsageError("tiers " + std::to_string(ratios[i - 1]) + " and " +
+                       std::to_string(ratios[i]) + " both extract " +
+                       std::to_string(plans[i].units) + " units: choose ratios further apart");
+    }
+  }
+  if (plans.front().units == 0)
+    throw UsageError("tier ratio " + std::to_string(ratios.front()) + " extracts no unit");
+  // From the smallest ratio up: each key takes the units its ratio adds to the one below and
+  // restores the state locked at that ratio (the original for the smallest).
+  KeyId lock_id{};
+  random_bytes(lock_id.data(), lock_id.size());
+  const Digest original = onnx_fingerprint(model);
+  const auto n = static_cast<uint16_t>(ratios.size());
+  const int64_t parameters = float_parameters(model);
+  std::vector<TierOutcome> out;
+  ExtractionPlan previous;
+  int64_t values = 0;
+  for (size_t i = 0; i < ratios.size(); ++i) {
+    LockOptions o = options;
+    o.ratio = ratios[i];
+    TierOutcome t;
+    KeyHeader& h = t.key.header;
+    h.original_fingerprint = onnx_fingerprint(model);
+    h.key_id = lock_id;
+    set_header(h, o);
+    const ExtractionPlan step = plan_difference(plans[i], previous);
+    h.units = static_cast<uint64_t>(plans[i].units - previous.units);
+    values += extract(model, step, t.key);
+    h.locked_fingerprint = onnx_fingerprint(model);
+    h.ratio_after = i == 0 ? 0.0 : ratios[i - 1];
+    h.tier = static_cast<uint16_t>(n - i);
+    h.tiers = n;
+    t.stats.units = plans[i].units;
+    t.stats.candidates = ranking.total_units();
+    t.stats.values = values;
+    t.stats.parameters = parameters;
+    record_lock(model, h, original, ratios[i]);
+    if (on_state) on_state(ratios[i], model);
+    out.push_back(std::move(t));
+    previous = plans[i];
+  }
+  std::reverse(out.begin(), out.end());
   return out;
 }
 

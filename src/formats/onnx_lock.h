@@ -3,6 +3,7 @@
 // Key entries name initializers; fingerprints are onnx_fingerprint (docs/key-format.md).
 #pragma once
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -27,6 +28,14 @@ LockInfo onnx_lock_info(const OnnxModel& model);
 // metadata_props. Zero fill only. Throws UsageError (already locked, bad options, nothing
 // eligible) / Error.
 LockOutcome lock_onnx_model(OnnxModel& model, const LockOptions& options);
+
+// Tiered lock (as lock_model_tiers for our checkpoints): ranks once and returns one key per
+// ratio in the order of application (largest ratio first); the model ends locked at the
+// largest ratio and `on_state` sees it locked at each ratio, smallest first. Zero fill only.
+// Throws UsageError (already locked, bad or too close ratios) / Error.
+std::vector<TierOutcome> lock_onnx_model_tiers(
+    OnnxModel& model, const LockOptions& options, std::vector<double> ratios,
+    const std::function<void(double ratio, OnnxModel& state)>& on_state = nullptr);
 
 // Applies keys in order: each must belong to the model's current state (MismatchError
 // otherwise, with nothing changed by that key), every entry must name a float initializer of

@@ -37,8 +37,8 @@ class LibTorchFormat : public ModelFormat {
             "--exclude-io)");
       case Feature::kDecoyFill:
         return works("--decoy-tries draws chosen on a validation split");
-      case Feature::kTiers:
-        return works("--tiers and --tier-bands");
+      case Feature::kTierBands:
+        return works("each tier's ratio calibrated on a validation split");
       case Feature::kEvaluate:
         return works("LibTorch");
       default:

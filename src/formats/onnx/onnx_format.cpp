@@ -44,8 +44,8 @@ class OnnxFormat : public ModelFormat {
             "--exclude-io)");
       case Feature::kDecoyFill:
         return cannot("not yet: decoys are drawn and chosen on LibTorch models");
-      case Feature::kTiers:
-        return cannot("not yet: the tiered lock works on LibTorch models");
+      case Feature::kTierBands:
+        return cannot(kLibTorchOnly);
       case Feature::kEvaluate:
         return works("OpenCV's dnn module; graphs it cannot import are refused naming the node");
       case Feature::kCalibrate:
@@ -121,25 +121,44 @@ class OnnxFormat : public ModelFormat {
     o.seed = r.seed;
     o.fill = r.fill;
     o.random_bn_units = r.random_bn_units;
-    LockOutcome outcome = lock_onnx_model(model, o);
-    keys.write(r.key_out, outcome.key);  // the key first; removed if the model cannot be written
+    std::unique_ptr<Dataset> unlabelled;
+    auto evaluate_state = [&](double tier_ratio) {
+      if (!evaluate) return;
+      if (!unlabelled) unlabelled = std::make_unique<Dataset>(ev->unlabelled(meta));
+      const EffectiveEval e = evaluate_onnx_effective(model, *test, *unlabelled, meta.preprocess,
+                                                      model_what(r.out), ev->effective);
+      if (ev->on_evaluated) ev->on_evaluated(tier_ratio, e, onnx_runtime_name());
+    };
+    std::vector<std::pair<std::string, KeyFile>> made;
+    LockStats stats;
+    if (r.tier_ratios.empty()) {
+      LockOutcome outcome = lock_onnx_model(model, o);
+      made.emplace_back(r.key_out, std::move(outcome.key));
+      stats = outcome.stats;
+    } else {
+      if (ev != nullptr && ev->on_tiers) ev->on_tiers(r.tier_ratios);
+      auto outcomes = lock_onnx_model_tiers(
+          model, o, r.tier_ratios, [&](double ratio, OnnxModel&) { evaluate_state(ratio); });
+      for (auto& t : outcomes)
+        made.emplace_back(tier_key_path(r.key_out, t.key.header.tier), std::move(t.key));
+      stats = outcomes.front().stats;
+    }
+    // Keys first; `keys` removes them if the model cannot be written.
+    for (const auto& [path, key] : made) keys.write(path, key);
     save_onnx_model(r.out, model);
     keys.keep();
 
     LockReport report;
     report.keys = keys.written();
-    report.units = outcome.stats.units;
-    report.candidates = outcome.stats.candidates;
-    report.values = outcome.stats.values;
-    report.parameters = outcome.stats.parameters;
-    report.locked_fingerprint = outcome.key.header.locked_fingerprint;
-    report.key_id = to_hex(outcome.key.header.key_id.data(), outcome.key.header.key_id.size());
+    report.units = stats.units;
+    report.candidates = stats.candidates;
+    report.values = stats.values;
+    report.parameters = stats.parameters;
+    const KeyHeader& h = made.front().second.header;
+    report.locked_fingerprint = h.locked_fingerprint;
+    report.key_id = to_hex(h.key_id.data(), h.key_id.size());
     report.note = "passes the ONNX checker";
-    if (evaluate) {  // the locked model in memory: what was written
-      const EffectiveEval e = evaluate_onnx_effective(
-          model, *test, ev->unlabelled(meta), meta.preprocess, model_what(r.out), ev->effective);
-      if (ev->on_evaluated) ev->on_evaluated(0.0, e, onnx_runtime_name());
-    }
+    if (r.tier_ratios.empty()) evaluate_state(0.0);  // the locked model in memory: as written
     return report;
   }
 
@@ -173,9 +192,16 @@ class OnnxFormat : public ModelFormat {
     unlock_onnx_model(model, keys);  // checks every fingerprint; throws before anything is written
     save_onnx_model(out, model);
     // Re-read what was written: the file on disk must be the state the last key produces.
+    const OnnxModel written = load_onnx_model(out);
     UnlockReport report;
-    report.fingerprint = onnx_fingerprint(load_onnx_model(out));
+    report.fingerprint = onnx_fingerprint(written);
     check_written(out, report.fingerprint, keys.back().header.original_fingerprint);
+    const LockInfo left = onnx_lock_info(written);
+    if (!left.key_id.empty()) {  // a tier key that leaves the model locked at a smaller ratio
+      report.original = false;
+      report.ratio_left = left.ratio;
+      report.keys_left = keys.back().header.tiers - keys.back().header.tier;
+    }
     return report;
   }
 };

@@ -48,6 +48,9 @@ class SafetensorsFormat : public ModelFormat {
                       std::string(kNoNetwork));
       case Feature::kTiers:
         return cannot("the streaming lock writes one key a file");
+      case Feature::kTierBands:
+        return cannot("tier bands are calibrated by evaluating the model, and " +
+                      std::string(kNoNetwork));
       case Feature::kEvaluate:
       case Feature::kCalibrate:
       case Feature::kAttack:
