@@ -7,96 +7,56 @@
 
 namespace corelocker {
 
+namespace {
+
+struct FeatureText {
+  Feature feature;
+  const char* name;     // the matrix's column
+  const char* request;  // what asks for it, in messages
+};
+
+// The matrix's columns, in order.
+constexpr FeatureText kFeatures[] = {
+    {Feature::kLock, "lock", "lock"},
+    {Feature::kUnlock, "unlock", "unlock"},
+    {Feature::kFingerprint, "fingerprint", "fingerprint"},
+    {Feature::kInspect, "inspect", "inspect"},
+    {Feature::kDefaultLock, "default lock", "lock without --criterion"},
+    {Feature::kCriterionL1, "l1", "--criterion l1"},
+    {Feature::kCriterionBn, "bn", "--criterion bn"},
+    {Feature::kCriterionRandom, "random", "--criterion random"},
+    {Feature::kKeep, "keep", "--keep"},
+    {Feature::kDecoyFill, "decoy fill", "--fill decoy"},
+    {Feature::kTiers, "tiers", "--tiers"},
+    {Feature::kTierBands, "tier bands", "--tier-bands"},
+    {Feature::kEncryption, "encrypted keys",
+     "--passphrase-file / --passphrase-env / --secret-file"},
+    {Feature::kEvaluate, "eval", "eval / --eval"},
+    {Feature::kCalibrate, "calibrate", "calibrate / bands / sweep"},
+    {Feature::kAttack, "attack", "attack / analyze / detect"},
+    {Feature::kPredict, "predict", "predict"},
+};
+
+const FeatureText& text_of(Feature f) {
+  for (const auto& t : kFeatures)
+    if (t.feature == f) return t;
+  throw Error("feature " + std::to_string(static_cast<int>(f)) + " has no name");
+}
+
+}  // namespace
+
 const std::vector<Feature>& all_features() {
-  static const std::vector<Feature> all = {
-      Feature::kLock,        Feature::kUnlock,          Feature::kFingerprint,
-      Feature::kInspect,     Feature::kDefaultLock,     Feature::kCriterionL1,
-      Feature::kCriterionBn, Feature::kCriterionRandom, Feature::kKeep,
-      Feature::kDecoyFill,   Feature::kTiers,           Feature::kTierBands,
-      Feature::kEncryption,  Feature::kEvaluate,        Feature::kCalibrate,
-      Feature::kAttack,      Feature::kPredict};
+  static const std::vector<Feature> all = [] {
+    std::vector<Feature> v;
+    for (const auto& t : kFeatures) v.push_back(t.feature);
+    return v;
+  }();
   return all;
 }
 
-const char* feature_name(Feature f) {
-  switch (f) {
-    case Feature::kLock:
-      return "lock";
-    case Feature::kUnlock:
-      return "unlock";
-    case Feature::kFingerprint:
-      return "fingerprint";
-    case Feature::kInspect:
-      return "inspect";
-    case Feature::kDefaultLock:
-      return "default lock";
-    case Feature::kCriterionL1:
-      return "l1";
-    case Feature::kCriterionBn:
-      return "bn";
-    case Feature::kCriterionRandom:
-      return "random";
-    case Feature::kKeep:
-      return "keep";
-    case Feature::kDecoyFill:
-      return "decoy fill";
-    case Feature::kTiers:
-      return "tiers";
-    case Feature::kTierBands:
-      return "tier bands";
-    case Feature::kEncryption:
-      return "encrypted keys";
-    case Feature::kEvaluate:
-      return "eval";
-    case Feature::kCalibrate:
-      return "calibrate";
-    case Feature::kAttack:
-      return "attack";
-    case Feature::kPredict:
-      return "predict";
-  }
-  return "?";
-}
+const char* feature_name(Feature f) { return text_of(f).name; }
 
-const char* feature_request(Feature f) {
-  switch (f) {
-    case Feature::kLock:
-      return "lock";
-    case Feature::kUnlock:
-      return "unlock";
-    case Feature::kFingerprint:
-      return "fingerprint";
-    case Feature::kInspect:
-      return "inspect";
-    case Feature::kDefaultLock:
-      return "lock without --criterion";
-    case Feature::kCriterionL1:
-      return "--criterion l1";
-    case Feature::kCriterionBn:
-      return "--criterion bn";
-    case Feature::kCriterionRandom:
-      return "--criterion random";
-    case Feature::kKeep:
-      return "--keep";
-    case Feature::kDecoyFill:
-      return "--fill decoy";
-    case Feature::kTiers:
-      return "--tiers";
-    case Feature::kTierBands:
-      return "--tier-bands";
-    case Feature::kEncryption:
-      return "--passphrase-file / --passphrase-env / --secret-file";
-    case Feature::kEvaluate:
-      return "eval / --eval";
-    case Feature::kCalibrate:
-      return "calibrate / bands / sweep";
-    case Feature::kAttack:
-      return "attack / analyze / detect";
-    case Feature::kPredict:
-      return "predict";
-  }
-  return "?";
-}
+const char* feature_request(Feature f) { return text_of(f).request; }
 
 std::string tier_key_path(const std::string& key_out, int tier) {
   const auto slash = key_out.find_last_of('/');
@@ -118,6 +78,20 @@ uint64_t KeyCommit::write(const std::string& path, const KeyFile& key) {
   written_.push_back({path, key.header, bytes});
   written_.back().header.encryption = credentials_.kind;
   return bytes;
+}
+
+LockReport commit_lock(KeyCommit& keys, const std::vector<std::pair<std::string, KeyFile>>& made,
+                       const std::function<void()>& write_model) {
+  if (made.empty()) throw Error("lock made no key");
+  for (const auto& [path, key] : made) keys.write(path, key);
+  write_model();
+  keys.keep();
+  LockReport report;
+  report.keys = keys.written();
+  const KeyHeader& h = made.front().second.header;
+  report.locked_fingerprint = h.locked_fingerprint;
+  report.key_id = to_hex(h.key_id.data(), h.key_id.size());
+  return report;
 }
 
 void check_written(const std::string& out, const Digest& found, const Digest& expected) {

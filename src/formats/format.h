@@ -9,9 +9,11 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "keyfile/key_file.h"
@@ -125,6 +127,13 @@ class KeyCommit {
   std::vector<WrittenKey> written_;
   bool kept_ = false;
 };
+
+// The commit of a lock made in memory: writes the keys (`made`: path and key, in order of
+// application) through `keys`, then the model (`write_model`), then keeps the keys; if anything
+// throws, the keys written are removed. Returns the report with its keys, the locked
+// fingerprint and the key id filled in (the counts are the format's).
+LockReport commit_lock(KeyCommit& keys, const std::vector<std::pair<std::string, KeyFile>>& made,
+                       const std::function<void()>& write_model);
 
 // After an unlock wrote `out`: `found` (the fingerprint of the file as re-read) must be
 // `expected`; otherwise the file is removed and Error says so.

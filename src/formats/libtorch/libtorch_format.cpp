@@ -149,20 +149,12 @@ class LibTorchFormat : public ModelFormat {
         made.emplace_back(tier_key_path(r.key_out, t.key.header.tier), std::move(t.key));
       stats = outcomes.front().stats;
     }
-    // Keys first (a locked model without its keys would be lost utility); `keys` removes them
-    // if the model cannot be written.
-    for (const auto& [path, key] : made) keys.write(path, key);
-    save_model(r.out, model);
-    keys.keep();
-
-    LockReport report;
-    report.keys = keys.written();
+    // Keys first (a locked model without its keys would be lost utility).
+    LockReport report = commit_lock(keys, made, [&] { save_model(r.out, model); });
     report.units = stats.units;
     report.candidates = stats.candidates;
     report.values = stats.values;
     report.parameters = stats.parameters;
-    report.locked_fingerprint = made.front().second.header.locked_fingerprint;
-    report.key_id = model.meta.lock->key_id;
     if (ratios.empty()) evaluate_state(0.0);
     return report;
   }

@@ -143,20 +143,12 @@ class OnnxFormat : public ModelFormat {
         made.emplace_back(tier_key_path(r.key_out, t.key.header.tier), std::move(t.key));
       stats = outcomes.front().stats;
     }
-    // Keys first; `keys` removes them if the model cannot be written.
-    for (const auto& [path, key] : made) keys.write(path, key);
-    save_onnx_model(r.out, model);
-    keys.keep();
-
-    LockReport report;
-    report.keys = keys.written();
+    // Keys first (a locked model without its keys would be lost utility).
+    LockReport report = commit_lock(keys, made, [&] { save_onnx_model(r.out, model); });
     report.units = stats.units;
     report.candidates = stats.candidates;
     report.values = stats.values;
     report.parameters = stats.parameters;
-    const KeyHeader& h = made.front().second.header;
-    report.locked_fingerprint = h.locked_fingerprint;
-    report.key_id = to_hex(h.key_id.data(), h.key_id.size());
     report.note = "passes the ONNX checker";
     if (r.tier_ratios.empty()) evaluate_state(0.0);  // the locked model in memory: as written
     return report;
