@@ -13,6 +13,7 @@
 
 #include "cli/commands.h"
 #include "cli/common.h"
+#include "cli/format_report.h"
 #include "cli/progress.h"
 #include "control/calibrate.h"
 #include "control/sweep_report.h"
@@ -322,7 +323,8 @@ void add_calibrate(CLI::App& app) {
       save_model(out, model);
       keys.keep();
       std::printf("locked at ratio %s\n", ratio_text(cal.chosen.ratio).c_str());
-      print_lock_stats(outcome, key_bytes);
+      const LockStats& s = outcome.stats;
+      print_extraction(s.units, s.candidates, s.values, s.parameters, key_bytes);
       std::printf("  locked model:         %s\n  key:                  %s (key id %s)\n",
                   out.c_str(), key_out.c_str(), model.meta.lock->key_id.c_str());
     }

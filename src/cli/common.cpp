@@ -437,17 +437,6 @@ void print_eval(const std::string& model, const EffectiveEval& e, bool json, con
   }
 }
 
-void print_lock_stats(const LockOutcome& o, uint64_t key_bytes) {
-  const auto& s = o.stats;
-  std::printf("  units extracted:      %lld of %lld\n", static_cast<long long>(s.units),
-              static_cast<long long>(s.candidates));
-  std::printf("  parameters extracted: %lld of %lld (%s%%)\n", static_cast<long long>(s.values),
-              static_cast<long long>(s.parameters), fixed(100.0 * s.param_fraction(), 3).c_str());
-  std::printf("  key size:             %llu bytes (%s bytes per extracted value)\n",
-              static_cast<unsigned long long>(key_bytes),
-              fixed(s.values ? double(key_bytes) / double(s.values) : 0.0, 2).c_str());
-}
-
 void add_val_args(CLI::App* c, ValArgs& v) {
   c->add_option("--val-size", v.size, "Validation images, drawn from the training split")
       ->capture_default_str()

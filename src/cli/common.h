@@ -156,7 +156,4 @@ void print_eval(const std::string& model, const EvalResult& r, bool json,
 void print_eval(const std::string& model, const EffectiveEval& e, bool json,
                 const Json& extra = Json::object());
 
-// The lines `lock` prints about what went into a key.
-void print_lock_stats(const LockOutcome& o, uint64_t key_bytes);
-
 }  // namespace corelocker::cli

@@ -16,16 +16,7 @@ void print_lock_report(const LockRequest& r, const LockReport& rep) {
     for (const auto& name : rep.left_alone)
       std::printf("  left alone (first/last layer): %s\n", name.c_str());
     for (const auto& name : rep.kept) std::printf("  left alone (--keep): %s\n", name.c_str());
-    std::printf("  units extracted:      %lld of %lld\n", static_cast<long long>(rep.units),
-                static_cast<long long>(rep.candidates));
-    const double fraction =
-        rep.parameters ? 100.0 * double(rep.values) / double(rep.parameters) : 0.0;
-    std::printf("  parameters extracted: %lld of %lld (%s%%)\n", static_cast<long long>(rep.values),
-                static_cast<long long>(rep.parameters), fixed(fraction, 3).c_str());
-    const uint64_t bytes = rep.keys.front().bytes;
-    std::printf("  key size:             %llu bytes (%s bytes per extracted value)\n",
-                static_cast<unsigned long long>(bytes),
-                fixed(rep.values ? double(bytes) / double(rep.values) : 0.0, 2).c_str());
+    print_extraction(rep.units, rep.candidates, rep.values, rep.parameters, rep.keys.front().bytes);
   }
   std::printf("  locked model:         %s (fingerprint %s%s)\n", r.out.c_str(),
               to_hex(rep.locked_fingerprint).substr(0, 16).c_str(),
@@ -44,6 +35,18 @@ void print_lock_report(const LockRequest& r, const LockReport& rep) {
                 static_cast<long long>(h.units), static_cast<unsigned long long>(k.bytes),
                 encrypted);
   }
+}
+
+void print_extraction(int64_t units, int64_t candidates, int64_t values, int64_t parameters,
+                      uint64_t key_bytes) {
+  std::printf("  units extracted:      %lld of %lld\n", static_cast<long long>(units),
+              static_cast<long long>(candidates));
+  const double fraction = parameters ? 100.0 * double(values) / double(parameters) : 0.0;
+  std::printf("  parameters extracted: %lld of %lld (%s%%)\n", static_cast<long long>(values),
+              static_cast<long long>(parameters), fixed(fraction, 3).c_str());
+  std::printf("  key size:             %llu bytes (%s bytes per extracted value)\n",
+              static_cast<unsigned long long>(key_bytes),
+              fixed(values ? double(key_bytes) / double(values) : 0.0, 2).c_str());
 }
 
 void print_unlock_report(const std::string& in, const std::string& out, size_t keys,

@@ -12,6 +12,9 @@ namespace corelocker::cli {
 // "locked IN with UNITS, fill F, at ratio R", the counts, the locked model and key lines (one
 // line a tier key with tiers).
 void print_lock_report(const LockRequest& request, const LockReport& report);
+// The counts lines of a lock: units, parameters extracted, key size (also `calibrate --out`).
+void print_extraction(int64_t units, int64_t candidates, int64_t values, int64_t parameters,
+                      uint64_t key_bytes);
 void print_unlock_report(const std::string& in, const std::string& out, size_t keys,
                          const UnlockReport& report);
 // `inspect`'s text form: key: value, nested objects indented, lists of objects one line each.

@@ -112,10 +112,6 @@ void require(const ModelFormat& format, Feature f, const std::string& path) {
 
 }  // namespace
 
-void require_feature(const ModelFormat& format, Feature feature, const std::string& path) {
-  require(format, feature, path);
-}
-
 void ModelFormat::evaluate(const std::string& path, const EvaluationJob&) const {
   require(*this, Feature::kEvaluate, path);
   throw UsageError("eval: '" + path + "' (" + name() + ") cannot be evaluated");

@@ -120,7 +120,6 @@ class KeyCommit {
   // The model is written: the keys stay.
   void keep() { kept_ = true; }
   const std::vector<WrittenKey>& written() const { return written_; }
-  Encryption encryption() const { return credentials_.kind; }
 
  private:
   KeyCredentials credentials_;
@@ -168,8 +167,6 @@ class ModelFormat {
 // (UsageError naming the option, the file and the format's reason), and the rules every format
 // shares (--out and --key-out the same file, --out the input).
 void check_lock_request(const ModelFormat& format, const LockRequest& request);
-// UsageError when `format` lacks `feature` ("`calibrate` cannot run 'm.onnx': ...").
-void require_feature(const ModelFormat& format, Feature feature, const std::string& path);
 
 class FormatRegistry {
  public:
