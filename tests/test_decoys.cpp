@@ -61,12 +61,12 @@ Synthetic smooth_tensor(int64_t rows, int64_t cols, uint64_t seed) {
   const int64_t n = rows * cols, k = n / 20;
   auto picked = std::get<0>(torch::randperm(n, gen, torch::kInt64).narrow(0, 0, k).sort());
   std::vector<int64_t> units(picked.data_ptr<int64_t>(), picked.data_ptr<int64_t>() + k);
-  s.plan.entries.push_back({"conv.weight", 9, units});
+  s.plan.entries.push_back({"conv.weight", 9, UnitList(units.begin(), units.end())});
   s.plan.units = k;
   KeyEntry e;
   e.tensor = "conv.weight";
   e.unit_size = 9;
-  e.units.assign(units.begin(), units.end());
+  e.units = UnitList(units.begin(), units.end());
   s.key.entries.push_back(e);
   return s;
 }
@@ -169,7 +169,7 @@ TEST(Decoys, CarryTheFiltersAndChannelsEffects) {
   ExtractionPlan plan;
   std::vector<int64_t> units;
   for (int64_t o = 0; o < 48; ++o) units.push_back(o * 48 + (o * 7) % 48);
-  plan.entries.push_back({"conv.weight", 9, units});
+  plan.entries.push_back({"conv.weight", 9, UnitList(units.begin(), units.end())});
   plan.units = static_cast<int64_t>(units.size());
   fill_decoys(tensors, plan, nullptr, Fill::kDecoy, 1);
   auto k = w.reshape({-1, 9}).to(torch::kFloat64);
@@ -223,7 +223,7 @@ TEST(Decoys, DecoysOfOneFilterAreAsAlikeAsItsKernelsWhereMostAreTaken) {
   std::sort(units.begin(), units.end());
   std::vector<NamedTensor> tensors = {{"conv.weight", w, false}};
   ExtractionPlan plan;
-  plan.entries.push_back({"conv.weight", 9, units});
+  plan.entries.push_back({"conv.weight", 9, UnitList(units.begin(), units.end())});
   plan.units = static_cast<int64_t>(units.size());
   fill_decoys(tensors, plan, nullptr, Fill::kDecoy, 2);
   // Mean cosine between two extracted positions of the same filter.
@@ -269,7 +269,7 @@ TEST(Detectors, RoughnessFindsNoiseDecoysAndTwinFindsCopiedKernels) {
     Synthetic s = smooth_tensor(64, 64, 52);
     auto k = s.tensors[0].tensor.view({-1, 9});
     auto l1 = k.abs().sum(1);
-    const auto& units = s.plan.entries[0].units;
+    const std::vector<int64_t> units = unit_vector(s.plan.entries[0].units);
     auto remaining = torch::ones({k.size(0)}, torch::kBool);
     remaining.index_fill_(0, torch::tensor(units, torch::kInt64), false);
     auto donors = remaining.nonzero().squeeze(1);

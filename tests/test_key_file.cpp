@@ -4,6 +4,7 @@
 #include <cstring>
 #include <functional>
 #include <random>
+#include <set>
 
 #include "keyfile/key_file.h"
 #include "temp_dir.h"
@@ -255,6 +256,54 @@ TEST(KeyFile, IndicesOfASparseLockTakeAboutOneByteEach) {
   const double per_index = double(bytes.size() - e.values.size() - 300) / double(e.units.size());
   EXPECT_LT(per_index, 1.1);
   EXPECT_EQ(parse_key(bytes.data(), bytes.size(), "k").entries[0].units, e.units);
+}
+
+// The in-memory unit list is the file's index block: the same bytes, read back as the same units,
+// and it refuses what a file's block may not hold.
+TEST(UnitList, HoldsIncreasingUnitsAsTheKeyFileDoes) {
+  const std::vector<uint64_t> units = {0, 1, 127, 128, 300, 16511, 16512, uint64_t{1} << 40};
+  UnitList l(units.begin(), units.end());
+  EXPECT_EQ(l.size(), units.size());
+  EXPECT_EQ(l.front(), 0u);
+  EXPECT_EQ(l.back(), uint64_t{1} << 40);
+  EXPECT_EQ(l.to_vector(), units);
+  EXPECT_EQ(std::vector<uint64_t>(l.begin(), l.end()), units);
+  // gaps minus 1: 0, 0, 125, 0, 171, 16210, 0, 2^40 - 16513 (1, 1, 1, 1, 2, 2, 1, 6 bytes)
+  EXPECT_EQ(l.encoded().size(), 15u);
+  const UnitList back =
+      UnitList::decode(l.encoded().data(), l.encoded().size(), l.size(), uint64_t{1} << 41, "t");
+  EXPECT_EQ(back, l);
+  EXPECT_EQ(back.to_vector(), units);
+  EXPECT_THROW(
+      UnitList::decode(l.encoded().data(), l.encoded().size(), l.size(), uint64_t{1} << 40, "t"),
+      FormatError);                                     // the last index is not below the limit
+  EXPECT_THROW(l.push_back(uint64_t{1} << 40), Error);  // not above the last
+  EXPECT_EQ(l.size(), units.size());                    // and nothing was added
+  const std::vector<int64_t> negative = {-1, 3};
+  EXPECT_THROW(UnitList(negative.begin(), negative.end()), Error);
+  const std::vector<int> unsorted = {3, 2};
+  EXPECT_THROW(UnitList(unsorted.begin(), unsorted.end()), Error);
+  EXPECT_TRUE(UnitList().empty());
+  EXPECT_EQ(UnitList().begin(), UnitList().end());
+  EXPECT_NE(UnitList({1, 2}), UnitList({1, 3}));
+}
+
+TEST(UnitList, MergeIsTheSortedUnion) {
+  std::mt19937 rng(7);
+  for (int trial = 0; trial < 20; ++trial) {
+    std::set<uint64_t> a, b;
+    for (int i = 0; i < 500; ++i) {
+      a.insert(rng() % 5000);
+      b.insert(rng() % (trial % 2 ? 100000 : 5000));
+    }
+    std::set<uint64_t> both = a;
+    both.insert(b.begin(), b.end());
+    const UnitList m = UnitList::merge(UnitList(a.begin(), a.end()), UnitList(b.begin(), b.end()));
+    EXPECT_EQ(m.to_vector(), std::vector<uint64_t>(both.begin(), both.end()));
+    EXPECT_EQ(m, UnitList(both.begin(), both.end()));
+  }
+  EXPECT_EQ(UnitList::merge({}, {4, 9}), UnitList({4, 9}));
+  EXPECT_EQ(UnitList::merge({4, 9}, {}), UnitList({4, 9}));
 }
 
 TEST(KeyFile, RoundTrips) {

@@ -262,7 +262,7 @@ TEST(Lock, ExtractionHashesWhatItLeaves) {
     for (size_t j = 0; j < copy.size(); ++j) {
       if (copy[j].name == e.tensor) before = copy[j].tensor, after = n.tensors[j].tensor;
     }
-    const auto idx = torch::tensor(plan.entries[i].units, torch::kInt64);
+    const auto idx = unit_tensor(plan.entries[i].units);
     const auto rows =
         before.view({-1, static_cast<int64_t>(e.unit_size)}).index_select(0, idx).contiguous();
     ASSERT_EQ(e.values.size(), static_cast<size_t>(rows.numel()) * rows.element_size());
@@ -289,8 +289,8 @@ TEST(Lock, ExtractionFollowsTiedTensors) {
         {"a.weight", w, false}, {"b.bias", torch::randn({8}), false}, {"z.weight", w, false}};
     ExtractionPlan plan;
     const std::vector<int64_t> units = {0, 5, 77, 2047};
-    plan.entries.push_back({"z.weight", 9, units});
-    if (both) plan.entries.push_back({"a.weight", 9, units});
+    plan.entries.push_back({"z.weight", 9, UnitList(units.begin(), units.end())});
+    if (both) plan.entries.push_back({"a.weight", 9, UnitList(units.begin(), units.end())});
     plan.units = 4;
     LockOptions o;
     const Digest before = fingerprint(tensors);

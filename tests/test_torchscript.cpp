@@ -132,7 +132,7 @@ TEST(TorchScript, BnTakesGammaBetaAndTheProducingConvFilters) {
   LockOutcome out = lock_model(m, options(Criterion::kBn, 0.2));
   const Structure& s = m.net->structure();
   std::map<std::string, std::vector<uint64_t>> units;
-  for (const auto& e : out.key.entries) units[e.tensor] = e.units;
+  for (const auto& e : out.key.entries) units[e.tensor] = e.units.to_vector();
   int with_filters = 0;
   for (const auto& l : s) {
     if (l.kind != LayerKind::kBatchNorm || !units.count(l.weight)) continue;
@@ -201,7 +201,7 @@ TEST(TorchScript, BuiltInResnetWeightsLockExactlyAsTheBuiltInModel) {
   ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
   auto units_of = [](const LockOutcome& o) {
     std::map<std::string, std::pair<std::vector<uint64_t>, std::vector<uint8_t>>> m;
-    for (const auto& e : o.key.entries) m[e.tensor] = {e.units, e.values};
+    for (const auto& e : o.key.entries) m[e.tensor] = {e.units.to_vector(), e.values};
     return m;
   };
   for (const std::string file : {"scripted.pt", "traced.pt"}) {

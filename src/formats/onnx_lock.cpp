@@ -4,9 +4,12 @@
 
 #include <algorithm>
 #include <cstring>
+#include <set>
 #include <sstream>
 
 #include "formats/onnx_eval.h"
+#include "locking/decoy_search.h"
+#include "locking/decoys.h"
 #include "locking/selection.h"
 #include "util/error.h"
 #include "util/hash.h"
@@ -62,15 +65,16 @@ int64_t extract(OnnxModel& model, const ExtractionPlan& plan, KeyFile& key) {
     e.dtype = onnx_key_dtype(t->data_type);
     for (int64_t d : t->dims) e.shape.push_back(static_cast<uint64_t>(d));
     e.unit_size = static_cast<uint64_t>(p.unit_size);
-    e.units.assign(p.units.begin(), p.units.end());
+    e.units = p.units;
     const size_t block = static_cast<size_t>(p.unit_size) * dtype_size(e.dtype);
     if (t->numel() % e.unit_size != 0)
       throw Error("initializer '" + p.tensor + "': unit size does not divide it");
+    if (!e.units.empty() && e.units.back() >= t->numel() / e.unit_size)
+      throw Error("initializer '" + p.tensor + "': unit out of range");
     e.values.resize(e.units.size() * block);
-    for (size_t i = 0; i < e.units.size(); ++i) {
-      if (e.units[i] >= t->numel() / e.unit_size)
-        throw Error("initializer '" + p.tensor + "': unit out of range");
-      std::memcpy(e.values.data() + i * block, t->bytes.data() + e.units[i] * block, block);
+    size_t i = 0;
+    for (const uint64_t u : e.units) {
+      std::memcpy(e.values.data() + i++ * block, t->bytes.data() + u * block, block);
     }
     values += static_cast<int64_t>(e.units.size() * e.unit_size);
     key.entries.push_back(std::move(e));
@@ -82,6 +86,39 @@ int64_t extract(OnnxModel& model, const ExtractionPlan& plan, KeyFile& key) {
     for (uint64_t u : e.units) std::memset(t->bytes.data() + u * block, 0, block);
   }
   return values;
+}
+
+// Zeroes the plan's units in the model again (between the draws of a decoy search).
+void zero_units(OnnxModel& model, const ExtractionPlan& plan) {
+  for (const auto& p : plan.entries) {
+    OnnxTensor* t = model.find(p.tensor);
+    const size_t block =
+        static_cast<size_t>(p.unit_size) * dtype_size(onnx_key_dtype(t->data_type));
+    for (uint64_t u : p.units) std::memset(t->bytes.data() + u * block, 0, block);
+  }
+}
+
+// Draws decoys into the plan's units (locking/decoys.h), modelled on the units no plan takes:
+// the initializers are wrapped as tensors over the model's own bytes, so the decoys are written
+// straight into the model.
+void fill_onnx_decoys(OnnxModel& model, const ExtractionPlan& plan, const ExtractionPlan* no_donors,
+                      Fill fill, uint64_t seed) {
+  std::vector<NamedTensor> views;
+  std::set<std::string> seen;
+  for (const ExtractionPlan* p : {&plan, no_donors}) {
+    if (p == nullptr) continue;
+    for (const auto& e : p->entries) {
+      if (!seen.insert(e.tensor).second) continue;
+      OnnxTensor* t = model.find(e.tensor);
+      if (t == nullptr)
+        throw Error("plan names initializer '" + e.tensor + "' which the model does not have");
+      views.push_back({t->name,
+                       torch::from_blob(t->bytes.data(), c10::IntArrayRef(t->dims),
+                                        onnx_scalar_type(t->data_type)),
+                       false});
+    }
+  }
+  fill_decoys(views, plan, no_donors, fill, seed);
 }
 
 int64_t float_parameters(const OnnxModel& model) {
@@ -100,14 +137,10 @@ void record_lock(OnnxModel& model, const KeyHeader& h, const Digest& original, d
   model.set_metadata(kOnnxMetaVersion, CORELOCKER_VERSION);
 }
 
-void check_lockable(const OnnxModel& model, const LockOptions& options) {
+void check_lockable(const OnnxModel& model) {
   const LockInfo existing = onnx_lock_info(model);
   if (!existing.key_id.empty()) {
     throw UsageError("model is already locked (key id " + existing.key_id + "); unlock it first");
-  }
-  if (options.fill != Fill::kZero) {
-    throw UsageError(std::string("fill '") + to_string(options.fill) +
-                     "': ONNX models are locked with zero fill only");
   }
 }
 
@@ -138,8 +171,9 @@ LockInfo onnx_lock_info(const OnnxModel& model) {
   return info;
 }
 
-LockOutcome lock_onnx_model(OnnxModel& model, const LockOptions& options) {
-  check_lockable(model, options);
+LockOutcome lock_onnx_model(OnnxModel& model, const LockOptions& options,
+                            const OnnxDecoySearch& search) {
+  check_lockable(model);
   if (!(options.ratio >= 0.0 && options.ratio <= 1.0)) {
     throw UsageError("ratio " + std::to_string(options.ratio) + ": must be within [0, 1]");
   }
@@ -155,6 +189,23 @@ LockOutcome lock_onnx_model(OnnxModel& model, const LockOptions& options) {
   set_header(h, options);
   h.units = static_cast<uint64_t>(plan.units);
   out.stats.values = extract(model, plan, out.key);
+  if (options.fill != Fill::kZero) {
+    uint64_t seed = 0;
+    if (search.tries > 1 && search.score) {
+      DecoyTrial trial;
+      trial.fill = [&](const uint64_t* draw) {
+        if (draw != nullptr) fill_onnx_decoys(model, plan, nullptr, options.fill, *draw);
+      };
+      trial.score = [&] { return search.score(model); };
+      trial.reset = [&] { zero_units(model, plan); };
+      seed = choose_decoy_draw(search.tries, search.target, search.seed, trial);
+    } else if (search.seed) {
+      seed = *search.seed;
+    } else {
+      random_bytes(&seed, sizeof seed);  // decoys must not be predictable
+    }
+    fill_onnx_decoys(model, plan, nullptr, options.fill, seed);
+  }
   h.locked_fingerprint = onnx_fingerprint(model);
   out.stats.units = plan.units;
   out.stats.candidates = ranking.total_units();
@@ -166,7 +217,7 @@ LockOutcome lock_onnx_model(OnnxModel& model, const LockOptions& options) {
 std::vector<TierOutcome> lock_onnx_model_tiers(
     OnnxModel& model, const LockOptions& options, std::vector<double> ratios,
     const std::function<void(double ratio, OnnxModel& state)>& on_state) {
-  check_lockable(model, options);
+  check_lockable(model);
   if (ratios.empty()) throw UsageError("tiers: give at least one ratio");
   if (ratios.size() > 1000)
     throw UsageError("tiers: " + std::to_string(ratios.size()) + " ratios (at most 1000)");
@@ -211,6 +262,12 @@ std::vector<TierOutcome> lock_onnx_model_tiers(
     const ExtractionPlan step = plan_difference(plans[i], previous);
     h.units = static_cast<uint64_t>(plans[i].units - previous.units);
     values += extract(model, step, t.key);
+    if (o.fill != Fill::kZero) {
+      // Decoys never modelled on units a larger tier takes (as lock_model_tiers draws them).
+      uint64_t seed = 0;
+      random_bytes(&seed, sizeof seed);
+      fill_onnx_decoys(model, step, &plans.back(), o.fill, seed);
+    }
     h.locked_fingerprint = onnx_fingerprint(model);
     h.ratio_after = i == 0 ? 0.0 : ratios[i - 1];
     h.tier = static_cast<uint16_t>(n - i);
@@ -259,18 +316,17 @@ void unlock_onnx_model(OnnxModel& model, const std::vector<KeyFile>& keys) {
                             std::to_string(e.unit_size) + " does not fit the initializer's " +
                             std::to_string(t->numel()) + " elements");
       }
-      for (uint64_t u : e.units) {
-        if (u >= t->numel() / e.unit_size) {
-          throw MismatchError("key entry '" + e.tensor + "': unit " + std::to_string(u) +
-                              " out of range");
-        }
+      if (!e.units.empty() && e.units.back() >= t->numel() / e.unit_size) {
+        throw MismatchError("key entry '" + e.tensor + "': unit " + std::to_string(e.units.back()) +
+                            " out of range");
       }
     }
     for (const auto& e : key.entries) {
       OnnxTensor* t = model.find(e.tensor);
       const size_t block = static_cast<size_t>(e.unit_size) * dtype_size(e.dtype);
-      for (size_t i = 0; i < e.units.size(); ++i) {
-        std::memcpy(t->bytes.data() + e.units[i] * block, e.values.data() + i * block, block);
+      size_t i = 0;
+      for (const uint64_t u : e.units) {
+        std::memcpy(t->bytes.data() + u * block, e.values.data() + i++ * block, block);
       }
     }
     const Digest restored = onnx_fingerprint(model);

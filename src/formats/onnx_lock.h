@@ -4,6 +4,7 @@
 #pragma once
 
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -23,15 +24,27 @@ constexpr char kOnnxMetaVersion[] = "corelocker.tool_version";
 // The lock recorded in a model's metadata_props; key_id empty when the model is not locked.
 LockInfo onnx_lock_info(const OnnxModel& model);
 
+// The decoy search of an ONNX lock (DecoySearch, locking/lock.h, for our checkpoints): `score`
+// rates the model locked in memory (top-1 on a validation split, say).
+struct OnnxDecoySearch {
+  int tries = 1;
+  DecoySearch::Target target = DecoySearch::Target::kMatchZero;
+  std::function<double(const OnnxModel&)> score;
+  std::optional<uint64_t> seed;
+};
+
 // Ranks the units of the model's layers (OnnxModel::structure), extracts the top
-// `options.ratio` into a key (extracted values become 0) and records the lock in the model's
-// metadata_props. Zero fill only. Throws UsageError (already locked, bad options, nothing
-// eligible) / Error.
-LockOutcome lock_onnx_model(OnnxModel& model, const LockOptions& options);
+// `options.ratio` into a key and records the lock in the model's metadata_props. The extracted
+// values become 0, or decoys drawn from the model of each tensor's remaining units
+// (options.fill, locking/decoys.h; with `search`, the draw it keeps). Throws UsageError (already
+// locked, bad options, nothing eligible) / Error.
+LockOutcome lock_onnx_model(OnnxModel& model, const LockOptions& options,
+                            const OnnxDecoySearch& search = {});
 
 // Tiered lock (as lock_model_tiers for our checkpoints): ranks once and returns one key per
 // ratio in the order of application (largest ratio first); the model ends locked at the
-// largest ratio and `on_state` sees it locked at each ratio, smallest first. Zero fill only.
+// largest ratio and `on_state` sees it locked at each ratio, smallest first. A decoy fill is one
+// draw a tier, never modelled on units a larger tier takes.
 // Throws UsageError (already locked, bad or too close ratios) / Error.
 std::vector<TierOutcome> lock_onnx_model_tiers(
     OnnxModel& model, const LockOptions& options, std::vector<double> ratios,

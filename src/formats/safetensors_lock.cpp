@@ -1078,6 +1078,8 @@ StUnlockOutcome unlock_safetensors(const std::string& in, const std::string& out
     TensorHasher& hl = hashers.emplace_back(scheme);
     TensorHasher& hr = hashers.emplace_back(scheme);
     size_t next = 0;
+    auto unit = e.units.begin();
+    const auto units_end = e.units.end();
     for (uint64_t u0 = 0; u0 < units; u0 += chunk_units) {
       const uint64_t u1 = std::min(units, u0 + chunk_units);
       const uint64_t n = (u1 - u0) * unit_bytes;
@@ -1086,8 +1088,8 @@ StUnlockOutcome unlock_safetensors(const std::string& in, const std::string& out
       uint8_t* b = ring.data(slot);
       const uint64_t locked_hashed = background.update(hl, w, n);
       std::memcpy(b, w, n);
-      for (; next < e.units.size() && e.units[next] < u1; ++next) {
-        uint8_t* up = b + (e.units[next] - u0) * unit_bytes;
+      for (; unit != units_end && *unit < u1; ++unit, ++next) {
+        uint8_t* up = b + (*unit - u0) * unit_bytes;
         if (unit_bytes == 4)
           std::memcpy(up, e.values.data() + next * 4, 4);  // a move, not a call
         else

@@ -160,16 +160,10 @@ void check_entry(const KeyEntry& e, const std::string& what) {
     throw FormatError(at + ": " + std::to_string(e.units.size()) + " units, tensor has " +
                       std::to_string(unit_slots));
   }
-  for (size_t i = 0; i < e.units.size(); ++i) {
-    if (e.units[i] >= unit_slots) {
-      throw FormatError(at + ": unit index " + std::to_string(e.units[i]) +
-                        " out of range (tensor has " + std::to_string(unit_slots) + " units)");
-    }
-    if (i > 0 && e.units[i] <= e.units[i - 1]) {
-      throw FormatError(at + ": unit indices not strictly increasing (" +
-                        std::to_string(e.units[i - 1]) + " then " + std::to_string(e.units[i]) +
-                        ")");
-    }
+  // A UnitList is strictly increasing by construction; its last index bounds them all.
+  if (!e.units.empty() && e.units.back() >= unit_slots) {
+    throw FormatError(at + ": unit index " + std::to_string(e.units.back()) +
+                      " out of range (tensor has " + std::to_string(unit_slots) + " units)");
   }
   const uint64_t value_bytes =
       checked_mul(checked_mul(e.units.size(), e.unit_size, at), dtype_size(e.dtype), at);
@@ -179,78 +173,29 @@ void check_entry(const KeyEntry& e, const std::string& what) {
   }
 }
 
+// Versions 1 and 2 store every index as a u64: checked before they become a UnitList.
+void check_plain_indices(const std::vector<uint64_t>& units, const KeyEntry& e,
+                         const std::string& what) {
+  const std::string at = what + ": entry '" + e.tensor + "'";
+  uint64_t slots = 1;
+  for (auto d : e.shape) slots = checked_mul(slots, d, at);
+  if (e.unit_size == 0 || slots % e.unit_size != 0) check_entry(e, what);  // names the defect
+  slots /= e.unit_size;
+  for (size_t i = 0; i < units.size(); ++i) {
+    if (units[i] >= slots) {
+      throw FormatError(at + ": unit index " + std::to_string(units[i]) +
+                        " out of range (tensor has " + std::to_string(slots) + " units)");
+    }
+    if (i > 0 && units[i] <= units[i - 1]) {
+      throw FormatError(at + ": unit indices not strictly increasing (" +
+                        std::to_string(units[i - 1]) + " then " + std::to_string(units[i]) + ")");
+    }
+  }
+}
+
 DType checked_dtype(uint8_t v, const std::string& at) {
   if (v < 1 || v > 4) throw FormatError(at + ": unknown dtype code " + std::to_string(v));
   return static_cast<DType>(v);
-}
-
-// Version 3 index block: unsigned LEB128 of the first index, then of each gap minus 1.
-// Entries are checked (strictly increasing indices) before they are written.
-uint64_t encoded_indices_size(const std::vector<uint64_t>& units) {
-  uint64_t size = 0, next = 0;  // next: the smallest index the next one may have
-  for (const uint64_t u : units) {
-    const uint64_t v = u - next;
-    size += v == 0 ? 1 : static_cast<uint64_t>(64 - __builtin_clzll(v) + 6) / 7;
-    next = u + 1;
-  }
-  return size;
-}
-
-void write_indices(ByteWriter& w, const std::vector<uint64_t>& units) {
-  uint64_t next = 0;
-  for (const uint64_t u : units) {
-    uint64_t v = u - next;
-    while (v >= 0x80) {
-      w.u8(static_cast<uint8_t>(v | 0x80));
-      v >>= 7;
-    }
-    w.u8(static_cast<uint8_t>(v));
-    next = u + 1;
-  }
-}
-
-// Decodes `count` indices from exactly `size` bytes; refuses overlong, overflowing and
-// non-minimal numbers, and indices past `limit` (the tensor's unit count).
-std::vector<uint64_t> decode_indices(const uint8_t* p, uint64_t size, uint64_t count,
-                                     uint64_t limit, const std::string& at) {
-  if (count > size) {
-    throw FormatError(at + ": " + std::to_string(count) +
-                      " unit indices cannot fit in an index block of " + std::to_string(size) +
-                      " bytes");
-  }
-  std::vector<uint64_t> units(count);
-  uint64_t pos = 0, next = 0;
-  for (uint64_t i = 0; i < count; ++i) {
-    uint64_t v = 0;
-    for (int shift = 0;; shift += 7) {
-      if (pos == size) {
-        throw FormatError(at + ": index block of " + std::to_string(size) +
-                          " bytes ends inside index " + std::to_string(i));
-      }
-      const uint8_t b = p[pos++];
-      if (shift == 63 && b > 1)
-        throw FormatError(at + ": index " + std::to_string(i) + " overflows 64 bits");
-      v |= static_cast<uint64_t>(b & 0x7f) << shift;
-      if ((b & 0x80) == 0) {
-        if (b == 0 && shift > 0)
-          throw FormatError(at + ": index " + std::to_string(i) + " is not minimally encoded");
-        break;
-      }
-    }
-    if (v >= limit || next > limit - 1 - v) {
-      const std::string index =
-          v >= limit ? std::to_string(v) + " or more" : std::to_string(next + v);
-      throw FormatError(at + ": unit index " + index + " out of range (tensor has " +
-                        std::to_string(limit) + " units)");
-    }
-    units[i] = next + v;
-    next = units[i] + 1;
-  }
-  if (pos != size) {
-    throw FormatError(at + ": index block of " + std::to_string(size) + " bytes holds " +
-                      std::to_string(count) + " indices in " + std::to_string(pos) + " bytes");
-  }
-  return units;
 }
 
 // The payload (entry count, then the entries) and its exact size, so that it is built in one
@@ -259,8 +204,8 @@ std::vector<uint64_t> decode_indices(const uint8_t* p, uint64_t size, uint64_t c
 uint64_t payload_size(const std::vector<KeyEntry>& entries) {
   uint64_t size = 4;
   for (const auto& e : entries) {
-    size += 4 + e.tensor.size() + 4 + 8 * e.shape.size() + 8 + 8 + 8 +
-            encoded_indices_size(e.units) + e.values.size();
+    size += 4 + e.tensor.size() + 4 + 8 * e.shape.size() + 8 + 8 + 8 + e.units.encoded().size() +
+            e.values.size();
   }
   return size;
 }
@@ -276,8 +221,8 @@ void write_payload(ByteWriter& w, const std::vector<KeyEntry>& entries) {
     for (auto d : e.shape) w.u64(d);
     w.u64(e.unit_size);
     w.u64(e.units.size());
-    w.u64(encoded_indices_size(e.units));
-    write_indices(w, e.units);
+    w.u64(e.units.encoded().size());
+    w.bytes(e.units.encoded());
     w.bytes(e.values);
   }
 }
@@ -317,12 +262,15 @@ std::vector<KeyEntry> read_entries(ByteReader& p, uint64_t entry_count, uint32_t
       if (e.unit_size == 0 || numel % e.unit_size != 0)
         check_entry(e, what);  // names the unit-size defect
       e.units =
-          decode_indices(block, size, count, numel / e.unit_size, at + " ('" + e.tensor + "')");
+          UnitList::decode(block, size, count, numel / e.unit_size, at + " ('" + e.tensor + "')");
     } else {
       // Check the count against the bytes that are left before allocating anything.
       p.need(checked_mul(count, 8, at), "unit indices of '" + e.tensor + "'");
-      e.units.resize(count);
-      std::memcpy(e.units.data(), p.take(count * 8, "unit indices"), count * 8);
+      const uint8_t* raw = p.take(count * 8, "unit indices");
+      std::vector<uint64_t> units(count);
+      std::memcpy(units.data(), raw, count * 8);
+      check_plain_indices(units, e, what);
+      e.units = UnitList(units.begin(), units.end());
     }
     const uint64_t value_bytes =
         checked_mul(checked_mul(count, e.unit_size, at), dtype_size(e.dtype), at);

@@ -41,6 +41,7 @@
 #include <string>
 #include <vector>
 
+#include "keyfile/unit_list.h"
 #include "util/hash.h"
 
 namespace corelocker {
@@ -119,7 +120,7 @@ struct KeyEntry {
   DType dtype = DType::kF32;
   std::vector<uint64_t> shape;
   uint64_t unit_size = 1;
-  std::vector<uint64_t> units;  // strictly increasing
+  UnitList units;               // strictly increasing
   std::vector<uint8_t> values;  // units.size() * unit_size elements of dtype
 
   uint64_t numel() const;

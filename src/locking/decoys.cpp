@@ -93,7 +93,7 @@ torch::Tensor taken_elements(const NamedTensor& tensor, const ExtractionPlan& pl
   auto mark = [&](const ExtractionPlan& p) {
     for (const auto& e : p.entries) {
       if (e.tensor != tensor.name || e.units.empty()) continue;
-      taken.view({-1, e.unit_size}).index_fill_(0, torch::tensor(e.units, torch::kInt64), true);
+      taken.view({-1, e.unit_size}).index_fill_(0, unit_tensor(e.units), true);
     }
   };
   mark(plan);
@@ -439,7 +439,7 @@ void fill_kernels(Context& c, NamedTensor& t, const PlanEntry& p) {
   const int64_t kh = w.size(2), kw = w.size(3), s = kh * kw, m = p.unit_size / s, cols = w.size(1);
   auto taken = taken_elements(t, c.plan, c.no_donors);
   auto kernel_taken = taken.view({-1, s}).any(1);
-  auto units = torch::tensor(p.units, torch::kInt64);
+  auto units = unit_tensor(p.units);
   auto kernel_idx =
       (units.unsqueeze(1) * m + torch::arange(m, torch::kInt64).unsqueeze(0)).reshape({-1});
   const int64_t count = kernel_idx.numel();
@@ -497,7 +497,7 @@ void fill_scalars(Context& c, NamedTensor& t, const PlanEntry& p) {
   auto taken = taken_elements(t, c.plan, c.no_donors);
   auto flat = f64(t.tensor).reshape({-1});
   auto donors = flat.masked_select(taken.logical_not().logical_and(flat.ne(0)));
-  auto units = torch::tensor(p.units, torch::kInt64);
+  auto units = unit_tensor(p.units);
   if (donors.numel() == 0) {
     view.index_fill_(0, units, 0);
     return;
@@ -542,10 +542,10 @@ void fill_decoys(std::vector<NamedTensor>& tensors, const ExtractionPlan& plan,
       std::vector<int64_t> excluded;
       if (no_donors != nullptr) {
         for (const auto& e : no_donors->entries) {
-          if (e.tensor == p.tensor) excluded = e.units;
+          if (e.tensor == p.tensor) excluded = unit_vector(e.units);
         }
       }
-      fill_v1(t.tensor.detach().view({-1, p.unit_size}), p.units, excluded, seed++);
+      fill_v1(t.tensor.detach().view({-1, p.unit_size}), unit_vector(p.units), excluded, seed++);
     }
     return;
   }

@@ -12,6 +12,7 @@
 #include <thread>
 #include <unordered_map>
 
+#include "locking/decoy_search.h"
 #include "locking/decoys.h"
 #include "locking/fingerprint.h"
 #include "util/error.h"
@@ -210,6 +211,12 @@ bool shares_memory(const std::vector<const NamedTensor*>& order,
   return false;
 }
 
+// A place in a key entry's unit list: the unit, and its position (where its values go).
+struct UnitCursor {
+  UnitList::const_iterator at;
+  size_t next;
+};
+
 // extract_units with the decoy generator's seed given (nullptr: drawn from the OS). `spent`, when
 // given, is `plan` itself, whose unit lists a zero fill may free once the key has them (the lock's
 // peak memory is then the key's).
@@ -249,31 +256,31 @@ KeyFile extract_units_seeded(std::vector<NamedTensor>& tensors, const Extraction
       }
       for (auto d : t.sizes()) e.shape.push_back(static_cast<uint64_t>(d));
       const int64_t rows = unit_view(t, p.unit_size, p.tensor).size(0);
-      for (size_t u = 0; u < p.units.size(); ++u) {
-        if (p.units[u] < 0 || p.units[u] >= rows || (u > 0 && p.units[u] <= p.units[u - 1])) {
-          throw Error("plan entry '" + p.tensor + "': unit " + std::to_string(p.units[u]) +
-                      " out of order or out of range (" + std::to_string(rows) + " units)");
-        }
+      if (!p.units.empty() && p.units.back() >= static_cast<uint64_t>(rows)) {
+        throw Error("plan entry '" + p.tensor + "': unit " + std::to_string(p.units.back()) +
+                    " out of range (" + std::to_string(rows) + " units)");
       }
       if (!entry_of.emplace(it->second, key.entries.size()).second) {
         throw Error("plan names tensor '" + p.tensor + "' twice");
       }
       e.unit_size = static_cast<uint64_t>(p.unit_size);
-      e.units.assign(p.units.begin(), p.units.end());
-      if (spent != nullptr && options.fill == Fill::kZero)
-        std::vector<int64_t>().swap(spent->entries[pi].units);
+      if (spent != nullptr && options.fill == Fill::kZero) {
+        e.units = std::move(spent->entries[pi].units);
+      } else {
+        e.units = p.units;
+      }
       e.values.resize(e.units.size() * e.unit_size * t.element_size());
       key.entries.push_back(std::move(e));
     }
   }
   const std::vector<torch::Tensor> contiguous = contiguous_cpu(order);
-  // Copies the key's units below row `end` of a tensor (from unit `next` of its entry on) into
-  // the key, zeroing them in the model when `zero`.
-  auto take_units = [](KeyEntry& e, uint8_t* data, uint64_t end, size_t& next, bool zero) {
+  // Copies the key's units below row `end` of a tensor (from the entry's unit `at`, its `next`-th,
+  // on) into the key, zeroing them in the model when `zero`.
+  auto take_units = [](KeyEntry& e, uint8_t* data, uint64_t end, UnitCursor& c, bool zero) {
     const uint64_t unit_bytes = e.unit_size * dtype_size(e.dtype);
-    for (; next < e.units.size() && e.units[next] < end; ++next) {
-      uint8_t* unit = data + e.units[next] * unit_bytes;
-      std::memcpy(e.values.data() + next * unit_bytes, unit, unit_bytes);
+    for (const auto stop = e.units.end(); c.at != stop && *c.at < end; ++c.at, ++c.next) {
+      uint8_t* unit = data + *c.at * unit_bytes;
+      std::memcpy(e.values.data() + c.next * unit_bytes, unit, unit_bytes);
       if (zero) std::memset(unit, 0, unit_bytes);  // +0.0 in every dtype
     }
   };
@@ -282,9 +289,8 @@ KeyFile extract_units_seeded(std::vector<NamedTensor>& tensors, const Extraction
     // share memory see each other's changes), then the fill, then the locked state's digest.
     key.header.original_fingerprint = fingerprint_of(order, contiguous);
     for (const auto& [t, i] : entry_of) {
-      size_t next = 0;
-      take_units(key.entries[i], static_cast<uint8_t*>(t->tensor.data_ptr()), UINT64_MAX, next,
-                 false);
+      UnitCursor c{key.entries[i].units.begin(), 0};
+      take_units(key.entries[i], static_cast<uint8_t*>(t->tensor.data_ptr()), UINT64_MAX, c, false);
     }
     if (options.fill == Fill::kZero) {
       for (const auto& [t, i] : entry_of) {
@@ -326,11 +332,11 @@ KeyFile extract_units_seeded(std::vector<NamedTensor>& tensors, const Extraction
       const uint64_t rows = unit_bytes == 0 ? 0 : nbytes / unit_bytes;
       const uint64_t piece_rows =
           std::max<uint64_t>(1, kFingerprintPiece / std::max<uint64_t>(unit_bytes, 1));
-      size_t next = 0;
+      UnitCursor cursor{e.units.begin(), 0};
       for (uint64_t r0 = 0; r0 < rows; r0 += piece_rows) {
         const uint64_t r1 = std::min(rows, r0 + piece_rows);
         original.wait_past(position + r1 * unit_bytes);
-        take_units(e, data, r1, next, true);
+        take_units(e, data, r1, cursor, true);
         locked.bytes(data + r0 * unit_bytes, (r1 - r0) * unit_bytes);
       }
     }
@@ -384,12 +390,15 @@ void restore_units(std::vector<NamedTensor>& tensors, const KeyFile& key) {
     }
   }
   for (const auto& e : key.entries) {
-    const auto k = static_cast<int64_t>(e.units.size()), s = static_cast<int64_t>(e.unit_size);
-    std::vector<int64_t> units(e.units.begin(), e.units.end());
-    auto values =
-        torch::from_blob(const_cast<uint8_t*>(e.values.data()), {k, s}, to_scalar_type(e.dtype));
-    unit_view(*named[e.tensor], s, e.tensor)
-        .index_copy_(0, torch::tensor(units, torch::kInt64), values);
+    // Unit by unit (no index tensor: the key's compact list is all the memory an unlock adds).
+    const torch::Tensor t = named[e.tensor]->contiguous();
+    const uint64_t unit_bytes = e.unit_size * dtype_size(e.dtype);
+    auto* data = static_cast<uint8_t*>(t.data_ptr());
+    size_t next = 0;
+    for (const uint64_t u : e.units) {
+      std::memcpy(data + u * unit_bytes, e.values.data() + next++ * unit_bytes, unit_bytes);
+    }
+    if (!t.is_same(*named[e.tensor])) named[e.tensor]->copy_(t);
   }
   const Digest restored = fingerprint(tensors);
   if (restored != key.header.original_fingerprint) {
@@ -427,32 +436,21 @@ LockOutcome lock_planned(LoadedModel& model, std::vector<NamedTensor>& tensors,
         if (e.tensor == t.name) saved.emplace_back(t.tensor, t.tensor.clone());
       }
     }
-    double reference = 0.0;
-    if (search.target == DecoySearch::Target::kMatchZero) {
-      LockOptions zero = options;
-      zero.fill = Fill::kZero;
-      extract_units_seeded(tensors, plan, zero, nullptr, nullptr);
-      reference = search.score(model);
-      for (auto& [live, copy] : saved) live.copy_(copy);
-    }
-    double best = 0.0;
-    for (int i = 0; i < search.tries; ++i) {
-      uint64_t seed = 0;
-      if (search.seed) {
-        seed = *search.seed + static_cast<uint64_t>(i);
+    DecoyTrial trial;
+    trial.fill = [&](const uint64_t* draw) {
+      if (draw != nullptr) {
+        extract_units_seeded(tensors, plan, options, nullptr, draw);
       } else {
-        random_bytes(&seed, sizeof seed);
+        LockOptions zero = options;
+        zero.fill = Fill::kZero;
+        extract_units_seeded(tensors, plan, zero, nullptr, nullptr);
       }
-      extract_units_seeded(tensors, plan, options, nullptr, &seed);
-      const double score = search.score(model);
-      const double distance =
-          search.target == DecoySearch::Target::kMatchZero ? std::abs(score - reference) : score;
-      if (i == 0 || distance < best) {
-        best = distance;
-        best_seed = seed;
-      }
+    };
+    trial.score = [&] { return search.score(model); };
+    trial.reset = [&] {
       for (auto& [live, copy] : saved) live.copy_(copy);
-    }
+    };
+    best_seed = choose_decoy_draw(search.tries, search.target, search.seed, trial);
   }
   if (!searching && search.seed.has_value()) best_seed = *search.seed;
   const bool seeded = searching || search.seed.has_value();

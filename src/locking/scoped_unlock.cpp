@@ -32,8 +32,21 @@ std::vector<torch::Tensor> entry_views(std::vector<NamedTensor>& tensors, const 
   return views;
 }
 
-torch::Tensor unit_index(const KeyEntry& e) {
-  return torch::tensor(std::vector<int64_t>(e.units.begin(), e.units.end()), torch::kInt64);
+// Copies the units of `e` between `view` [units, unit size] and `values` (packed, unit after
+// unit), one unit at a time: no index tensor beside the key's compact list.
+void copy_units(const KeyEntry& e, const torch::Tensor& view, uint8_t* values, bool into_view) {
+  const size_t unit_bytes = e.unit_size * dtype_size(e.dtype);
+  auto* data = static_cast<uint8_t*>(view.data_ptr());
+  size_t next = 0;
+  for (const uint64_t u : e.units) {
+    uint8_t* unit = data + u * unit_bytes;
+    uint8_t* value = values + next++ * unit_bytes;
+    if (into_view) {
+      std::memcpy(unit, value, unit_bytes);
+    } else {
+      std::memcpy(value, unit, unit_bytes);
+    }
+  }
 }
 
 }  // namespace
@@ -45,10 +58,14 @@ KeyFile unlock_reversibly(std::vector<NamedTensor>& tensors, const KeyFile& key)
   std::swap(undo.header.locked_fingerprint, undo.header.original_fingerprint);
   const std::vector<torch::Tensor> views = entry_views(tensors, key);
   for (size_t i = 0; i < key.entries.size(); ++i) {
-    KeyEntry e = key.entries[i];
-    auto values = views[i].index_select(0, unit_index(e)).contiguous();
-    e.values.resize(static_cast<size_t>(values.numel()) * values.element_size());
-    if (!e.values.empty()) std::memcpy(e.values.data(), values.data_ptr(), e.values.size());
+    KeyEntry e;
+    e.tensor = key.entries[i].tensor;
+    e.dtype = key.entries[i].dtype;
+    e.shape = key.entries[i].shape;
+    e.unit_size = key.entries[i].unit_size;
+    e.units = key.entries[i].units;
+    e.values.resize(key.entries[i].values.size());
+    copy_units(e, views[i], e.values.data(), false);
     undo.entries.push_back(std::move(e));
   }
   restore_units(tensors, key);
@@ -60,11 +77,7 @@ Digest relock(std::vector<NamedTensor>& tensors, const KeyFile& undo) {
   const std::vector<torch::Tensor> views = entry_views(tensors, undo);
   for (size_t i = 0; i < undo.entries.size(); ++i) {
     const KeyEntry& e = undo.entries[i];
-    auto values =
-        torch::from_blob(const_cast<uint8_t*>(e.values.data()),
-                         {static_cast<int64_t>(e.units.size()), static_cast<int64_t>(e.unit_size)},
-                         to_scalar_type(e.dtype));
-    views[i].index_copy_(0, unit_index(e), values);
+    copy_units(e, views[i], const_cast<uint8_t*>(e.values.data()), true);
   }
   return fingerprint(tensors);
 }

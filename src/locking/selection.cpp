@@ -91,28 +91,42 @@ class PlanBuilder {
   PlanBuilder(const TensorIndex& idx, const Structure& structure, bool include_io)
       : idx_(idx), structure_(structure), include_io_(include_io) {}
 
-  // Adds unit `unit` of structure layer `layer`: one unit of the criterion.
+  // Adds unit `unit` of structure layer `layer`: one unit of the criterion. Units added one at a
+  // time wait in a plain list until finish() sorts them.
   void add(int layer, int64_t unit) {
-    append(targets(layer), &unit, 1);
+    const Targets& t = targets(layer);
+    for (size_t i = 0; i < t.count; ++i) staged_[t.entry[i]].push_back(unit);
     ++plan_.units;
   }
-  // Same for several units of a layer.
-  void add(int layer, std::vector<int64_t>&& units) {
+  // Same for a layer's units as a list: moved into the plan when it is the only list of its one
+  // tensor, merged otherwise (no plain copy: a plan holds no more than its key will).
+  void add(int layer, UnitList&& units) {
     if (units.empty()) return;
     const Targets& t = targets(layer);
     plan_.units += static_cast<int64_t>(units.size());
-    auto& first = plan_.entries[t.entry[0]].units;
-    if (t.count == 1 && first.empty()) {
-      first = std::move(units);
-    } else {
-      append(t, units.data(), units.size());
+    for (size_t i = 0; i < t.count; ++i) {
+      UnitList& to = plan_.entries[t.entry[i]].units;
+      if (!to.empty()) {
+        to = UnitList::merge(to, units);
+      } else if (i + 1 == t.count) {
+        to = std::move(units);
+      } else {
+        to = units;
+      }
     }
   }
 
   ExtractionPlan finish() {
-    for (auto& e : plan_.entries) {
-      std::sort(e.units.begin(), e.units.end());
-      e.units.erase(std::unique(e.units.begin(), e.units.end()), e.units.end());
+    for (size_t i = 0; i < plan_.entries.size(); ++i) {
+      std::vector<int64_t>& staged = staged_[i];
+      if (staged.empty()) continue;
+      std::sort(staged.begin(), staged.end());
+      staged.erase(std::unique(staged.begin(), staged.end()), staged.end());
+      UnitList units(staged.begin(), staged.end());
+      std::vector<int64_t>().swap(staged);
+      UnitList& to = plan_.entries[i].units;
+      to = to.empty() ? std::move(units) : UnitList::merge(to, units);
+      to.shrink_to_fit();
     }
     return std::move(plan_);
   }
@@ -157,24 +171,21 @@ class PlanBuilder {
 
   size_t entry(const std::string& name, int64_t unit_size) {
     auto [it, inserted] = entry_of_.emplace(name, plan_.entries.size());
-    if (inserted) plan_.entries.push_back({name, unit_size, {}});
+    if (inserted) {
+      plan_.entries.push_back({name, unit_size, {}});
+      staged_.emplace_back();
+    }
     if (plan_.entries[it->second].unit_size != unit_size) {
       throw Error("tensor '" + name + "' used with two unit sizes");
     }
     return it->second;
   }
 
-  void append(const Targets& t, const int64_t* units, size_t n) {
-    for (size_t i = 0; i < t.count; ++i) {
-      auto& to = plan_.entries[t.entry[i]].units;
-      to.insert(to.end(), units, units + n);
-    }
-  }
-
   const TensorIndex& idx_;
   const Structure& structure_;
   bool include_io_;
   ExtractionPlan plan_;
+  std::vector<std::vector<int64_t>> staged_;  // per plan entry: units added one at a time
   std::map<std::string, size_t> entry_of_;
   std::unordered_map<int, Targets> targets_;
 };
@@ -189,6 +200,15 @@ LockOptions lock_options_for(const UnitChoice& units, double ratio) {
   o.ratio = ratio;
   return o;
 }
+
+torch::Tensor unit_tensor(const UnitList& units) {
+  auto t = torch::empty({static_cast<int64_t>(units.size())}, torch::kInt64);
+  int64_t* p = t.data_ptr<int64_t>();
+  for (const uint64_t u : units) *p++ = static_cast<int64_t>(u);
+  return t;
+}
+
+std::vector<int64_t> unit_vector(const UnitList& units) { return {units.begin(), units.end()}; }
 
 int64_t Ranking::total_units() const {
   int64_t n = 0;
@@ -277,7 +297,7 @@ struct Member {
   int64_t unit_size;
   size_t group;
   uint32_t best = 0;  // key of its best unit
-  std::vector<int64_t> taken;
+  UnitList taken;
 };
 
 // One group's competition: its k best units, ties going to the earlier unit (structure order,
@@ -482,41 +502,46 @@ UnitSelection select_units(const std::vector<NamedTensor>& tensors, const Struct
 
   // Pass 2: the units above each group's bin (or k-th key), and the candidates in the bin.
   std::vector<std::vector<Candidate>> candidates(groups.size());
-  std::vector<int64_t> scratch;
   for (size_t mi = 0; mi < members.size(); ++mi) {
     Member& m = members[mi];
     Competition& g = groups[m.group];
     if (g.k == 0 || (m.best >> 16) < g.bin) continue;
     auto& cands = candidates[m.group];
-    const size_t cands_before = cands.size();
-    scratch.clear();
     scorer.run(m, [&](const uint32_t* keys, int64_t u0, int64_t n) {
       for (int64_t i = 0; i < n; ++i) {
         const uint32_t key = keys[i];
         if (g.exact) {
           if (key > g.kth || (key == g.kth && g.ties > 0)) {
             if (key == g.kth) --g.ties;
-            scratch.push_back(u0 + i);
+            m.taken.push_back(static_cast<uint64_t>(u0 + i));
           }
         } else if ((key >> 16) > g.bin) {
-          scratch.push_back(u0 + i);
+          m.taken.push_back(static_cast<uint64_t>(u0 + i));
         } else if ((key >> 16) == g.bin) {
           cands.push_back({key, static_cast<uint32_t>(mi), u0 + i});
         }
       }
     });
-    m.taken.reserve(scratch.size() + (cands.size() - cands_before));
-    m.taken.assign(scratch.begin(), scratch.end());
+    m.taken.shrink_to_fit();
   }
-  // The candidates each group still takes: best first, the earlier unit on equal keys.
+  // The candidates each group still takes: best first, the earlier unit on equal keys; merged
+  // into their members' lists.
+  std::vector<std::vector<int64_t>> extra(members.size());
   for (size_t gi = 0; gi < groups.size(); ++gi) {
     auto& cands = candidates[gi];
     std::stable_sort(cands.begin(), cands.end(),
                      [](const Candidate& a, const Candidate& b) { return a.key > b.key; });
     const uint64_t rest =
         groups[gi].exact ? 0 : static_cast<uint64_t>(groups[gi].k) - groups[gi].above;
-    for (uint64_t c = 0; c < rest; ++c) members[cands[c].member].taken.push_back(cands[c].unit);
+    for (uint64_t c = 0; c < rest; ++c) extra[cands[c].member].push_back(cands[c].unit);
     std::vector<Candidate>().swap(cands);
+  }
+  for (size_t mi = 0; mi < members.size(); ++mi) {
+    if (extra[mi].empty()) continue;
+    std::sort(extra[mi].begin(), extra[mi].end());
+    members[mi].taken =
+        UnitList::merge(members[mi].taken, UnitList(extra[mi].begin(), extra[mi].end()));
+    std::vector<int64_t>().swap(extra[mi]);
   }
 
   // The plan, in plan_at's order of entries: group by group, a layer's tensors where the ranking

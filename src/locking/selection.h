@@ -61,8 +61,12 @@ Ranking rank_units(const std::vector<NamedTensor>& tensors, const Structure& str
 struct PlanEntry {
   std::string tensor;
   int64_t unit_size = 1;
-  std::vector<int64_t> units;  // sorted, unique
+  UnitList units;  // strictly increasing
 };
+
+// A unit list as LibTorch index tensor (int64) or as plain indices.
+torch::Tensor unit_tensor(const UnitList& units);
+std::vector<int64_t> unit_vector(const UnitList& units);
 
 struct ExtractionPlan {
   std::vector<PlanEntry> entries;  // in structure order

@@ -75,8 +75,6 @@ def main():
     unlocked_peak = peak() - rss2
     print(json.dumps({
         "kind": kind, "weights": weights, "key_values_bytes": key.values * 4, "key_bytes": key.nbytes,
-        # The key in memory: its values and an 8-byte index per unit (the file packs indices).
-        "key_memory": key.values * 4 + 8 * sum(e["units"] for e in key.entries),
         "rss_growth": rss1 - rss0, "rss_growth_trimmed": trimmed, "peak_growth": peak1 - rss0,
         "unlocked_growth_inside": inside, "unlocked_peak_growth": unlocked_peak,
         "lock_seconds": seconds,

@@ -43,7 +43,9 @@ class OnnxFormat : public ModelFormat {
             "not yet: the first and last layers are read from the node order (--include-io / "
             "--exclude-io)");
       case Feature::kDecoyFill:
-        return cannot("not yet: decoys are drawn and chosen on LibTorch models");
+        return works(
+            "one draw; with --eval (the input described) the best of --decoy-tries draws on the "
+            "validation split");
       case Feature::kTierBands:
         return cannot(kLibTorchOnly);
       case Feature::kEvaluate:
@@ -132,7 +134,20 @@ class OnnxFormat : public ModelFormat {
     std::vector<std::pair<std::string, KeyFile>> made;
     LockStats stats;
     if (r.tier_ratios.empty()) {
-      LockOutcome outcome = lock_onnx_model(model, o);
+      // A decoy search runs the model, so it needs the input described (--eval and its options).
+      OnnxDecoySearch search;
+      std::unique_ptr<Dataset> val;
+      if (o.fill != Fill::kZero && evaluate && ev->decoy_tries > 1) {
+        val = std::make_unique<Dataset>(ev->validation(meta));
+        search.tries = ev->decoy_tries;
+        search.target = ev->decoy_target;
+        search.score = [&](const OnnxModel& m) {
+          return evaluate_onnx(m, *val, meta.preprocess, model_what(r.out)).top1;
+        };
+      }
+      LockOutcome outcome = lock_onnx_model(model, o, search);
+      if (search.tries > 1 && ev->on_decoys)
+        ev->on_decoys(search.tries, search.target, static_cast<int64_t>(val->size()));
       made.emplace_back(r.key_out, std::move(outcome.key));
       stats = outcome.stats;
     } else {
