@@ -109,7 +109,7 @@ TEST_F(CliFormatMatrix, EveryCellOfTheMatrixIsWhatTheToolDoes) {
       if (feature == "l1") args = lock + " --criterion l1 --scope global";
       if (feature == "bn") args = lock + " --criterion bn --ratio 0.2";
       if (feature == "random") args = lock + " --criterion random --seed 3";
-      if (feature == "keep") args = lock + " --keep 'conv2*'";
+      if (feature == "keep") args = lock + " --keep '*conv2*'";
       if (feature == "decoy fill") args = lock + " --fill decoy --decoy-tries 1";
       if (feature == "tiers") args = lock + " --tiers 0.02,0.05";
       if (feature == "tier bands")

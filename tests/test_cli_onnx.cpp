@@ -2,6 +2,8 @@
 // binary.
 #include <gtest/gtest.h>
 
+#include <set>
+
 #include "cli_run.h"
 #include "formats/onnx_model.h"
 #include "keyfile/key_file.h"
@@ -156,6 +158,41 @@ TEST_F(CliOnnx, DecoyFillLeavesNoZerosAndRestoresTheOriginalBytes) {
   EXPECT_NE(s.out.find("decoy fill: kept the"), std::string::npos) << s.out;
   EXPECT_NE(s.out.find("of 2 draws (top-1 on 100 validation images)"), std::string::npos) << s.out;
   EXPECT_LE(zero_values(f("s.onnx")), original);
+}
+
+// --keep on node or initializer names: the kept layers' initializers are the original bytes and
+// the key holds none of them; a pattern that matches nothing is a usage error.
+TEST_F(CliOnnx, KeepLeavesTheNamedLayersAlone) {
+  const std::string lock = "lock --model " + f("m.onnx") + " --ratio 0.2 --include-io --out " +
+                           f("l.onnx") + " --key-out " + f("k.clk");
+  const CliRun bad = run(lock + " --keep '/nosuch/*'");
+  EXPECT_EQ(bad.code, 2) << bad.out;
+  EXPECT_NE(bad.out.find("'/nosuch/*': matches no layer"), std::string::npos) << bad.out;
+  EXPECT_FALSE(file_exists(f("l.onnx")));
+  EXPECT_FALSE(file_exists(f("k.clk")));
+
+  const CliRun r = run(lock + " --keep '/layer1/*' --keep 'fc.weight'");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("left alone (--keep): /layer1/conv2/Conv"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("left alone (--keep): /fc/Gemm"), std::string::npos) << r.out;
+  const OnnxModel original = load_onnx_model(f("m.onnx")), locked = load_onnx_model(f("l.onnx"));
+  std::set<std::string> in_key;
+  for (const auto& e : read_key_file(f("k.clk")).entries) in_key.insert(e.tensor);
+  EXPECT_TRUE(in_key.count("conv1.weight")) << "--include-io: the first layer is locked";
+  EXPECT_TRUE(in_key.count("layer2.conv1.weight"));
+  int kept = 0;
+  for (const auto& t : original.initializers()) {
+    const bool keep = t.name.rfind("layer1.", 0) == 0 || t.name == "fc.weight";
+    if (!keep) continue;
+    ++kept;
+    EXPECT_FALSE(in_key.count(t.name)) << t.name;
+    EXPECT_EQ(locked.find(t.name)->bytes, t.bytes) << t.name;
+  }
+  EXPECT_GE(kept, 9);  // two convs, two BatchNorms (4 tensors each), the fc weight
+  const CliRun u =
+      run("unlock --model " + f("l.onnx") + " --key " + f("k.clk") + " --out " + f("r.onnx"));
+  ASSERT_EQ(u.code, 0) << u.out;
+  EXPECT_EQ(read_file(f("r.onnx")), read_file(f("m.onnx")));
 }
 
 TEST_F(CliOnnx, OptionsThatMakeNoSenseForOnnxAreRefused) {

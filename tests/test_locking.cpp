@@ -242,6 +242,50 @@ TEST(Selection, SelectUnitsWithANanScoreFollowsTheRanking) {
 
 // The lock's single pass that moves units into the key and hashes the locked state gives what
 // the separate steps give: the key's values, a zeroed model, both fingerprints.
+// --keep: a kept layer gives up nothing, also not the filters a BatchNorm channel would take
+// along; both selections agree; a pattern that matches nothing is refused.
+TEST(Selection, KeepLeavesTheNamedLayersAlone) {
+  LoadedModel m = fresh_tiny();
+  auto tensors = named_tensors(*m.net);
+  const Structure& s = m.net->structure();
+  LockOptions o;
+  o.ratio = 0.1;
+  o.include_io = true;
+  o.keep = {"fc1*"};  // the weight's name
+  const ExtractionPlan plan = plan_for(m, o);
+  EXPECT_EQ(entry_of(plan, "fc1.weight"), nullptr);
+  for (const char* t : {"conv1.weight", "conv2.weight", "fc2.weight"})
+    EXPECT_NE(entry_of(plan, t), nullptr) << t;
+  expect_same_plan(plan, select_units(tensors, s, o).plan, "keep fc1*");
+  EXPECT_EQ(kept_layers(s, o.keep), std::vector<std::string>{"fc1"});
+
+  o.criterion = Criterion::kBn;
+  o.include_io = false;
+  o.ratio = 1.0;
+  o.keep = {"conv2"};  // the layer's name
+  const ExtractionPlan bn = plan_for(m, o);
+  ASSERT_NE(entry_of(bn, "bn2.weight"), nullptr);
+  EXPECT_EQ(entry_of(bn, "bn2.weight")->units.size(), 16u);
+  EXPECT_EQ(entry_of(bn, "conv2.weight"), nullptr) << "a kept conv keeps its filters";
+  expect_same_plan(bn, select_units(tensors, s, o).plan, "bn keep conv2");
+
+  o.keep = {"bn*"};
+  try {
+    plan_for(m, o);
+    ADD_FAILURE() << "every norm layer kept: nothing to lock";
+  } catch (const UsageError& e) {
+    EXPECT_NE(std::string(e.what()).find("--keep"), std::string::npos) << e.what();
+  }
+  o.keep = {"conv2", "nosuch*"};
+  try {
+    select_units(tensors, s, o);
+    ADD_FAILURE() << "a pattern that matches nothing";
+  } catch (const UsageError& e) {
+    EXPECT_NE(std::string(e.what()).find("'nosuch*': matches no layer"), std::string::npos)
+        << e.what();
+  }
+}
+
 TEST(Lock, ExtractionHashesWhatItLeaves) {
   SyntheticNet n = synthetic_net(false);
   std::vector<NamedTensor> copy;

@@ -92,8 +92,8 @@ void add_lock_options(CLI::App* c, LockArgs& a) {
   auto* io = c->add_flag("--include-io", a.include_io, kIncludeIoHelp);
   c->add_flag("--exclude-io", a.exclude_io, kExcludeIoHelp)->excludes(io);
   c->add_option("--keep", a.keep,
-                "Leave the layers whose weight tensor's name matches this glob pattern alone "
-                "(repeatable; `corelocker formats` lists where it applies)");
+                "Leave alone the layers whose name or weight tensor's name matches this glob "
+                "pattern (repeatable; `corelocker inspect` lists the names)");
   c->add_option("--out", a.out, "Locked model to write")->required();
   c->add_option("--key-out", a.key_out,
                 "Access key to write (with --tiers: NAME.tierN.EXT, N in order of application)")

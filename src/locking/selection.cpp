@@ -1,10 +1,14 @@
 #include "locking/selection.h"
 
+#include <fnmatch.h>
+#include <sys/mman.h>
+
 #include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstring>
 #include <map>
+#include <new>
 #include <random>
 #include <unordered_map>
 
@@ -30,8 +34,33 @@ const torch::Tensor& lookup(const TensorIndex& idx, const std::string& name) {
 
 bool is_norm(LayerKind k) { return k == LayerKind::kBatchNorm || k == LayerKind::kLayerNorm; }
 
-bool eligible(const Structure& s, size_t i, bool include_io) {
-  return include_io || (i != 0 && i + 1 != s.size());
+bool kept(const LayerSpec& layer, const std::vector<std::string>& keep) {
+  for (const auto& pattern : keep) {
+    if (fnmatch(pattern.c_str(), layer.name.c_str(), 0) == 0 ||
+        fnmatch(pattern.c_str(), layer.weight.c_str(), 0) == 0)
+      return true;
+  }
+  return false;
+}
+
+// Per layer of the structure: may a lock take its units? Not the first and the last unless
+// include_io, never a kept layer.
+std::vector<bool> eligible_layers(const Structure& s, const LockOptions& o) {
+  if (!o.keep.empty()) kept_layers(s, o.keep);  // refuses a pattern that matches nothing
+  std::vector<bool> out(s.size());
+  for (size_t i = 0; i < s.size(); ++i)
+    out[i] = (o.include_io || (i != 0 && i + 1 != s.size())) && !kept(s[i], o.keep);
+  return out;
+}
+
+// What a selection says when no layer is eligible.
+std::string nothing_eligible(const LockOptions& options, bool bn_units) {
+  return std::string("criterion '") + to_string(options.criterion) +
+         "': the model has no eligible " +
+         (bn_units ? "normalisation layers" : "conv or linear layers") +
+         (options.include_io ? ""
+                             : " (first and last layer excluded; --include-io includes them)") +
+         (options.keep.empty() ? "" : " (--keep leaves some alone)");
 }
 
 bool uses_bn_units(const LockOptions& o) {
@@ -88,8 +117,8 @@ void seeded_shuffle(std::vector<RankedUnit>& v, uint64_t seed) {
 // order of entries (a tensor's entry is made when the first unit that touches it is added).
 class PlanBuilder {
  public:
-  PlanBuilder(const TensorIndex& idx, const Structure& structure, bool include_io)
-      : idx_(idx), structure_(structure), include_io_(include_io) {}
+  PlanBuilder(const TensorIndex& idx, const Structure& structure, std::vector<bool> eligible)
+      : idx_(idx), structure_(structure), eligible_(std::move(eligible)) {}
 
   // Adds unit `unit` of structure layer `layer`: one unit of the criterion. Units added one at a
   // time wait in a plain list until finish() sorts them.
@@ -156,8 +185,7 @@ class PlanBuilder {
         if (!spec.bias.empty()) t.entry[t.count++] = entry(spec.bias, 1);
         // The producing filter goes along only when that conv is itself eligible, so the
         // first/last-layer rule holds for every criterion.
-        if (spec.producer >= 0 &&
-            eligible(structure_, static_cast<size_t>(spec.producer), include_io_)) {
+        if (spec.producer >= 0 && eligible_[static_cast<size_t>(spec.producer)]) {
           const LayerSpec& conv = structure_[static_cast<size_t>(spec.producer)];
           const torch::Tensor& cw = lookup(idx_, conv.weight);
           t.entry[t.count++] = entry(conv.weight, cw.numel() / cw.size(0));
@@ -183,7 +211,7 @@ class PlanBuilder {
 
   const TensorIndex& idx_;
   const Structure& structure_;
-  bool include_io_;
+  std::vector<bool> eligible_;
   ExtractionPlan plan_;
   std::vector<std::vector<int64_t>> staged_;  // per plan entry: units added one at a time
   std::map<std::string, size_t> entry_of_;
@@ -210,6 +238,25 @@ torch::Tensor unit_tensor(const UnitList& units) {
 
 std::vector<int64_t> unit_vector(const UnitList& units) { return {units.begin(), units.end()}; }
 
+std::vector<std::string> kept_layers(const Structure& structure,
+                                     const std::vector<std::string>& keep) {
+  std::vector<std::string> out;
+  for (const auto& layer : structure) {
+    if (kept(layer, keep)) out.push_back(layer.name);
+  }
+  for (const auto& pattern : keep) {
+    const bool any = std::any_of(structure.begin(), structure.end(),
+                                 [&](const LayerSpec& l) { return kept(l, {pattern}); });
+    if (!any) {
+      throw UsageError("--keep '" + pattern + "': matches no layer (names such as '" +
+                       (structure.empty() ? std::string() : structure.front().name) + "' or '" +
+                       (structure.empty() ? std::string() : structure.front().weight) +
+                       "'; `corelocker inspect` lists them)");
+    }
+  }
+  return out;
+}
+
 int64_t Ranking::total_units() const {
   int64_t n = 0;
   for (const auto& g : groups) n += static_cast<int64_t>(g.ranked.size());
@@ -227,9 +274,10 @@ Ranking rank_units(const std::vector<NamedTensor>& tensors, const Structure& str
   Ranking ranking;
   ranking.options = options;
   std::map<std::string, size_t> group_of;
+  const std::vector<bool> eligible = eligible_layers(structure, options);
   for (size_t i = 0; i < structure.size(); ++i) {
     const LayerSpec& layer = structure[i];
-    if (!eligible(structure, i, options.include_io)) continue;
+    if (!eligible[i]) continue;
     if (bn_units != is_norm(layer.kind)) continue;
     auto scores = unit_scores(layer, lookup(idx, layer.weight));
     const std::string label = group_label(layer, options.scope);
@@ -240,11 +288,7 @@ Ranking rank_units(const std::vector<NamedTensor>& tensors, const Structure& str
     for (int64_t u = 0; u < scores.numel(); ++u) ranked.push_back({static_cast<int>(i), u, s[u]});
   }
   if (ranking.groups.empty()) {
-    throw UsageError(
-        std::string("criterion '") + to_string(options.criterion) +
-        "': the model has no eligible " +
-        (bn_units ? "normalisation layers" : "conv or linear layers") +
-        (options.include_io ? "" : " (first and last layer excluded; --include-io includes them)"));
+    throw UsageError(nothing_eligible(options, bn_units));
   }
   for (size_t g = 0; g < ranking.groups.size(); ++g) {
     auto& ranked = ranking.groups[g].ranked;
@@ -265,7 +309,7 @@ ExtractionPlan plan_at(const Ranking& ranking, const std::vector<NamedTensor>& t
     throw UsageError("ratio " + std::to_string(ratio) + ": must be within [0, 1]");
   }
   const TensorIndex idx = index_tensors(tensors);
-  PlanBuilder plan(idx, structure, ranking.options.include_io);
+  PlanBuilder plan(idx, structure, eligible_layers(structure, ranking.options));
   for (const auto& group : ranking.groups) {
     const int64_t k = units_at_ratio(static_cast<int64_t>(group.ranked.size()), ratio);
     for (int64_t j = 0; j < k; ++j) {
@@ -289,6 +333,45 @@ uint32_t score_key(float s) {
   return (bits & 0x80000000u) != 0 || bits > 0x7f800000u ? kNoKey : bits;
 }
 
+// Zero-filled counts in pages of their own: the kernel supplies a zero page on first touch, so a
+// histogram holds memory only for the bins a model's scores reach (a few pages of 256 KiB for
+// float scores), not all of it; a lock's peak memory is then its key's.
+class ZeroCounts {
+ public:
+  ZeroCounts() = default;
+  explicit ZeroCounts(size_t n) : bytes_(n * sizeof(uint64_t)) {
+    void* p = mmap(nullptr, bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) throw std::bad_alloc();
+    p_ = static_cast<uint64_t*>(p);
+  }
+  ZeroCounts(ZeroCounts&& o) noexcept : p_(o.p_), bytes_(o.bytes_) { o.p_ = nullptr; }
+  ZeroCounts& operator=(ZeroCounts&& o) noexcept {
+    if (this != &o) {
+      release();
+      p_ = o.p_;
+      bytes_ = o.bytes_;
+      o.p_ = nullptr;
+    }
+    return *this;
+  }
+  ZeroCounts(const ZeroCounts&) = delete;
+  ZeroCounts& operator=(const ZeroCounts&) = delete;
+  ~ZeroCounts() { release(); }
+
+  bool empty() const { return p_ == nullptr; }
+  uint64_t* data() { return p_; }
+  uint64_t operator[](size_t i) const { return p_[i]; }
+  uint64_t& operator[](size_t i) { return p_[i]; }
+  void release() {
+    if (p_ != nullptr) munmap(p_, bytes_);
+    p_ = nullptr;
+  }
+
+ private:
+  uint64_t* p_ = nullptr;
+  size_t bytes_ = 0;
+};
+
 // An eligible layer competing in a selection.
 struct Member {
   int layer;  // index into the structure
@@ -306,10 +389,10 @@ struct Competition {
   std::string label;
   int64_t units = 0;
   int64_t k = 0;
-  std::vector<uint64_t> high;  // keys per value of their high 16 bits (pass 1)
-  uint32_t bin = 0;            // high 16 bits of the k-th best key
-  uint64_t above = 0;          // keys above that bin
-  bool exact = false;          // the k-th best key is known: kth, and how many equal to it go
+  ZeroCounts high;     // keys per value of their high 16 bits (pass 1)
+  uint32_t bin = 0;    // high 16 bits of the k-th best key
+  uint64_t above = 0;  // keys above that bin
+  bool exact = false;  // the k-th best key is known: kth, and how many equal to it go
   uint32_t kth = 0;
   uint64_t ties = 0;
 };
@@ -409,9 +492,10 @@ UnitSelection select_units(const std::vector<NamedTensor>& tensors, const Struct
   std::vector<Competition> groups;
   std::map<std::string, size_t> group_of;
   bool fast = true;
+  const std::vector<bool> eligible = eligible_layers(structure, options);
   for (size_t i = 0; i < structure.size(); ++i) {
     const LayerSpec& layer = structure[i];
-    if (!eligible(structure, i, options.include_io)) continue;
+    if (!eligible[i]) continue;
     if (bn_units != is_norm(layer.kind)) continue;
     const torch::Tensor& w = lookup(idx, layer.weight);
     Member m{static_cast<int>(i), &w, w.numel(), 1, 0, 0, {}};
@@ -436,11 +520,7 @@ UnitSelection select_units(const std::vector<NamedTensor>& tensors, const Struct
     members.push_back(std::move(m));
   }
   if (groups.empty()) {
-    throw UsageError(
-        std::string("criterion '") + to_string(options.criterion) +
-        "': the model has no eligible " +
-        (bn_units ? "normalisation layers" : "conv or linear layers") +
-        (options.include_io ? "" : " (first and last layer excluded; --include-io includes them)"));
+    throw UsageError(nothing_eligible(options, bn_units));
   }
   if (!fast) return ranked();
   if (!(options.ratio >= 0.0 && options.ratio <= 1.0)) {
@@ -459,7 +539,7 @@ UnitSelection select_units(const std::vector<NamedTensor>& tensors, const Struct
   for (auto& m : members) {
     Competition& g = groups[m.group];
     if (g.k == 0) continue;
-    if (g.high.empty()) g.high.assign(kHighBins, 0);
+    if (g.high.empty()) g.high = ZeroCounts(kHighBins);
     uint64_t* high = g.high.data();
     scorer.run(m, [&](const uint32_t* keys, int64_t, int64_t n) {
       uint32_t best = m.best;
@@ -482,9 +562,9 @@ UnitSelection select_units(const std::vector<NamedTensor>& tensors, const Struct
     while (g.above + g.high[bin] < static_cast<uint64_t>(g.k)) g.above += g.high[bin--];
     g.bin = bin;
     g.exact = g.high[bin] > kMaxCandidates;
-    std::vector<uint64_t>().swap(g.high);
+    g.high.release();
     if (!g.exact) continue;
-    std::vector<uint64_t> low(size_t{1} << 16, 0);
+    ZeroCounts low(size_t{1} << 16);
     for (const auto& m : members) {
       if (m.group != gi || (m.best >> 16) < bin) continue;
       scorer.run(m, [&](const uint32_t* keys, int64_t, int64_t n) {
@@ -546,7 +626,7 @@ UnitSelection select_units(const std::vector<NamedTensor>& tensors, const Struct
 
   // The plan, in plan_at's order of entries: group by group, a layer's tensors where the ranking
   // reaches the layer's best unit (higher keys first, the earlier layer on equal keys).
-  PlanBuilder plan(idx, structure, options.include_io);
+  PlanBuilder plan(idx, structure, eligible);
   for (size_t gi = 0; gi < groups.size(); ++gi) {
     std::vector<Member*> order;
     for (auto& m : members) {

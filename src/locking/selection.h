@@ -8,7 +8,8 @@
 //
 // Scope `layer` ranks inside each eligible layer and takes the same fraction of each; scope
 // `global` ranks all units of a kind (conv kernels, linear weights, norm channels) together.
-// Eligible: every layer of the structure except the first and the last, unless include_io.
+// Eligible: every layer of the structure except the first and the last, unless include_io, and
+// except the layers LockOptions::keep names.
 #pragma once
 
 #include <cstdint>
@@ -29,7 +30,14 @@ struct LockOptions {
   bool include_io = false;
   bool random_bn_units = false;  // random criterion: draw bn units instead of l1 units
   Fill fill = Fill::kZero;       // what extracted positions hold in the locked model
+  // Layers left alone: glob patterns (fnmatch) on a layer's name or its weight tensor's name.
+  std::vector<std::string> keep;
 };
+
+// The names of the layers `keep` leaves alone, in structure order. Throws UsageError when a
+// pattern matches no layer (a typo would otherwise lock what the owner meant to keep).
+std::vector<std::string> kept_layers(const Structure& structure,
+                                     const std::vector<std::string>& keep);
 
 // The LockOptions of a resolved choice of units (locking/defaults.h) at `ratio`.
 LockOptions lock_options_for(const UnitChoice& units, double ratio);

@@ -6,10 +6,11 @@ malloc_trim(0) (what is held, not what glibc keeps for reuse); unlocked_*: the s
 `with corelocker.unlocked(model, key)` on the locked model. A lock and unlock run once before
 the measurement (TorchScript compilation, LibTorch's thread pools). Linux only.
 
-    memory_probe.py [conv|mlp] [MiB]
+    memory_probe.py [conv|mlp|vgg19] [MiB] [ratio]
 
 conv: 3x3 convolutions 512 -> 512 (one unit = one 9-weight kernel), mlp: square linear layers
-(one unit = one weight), about MiB of float32 weights in all. Used by test_memory.py and by
+(one unit = one weight), about MiB of float32 weights in all; vgg19: bench/torch_peer.py's
+network (20.0 M parameters; MiB ignored). ratio: of the lock (0.05). Used by test_memory.py and by
 docs/python.md's measurement."""
 import ctypes
 import json
@@ -46,24 +47,31 @@ def peak():
 def main():
     kind = sys.argv[1] if len(sys.argv) > 1 else "conv"
     mib = float(sys.argv[2]) if len(sys.argv) > 2 else 128
+    ratio = float(sys.argv[3]) if len(sys.argv) > 3 else 0.05
     torch.manual_seed(0)
-    if kind == "conv":
+    if kind == "vgg19":
+        sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "bench"))
+        from torch_peer import Vgg
+        layers = None
+        model = Vgg(3, 10, 64).eval()
+    elif kind == "conv":
         per = 512 * 512 * 9 * 4
         layers = [nn.Conv2d(512, 512, 3, padding=1, bias=False) for _ in range(max(1, round(mib * 2**20 / per)))]
     else:
         width = 2048
         per = width * width * 4
         layers = [nn.Linear(width, width, bias=False) for _ in range(max(1, round(mib * 2**20 / per)))]
-    model = nn.Sequential(*[m for layer in layers for m in (layer, nn.ReLU())]).eval()
+    if layers is not None:
+        model = nn.Sequential(*[m for layer in layers for m in (layer, nn.ReLU())]).eval()
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     ptrs = [p.data_ptr() for p in model.parameters()]
     # Once outside the measurement: TorchScript's compilation, LibTorch's thread pools.
-    corelocker.unlock(model, corelocker.lock(model, ratio=0.05))
+    corelocker.unlock(model, corelocker.lock(model, ratio=ratio))
     ctypes.CDLL("libc.so.6").malloc_trim(0)
     reset_peak()
     rss0 = rss()
     t0 = time.perf_counter()
-    key = corelocker.lock(model, ratio=0.05)
+    key = corelocker.lock(model, ratio=ratio)
     seconds = time.perf_counter() - t0
     rss1, peak1 = rss(), peak()
     ctypes.CDLL("libc.so.6").malloc_trim(0)

@@ -32,9 +32,7 @@ class LibTorchFormat : public ModelFormat {
       case Feature::kCriterionBn:
         return works("conv -> BatchNorm pairs read from the architecture or the TorchScript graph");
       case Feature::kKeep:
-        return cannot(
-            "not yet: the first and last layers are read from the forward order (--include-io / "
-            "--exclude-io)");
+        return works("glob patterns on layer or weight names (`inspect` lists them)");
       case Feature::kDecoyFill:
         return works("--decoy-tries draws chosen on a validation split");
       case Feature::kTierBands:
@@ -96,6 +94,8 @@ class LibTorchFormat : public ModelFormat {
     o.seed = r.seed;
     o.fill = r.fill;
     o.random_bn_units = r.random_bn_units;
+    o.keep = r.keep;
+    const std::vector<std::string> kept = kept_layers(model.net->structure(), r.keep);
 
     std::unique_ptr<Dataset> test, unlabelled;
     auto evaluate_state = [&](double tier_ratio) {
@@ -151,6 +151,7 @@ class LibTorchFormat : public ModelFormat {
     }
     // Keys first (a locked model without its keys would be lost utility).
     LockReport report = commit_lock(keys, made, [&] { save_model(r.out, model); });
+    report.kept = kept;
     report.units = stats.units;
     report.candidates = stats.candidates;
     report.values = stats.values;

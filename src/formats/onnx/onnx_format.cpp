@@ -39,9 +39,7 @@ class OnnxFormat : public ModelFormat {
       case Feature::kCriterionBn:
         return works("BatchNormalization nodes paired with the Conv feeding them in the graph");
       case Feature::kKeep:
-        return cannot(
-            "not yet: the first and last layers are read from the node order (--include-io / "
-            "--exclude-io)");
+        return works("glob patterns on node or initializer names (`inspect` lists them)");
       case Feature::kDecoyFill:
         return works(
             "one draw; with --eval (the input described) the best of --decoy-tries draws on the "
@@ -123,6 +121,8 @@ class OnnxFormat : public ModelFormat {
     o.seed = r.seed;
     o.fill = r.fill;
     o.random_bn_units = r.random_bn_units;
+    o.keep = r.keep;
+    const std::vector<std::string> kept = kept_layers(model.structure(), r.keep);
     std::unique_ptr<Dataset> unlabelled;
     auto evaluate_state = [&](double tier_ratio) {
       if (!evaluate) return;
@@ -160,6 +160,7 @@ class OnnxFormat : public ModelFormat {
     }
     // Keys first (a locked model without its keys would be lost utility).
     LockReport report = commit_lock(keys, made, [&] { save_onnx_model(r.out, model); });
+    report.kept = kept;
     report.units = stats.units;
     report.candidates = stats.candidates;
     report.values = stats.values;
