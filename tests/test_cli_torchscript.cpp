@@ -90,6 +90,42 @@ TEST(CliTorchScript, PreprocessingOptionsAreChecked) {
   // Resizing 28x28 to 40x40 feeds the convolutional network another size; it still runs.
   r = run("eval --model " + model + " --resize 40 --test-subset 10 --json");
   EXPECT_EQ(r.code, 0) << r.out;
+  // The padding's value and order need padding.
+  r = run("eval --model " + model + " --pad-after-normalise --test-subset 10");
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_NE(r.out.find("--pad-after-normalise: the images are not padded; give --pad N"),
+            std::string::npos)
+      << r.out;
+  r = run("eval --model " + model + " --pad-value 0.5 --test-subset 10");
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_NE(r.out.find("--pad-value: the images are not padded"), std::string::npos) << r.out;
+}
+
+// A model trained with padding after normalising (torchvision's Normalize, then Pad): the lock
+// records the order and the value, later commands feed the model as recorded, and a command that
+// asks for the other order is refused.
+TEST(CliTorchScript, PaddingAfterNormalisingIsRecordedAndChecked) {
+  const std::string dir = testing::torchscript_fixtures("ts-fresh-s3", "--seed 3");
+  TempDir tmp;
+  const std::string locked = tmp.file("locked.pt"), key = tmp.file("k.clk");
+  const std::string data = " --mean 0.286 --std 0.353 --pad 32 --test-subset 50";
+  auto e = run("eval --model " + dir + "/scripted.pt --json --pad-after-normalise" + data);
+  ASSERT_EQ(e.code, 0) << e.out;
+  auto r = run("lock --model " + dir + "/scripted.pt --out " + locked + " --key-out " + key +
+               " --pad-after-normalise --pad-value 0.25" + data);
+  ASSERT_EQ(r.code, 0) << r.out;
+  r = run("inspect --json " + locked);
+  ASSERT_EQ(r.code, 0) << r.out;
+  const auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["pad_after_normalise"], true);
+  EXPECT_EQ(j["pad_value"], 0.25);
+  r = run("eval --model " + locked + " --key " + key + " --pad-after-normalise --test-subset 10");
+  EXPECT_EQ(r.code, 0) << r.out;
+  r = run("eval --model " + locked + " --key " + key + " --pad-value 0 --test-subset 10");
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_NE(r.out.find("--pad-value 0.000000: model '" + locked + "' stores pad value 0.250000"),
+            std::string::npos)
+      << r.out;
 }
 
 // Every command that evaluates or trains a model declares the same options; against a file that

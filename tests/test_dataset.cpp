@@ -97,6 +97,30 @@ TEST(Preprocess, PadsAndNormalises) {
   EXPECT_FLOAT_EQ(x[0][0][2][2].item<float>(), 2.0f);
 }
 
+// The padded pixels: pad_value before normalising (pixel units), or after it (normalised units,
+// torchvision's Normalize before Pad).
+TEST(Preprocess, PadValueBeforeOrAfterNormalising) {
+  Preprocess pp{{0.5}, {0.25}, 32};
+  pp.pad_value = 0.75;
+  auto img = torch::full({1, 1, 28, 28}, 255, torch::kUInt8);
+  auto x = preprocess_batch(img, pp, /*augment=*/false);
+  EXPECT_FLOAT_EQ(x[0][0][0][0].item<float>(), 1.0f);  // (0.75 - 0.5) / 0.25
+  EXPECT_FLOAT_EQ(x[0][0][2][2].item<float>(), 2.0f);
+  pp.pad_normalised = true;
+  pp.pad_value = 0.0;
+  x = preprocess_batch(img, pp, /*augment=*/false);
+  EXPECT_EQ(x.sizes(), (std::vector<int64_t>{1, 1, 32, 32}));
+  EXPECT_FLOAT_EQ(x[0][0][0][0].item<float>(), 0.0f);  // 0 in normalised units
+  EXPECT_FLOAT_EQ(x[0][0][31][31].item<float>(), 0.0f);
+  EXPECT_FLOAT_EQ(x[0][0][2][2].item<float>(), 2.0f);
+  // Three channels from a grey image: padded after the repeat, every channel alike.
+  Preprocess rgb{{0.5, 0.5, 0.5}, {0.25, 0.5, 1.0}, 30, 0, 3, -1.0, true};
+  x = preprocess_batch(img, rgb, /*augment=*/false);
+  EXPECT_EQ(x.sizes(), (std::vector<int64_t>{1, 3, 30, 30}));
+  for (int64_t c = 0; c < 3; ++c) EXPECT_FLOAT_EQ(x[0][c][0][0].item<float>(), -1.0f);
+  EXPECT_FLOAT_EQ(x[0][1][1][1].item<float>(), 1.0f);  // (1 - 0.5) / 0.5
+}
+
 TEST(Preprocess, RandomCropKeepsShapeAndShiftsContent) {
   Preprocess pp{{0.0}, {1.0}, 0};
   auto img = torch::zeros({64, 1, 8, 8}, torch::kUInt8);

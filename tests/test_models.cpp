@@ -96,5 +96,26 @@ TEST(Checkpoint, MetadataFromAnotherArchitectureIsRefused) {
   EXPECT_THROW(meta_from_json(text, "m"), FormatError);
 }
 
+// The padding options travel in the metadata (written only when set, so older files read as
+// before); a pad value that is not a finite number is refused.
+TEST(Checkpoint, PadValueAndOrderRoundTrip) {
+  ModelMeta meta = new_model_meta("tinycnn", "fashion-mnist");
+  std::string plain = meta_to_json(meta);
+  EXPECT_EQ(plain.find("pad_value"), std::string::npos);
+  EXPECT_EQ(plain.find("pad_normalised"), std::string::npos);
+  meta.preprocess.pad_to = 32;
+  meta.preprocess.pad_value = -0.5;
+  meta.preprocess.pad_normalised = true;
+  const ModelMeta back = meta_from_json(meta_to_json(meta), "m");
+  EXPECT_EQ(back.preprocess.pad_value, -0.5);
+  EXPECT_TRUE(back.preprocess.pad_normalised);
+  std::string text = meta_to_json(meta);
+  text.replace(text.find("-0.5"), 4, "\"x\"");
+  EXPECT_THROW(meta_from_json(text, "m"), FormatError);
+  text = meta_to_json(meta);
+  text.replace(text.find("-0.5"), 4, "1e999");
+  EXPECT_THROW(meta_from_json(text, "m"), FormatError);
+}
+
 }  // namespace
 }  // namespace corelocker

@@ -117,14 +117,17 @@ def _script(model, example_inputs=None):
     return scripted
 
 
-def _options(criterion, scope, include_io, ratio, seed, fill, random_units):
+def _options(criterion, scope, include_io, ratio, seed, fill, random_units, keep):
     if include_io is not None and not isinstance(include_io, bool):
         raise TypeError("include_io: expected None, True or False")
-    return (criterion or "", scope or "", include_io, float(ratio), int(seed), str(fill), str(random_units))
+    if isinstance(keep, str):
+        keep = [keep]
+    return (criterion or "", scope or "", include_io, float(ratio), int(seed), str(fill), str(random_units),
+            [str(p) for p in keep])
 
 
 def lock(model, ratio=0.05, criterion=None, scope=None, fill="zero", seed=0, *, include_io=None,
-         random_units="l1", structure=None, example_inputs=None):
+         random_units="l1", keep=(), structure=None, example_inputs=None):
     """Locks a model: moves its most significant units into a key and zeroes them (fill="decoy":
     values resampled from the same tensor) in the model.
 
@@ -135,10 +138,13 @@ def lock(model, ratio=0.05, criterion=None, scope=None, fill="zero", seed=0, *, 
     criterion: None for the default lock (l1 units ranked over the whole model, first and last
     layers included), or the paper's "l1" | "bn" | "random"; scope: "layer" | "global" to override
     the criterion's; include_io: True / False to override the first/last-layer rule; seed and
-    random_units ("l1" | "bn") for criterion="random". example_inputs: traced with them when
-    torch.jit.script cannot compile the module. Raises UsageError for bad options.
+    random_units ("l1" | "bn") for criterion="random". keep: glob patterns (a string or a list) of
+    layers to leave alone, matched against a layer's name ("fc", "layer1.0.conv1") or its weight's
+    ("fc.weight"), as `corelocker lock --keep`; a pattern that matches no layer is a UsageError.
+    example_inputs: traced with them when torch.jit.script cannot compile the module. Raises
+    UsageError for bad options.
     """
-    options = _options(criterion, scope, include_io, ratio, seed, fill, random_units)
+    options = _options(criterion, scope, include_io, ratio, seed, fill, random_units, keep)
     if isinstance(model, Mapping):
         if structure is None:
             raise UsageError("locking a state dict needs structure=: the nn.Module (or ScriptModule) it belongs to, "
@@ -244,7 +250,7 @@ class Calibration:
 
 
 def calibrate(model, target, evaluate, criterion=None, scope=None, fill="zero", seed=0, *, include_io=None,
-              random_units="l1", max_evaluations=8, start_ratio=0.005, step=4.0, max_ratio=1.0,
+              random_units="l1", keep=(), max_evaluations=8, start_ratio=0.005, step=4.0, max_ratio=1.0,
               example_inputs=None):
     """Searches an extraction ratio whose accuracy lies in `target` = (low, high), in percent.
 
@@ -255,9 +261,9 @@ def calibrate(model, target, evaluate, criterion=None, scope=None, fill="zero", 
     """
     low, high = target
     scripted = _script(model, example_inputs)
-    options = _options(criterion, scope, include_io, start_ratio, seed, fill, random_units)
+    options = _options(criterion, scope, include_io, start_ratio, seed, fill, random_units, keep)
     result = _C.calibrate(scripted._c, _what(model), float(low), float(high), lambda: float(evaluate(model)),
-                          options[0], options[1], options[2], options[4], options[5], options[6],
+                          options[0], options[1], options[2], options[4], options[5], options[6], options[7],
                           int(max_evaluations), float(start_ratio), float(step), float(max_ratio))
     return Calibration(result)
 

@@ -59,8 +59,19 @@ void add_input_args(CLI::App* c, InputArgs& a) {
   c->add_option("--std", a.std,
                 "Per-channel standard deviation divided by (one value, or one per channel)")
       ->delimiter(',');
-  c->add_option("--pad", a.pad, "Zero-pad images to NxN (0: no padding)")
+  c->add_option("--pad", a.pad, "Pad images to NxN (0: no padding), with zeros or --pad-value")
       ->check(CLI::Range(0, 4096));
+  c->add_option_function<double>(
+      "--pad-value",
+      [&a](const double& v) {
+        a.pad_value = v;
+        a.pad_value_given = true;
+      },
+      "Value of the padded pixels: in [0,1] pixel units, or in normalised units with "
+      "--pad-after-normalise (default 0)");
+  c->add_flag("--pad-after-normalise", a.pad_after_normalise,
+              "Pad after normalising, not before (a model trained with Normalize before Pad: the "
+              "padded pixels are 0 in normalised units)");
   c->add_option("--resize", a.resize, "Resize images to NxN, bilinear (0: keep the size)")
       ->check(CLI::Range(0, 4096));
   c->add_option("--channels", a.channels,
@@ -110,7 +121,7 @@ LockOptions band_lock_options(const UnitArgs& a) {
 
 bool input_args_given(const InputArgs& a) {
   return !a.dataset.empty() || !a.mean.empty() || !a.std.empty() || a.pad >= 0 || a.resize >= 0 ||
-         a.channels >= 0;
+         a.channels >= 0 || a.pad_value_given || a.pad_after_normalise;
 }
 
 namespace {
@@ -125,6 +136,16 @@ void override_input(const InputArgs& a, ModelMeta& meta) {
   if (a.pad >= 0) meta.preprocess.pad_to = a.pad;
   if (a.resize >= 0) meta.preprocess.resize_to = a.resize;
   if (a.channels >= 0) meta.preprocess.channels = a.channels;
+  if (a.pad_value_given) meta.preprocess.pad_value = a.pad_value;
+  if (a.pad_after_normalise) meta.preprocess.pad_normalised = true;
+  if ((a.pad_value_given || a.pad_after_normalise) && meta.preprocess.pad_to == 0) {
+    throw UsageError(std::string(a.pad_value_given ? "--pad-value" : "--pad-after-normalise") +
+                     ": the images are not padded; give --pad N as well");
+  }
+  if (!std::isfinite(meta.preprocess.pad_value)) {
+    throw UsageError("--pad-value " + std::to_string(meta.preprocess.pad_value) +
+                     ": not a finite number");
+  }
   // Images are resized first, then padded: a pad size below that size would be ignored.
   const int64_t pad = meta.preprocess.pad_to, resize = meta.preprocess.resize_to;
   const int64_t side =
@@ -211,6 +232,11 @@ void check_against_stored(const InputArgs& a, const ModelMeta& meta, const std::
   const Preprocess& p = meta.preprocess;
   if (a.pad >= 0 && a.pad != p.pad_to)
     refuse("--pad", std::to_string(a.pad), "pad", std::to_string(p.pad_to));
+  if (a.pad_value_given && a.pad_value != p.pad_value) {
+    refuse("--pad-value", std::to_string(a.pad_value), "pad value", std::to_string(p.pad_value));
+  }
+  if (a.pad_after_normalise && !p.pad_normalised)
+    refuse("--pad-after-normalise", "given", "padding", "before normalising");
   if (a.resize >= 0 && a.resize != p.resize_to) {
     refuse("--resize", std::to_string(a.resize), "resize", std::to_string(p.resize_to));
   }

@@ -33,16 +33,20 @@ struct Common {
   int64_t test_subset = 0;
 };
 
-// How to feed a model: its data set and preprocessing (--dataset --mean --std --pad --resize
-// --channels), the same options on every command that evaluates or trains a model. A model file
-// that stores them (our checkpoints always; a TorchScript file once corelocker wrote it: `lock`,
-// `calibrate`, `unlock`) is fed as stored, and an option that disagrees with the stored value is
-// a usage error; a TorchScript file straight from PyTorch stores nothing, and the options apply
-// over Fashion-MNIST defaults. Files corelocker writes store what it used.
+// How to feed a model: its data set and preprocessing (--dataset --mean --std --pad --pad-value
+// --pad-after-normalise --resize --channels), the same options on every command that evaluates or
+// trains a model. A model file that stores them (our checkpoints always; a TorchScript file once
+// corelocker wrote it: `lock`, `calibrate`, `unlock`) is fed as stored, and an option that
+// disagrees with the stored value is a usage error; a TorchScript file straight from PyTorch stores
+// nothing, and the options apply over Fashion-MNIST defaults. Files corelocker writes store what it
+// used.
 struct InputArgs {
   std::string dataset;
   std::vector<double> mean, std;
   int64_t pad = -1, resize = -1, channels = -1;
+  double pad_value = 0.0;
+  bool pad_value_given = false;
+  bool pad_after_normalise = false;
 };
 void add_input_args(CLI::App* c, InputArgs& a);
 // Whether any of the options was given.

@@ -157,12 +157,15 @@ torch::Tensor preprocess_batch(const torch::Tensor& images, const Preprocess& pp
                               .mode(torch::kBilinear)
                               .align_corners(false));
   }
-  const int64_t h = x.size(2), w = x.size(3);
-  if (pp.pad_to > h || pp.pad_to > w) {
+  // Centred padding to pp.pad_to with pp.pad_value (before or after normalising).
+  auto pad = [&pp](const torch::Tensor& t) {
+    const int64_t h = t.size(2), w = t.size(3);
+    if (pp.pad_to <= h && pp.pad_to <= w) return t;
     const int64_t ph = std::max<int64_t>(pp.pad_to - h, 0),
                   pw = std::max<int64_t>(pp.pad_to - w, 0);
-    x = torch::constant_pad_nd(x, {pw / 2, pw - pw / 2, ph / 2, ph - ph / 2});
-  }
+    return torch::constant_pad_nd(t, {pw / 2, pw - pw / 2, ph / 2, ph - ph / 2}, pp.pad_value);
+  };
+  if (!pp.pad_normalised) x = pad(x);
   if (augment) {
     constexpr int64_t kBorder = 4;
     const int64_t b = x.size(0), hh = x.size(2), ww = x.size(3);
@@ -183,7 +186,8 @@ torch::Tensor preprocess_batch(const torch::Tensor& images, const Preprocess& pp
   const int64_t c = x.size(1);
   auto mean = torch::tensor(pp.mean, torch::kFloat64).to(torch::kFloat32).view({1, c, 1, 1});
   auto stdv = torch::tensor(pp.std, torch::kFloat64).to(torch::kFloat32).view({1, c, 1, 1});
-  return x.sub_(mean).div_(stdv);
+  x.sub_(mean).div_(stdv);
+  return pp.pad_normalised ? pad(x) : x;
 }
 
 }  // namespace corelocker

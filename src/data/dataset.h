@@ -59,9 +59,10 @@ Dataset subset(const Dataset& data, int64_t n, uint64_t seed);
 // Rows `index` (int64) of a data set.
 Dataset select(const Dataset& data, const torch::Tensor& index);
 
-// Turns uint8 images [B,C,H,W] into normalised float input: scale to [0,1], zero-pad to
-// pp.pad_to, with `augment` a random crop from a 4-pixel zero border (and a horizontal flip
-// when `flip`), then per-channel normalisation.
+// Turns uint8 images [B,C,H,W] into normalised float input: scale to [0,1], pad to pp.pad_to
+// with pp.pad_value, with `augment` a random crop from a 4-pixel zero border (and a horizontal
+// flip when `flip`), then per-channel normalisation (with pp.pad_normalised, the padding after
+// it instead: Preprocess, models/model_meta.h).
 torch::Tensor preprocess_batch(const torch::Tensor& images, const Preprocess& pp, bool augment,
                                bool flip = false);
 

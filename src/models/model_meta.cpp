@@ -1,5 +1,6 @@
 #include "models/model_meta.h"
 
+#include <cmath>
 #include <nlohmann/json.hpp>
 
 #include "util/error.h"
@@ -23,6 +24,8 @@ std::string meta_to_json(const ModelMeta& m) {
       {"mean", m.preprocess.mean}, {"std", m.preprocess.std}, {"pad_to", m.preprocess.pad_to}};
   if (m.preprocess.resize_to > 0) j["preprocess"]["resize_to"] = m.preprocess.resize_to;
   if (m.preprocess.channels > 0) j["preprocess"]["channels"] = m.preprocess.channels;
+  if (m.preprocess.pad_value != 0.0) j["preprocess"]["pad_value"] = m.preprocess.pad_value;
+  if (m.preprocess.pad_normalised) j["preprocess"]["pad_normalised"] = true;
   j["classes"] = m.classes;
   j["dataset"] = m.dataset;
   j["training"] = nlohmann::json::parse(m.training_json.empty() ? "{}" : m.training_json);
@@ -61,6 +64,12 @@ ModelMeta meta_from_json(const std::string& text, const std::string& what) {
     m.preprocess.pad_to = pp.at("pad_to").get<int64_t>();
     m.preprocess.resize_to = pp.value("resize_to", int64_t{0});
     m.preprocess.channels = pp.value("channels", int64_t{0});
+    m.preprocess.pad_value = pp.value("pad_value", 0.0);
+    m.preprocess.pad_normalised = pp.value("pad_normalised", false);
+    if (!std::isfinite(m.preprocess.pad_value)) {
+      throw FormatError(what + ": preprocess pad_value " + std::to_string(m.preprocess.pad_value) +
+                        " is not a finite number");
+    }
     if (m.preprocess.resize_to < 0 || m.preprocess.resize_to > 4096 || m.preprocess.channels < 0 ||
         m.preprocess.channels > 64) {
       throw FormatError(what + ": preprocess resize_to " + std::to_string(m.preprocess.resize_to) +

@@ -19,15 +19,18 @@ struct InputShape {
 };
 
 // How raw images become network input: scale to [0,1], resize to resize_to x resize_to
-// (bilinear, when set), zero-pad to pad_to x pad_to (when larger than the image), repeat a
-// single channel `channels` times (when set, e.g. 3 for a network that takes RGB), then
-// (x - mean[c]) / std[c].
+// (bilinear, when set), pad to pad_to x pad_to with pad_value (when larger than the image),
+// repeat a single channel `channels` times (when set, e.g. 3 for a network that takes RGB), then
+// (x - mean[c]) / std[c]. With pad_normalised the padding comes last, after normalising, and
+// pad_value is in normalised units (torchvision's Normalize before Pad: 0).
 struct Preprocess {
   std::vector<double> mean;
   std::vector<double> std;
   int64_t pad_to = 0;
   int64_t resize_to = 0;
   int64_t channels = 0;
+  double pad_value = 0.0;
+  bool pad_normalised = false;
 };
 
 // Present in a locked model: which key it waits for.

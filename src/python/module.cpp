@@ -83,7 +83,8 @@ std::vector<NamedTensor> tensors_of(const py::handle& source) {
 
 LockOptions lock_options(const std::string& criterion, const std::string& scope,
                          std::optional<bool> include_io, double ratio, uint64_t seed,
-                         const std::string& fill, const std::string& random_units) {
+                         const std::string& fill, const std::string& random_units,
+                         const std::vector<std::string>& keep) {
   LockOptions o = lock_options_for(resolve_units(criterion, scope, include_io.value_or(false),
                                                  include_io.has_value() && !*include_io),
                                    ratio);
@@ -93,6 +94,7 @@ LockOptions lock_options(const std::string& criterion, const std::string& scope,
     throw UsageError("random_units '" + random_units + "': expected l1 or bn");
   }
   o.random_bn_units = random_units == "bn";
+  o.keep = keep;
   return o;
 }
 
@@ -120,9 +122,11 @@ KeyCredentials credentials(const std::optional<std::string>& passphrase,
 KeyPtr lock_module(const py::handle& module_c, const std::string& what,
                    const std::string& criterion, const std::string& scope,
                    std::optional<bool> include_io, double ratio, uint64_t seed,
-                   const std::string& fill, const std::string& random_units) {
+                   const std::string& fill, const std::string& random_units,
+                   const std::vector<std::string>& keep) {
   const auto module = py::cast<torch::jit::Module>(module_c);
-  const LockOptions o = lock_options(criterion, scope, include_io, ratio, seed, fill, random_units);
+  const LockOptions o =
+      lock_options(criterion, scope, include_io, ratio, seed, fill, random_units, keep);
   py::gil_scoped_release nogil;
   LoadedModel model = wrap_torchscript(module, what);
   LockOutcome outcome = lock_model(model, o);
@@ -133,10 +137,12 @@ KeyPtr lock_module(const py::handle& module_c, const std::string& what,
 KeyPtr lock_tensors(const py::dict& tensors_py, const py::handle& structure_c,
                     const std::string& what, const std::string& criterion, const std::string& scope,
                     std::optional<bool> include_io, double ratio, uint64_t seed,
-                    const std::string& fill, const std::string& random_units) {
+                    const std::string& fill, const std::string& random_units,
+                    const std::vector<std::string>& keep) {
   std::vector<NamedTensor> tensors = tensors_of(tensors_py);
   const auto module = py::cast<torch::jit::Module>(structure_c);
-  const LockOptions o = lock_options(criterion, scope, include_io, ratio, seed, fill, random_units);
+  const LockOptions o =
+      lock_options(criterion, scope, include_io, ratio, seed, fill, random_units, keep);
   py::gil_scoped_release nogil;
   LoadedModel model = wrap_torchscript(module, what);
   const Structure& structure = model.net->structure();
@@ -215,11 +221,12 @@ py::dict probe_dict(const Probe& p) {
 py::dict calibrate_py(const py::handle& module_c, const std::string& what, double low, double high,
                       const py::function& evaluate, const std::string& criterion,
                       const std::string& scope, std::optional<bool> include_io, uint64_t seed,
-                      const std::string& fill, const std::string& random_units, int max_evaluations,
-                      double start_ratio, double step, double max_ratio) {
+                      const std::string& fill, const std::string& random_units,
+                      const std::vector<std::string>& keep, int max_evaluations, double start_ratio,
+                      double step, double max_ratio) {
   const auto module = py::cast<torch::jit::Module>(module_c);
   const LockOptions o =
-      lock_options(criterion, scope, include_io, start_ratio, seed, fill, random_units);
+      lock_options(criterion, scope, include_io, start_ratio, seed, fill, random_units, keep);
   std::ostringstream band_text;
   band_text.precision(17);
   band_text << low << "-" << high;

@@ -77,6 +77,23 @@ def test_options_are_passed_through():
     assert all(not e["tensor"].startswith(("conv.", "fc.")) for e in key.entries)
 
 
+def test_keep_leaves_the_named_layers_alone():
+    m = resnet()
+    before = snapshot(m)
+    key = corelocker.lock(m, ratio=0.2, include_io=True, keep=["layers.0.*", "fc"])
+    tensors = {e["tensor"] for e in key.entries}
+    assert "conv.weight" in tensors and "layers.1.conv1.weight" in tensors
+    assert not any(t.startswith(("layers.0.", "fc.")) for t in tensors)
+    for name, p in m.named_parameters():
+        if name.startswith(("layers.0.", "fc.")):
+            assert torch.equal(p, before[name]), name
+    corelocker.unlock(m, key)
+    assert same(m, before)
+    with pytest.raises(corelocker.UsageError, match="'nosuch': matches no layer"):
+        corelocker.lock(m, keep="nosuch")
+    assert same(m, before)
+
+
 def test_script_module_shares_tensors_with_the_module():
     m = resnet()
     sm = torch.jit.script(m)

@@ -75,6 +75,8 @@ class LibTorchFormat : public ModelFormat {
         {"fingerprint", to_hex(model_fingerprint(model))},
         {"training", OJson::parse(m.training_json)},
         {"layers", layers}};
+    if (m.preprocess.pad_value != 0.0) j["pad_value"] = m.preprocess.pad_value;
+    if (m.preprocess.pad_normalised) j["pad_after_normalise"] = true;
     if (m.lock) {
       j["lock"] = {
           {"key_id", m.lock->key_id},       {"original_fingerprint", m.lock->original_fingerprint},
