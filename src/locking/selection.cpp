@@ -335,7 +335,7 @@ uint32_t score_key(float s) {
 
 // Zero-filled counts in pages of their own: the kernel supplies a zero page on first touch, so a
 // histogram holds memory only for the bins a model's scores reach (a few pages of 256 KiB for
-// float scores), not all of it; a lock's peak memory is then its key's.
+// float scores), not all of it.
 class ZeroCounts {
  public:
   ZeroCounts() = default;
