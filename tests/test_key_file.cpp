@@ -283,8 +283,10 @@ TEST(UnitList, HoldsIncreasingUnitsAsTheKeyFileDoes) {
   EXPECT_THROW(UnitList(negative.begin(), negative.end()), Error);
   const std::vector<int> unsorted = {3, 2};
   EXPECT_THROW(UnitList(unsorted.begin(), unsorted.end()), Error);
-  EXPECT_TRUE(UnitList().empty());
-  EXPECT_EQ(UnitList().begin(), UnitList().end());
+  const UnitList none;
+  EXPECT_TRUE(none.empty());
+  EXPECT_EQ(none.begin(), none.end());
+  EXPECT_NE(l.begin(), l.end());
   EXPECT_NE(UnitList({1, 2}), UnitList({1, 3}));
 }
 
