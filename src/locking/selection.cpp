@@ -13,6 +13,7 @@
 #include <unordered_map>
 
 #include "util/error.h"
+#include "util/memory.h"
 
 namespace corelocker {
 namespace {
@@ -475,10 +476,8 @@ bool fast_dtype(torch::ScalarType t) {
          t == torch::kBFloat16;
 }
 
-}  // namespace
-
-UnitSelection select_units(const std::vector<NamedTensor>& tensors, const Structure& structure,
-                           const LockOptions& options) {
+UnitSelection select_with_scratch(const std::vector<NamedTensor>& tensors,
+                                  const Structure& structure, const LockOptions& options) {
   auto ranked = [&] {
     const Ranking ranking = rank_units(tensors, structure, options);
     return UnitSelection{plan_at(ranking, tensors, structure, options.ratio),
@@ -637,6 +636,16 @@ UnitSelection select_units(const std::vector<NamedTensor>& tensors, const Struct
     for (Member* m : order) plan.add(m->layer, std::move(m->taken));
   }
   out.plan = plan.finish();
+  return out;
+}
+
+}  // namespace
+
+UnitSelection select_units(const std::vector<NamedTensor>& tensors, const Structure& structure,
+                           const LockOptions& options) {
+  UnitSelection out = select_with_scratch(tensors, structure, options);
+  // The scores and histograms are freed; the key's buffers come next.
+  release_free_heap();
   return out;
 }
 

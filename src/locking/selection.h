@@ -96,8 +96,9 @@ struct UnitSelection {
 // The plan of one lock at options.ratio: the same plan, entry for entry, as plan_at(rank_units(
 // tensors, structure, options), tensors, structure, options.ratio), found without ranking every
 // unit: a histogram of scores finds each group's k-th best, a second pass takes the units above
-// it (memory: a histogram per group, the units taken and those scored near the k-th). Throws what
-// those two throw.
+// it (memory: a histogram per group, the units taken and those scored near the k-th; freed pages
+// go back to the kernel before it returns, so the key built next does not land beside them).
+// Throws what those two throw.
 UnitSelection select_units(const std::vector<NamedTensor>& tensors, const Structure& structure,
                            const LockOptions& options);
 

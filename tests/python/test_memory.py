@@ -1,4 +1,4 @@
-"""No copy of the weights: a lock of a 128 MiB model changes the model's own tensors and keeps
+"""No copy of the weights: a lock of a 128 MiB model (and of vgg19, issue 21's case) changes the model's own tensors and keeps
 only the key; `unlocked` keeps one more key's worth while it lasts. Measured in a process of its
 own (memory_probe.py); docs/python.md has the numbers."""
 import json
@@ -20,11 +20,11 @@ def probe(kind, mib):
     return json.loads(p.stdout)
 
 
-@pytest.mark.parametrize("kind", ["conv", "mlp"])
+@pytest.mark.parametrize("kind", ["conv", "mlp", "vgg19"])
 def test_a_lock_keeps_only_the_key(kind):
     r = probe(kind, 128)
     assert r["same_tensors"] and r["locked"]
-    assert r["weights"] > 120 * MIB
+    assert r["weights"] > (76 if kind == "vgg19" else 120) * MIB
     # What stays resident is the key, held as its file holds it (values, and unit indices packed
     # as LEB128 gaps), not a copy of the weights.
     assert r["rss_growth_trimmed"] <= 1.05 * r["key_bytes"] + MIB / 4, r
