@@ -12,7 +12,7 @@ targets=("$@")
 
 packages=(
   build-essential cmake pkg-config
-  libtorch-dev libopenblas0-pthread
+  libtorch-dev libopenblas0-pthread libgloo-dev
   libcli11-dev nlohmann-json3-dev libsodium-dev zlib1g-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   dataset-fashion-mnist gnuplot-nox

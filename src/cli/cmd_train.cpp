@@ -1,6 +1,8 @@
 // `train`, `eval`, `models`.
+#include <algorithm>
 #include <csignal>
 #include <cstdio>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <thread>
 
@@ -8,6 +10,7 @@
 #include "cli/common.h"
 #include "cli/progress.h"
 #include "data/dataset.h"
+#include "distributed/group.h"
 #include "eval/evaluate.h"
 #include "formats/evaluation.h"
 #include "keyfile/key_file.h"
@@ -22,7 +25,10 @@ namespace corelocker::cli {
 
 // ---------------------------------------------------------------- train
 void add_train(CLI::App& app) {
-  auto* c = app.add_subcommand("train", "Train a built-in architecture and write a checkpoint");
+  auto* c = app.add_subcommand(
+      "train",
+      "Train a built-in architecture and write a checkpoint (data-parallel when launched by "
+      "torchrun, or with WORLD_SIZE > 1: docs/distributed.md)");
   static TrainArgs a;
   static Common common;
   static std::string out;
@@ -36,10 +42,22 @@ void add_train(CLI::App& app) {
               "Go on training from the unfinished checkpoint --out (its options win)");
   c->add_flag("!--no-eval", eval_after, "Skip the test-set evaluation at the end");
   handlers()[c] = [] {
-    apply_threads(common);
+    // A group of processes when the environment describes one (torchrun sets it).
+    const std::unique_ptr<Group> group = join_group_from_environment();
+    const bool rank0 = group == nullptr || group->rank() == 0;
+    Common threads = common;
+    if (group && threads.threads == 0) {
+      // The host's cores shared among its ranks.
+      threads.threads = static_cast<int>(
+          std::max(1u, std::thread::hardware_concurrency() /
+                           static_cast<unsigned>(std::max(1, group->config().local_size))));
+    }
+    apply_threads(threads);
     Json summary;
     a.checkpoint = out;
-    LoadedModel model = train_model(a, common, summary);
+    LoadedModel model = train_model(a, common, summary, group.get());
+    // Rank 0 reports, evaluates and writes; the others have nothing to add.
+    if (!rank0) return summary.value("interrupted", false) ? 130 : 0;
     if (summary.value("interrupted", false)) {
       const int done = summary.value("epochs_done", 0);
       if (done > 0) {
@@ -63,6 +81,10 @@ void add_train(CLI::App& app) {
                 static_cast<long long>(parameter_count(*model.net)));
     if (summary.contains("seconds"))
       std::printf(", trained %s", format_duration(summary["seconds"].get<double>()).c_str());
+    if (summary.contains("ranks")) {
+      std::printf(" on %d ranks, %s of it in gradient sums", summary["ranks"].get<int>(),
+                  format_duration(summary["sync_seconds"].get<double>()).c_str());
+    }
     std::printf(")\n");
     return 0;
   };

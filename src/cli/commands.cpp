@@ -1,6 +1,7 @@
 #include "cli/commands.h"
 
 #include "cli/common.h"
+#include "distributed/group.h"
 #include "util/error.h"
 
 namespace corelocker::cli {
@@ -29,7 +30,18 @@ void register_commands(CLI::App& app) {
 int run_selected(CLI::App& app) {
   for (auto* sub : app.get_subcommands()) {
     auto it = handlers().find(sub);
-    if (it != handlers().end()) return it->second();
+    if (it == handlers().end()) continue;
+    // Only `train` spreads over a group; any other command launched as one would run whole on
+    // every rank, each writing the same files.
+    if (sub->get_name() != "train") {
+      if (const auto group = group_config()) {
+        throw UsageError(
+            "`" + sub->get_name() + "` runs in one process, but was launched as rank " +
+            std::to_string(group->rank) + " of a group of " + std::to_string(group->size) +
+            " (WORLD_SIZE): launch it once (only `train` runs over a group)");
+      }
+    }
+    return it->second();
   }
   throw UsageError("no command given (see --help)");
 }

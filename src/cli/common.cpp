@@ -361,7 +361,8 @@ std::map<std::string, int64_t> arch_options(const TrainArgs& a) {
   return o;
 }
 
-LoadedModel train_model(const TrainArgs& a, const Common& common, Json& summary_out) {
+LoadedModel train_model(const TrainArgs& a, const Common& common, Json& summary_out,
+                        Collective* collective) {
   TrainingRun run;
   run.arch = a.arch;
   run.dataset = a.dataset;
@@ -372,15 +373,18 @@ LoadedModel train_model(const TrainArgs& a, const Common& common, Json& summary_
   run.data_dir = common.data_dir;
   run.checkpoint = a.checkpoint;
   run.resume = a.resume;
+  run.collective = collective;
+  const bool shown = collective == nullptr || collective->rank() == 0;
   Progress line;
   TrainingRunHooks hooks;
-  hooks.on_progress = [&](const TrainProgress& p) { train_progress(line, p); };
+  if (shown) hooks.on_progress = [&](const TrainProgress& p) { train_progress(line, p); };
   StopOnSigint stop;
   hooks.keep_going = [&stop] { return !stop.stopped(); };
-  hooks.on_resume = [&](int next_epoch, int epochs) {
-    std::printf("resuming %s at epoch %d of %d\n", a.checkpoint.c_str(), next_epoch, epochs);
-    std::fflush(stdout);
-  };
+  if (shown)
+    hooks.on_resume = [&](int next_epoch, int epochs) {
+      std::printf("resuming %s at epoch %d of %d\n", a.checkpoint.c_str(), next_epoch, epochs);
+      std::fflush(stdout);
+    };
   return run_training(run, hooks, summary_out);
 }
 

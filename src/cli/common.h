@@ -106,7 +106,9 @@ std::map<std::string, int64_t> arch_options(const TrainArgs& a);
 // Builds (or, with a.resume, reloads) and trains a model with terminal progress. Ctrl-C stops
 // training at the end of the current step: summary_out["interrupted"] is then true and the
 // model is the one of the last completed epoch's checkpoint (if any).
-LoadedModel train_model(const TrainArgs& a, const Common& common, Json& summary_out);
+// `collective`: data-parallel over a group, progress shown by its rank 0 only.
+LoadedModel train_model(const TrainArgs& a, const Common& common, Json& summary_out,
+                        Collective* collective = nullptr);
 
 // Options that say which units compete, with the same meaning as in `lock`: --criterion,
 // --scope, --seed, --units, --include-io, --exclude-io. add_unit_args returns the --criterion

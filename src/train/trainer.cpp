@@ -72,6 +72,7 @@ TrainSummary train(Network& net, const Dataset& data, const Preprocess& pp, cons
 
   // Weight decay on weights only: normalisation parameters and biases are left alone.
   std::vector<torch::Tensor> decay, no_decay, frozen_params;
+  std::vector<torch::Tensor> trained;  // in named order: what a group sums gradients of
   // By the names named_tensors gives (a TorchScript module's own dotted names), which the
   // structure, `trainable` and the masks use.
   const std::vector<NamedTensor> named_params = named_parameters_of(net);
@@ -81,6 +82,7 @@ TrainSummary train(Network& net, const Dataset& data, const Preprocess& pp, cons
       continue;
     }
     (p.tensor.dim() <= 1 ? no_decay : decay).push_back(p.tensor);
+    trained.push_back(p.tensor);
   }
   // Parameters that do not train need no gradient (saves the weight-gradient work); restored on
   // every way out.
@@ -140,6 +142,14 @@ TrainSummary train(Network& net, const Dataset& data, const Preprocess& pp, cons
     optimizer_owner = std::make_unique<torch::optim::SGD>(groups, torch::optim::SGDOptions(o.lr));
   }
   torch::optim::Optimizer& optimizer = *optimizer_owner;
+  Collective* const group =
+      hooks.collective != nullptr && hooks.collective->size() > 1 ? hooks.collective : nullptr;
+  std::vector<torch::Tensor> statistics;  // averaged over a group at every epoch's end
+  if (group) {
+    for (const auto& t : named_tensors(net)) {
+      if (t.is_buffer && t.tensor.is_floating_point()) statistics.push_back(t.tensor);
+    }
+  }
   // A fresh run seeds the global generator; a resumed one goes on with the generator state that
   // hooks.restore brought back (see rng_state), so it sees the batches an uninterrupted run would.
   if (o.start_epoch == 0) torch::manual_seed(o.seed);
@@ -167,18 +177,57 @@ TrainSummary train(Network& net, const Dataset& data, const Preprocess& pp, cons
     auto perm = torch::randperm(n, torch::kInt64);
     double loss_sum = 0.0;
     int64_t correct = 0, seen = 0;
+    bool stop = false;  // a group's: some rank asked to stop at this step
     for (int64_t s = 0; s < steps; ++s) {
       const int64_t b = std::min(o.batch_size, n - s * o.batch_size);
       auto idx = perm.narrow(0, s * o.batch_size, b);
-      auto x = preprocess_batch(data.images.index_select(0, idx), pp, o.augment, o.flip)
-                   .contiguous(torch::MemoryFormat::ChannelsLast);
+      // A group's ranks augment the whole batch alike (their generators stay in step), then each
+      // takes its slice.
+      auto x = preprocess_batch(data.images.index_select(0, idx), pp, o.augment, o.flip);
       auto y = data.labels.index_select(0, idx);
+      int64_t lo = 0, hi = b;
+      if (group) {
+        lo = b * group->rank() / group->size();
+        hi = b * (group->rank() + 1) / group->size();
+        x = x.narrow(0, lo, hi - lo);
+        y = y.narrow(0, lo, hi - lo);
+      }
+      x = x.contiguous(torch::MemoryFormat::ChannelsLast);
       const double lr = scheduled_lr(o.schedule, o.lr, global_step, total);
       for (auto& g : optimizer.param_groups()) g.options().set_lr(lr);
       optimizer.zero_grad();
-      auto logits = net.forward(x);
-      auto loss = torch::nn::functional::cross_entropy(logits, y);
-      loss.backward();
+      double step_loss = 0.0;  // summed over the batch's images
+      int64_t step_correct = 0;
+      if (hi > lo) {
+        auto logits = net.forward(x);
+        auto loss = torch::nn::functional::cross_entropy(logits, y);
+        // A slice's mean loss, weighted by its share of the batch: the ranks' gradients add up
+        // to the gradient of the batch's mean loss.
+        if (group) loss = loss * (double(hi - lo) / double(b));
+        loss.backward();
+        step_loss = loss.item<double>() * (group ? double(b) : double(hi - lo));
+        step_correct = logits.argmax(1).eq(y).sum().item<int64_t>();
+      }
+      if (group) {
+        std::vector<torch::Tensor> sums;
+        sums.reserve(trained.size() + 1);
+        for (auto& p : trained) {
+          if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
+          sums.push_back(p.grad());
+        }
+        const bool stopping = hooks.keep_going && !hooks.keep_going();
+        // float32, to share the last gradients' bucket: exact for the counts, 7 digits of loss.
+        sums.push_back(torch::tensor({step_loss, double(step_correct), stopping ? 1.0 : 0.0},
+                                     torch::kFloat32));
+        const auto sync_start = std::chrono::steady_clock::now();
+        group->sum(sums);
+        summary.sync_seconds +=
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - sync_start).count();
+        const auto totals = sums.back();
+        step_loss = totals[0].item<double>();
+        step_correct = static_cast<int64_t>(std::llround(totals[1].item<double>()));
+        stop = totals[2].item<double>() > 0.0;
+      }
       for (auto& m : masked) {
         if (m.param.grad().defined()) m.param.grad().mul_(m.mask);
       }
@@ -190,8 +239,8 @@ TrainSummary train(Network& net, const Dataset& data, const Preprocess& pp, cons
       ++global_step;
       ++run_steps;
       run_images += b;
-      loss_sum += loss.item<double>() * double(b);
-      correct += logits.argmax(1).eq(y).sum().item<int64_t>();
+      loss_sum += step_loss;
+      correct += step_correct;
       seen += b;
       if (hooks.on_progress) {
         const double elapsed =
@@ -209,7 +258,16 @@ TrainSummary train(Network& net, const Dataset& data, const Preprocess& pp, cons
         p.epoch_done = s + 1 == steps;
         hooks.on_progress(p);
       }
-      if (hooks.keep_going && !hooks.keep_going() && s + 1 < steps) return finish();
+      if (group) {
+        if (stop && s + 1 < steps) return finish();
+      } else if (hooks.keep_going && !hooks.keep_going() && s + 1 < steps) {
+        return finish();
+      }
+    }
+    if (group) {
+      group->sum(statistics);
+      torch::NoGradGuard no_grad;
+      for (auto& t : statistics) t.div_(group->size());
     }
     summary.epochs = epoch;
     summary.final_loss = loss_sum / double(std::max<int64_t>(seen, 1));
@@ -219,7 +277,7 @@ TrainSummary train(Network& net, const Dataset& data, const Preprocess& pp, cons
       hooks.on_epoch_end(epoch, optimizer);
       set_memory_format(net, torch::MemoryFormat::ChannelsLast);
     }
-    if (hooks.keep_going && !hooks.keep_going()) return finish();
+    if (group ? stop : hooks.keep_going && !hooks.keep_going()) return finish();
   }
   return finish();
 }

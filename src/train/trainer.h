@@ -8,6 +8,7 @@
 #include <string>
 
 #include "data/dataset.h"
+#include "distributed/collective.h"
 #include "models/network.h"
 
 namespace corelocker {
@@ -55,6 +56,7 @@ struct TrainSummary {
   double seconds = 0.0;
   double final_loss = 0.0;
   double final_train_accuracy = 0.0;
+  double sync_seconds = 0.0;  // of `seconds`, spent summing over a group (waits included)
 };
 
 // Learning rate at step t of T for a schedule peaking at `lr`. Throws UsageError.
@@ -72,6 +74,16 @@ struct TrainHooks {
   std::function<void(torch::optim::Optimizer&)> restore;
   // After every completed epoch (1-based), with the network's weights in standard layout.
   std::function<void(int epoch, torch::optim::Optimizer&)> on_epoch_end;
+  // Data-parallel training over a group of processes, each running this call with the same
+  // network, data and options: every rank draws the same batch order and augmentation, runs
+  // forward and backward on its slice of each global batch (options.batch_size images), and
+  // the gradients are summed over the ranks (bucketed) before every step, so each step is the
+  // one-process step up to floating-point summation order, except that BatchNorm normalises
+  // each slice by its own statistics. BatchNorm running statistics (every floating-point
+  // buffer) are averaged over the ranks at the end of every epoch. The loss, accuracy and a stop
+  // (keep_going false on any rank) travel with the gradients: every rank reports the whole
+  // batch and all stop at the same step. Null: one process.
+  Collective* collective = nullptr;
 };
 
 // The global CPU generator's state (data order and augmentation draw from it), to be saved

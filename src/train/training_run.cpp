@@ -4,8 +4,10 @@
 #include <cstdio>
 
 #include "data/dataset.h"
+#include "locking/fingerprint.h"
 #include "util/atomic_file.h"
 #include "util/error.h"
+#include "util/hash.h"
 
 namespace corelocker {
 
@@ -66,10 +68,30 @@ TrainOptions recorded_options(const nlohmann::json& j, const std::string& path) 
   }
 }
 
+// Checks that every rank of a group trains the same model on the same data the same way.
+void agree_on_run(Collective& group, const LoadedModel& model, const nlohmann::json& summary,
+                  const Dataset& data, const std::string& dataset) {
+  nlohmann::json run = summary;
+  run.erase("seconds");
+  run["arch"] = model.meta.arch;
+  run["arch_options"] = model.meta.options;
+  group.agree("training options", run.dump());
+  const torch::Tensor images = data.images.contiguous(), labels = data.labels.contiguous();
+  const Digest di = hash_bytes(images.data_ptr(), images.numel() * images.element_size());
+  const Digest dl = hash_bytes(labels.data_ptr(), labels.numel() * labels.element_size());
+  group.agree("training data", nlohmann::json{{"dataset", dataset},
+                                              {"images", data.size()},
+                                              {"images_digest", to_hex(di).substr(0, 16)},
+                                              {"labels_digest", to_hex(dl).substr(0, 16)}}
+                                   .dump());
+  group.agree("initial weights (fingerprint)", to_hex(fingerprint(named_tensors(*model.net))));
+}
+
 }  // namespace
 
 LoadedModel run_training(const TrainingRun& a, const TrainingRunHooks& run_hooks,
                          nlohmann::json& summary_out) {
+  const bool writer = a.collective == nullptr || a.collective->rank() == 0;
   LoadedModel model;
   TrainOptions opts = a.opts;
   int64_t train_subset = a.train_subset;
@@ -115,41 +137,51 @@ LoadedModel run_training(const TrainingRun& a, const TrainingRunHooks& run_hooks
     Dataset train_data = load_dataset(model.meta.dataset, a.data_dir, Split::kTrain);
     train_data = subset(train_data, train_subset, opts.seed);
     summary["train_images"] = train_data.size();
+    if (a.collective != nullptr && a.collective->size() > 1)
+      agree_on_run(*a.collective, model, summary, train_data, model.meta.dataset);
     const double seconds_before = summary.value("seconds", 0.0);
     if (opts.start_epoch > 0 && run_hooks.on_resume)
       run_hooks.on_resume(opts.start_epoch + 1, opts.epochs);
     TrainHooks hooks;
     hooks.on_progress = run_hooks.on_progress;
     hooks.keep_going = run_hooks.keep_going;
+    hooks.collective = a.collective;
     const auto start = std::chrono::steady_clock::now();
     if (!a.checkpoint.empty()) {
       if (opts.start_epoch > 0)
         hooks.restore = [&](torch::optim::Optimizer& o) {
           load_optimizer(optimizer_state_path(a.checkpoint), o);
         };
-      hooks.on_epoch_end = [&](int epoch, torch::optim::Optimizer& o) {
-        summary["epochs_done"] = epoch;
-        summary["seconds"] =
-            seconds_before +
-            std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-        model.meta.training_json = summary.dump();
-        // Optimizer state first: a checkpoint on disk always has the state that goes with it.
-        save_optimizer(optimizer_state_path(a.checkpoint), o);
-        save_model(a.checkpoint, model);
-      };
+      if (writer)
+        hooks.on_epoch_end = [&](int epoch, torch::optim::Optimizer& o) {
+          summary["epochs_done"] = epoch;
+          summary["seconds"] =
+              seconds_before +
+              std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+          model.meta.training_json = summary.dump();
+          // Optimizer state first: a checkpoint on disk always has the state that goes with it.
+          save_optimizer(optimizer_state_path(a.checkpoint), o);
+          save_model(a.checkpoint, model);
+        };
     }
     const TrainSummary s = train(*model.net, train_data, model.meta.preprocess, opts, hooks);
     if (s.epochs < opts.epochs) {
       summary["interrupted"] = true;
       summary_out = summary;
-      if (!a.checkpoint.empty() && s.epochs > opts.start_epoch) return load_model(a.checkpoint);
+      if (writer && !a.checkpoint.empty() && s.epochs > opts.start_epoch)
+        return load_model(a.checkpoint);
       return model;
     }
     summary.erase("epochs_done");
     summary["seconds"] = seconds_before + s.seconds;
     summary["final_train_loss"] = s.final_loss;
     summary["final_train_accuracy"] = s.final_train_accuracy;
-    if (!a.checkpoint.empty()) std::remove(optimizer_state_path(a.checkpoint).c_str());
+    if (a.collective != nullptr && a.collective->size() > 1) {
+      // This call's, for a resumed run: how the last stretch ran.
+      summary["ranks"] = a.collective->size();
+      summary["sync_seconds"] = s.sync_seconds;
+    }
+    if (writer && !a.checkpoint.empty()) std::remove(optimizer_state_path(a.checkpoint).c_str());
   }
   model.meta.training_json = summary.dump();
   summary_out = summary;

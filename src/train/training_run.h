@@ -26,6 +26,11 @@ struct TrainingRun {
   std::string data_dir;    // "" : the data set's default folder
   std::string checkpoint;  // written after every epoch when not empty
   bool resume = false;     // go on from `checkpoint` with the options it records
+  // Data-parallel over a group (see TrainHooks::collective): every rank runs the same run, rank 0
+  // alone writes the checkpoint and its optimizer state (a resumed run reads them on every rank:
+  // a shared folder, or copies at the same path). The ranks check at the start that they were
+  // given the same options, data and initial weights.
+  Collective* collective = nullptr;
 };
 
 struct TrainingRunHooks {

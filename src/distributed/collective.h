@@ -1,0 +1,35 @@
+// What data-parallel training and distributed experiment grids ask of a group of processes:
+// sums and broadcasts of tensors, a barrier, a check that every process was given the same
+// work, and a shared counter. Group (distributed/group.h) implements it on torch.distributed's
+// Gloo backend; the trainer and the grids see only this interface.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace corelocker {
+
+class Collective {
+ public:
+  virtual ~Collective() = default;
+  virtual int rank() const = 0;  // 0 .. size() - 1
+  virtual int size() const = 0;
+  // Sums each tensor over the ranks, in place. Every rank passes the same list (count, shapes,
+  // dtypes, order). Throws Error naming a rank that is gone.
+  virtual void sum(std::vector<torch::Tensor>& tensors) = 0;
+  // Gives each tensor rank `root`'s values, in place.
+  virtual void broadcast(std::vector<torch::Tensor>& tensors, int root) = 0;
+  // Returns once every rank has called it.
+  virtual void barrier() = 0;
+  // Checks that every rank gives the same `value` for `what`. Throws UsageError on every rank
+  // naming the first rank that differs from rank 0 and both values.
+  virtual void agree(const std::string& what, const std::string& value) = 0;
+  // Adds `n` to the group-wide counter `name` and returns its value before the addition: with
+  // n = 1, each call on any rank gets a different number (a work queue). Counters start at 0.
+  virtual int64_t fetch_add(const std::string& name, int64_t n) = 0;
+};
+
+}  // namespace corelocker
