@@ -12,7 +12,9 @@
 #include <chrono>
 #include <exception>
 #include <fstream>
+#include <functional>
 #include <map>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
@@ -192,6 +194,67 @@ TEST(Group, SumsBroadcastsAgreesAndCounts) {
   std::set<int64_t> all(drawn[0].begin(), drawn[0].end());
   all.insert(drawn[1].begin(), drawn[1].end());
   EXPECT_EQ(all, (std::set<int64_t>{0, 1, 2, 3, 4, 5}));
+}
+
+TEST(Group, AQueueSharesJobsOutAndCollectsEveryResult) {
+  const int port = free_port();
+  std::vector<std::vector<int64_t>> taken(2);
+  std::vector<std::string> results;
+  on_ranks(2, [&](int r) {
+    Group g(config_of(r, 2, port));
+    const auto first = g.open_queue("grid", 7);
+    const auto second = g.open_queue("grid", 2);  // the same name again: a queue of its own
+    EXPECT_NE(first.name, second.name);
+    for (int64_t j; (j = g.next_job(first)) >= 0;) {
+      taken[r].push_back(j);
+      g.post_result(first, j, std::to_string(r) + ":" + std::to_string(j));
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));  // let the other rank take some
+    }
+    for (int64_t j; (j = g.next_job(second)) >= 0;) g.post_result(second, j, "second");
+    if (r == 0) {
+      for (int64_t j = 0; j < 7; ++j) results.push_back(g.result(first, j));
+      EXPECT_EQ(g.result(second, 1), "second");
+    }
+    g.barrier();
+  });
+  // Each job taken once, by one rank or the other, and its result is that rank's.
+  std::set<int64_t> all;
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_FALSE(taken[r].empty()) << "rank " << r << " took no job";
+    for (int64_t j : taken[r]) {
+      EXPECT_TRUE(all.insert(j).second) << "job " << j << " taken twice";
+      EXPECT_EQ(results.at(j), std::to_string(r) + ":" + std::to_string(j));
+    }
+  }
+  EXPECT_EQ(all.size(), 7u);
+}
+
+TEST(Group, AJobWhoseRankIsGoneIsNamed) {
+  const int port = free_port();
+  on_ranks(2, [&](int r) {
+    auto g = std::make_unique<Group>(config_of(r, 2, port));
+    const auto queue = g->open_queue("grid", 2);
+    if (r == 1) {
+      ASSERT_GE(g->next_job(queue), 0);
+      g->barrier();
+      g.reset();  // gone without posting its job: its heartbeat stops
+      return;
+    }
+    g->barrier();  // rank 1 has taken a job
+    std::vector<int64_t> mine;
+    for (int64_t j; (j = g->next_job(queue)) >= 0;) mine.push_back(j);
+    ASSERT_EQ(mine.size(), 1u);
+    const int64_t theirs = 1 - mine[0];
+    const auto start = std::chrono::steady_clock::now();
+    try {
+      g->result(queue, theirs);
+      ADD_FAILURE() << "a result came from a rank that never posted one";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("rank 1, which took it, is gone"), std::string::npos)
+          << e.what();
+    }
+    EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(10));
+  });
 }
 
 TEST(Group, ARankThatNeverComesIsNamed) {
@@ -402,6 +465,63 @@ TEST(DistributedTrain, AKilledRankStopsTheOtherAndResumeFinishes) {
   EXPECT_FALSE(finished.contains("epochs_done"));
   EXPECT_EQ(finished["epochs"], 25);
   EXPECT_FALSE(file_exists(ckpt + ".optim"));
+}
+
+// `attack all` as two ranks: the trials are shared out and rank 0's report holds the numbers of
+// one process with the same seeds and threads.
+TEST(DistributedAttack, TwoRanksReportWhatOneRankReports) {
+  testing::TempDir dir;
+  std::vector<std::string> logs;
+  auto run1 = [&](const std::vector<std::string>& args, const std::string& log) {
+    const Process p = start(cli(args), {}, dir.file(log));
+    return std::make_pair(finish(p, std::chrono::steady_clock::now() + std::chrono::seconds(300)),
+                          read_log(p));
+  };
+  auto r = run1({"train", "--arch", "tinycnn", "--epochs", "1", "--train-subset", "512",
+                 "--threads", "1", "--no-eval", "--out", dir.file("m.ckpt")},
+                "train.log");
+  ASSERT_EQ(r.first, 0) << r.second;
+  r = run1({"lock", "--model", dir.file("m.ckpt"), "--ratio", "0.05", "--out",
+            dir.file("locked.ckpt"), "--key-out", dir.file("k.clk")},
+           "lock.log");
+  ASSERT_EQ(r.first, 0) << r.second;
+  const std::vector<std::string> attack = {
+      "attack",          "all",   "--model",       dir.file("locked.ckpt"),
+      "--data-fraction", "0.005", "--trials",      "2",
+      "--epochs",        "1",     "--test-subset", "500",
+      "--threads",       "1",     "--report"};
+  auto one = attack;
+  one.push_back(dir.file("one.json"));
+  r = run1(one, "one.log");
+  ASSERT_EQ(r.first, 0) << r.second;
+  auto two = attack;
+  two.push_back(dir.file("two.json"));
+  const auto codes = run_group(2, two, dir.path(), logs);
+  ASSERT_EQ(codes, (std::vector<int>{0, 0})) << logs[0] << "\n--- rank 1:\n" << logs[1];
+  EXPECT_EQ(logs[1], "");
+
+  // The same report but for the times.
+  std::function<void(nlohmann::json&)> drop_times = [&](nlohmann::json& j) {
+    if (j.is_object()) {
+      j.erase("seconds");
+      for (auto& [k, v] : j.items()) drop_times(v);
+    } else if (j.is_array()) {
+      for (auto& v : j) drop_times(v);
+    }
+  };
+  auto read_json = [](const std::string& path) {
+    std::ifstream f(path);
+    return nlohmann::json::parse(f);
+  };
+  nlohmann::json a = read_json(dir.file("one.json")), b = read_json(dir.file("two.json"));
+  drop_times(a);
+  drop_times(b);
+  EXPECT_EQ(a, b) << a.dump(1) << "\n---\n" << b.dump(1);
+  // It is a grid worth comparing: several attacks, two trials each, some of them trained.
+  ASSERT_TRUE(a.contains("attacks")) << a.dump(1);
+  int trained_rows = 0;
+  for (const auto& row : a["attacks"]) trained_rows += row["trials"].size() == 2;
+  EXPECT_GE(trained_rows, 4) << a.dump(1);
 }
 
 // Any command but `train` launched as a group would run whole on every rank: refused.

@@ -7,8 +7,10 @@
 #include <tuple>
 
 #include "attacks/effective.h"
+#include "locking/fingerprint.h"
 #include "models/torchscript.h"
 #include "util/error.h"
+#include "util/hash.h"
 #include "util/stats.h"
 
 namespace corelocker {
@@ -106,10 +108,12 @@ std::string attack_unavailable(LoadedModel& model, const AttackConfig& config) {
   return "";
 }
 
-AttackReport run_attack(LoadedModel& locked, const Dataset& train_split, const Dataset& test,
-                        double locked_top1, std::optional<double> original_top1,
-                        const AttackConfig& config, const HarnessOptions& options,
-                        const AttackHooks& hooks) {
+namespace {
+
+// A report with its checks done and nothing run; skipped says why when the attack cannot run.
+AttackReport report_skeleton(LoadedModel& locked, const Dataset& train_split, double locked_top1,
+                             std::optional<double> original_top1, const AttackConfig& config,
+                             const HarnessOptions& options) {
   if (options.trials < 1)
     throw UsageError("trials " + std::to_string(options.trials) + ": must be >= 1");
   if (config.train.epochs < 0)
@@ -127,76 +131,124 @@ AttackReport run_attack(LoadedModel& locked, const Dataset& train_split, const D
   report.locked_top1 = locked_top1;
   report.original_top1 = original_top1;
   report.skipped = attack_unavailable(locked, config);
-  if (!report.skipped.empty()) return report;
-  const int trials = config.uses_data() ? options.trials : 1;
-  std::vector<double> top1, recovered;
-  for (int t = 0; t < trials; ++t) {
-    TrialResult r;
-    r.trial = t;
-    r.seed = options.seed + static_cast<uint64_t>(t);
-    // Drawn even when unused, so that a bad fraction fails the same way for every attack.
-    Dataset data = attacker_data(train_split, options.data_fraction, r.seed);
-    r.train_images = config.uses_data() ? data.size() : 0;
-    TrainOptions o = config.train;
-    o.seed = r.seed;
-    auto progress = [&](const TrainProgress& p) {
-      if (hooks.on_train) hooks.on_train(report.label, t, p);
-    };
-    const auto start = std::chrono::steady_clock::now();
-    PytorchInit init;
-    LoadedModel m = config.kind == AttackKind::kScratch ? scratch_model(locked, r.seed, &init)
-                                                        : copy_model(locked);
-    switch (config.kind) {
-      case AttackKind::kFinetune:
-        finetune(m, data, o, progress);
-        break;
-      case AttackKind::kScratch:
-        if (init.layers > 0) {
-          r.detail = "the TorchScript module re-initialised as PyTorch's layers do: " +
-                     std::to_string(init.layers) + " layers" +
-                     (init.other_parameters > 0 ? ", " + std::to_string(init.other_parameters) +
-                                                      " parameters outside them as weights"
-                                                : "");
-        }
-        train(*m.net, data, m.meta.preprocess, o, progress);
-        break;
-      case AttackKind::kPrune: {
-        PruneResult p = prune_smallest(m, config.prune_ratio);
-        r.detail = std::to_string(p.pruned) + " of " + std::to_string(p.candidates) +
-                   " weights pruned (" + std::to_string(p.already_zero) + " of them already zero)";
-        if (o.epochs > 0) finetune_pruned(m, p, data, o, progress);
-        break;
+  return report;
+}
+
+// The trials a report runs: one when the attack uses no data, none when it cannot run.
+int trial_count(const AttackReport& report) {
+  if (!report.skipped.empty()) return 0;
+  return report.config.uses_data() ? report.options.trials : 1;
+}
+
+// Trial t of the report's attack: everything it draws comes from seed options.seed + t, so a
+// trial gives the same result whichever process runs it, and in whatever order.
+TrialResult run_trial(LoadedModel& locked, const Dataset& train_split, const Dataset& test,
+                      const AttackReport& report, int t, const AttackHooks& hooks) {
+  const AttackConfig& config = report.config;
+  const HarnessOptions& options = report.options;
+  const double locked_top1 = report.locked_top1;
+  TrialResult r;
+  r.trial = t;
+  r.seed = options.seed + static_cast<uint64_t>(t);
+  // Drawn even when unused, so that a bad fraction fails the same way for every attack.
+  Dataset data = attacker_data(train_split, options.data_fraction, r.seed);
+  r.train_images = config.uses_data() ? data.size() : 0;
+  TrainOptions o = config.train;
+  o.seed = r.seed;
+  auto progress = [&](const TrainProgress& p) {
+    if (hooks.on_train) hooks.on_train(report.label, t, p);
+  };
+  const auto start = std::chrono::steady_clock::now();
+  PytorchInit init;
+  LoadedModel m = config.kind == AttackKind::kScratch ? scratch_model(locked, r.seed, &init)
+                                                      : copy_model(locked);
+  switch (config.kind) {
+    case AttackKind::kFinetune:
+      finetune(m, data, o, progress);
+      break;
+    case AttackKind::kScratch:
+      if (init.layers > 0) {
+        r.detail = "the TorchScript module re-initialised as PyTorch's layers do: " +
+                   std::to_string(init.layers) + " layers" +
+                   (init.other_parameters > 0 ? ", " + std::to_string(init.other_parameters) +
+                                                    " parameters outside them as weights"
+                                              : "");
       }
-      case AttackKind::kReinit: {
-        ReinitResult z = reinit_finetune(m, data, o, progress);
-        r.detail = z.suspects.empty()
-                       ? "nothing looked extracted: plain fine-tuning"
-                       : std::to_string(z.positions) + " values re-initialised (" +
-                             suspect_counts(z.suspects) + "), then every parameter fine-tuned";
-        break;
-      }
-      case AttackKind::kZeroRetrain: {
-        ZeroRetrainResult z = zero_retrain(m, data, o, progress);
-        r.detail = std::to_string(z.positions) + " values retrained: " + suspect_counts(z.suspects);
-        break;
-      }
-      case AttackKind::kBnRecalibrate: {
-        BnRecalibrateResult b = bn_recalibrate(m, data, o, config.bn_train_affine, progress);
-        r.detail = std::to_string(b.layers) + " BatchNorm layers recalibrated on " +
-                   std::to_string(b.images) + " images";
-        break;
-      }
+      train(*m.net, data, m.meta.preprocess, o, progress);
+      break;
+    case AttackKind::kPrune: {
+      PruneResult p = prune_smallest(m, config.prune_ratio);
+      r.detail = std::to_string(p.pruned) + " of " + std::to_string(p.candidates) +
+                 " weights pruned (" + std::to_string(p.already_zero) + " of them already zero)";
+      if (o.epochs > 0) finetune_pruned(m, p, data, o, progress);
+      break;
     }
-    r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    if (hooks.on_trial) hooks.on_trial(t, data, m);
-    r.top1 = evaluate(*m.net, test, m.meta.preprocess, options.eval_batch).top1;
-    r.recovered = r.top1 - locked_top1;
+    case AttackKind::kReinit: {
+      ReinitResult z = reinit_finetune(m, data, o, progress);
+      r.detail = z.suspects.empty()
+                     ? "nothing looked extracted: plain fine-tuning"
+                     : std::to_string(z.positions) + " values re-initialised (" +
+                           suspect_counts(z.suspects) + "), then every parameter fine-tuned";
+      break;
+    }
+    case AttackKind::kZeroRetrain: {
+      ZeroRetrainResult z = zero_retrain(m, data, o, progress);
+      r.detail = std::to_string(z.positions) + " values retrained: " + suspect_counts(z.suspects);
+      break;
+    }
+    case AttackKind::kBnRecalibrate: {
+      BnRecalibrateResult b = bn_recalibrate(m, data, o, config.bn_train_affine, progress);
+      r.detail = std::to_string(b.layers) + " BatchNorm layers recalibrated on " +
+                 std::to_string(b.images) + " images";
+      break;
+    }
+  }
+  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  if (hooks.on_trial) hooks.on_trial(t, data, m);
+  r.top1 = evaluate(*m.net, test, m.meta.preprocess, options.eval_batch).top1;
+  r.recovered = r.top1 - locked_top1;
+  return r;
+}
+
+void summarise(AttackReport& report) {
+  std::vector<double> top1, recovered;
+  for (const auto& r : report.trials) {
     top1.push_back(r.top1);
     recovered.push_back(r.recovered);
-    report.trials.push_back(r);
   }
   std::tie(report.mean_top1, report.sd_top1) = mean_sd(top1);
   std::tie(report.mean_recovered, report.sd_recovered) = mean_sd(recovered);
+}
+
+nlohmann::json trial_json(const TrialResult& r) {
+  return {{"trial", r.trial},  {"seed", r.seed},           {"train_images", r.train_images},
+          {"top1", r.top1},    {"recovered", r.recovered}, {"seconds", r.seconds},
+          {"detail", r.detail}};
+}
+
+TrialResult trial_from_json(const nlohmann::json& j) {
+  TrialResult r;
+  r.trial = j.at("trial").get<int>();
+  r.seed = j.at("seed").get<uint64_t>();
+  r.train_images = j.at("train_images").get<int64_t>();
+  r.top1 = j.at("top1").get<double>();
+  r.recovered = j.at("recovered").get<double>();
+  r.seconds = j.at("seconds").get<double>();
+  r.detail = j.at("detail").get<std::string>();
+  return r;
+}
+
+}  // namespace
+
+AttackReport run_attack(LoadedModel& locked, const Dataset& train_split, const Dataset& test,
+                        double locked_top1, std::optional<double> original_top1,
+                        const AttackConfig& config, const HarnessOptions& options,
+                        const AttackHooks& hooks) {
+  AttackReport report =
+      report_skeleton(locked, train_split, locked_top1, original_top1, config, options);
+  for (int t = 0; t < trial_count(report); ++t)
+    report.trials.push_back(run_trial(locked, train_split, test, report, t, hooks));
+  summarise(report);
   return report;
 }
 
@@ -302,15 +354,7 @@ nlohmann::json report_json(const std::vector<AttackReport>& reports) {
       continue;
     }
     nlohmann::json trials = nlohmann::json::array();
-    for (const auto& t : r.trials) {
-      trials.push_back({{"trial", t.trial},
-                        {"seed", t.seed},
-                        {"train_images", t.train_images},
-                        {"top1", t.top1},
-                        {"recovered", t.recovered},
-                        {"seconds", t.seconds},
-                        {"detail", t.detail}});
-    }
+    for (const auto& t : r.trials) trials.push_back(trial_json(t));
     nlohmann::json j = {
         {"attack", to_string(r.config.kind)},
         {"label", r.label},
@@ -380,29 +424,81 @@ std::vector<AttackReport> run_attack_grid(LoadedModel& locked, const Dataset& tr
                                           std::optional<double> original_top1,
                                           const std::vector<AttackConfig>& plan,
                                           const std::vector<double>& fractions,
-                                          const HarnessOptions& base,
-                                          const AttackGridHooks& hooks) {
+                                          const HarnessOptions& base, const AttackGridHooks& hooks,
+                                          Collective* group) {
+  // The rows in report order (fraction, then plan) and the fraction set each belongs to.
   std::vector<AttackReport> reports;
-  for (double fraction : fractions) {
+  std::vector<size_t> set_of;
+  for (size_t f = 0; f < fractions.size(); ++f) {
     HarnessOptions h = base;
-    h.data_fraction = fraction;
-    std::vector<AttackReport> set;
+    h.data_fraction = fractions[f];
     for (const auto& cfg : plan) {
       // Pruning without fine-tuning does not depend on the data: one row for all fractions.
-      if (!cfg.uses_data() && fraction != fractions.front()) continue;
-      if (hooks.on_start) hooks.on_start(cfg, fraction);
-      set.push_back(
-          run_attack(locked, train_split, test, locked_top1, original_top1, cfg, h, hooks));
-      if (hooks.on_done) hooks.on_done(set.back());
+      if (!cfg.uses_data() && f > 0) continue;
+      reports.push_back(report_skeleton(locked, train_split, locked_top1, original_top1, cfg, h));
+      set_of.push_back(f);
     }
+  }
+  if (group == nullptr || group->size() <= 1) {
+    for (auto& report : reports) {
+      if (hooks.on_start) hooks.on_start(report.config, report.options.data_fraction);
+      for (int t = 0; t < trial_count(report); ++t)
+        report.trials.push_back(run_trial(locked, train_split, test, report, t, hooks));
+      summarise(report);
+      if (hooks.on_done) hooks.on_done(report);
+    }
+  } else {
+    // Every trial is a job of the group's queue; rank 0 gathers them into the same reports.
+    std::vector<std::pair<size_t, int>> jobs;
+    nlohmann::json grid = nlohmann::json::array();
+    for (size_t i = 0; i < reports.size(); ++i) {
+      for (int t = 0; t < trial_count(reports[i]); ++t) jobs.emplace_back(i, t);
+      grid.push_back({reports[i].label, reports[i].options.data_fraction, trial_count(reports[i])});
+    }
+    group->agree("attack grid", nlohmann::json{{"rows", grid},
+                                               {"seed", base.seed},
+                                               {"train_images", train_split.size()},
+                                               {"test_images", test.size()},
+                                               {"locked_top1", locked_top1}}
+                                    .dump());
+    group->agree("locked model (fingerprint)", to_hex(fingerprint(named_tensors(*locked.net))));
+    const Collective::JobQueue queue = group->open_queue("attack-grid", int64_t(jobs.size()));
+    for (int64_t j; (j = group->next_job(queue)) >= 0;) {
+      const auto& [row, t] = jobs[j];
+      const AttackReport& report = reports[row];
+      if (hooks.on_start) hooks.on_start(report.config, report.options.data_fraction);
+      try {
+        group->post_result(
+            queue, j, trial_json(run_trial(locked, train_split, test, report, t, hooks)).dump());
+      } catch (const std::exception& e) {
+        group->post_result(queue, j, nlohmann::json{{"error", e.what()}}.dump());
+        throw;
+      }
+    }
+    if (group->rank() != 0) return {};
+    for (size_t j = 0; j < jobs.size(); ++j) {
+      const auto answer = nlohmann::json::parse(group->result(queue, int64_t(j)));
+      AttackReport& report = reports[jobs[j].first];
+      if (answer.contains("error")) {
+        throw Error(report.label + ", trial " + std::to_string(jobs[j].second + 1) +
+                    " failed on another rank: " + answer["error"].get<std::string>());
+      }
+      report.trials.push_back(trial_from_json(answer));
+    }
+    for (auto& report : reports) {
+      summarise(report);
+      if (hooks.on_done) hooks.on_done(report);
+    }
+  }
+  for (size_t f = 0; f < fractions.size(); ++f) {
     const AttackReport* scratch = nullptr;
-    for (const auto& r : set)
-      if (r.config.kind == AttackKind::kScratch) scratch = &r;
-    if (scratch != nullptr) {
-      for (auto& r : set)
-        if (&r != scratch) compare_to_scratch(r, *scratch);
+    for (size_t i = 0; i < reports.size(); ++i) {
+      if (set_of[i] == f && reports[i].config.kind == AttackKind::kScratch) scratch = &reports[i];
     }
-    reports.insert(reports.end(), set.begin(), set.end());
+    if (scratch == nullptr) continue;
+    for (size_t i = 0; i < reports.size(); ++i) {
+      if (set_of[i] == f && &reports[i] != scratch) compare_to_scratch(reports[i], *scratch);
+    }
   }
   return reports;
 }

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "attacks/attacks.h"
+#include "distributed/collective.h"
 #include "eval/evaluate.h"
 
 namespace corelocker {
@@ -121,13 +122,18 @@ struct AttackGridHooks : AttackHooks {
 // seed (an attack that uses no data once, at the first fraction), then compares each row with
 // the scratch row of the same fraction when scratch is in the plan. Rows in order: fraction,
 // then plan. Throws what run_attack throws.
-std::vector<AttackReport> run_attack_grid(LoadedModel& locked, const Dataset& train_split,
-                                          const Dataset& test, double locked_top1,
-                                          std::optional<double> original_top1,
-                                          const std::vector<AttackConfig>& plan,
-                                          const std::vector<double>& fractions,
-                                          const HarnessOptions& base,
-                                          const AttackGridHooks& hooks = {});
+//
+// With a group (`group`, more than one rank), every rank calls it alike: the ranks check that
+// they have the same grid, model and data, then take trials from a shared queue until none is
+// left; rank 0 gathers the trials and returns the reports, which are those of one process with
+// the same seeds (each trial draws only from its own seed; floating-point results also need the
+// same --threads). The other ranks return nothing. on_start runs on the rank that runs a trial,
+// as it starts one; on_done on rank 0, once every trial is in.
+std::vector<AttackReport> run_attack_grid(
+    LoadedModel& locked, const Dataset& train_split, const Dataset& test, double locked_top1,
+    std::optional<double> original_top1, const std::vector<AttackConfig>& plan,
+    const std::vector<double>& fractions, const HarnessOptions& base,
+    const AttackGridHooks& hooks = {}, Collective* group = nullptr);
 
 // Caveats of the report for this model, in words; empty when there are none (a traced
 // TorchScript graph that fixes BatchNorm in evaluation mode makes scratch a weak yardstick).

@@ -2,6 +2,7 @@
 // training from scratch on the same data and budget.
 #include <algorithm>
 #include <cstdio>
+#include <memory>
 #include <nlohmann/json.hpp>
 
 #include "attacks/harness.h"
@@ -9,6 +10,7 @@
 #include "cli/common.h"
 #include "cli/progress.h"
 #include "data/dataset.h"
+#include "distributed/group.h"
 #include "eval/evaluate.h"
 #include "models/checkpoint.h"
 #include "util/atomic_file.h"
@@ -74,7 +76,10 @@ void add_attack(CLI::App& app) {
   add_effective_args(c, effective);
   add_input_args(c, input);
   handlers()[c] = [] {
-    apply_threads(common);
+    // A group of processes when the environment describes one: the trials are shared out.
+    const std::unique_ptr<Group> group = join_group_from_environment();
+    const bool rank0 = group == nullptr || group->rank() == 0;
+    apply_threads(common, group ? group->config().local_size : 1);
     require_runnable(model_path, Feature::kAttack, "attack");
     if (!original_path.empty()) require_runnable(original_path, Feature::kAttack, "attack");
     const bool all = kind == "all";
@@ -150,14 +155,17 @@ void add_attack(CLI::App& app) {
       line.update(current + " ...");
     };
     hooks.on_done = [&](const AttackReport& r) {
-      line.finish(current + ": " +
+      line.finish(r.label + " (" + fixed(100.0 * r.options.data_fraction, 0) + "% data): " +
                   (r.skipped.empty() ? pct(r.mean_top1) + "%" : "not run (" + r.skipped + ")"));
     };
+    if (!rank0) hooks = AttackGridHooks{};  // rank 0 alone shows progress
     HarnessOptions base;
     base.trials = trials;
     base.seed = seed;
-    const std::vector<AttackReport> reports = run_attack_grid(
-        locked, train_split, test, locked_top1, original_top1, configs, fractions, base, hooks);
+    const std::vector<AttackReport> reports =
+        run_attack_grid(locked, train_split, test, locked_top1, original_top1, configs, fractions,
+                        base, hooks, group.get());
+    if (!rank0) return 0;  // rank 0 reports the whole grid
     const std::string traced_note = attack_caveat(locked);
 
     Json j = report_json(reports);

@@ -45,14 +45,7 @@ void add_train(CLI::App& app) {
     // A group of processes when the environment describes one (torchrun sets it).
     const std::unique_ptr<Group> group = join_group_from_environment();
     const bool rank0 = group == nullptr || group->rank() == 0;
-    Common threads = common;
-    if (group && threads.threads == 0) {
-      // The host's cores shared among its ranks.
-      threads.threads = static_cast<int>(
-          std::max(1u, std::thread::hardware_concurrency() /
-                           static_cast<unsigned>(std::max(1, group->config().local_size))));
-    }
-    apply_threads(threads);
+    apply_threads(common, group ? group->config().local_size : 1);
     Json summary;
     a.checkpoint = out;
     LoadedModel model = train_model(a, common, summary, group.get());

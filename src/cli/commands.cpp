@@ -31,14 +31,14 @@ int run_selected(CLI::App& app) {
   for (auto* sub : app.get_subcommands()) {
     auto it = handlers().find(sub);
     if (it == handlers().end()) continue;
-    // Only `train` spreads over a group; any other command launched as one would run whole on
-    // every rank, each writing the same files.
-    if (sub->get_name() != "train") {
+    // Only `train` and `attack` spread over a group; any other command launched as one would
+    // run whole on every rank, each writing the same files.
+    if (sub->get_name() != "train" && sub->get_name() != "attack") {
       if (const auto group = group_config()) {
         throw UsageError(
             "`" + sub->get_name() + "` runs in one process, but was launched as rank " +
             std::to_string(group->rank) + " of a group of " + std::to_string(group->size) +
-            " (WORLD_SIZE): launch it once (only `train` runs over a group)");
+            " (WORLD_SIZE): launch it once (only `train` and `attack` run over a group)");
       }
     }
     return it->second();

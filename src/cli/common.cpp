@@ -265,9 +265,12 @@ void require_runnable(const std::string& path, Feature feature, const char* comm
   }
 }
 
-int apply_threads(const Common& o) {
-  const int n = o.threads > 0 ? o.threads
-                              : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+int apply_threads(const Common& o, int ranks_on_host) {
+  const int n =
+      o.threads > 0
+          ? o.threads
+          : static_cast<int>(std::max(1u, std::thread::hardware_concurrency() /
+                                              static_cast<unsigned>(std::max(1, ranks_on_host))));
   torch::set_num_threads(n);
   return n;
 }

@@ -78,8 +78,9 @@ class StopOnSigint {
   void (*previous_)(int) = SIG_DFL;
 };
 void add_data(CLI::App* c, Common& o);
-// Sets LibTorch's thread count (default: all cores); returns it.
-int apply_threads(const Common& o);
+// Sets LibTorch's thread count (default: all cores, shared among a group's ranks on this host,
+// LOCAL_WORLD_SIZE); returns it.
+int apply_threads(const Common& o, int ranks_on_host = 1);
 // The test split of the model's data set, or the requested subset of it.
 Dataset test_set(const ModelMeta& meta, const Common& o);
 

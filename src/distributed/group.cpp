@@ -116,6 +116,7 @@ struct Group::Impl {
   c10::intrusive_ptr<c10d::Store> store;
   c10::intrusive_ptr<c10d::ProcessGroupGloo> pg;
   int64_t agreements = 0;
+  int64_t queues = 0;
 
   // The heartbeat: its own store connection, on a detached thread that owns what it uses. A
   // store whose process is stopped never answers, so nothing waits for that thread to end.
@@ -359,6 +360,66 @@ void Group::agree(const std::string& what, const std::string& value) {
 int64_t Group::fetch_add(const std::string& name, int64_t n) {
   return impl_->guarded("counter '" + name + "'",
                         [&] { return impl_->store->add("count/" + name, n) - n; });
+}
+
+Collective::JobQueue Group::open_queue(const std::string& name, int64_t count) {
+  return {"queue/" + std::to_string(impl_->queues++) + "/" + name, count};
+}
+
+int64_t Group::next_job(const JobQueue& queue) {
+  const int64_t job = fetch_add(queue.name, 1);
+  if (job >= queue.count) return -1;
+  impl_->guarded("taking job " + std::to_string(job) + " of " + queue.name, [&] {
+    impl_->store->set(queue.name + "/" + std::to_string(job) + "/rank",
+                      string_to_bytes(std::to_string(impl_->config.rank)));
+  });
+  return job;
+}
+
+void Group::post_result(const JobQueue& queue, int64_t job, const std::string& value) {
+  impl_->guarded("posting job " + std::to_string(job) + " of " + queue.name, [&] {
+    impl_->store->set(queue.name + "/" + std::to_string(job) + "/result", string_to_bytes(value));
+  });
+}
+
+std::string Group::result(const JobQueue& queue, int64_t job) {
+  Impl& m = *impl_;
+  const std::string base = queue.name + "/" + std::to_string(job);
+  const std::string what = "job " + std::to_string(job) + " of " + queue.name;
+  const auto start = std::chrono::steady_clock::now();
+  int64_t last_beat = -1;
+  auto last_change = start;
+  for (;;) {
+    const auto now = std::chrono::steady_clock::now();
+    std::optional<std::string> found;
+    std::optional<int> taker;
+    int64_t beat = 0;
+    m.guarded("waiting for " + what, [&] {
+      if (m.store->check({base + "/result"})) {
+        found = bytes_to_string(m.store->get(base + "/result"));
+      } else if (m.store->check({base + "/rank"})) {
+        taker = std::stoi(bytes_to_string(m.store->get(base + "/rank")));
+        beat = m.store->add(Impl::beat_key(*taker), 0);
+      }
+    });
+    if (found) return *found;
+    if (taker) {
+      if (beat != last_beat) {
+        last_beat = beat;
+        last_change = now;
+      } else if (now - last_change > 3 * kBeat + std::chrono::seconds(1)) {
+        throw Error("rank " + std::to_string(m.config.rank) + " of " +
+                    std::to_string(m.config.size) + ": waiting for " + what + ": rank " +
+                    std::to_string(*taker) +
+                    ", which took it, is gone (its heartbeat stopped: killed, crashed or stopped)");
+      }
+    } else if (now - start > m.config.timeout) {
+      throw Error("rank " + std::to_string(m.config.rank) + " of " + std::to_string(m.config.size) +
+                  ": waiting for " + what +
+                  ": no rank says it took it (a rank died as it took it)");
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
 }
 
 std::unique_ptr<Group> join_group_from_environment() {

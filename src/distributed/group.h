@@ -56,6 +56,10 @@ class Group : public Collective {
   void barrier() override;
   void agree(const std::string& what, const std::string& value) override;
   int64_t fetch_add(const std::string& name, int64_t n) override;
+  JobQueue open_queue(const std::string& name, int64_t count) override;
+  int64_t next_job(const JobQueue& queue) override;
+  void post_result(const JobQueue& queue, int64_t job, const std::string& value) override;
+  std::string result(const JobQueue& queue, int64_t job) override;
 
   const GroupConfig& config() const;
 
