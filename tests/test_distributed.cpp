@@ -148,7 +148,7 @@ TEST(GroupConfig, ReadsTheLaunchersVariablesAndNamesABadOne) {
   refused(with("CORELOCKER_DIST_TIMEOUT", "0"), "CORELOCKER_DIST_TIMEOUT='0'");
 }
 
-TEST(Group, SumsBroadcastsAgreesAndCounts) {
+TEST(Group, SumsAgreesAndCounts) {
   const int port = free_port();
   ASSERT_GT(port, 0);
   std::vector<std::vector<int64_t>> drawn(2);
@@ -171,11 +171,6 @@ TEST(Group, SumsBroadcastsAgreesAndCounts) {
     EXPECT_FALSE(t[2].is_contiguous());
     EXPECT_TRUE(t[3].eq(2.0).all().item<bool>());
     EXPECT_TRUE(t[4].equal(torch::arange(4, torch::kInt64) * 3));
-
-    std::vector<torch::Tensor> b{torch::full({7}, float(r)), torch::full({2, 3}, r).t()};
-    g.broadcast(b, 1);
-    EXPECT_TRUE(b[0].eq(1.0f).all().item<bool>());
-    EXPECT_TRUE(b[1].eq(1).all().item<bool>());
 
     g.agree("the same thing", "same");
     try {

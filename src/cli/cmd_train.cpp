@@ -1,5 +1,4 @@
 // `train`, `eval`, `models`.
-#include <algorithm>
 #include <csignal>
 #include <cstdio>
 #include <memory>

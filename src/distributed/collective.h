@@ -1,5 +1,5 @@
 // What data-parallel training and distributed experiment grids ask of a group of processes:
-// sums and broadcasts of tensors, a barrier, a check that every process was given the same
+// sums of tensors, a barrier, a check that every process was given the same
 // work, and a shared counter. Group (distributed/group.h) implements it on torch.distributed's
 // Gloo backend; the trainer and the grids see only this interface.
 #pragma once
@@ -20,8 +20,6 @@ class Collective {
   // Sums each tensor over the ranks, in place. Every rank passes the same list (count, shapes,
   // dtypes, order). Throws Error naming a rank that is gone.
   virtual void sum(std::vector<torch::Tensor>& tensors) = 0;
-  // Gives each tensor rank `root`'s values, in place.
-  virtual void broadcast(std::vector<torch::Tensor>& tensors, int root) = 0;
   // Returns once every rank has called it.
   virtual void barrier() = 0;
   // Checks that every rank gives the same `value` for `what`. Throws UsageError on every rank

@@ -1,7 +1,6 @@
 #include "distributed/group.h"
 
 #include <algorithm>
-#include <atomic>
 #include <condition_variable>
 #include <future>
 #include <mutex>
@@ -319,18 +318,6 @@ void Group::sum(std::vector<torch::Tensor>& tensors) {
       }
     }
     i = j;
-  }
-}
-
-void Group::broadcast(std::vector<torch::Tensor>& tensors, int root) {
-  torch::NoGradGuard no_grad;
-  c10d::BroadcastOptions o;
-  o.rootRank = root;
-  for (auto& t : tensors) {
-    std::vector<at::Tensor> v{t.is_contiguous() ? t : t.contiguous()};
-    impl_->guarded("a broadcast from rank " + std::to_string(root),
-                   [&] { impl_->pg->broadcast(v, o)->wait(); });
-    if (!v[0].is_same(t)) t.copy_(v[0]);
   }
 }
 

@@ -52,7 +52,6 @@ class Group : public Collective {
   int size() const override;
   // Tensors are summed in buckets of one dtype up to 16 MiB, one allreduce per bucket.
   void sum(std::vector<torch::Tensor>& tensors) override;
-  void broadcast(std::vector<torch::Tensor>& tensors, int root) override;
   void barrier() override;
   void agree(const std::string& what, const std::string& value) override;
   int64_t fetch_add(const std::string& name, int64_t n) override;
