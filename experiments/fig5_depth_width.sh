@@ -17,6 +17,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 BIN=${CORELOCKER:-build/corelocker}
+# LAUNCH: a launcher for the commands that share their work over a group of processes (train,
+# sweep, bands, attack; docs/distributed.md), e.g.
+# LAUNCH="torchrun --no_python --nproc_per_node 2 --redirects 1 --tee 1"
+read -r -a LAUNCH <<< "${LAUNCH:-}"
+finished() {  # a sweep folder whose sweep.json is complete (an interrupted one is resumed)
+  grep -qs '"complete": true' "$1/sweep.json"
+}
 OUT=${OUT:-runs/fig5}
 DEPTHS=${DEPTHS:-"4 5 6 7 8 9 10 11 12 13"}
 WIDTHS=${WIDTHS:-"256 512 1024 2048"}
@@ -38,7 +45,7 @@ for w in $WIDTHS; do
     if [ ! -f "$ckpt" ]; then
       echo "== train $name"
       t0=$(date +%s.%N)
-      "$BIN" train --arch fcn --depth "$d" --width "$w" --set norm=0 --epochs "$EPOCHS" \
+      "${LAUNCH[@]}" "$BIN" train --arch fcn --depth "$d" --width "$w" --set norm=0 --epochs "$EPOCHS" \
         --optimizer "$OPTIMIZER" --lr "$LR" --train-subset "$TRAIN_SUBSET" --no-augment --no-eval --threads "$THREADS" \
         --out "$OUT/models/$name.part.ckpt" > "$OUT/models/$name.train.log" 2>&1
       echo "$t0 $(date +%s.%N)" | awk '{ printf "%.1f\n", $2 - $1 }' > "$OUT/models/$name.seconds"
@@ -46,12 +53,16 @@ for w in $WIDTHS; do
       rm -f "$OUT/models/$name.part.ckpt.optim"
       tail -1 "$OUT/models/$name.train.log"
     fi
-    # A finished sweep is kept unless it was made with other ratios.
-    if [ ! -f "$OUT/sweeps/$name/sweep.json" ] || [ "$(cat "$OUT/sweeps/$name/ratios" 2>/dev/null)" != "$RATIOS" ]; then
-      echo "== lock $name at $RATIOS"
-      "$BIN" sweep --model "$ckpt" --ratios "$RATIOS" --criteria l1 --scope global --no-plot \
-        --threads "$THREADS" --out-dir "$OUT/sweeps/$name" > "$OUT/sweeps/$name.log" 2>&1
+    # A finished sweep is kept unless it was made with other ratios; an interrupted one goes on.
+    if [ "$(cat "$OUT/sweeps/$name/ratios" 2>/dev/null)" != "$RATIOS" ]; then
+      rm -rf "$OUT/sweeps/$name"
+      mkdir -p "$OUT/sweeps/$name"
       echo "$RATIOS" > "$OUT/sweeps/$name/ratios"
+    fi
+    if ! finished "$OUT/sweeps/$name"; then
+      echo "== lock $name at $RATIOS"
+      "${LAUNCH[@]}" "$BIN" sweep --model "$ckpt" --ratios "$RATIOS" --criteria l1 --scope global --no-plot \
+        --threads "$THREADS" --out-dir "$OUT/sweeps/$name" --resume > "$OUT/sweeps/$name.log" 2>&1
     fi
   done
 done

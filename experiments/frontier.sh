@@ -28,6 +28,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 BIN=${CORELOCKER:-build/corelocker}
+# LAUNCH: a launcher for the commands that share their work over a group of processes (train,
+# sweep, bands, attack; docs/distributed.md), e.g.
+# LAUNCH="torchrun --no_python --nproc_per_node 2 --redirects 1 --tee 1"
+read -r -a LAUNCH <<< "${LAUNCH:-}"
 OUT=${OUT:-runs/frontier}
 NETS=${NETS:-"resnet20 vgg19"}
 LOCKS=${LOCKS:-"default l1 bn"}
@@ -76,7 +80,7 @@ checkpoint() {
     [ "$net" = resnet20 ] && epochs=2
     mkdir -p "$(dirname "$ckpt")"
     echo "== train $net ($epochs epochs) -> $ckpt $(date -u +%FT%TZ)" >&2
-    "$BIN" train --arch "$net" --epochs "$epochs" --threads "$THREADS" --out "$ckpt" > "$ckpt.train.log" 2>&1
+    "${LAUNCH[@]}" "$BIN" train --arch "$net" --epochs "$epochs" --threads "$THREADS" --out "$ckpt" > "$ckpt.train.log" 2>&1
   fi
   echo "$ckpt"
 }
@@ -101,7 +105,7 @@ for net in $NETS; do
       # Every fraction in one call: the locked model's own accuracy is measured once.
       if [ ! -f "$dir/attack.json.done" ]; then
         echo "== attack $net $lock $ratio, $fractions of the labels, $TRIALS trials $(date -u +%FT%TZ)"
-        "$BIN" attack finetune,reinit --model "$dir/locked.ckpt" "${attack_common[@]}" \
+        "${LAUNCH[@]}" "$BIN" attack finetune,reinit --model "$dir/locked.ckpt" "${attack_common[@]}" \
           --report "$dir/attack.json" > "$dir/attack.log" 2>&1
         touch "$dir/attack.json.done"
       fi
@@ -112,7 +116,7 @@ for net in $NETS; do
   if [ ! -f "$s.done" ]; then
     echo "== scratch $net, $fractions of the labels, $TRIALS trials $(date -u +%FT%TZ)"
     any=$(ls -d "$OUT/$net"/*/locked.ckpt | head -1)
-    "$BIN" attack scratch --model "$any" "${attack_common[@]}" --report "$s" > "${s%.json}.log" 2>&1
+    "${LAUNCH[@]}" "$BIN" attack scratch --model "$any" "${attack_common[@]}" --report "$s" > "${s%.json}.log" 2>&1
     touch "$s.done"
   fi
 done

@@ -20,6 +20,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 BIN=${CORELOCKER:-build/corelocker}
+# LAUNCH: a launcher for the commands that share their work over a group of processes (train,
+# sweep, bands, attack; docs/distributed.md), e.g.
+# LAUNCH="torchrun --no_python --nproc_per_node 2 --redirects 1 --tee 1"
+read -r -a LAUNCH <<< "${LAUNCH:-}"
+finished() {  # a sweep folder whose sweep.json is complete (an interrupted one is resumed)
+  grep -qs '"complete": true' "$1/sweep.json"
+}
 OUT=${OUT:-runs/table1}
 EPOCHS=${EPOCHS:-1}
 THREADS=${THREADS:-0}
@@ -55,10 +62,10 @@ step_fig6_7() {
   for arch in $ARCHS; do
     local m d="$OUT/$arch-e$EPOCHS-curves"
     m=$(model "$arch") || continue
-    [ -f "$d/sweep.json" ] && continue
+    finished "$d" && continue
     echo "== fig6-7 $arch $(date -u +%FT%TZ)"
-    "$BIN" sweep --model "$m" --from 0.0001 --to 0.05 --steps "$CURVE_STEPS" --log \
-      --criteria l1,bn,random --seeds "$CURVE_SEEDS" --out-dir "$d" "${common[@]}" > "$d.log" 2>&1 ||
+    "${LAUNCH[@]}" "$BIN" sweep --model "$m" --from 0.0001 --to 0.05 --steps "$CURVE_STEPS" --log \
+      --criteria l1,bn,random --seeds "$CURVE_SEEDS" --out-dir "$d" --resume "${common[@]}" > "$d.log" 2>&1 ||
       { tail -1 "$d.log"; continue; }
   done
 }
@@ -70,7 +77,7 @@ step_tables5_6() {
       m=$(model "$arch") || continue
       [ -f "$j" ] && continue
       echo "== tables5-6 $arch $crit $(date -u +%FT%TZ)"
-      "$BIN" bands --model "$m" --criterion "$crit" --width 5 --val-size "$VAL_SIZE" --json "$j" \
+      "${LAUNCH[@]}" "$BIN" bands --model "$m" --criterion "$crit" --width 5 --val-size "$VAL_SIZE" --json "$j" \
         "${common[@]}" > "${j%.json}.log" 2>&1 || tail -1 "${j%.json}.log"
     done
   done
@@ -86,7 +93,7 @@ attack_step() {
       [ -f "$r" ] && continue
       l=$(locked "$arch" "$crit") || continue
       echo "== $table $arch $crit $(date -u +%FT%TZ)"
-      "$BIN" attack "$kind" --model "$l" --original "$(model "$arch")" "$@" --report "$r" \
+      "${LAUNCH[@]}" "$BIN" attack "$kind" --model "$l" --original "$(model "$arch")" "$@" --report "$r" \
         "${common[@]}" > "${r%.json}.log" 2>&1 || tail -1 "${r%.json}.log"
     done
   done
@@ -102,22 +109,22 @@ step_table7_8() {
       local resume=()
       [ -f "$m.optim" ] && resume=(--resume)
       echo "== table7-8 train $arch $(date -u +%FT%TZ)"
-      "$BIN" train --arch "$arch" --epochs "$EPOCHS" --threads "$THREADS" --out "$m" "${resume[@]}" \
+      "${LAUNCH[@]}" "$BIN" train --arch "$arch" --epochs "$EPOCHS" --threads "$THREADS" --out "$m" "${resume[@]}" \
         > "$OUT/$arch-e$EPOCHS.train.log" 2>&1
       touch "$m.done"
     fi
     local d="$OUT/$arch-e$EPOCHS-sweep"
-    if [ ! -f "$d/sweep.json" ]; then
+    if ! finished "$d"; then
       echo "== table7-8 lock $arch $(date -u +%FT%TZ)"
-      "$BIN" sweep --model "$m" --ratios "$RATIO" --criteria l1,bn,random --seeds 5 --no-plot \
-        --out-dir "$d" "${common[@]}" > "$d.log" 2>&1 || tail -1 "$d.log"
+      "${LAUNCH[@]}" "$BIN" sweep --model "$m" --ratios "$RATIO" --criteria l1,bn,random --seeds 5 --no-plot \
+        --out-dir "$d" --resume "${common[@]}" > "$d.log" 2>&1 || tail -1 "$d.log"
     fi
   done
   local j="$OUT/vit-e$EPOCHS-bands.json"
   if [ ! -f "$j" ]; then
     echo "== table8 vit bands $(date -u +%FT%TZ)"
     # The paper's per-layer l1 on the plain top-1, as docs/results.md's Table 8 was measured.
-    "$BIN" bands --model "$OUT/vit-e$EPOCHS.ckpt" --criterion l1 --target-plain --width 5 \
+    "${LAUNCH[@]}" "$BIN" bands --model "$OUT/vit-e$EPOCHS.ckpt" --criterion l1 --target-plain --width 5 \
       --val-size "$VAL_SIZE" --json "$j" \
       "${common[@]}" \
       > "$OUT/vit-e$EPOCHS-bands.log" 2>&1 || tail -1 "$OUT/vit-e$EPOCHS-bands.log"

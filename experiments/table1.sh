@@ -13,6 +13,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 BIN=${CORELOCKER:-build/corelocker}
+# LAUNCH: a launcher for the commands that share their work over a group of processes (train,
+# sweep, bands, attack; docs/distributed.md), e.g.
+# LAUNCH="torchrun --no_python --nproc_per_node 2 --redirects 1 --tee 1"
+read -r -a LAUNCH <<< "${LAUNCH:-}"
+finished() {  # a sweep folder whose sweep.json is complete (an interrupted one is resumed)
+  grep -qs '"complete": true' "$1/sweep.json"
+}
 OUT=${OUT:-runs/table1}
 ARCHS=${ARCHS:-"vgg19 preresnet densenet"}
 EPOCHS=${EPOCHS:-1}
@@ -29,22 +36,22 @@ for arch in $ARCHS; do
     [ -f "$ckpt.optim" ] && resume=(--resume)
     echo "== train $arch ($EPOCHS epochs) $(date -u +%FT%TZ)"
     t0=$(date +%s)
-    "$BIN" train --arch "$arch" --epochs "$EPOCHS" --threads "$THREADS" --out "$ckpt" \
+    "${LAUNCH[@]}" "$BIN" train --arch "$arch" --epochs "$EPOCHS" --threads "$THREADS" --out "$ckpt" \
       "${resume[@]}" > "$OUT/$arch-e$EPOCHS.train.log" 2>&1
     echo "$(( $(date +%s) - t0 ))" >> "$OUT/$arch-e$EPOCHS.seconds"
     touch "$ckpt.done"
     tail -2 "$OUT/$arch-e$EPOCHS.train.log"
   fi
-  if [ ! -f "$OUT/$arch-e$EPOCHS-sweep/sweep.json" ]; then
+  if ! finished "$OUT/$arch-e$EPOCHS-sweep"; then
     echo "== lock $arch at $RATIO: l1, bn, random x $SEEDS $(date -u +%FT%TZ)"
-    "$BIN" sweep --model "$ckpt" --ratios "$RATIO" --criteria l1,bn,random --seeds "$SEEDS" \
-      --threads "$THREADS" --no-plot --out-dir "$OUT/$arch-e$EPOCHS-sweep" \
+    "${LAUNCH[@]}" "$BIN" sweep --model "$ckpt" --ratios "$RATIO" --criteria l1,bn,random --seeds "$SEEDS" \
+      --threads "$THREADS" --no-plot --out-dir "$OUT/$arch-e$EPOCHS-sweep" --resume \
       > "$OUT/$arch-e$EPOCHS-sweep.log" 2>&1
   fi
-  if [ ! -f "$OUT/$arch-e$EPOCHS-sweep-global/sweep.json" ]; then
+  if ! finished "$OUT/$arch-e$EPOCHS-sweep-global"; then
     echo "== lock $arch at $RATIO: l1 global scope $(date -u +%FT%TZ)"
-    "$BIN" sweep --model "$ckpt" --ratios "$RATIO" --criteria l1 --scope global \
-      --threads "$THREADS" --no-plot --out-dir "$OUT/$arch-e$EPOCHS-sweep-global" \
+    "${LAUNCH[@]}" "$BIN" sweep --model "$ckpt" --ratios "$RATIO" --criteria l1 --scope global \
+      --threads "$THREADS" --no-plot --out-dir "$OUT/$arch-e$EPOCHS-sweep-global" --resume \
       > "$OUT/$arch-e$EPOCHS-sweep-global.log" 2>&1
   fi
 done

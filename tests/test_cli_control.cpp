@@ -124,7 +124,73 @@ TEST_F(CliControl, KilledSweepLeavesAReadablePartialCsv) {
   ASSERT_NE(status, -1);
   ASSERT_TRUE(WIFSIGNALED(status));
   expect_readable_partial_csv(dir_.file("out/sweep.csv"), 3);
-  EXPECT_FALSE(file_exists(dir_.file("out/sweep.json")));  // never half-written
+  // sweep.json is rewritten whole after each point (the kill may fall between the CSV's row and
+  // the JSON's point): never half-written, never complete.
+  const auto json = nlohmann::json::parse(text_of(dir_.file("out/sweep.json")));
+  EXPECT_FALSE(json.at("complete").get<bool>());
+  const size_t csv_rows = parse_csv(text_of(dir_.file("out/sweep.csv")), "csv").size() - 1;
+  EXPECT_GE(json.at("points").size() + 1, csv_rows);
+  EXPECT_LE(json.at("points").size(), csv_rows);
+}
+
+// An interrupted sweep (its sweep.json cut to the first points, as a kill leaves it) goes on with
+// --resume: only the missing points are measured, and the files end as a whole run's.
+TEST_F(CliControl, ResumedSweepMeasuresOnlyTheMissingPoints) {
+  const std::string args = "sweep --model " + dir_.file("m.ckpt") +
+                           " --ratios 0.01,0.05,0.1 --criteria l1,random --seeds 2 "
+                           "--test-subset 100 --reestimate-images 32 --threads 1 --no-plot ";
+  CliRun r = run(args + "--out-dir " + dir_.file("whole"));
+  ASSERT_EQ(r.code, 0) << r.out;
+  r = run(args + "--out-dir " + dir_.file("cut"));
+  ASSERT_EQ(r.code, 0) << r.out;
+  auto cut = nlohmann::json::parse(text_of(dir_.file("cut/sweep.json")));
+  cut["points"].erase(cut["points"].begin() + 3, cut["points"].end());
+  cut["complete"] = false;
+  write_file_atomic(dir_.file("cut/sweep.json"), cut.dump(2));
+  r = run(args + "--out-dir " + dir_.file("cut") + " --resume");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("resuming: 3 points are in"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("6 of 6 points"), std::string::npos) << r.out;
+  // The first three points were not measured again: the table shows rows for the last three.
+  EXPECT_EQ(r.out.find("0.010000"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("0.100000"), std::string::npos) << r.out;
+  auto without_times = [&](const std::string& path) {
+    auto j = nlohmann::json::parse(text_of(path));
+    j.erase("seconds");
+    for (auto& p : j["points"]) p.erase("seconds");
+    return j;
+  };
+  EXPECT_EQ(without_times(dir_.file("whole/sweep.json")),
+            without_times(dir_.file("cut/sweep.json")));
+  const auto whole_csv = parse_csv(text_of(dir_.file("whole/sweep.csv")), "csv");
+  const auto cut_csv = parse_csv(text_of(dir_.file("cut/sweep.csv")), "csv");
+  ASSERT_EQ(whole_csv.size(), cut_csv.size());
+  for (size_t i = 0; i < whole_csv.size(); ++i) {
+    for (size_t c = 0; c < whole_csv[i].size(); ++c) {
+      if (c == 12) continue;  // seconds
+      EXPECT_EQ(whole_csv[i][c], cut_csv[i][c]) << i << "," << c;
+    }
+  }
+  // A finished sweep is not replaced by a new run; another sweep resumed in its folder is
+  // refused, naming what differs; nothing is changed.
+  const std::string before = text_of(dir_.file("cut/sweep.json"));
+  r = run(args + "--out-dir " + dir_.file("cut"));
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_NE(r.out.find("holds a finished sweep"), std::string::npos) << r.out;
+  EXPECT_EQ(text_of(dir_.file("cut/sweep.json")), before);
+  r = run("sweep --model " + dir_.file("m.ckpt") +
+          " --ratios 0.01,0.2 --criteria l1,random --seeds 2 --test-subset 100 "
+          "--reestimate-images 32 --no-plot --out-dir " +
+          dir_.file("cut") + " --resume");
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_NE(r.out.find("cannot resume the sweep in '" + dir_.file("cut") + "': its ratios"),
+            std::string::npos)
+      << r.out;
+  EXPECT_EQ(text_of(dir_.file("cut/sweep.json")), before);
+  // Without an earlier run, --resume starts.
+  r = run(args + "--out-dir " + dir_.file("fresh") + " --resume");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("nothing to resume in"), std::string::npos) << r.out;
 }
 
 TEST_F(CliControl, CtrlCStopsTheSweepAndKeepsWhatWasMeasured) {

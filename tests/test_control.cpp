@@ -4,11 +4,15 @@
 #include <algorithm>
 #include <cmath>
 #include <functional>
+#include <nlohmann/json.hpp>
 
 #include "control/calibrate.h"
+#include "control/sweep_report.h"
 #include "control/utility_curve.h"
 #include "locking/lock.h"
+#include "temp_dir.h"
 #include "test_support.h"
+#include "util/atomic_file.h"
 #include "util/error.h"
 
 namespace corelocker {
@@ -498,6 +502,81 @@ TEST(Calibrate, TierBandsGiveNestedKeysWhoseStatesLandInTheirBands) {
   unlock_model(model, in_order);
   EXPECT_TRUE(testing::same_tensors(model, original));
   EXPECT_THROW(calibrate_tiers(original, ranking, data, {parse_band("99.5-100")}, o), Error);
+}
+
+}  // namespace
+}  // namespace corelocker
+
+namespace corelocker {
+namespace {
+
+// `sweep --resume` reads the sweep.json an interrupted run left: broken or foreign files are
+// refused with an error naming the file or the difference, never taken as points.
+TEST(SweepResume, BrokenOrForeignRecordsAreRefused) {
+  testing::TempDir dir;
+  SweepOptions o;
+  o.criteria = {Criterion::kL1, Criterion::kRandom};
+  o.ratios = {0.01, 0.1};
+  o.seeds = 2;
+  SweepRun run;
+  run.dataset = "fashion-mnist";
+  run.test_images = 100;
+  EXPECT_FALSE(read_earlier_sweep(dir.path(), run, o).found);  // nothing there: start
+
+  // A whole record of this sweep, made by SweepReport.
+  CurvePoint p;
+  p.criterion = Criterion::kL1;
+  p.ratio = 0.01;
+  p.top1 = 42.5;
+  p.top1_runs = {42.5};
+  p.top3_runs = {80.0};
+  p.top1_effective = 50.0;
+  p.top1_effective_runs = {50.0};
+  {
+    SweepReport report(dir.path(), run, o);
+    report.add(p);
+  }
+  const std::string path = dir.file("sweep.json");
+  const std::vector<uint8_t> good = read_file(path);
+  EarlierSweep e = read_earlier_sweep(dir.path(), run, o);
+  ASSERT_TRUE(e.found);
+  ASSERT_EQ(e.points.size(), 1u);
+  EXPECT_EQ(e.points[0].top1, 42.5);
+  EXPECT_EQ(e.points[0].top1_effective, 50.0);
+  EXPECT_FALSE(e.points[0].top1_reestimated.has_value());
+
+  const std::string text(good.begin(), good.end());
+  auto refused = [&](const std::string& contents, const std::string& expected) {
+    write_file_atomic(path, contents);
+    try {
+      read_earlier_sweep(dir.path(), run, o);
+      ADD_FAILURE() << "accepted: " << contents.substr(0, 200);
+    } catch (const Error& err) {
+      EXPECT_NE(std::string(err.what()).find(expected), std::string::npos) << err.what();
+    }
+  };
+  refused(text.substr(0, text.size() / 2), "is not a sweep's record");  // cut off
+  refused("[]", "is not a sweep's record");
+  refused("", "is not a sweep's record");
+  auto j = nlohmann::json::parse(text);
+  auto without_top1 = j;
+  without_top1["points"][0].erase("top1");
+  refused(without_top1.dump(), "sweep point");
+  auto wrong_type = j;
+  wrong_type["points"][0]["top1_runs"] = "many";
+  refused(wrong_type.dump(), "sweep point");
+  auto wrong_point = j;
+  wrong_point["points"][0]["ratio"] = 0.1;  // the second ratio where the first belongs
+  refused(wrong_point.dump(), "point 1 is not the one the sweep measures there");
+  auto too_many = j;
+  for (int i = 0; i < 4; ++i) too_many["points"].push_back(j["points"][0]);
+  refused(too_many.dump(), "is not the one the sweep measures there");
+  auto other_seeds = j;
+  other_seeds["seeds"] = 5;
+  refused(other_seeds.dump(), "its seeds 5 differ(s) from this run's 2");
+  auto other_model = j;
+  other_model["fingerprint"] = std::string(64, 'f');  // the run's is all zeros
+  refused(other_model.dump(), "its fingerprint");
 }
 
 }  // namespace

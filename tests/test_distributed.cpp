@@ -462,19 +462,45 @@ TEST(DistributedTrain, AKilledRankStopsTheOtherAndResumeFinishes) {
   EXPECT_FALSE(file_exists(ckpt + ".optim"));
 }
 
+// Runs one process to its end (at most 300 s): its exit code and its log.
+std::pair<int, std::string> run_one(const std::vector<std::string>& args, const std::string& log) {
+  const Process p = start(cli(args), {}, log);
+  const int code = finish(p, std::chrono::steady_clock::now() + std::chrono::seconds(300));
+  return std::make_pair(code, read_log(p));  // the log once the process has ended
+}
+
+// The model the grid tests lock and sweep: tinycnn, one epoch on 512 images, at dir/m.ckpt.
+std::pair<int, std::string> train_tiny(const testing::TempDir& dir) {
+  return run_one({"train", "--arch", "tinycnn", "--epochs", "1", "--train-subset", "512",
+                  "--threads", "1", "--no-eval", "--out", dir.file("m.ckpt")},
+                 dir.file("train.log"));
+}
+
+// A JSON report without its "seconds" fields, which differ from run to run.
+nlohmann::json json_without_times(const std::string& path) {
+  std::ifstream f(path);
+  auto j = nlohmann::json::parse(f);
+  std::function<void(nlohmann::json&)> drop_times = [&](nlohmann::json& v) {
+    if (v.is_object()) {
+      v.erase("seconds");
+      for (auto& [k, x] : v.items()) drop_times(x);
+    } else if (v.is_array()) {
+      for (auto& x : v) drop_times(x);
+    }
+  };
+  drop_times(j);
+  return j;
+}
+
 // `attack all` as two ranks: the trials are shared out and rank 0's report holds the numbers of
 // one process with the same seeds and threads.
 TEST(DistributedAttack, TwoRanksReportWhatOneRankReports) {
   testing::TempDir dir;
   std::vector<std::string> logs;
   auto run1 = [&](const std::vector<std::string>& args, const std::string& log) {
-    const Process p = start(cli(args), {}, dir.file(log));
-    return std::make_pair(finish(p, std::chrono::steady_clock::now() + std::chrono::seconds(300)),
-                          read_log(p));
+    return run_one(args, dir.file(log));
   };
-  auto r = run1({"train", "--arch", "tinycnn", "--epochs", "1", "--train-subset", "512",
-                 "--threads", "1", "--no-eval", "--out", dir.file("m.ckpt")},
-                "train.log");
+  auto r = train_tiny(dir);
   ASSERT_EQ(r.first, 0) << r.second;
   r = run1({"lock", "--model", dir.file("m.ckpt"), "--ratio", "0.05", "--out",
             dir.file("locked.ckpt"), "--key-out", dir.file("k.clk")},
@@ -496,21 +522,8 @@ TEST(DistributedAttack, TwoRanksReportWhatOneRankReports) {
   EXPECT_EQ(logs[1], "");
 
   // The same report but for the times.
-  std::function<void(nlohmann::json&)> drop_times = [&](nlohmann::json& j) {
-    if (j.is_object()) {
-      j.erase("seconds");
-      for (auto& [k, v] : j.items()) drop_times(v);
-    } else if (j.is_array()) {
-      for (auto& v : j) drop_times(v);
-    }
-  };
-  auto read_json = [](const std::string& path) {
-    std::ifstream f(path);
-    return nlohmann::json::parse(f);
-  };
-  nlohmann::json a = read_json(dir.file("one.json")), b = read_json(dir.file("two.json"));
-  drop_times(a);
-  drop_times(b);
+  const nlohmann::json a = json_without_times(dir.file("one.json")),
+                       b = json_without_times(dir.file("two.json"));
   EXPECT_EQ(a, b) << a.dump(1) << "\n---\n" << b.dump(1);
   // It is a grid worth comparing: several attacks, two trials each, some of them trained.
   ASSERT_TRUE(a.contains("attacks")) << a.dump(1);
@@ -519,7 +532,103 @@ TEST(DistributedAttack, TwoRanksReportWhatOneRankReports) {
   EXPECT_GE(trained_rows, 4) << a.dump(1);
 }
 
-// Any command but `train` launched as a group would run whole on every rank: refused.
+// The bar of issue 20 for the curves: `sweep`, `bands` and `calibrate` on two ranks write the
+// numbers one process writes (the same threads per process), rank 1 prints nothing, an
+// interrupted sweep resumes on two ranks, and ranks given different options are refused before
+// any work.
+TEST(DistributedControl, TwoRanksSweepAndTabulateWhatOneRankDoes) {
+  testing::TempDir dir;
+  std::vector<std::string> logs;
+  auto run1 = [&](const std::vector<std::string>& args, const std::string& log) {
+    return run_one(args, dir.file(log));
+  };
+  auto r = train_tiny(dir);
+  ASSERT_EQ(r.first, 0) << r.second;
+  const auto read_json = json_without_times;
+  auto with = [&](const std::string& words, const std::string& last) {
+    std::vector<std::string> a;
+    std::istringstream in(words);
+    for (std::string w; in >> w;) a.push_back(w);
+    a.insert(a.begin() + 1, {"--model", dir.file("m.ckpt")});
+    a.push_back(last);
+    return a;
+  };
+  // 700 test images are two batches of 500 and 200: the ranks' slices differ in size.
+  const std::string sweep =
+      "sweep --ratios 0.02,0.1 --criteria l1,bn,random --seeds 2 --test-subset 700 "
+      "--reestimate-images 128 --threads 1 --no-plot --out-dir";
+  r = run1(with(sweep, dir.file("one")), "one.log");
+  ASSERT_EQ(r.first, 0) << r.second;
+  auto codes = run_group(2, with(sweep, dir.file("two")), dir.path(), logs);
+  ASSERT_EQ(codes, (std::vector<int>{0, 0})) << logs[0] << "\n--- rank 1:\n" << logs[1];
+  EXPECT_EQ(logs[1], "");
+  const auto a = read_json(dir.file("one/sweep.json")), b = read_json(dir.file("two/sweep.json"));
+  EXPECT_EQ(a["points"], b["points"]) << a.dump(1) << "\n---\n" << b.dump(1);
+  EXPECT_EQ(a["unlocked"], b["unlocked"]);
+  ASSERT_EQ(a["points"].size(), 6u) << a.dump(1);
+  EXPECT_FALSE(a["points"][0]["top1_effective"].is_null()) << a.dump(1);
+  {
+    // Cut to its first two points, as a kill leaves it, the two-rank sweep resumes on two ranks.
+    std::ifstream f(dir.file("two/sweep.json"));
+    auto cut = nlohmann::json::parse(f);
+    cut["points"].erase(cut["points"].begin() + 2, cut["points"].end());
+    cut["complete"] = false;
+    write_file_atomic(dir.file("two/sweep.json"), cut.dump(2));
+  }
+  auto resumed = with(sweep, dir.file("two"));
+  resumed.push_back("--resume");
+  codes = run_group(2, resumed, dir.path(), logs);
+  ASSERT_EQ(codes, (std::vector<int>{0, 0})) << logs[0] << "\n--- rank 1:\n" << logs[1];
+  EXPECT_NE(logs[0].find("resuming: 2 points"), std::string::npos) << logs[0];
+  EXPECT_EQ(a["points"], read_json(dir.file("two/sweep.json"))["points"]);
+
+  const std::string bands =
+      "bands --width 20 --val-size 600 --max-evals 12 --test-subset 700 --reestimate-images 128 "
+      "--threads 1 --json";
+  r = run1(with(bands, dir.file("one.json")), "bands.log");
+  ASSERT_LE(r.first, 1) << r.second;  // 1: the budget ran out, the table is still written
+  codes = run_group(2, with(bands, dir.file("two.json")), dir.path(), logs);
+  ASSERT_EQ(codes, (std::vector<int>{r.first, r.first})) << logs[0] << "\n--- rank 1:\n" << logs[1];
+  const auto ta = read_json(dir.file("one.json")), tb = read_json(dir.file("two.json"));
+  EXPECT_EQ(ta["rows"], tb["rows"]) << ta.dump(1) << "\n---\n" << tb.dump(1);
+  EXPECT_EQ(ta["probes"], tb["probes"]);
+  EXPECT_GE(ta["probes"].size(), 4u) << ta.dump(1);
+
+  // calibrate: the same probes, and rank 0 writes the locked model one process writes.
+  const std::string calibrate =
+      "calibrate --target 10-25 --val-size 600 --test-subset 700 --reestimate-images 128 "
+      "--threads 1 --key-out";
+  auto cal1 = with(calibrate, dir.file("k1.clk"));
+  cal1.insert(cal1.end(), {"--out", dir.file("l1.ckpt")});
+  r = run1(cal1, "calibrate.log");
+  ASSERT_EQ(r.first, 0) << r.second;
+  auto cal2 = with(calibrate, dir.file("k2.clk"));
+  cal2.insert(cal2.end(), {"--out", dir.file("l2.ckpt")});
+  codes = run_group(2, cal2, dir.path(), logs);
+  ASSERT_EQ(codes, (std::vector<int>{0, 0})) << logs[0] << "\n--- rank 1:\n" << logs[1];
+  auto probes = [](const std::string& log) {
+    const size_t from = log.find("eval  1:"), to = log.find("chosen ratio");
+    if (from == std::string::npos || to == std::string::npos || to < from) {
+      ADD_FAILURE() << "no probes in:\n" << log;
+      return std::string();
+    }
+    return log.substr(from, to - from);
+  };
+  EXPECT_EQ(probes(r.second), probes(logs[0]));
+  EXPECT_EQ(run1({"fingerprint", dir.file("l1.ckpt")}, "f1.log").second,
+            run1({"fingerprint", dir.file("l2.ckpt")}, "f2.log").second);
+
+  codes = run_group(2, with(sweep, dir.file("three")), dir.path(), logs,
+                    {{"--first-seed", "0"}, {"--first-seed", "1"}}, 120);
+  EXPECT_EQ(codes, (std::vector<int>{2, 2})) << logs[0] << logs[1];
+  EXPECT_NE(logs[0].find("different options of `sweep`: --first-seed: rank 1 has"),
+            std::string::npos)
+      << logs[0];
+  EXPECT_FALSE(file_exists(dir.file("three/sweep.csv")));
+}
+
+// Commands that do not share their work launched as a group would run whole on every rank:
+// refused.
 TEST(DistributedTrain, OtherCommandsRefuseToRunAsAGroup) {
   testing::TempDir dir;
   const Process p = start(cli({"models"}), rank_env(1, 2, free_port()), dir.file("models.log"));

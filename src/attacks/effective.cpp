@@ -2,11 +2,15 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 
+#include <algorithm>
 #include <array>
+#include <cmath>
 #include <cstdio>
+#include <nlohmann/json.hpp>
 #include <unordered_map>
 
 #include "attacks/attacks.h"
+#include "distributed/collective.h"
 #include "models/torchscript.h"
 #include "util/error.h"
 
@@ -231,6 +235,198 @@ EffectiveEval evaluate_effective(LoadedModel& model, const Dataset& test, const 
     throw;
   }
   return out;
+}
+
+}  // namespace corelocker
+
+namespace corelocker {
+namespace {
+
+// One measurement of a shared evaluation: the model as it is, after re-estimation, or pruned.
+struct Variant {
+  enum Kind { kPlain, kReestimated, kPruned } kind = kPlain;
+  double prune_ratio = 0.0;
+};
+
+// Test images [begin, begin + count) of one slice; slices start at multiples of the batch size,
+// so each batch holds the same images as in a one-process evaluation.
+struct Slice {
+  int64_t begin = 0, count = 0;
+};
+
+std::vector<Slice> batch_slices(int64_t n, int64_t batch_size, int ranks) {
+  if (batch_size < 1)
+    throw UsageError("batch size " + std::to_string(batch_size) + ": must be at least 1");
+  const int64_t batches = (n + batch_size - 1) / batch_size;
+  const int64_t k = std::max<int64_t>(1, std::min<int64_t>(ranks, batches));
+  std::vector<Slice> out;
+  for (int64_t s = 0; s < k; ++s) {
+    const int64_t first = s * batches / k * batch_size;
+    const int64_t end = std::min(n, (s + 1) * batches / k * batch_size);
+    out.push_back({first, end - first});
+  }
+  return out;
+}
+
+Dataset slice_of(const Dataset& data, const Slice& s) {
+  Dataset out = data;
+  out.images = data.images.narrow(0, s.begin, s.count);
+  out.labels = data.labels.narrow(0, s.begin, s.count);
+  return out;
+}
+
+// Hit counts recovered from an EvalResult: top1 = 100 * hits / n exactly as HitCounter divides,
+// so rounding top1 * n / 100 gives the integer back.
+nlohmann::json hits_json(const EvalResult& e) {
+  const double n = double(e.n);
+  return {{"hit1", std::llround(e.top1 * n / 100.0)},
+          {"hit3", std::llround(e.top3 * n / 100.0)},
+          {"n", e.n},
+          {"seconds", e.seconds}};
+}
+
+// Runs the jobs of `parts` (variant x slice) this rank takes, then gathers every job's answer on
+// every rank. An answer holds the slice's hits, or "note" (re-estimation impossible, as the
+// one-process evaluation records it), or "error".
+std::vector<nlohmann::json> run_shared(Collective& group, const std::string& name, size_t count,
+                                       const std::function<nlohmann::json(size_t)>& run_job) {
+  const Collective::JobQueue queue = group.open_queue(name, int64_t(count));
+  for (int64_t j; (j = group.next_job(queue)) >= 0;) {
+    nlohmann::json answer;
+    try {
+      answer = run_job(size_t(j));
+    } catch (const UsageError& e) {
+      group.post_result(queue, j, nlohmann::json{{"error", e.what()}, {"usage", true}}.dump());
+      throw;
+    } catch (const std::exception& e) {
+      group.post_result(queue, j, nlohmann::json{{"error", e.what()}}.dump());
+      throw;
+    }
+    group.post_result(queue, j, answer.dump());
+  }
+  std::vector<nlohmann::json> answers;
+  for (size_t j = 0; j < count; ++j) {
+    answers.push_back(nlohmann::json::parse(group.result(queue, int64_t(j))));
+    const auto& a = answers.back();
+    if (a.contains("error")) {
+      const std::string what =
+          "another rank's part of the evaluation failed: " + a["error"].get<std::string>();
+      if (a.value("usage", false)) throw UsageError(what);
+      throw Error(what);
+    }
+  }
+  // No rank leaves while another still reads the answers from the store rank 0 may serve.
+  group.barrier();
+  return answers;
+}
+
+// The sums of one variant's slices, as HitCounter would give them over the whole test set.
+EvalResult add_up(const std::vector<nlohmann::json>& answers, size_t first, size_t slices) {
+  int64_t hit1 = 0, hit3 = 0, n = 0;
+  double seconds = 0.0;
+  for (size_t s = first; s < first + slices; ++s) {
+    hit1 += answers[s].at("hit1").get<int64_t>();
+    hit3 += answers[s].at("hit3").get<int64_t>();
+    n += answers[s].at("n").get<int64_t>();
+    seconds += answers[s].at("seconds").get<double>();
+  }
+  EvalResult r;
+  r.n = n;
+  r.top1 = n ? 100.0 * double(hit1) / double(n) : 0.0;
+  r.top3 = n ? 100.0 * double(hit3) / double(n) : 0.0;
+  r.seconds = seconds;
+  return r;
+}
+
+}  // namespace
+
+EffectiveEval evaluate_effective(LoadedModel& model, const Dataset& test, const Dataset& unlabelled,
+                                 const EffectiveOptions& options, Collective& group) {
+  EffectiveEval out;
+  // The variants in the order the one-process evaluation considers them.
+  std::vector<Variant> variants = {{Variant::kPlain}};
+  if (unlabelled.size() == 0) {
+    out.reestimate_note = "no unlabelled images given";
+  } else if (batchnorm_buffers(model).empty()) {
+    out.reestimate_note = "the model has no BatchNorm statistics";
+  } else {
+    variants.push_back({Variant::kReestimated});
+  }
+  for (double r : options.prune_ratios) variants.push_back({Variant::kPruned, r});
+  const std::vector<Slice> slices = batch_slices(test.size(), options.batch_size, group.size());
+
+  Snapshot snapshot(model);
+  auto run_job = [&](size_t j) {
+    const Variant& v = variants[j / slices.size()];
+    const Dataset part = slice_of(test, slices[j % slices.size()]);
+    nlohmann::json answer;
+    try {
+      if (v.kind == Variant::kReestimated) {
+        int64_t images = 0;
+        try {
+          images = reestimate_batchnorm(model, unlabelled, options.reestimate_batch).images;
+        } catch (const UsageError&) {
+          throw;
+        } catch (const Error& e) {
+          snapshot.restore(model);
+          return nlohmann::json{{"note", e.what()}};
+        }
+        answer = hits_json(evaluate(*model.net, part, model.meta.preprocess, options.batch_size));
+        answer["images"] = images;
+      } else {
+        if (v.kind == Variant::kPruned) prune_smallest(model, v.prune_ratio);
+        answer = hits_json(evaluate(*model.net, part, model.meta.preprocess, options.batch_size));
+      }
+    } catch (...) {
+      snapshot.restore(model);
+      throw;
+    }
+    snapshot.restore(model);
+    return answer;
+  };
+  const auto answers = run_shared(group, "evaluation", variants.size() * slices.size(), run_job);
+
+  auto consider = [&](double top1, const std::string& what) {
+    if (top1 > out.top1_effective) {
+      out.top1_effective = top1;
+      out.worst = what;
+    }
+  };
+  for (size_t v = 0; v < variants.size(); ++v) {
+    const size_t first = v * slices.size();
+    switch (variants[v].kind) {
+      case Variant::kPlain:
+        out.plain = add_up(answers, first, slices.size());
+        out.top1_effective = out.plain.top1;
+        break;
+      case Variant::kReestimated:
+        if (answers[first].contains("note")) {
+          out.reestimate_note = answers[first]["note"].get<std::string>();
+        } else {
+          out.reestimate_images = answers[first].at("images").get<int64_t>();
+          out.reestimated = add_up(answers, first, slices.size());
+          consider(out.reestimated->top1, "bn re-estimation");
+        }
+        break;
+      case Variant::kPruned: {
+        PrunedEval p{variants[v].prune_ratio, add_up(answers, first, slices.size())};
+        consider(p.eval.top1, ratio_label(p.ratio));
+        out.pruned.push_back(p);
+        break;
+      }
+    }
+  }
+  return out;
+}
+
+EvalResult evaluate_shared(LoadedModel& model, const Dataset& test, int64_t batch_size,
+                           Collective& group) {
+  const std::vector<Slice> slices = batch_slices(test.size(), batch_size, group.size());
+  const auto answers = run_shared(group, "evaluation", slices.size(), [&](size_t j) {
+    return hits_json(
+        evaluate(*model.net, slice_of(test, slices[j]), model.meta.preprocess, batch_size));
+  });
+  return add_up(answers, 0, slices.size());
 }
 
 }  // namespace corelocker

@@ -82,6 +82,21 @@ struct EffectiveEval {
 EffectiveEval evaluate_effective(LoadedModel& model, const Dataset& test, const Dataset& unlabelled,
                                  const EffectiveOptions& options = {});
 
+class Collective;
+
+// The same evaluation shared by the ranks of a group: every rank calls it with the same model,
+// data and options, and every rank returns the same result, equal to the one-process result bit
+// for bit. The measurements (plain, after re-estimation, each pruning ratio) on slices of `test`
+// cut at batch boundaries are the jobs of one queue of the group; each rank takes jobs until none
+// is left, then reads every job's hits and adds them up. Throws what evaluate_effective throws
+// (on every rank), and Error naming a rank that is gone.
+EffectiveEval evaluate_effective(LoadedModel& model, const Dataset& test, const Dataset& unlabelled,
+                                 const EffectiveOptions& options, Collective& group);
+
+// The plain evaluation shared by the ranks of a group in the same way.
+EvalResult evaluate_shared(LoadedModel& model, const Dataset& test, int64_t batch_size,
+                           Collective& group);
+
 // The images `evaluate_effective` re-estimates on: options.reestimate_images of the training
 // split, drawn with options.seed (all of them when there are fewer).
 Dataset reestimation_images(const Dataset& train_split, const EffectiveOptions& options);

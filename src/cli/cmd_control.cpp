@@ -1,4 +1,6 @@
 // `sweep`, `calibrate`, `bands`: granular utility control (accuracy against extraction ratio).
+// Each also runs over a group of processes (torchrun): every rank runs the same search, the
+// evaluations are shared out, rank 0 prints and writes the files.
 #include <sys/stat.h>
 
 #include <atomic>
@@ -7,6 +9,7 @@
 #include <csignal>
 #include <cstdio>
 #include <cstring>
+#include <initializer_list>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -18,6 +21,7 @@
 #include "control/calibrate.h"
 #include "control/sweep_report.h"
 #include "control/utility_curve.h"
+#include "distributed/agreement.h"
 #include "keyfile/key_file.h"
 #include "locking/fingerprint.h"
 #include "locking/lock.h"
@@ -51,6 +55,23 @@ std::optional<EffectiveTarget> search_target(bool target_plain, const Dataset& u
   return EffectiveTarget{&unlabelled, a.options()};
 }
 
+// True on the rank that reports and writes files (any process outside a group).
+bool reports(const std::unique_ptr<Group>& group) { return group == nullptr || group->rank() == 0; }
+
+// The unlocked model's evaluation, shared out over a group's ranks.
+EvalResult evaluate_unlocked(LoadedModel& model, const Dataset& data, Group* group) {
+  return group != nullptr ? evaluate_shared(model, data, 500, *group)
+                          : evaluate(*model.net, data, model.meta.preprocess);
+}
+
+// Checks that every rank of a group loaded the same model and data.
+void agree_on_inputs(Group* group, const LoadedModel& model,
+                     std::initializer_list<std::pair<const char*, const Dataset*>> data) {
+  if (group == nullptr) return;
+  agree_on_model(*group, "model (fingerprint)", model);
+  for (const auto& [what, d] : data) agree_on_data(*group, what, *d);
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------- sweep
@@ -62,7 +83,7 @@ void add_sweep(CLI::App& app) {
   static int steps = 0, seeds = 5;
   static uint64_t first_seed = 0;
   static bool log_space = false, include_io = false, exclude_io = false, no_plot = false,
-              plain_only = false;
+              plain_only = false, resume = false;
   static Common common;
   static EffectiveArgs effective;
   static InputArgs input;
@@ -98,12 +119,21 @@ void add_sweep(CLI::App& app) {
   c->add_option("--out-dir", out_dir,
                 "Folder for sweep.csv (row by row), sweep.json, sweep.png, sweep.svg, sweep.gp");
   c->add_flag("--no-plot", no_plot, "Skip the plot (no gnuplot needed)");
+  c->add_flag("--resume", resume,
+              "Go on from the points an interrupted run of the same sweep left in --out-dir "
+              "(sweep.json); without one there, start");
   add_threads(c, common);
   add_data(c, common);
   add_input_args(c, input);
-  handlers()[c] = [] {
-    apply_threads(common);
+  handlers()[c] = [c] {
+    const std::unique_ptr<Group> group = join_command_group(c, common);
     require_runnable(model_path, Feature::kCalibrate, "sweep");
+    if (resume && out_dir.empty()) throw UsageError("--resume needs the sweep's --out-dir");
+    if (!resume && !out_dir.empty() && holds_finished_sweep(out_dir)) {
+      throw UsageError("'" + out_dir +
+                       "' holds a finished sweep (sweep.json): choose another --out-dir, or "
+                       "remove it to measure again");
+    }
     SweepOptions o;
     if (!ratios.empty()) {
       o.ratios = parse_ratios(ratios);
@@ -126,16 +156,46 @@ void add_sweep(CLI::App& app) {
       throw UsageError("model '" + model_path + "' is locked; sweep an unlocked model");
     const Digest fp_before = model_fingerprint(model);
     const Dataset data = test_set(model.meta, common);
-    const EvalResult original = evaluate(*model.net, data, model.meta.preprocess);
-    const double chance = 100.0 / double(data.classes);
     const Dataset unlabelled =
         plain_only ? Dataset{} : effective_images(model.meta, common, effective);
+    agree_on_inputs(group.get(), model,
+                    {{"test data", &data}, {"re-estimation images", &unlabelled}});
+    o.group = group.get();
+    const EvalResult original = evaluate_unlocked(model, data, group.get());
+    const double chance = 100.0 / double(data.classes);
     if (!plain_only) o.effective = EffectiveTarget{&unlabelled, effective.options()};
+    SweepRun run;
+    run.model = model_path;
+    run.fingerprint = fp_before;
+    run.dataset = model.meta.dataset;
+    run.test_images = data.size();
+    run.unlocked = original;
+    run.chance = chance;
+    run.reestimate_images = unlabelled.size();
+    run.scope = scope.empty() ? "default" : scope;
+    run.random_units = units;
+    // Rank 0 writes the files, so it reads what an earlier run left; the others learn how many
+    // points to skip from it.
+    EarlierSweep earlier;
+    if (resume && reports(group)) earlier = read_earlier_sweep(out_dir, run, o);
+    o.skip_points = earlier.points.size();
+    if (group) {
+      std::vector<torch::Tensor> skip = {torch::full({1}, int64_t(o.skip_points), torch::kInt64)};
+      group->sum(skip);
+      o.skip_points = size_t(skip[0].item<int64_t>());
+    }
     std::unique_ptr<SweepReport> report;
-    if (!out_dir.empty()) report = std::make_unique<SweepReport>(out_dir);
+    if (!out_dir.empty() && reports(group))
+      report = std::make_unique<SweepReport>(out_dir, run, o, earlier);
     std::printf("sweep %s on %lld test images: unlocked top-1 %s%%, top-3 %s%%\n",
                 model_path.c_str(), static_cast<long long>(data.size()), pct(original.top1).c_str(),
                 pct(original.top3).c_str());
+    if (resume && earlier.found) {
+      std::printf("resuming: %zu points are in %s/sweep.json\n", earlier.points.size(),
+                  out_dir.c_str());
+    } else if (resume) {
+      std::printf("nothing to resume in %s: starting\n", out_dir.c_str());
+    }
     std::printf("%-9s %10s %9s %9s %16s %16s %10s %10s\n", "criterion", "ratio", "units", "params%",
                 "top-1 %", "top-3 %", "BN re-est.", "effective");
     std::fflush(stdout);
@@ -165,28 +225,19 @@ void add_sweep(CLI::App& app) {
     // The sweep restored every point from memory: the model must be exactly the one loaded.
     if (model_fingerprint(model) != fp_before)
       throw Error("model changed during the sweep (fingerprint differs)");
-    const bool complete = points.size() == total;
-    std::printf("%zu of %zu points in %s\n", points.size(), total,
-                format_duration(seconds).c_str());
+    const size_t measured = o.skip_points + points.size();
+    const bool complete = measured == total;
+    std::printf("%zu of %zu points in %s\n", measured, total, format_duration(seconds).c_str());
     if (report) {
-      SweepRun run;
-      run.model = model_path;
-      run.fingerprint = fp_before;
-      run.dataset = model.meta.dataset;
-      run.test_images = data.size();
-      run.unlocked = original;
-      run.chance = chance;
-      run.reestimate_images = unlabelled.size();
-      run.scope = scope.empty() ? "default" : scope;
-      run.random_units = units;
-      const auto written = report->finish(run, o, points, complete, seconds, !no_plot);
+      const auto written = report->finish(complete, seconds, !no_plot);
       std::printf("wrote %s/sweep.csv", out_dir.c_str());
       for (const auto& file : written) std::printf(", %s", file.c_str());
       std::printf("\n");
     }
     if (!complete)
-      throw Error("sweep interrupted after " + std::to_string(points.size()) + " of " +
-                  std::to_string(total) + " points; the files hold the points measured");
+      throw Error("sweep interrupted after " + std::to_string(measured) + " of " +
+                  std::to_string(total) +
+                  " points; the files hold the points measured (--resume goes on)");
     return 0;
   };
 }
@@ -227,8 +278,8 @@ void add_calibrate(CLI::App& app) {
   add_threads(c, common);
   add_data(c, common);
   add_input_args(c, input);
-  handlers()[c] = [] {
-    apply_threads(common);
+  handlers()[c] = [c] {
+    const std::unique_ptr<Group> group = join_command_group(c, common);
     require_runnable(model_path, Feature::kCalibrate, "calibrate");
     const Band band = parse_band(target);
     const LockOptions lopt = band_lock_options(unit_args);
@@ -242,7 +293,10 @@ void add_calibrate(CLI::App& app) {
     const Dataset val_data = validation_set(model.meta, common, val);
     const Dataset unlabelled =
         target_plain ? Dataset{} : effective_images(model.meta, common, effective);
+    agree_on_inputs(group.get(), model,
+                    {{"validation data", &val_data}, {"re-estimation images", &unlabelled}});
     copt.effective = search_target(target_plain, unlabelled, effective);
+    copt.group = group.get();
     const Ranking ranking = rank_units(named_tensors(*model.net), model.net->structure(), lopt);
     std::printf(
         "calibrate %s: %s to %s top-1 %s-%s%% on %lld validation images from the training "
@@ -287,9 +341,11 @@ void add_calibrate(CLI::App& app) {
     // The ranking the chosen ratio applies to, with the units that jumped over the band moved down.
     const Ranking chosen_ranking = calibrated_ranking(ranking, cal);
     const Dataset test_data = test_set(model.meta, common);
+    agree_on_inputs(group.get(), model, {{"test data", &test_data}});
     const EffectiveTarget test_target{&unlabelled, effective.options()};
-    const LockedEval on_test = evaluate_locked(model, chosen_ranking, cal.chosen.ratio, test_data,
-                                               500, target_plain ? nullptr : &test_target);
+    const LockedEval on_test =
+        evaluate_locked(model, chosen_ranking, cal.chosen.ratio, test_data, 500,
+                        target_plain ? nullptr : &test_target, group.get());
     std::printf("chosen ratio %s: %lld units, %s%% of parameters\n",
                 ratio_text(cal.chosen.ratio).c_str(), static_cast<long long>(cal.chosen.units),
                 fixed(100.0 * cal.chosen.param_fraction, 3).c_str());
@@ -314,7 +370,7 @@ void add_calibrate(CLI::App& app) {
                   pct(on_test.eval.top1).c_str(), pct(on_test.eval.top3).c_str(),
                   static_cast<long long>(on_test.eval.n));
     }
-    if (!out.empty()) {
+    if (!out.empty() && reports(group)) {
       LockOutcome outcome = lock_model(model, chosen_ranking, cal.chosen.ratio);
       // Key first: a locked model without its key would be lost utility; a key without its
       // locked model is removed again.
@@ -365,8 +421,8 @@ void add_bands(CLI::App& app) {
   add_threads(c, common);
   add_data(c, common);
   add_input_args(c, input);
-  handlers()[c] = [] {
-    apply_threads(common);
+  handlers()[c] = [c] {
+    const std::unique_ptr<Group> group = join_command_group(c, common);
     require_runnable(model_path, Feature::kCalibrate, "bands");
     const LockOptions lopt = band_lock_options(unit_args);
     LoadedModel model = load_model(model_path);
@@ -376,7 +432,10 @@ void add_bands(CLI::App& app) {
     const Dataset val_data = validation_set(model.meta, common, val);
     const Dataset unlabelled =
         target_plain ? Dataset{} : effective_images(model.meta, common, effective);
+    agree_on_inputs(group.get(), model,
+                    {{"validation data", &val_data}, {"re-estimation images", &unlabelled}});
     bopt.effective = search_target(target_plain, unlabelled, effective);
+    bopt.group = group.get();
     const Ranking ranking = rank_units(named_tensors(*model.net), model.net->structure(), lopt);
     std::printf(
         "bands %s: %s, %s-point bands of the %s top-1, on %lld validation images from the training "
@@ -391,7 +450,10 @@ void add_bands(CLI::App& app) {
       std::fflush(stdout);
     });
     Dataset test_data;
-    if (!no_test) test_data = test_set(model.meta, common);
+    if (!no_test) {
+      test_data = test_set(model.meta, common);
+      agree_on_inputs(group.get(), model, {{"test data", &test_data}});
+    }
     std::printf("\nunlocked: validation top-1 %s%%; chance %s%%; %d evaluations%s\n",
                 pct(table.original_top1).c_str(), pct(table.chance).c_str(), table.evaluations,
                 table.complete ? "" : " (budget ran out: table incomplete)");
@@ -416,7 +478,7 @@ void add_bands(CLI::App& app) {
       if (!no_test) {
         const EffectiveTarget test_target{&unlabelled, effective.options()};
         const LockedEval e = evaluate_locked(model, ranking, row.first.ratio, test_data, 500,
-                                             target_plain ? nullptr : &test_target);
+                                             target_plain ? nullptr : &test_target, group.get());
         test_col = pct(e.target_top1());
         jr["test_top1"] = e.eval.top1;
         jr["test_top3"] = e.eval.top3;
@@ -435,7 +497,7 @@ void add_bands(CLI::App& app) {
                  {"val_top3", row.first.top3}});
       rows.push_back(jr);
     }
-    if (!json_out.empty()) {
+    if (!json_out.empty() && reports(group)) {
       Json probes = Json::array();
       for (const auto& p : table.probes) {
         probes.push_back(

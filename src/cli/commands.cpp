@@ -1,5 +1,8 @@
 #include "cli/commands.h"
 
+#include <set>
+#include <string>
+
 #include "cli/common.h"
 #include "distributed/group.h"
 #include "util/error.h"
@@ -31,14 +34,16 @@ int run_selected(CLI::App& app) {
   for (auto* sub : app.get_subcommands()) {
     auto it = handlers().find(sub);
     if (it == handlers().end()) continue;
-    // Only `train` and `attack` spread over a group; any other command launched as one would
-    // run whole on every rank, each writing the same files.
-    if (sub->get_name() != "train" && sub->get_name() != "attack") {
+    // These commands share their work out over a group; any other launched as one would run
+    // whole on every rank, each writing the same files.
+    static const std::set<std::string> kShared = {"train", "attack", "sweep", "calibrate", "bands"};
+    if (kShared.count(sub->get_name()) == 0) {
       if (const auto group = group_config()) {
         throw UsageError(
             "`" + sub->get_name() + "` runs in one process, but was launched as rank " +
             std::to_string(group->rank) + " of a group of " + std::to_string(group->size) +
-            " (WORLD_SIZE): launch it once (only `train` and `attack` run over a group)");
+            " (WORLD_SIZE): launch it once (train, attack, sweep, calibrate and bands "
+            "run over a group)");
       }
     }
     return it->second();

@@ -275,6 +275,24 @@ int apply_threads(const Common& o, int ranks_on_host) {
   return n;
 }
 
+Json given_options(const CLI::App* c) {
+  Json j = Json::object();
+  for (const CLI::Option* opt : c->get_options()) {
+    if (opt->count() > 0) j[opt->get_name()] = opt->results();
+  }
+  return j;
+}
+
+std::unique_ptr<Group> join_command_group(const CLI::App* c, const Common& o) {
+  std::unique_ptr<Group> group = join_group_from_environment();
+  apply_threads(o, group ? group->config().local_size : 1);
+  if (group == nullptr) return group;
+  group->agree("options of `" + c->get_name() + "`", given_options(c).dump());
+  if (group->rank() != 0 && std::freopen("/dev/null", "w", stdout) == nullptr)
+    throw IoError("rank " + std::to_string(group->rank()) + ": cannot discard its output");
+  return group;
+}
+
 Dataset test_set(const ModelMeta& meta, const Common& o) {
   Dataset d =
       load_dataset(meta.dataset.empty() ? "fashion-mnist" : meta.dataset, o.data_dir, Split::kTest);

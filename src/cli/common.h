@@ -5,6 +5,7 @@
 #include <csignal>
 #include <functional>
 #include <map>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -13,6 +14,7 @@
 #include "cli/format_options.h"
 #include "cli/key_access.h"
 #include "data/dataset.h"
+#include "distributed/group.h"
 #include "formats/format.h"
 #include "locking/lock.h"
 #include "models/checkpoint.h"
@@ -81,6 +83,12 @@ void add_data(CLI::App* c, Common& o);
 // Sets LibTorch's thread count (default: all cores, shared among a group's ranks on this host,
 // LOCAL_WORLD_SIZE); returns it.
 int apply_threads(const Common& o, int ranks_on_host = 1);
+// The options given to subcommand `c` on its command line, name -> values as typed.
+Json given_options(const CLI::App* c);
+// The group of processes the environment describes, or none: applies the threads (the host's
+// cores shared among its ranks), has the ranks agree on the options given to `c`, and discards
+// the standard output of every rank but 0, which alone reports.
+std::unique_ptr<Group> join_command_group(const CLI::App* c, const Common& o);
 // The test split of the model's data set, or the requested subset of it.
 Dataset test_set(const ModelMeta& meta, const Common& o);
 

@@ -142,10 +142,11 @@ void check_unlocked(const LoadedModel& model) {
 }
 
 Evaluator locked_evaluator(LoadedModel& model, const Ranking& ranking, const Dataset& data,
-                           int64_t batch_size, const std::optional<EffectiveTarget>& effective) {
-  return [&model, &ranking, &data, batch_size, effective](double ratio) {
-    LockedEval e =
-        evaluate_locked(model, ranking, ratio, data, batch_size, effective ? &*effective : nullptr);
+                           int64_t batch_size, const std::optional<EffectiveTarget>& effective,
+                           Collective* group) {
+  return [&model, &ranking, &data, batch_size, effective, group](double ratio) {
+    LockedEval e = evaluate_locked(model, ranking, ratio, data, batch_size,
+                                   effective ? &*effective : nullptr, group);
     return Probe{ratio,           e.stats.units, e.stats.param_fraction(),
                  e.target_top1(), e.eval.top3,   e.eval.top1};
   };
@@ -242,9 +243,10 @@ Calibration calibrate(LoadedModel& model, const Ranking& ranking, const Dataset&
       move_down(work, {group, position, count});
     };
   }
-  return search_band(group_sizes(work),
-                     locked_evaluator(model, work, data, options.batch_size, options.effective),
-                     band, options, on_probe, reorder);
+  return search_band(
+      group_sizes(work),
+      locked_evaluator(model, work, data, options.batch_size, options.effective, options.group),
+      band, options, on_probe, reorder);
 }
 
 Calibration search_band(const std::vector<int64_t>& groups, const Evaluator& evaluate, Band band,
@@ -481,9 +483,10 @@ BandsTable utility_bands(LoadedModel& model, const Ranking& ranking, const Datas
                          const BandsOptions& options, const ProbeCallback& on_probe) {
   check_unlocked(model);
   if (data.classes < 1) throw UsageError("data set '" + data.name + "' has no classes");
-  return search_bands(group_sizes(ranking),
-                      locked_evaluator(model, ranking, data, options.batch_size, options.effective),
-                      100.0 / double(data.classes), options, on_probe);
+  return search_bands(
+      group_sizes(ranking),
+      locked_evaluator(model, ranking, data, options.batch_size, options.effective, options.group),
+      100.0 / double(data.classes), options, on_probe);
 }
 
 BandsTable search_bands(const std::vector<int64_t>& groups, const Evaluator& evaluate,

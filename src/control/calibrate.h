@@ -47,6 +47,9 @@ struct CalibrationOptions {
   // When one more unit jumps from above the band to below it, move that unit to the end of the
   // ranking and go on with the units after it (Calibration::reordered records the moves).
   bool reorder = true;
+  // Several ranks: every rank runs the same search and each evaluation is shared out
+  // (evaluate_locked), so every rank sees the probes one process would see.
+  Collective* group = nullptr;
 };
 
 // One evaluation the search made (top-1 / top-3 on the data it was given). `top1` is what the
@@ -143,6 +146,7 @@ struct BandsOptions {
   double step = 4.0;
   double start_ratio = 0.001;
   int64_t batch_size = 500;
+  Collective* group = nullptr;  // as in CalibrationOptions
 };
 
 struct BandRow {

@@ -57,6 +57,33 @@ nlohmann::json sweep_point_json(const CurvePoint& p) {
           {"seconds", p.seconds}};
 }
 
+CurvePoint sweep_point_from_json(const nlohmann::json& j) {
+  try {
+    CurvePoint p;
+    p.criterion = parse_criterion(j.at("criterion").get<std::string>());
+    p.scope = parse_scope(j.at("scope").get<std::string>());
+    p.ratio = j.at("ratio").get<double>();
+    p.units = j.at("units").get<int64_t>();
+    p.candidates = j.at("candidates").get<int64_t>();
+    p.param_fraction = j.at("param_fraction").get<double>();
+    p.top1 = j.at("top1").get<double>();
+    p.top1_sd = j.at("top1_sd").get<double>();
+    p.top3 = j.at("top3").get<double>();
+    p.top3_sd = j.at("top3_sd").get<double>();
+    p.top1_runs = j.at("top1_runs").get<std::vector<double>>();
+    p.top3_runs = j.at("top3_runs").get<std::vector<double>>();
+    if (!j.at("top1_reestimated").is_null())
+      p.top1_reestimated = j.at("top1_reestimated").get<double>();
+    if (!j.at("top1_effective").is_null()) p.top1_effective = j.at("top1_effective").get<double>();
+    p.top1_effective_runs = j.at("top1_effective_runs").get<std::vector<double>>();
+    p.images = j.at("images").get<int64_t>();
+    p.seconds = j.at("seconds").get<double>();
+    return p;
+  } catch (const nlohmann::json::exception& e) {
+    throw FormatError(std::string("sweep point: ") + e.what());
+  }
+}
+
 PlotSpec sweep_plot(const SweepRun& run, const SweepOptions& options,
                     const std::vector<CurvePoint>& points) {
   PlotSpec spec;
@@ -99,13 +126,92 @@ PlotSpec sweep_plot(const SweepRun& run, const SweepOptions& options,
   return spec;
 }
 
-SweepReport::SweepReport(std::string dir) : dir_(std::move(dir)) {
+namespace {
+
+// sweep.json without its points.
+nlohmann::json run_json(const SweepRun& run, const SweepOptions& o) {
+  nlohmann::json criteria = nlohmann::json::array();
+  for (Criterion k : o.criteria) criteria.push_back(to_string(k));
+  return {{"model", run.model},
+          {"fingerprint", to_hex(run.fingerprint)},
+          {"dataset", run.dataset},
+          {"test_images", run.test_images},
+          {"unlocked", {{"top1", run.unlocked.top1}, {"top3", run.unlocked.top3}}},
+          {"chance", run.chance},
+          {"seeds", o.seeds},
+          {"first_seed", o.first_seed},
+          {"include_io", o.include_io},
+          {"effective", o.effective.has_value()},
+          {"reestimate_images", run.reestimate_images},
+          {"scope", run.scope},
+          {"random_units", run.random_units},
+          {"ratios", o.ratios},
+          {"criteria", criteria}};
+}
+
+}  // namespace
+
+EarlierSweep read_earlier_sweep(const std::string& dir, const SweepRun& run,
+                                const SweepOptions& options) {
+  const std::string path = dir + "/sweep.json";
+  EarlierSweep out;
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) return out;
+  const std::vector<uint8_t> bytes = read_file(path);
+  const auto j = nlohmann::json::parse(bytes.begin(), bytes.end(), nullptr, false);
+  if (!j.is_object() || !j.contains("points") || !j["points"].is_array())
+    throw FormatError("'" + path + "' is not a sweep's record (no list of points)");
+  const nlohmann::json want = run_json(run, options);
+  for (const char* key :
+       {"fingerprint", "dataset", "test_images", "criteria", "ratios", "seeds", "first_seed",
+        "scope", "random_units", "include_io", "effective", "reestimate_images"}) {
+    if (!j.contains(key) || j[key] != want[key]) {
+      throw UsageError("cannot resume the sweep in '" + dir + "': its " + key + " " +
+                       (j.contains(key) ? j[key].dump() : std::string("(missing)")) +
+                       " differ(s) from this run's " + want[key].dump() +
+                       " (another --out-dir starts a new sweep)");
+    }
+  }
+  size_t i = 0;
+  for (const auto& jp : j["points"]) {
+    CurvePoint p = sweep_point_from_json(jp);
+    const double ratio =
+        options.ratios[std::min(i / options.criteria.size(), options.ratios.size() - 1)];
+    const Criterion c = options.criteria[i % options.criteria.size()];
+    if (i >= options.ratios.size() * options.criteria.size() || p.ratio != ratio ||
+        p.criterion != c) {
+      throw FormatError("'" + path + "': point " + std::to_string(i + 1) +
+                        " is not the one the sweep measures there");
+    }
+    out.points.push_back(std::move(p));
+    ++i;
+  }
+  out.seconds = j.value("seconds", 0.0);
+  out.found = true;
+  return out;
+}
+
+bool holds_finished_sweep(const std::string& dir) {
+  const std::string path = dir + "/sweep.json";
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) return false;
+  const std::vector<uint8_t> bytes = read_file(path);
+  const auto j = nlohmann::json::parse(bytes.begin(), bytes.end(), nullptr, false);
+  return j.is_object() && j.value("complete", false) == true;
+}
+
+SweepReport::SweepReport(std::string dir, SweepRun run, SweepOptions options, EarlierSweep earlier)
+    : dir_(std::move(dir)),
+      run_(std::move(run)),
+      options_(std::move(options)),
+      earlier_seconds_(earlier.seconds) {
   make_dir(dir_);
   csv_ = std::make_unique<CsvLog>(
       dir_ + "/sweep.csv",
       std::vector<std::string>{"criterion", "scope", "ratio", "units", "candidates",
                                "param_fraction", "seeds", "top1", "top1_sd", "top3", "top3_sd",
                                "images", "seconds", "top1_reestimated", "top1_effective"});
+  for (const auto& p : earlier.points) add(p);
 }
 
 void SweepReport::add(const CurvePoint& p) {
@@ -115,37 +221,25 @@ void SweepReport::add(const CurvePoint& p) {
                 fixed(p.top3, 4), fixed(p.top3_sd, 4), std::to_string(p.images),
                 fixed(p.seconds, 3), p.top1_reestimated ? fixed(*p.top1_reestimated, 4) : "",
                 p.top1_effective ? fixed(*p.top1_effective, 4) : ""});
+  points_.push_back(p);
+  write_json(false, earlier_seconds_);
 }
 
-std::vector<std::string> SweepReport::finish(const SweepRun& run, const SweepOptions& o,
-                                             const std::vector<CurvePoint>& points, bool complete,
-                                             double seconds, bool plot) {
-  nlohmann::json j = {{"model", run.model},
-                      {"fingerprint", to_hex(run.fingerprint)},
-                      {"dataset", run.dataset},
-                      {"test_images", run.test_images},
-                      {"unlocked", {{"top1", run.unlocked.top1}, {"top3", run.unlocked.top3}}},
-                      {"chance", run.chance},
-                      {"seeds", o.seeds},
-                      {"first_seed", o.first_seed},
-                      {"include_io", o.include_io},
-                      {"effective", o.effective.has_value()},
-                      {"reestimate_images", run.reestimate_images},
-                      {"scope", run.scope},
-                      {"random_units", run.random_units},
-                      {"ratios", o.ratios},
-                      {"complete", complete},
-                      {"seconds", seconds}};
-  nlohmann::json criteria = nlohmann::json::array();
-  for (Criterion k : o.criteria) criteria.push_back(to_string(k));
-  j["criteria"] = criteria;
+void SweepReport::write_json(bool complete, double seconds) const {
+  nlohmann::json j = run_json(run_, options_);
+  j["complete"] = complete;
+  j["seconds"] = seconds;
   nlohmann::json pts = nlohmann::json::array();
-  for (const auto& p : points) pts.push_back(sweep_point_json(p));
+  for (const auto& p : points_) pts.push_back(sweep_point_json(p));
   j["points"] = pts;
+  write_file_atomic(dir_ + "/sweep.json", j.dump(2) + "\n");
+}
+
+std::vector<std::string> SweepReport::finish(bool complete, double seconds, bool plot) {
+  write_json(complete, earlier_seconds_ + seconds);
   std::vector<std::string> written = {dir_ + "/sweep.json"};
-  write_file_atomic(written.front(), j.dump(2) + "\n");
-  if (plot && !points.empty()) {
-    render_plot(sweep_plot(run, o, points), dir_ + "/sweep.png", dir_ + "/sweep.svg",
+  if (plot && !points_.empty()) {
+    render_plot(sweep_plot(run_, options_, points_), dir_ + "/sweep.png", dir_ + "/sweep.svg",
                 dir_ + "/sweep.gp");
     for (const char* ext : {".png", ".svg", ".gp"}) written.push_back(dir_ + "/sweep" + ext);
   }

@@ -12,7 +12,7 @@ namespace corelocker {
 
 LockedEval evaluate_locked(LoadedModel& model, const Ranking& ranking, double ratio,
                            const Dataset& data, int64_t batch_size,
-                           const EffectiveTarget* effective) {
+                           const EffectiveTarget* effective, Collective* group) {
   if (!(ratio >= 0.0 && ratio <= 1.0)) {
     throw UsageError("ratio " + std::to_string(ratio) + ": must be within [0, 1]");
   }
@@ -27,16 +27,19 @@ LockedEval evaluate_locked(LoadedModel& model, const Ranking& ranking, double ra
   KeyFile key = extract_units(tensors, plan, options);
   LockedEval out;
   out.ratio = ratio;
+  const bool shared = group != nullptr && group->size() > 1;
   try {
     if (effective != nullptr) {
       static const Dataset kNone;
       EffectiveOptions o = effective->options;
       o.batch_size = batch_size;
-      out.effective = evaluate_effective(model, data,
-                                         effective->unlabelled ? *effective->unlabelled : kNone, o);
+      const Dataset& unlabelled = effective->unlabelled ? *effective->unlabelled : kNone;
+      out.effective = shared ? evaluate_effective(model, data, unlabelled, o, *group)
+                             : evaluate_effective(model, data, unlabelled, o);
       out.eval = out.effective->plain;
     } else {
-      out.eval = evaluate(*model.net, data, model.meta.preprocess, batch_size);
+      out.eval = shared ? evaluate_shared(model, data, batch_size, *group)
+                        : evaluate(*model.net, data, model.meta.preprocess, batch_size);
     }
   } catch (...) {
     restore_units(tensors, key);
@@ -152,8 +155,10 @@ std::vector<CurvePoint> sweep(LoadedModel& model, const Dataset& data, const Swe
     rankings.push_back(std::move(per_seed));
   }
   std::vector<CurvePoint> points;
+  size_t index = 0;
   for (double ratio : options.ratios) {
     for (size_t ci = 0; ci < options.criteria.size(); ++ci) {
+      if (index++ < options.skip_points) continue;
       const auto start = std::chrono::steady_clock::now();
       CurvePoint p;
       p.criterion = options.criteria[ci];
@@ -161,8 +166,9 @@ std::vector<CurvePoint> sweep(LoadedModel& model, const Dataset& data, const Swe
       p.ratio = ratio;
       std::vector<double> reestimated;
       for (const Ranking& ranking : rankings[ci]) {
-        LockedEval e = evaluate_locked(model, ranking, ratio, data, options.batch_size,
-                                       options.effective ? &*options.effective : nullptr);
+        LockedEval e =
+            evaluate_locked(model, ranking, ratio, data, options.batch_size,
+                            options.effective ? &*options.effective : nullptr, options.group);
         p.top1_runs.push_back(e.eval.top1);
         p.top3_runs.push_back(e.eval.top3);
         if (e.effective) {
@@ -184,7 +190,14 @@ std::vector<CurvePoint> sweep(LoadedModel& model, const Dataset& data, const Swe
       sample_mean_sd(p.top3_runs, &p.top3, &p.top3_sd);
       p.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
       points.push_back(p);
-      if (on_point && !on_point(points.back())) return points;
+      bool go_on = !on_point || on_point(points.back());
+      if (options.group != nullptr && options.group->size() > 1) {
+        // Every rank must stop after the same point: stop when any rank asks to.
+        std::vector<torch::Tensor> stops = {torch::full({1}, go_on ? 0.0f : 1.0f)};
+        options.group->sum(stops);
+        go_on = stops[0].item<float>() == 0.0f;
+      }
+      if (!go_on) return points;
     }
   }
   return points;

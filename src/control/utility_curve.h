@@ -12,6 +12,7 @@
 
 #include "attacks/effective.h"
 #include "data/dataset.h"
+#include "distributed/collective.h"
 #include "eval/evaluate.h"
 #include "locking/lock.h"
 #include "locking/selection.h"
@@ -39,11 +40,12 @@ struct LockedEval {
 
 // Locks `model` in memory with `ranking`'s plan at `ratio`, evaluates it on `data` (with
 // `effective`, also after re-estimation and pruning) and restores it; the model is restored even
-// when the evaluation throws. Throws UsageError (ratio outside [0, 1], model already locked) /
-// Error.
+// when the evaluation throws. With a `group` of several ranks, every rank calls it alike and the
+// evaluation is shared out (attacks/effective.h), with the one-process result. Throws UsageError
+// (ratio outside [0, 1], model already locked) / Error.
 LockedEval evaluate_locked(LoadedModel& model, const Ranking& ranking, double ratio,
                            const Dataset& data, int64_t batch_size = 500,
-                           const EffectiveTarget* effective = nullptr);
+                           const EffectiveTarget* effective = nullptr, Collective* group = nullptr);
 
 // Extracted units at `ratio` under `ranking`, without touching any tensor (pure arithmetic).
 int64_t units_at(const Ranking& ranking, double ratio);
@@ -61,6 +63,13 @@ struct SweepOptions {
   int64_t batch_size = 500;
   // Also measure every point's effective accuracy (per seed for random).
   std::optional<EffectiveTarget> effective;
+  // Several ranks: each point's evaluations are shared out; every rank runs the same sweep, gets
+  // the same points and calls the callback; the sweep stops after a point when any rank's
+  // callback returned false.
+  Collective* group = nullptr;
+  // The first points in sweep order were measured by an earlier run (a resumed sweep): skip them
+  // (no evaluation, no callback).
+  size_t skip_points = 0;
 };
 
 // One (criterion, ratio) point. For `random` the accuracies are the mean over the seeds and the
@@ -100,10 +109,10 @@ std::vector<double> parse_ratios(const std::string& list);
 // Sample mean and standard deviation (sd 0 for fewer than two values).
 void sample_mean_sd(const std::vector<double>& v, double* mean, double* sd);
 
-// Evaluates every (ratio, criterion) point in ratio order, criteria inside. The model must not
-// be locked; it ends bit for bit as it started. Returns the points measured (fewer than all when
-// the callback stopped the sweep). Throws UsageError (bad options, bn on a model without
-// normalisation) / Error.
+// Evaluates every (ratio, criterion) point in ratio order, criteria inside, but the first
+// `skip_points`. The model must not be locked; it ends bit for bit as it started. Returns the
+// points measured (fewer than all when the callback stopped the sweep). Throws UsageError (bad
+// options, bn on a model without normalisation) / Error.
 std::vector<CurvePoint> sweep(LoadedModel& model, const Dataset& data, const SweepOptions& options,
                               const SweepCallback& on_point = {});
 

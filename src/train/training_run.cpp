@@ -4,10 +4,9 @@
 #include <cstdio>
 
 #include "data/dataset.h"
-#include "locking/fingerprint.h"
+#include "distributed/agreement.h"
 #include "util/atomic_file.h"
 #include "util/error.h"
-#include "util/hash.h"
 
 namespace corelocker {
 
@@ -70,21 +69,14 @@ TrainOptions recorded_options(const nlohmann::json& j, const std::string& path) 
 
 // Checks that every rank of a group trains the same model on the same data the same way.
 void agree_on_run(Collective& group, const LoadedModel& model, const nlohmann::json& summary,
-                  const Dataset& data, const std::string& dataset) {
+                  const Dataset& data) {
   nlohmann::json run = summary;
   run.erase("seconds");
   run["arch"] = model.meta.arch;
   run["arch_options"] = model.meta.options;
   group.agree("training options", run.dump());
-  const torch::Tensor images = data.images.contiguous(), labels = data.labels.contiguous();
-  const Digest di = hash_bytes(images.data_ptr(), images.numel() * images.element_size());
-  const Digest dl = hash_bytes(labels.data_ptr(), labels.numel() * labels.element_size());
-  group.agree("training data", nlohmann::json{{"dataset", dataset},
-                                              {"images", data.size()},
-                                              {"images_digest", to_hex(di).substr(0, 16)},
-                                              {"labels_digest", to_hex(dl).substr(0, 16)}}
-                                   .dump());
-  group.agree("initial weights (fingerprint)", to_hex(fingerprint(named_tensors(*model.net))));
+  agree_on_data(group, "training data", data);
+  agree_on_model(group, "initial weights (fingerprint)", model);
 }
 
 }  // namespace
@@ -138,7 +130,7 @@ LoadedModel run_training(const TrainingRun& a, const TrainingRunHooks& run_hooks
     train_data = subset(train_data, train_subset, opts.seed);
     summary["train_images"] = train_data.size();
     if (a.collective != nullptr && a.collective->size() > 1)
-      agree_on_run(*a.collective, model, summary, train_data, model.meta.dataset);
+      agree_on_run(*a.collective, model, summary, train_data);
     const double seconds_before = summary.value("seconds", 0.0);
     if (opts.start_epoch > 0 && run_hooks.on_resume)
       run_hooks.on_resume(opts.start_epoch + 1, opts.epochs);
