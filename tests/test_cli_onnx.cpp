@@ -158,6 +158,16 @@ TEST_F(CliOnnx, DecoyFillLeavesNoZerosAndRestoresTheOriginalBytes) {
   EXPECT_NE(s.out.find("decoy fill: kept the"), std::string::npos) << s.out;
   EXPECT_NE(s.out.find("of 2 draws (top-1 on 100 validation images)"), std::string::npos) << s.out;
   EXPECT_LE(zero_values(f("s.onnx")), original);
+
+  // Without --eval the model does not run: a search asked for is refused, not dropped.
+  const CliRun n =
+      run(lock + f("n.clk") + " --out " + f("n.onnx") + " --fill decoy --decoy-tries 4");
+  EXPECT_EQ(n.code, 2) << n.out;
+  EXPECT_NE(n.out.find("--decoy-tries and --decoy-target choose a decoy fill by running the model"),
+            std::string::npos)
+      << n.out;
+  EXPECT_FALSE(file_exists(f("n.onnx")));
+  EXPECT_FALSE(file_exists(f("n.clk")));
 }
 
 // --keep on node or initializer names: the kept layers' initializers are the original bytes and

@@ -123,7 +123,7 @@ void add_lock(CLI::App& app) {
     }
     std::string after_lock;  // the single lock's evaluation, printed after the lock's report
     LockEvaluation ev;
-    ev.input_given = input_args_given(input);
+    ev.input_given = input.given();
     ev.describe_input = [](ModelMeta& meta, bool stored, const std::string& path) {
       apply_input_args(input, meta, stored, path);
     };
@@ -133,6 +133,8 @@ void add_lock(CLI::App& app) {
     ev.effective = effective.options();
     ev.evaluate_locked = eval_after;
     ev.decoy_tries = decoy_tries;
+    ev.decoy_search_given = decoy_tries > 1 && (c->get_option("--decoy-tries")->count() > 0 ||
+                                                c->get_option("--decoy-target")->count() > 0);
     ev.decoy_target =
         decoy_target == "lowest" ? DecoySearch::Target::kLowest : DecoySearch::Target::kMatchZero;
     ev.tier_bands = bands;

@@ -112,7 +112,7 @@ void add_eval(CLI::App& app) {
     job.threads = static_cast<unsigned>(apply_threads(common));
     require_runnable(model_path, Feature::kEvaluate, "eval");
     if (!key_paths.empty()) job.keys = read_keys(key_paths, access);
-    job.input_given = input_args_given(input);
+    job.input_given = input.given();
     job.describe_input = [](ModelMeta& meta, bool stored, const std::string& path) {
       apply_input_args(input, meta, stored, path);
     };

@@ -18,6 +18,7 @@
 #include "formats/format.h"
 #include "locking/lock.h"
 #include "models/checkpoint.h"
+#include "models/input_override.h"
 #include "train/trainer.h"
 #include "util/stats.h"
 
@@ -42,17 +43,8 @@ struct Common {
 // disagrees with the stored value is a usage error; a TorchScript file straight from PyTorch stores
 // nothing, and the options apply over Fashion-MNIST defaults. Files corelocker writes store what it
 // used.
-struct InputArgs {
-  std::string dataset;
-  std::vector<double> mean, std;
-  int64_t pad = -1, resize = -1, channels = -1;
-  double pad_value = 0.0;
-  bool pad_value_given = false;
-  bool pad_after_normalise = false;
-};
+using InputArgs = InputOverride;  // models/input_override.h
 void add_input_args(CLI::App* c, InputArgs& a);
-// Whether any of the options was given.
-bool input_args_given(const InputArgs& a);
 // Applies the options to `model`, loaded from `path`: with model.meta_stored, checks each given
 // option against the stored value (UsageError naming the option, the value given and the value
 // stored); otherwise applies them over the defaults and checks the result. Throws UsageError.

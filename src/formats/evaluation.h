@@ -40,8 +40,9 @@ struct EvaluationJob : ModelData {
 };
 
 struct LockEvaluation : ModelData {
-  bool evaluate_locked = false;  // --eval: the locked model (each tier) on the test split
-  int decoy_tries = 1;           // with a decoy fill: keep the best of this many draws
+  bool evaluate_locked = false;     // --eval: the locked model (each tier) on the test split
+  int decoy_tries = 1;              // with a decoy fill: keep the best of this many draws
+  bool decoy_search_given = false;  // the user asked for a search (tries > 1 given)
   DecoySearch::Target decoy_target = DecoySearch::Target::kMatchZero;
   std::vector<Band> tier_bands;  // LockRequest::tier_bands: one tier per band
   bool target_plain = false;     // the bands are of the plain top-1, not the effective one

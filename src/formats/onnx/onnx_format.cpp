@@ -105,6 +105,12 @@ class OnnxFormat : public ModelFormat {
           "is evaluated; '" +
           r.in + "' is an ONNX file and is evaluated only with --eval (they are not stored)");
     }
+    if (ev != nullptr && ev->decoy_search_given && r.fill != Fill::kZero && !evaluate) {
+      throw UsageError(
+          "--decoy-tries and --decoy-target choose a decoy fill by running the model; '" + r.in +
+          "' is an ONNX file, which runs only with --eval (its input is not "
+          "stored): give --eval, or leave them out for one draw");
+    }
     require_onnx_out(r.out);
     OnnxModel model = load_onnx_model(r.in);
     // With --eval, whatever would stop the evaluation stops the lock before anything is written.
