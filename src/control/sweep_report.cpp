@@ -6,6 +6,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <optional>
 
 #include "util/atomic_file.h"
 #include "util/error.h"
@@ -149,16 +150,23 @@ nlohmann::json run_json(const SweepRun& run, const SweepOptions& o) {
           {"criteria", criteria}};
 }
 
+// sweep.json as JSON (a discarded value when it does not parse), or nullopt when there is none.
+std::optional<nlohmann::json> read_record(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) return std::nullopt;
+  const std::vector<uint8_t> bytes = read_file(path);
+  return nlohmann::json::parse(bytes.begin(), bytes.end(), nullptr, false);
+}
+
 }  // namespace
 
 EarlierSweep read_earlier_sweep(const std::string& dir, const SweepRun& run,
                                 const SweepOptions& options) {
   const std::string path = dir + "/sweep.json";
   EarlierSweep out;
-  struct stat st {};
-  if (::stat(path.c_str(), &st) != 0) return out;
-  const std::vector<uint8_t> bytes = read_file(path);
-  const auto j = nlohmann::json::parse(bytes.begin(), bytes.end(), nullptr, false);
+  const std::optional<nlohmann::json> record = read_record(path);
+  if (!record) return out;
+  const nlohmann::json& j = *record;
   if (!j.is_object() || !j.contains("points") || !j["points"].is_array())
     throw FormatError("'" + path + "' is not a sweep's record (no list of points)");
   const nlohmann::json want = run_json(run, options);
@@ -192,12 +200,8 @@ EarlierSweep read_earlier_sweep(const std::string& dir, const SweepRun& run,
 }
 
 bool holds_finished_sweep(const std::string& dir) {
-  const std::string path = dir + "/sweep.json";
-  struct stat st {};
-  if (::stat(path.c_str(), &st) != 0) return false;
-  const std::vector<uint8_t> bytes = read_file(path);
-  const auto j = nlohmann::json::parse(bytes.begin(), bytes.end(), nullptr, false);
-  return j.is_object() && j.value("complete", false) == true;
+  const std::optional<nlohmann::json> j = read_record(dir + "/sweep.json");
+  return j && j->is_object() && j->value("complete", false) == true;
 }
 
 SweepReport::SweepReport(std::string dir, SweepRun run, SweepOptions options, EarlierSweep earlier)
