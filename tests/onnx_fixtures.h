@@ -225,7 +225,7 @@ inline std::string make_hostile(const std::string& fx, const TempDir& dir, Defec
       return path;
     }
     case Defect::kNotProtobuf:
-      write_file_atomic(path, std::string("\xff\xff\xff\xff not an onnx model at all", 31));
+      write_file_atomic(path, std::string("\xff\xff\xff\xff not an onnx model at all"));
       return path;
   }
   write_proto(path, m);

@@ -9,7 +9,7 @@
 #include "test_support.h"
 #include "util/error.h"
 
-namespace corelocker {
+namespace corelocker::analysis_test {
 namespace {
 
 using testing::clone;
@@ -236,4 +236,4 @@ TEST(Disparity, RefusesModelsThatDoNotMatchAndEmptyInput) {
 }
 
 }  // namespace
-}  // namespace corelocker
+}  // namespace corelocker::analysis_test

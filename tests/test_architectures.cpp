@@ -10,7 +10,7 @@
 #include "test_support.h"
 #include "util/error.h"
 
-namespace corelocker {
+namespace corelocker::architectures_test {
 namespace {
 
 int64_t params(const std::string& arch, const std::string& dataset) {
@@ -337,4 +337,4 @@ TEST(Architectures, CheckpointRoundTripOfEveryFamily) {
 }
 
 }  // namespace
-}  // namespace corelocker
+}  // namespace corelocker::architectures_test

@@ -11,7 +11,7 @@
 #include "test_support.h"
 #include "util/error.h"
 
-namespace corelocker {
+namespace corelocker::attacks_test {
 namespace {
 
 using testing::clone;
@@ -680,9 +680,9 @@ TEST(Verdict, NothingWithoutScratch) {
 }
 
 }  // namespace
-}  // namespace corelocker
+}  // namespace corelocker::attacks_test
 
-namespace corelocker {
+namespace corelocker::attacks_test {
 namespace {
 
 // `attack all`'s plan: every attack in table order, prune once a ratio (with fine-tuning when
@@ -719,4 +719,4 @@ TEST(AttackPlan, AllAndSingleAttacksGiveTheTableRows) {
 }
 
 }  // namespace
-}  // namespace corelocker
+}  // namespace corelocker::attacks_test

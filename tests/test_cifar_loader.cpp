@@ -7,7 +7,7 @@
 #include "util/atomic_file.h"
 #include "util/error.h"
 
-namespace corelocker {
+namespace corelocker::cifar_loader_test {
 namespace {
 
 // n records; record i has label (i + offset) % classes and every pixel of plane c equal to
@@ -111,4 +111,4 @@ TEST(Cifar, AugmentationFlipsOnlyWhenAsked) {
 }
 
 }  // namespace
-}  // namespace corelocker
+}  // namespace corelocker::cifar_loader_test

@@ -15,7 +15,7 @@
 #include "temp_dir.h"
 #include "util/atomic_file.h"
 
-namespace corelocker {
+namespace corelocker::cli_formats_test {
 namespace {
 
 using testing::CliRun;
@@ -148,4 +148,4 @@ TEST_F(CliFormatMatrix, EveryCellOfTheMatrixIsWhatTheToolDoes) {
 }
 
 }  // namespace
-}  // namespace corelocker
+}  // namespace corelocker::cli_formats_test

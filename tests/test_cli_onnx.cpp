@@ -2,16 +2,19 @@
 // binary.
 #include <gtest/gtest.h>
 
+#include <filesystem>
+#include <nlohmann/json.hpp>
 #include <set>
 
 #include "cli_run.h"
-#include "formats/onnx_model.h"
+#include "data/dataset.h"
+#include "formats/onnx/onnx_model.h"
 #include "keyfile/key_file.h"
 #include "onnx_fixtures.h"
 #include "temp_dir.h"
 #include "util/atomic_file.h"
 
-namespace corelocker {
+namespace corelocker::cli_onnx_test {
 namespace {
 
 using testing::CliRun;
@@ -260,6 +263,68 @@ TEST_F(CliOnnx, EvalAndLockEvalRunTheGraph) {
   EXPECT_NE(p.out.find("--pad"), std::string::npos) << p.out;
 }
 
+// The predictions of `predict --json` without the "model" field.
+nlohmann::json predictions(const CliRun& r) {
+  nlohmann::json j = nlohmann::json::parse(r.out);
+  j.erase("model");
+  return j;
+}
+
+TEST_F(CliOnnx, PredictRunsTheGraphAndUnlocksInMemory) {
+  // The first 24 Fashion-MNIST test images as an IDX file.
+  const Dataset test = load_dataset("fashion-mnist", "", Split::kTest);
+  const int64_t n = 24;
+  std::vector<uint8_t> idx = {0, 0, 8, 3,  0, 0, 0, static_cast<uint8_t>(n),
+                              0, 0, 0, 28, 0, 0, 0, 28};
+  const torch::Tensor first = test.images.narrow(0, 0, n).contiguous();
+  idx.insert(idx.end(), first.data_ptr<uint8_t>(), first.data_ptr<uint8_t>() + n * 28 * 28);
+  write_file_atomic(f("x.idx"), idx);
+  const std::string in = " --input " + f("x.idx") + " --json --top 3 --threads 2";
+
+  const CliRun o = run("predict --model " + f("m.onnx") + in);
+  ASSERT_EQ(o.code, 0) << o.out;
+  const nlohmann::json original = predictions(o);
+  EXPECT_FALSE(original["locked"].get<bool>());
+  ASSERT_EQ(original["predictions"].size(), size_t(n)) << o.out;
+  for (const auto& row : original["predictions"]) {
+    ASSERT_EQ(row["classes"].size(), 3u);
+    const std::vector<double> p = row["probabilities"];  // softmax: best first, at most 1 in all
+    EXPECT_GE(p[0], p[1]);
+    EXPECT_GE(p[1], p[2]);
+    EXPECT_LE(p[0] + p[1] + p[2], 1.0 + 1e-6);
+  }
+
+  ASSERT_EQ(
+      run("lock --model " + f("m.onnx") + " --out " + f("l.onnx") + " --key-out " + f("k.clk"))
+          .code,
+      0);
+  const CliRun l = run("predict --model " + f("l.onnx") + in);
+  ASSERT_EQ(l.code, 0) << l.out;
+  const nlohmann::json locked = predictions(l);
+  EXPECT_TRUE(locked["locked"].get<bool>());
+  EXPECT_NE(locked["predictions"], original["predictions"]);
+
+  // With the key, in memory: the original's predictions, probabilities included; nothing written.
+  const auto files = [&] {
+    std::set<std::string> names;
+    for (const auto& e : std::filesystem::directory_iterator(f("")))
+      names.insert(e.path().string());
+    return names;
+  };
+  const std::set<std::string> before = files();
+  const std::vector<uint8_t> locked_bytes = read_file(f("l.onnx"));
+  const CliRun u = run("predict --model " + f("l.onnx") + " --key " + f("k.clk") + in);
+  ASSERT_EQ(u.code, 0) << u.out;
+  EXPECT_EQ(predictions(u), original) << u.out;
+  EXPECT_EQ(files(), before);
+  EXPECT_EQ(read_file(f("l.onnx")), locked_bytes);
+
+  // Images the graph's 1x28x28 input cannot take are a usage error naming the option.
+  const CliRun p = run("predict --model " + f("m.onnx") + " --pad 32" + in);
+  EXPECT_EQ(p.code, 2) << p.out;
+  EXPECT_NE(p.out.find("--pad"), std::string::npos) << p.out;
+}
+
 TEST_F(CliOnnx, AGraphOpenCvCannotImportIsRefusedNamingTheNodeAndNothingIsWritten) {
   onnx::ModelProto m = testing::read_proto(f("m.onnx"));
   onnx::GraphProto& g = *m.mutable_graph();
@@ -296,7 +361,7 @@ TEST_F(CliOnnx, CommandsThatCannotRunOnnxSaySo) {
   CliRun r = run("calibrate --model " + f("m.onnx") + " --target 50-55 --out " + f("l.onnx") +
                  " --key-out " + f("k.clk"));
   EXPECT_EQ(r.code, 2) << r.out;
-  EXPECT_NE(r.out.find("eval and lock --eval"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("eval, lock --eval and predict only"), std::string::npos) << r.out;
   EXPECT_FALSE(file_exists(f("l.onnx")));
 }
 
@@ -353,4 +418,4 @@ TEST_F(CliOnnx, KeyOfAnotherModelIsRefused) {
 }
 
 }  // namespace
-}  // namespace corelocker
+}  // namespace corelocker::cli_onnx_test

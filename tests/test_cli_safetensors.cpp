@@ -11,7 +11,7 @@
 #include <set>
 
 #include "cli_run.h"
-#include "formats/safetensors.h"
+#include "formats/safetensors/safetensors.h"
 #include "temp_dir.h"
 #include "util/atomic_file.h"
 

@@ -278,8 +278,8 @@ TEST(CliTorchScript, AttackRunsOnScriptedAndTracedFilesAndNeverWritesThem) {
   EXPECT_EQ(read_file(tmp.file("traced.pt")), traced_bytes);
 }
 
-// Files this build locks but cannot run (safetensors), or runs only in `eval` and `lock --eval`
-// (ONNX): every other command that evaluates or trains says so.
+// Files this build locks but cannot run (safetensors), or runs only in `eval`, `lock --eval` and
+// `predict` (ONNX): every other command that evaluates or trains says so.
 TEST(CliFormats, CommandsThatRunAModelRefuseOnnxAndSafetensorsFiles) {
   TempDir tmp;
   for (const std::string name : {"m.onnx", "m.safetensors"}) {
@@ -295,7 +295,8 @@ TEST(CliFormats, CommandsThatRunAModelRefuseOnnxAndSafetensorsFiles) {
         {"predict", "predict" + m + " --input " + tmp.file("x.idx")}};
     for (const auto& [command, line] : commands) {
       const auto r = run(line);
-      if (name == "m.onnx" && command == "eval") {  // evaluated: this one is not ONNX at all
+      if (name == "m.onnx" && (command == "eval" || command == "predict")) {
+        // run: this one is not ONNX at all
         EXPECT_EQ(r.code, 1) << line << ": " << r.out;
         EXPECT_NE(r.out.find("not a valid ONNX ModelProto"), std::string::npos)
             << line << ": " << r.out;

@@ -15,7 +15,7 @@
 #include "util/atomic_file.h"
 #include "util/error.h"
 
-namespace corelocker {
+namespace corelocker::control_test {
 namespace {
 
 using testing::clone;
@@ -505,9 +505,9 @@ TEST(Calibrate, TierBandsGiveNestedKeysWhoseStatesLandInTheirBands) {
 }
 
 }  // namespace
-}  // namespace corelocker
+}  // namespace corelocker::control_test
 
-namespace corelocker {
+namespace corelocker::control_test {
 namespace {
 
 // `sweep --resume` reads the sweep.json an interrupted run left: broken or foreign files are
@@ -580,4 +580,4 @@ TEST(SweepResume, BrokenOrForeignRecordsAreRefused) {
 }
 
 }  // namespace
-}  // namespace corelocker
+}  // namespace corelocker::control_test

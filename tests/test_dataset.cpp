@@ -5,7 +5,7 @@
 #include "temp_dir.h"
 #include "util/error.h"
 
-namespace corelocker {
+namespace corelocker::dataset_test {
 namespace {
 
 void write_idx_gz(const std::string& path, std::vector<uint32_t> dims, uint8_t fill = 1) {
@@ -134,4 +134,4 @@ TEST(Preprocess, RandomCropKeepsShapeAndShiftsContent) {
 }
 
 }  // namespace
-}  // namespace corelocker
+}  // namespace corelocker::dataset_test

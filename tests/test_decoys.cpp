@@ -16,7 +16,7 @@
 #include "test_support.h"
 #include "util/error.h"
 
-namespace corelocker {
+namespace corelocker::decoys_test {
 namespace {
 
 using testing::clone;
@@ -382,4 +382,4 @@ TEST(Detectors, TheLearnedDetectorIsSeededAndReplays) {
 }
 
 }  // namespace
-}  // namespace corelocker
+}  // namespace corelocker::decoys_test

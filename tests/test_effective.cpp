@@ -8,7 +8,7 @@
 #include "torchscript_fixture.h"
 #include "util/error.h"
 
-namespace corelocker {
+namespace corelocker::effective_test {
 namespace {
 
 using testing::clone;
@@ -158,4 +158,4 @@ TEST(Effective, WithoutImagesOrBatchNormReestimationIsSkippedWithAReason) {
 }
 
 }  // namespace
-}  // namespace corelocker
+}  // namespace corelocker::effective_test

@@ -6,7 +6,7 @@
 #include "locking/lock.h"
 #include "test_support.h"
 
-namespace corelocker {
+namespace corelocker::end_to_end_test {
 namespace {
 
 class EndToEnd : public ::testing::Test {
@@ -81,4 +81,4 @@ TEST_F(EndToEnd, IdealUnusableNetworkGuesses) {
 }
 
 }  // namespace
-}  // namespace corelocker
+}  // namespace corelocker::end_to_end_test

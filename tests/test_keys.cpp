@@ -10,7 +10,7 @@
 #include "test_support.h"
 #include "util/error.h"
 
-namespace corelocker {
+namespace corelocker::keys_test {
 namespace {
 
 using testing::clone;
@@ -222,4 +222,4 @@ TEST(DecoySearch, KeepsTheDrawNearestZeroFillOrTheLowestAndRestoresExactly) {
 }
 
 }  // namespace
-}  // namespace corelocker
+}  // namespace corelocker::keys_test

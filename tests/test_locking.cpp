@@ -8,7 +8,7 @@
 #include "test_support.h"
 #include "util/error.h"
 
-namespace corelocker {
+namespace corelocker::locking_test {
 namespace {
 
 using testing::clone;
@@ -488,4 +488,4 @@ TEST(Fingerprint, IgnoresOrderAndSeesEveryBit) {
 }
 
 }  // namespace
-}  // namespace corelocker
+}  // namespace corelocker::locking_test

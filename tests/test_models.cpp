@@ -7,7 +7,7 @@
 #include "util/atomic_file.h"
 #include "util/error.h"
 
-namespace corelocker {
+namespace corelocker::models_test {
 namespace {
 
 TEST(ResNet, Resnet20HasTheCanonicalSizeAndStructure) {
@@ -118,4 +118,4 @@ TEST(Checkpoint, PadValueAndOrderRoundTrip) {
 }
 
 }  // namespace
-}  // namespace corelocker
+}  // namespace corelocker::models_test

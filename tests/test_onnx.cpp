@@ -3,13 +3,13 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
-#include "formats/onnx_lock.h"
-#include "formats/onnx_model.h"
+#include "formats/onnx/onnx_lock.h"
+#include "formats/onnx/onnx_model.h"
 #include "onnx_fixtures.h"
 #include "temp_dir.h"
 #include "util/error.h"
 
-namespace corelocker {
+namespace corelocker::onnx_test {
 namespace {
 
 using testing::initializer;
@@ -331,4 +331,4 @@ TEST(OnnxFormat, DataTypeNamesAndSizes) {
 }
 
 }  // namespace
-}  // namespace corelocker
+}  // namespace corelocker::onnx_test

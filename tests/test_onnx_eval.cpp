@@ -8,16 +8,16 @@
 #include <cstring>
 #include <optional>
 
-#include "formats/onnx_eval.h"
-#include "formats/onnx_lock.h"
-#include "formats/onnx_model.h"
-#include "formats/onnx_runtime.h"
+#include "formats/onnx/onnx_eval.h"
+#include "formats/onnx/onnx_lock.h"
+#include "formats/onnx/onnx_model.h"
+#include "formats/onnx/onnx_runtime.h"
 #include "onnx/onnx_pb.h"
 #include "onnx_fixtures.h"
 #include "temp_dir.h"
 #include "util/error.h"
 
-namespace corelocker {
+namespace corelocker::onnx_eval_test {
 namespace {
 
 namespace F = torch::nn::functional;
@@ -427,4 +427,4 @@ TEST(OnnxEval, EffectiveAccuracyOfALockedExportLeavesTheModelAsItWas) {
 }
 
 }  // namespace
-}  // namespace corelocker
+}  // namespace corelocker::onnx_eval_test

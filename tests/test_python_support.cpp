@@ -13,7 +13,7 @@
 #include "torchscript_fixture.h"
 #include "util/error.h"
 
-namespace corelocker {
+namespace corelocker::python_support_test {
 namespace {
 
 using testing::clone;
@@ -100,4 +100,4 @@ TEST(Reestimate, BatchesFromTheCallerGiveTheDatasetsResult) {
 }
 
 }  // namespace
-}  // namespace corelocker
+}  // namespace corelocker::python_support_test

@@ -5,7 +5,7 @@
 #include <cstring>
 #include <string>
 
-#include "formats/safetensors.h"
+#include "formats/safetensors/safetensors.h"
 #include "temp_dir.h"
 #include "util/atomic_file.h"
 #include "util/error.h"

@@ -13,8 +13,8 @@
 #include <random>
 #include <tuple>
 
-#include "formats/safetensors.h"
-#include "formats/safetensors_lock.h"
+#include "formats/safetensors/safetensors.h"
+#include "formats/safetensors/safetensors_lock.h"
 #include "temp_dir.h"
 #include "util/atomic_file.h"
 #include "util/error.h"

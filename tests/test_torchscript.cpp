@@ -20,7 +20,7 @@
 #include "torchscript_fixture.h"
 #include "util/error.h"
 
-namespace corelocker {
+namespace corelocker::torchscript_test {
 namespace {
 
 using testing::same_tensors;
@@ -416,4 +416,4 @@ TEST(TorchScriptAttacks, ReestimationIsUnavailableExactlyWhereRunningTheModelCan
 }
 
 }  // namespace
-}  // namespace corelocker
+}  // namespace corelocker::torchscript_test

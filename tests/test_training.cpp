@@ -9,7 +9,7 @@
 #include "train/trainer.h"
 #include "util/error.h"
 
-namespace corelocker {
+namespace corelocker::training_test {
 namespace {
 
 TrainOptions small_options(const std::string& optimizer = "sgd") {
@@ -118,4 +118,4 @@ TEST(Training, StartEpochOutOfRangeIsAUsageError) {
 }
 
 }  // namespace
-}  // namespace corelocker
+}  // namespace corelocker::training_test

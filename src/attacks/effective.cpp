@@ -198,12 +198,6 @@ EffectiveEval evaluate_effective(LoadedModel& model, const Dataset& test, const 
   EffectiveEval out;
   out.plain = evaluate(*model.net, test, model.meta.preprocess, options.batch_size);
   out.top1_effective = out.plain.top1;
-  auto consider = [&](double top1, const std::string& what) {
-    if (top1 > out.top1_effective) {
-      out.top1_effective = top1;
-      out.worst = what;
-    }
-  };
   Snapshot snapshot(model);
   try {
     if (unlabelled.size() == 0) {
@@ -215,7 +209,7 @@ EffectiveEval evaluate_effective(LoadedModel& model, const Dataset& test, const 
         out.reestimate_images =
             reestimate_batchnorm(model, unlabelled, options.reestimate_batch).images;
         out.reestimated = evaluate(*model.net, test, model.meta.preprocess, options.batch_size);
-        consider(out.reestimated->top1, "bn re-estimation");
+        out.consider(out.reestimated->top1, "bn re-estimation");
       } catch (const UsageError&) {
         throw;
       } catch (const Error& e) {
@@ -227,7 +221,7 @@ EffectiveEval evaluate_effective(LoadedModel& model, const Dataset& test, const 
       prune_smallest(model, ratio);
       PrunedEval p{ratio, evaluate(*model.net, test, model.meta.preprocess, options.batch_size)};
       snapshot.restore(model);
-      consider(p.eval.top1, ratio_label(ratio));
+      out.consider(p.eval.top1, ratio_label(ratio));
       out.pruned.push_back(p);
     }
   } catch (...) {
@@ -386,12 +380,6 @@ EffectiveEval evaluate_effective(LoadedModel& model, const Dataset& test, const 
   };
   const auto answers = run_shared(group, "evaluation", variants.size() * slices.size(), run_job);
 
-  auto consider = [&](double top1, const std::string& what) {
-    if (top1 > out.top1_effective) {
-      out.top1_effective = top1;
-      out.worst = what;
-    }
-  };
   for (size_t v = 0; v < variants.size(); ++v) {
     const size_t first = v * slices.size();
     switch (variants[v].kind) {
@@ -405,12 +393,12 @@ EffectiveEval evaluate_effective(LoadedModel& model, const Dataset& test, const 
         } else {
           out.reestimate_images = answers[first].at("images").get<int64_t>();
           out.reestimated = add_up(answers, first, slices.size());
-          consider(out.reestimated->top1, "bn re-estimation");
+          out.consider(out.reestimated->top1, "bn re-estimation");
         }
         break;
       case Variant::kPruned: {
         PrunedEval p{variants[v].prune_ratio, add_up(answers, first, slices.size())};
-        consider(p.eval.top1, ratio_label(p.ratio));
+        out.consider(p.eval.top1, ratio_label(p.ratio));
         out.pruned.push_back(p);
         break;
       }

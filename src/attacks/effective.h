@@ -73,6 +73,14 @@ struct EffectiveEval {
   std::vector<PrunedEval> pruned;
   double top1_effective = 0.0;  // the highest top-1 of the above
   std::string worst = "plain";  // what gave it: "plain", "bn re-estimation", "prune 0.20"
+
+  // Takes `top1`, measured as `what`, as the effective accuracy when it beats the highest so far.
+  void consider(double top1, const std::string& what) {
+    if (top1 > top1_effective) {
+      top1_effective = top1;
+      worst = what;
+    }
+  }
 };
 
 // Evaluates `model` (typically locked) on `test` plain, after re-estimating its BatchNorm

@@ -4,6 +4,7 @@
 #include "cli/commands.h"
 #include "cli/common.h"
 #include "data/idx.h"
+#include "formats/evaluation.h"
 #include "locking/detect.h"
 #include "util/atomic_file.h"
 #include "util/error.h"
@@ -57,7 +58,8 @@ void add_predict(CLI::App& app) {
   static Common common;
   static KeyAccess access;
   static InputArgs input_args;
-  c->add_option("--model", model_path, "Model (locked or not)")->required();
+  c->add_option("--model", model_path, "Model checkpoint, TorchScript or ONNX file (locked or not)")
+      ->required();
   c->add_option("--key", key_paths, "Key(s) to unlock with in memory, tier 1 first");
   c->add_option("--input", input, "Images: IDX (.gz or plain), or raw bytes with --raw")
       ->required();
@@ -70,25 +72,25 @@ void add_predict(CLI::App& app) {
   add_threads(c, common);
   add_input_args(c, input_args);
   handlers()[c] = [] {
-    apply_threads(common);
+    const ModelFormat& format = model_formats().of(model_path);
+    PredictionJob job;
+    job.threads = static_cast<unsigned>(apply_threads(common));
     require_runnable(model_path, Feature::kPredict, "predict");
-    LoadedModel model = key_paths.empty() ? load_model(model_path)
-                                          : load_unlocked(model_path, read_keys(key_paths, access));
-    apply_input_args(input_args, model, model_path);
-    torch::Tensor images = read_images(input, raw, model.meta);
-    torch::NoGradGuard no_grad;
-    model.net->eval();
+    if (!key_paths.empty()) job.keys = read_keys(key_paths, access);
+    job.describe_input = [](ModelMeta& meta, bool stored, const std::string& path) {
+      apply_input_args(input_args, meta, stored, path);
+    };
+    job.images = [](const ModelMeta& meta) { return read_images(input, raw, meta); };
+    bool locked = false;
+    job.on_model = [&](bool l) { locked = l; };
     Json out = Json::array();
-    const int k = std::min<int>(top, static_cast<int>(model.meta.classes));
-    for (int64_t i = 0; i < images.size(0); i += 256) {
-      const int64_t b = std::min<int64_t>(256, images.size(0) - i);
-      auto probs = torch::softmax(model.net->forward(preprocess_batch(
-                                      images.narrow(0, i, b), model.meta.preprocess, false)),
-                                  1);
+    job.on_batch = [&](int64_t first, const torch::Tensor& probs) {
+      const int k = std::min<int>(top, static_cast<int>(probs.size(1)));
       auto [p, cls] = probs.topk(k, 1);
-      for (int64_t j = 0; j < b; ++j) {
-        Json row = {{"index", i + j}, {"classes", Json::array()}, {"probabilities", Json::array()}};
-        std::string line = std::to_string(i + j) + ":";
+      for (int64_t j = 0; j < probs.size(0); ++j) {
+        Json row = {
+            {"index", first + j}, {"classes", Json::array()}, {"probabilities", Json::array()}};
+        std::string line = std::to_string(first + j) + ":";
         for (int t = 0; t < k; ++t) {
           row["classes"].push_back(cls[j][t].item<int64_t>());
           row["probabilities"].push_back(p[j][t].item<double>());
@@ -98,13 +100,13 @@ void add_predict(CLI::App& app) {
         if (!json) std::printf("%s\n", line.c_str());
         out.push_back(row);
       }
-    }
-    if (json)
+    };
+    format.predict(model_path, job);
+    if (json) {
       std::printf(
           "%s\n",
-          Json{{"model", model_path}, {"locked", model.meta.lock.has_value()}, {"predictions", out}}
-              .dump()
-              .c_str());
+          Json{{"model", model_path}, {"locked", locked}, {"predictions", out}}.dump().c_str());
+    }
     return 0;
   };
 }

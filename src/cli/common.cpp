@@ -229,36 +229,12 @@ void add_train_args(CLI::App* c, TrainArgs& a) {
   c->add_flag("--flip", a.flip, "Random horizontal flips (default: on for CIFAR, off otherwise)");
 }
 
-std::map<std::string, int64_t> arch_options(const TrainArgs& a) {
-  std::map<std::string, int64_t> o;
-  if (a.depth != 0) o["depth"] = a.depth;
-  if (a.width != 0) o["width"] = a.width;
-  for (const auto& kv : a.set) {
-    const auto eq = kv.find('=');
-    if (eq == std::string::npos || eq == 0)
-      throw UsageError("--set '" + kv + "': expected KEY=VALUE");
-    const std::string key = kv.substr(0, eq), value = kv.substr(eq + 1);
-    size_t used = 0;
-    int64_t v = 0;
-    try {
-      v = std::stoll(value, &used);
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    if (used == 0 || used != value.size()) {
-      throw UsageError("--set '" + kv + "': value '" + value + "' is not an integer");
-    }
-    o[key] = v;
-  }
-  return o;
-}
-
 LoadedModel train_model(const TrainArgs& a, const Common& common, Json& summary_out,
                         Collective* collective) {
   TrainingRun run;
   run.arch = a.arch;
   run.dataset = a.dataset;
-  run.arch_options = arch_options(a);
+  run.arch_options = architecture_options(a.depth, a.width, a.set);
   run.flip = a.flip;
   run.train_subset = a.train_subset;
   run.opts = a.opts;

@@ -102,8 +102,6 @@ struct TrainArgs {
   bool resume = false;
 };
 void add_train_args(CLI::App* c, TrainArgs& a);
-// The architecture options that --depth, --width and --set KEY=VALUE ask for. Throws UsageError.
-std::map<std::string, int64_t> arch_options(const TrainArgs& a);
 // Builds (or, with a.resume, reloads) and trains a model with terminal progress. Ctrl-C stops
 // training at the end of the current step: summary_out["interrupted"] is then true and the
 // model is the one of the last completed epoch's checkpoint (if any).

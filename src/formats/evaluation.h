@@ -39,6 +39,21 @@ struct EvaluationJob : ModelData {
   std::function<void(const EffectiveEval& result, const std::string& runtime)> on_locked;
 };
 
+// `predict`: the model (unlocked in memory with `keys` first, when given) classifies the images
+// `images` reads once the model's input is known (uint8 [N, C, H, W] in its input shape).
+// `on_model` is called once before the first batch: is the model as it runs still locked?
+// `on_batch` gets each batch's class probabilities (softmax of the logits, [n, classes]) and the
+// index of its first image, batches in order.
+struct PredictionJob {
+  std::vector<KeyFile> keys;
+  unsigned threads = 0;
+  int64_t batch_size = 256;
+  std::function<void(ModelMeta& meta, bool stored, const std::string& path)> describe_input;
+  std::function<torch::Tensor(const ModelMeta& meta)> images;
+  std::function<void(bool locked)> on_model;
+  std::function<void(int64_t first, const torch::Tensor& probabilities)> on_batch;
+};
+
 struct LockEvaluation : ModelData {
   bool evaluate_locked = false;     // --eval: the locked model (each tier) on the test split
   int decoy_tries = 1;              // with a decoy fill: keep the best of this many draws

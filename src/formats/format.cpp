@@ -117,6 +117,11 @@ void ModelFormat::evaluate(const std::string& path, const EvaluationJob&) const 
   throw UsageError("eval: '" + path + "' (" + name() + ") cannot be evaluated");
 }
 
+void ModelFormat::predict(const std::string& path, const PredictionJob&) const {
+  require(*this, Feature::kPredict, path);
+  throw UsageError("predict: '" + path + "' (" + name() + ") cannot be run");
+}
+
 void check_lock_request(const ModelFormat& format, const LockRequest& r) {
   require(format, Feature::kLock, r.in);
   if (!r.criterion_named) {

@@ -61,6 +61,7 @@ inline Support cannot(std::string why) { return {false, std::move(why)}; }
 // formats without Feature::kEvaluate never see them.
 struct LockEvaluation;
 struct EvaluationJob;
+struct PredictionJob;
 
 // What `lock` asks of a format.
 struct LockRequest {
@@ -161,6 +162,8 @@ class ModelFormat {
                               const std::string& out, unsigned threads) const = 0;
   // `eval` of the file as `job` says. The default refuses (UsageError with the kEvaluate note).
   virtual void evaluate(const std::string& path, const EvaluationJob& job) const;
+  // `predict` of the file as `job` says. The default refuses (UsageError with the kPredict note).
+  virtual void predict(const std::string& path, const PredictionJob& job) const;
 };
 
 // Refuses, before anything is read, a request that uses a feature the format does not support

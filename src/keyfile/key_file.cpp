@@ -558,4 +558,24 @@ uint64_t write_key_file(const std::string& path, const KeyFile& key,
   return bytes.size();
 }
 
+std::string short_fingerprint(const Digest& d) { return to_hex(d).substr(0, 16); }
+
+void check_key_applies(const Digest& fp, const KeyHeader& header) {
+  if (fp == header.locked_fingerprint) return;
+  if (fp == header.original_fingerprint) {
+    throw MismatchError("model is already unlocked (its fingerprint " + short_fingerprint(fp) +
+                        "... is the original this key restores)");
+  }
+  throw MismatchError("key belongs to another model: key expects locked model " +
+                      short_fingerprint(header.locked_fingerprint) + "..., this model is " +
+                      short_fingerprint(fp) + "...");
+}
+
+void check_key_restored(const Digest& restored, const KeyHeader& header) {
+  if (restored == header.original_fingerprint) return;
+  throw Error("restored model's fingerprint " + short_fingerprint(restored) +
+              "... differs from the original " + short_fingerprint(header.original_fingerprint) +
+              "... recorded in the key");
+}
+
 }  // namespace corelocker

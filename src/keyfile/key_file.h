@@ -151,6 +151,16 @@ KeyHeader parse_key_header(const uint8_t* data, size_t size, const std::string& 
 // True when the bytes start with the key magic.
 bool looks_like_key(const std::vector<uint8_t>& bytes);
 
+// The first 16 hex digits of a fingerprint, as messages show it.
+std::string short_fingerprint(const Digest& d);
+// Checks that a model whose fingerprint is `fp` is the locked state `header`'s key applies to.
+// Throws MismatchError: the model is already unlocked (`fp` is the original the key restores), or
+// the key belongs to another model.
+void check_key_applies(const Digest& fp, const KeyHeader& header);
+// Checks that a model restored with `header`'s key has the original fingerprint the key records
+// (`restored`). Throws Error.
+void check_key_restored(const Digest& restored, const KeyHeader& header);
+
 // Reads and parses a key file. Throws IoError / FormatError / AuthError / UsageError.
 KeyFile read_key_file(const std::string& path, const KeyCredentials& credentials = {});
 

@@ -16,7 +16,7 @@
 namespace corelocker {
 namespace {
 
-constexpr auto kF64 = torch::kFloat64;
+constexpr auto kDouble = torch::kFloat64;
 constexpr double kZeroFirst = 1e12;         // added to the score of exactly-zero units
 constexpr int64_t kTwinCandidates = 16384;  // kernels a twin search compares against, at most
 constexpr int64_t kTwinChunk = 1024;
@@ -55,11 +55,11 @@ bool kernel_units(const torch::Tensor& t, int64_t unit_size) {
 // Each unit's l1 norm's distance to the nearest other unit's, relative to its own.
 torch::Tensor norm_gap(const torch::Tensor& l1) {
   const int64_t n = l1.numel();
-  auto out = torch::full({n}, INFINITY, kF64);
+  auto out = torch::full({n}, INFINITY, kDouble);
   if (n < 2) return out;
   auto [sorted, order] = l1.sort();
   auto d = sorted.narrow(0, 1, n - 1) - sorted.narrow(0, 0, n - 1);
-  auto inf = torch::full({1}, INFINITY, kF64);
+  auto inf = torch::full({1}, INFINITY, kDouble);
   auto gap = torch::minimum(torch::cat({inf, d}), torch::cat({d, inf})) / sorted.clamp_min(1e-300);
   out.index_put_({order}, gap);
   return out;
@@ -83,12 +83,12 @@ torch::Tensor twin_score(const torch::Tensor& u) {
   for (auto& f : forms)
     cand_forms.push_back(f.reshape({n, s}).index_select(0, cand).t().contiguous());
   auto flat = u.reshape({n, s});
-  auto best = torch::full({n}, -1.0, kF64);
+  auto best = torch::full({n}, -1.0, kDouble);
   for (int64_t r0 = 0; r0 < n; r0 += kTwinChunk) {
     const int64_t rows = std::min(kTwinChunk, n - r0);
     auto block = flat.narrow(0, r0, rows);
     auto self = torch::arange(r0, r0 + rows, torch::kInt64).unsqueeze(1).eq(cand.unsqueeze(0));
-    auto top = torch::full({rows}, -1.0, kF64);
+    auto top = torch::full({rows}, -1.0, kDouble);
     for (auto& cf : cand_forms) {
       auto sims = block.mm(cf).abs().masked_fill(self, -1.0);
       top = torch::maximum(top, std::get<0>(sims.max(1)));
@@ -110,7 +110,7 @@ KernelFeatures kernel_features(const torch::Tensor& weight) {
   const int64_t rows = weight.size(0), cols = weight.size(1), kh = weight.size(2),
                 kw = weight.size(3);
   const int64_t s = kh * kw, n = rows * cols;
-  auto k = weight.detach().to(kF64).reshape({n, kh, kw});
+  auto k = weight.detach().to(kDouble).reshape({n, kh, kw});
   KernelFeatures f;
   f.l1 = k.abs().sum({1, 2});
   f.nonzero = f.l1.gt(0);
@@ -120,17 +120,17 @@ KernelFeatures kernel_features(const torch::Tensor& weight) {
   f.roughness = shape.roughness;
   auto centre = (kh % 2 == 1 && kw % 2 == 1)
                     ? k.select(1, kh / 2).select(1, kw / 2).abs() / f.l1.clamp_min(1e-300)
-                    : torch::zeros({n}, kF64);
+                    : torch::zeros({n}, kDouble);
   auto uk = u.reshape({rows, cols, s});
   auto self = uk.pow(2).sum(2);  // 1, or 0 for a zero kernel
   f.has_filter = cols >= 2;
   f.has_channel = rows >= 2;
   f.corr_filter = f.has_filter
                       ? (((uk * uk.sum(1, true)).sum(2) - self) / double(cols - 1)).reshape({n})
-                      : torch::zeros({n}, kF64);
+                      : torch::zeros({n}, kDouble);
   f.corr_channel = f.has_channel
                        ? (((uk * uk.sum(0, true)).sum(2) - self) / double(rows - 1)).reshape({n})
-                       : torch::zeros({n}, kF64);
+                       : torch::zeros({n}, kDouble);
   auto sign_balance = k.sum({1, 2}).abs() / f.l1.clamp_min(1e-300);
   f.twin = twin_score(u);
   auto x = u.reshape({n, s});
@@ -140,7 +140,7 @@ KernelFeatures kernel_features(const torch::Tensor& weight) {
   f.norm_gap = norm_gap(f.l1);
   auto log_gap = f.norm_gap.clamp(1e-300, 1e300).log();
   // position: the mean log norm of the other non-zero kernels of the filter and of the channel.
-  auto valid = f.nonzero.to(kF64).reshape({rows, cols});
+  auto valid = f.nonzero.to(kDouble).reshape({rows, cols});
   auto ln = f.l1.clamp_min(1e-300).log().reshape({rows, cols}) * valid;
   auto row_mean = (ln.sum(1, true) - ln) / (valid.sum(1, true) - valid).clamp_min(1);
   auto col_mean = (ln.sum(0, true) - ln) / (valid.sum(0, true) - valid).clamp_min(1);
@@ -210,7 +210,7 @@ LearnedModel train_learned(LoadedModel& locked, const KeyHeader& h, const Detect
       const torch::Tensor& t = find_tensor(copy, e.tensor);
       if (!kernel_units(t, static_cast<int64_t>(e.unit_size))) continue;
       KernelFeatures f = kernel_features(t);
-      auto y = torch::zeros({f.l1.numel()}, kF64);
+      auto y = torch::zeros({f.l1.numel()}, kDouble);
       std::vector<int64_t> idx(e.units.begin(), e.units.end());
       y.index_fill_(0, torch::tensor(idx, torch::kInt64), 1.0);
       // Exactly-zero kernels are flagged first anyway; they would only blur the fit.
@@ -223,16 +223,16 @@ LearnedModel train_learned(LoadedModel& locked, const KeyHeader& h, const Detect
   m.locks = options.learned_locks;
   // No non-zero kernel extracted (zero fill) or nothing else: zero weights, so the detector
   // flags exactly-zero kernels first and the rest in tensor order.
-  m.weights = torch::zeros({2 * static_cast<int64_t>(kFeatureNames.size())}, kF64);
+  m.weights = torch::zeros({2 * static_cast<int64_t>(kFeatureNames.size())}, kDouble);
   if (xs.empty()) return m;
   auto x = torch::cat(xs), y = torch::cat(ys);
   m.training_units = x.size(0);
   const double pos = y.sum().item<double>();
   if (pos < 1.0 || pos >= double(x.size(0))) return m;
   torch::AutoGradMode grad(true);
-  auto w = torch::zeros({x.size(1)}, torch::TensorOptions(kF64).requires_grad(true));
-  auto b = torch::zeros({1}, torch::TensorOptions(kF64).requires_grad(true));
-  auto pos_weight = torch::full({1}, (double(x.size(0)) - pos) / pos, kF64);
+  auto w = torch::zeros({x.size(1)}, torch::TensorOptions(kDouble).requires_grad(true));
+  auto b = torch::zeros({1}, torch::TensorOptions(kDouble).requires_grad(true));
+  auto pos_weight = torch::full({1}, (double(x.size(0)) - pos) / pos, kDouble);
   torch::optim::LBFGS opt(
       {w, b}, torch::optim::LBFGSOptions(1.0).max_iter(200).line_search_fn("strong_wolfe"));
   opt.step([&] {
@@ -266,7 +266,7 @@ DetectionReport run_detectors(const std::vector<NamedTensor>& tensors, const Key
       throw MismatchError("key entry '" + e.tensor + "': unit size " + std::to_string(s) +
                           " does not divide " + std::to_string(t.numel()) + " elements");
     }
-    auto units = t.detach().to(kF64).reshape({-1, s});
+    auto units = t.detach().to(kDouble).reshape({-1, s});
     const int64_t n = units.size(0);
     const int64_t k = static_cast<int64_t>(e.units.size());
     if (k > n)
@@ -274,7 +274,7 @@ DetectionReport run_detectors(const std::vector<NamedTensor>& tensors, const Key
                           " units, tensor has " + std::to_string(n));
     auto norms = units.abs().sum(1);
     auto zero = units.eq(0).all(1);
-    auto zero_bonus = zero.to(kF64) * kZeroFirst;
+    auto zero_bonus = zero.to(kDouble) * kZeroFirst;
     auto flag = [&](const torch::Tensor& score) {
       return std::get<1>(
           (torch::nan_to_num(score, 0.0, 1e300, -1e300).clamp(-1e11, 1e11) + zero_bonus).topk(k));
@@ -290,7 +290,7 @@ DetectionReport run_detectors(const std::vector<NamedTensor>& tensors, const Key
       // Kernels, or whole filters (the roughness of all their kernels together).
       auto kernels = units.reshape({-1, kh, kw});
       auto energy = kernels.pow(2).sum({1, 2}).reshape({n, -1}).sum(1);
-      auto diff = torch::zeros({kernels.size(0)}, kF64);
+      auto diff = torch::zeros({kernels.size(0)}, kDouble);
       if (kw > 1)
         diff =
             diff + (kernels.narrow(2, 1, kw - 1) - kernels.narrow(2, 0, kw - 1)).pow(2).sum({1, 2});

@@ -1,5 +1,5 @@
-// Locking and unlocking: extract a plan's units into an access key (zero-filling them in the
-// model) and write a key's values back, checking fingerprints on both sides.
+// Locking and unlocking a model: its units ranked and planned (locking/selection.h), extracted
+// into an access key (locking/extract.h), tiers, and the key's values written back.
 #pragma once
 
 #include <functional>
@@ -8,33 +8,11 @@
 #include <vector>
 
 #include "keyfile/key_file.h"
+#include "locking/extract.h"
 #include "locking/selection.h"
 #include "models/checkpoint.h"
 
 namespace corelocker {
-
-// Moves the plan's units out of `tensors` into a key whose header records the fingerprints
-// before and after, the options and a fresh random key id. Extracted positions become 0, or
-// decoys (locking/decoys.h) modelled on the units that stay (never on units in `no_donors`,
-// e.g. those a later tier extracts), drawn with a seed from the OS. Throws Error.
-// The torch dtype of a key entry's dtype.
-torch::ScalarType to_scalar_type(DType d);
-
-KeyFile extract_units(std::vector<NamedTensor>& tensors, const ExtractionPlan& plan,
-                      const LockOptions& options, const ExtractionPlan* no_donors = nullptr);
-// Same, with the decoy generator's seed given (reproducible decoys: tests, the detector's
-// training locks). Throws Error.
-KeyFile extract_units(std::vector<NamedTensor>& tensors, const ExtractionPlan& plan,
-                      const LockOptions& options, const ExtractionPlan* no_donors,
-                      uint64_t decoy_seed);
-
-// Units of `larger` that are not in `smaller` (both from the same ranking).
-ExtractionPlan plan_difference(const ExtractionPlan& larger, const ExtractionPlan& smaller);
-
-// Checks that `tensors` are the locked model the key belongs to (MismatchError otherwise),
-// writes the original values back and checks the result against the original fingerprint.
-// Nothing is modified when a check before writing fails. Throws MismatchError / Error.
-void restore_units(std::vector<NamedTensor>& tensors, const KeyFile& key);
 
 struct LockStats {
   int64_t units = 0;       // units extracted, as the criterion counts them

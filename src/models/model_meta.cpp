@@ -1,6 +1,7 @@
 #include "models/model_meta.h"
 
 #include <cmath>
+#include <exception>
 #include <nlohmann/json.hpp>
 
 #include "util/error.h"
@@ -110,6 +111,31 @@ ModelMeta meta_from_json(const std::string& text, const std::string& what) {
   } catch (const nlohmann::json::exception& e) {
     throw FormatError(what + ": bad metadata (" + e.what() + ")");
   }
+}
+
+std::map<std::string, int64_t> architecture_options(int64_t depth, int64_t width,
+                                                    const std::vector<std::string>& key_values) {
+  std::map<std::string, int64_t> o;
+  if (depth != 0) o["depth"] = depth;
+  if (width != 0) o["width"] = width;
+  for (const auto& kv : key_values) {
+    const auto eq = kv.find('=');
+    if (eq == std::string::npos || eq == 0)
+      throw UsageError("--set '" + kv + "': expected KEY=VALUE");
+    const std::string key = kv.substr(0, eq), value = kv.substr(eq + 1);
+    size_t used = 0;
+    int64_t v = 0;
+    try {
+      v = std::stoll(value, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used == 0 || used != value.size()) {
+      throw UsageError("--set '" + kv + "': value '" + value + "' is not an integer");
+    }
+    o[key] = v;
+  }
+  return o;
 }
 
 }  // namespace corelocker

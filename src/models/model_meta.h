@@ -65,4 +65,10 @@ std::string meta_to_json(const ModelMeta& meta);
 // Parses metadata JSON; `what` names the source in errors. Throws FormatError.
 ModelMeta meta_from_json(const std::string& text, const std::string& what);
 
+// Architecture options (ModelMeta::options) from a depth and a width (0: the architecture's
+// default, left out) and KEY=VALUE texts with integer values (`train --set`). Throws UsageError
+// naming the text at fault.
+std::map<std::string, int64_t> architecture_options(int64_t depth, int64_t width,
+                                                    const std::vector<std::string>& key_values);
+
 }  // namespace corelocker

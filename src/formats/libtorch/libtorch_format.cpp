@@ -1,5 +1,6 @@
 // Our checkpoints and TorchScript files (both LibTorch archives; load_model tells them apart) as
 // a ModelFormat: the in-memory lock of locking/lock.h with everything that evaluates.
+#include <algorithm>
 #include <memory>
 
 #include "control/calibrate.h"
@@ -174,6 +175,21 @@ class LibTorchFormat : public ModelFormat {
     }
     const EvalResult r = corelocker::evaluate(*model.net, test, model.meta.preprocess);
     if (job.on_unlocked) job.on_unlocked(r, "");
+  }
+
+  void predict(const std::string& path, const PredictionJob& job) const override {
+    LoadedModel model = job.keys.empty() ? load_model(path) : load_unlocked(path, job.keys);
+    if (job.describe_input) job.describe_input(model.meta, model.meta_stored, path);
+    const torch::Tensor images = job.images(model.meta);
+    torch::NoGradGuard no_grad;
+    model.net->eval();
+    if (job.on_model) job.on_model(model.meta.lock.has_value());
+    for (int64_t i = 0; i < images.size(0); i += job.batch_size) {
+      const int64_t b = std::min<int64_t>(job.batch_size, images.size(0) - i);
+      const torch::Tensor x =
+          preprocess_batch(images.narrow(0, i, b), model.meta.preprocess, false);
+      job.on_batch(i, torch::softmax(model.net->forward(x), 1));
+    }
   }
 
   UnlockReport unlock(const std::string& in, const std::vector<KeyFile>& keys,

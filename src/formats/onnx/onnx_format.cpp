@@ -1,13 +1,14 @@
 // ONNX models as a ModelFormat: the initializers locked with the library's ranking
-// (formats/onnx_lock.h), evaluation through OpenCV's dnn module (formats/onnx_eval.h).
+// (formats/onnx/onnx_lock.h), evaluation through OpenCV's dnn module (formats/onnx/onnx_eval.h).
+#include <algorithm>
 #include <memory>
 
 #include "formats/evaluation.h"
 #include "formats/format.h"
-#include "formats/onnx_eval.h"
-#include "formats/onnx_lock.h"
-#include "formats/onnx_model.h"
-#include "formats/onnx_runtime.h"
+#include "formats/onnx/onnx_eval.h"
+#include "formats/onnx/onnx_lock.h"
+#include "formats/onnx/onnx_model.h"
+#include "formats/onnx/onnx_runtime.h"
 #include "util/error.h"
 
 namespace corelocker {
@@ -16,8 +17,8 @@ namespace {
 using OJson = nlohmann::ordered_json;
 
 constexpr char kLibTorchOnly[] =
-    "not yet: this command runs LibTorch models (OpenCV evaluates ONNX graphs for eval and "
-    "lock --eval only)";
+    "not yet: this command runs LibTorch models (OpenCV runs ONNX graphs for eval, lock --eval "
+    "and predict only)";
 
 std::string model_what(const std::string& path) { return "ONNX model '" + path + "'"; }
 
@@ -50,8 +51,9 @@ class OnnxFormat : public ModelFormat {
         return works("OpenCV's dnn module; graphs it cannot import are refused naming the node");
       case Feature::kCalibrate:
       case Feature::kAttack:
-      case Feature::kPredict:
         return cannot(kLibTorchOnly);
+      case Feature::kPredict:
+        return works("OpenCV's dnn module, unlocked in memory with --key");
       default:
         return works();
     }
@@ -197,6 +199,37 @@ class OnnxFormat : public ModelFormat {
     const EffectiveEval e = evaluate_onnx_effective(model, test, job.unlabelled(meta),
                                                     meta.preprocess, what, job.effective);
     if (job.on_locked) job.on_locked(e, onnx_runtime_name());
+  }
+
+  void predict(const std::string& path, const PredictionJob& job) const override {
+    set_onnx_runtime_threads(static_cast<int>(job.threads));
+    OnnxModel model = load_onnx_model(path);
+    std::string what = model_what(path);
+    if (!job.keys.empty()) {
+      unlock_onnx_model(model, job.keys);  // in memory only
+      what += " (unlocked in memory)";
+    }
+    ModelMeta meta;  // ONNX files store none: Fashion-MNIST's unless the user says otherwise
+    use_dataset(dataset_info("fashion-mnist"), meta);
+    if (job.describe_input) job.describe_input(meta, /*stored=*/false, path);
+    Dataset images;
+    images.images = job.images(meta);
+    images.labels = torch::zeros({images.images.size(0)}, torch::kInt64);
+    images.classes = meta.classes;
+    images.name = "given";
+    check_onnx_runnable(model, images, meta.preprocess, what);
+    if (job.on_model) job.on_model(!onnx_lock_info(model).key_id.empty());
+    for (int64_t i = 0; i < images.size(); i += job.batch_size) {
+      const int64_t b = std::min<int64_t>(job.batch_size, images.size() - i);
+      const torch::Tensor x =
+          preprocess_batch(images.images.narrow(0, i, b), meta.preprocess, false);
+      const torch::Tensor logits = onnx_logits(model, x, what);
+      if (logits.dim() != 2 || logits.size(0) != b) {
+        throw Error(what + ": the graph's output for a batch of " + std::to_string(b) +
+                    " images is not [" + std::to_string(b) + ", classes]");
+      }
+      job.on_batch(i, torch::softmax(logits, 1));
+    }
   }
 
   UnlockReport unlock(const std::string& in, const std::vector<KeyFile>& keys,

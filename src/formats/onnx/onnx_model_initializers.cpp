@@ -1,5 +1,5 @@
 // Reading an initializer's values in each storage form: raw_data, typed fields and external data
-// (formats/onnx_model.h lists the rules).
+// (formats/onnx/onnx_model.h lists the rules).
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>

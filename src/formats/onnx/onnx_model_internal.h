@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "formats/onnx_model.h"
+#include "formats/onnx/onnx_model.h"
 #include "models/structure.h"
 #include "onnx/onnx_pb.h"
 
@@ -41,7 +41,7 @@ std::string os_error(const std::string& action, const std::string& path);
 OnnxTensor read_initializer(onnx::TensorProto& t, const std::string& model_dir,
                             const std::string& file_what);
 
-// The extractable layers, read from the graph's wiring (formats/onnx_model.h lists the rules).
+// The extractable layers, read from the graph's wiring (formats/onnx/onnx_model.h lists the rules).
 // In onnx_model_structure.cpp.
 Structure read_structure(const onnx::GraphProto& g, const std::vector<OnnxTensor>& inits,
                          const std::string& what);

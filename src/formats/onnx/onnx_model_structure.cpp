@@ -1,4 +1,4 @@
-// The layers of an ONNX graph, read from its wiring (formats/onnx_model.h lists the rules).
+// The layers of an ONNX graph, read from its wiring (formats/onnx/onnx_model.h lists the rules).
 #include <set>
 #include <string>
 #include <unordered_map>

@@ -1,5 +1,5 @@
-// ONNX data types (formats/onnx_model.h), and the typed fields (float_data, int32_data, ...) that
-// an initializer's values may be stored in.
+// ONNX data types (formats/onnx/onnx_model.h), and the typed fields (float_data, int32_data, ...)
+// that an initializer's values may be stored in.
 #include <algorithm>
 #include <cctype>
 #include <climits>

@@ -1,8 +1,9 @@
-// safetensors files as a ModelFormat: the streaming lock and unlock of formats/safetensors_lock.h.
-// Torch-free, so the `corelocker` front binary serves these files without LibTorch.
+// safetensors files as a ModelFormat: the streaming lock and unlock of
+// formats/safetensors/safetensors_lock.h. Torch-free, so the `corelocker` front binary serves these
+// files without LibTorch.
 #include "formats/format.h"
-#include "formats/safetensors.h"
-#include "formats/safetensors_lock.h"
+#include "formats/safetensors/safetensors.h"
+#include "formats/safetensors/safetensors_lock.h"
 #include "util/atomic_file.h"
 #include "util/error.h"
 

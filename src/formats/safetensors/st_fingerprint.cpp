@@ -7,9 +7,9 @@
 #include <thread>
 #include <vector>
 
+#include "formats/safetensors/safetensors_lock.h"
 #include "formats/safetensors/st_lock_internal.h"
 #include "formats/safetensors/st_stream.h"
-#include "formats/safetensors_lock.h"
 #include "util/error.h"
 
 namespace corelocker {

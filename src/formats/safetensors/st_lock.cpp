@@ -1,5 +1,6 @@
-// Locking a safetensors file in two streaming passes (formats/safetensors_lock.h): pass 1 hashes
-// every tensor and finds each group's selection rule, pass 2 writes the locked file and the key.
+// Locking a safetensors file in two streaming passes (formats/safetensors/safetensors_lock.h): pass
+// 1 hashes every tensor and finds each group's selection rule, pass 2 writes the locked file and
+// the key.
 #include <fnmatch.h>
 
 #include <algorithm>
@@ -13,10 +14,10 @@
 #include <thread>
 #include <vector>
 
+#include "formats/safetensors/safetensors_lock.h"
 #include "formats/safetensors/st_lock_internal.h"
 #include "formats/safetensors/st_select.h"
 #include "formats/safetensors/st_stream.h"
-#include "formats/safetensors_lock.h"
 #include "util/checked.h"
 #include "util/error.h"
 

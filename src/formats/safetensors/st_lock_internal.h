@@ -5,8 +5,8 @@
 #include <map>
 #include <string>
 
-#include "formats/safetensors.h"
-#include "formats/safetensors_lock.h"
+#include "formats/safetensors/safetensors.h"
+#include "formats/safetensors/safetensors_lock.h"
 #include "keyfile/key_file.h"
 #include "util/hash.h"
 

@@ -13,7 +13,7 @@
 #include <thread>
 #include <vector>
 
-#include "formats/safetensors_lock.h"
+#include "formats/safetensors/safetensors_lock.h"
 #include "util/hash.h"
 
 namespace corelocker::st_detail {

@@ -1,13 +1,14 @@
-// Unlocking a locked safetensors file in one streaming pass (formats/safetensors_lock.h).
+// Unlocking a locked safetensors file in one streaming pass
+// (formats/safetensors/safetensors_lock.h).
 #include <algorithm>
 #include <cstring>
 #include <deque>
 #include <map>
 #include <string>
 
+#include "formats/safetensors/safetensors_lock.h"
 #include "formats/safetensors/st_lock_internal.h"
 #include "formats/safetensors/st_stream.h"
-#include "formats/safetensors_lock.h"
 #include "util/error.h"
 
 namespace corelocker {

@@ -1,6 +1,6 @@
 // Evaluating ONNX models: the project's data sets and preprocessing (data/dataset.h) feed the
-// forward pass of OpenCV's dnn module (formats/onnx_runtime.h), and top-1 / top-3 are counted as
-// for our own networks (eval/evaluate.h). The effective accuracy (attacks/effective.h) is
+// forward pass of OpenCV's dnn module (formats/onnx/onnx_runtime.h), and top-1 / top-3 are counted
+// as for our own networks (eval/evaluate.h). The effective accuracy (attacks/effective.h) is
 // measured the same way: global magnitude pruning and BatchNorm re-estimation write new values
 // into a serialised copy of the model (OnnxModel::runtime_bytes), never into the model itself.
 //
@@ -22,7 +22,7 @@
 #include <vector>
 
 #include "attacks/effective.h"
-#include "formats/onnx_model.h"
+#include "formats/onnx/onnx_model.h"
 
 namespace corelocker {
 

@@ -21,7 +21,7 @@
 #include <string>
 #include <vector>
 
-#include "formats/safetensors.h"
+#include "formats/safetensors/safetensors.h"
 #include "keyfile/key_file.h"
 #include "util/hash.h"
 

@@ -1,4 +1,4 @@
-#include "formats/onnx_lock.h"
+#include "formats/onnx/onnx_lock.h"
 
 #include <torch/torch.h>
 
@@ -7,7 +7,7 @@
 #include <set>
 #include <sstream>
 
-#include "formats/onnx_eval.h"
+#include "formats/onnx/onnx_eval.h"
 #include "locking/decoy_search.h"
 #include "locking/decoys.h"
 #include "locking/selection.h"
@@ -28,8 +28,6 @@ std::vector<NamedTensor> layer_tensors(const OnnxModel& model) {
   }
   return out;
 }
-
-std::string short_fp(const Digest& d) { return to_hex(d).substr(0, 16); }
 
 // The shortest decimal that reads back as exactly `r` ("0.05", not "0.050000000000000003").
 std::string ratio_str(double r) {
@@ -288,16 +286,7 @@ std::vector<TierOutcome> lock_onnx_model_tiers(
 void unlock_onnx_model(OnnxModel& model, const std::vector<KeyFile>& keys) {
   if (keys.empty()) throw UsageError("unlock: no key given");
   for (const KeyFile& key : keys) {
-    const Digest fp = onnx_fingerprint(model);
-    if (fp != key.header.locked_fingerprint) {
-      if (fp == key.header.original_fingerprint) {
-        throw MismatchError("model is already unlocked (its fingerprint " + short_fp(fp) +
-                            "... is the original this key restores)");
-      }
-      throw MismatchError("key belongs to another model: key expects locked model " +
-                          short_fp(key.header.locked_fingerprint) + "..., this model is " +
-                          short_fp(fp) + "...");
-    }
+    check_key_applies(onnx_fingerprint(model), key.header);
     // Check every entry before writing any of them.
     for (const auto& e : key.entries) {
       const OnnxTensor* t = model.find(e.tensor);
@@ -329,12 +318,7 @@ void unlock_onnx_model(OnnxModel& model, const std::vector<KeyFile>& keys) {
         std::memcpy(t->bytes.data() + u * block, e.values.data() + i++ * block, block);
       }
     }
-    const Digest restored = onnx_fingerprint(model);
-    if (restored != key.header.original_fingerprint) {
-      throw Error("restored model's fingerprint " + short_fp(restored) +
-                  "... differs from the one recorded in the key " +
-                  short_fp(key.header.original_fingerprint) + "...");
-    }
+    check_key_restored(onnx_fingerprint(model), key.header);
   }
   const KeyHeader& last = keys.back().header;
   if (last.ratio_after > 0.0) {

@@ -111,7 +111,7 @@ class OnnxModel {
   // BatchNormalization nodes in node order whose inputs 3 and 4 (running mean and variance) are
   // float initializers (directly or through an Identity) of equal size.
   std::vector<OnnxBatchNorm> batchnorms() const;
-  // The model serialised for a runtime (formats/onnx_runtime.h), not for a file: every
+  // The model serialised for a runtime (formats/onnx/onnx_runtime.h), not for a file: every
   // initializer inline as raw_data with its current value, or with `replace[name]` (same byte
   // count; a name may also be an Identity's output), Identity nodes of initializers folded into
   // initializers of their own (OpenCV cannot import them; PyTorch's exporter writes them for

@@ -1,7 +1,7 @@
 // ONNX graphs run through OpenCV's dnn module (Debian's libopencv-dnn-dev): the forward pass of
 // ONNX evaluation. Torch-free and free of OpenCV headers: the network lives behind a pointer.
 //
-// OpenCV imports the graph from serialised bytes (onnx_runtime_bytes in formats/onnx_model.h
+// OpenCV imports the graph from serialised bytes (onnx_runtime_bytes in formats/onnx/onnx_model.h
 // gives them for a model in memory) and runs float32 batches in inference mode. A graph it cannot
 // import (an op it lacks, an attribute it does not handle) is refused with FormatError naming the
 // node and op where OpenCV's message does. OpenCV's own log output is silenced while it imports.

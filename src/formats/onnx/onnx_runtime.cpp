@@ -1,4 +1,4 @@
-#include "formats/onnx_runtime.h"
+#include "formats/onnx/onnx_runtime.h"
 
 #include <cstdint>
 #include <opencv2/core.hpp>

@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "formats/onnx_model.h"
+#include "formats/onnx/onnx_model.h"
 #include "locking/lock.h"
 
 namespace corelocker {

@@ -1,18 +1,18 @@
-#include "formats/onnx_eval.h"
+#include "formats/onnx/onnx_eval.h"
 
 #include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <set>
 
-#include "formats/onnx_runtime.h"
+#include "formats/onnx/onnx_runtime.h"
 #include "locking/lock.h"
 #include "util/error.h"
 
 namespace corelocker {
 namespace {
 
-std::string shape_str(const std::vector<int64_t>& dims) {
+std::string input_dims_text(const std::vector<int64_t>& dims) {
   std::string s = "[";
   for (size_t i = 0; i < dims.size(); ++i)
     s += (i ? ", " : "") + (dims[i] < 0 ? "?" : std::to_string(dims[i]));
@@ -70,8 +70,8 @@ void check_onnx_runnable(const OnnxModel& model, const Dataset& data, const Prep
   bool same = in.dims.size() == fed.size();
   for (size_t i = 1; same && i < fed.size(); ++i) same = in.dims[i] < 0 || in.dims[i] == fed[i];
   if (in.dims.empty() || same) return;  // no declared shape: OpenCV's forward pass decides
-  throw UsageError(what + ": input '" + in.name + "' takes " + shape_str(in.dims) +
-                   ", the preprocessing makes " + shape_str({-1, fed[1], fed[2], fed[3]}) +
+  throw UsageError(what + ": input '" + in.name + "' takes " + input_dims_text(in.dims) +
+                   ", the preprocessing makes " + input_dims_text({-1, fed[1], fed[2], fed[3]}) +
                    " of the " + data.name +
                    " images: set --pad / --resize (height and width) and --channels to match");
 }
@@ -96,7 +96,7 @@ EvalResult evaluate_onnx(const OnnxModel& model, const Dataset& data, const Prep
     const torch::Tensor logits =
         run(runtime, preprocess_batch(data.images.narrow(0, i, b), pp, /*augment=*/false)).front();
     if (logits.dim() != 2 || logits.size(0) != b || logits.size(1) < 1) {
-      throw Error(what + ": output of shape " + shape_str(logits.sizes().vec()) +
+      throw Error(what + ": output of shape " + input_dims_text(logits.sizes().vec()) +
                   " for a batch of " + std::to_string(b) + " images, expected [" +
                   std::to_string(b) + ", classes]");
     }
@@ -142,8 +142,8 @@ OnnxReestimation reestimate_onnx_batchnorm(const OnnxModel& model, const Dataset
       const torch::Tensor a = runtime ? run(*runtime, x, {bn.producer}).front() : x;
       if (a.dim() < 2 || a.size(1) != bn.channels || a.numel() / bn.channels < 2) {
         throw Error(what + ": " + node + " has " + std::to_string(bn.channels) +
-                    " channels, its input '" + bn.input + "' is " + shape_str(a.sizes().vec()) +
-                    " in OpenCV's network");
+                    " channels, its input '" + bn.input + "' is " +
+                    input_dims_text(a.sizes().vec()) + " in OpenCV's network");
       }
       const torch::Tensor per_channel =
           a.transpose(0, 1).reshape({bn.channels, -1}).to(torch::kFloat64);
@@ -203,12 +203,6 @@ EffectiveEval evaluate_onnx_effective(const OnnxModel& model, const Dataset& tes
   EffectiveEval out;
   out.plain = evaluate_onnx(model, test, pp, what, options.batch_size);
   out.top1_effective = out.plain.top1;
-  auto consider = [&](double top1, const std::string& label) {
-    if (top1 > out.top1_effective) {
-      out.top1_effective = top1;
-      out.worst = label;
-    }
-  };
   if (unlabelled.size() == 0) {
     out.reestimate_note = "no unlabelled images given";
   } else if (model.batchnorms().empty()) {
@@ -219,7 +213,7 @@ EffectiveEval evaluate_onnx_effective(const OnnxModel& model, const Dataset& tes
           reestimate_onnx_batchnorm(model, unlabelled, pp, what, options.reestimate_batch);
       out.reestimate_images = r.result.images;
       out.reestimated = evaluate_onnx(model, test, pp, what, options.batch_size, r.stats);
-      consider(out.reestimated->top1, "bn re-estimation");
+      out.consider(out.reestimated->top1, "bn re-estimation");
     } catch (const UsageError&) {
       throw;
     } catch (const Error& e) {
@@ -229,7 +223,7 @@ EffectiveEval evaluate_onnx_effective(const OnnxModel& model, const Dataset& tes
   for (double ratio : options.prune_ratios) {
     PrunedEval p{ratio, evaluate_onnx(model, test, pp, what, options.batch_size,
                                       prune_onnx_smallest(model, ratio))};
-    consider(p.eval.top1, ratio_label(ratio));
+    out.consider(p.eval.top1, ratio_label(ratio));
     out.pruned.push_back(p);
   }
   return out;
