@@ -459,5 +459,28 @@ TEST_F(CliSt, InstalledBinariesWorkTogether) {
   EXPECT_EQ(models.out, run("models").out);
 }
 
+// `bench-safetensors` at a few MiB: every step timed, the table and the bars printed, the restored
+// file byte-identical, and the files removed afterwards (kept with --keep).
+TEST(CliStBench, TimesEveryStepAndRemovesItsFiles) {
+  testing::TempDir dir;
+  const CliRun r = run("bench-safetensors --size-gib 0.004 --repeat 1 --dir " + dir.file(""));
+  ASSERT_EQ(r.code, 0) << r.out;
+  for (const char* step :
+       {"| cp |", "| cp + sync FILE |", "| lock |", "| unlock |", "| fingerprint |"})
+    EXPECT_NE(r.out.find(step), std::string::npos) << step << "\n" << r.out;
+  EXPECT_NE(r.out.find("restored file identical to the original: yes"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("bar lock <= 2x cp: "), std::string::npos) << r.out;
+  EXPECT_TRUE(std::filesystem::is_empty(dir.file(""))) << r.out;
+
+  const CliRun k = run(
+      "bench-safetensors --size-gib 0.004 --repeat 1 --keep --criterion l1 --dir " + dir.file(""));
+  ASSERT_EQ(k.code, 0) << k.out;
+  EXPECT_NE(k.out.find("lock timed: --criterion l1"), std::string::npos) << k.out;
+  EXPECT_TRUE(file_exists(dir.file("bench.safetensors")));
+  EXPECT_TRUE(file_exists(dir.file("bench.clk")));
+  EXPECT_EQ(read_file(dir.file("bench.safetensors")),
+            read_file(dir.file("bench-restored.safetensors")));
+}
+
 }  // namespace
 }  // namespace corelocker

@@ -1,7 +1,10 @@
 // ONNX models as a ModelFormat: the initializers locked with the library's ranking
 // (formats/onnx/onnx_lock.h), evaluation through OpenCV's dnn module (formats/onnx/onnx_eval.h).
 #include <algorithm>
+#include <functional>
 #include <memory>
+#include <string>
+#include <vector>
 
 #include "formats/evaluation.h"
 #include "formats/format.h"
@@ -21,6 +24,27 @@ constexpr char kLibTorchOnly[] =
     "and predict only)";
 
 std::string model_what(const std::string& path) { return "ONNX model '" + path + "'"; }
+
+// A model made ready to run: read, unlocked in memory with `keys` (if any), its input described
+// over Fashion-MNIST's defaults (ONNX files store no preprocessing).
+struct OnnxRun {
+  OnnxModel model;
+  std::string what;
+  ModelMeta meta;
+};
+
+OnnxRun open_to_run(const std::string& path, const std::vector<KeyFile>& keys, unsigned threads,
+                    const std::function<void(ModelMeta&, bool, const std::string&)>& describe) {
+  set_onnx_runtime_threads(static_cast<int>(threads));
+  OnnxRun ready{load_onnx_model(path), model_what(path), {}};
+  if (!keys.empty()) {
+    unlock_onnx_model(ready.model, keys);  // in memory only
+    ready.what += " (unlocked in memory)";
+  }
+  use_dataset(dataset_info("fashion-mnist"), ready.meta);
+  if (describe) describe(ready.meta, /*stored=*/false, path);
+  return ready;
+}
 
 void require_onnx_out(const std::string& out) {
   if (!is_onnx_file(out)) {
@@ -179,16 +203,10 @@ class OnnxFormat : public ModelFormat {
   }
 
   void evaluate(const std::string& path, const EvaluationJob& job) const override {
-    set_onnx_runtime_threads(static_cast<int>(job.threads));
-    OnnxModel model = load_onnx_model(path);
-    std::string what = model_what(path);
-    if (!job.keys.empty()) {
-      unlock_onnx_model(model, job.keys);  // in memory only
-      what += " (unlocked in memory)";
-    }
-    ModelMeta meta;  // ONNX files store none: Fashion-MNIST's unless the user says otherwise
-    use_dataset(dataset_info("fashion-mnist"), meta);
-    if (job.describe_input) job.describe_input(meta, /*stored=*/false, path);
+    OnnxRun ready = open_to_run(path, job.keys, job.threads, job.describe_input);
+    const OnnxModel& model = ready.model;
+    const std::string& what = ready.what;
+    const ModelMeta& meta = ready.meta;
     const Dataset test = job.test(meta);
     check_onnx_runnable(model, test, meta.preprocess, what);
     if (onnx_lock_info(model).key_id.empty()) {
@@ -202,16 +220,10 @@ class OnnxFormat : public ModelFormat {
   }
 
   void predict(const std::string& path, const PredictionJob& job) const override {
-    set_onnx_runtime_threads(static_cast<int>(job.threads));
-    OnnxModel model = load_onnx_model(path);
-    std::string what = model_what(path);
-    if (!job.keys.empty()) {
-      unlock_onnx_model(model, job.keys);  // in memory only
-      what += " (unlocked in memory)";
-    }
-    ModelMeta meta;  // ONNX files store none: Fashion-MNIST's unless the user says otherwise
-    use_dataset(dataset_info("fashion-mnist"), meta);
-    if (job.describe_input) job.describe_input(meta, /*stored=*/false, path);
+    OnnxRun ready = open_to_run(path, job.keys, job.threads, job.describe_input);
+    const OnnxModel& model = ready.model;
+    const std::string& what = ready.what;
+    const ModelMeta& meta = ready.meta;
     Dataset images;
     images.images = job.images(meta);
     images.labels = torch::zeros({images.images.size(0)}, torch::kInt64);
