@@ -382,6 +382,9 @@ TEST_F(CliOnnx, HostileExternalDataIsRefusedAndNothingIsWritten) {
 }
 
 TEST_F(CliOnnx, EveryHostileFileIsRefusedByEveryCommandAndNothingIsWritten) {
+  std::vector<uint8_t> idx = {0, 0, 8, 3, 0, 0, 0, 1, 0, 0, 0, 28, 0, 0, 0, 28};  // one image
+  idx.resize(idx.size() + 28 * 28, 0);
+  write_file_atomic(f("x.idx"), idx);
   for (int d = 0; d <= static_cast<int>(testing::Defect::kNotProtobuf); ++d) {
     testing::TempDir dir;
     const std::string path = testing::make_hostile(fx_, dir, static_cast<testing::Defect>(d));
@@ -397,6 +400,9 @@ TEST_F(CliOnnx, EveryHostileFileIsRefusedByEveryCommandAndNothingIsWritten) {
     CliRun e = run("eval --model " + path + " --test-subset 10");
     EXPECT_EQ(e.code, 1) << "defect " << d << ": " << e.out;
     EXPECT_NE(e.out.find("m.onnx"), std::string::npos) << "defect " << d << ": " << e.out;
+    CliRun p = run("predict --model " + path + " --input " + f("x.idx"));
+    EXPECT_EQ(p.code, 1) << "defect " << d << ": " << p.out;
+    EXPECT_NE(p.out.find("m.onnx"), std::string::npos) << "defect " << d << ": " << p.out;
   }
 }
 
