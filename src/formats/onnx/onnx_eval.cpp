@@ -82,26 +82,36 @@ torch::Tensor onnx_logits(const OnnxModel& model, const torch::Tensor& input,
   return run(runtime, input).front();
 }
 
-EvalResult evaluate_onnx(const OnnxModel& model, const Dataset& data, const Preprocess& pp,
-                         const std::string& what, int64_t batch_size,
-                         const OnnxReplacements& replace) {
+void onnx_class_scores(
+    const OnnxModel& model, const torch::Tensor& images, const Preprocess& pp,
+    const std::string& what, int64_t batch_size, const OnnxReplacements& replace,
+    const std::function<void(int64_t first, const torch::Tensor& logits)>& on_batch) {
   if (batch_size < 1)
     throw UsageError("batch size " + std::to_string(batch_size) + ": must be >= 1");
   torch::NoGradGuard no_grad;
   OnnxRuntime runtime(model.runtime_bytes(replace), what);
-  HitCounter hits;
-  const int64_t n = data.size();
+  const int64_t n = images.size(0);
   for (int64_t i = 0; i < n; i += batch_size) {
     const int64_t b = std::min(batch_size, n - i);
     const torch::Tensor logits =
-        run(runtime, preprocess_batch(data.images.narrow(0, i, b), pp, /*augment=*/false)).front();
+        run(runtime, preprocess_batch(images.narrow(0, i, b), pp, /*augment=*/false)).front();
     if (logits.dim() != 2 || logits.size(0) != b || logits.size(1) < 1) {
       throw Error(what + ": output of shape " + input_dims_text(logits.sizes().vec()) +
                   " for a batch of " + std::to_string(b) + " images, expected [" +
                   std::to_string(b) + ", classes]");
     }
-    hits.add(logits, data.labels.narrow(0, i, b));
+    on_batch(i, logits);
   }
+}
+
+EvalResult evaluate_onnx(const OnnxModel& model, const Dataset& data, const Preprocess& pp,
+                         const std::string& what, int64_t batch_size,
+                         const OnnxReplacements& replace) {
+  HitCounter hits;
+  onnx_class_scores(model, data.images, pp, what, batch_size, replace,
+                    [&](int64_t first, const torch::Tensor& logits) {
+                      hits.add(logits, data.labels.narrow(0, first, logits.size(0)));
+                    });
   return hits.result();
 }
 

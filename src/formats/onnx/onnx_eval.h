@@ -17,6 +17,7 @@
 #include <torch/torch.h>
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -47,6 +48,16 @@ void check_onnx_runnable(const OnnxModel& model, const Dataset& data, const Prep
 // Throws what OnnxRuntime throws.
 torch::Tensor onnx_logits(const OnnxModel& model, const torch::Tensor& input,
                           const std::string& what);
+
+// The model's class scores, with `replace` over its initializers, for `images` (uint8
+// [N, C, H, W]) fed as `pp` says (the same preprocessing as evaluate), in batches of `batch_size`
+// through one import of the graph: `on_batch(first image, logits [b, classes])`. Throws
+// UsageError for a batch size below 1, what OnnxRuntime throws, and Error when an output is not
+// [batch, classes].
+void onnx_class_scores(
+    const OnnxModel& model, const torch::Tensor& images, const Preprocess& pp,
+    const std::string& what, int64_t batch_size, const OnnxReplacements& replace,
+    const std::function<void(int64_t first, const torch::Tensor& logits)>& on_batch);
 
 // Top-1 / top-3 of the model, with `replace` over its initializers, on `data` fed as `pp` says
 // (the same preprocessing as evaluate), in batches of `batch_size`. Throws what

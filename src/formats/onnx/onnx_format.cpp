@@ -1,6 +1,5 @@
 // ONNX models as a ModelFormat: the initializers locked with the library's ranking
 // (formats/onnx/onnx_lock.h), evaluation through OpenCV's dnn module (formats/onnx/onnx_eval.h).
-#include <algorithm>
 #include <functional>
 #include <memory>
 #include <string>
@@ -231,17 +230,10 @@ class OnnxFormat : public ModelFormat {
     images.name = "given";
     check_onnx_runnable(model, images, meta.preprocess, what);
     if (job.on_model) job.on_model(!onnx_lock_info(model).key_id.empty());
-    for (int64_t i = 0; i < images.size(); i += job.batch_size) {
-      const int64_t b = std::min<int64_t>(job.batch_size, images.size() - i);
-      const torch::Tensor x =
-          preprocess_batch(images.images.narrow(0, i, b), meta.preprocess, false);
-      const torch::Tensor logits = onnx_logits(model, x, what);
-      if (logits.dim() != 2 || logits.size(0) != b) {
-        throw Error(what + ": the graph's output for a batch of " + std::to_string(b) +
-                    " images is not [" + std::to_string(b) + ", classes]");
-      }
-      job.on_batch(i, torch::softmax(logits, 1));
-    }
+    onnx_class_scores(model, images.images, meta.preprocess, what, job.batch_size, {},
+                      [&](int64_t first, const torch::Tensor& logits) {
+                        job.on_batch(first, torch::softmax(logits, 1));
+                      });
   }
 
   UnlockReport unlock(const std::string& in, const std::vector<KeyFile>& keys,
