@@ -14,6 +14,7 @@ loading its initializers back into the PyTorch module (PyTorch's own number, to 
                    Option-A shortcuts export a Pad whose amounts the graph computes, which
                    OpenCV 4.6 cannot import.
   --pad P          images centred in P x P (black border), as corelocker's --pad
+  --pad-after-normalise  the border is 0 after normalising, as corelocker's --pad-after-normalise
 
 Needs Debian's python3-torch and python3-onnx. Measurement tool, not part of the product.
 """
@@ -48,7 +49,7 @@ def build(arch):
     return fixture_module().SmallResNet()
 
 
-def idx(name, pad=0):
+def idx(name, pad=0, after=False):
     with gzip.open(os.path.join(DATA, name)) as f:
         data = f.read()
     magic, n = struct.unpack(">II", data[:8])
@@ -57,10 +58,12 @@ def idx(name, pad=0):
     rows, cols = struct.unpack(">II", data[8:16])
     x = np.frombuffer(data, np.uint8, n * rows * cols, 16).reshape(n, 1, rows, cols)
     x = torch.from_numpy(x.astype(np.float32)) / 255.0
-    if pad > rows:  # as corelocker's --pad: zero border in [0, 1], then normalise
+    if after:  # as corelocker's --pad-after-normalise: normalise, then a border of 0
+        x = (x - 0.2860) / 0.3530
+    if pad > rows:  # as corelocker's --pad: a zero border in [0, 1] (then normalise)
         ph, pw = pad - rows, pad - cols
         x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
-    return (x - 0.2860) / 0.3530
+    return x if after else (x - 0.2860) / 0.3530
 
 
 def top1(net, x, y):
@@ -76,7 +79,7 @@ def train(a):
     torch.manual_seed(a.seed)
     torch.set_num_threads(a.threads)
     net = build(a.arch)
-    x, y = idx("train-images-idx3-ubyte.gz", a.pad), idx("train-labels-idx1-ubyte.gz")
+    x, y = idx("train-images-idx3-ubyte.gz", a.pad, a.pad_after_normalise), idx("train-labels-idx1-ubyte.gz")
     if a.train_subset > 0:
         keep = torch.randperm(len(x))[:a.train_subset]
         x, y = x[keep], y[keep]
@@ -95,14 +98,15 @@ def train(a):
     net.eval()
     torch.onnx.export(net, x[:1], a.out, input_names=["input"], output_names=["logits"], opset_version=13,
                       do_constant_folding=False, training=torch.onnx.TrainingMode.PRESERVE)
-    xt, yt = idx("t10k-images-idx3-ubyte.gz", a.pad), idx("t10k-labels-idx1-ubyte.gz")
-    print(json.dumps({"file": a.out, "arch": a.arch, "pad": a.pad, "train_images": len(x), "epochs": a.epochs,
+    xt, yt = idx("t10k-images-idx3-ubyte.gz", a.pad, a.pad_after_normalise), idx("t10k-labels-idx1-ubyte.gz")
+    print(json.dumps({"file": a.out, "arch": a.arch, "pad": a.pad,
+                      "pad_after_normalise": a.pad_after_normalise, "train_images": len(x), "epochs": a.epochs,
                       "pytorch_top1": top1(net, xt, yt)}))
 
 
 def evaluate(a):
     torch.set_num_threads(a.threads)
-    xt, yt = idx("t10k-images-idx3-ubyte.gz", a.pad), idx("t10k-labels-idx1-ubyte.gz")
+    xt, yt = idx("t10k-images-idx3-ubyte.gz", a.pad, a.pad_after_normalise), idx("t10k-labels-idx1-ubyte.gz")
     for path in a.models:
         m = onnx.load(path)
         onnx.checker.check_model(m)
@@ -135,6 +139,8 @@ def main():
     for p in (t, e):
         p.add_argument("--arch", choices=["small", "resnet20"], default="small")
         p.add_argument("--pad", type=int, default=0)
+        p.add_argument("--pad-after-normalise", action="store_true",
+                       help="pad after normalising (a border of 0 in normalised units)")
     a = ap.parse_args()
     train(a) if a.cmd == "train" else evaluate(a)
 

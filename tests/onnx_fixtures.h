@@ -50,6 +50,39 @@ inline std::string onnx_fixture_dir(std::string* why) {
   return dir;
 }
 
+// A trained ONNX model for the tests whose searches need an accuracy well above chance: the
+// fixture network trained by PyTorch on 6,000 Fashion-MNIST training images for two epochs
+// (bench/onnx_peer.py train, seed 1; about 60% top-1) and exported with BatchNorm kept, made once
+// into the test cache. Empty when it cannot be made: `why` says why, and `skip` is set when this
+// machine lacks PyTorch (anything else is a failure).
+inline std::string trained_onnx_fixture(std::string* why, bool* skip) {
+  const std::string dir = std::string(CORELOCKER_TEST_CACHE) + "/onnx-fixtures";
+  const std::string path = dir + "/trained.onnx";
+  *skip = false;
+  if (file_exists(path)) return path;
+  if (std::system("/usr/bin/python3 -c 'import torch, onnx' >/dev/null 2>&1") != 0) {
+    *why = "/usr/bin/python3 cannot import torch and onnx (Debian's python3-torch, python3-onnx)";
+    *skip = true;
+    return "";
+  }
+  std::system(("mkdir -p '" + dir + "'").c_str());
+  std::string tmpl = std::string(CORELOCKER_TEST_CACHE) + "/onnx-train-XXXXXX";
+  if (::mkdtemp(tmpl.data()) == nullptr) {
+    *why = "cannot create " + tmpl;
+    return "";
+  }
+  const std::string cmd = "/usr/bin/python3 '" + std::string(CORELOCKER_ONNX_PEER_SCRIPT) +
+                          "' train --out '" + tmpl + "/trained.onnx' --train-subset 6000 " +
+                          "--epochs 2 --seed 1 --threads 2 >'" + tmpl + "/log' 2>&1";
+  if (std::system(cmd.c_str()) != 0) {
+    *why = "training the ONNX fixture failed: " + cmd;
+    return "";
+  }
+  std::rename((tmpl + "/trained.onnx").c_str(), path.c_str());
+  std::system(("rm -rf '" + tmpl + "'").c_str());
+  return path;
+}
+
 #define CORELOCKER_ONNX_FIXTURES(dir_var)                     \
   std::string dir_var;                                        \
   {                                                           \

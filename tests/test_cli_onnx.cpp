@@ -211,8 +211,7 @@ TEST_F(CliOnnx, KeepLeavesTheNamedLayersAlone) {
 TEST_F(CliOnnx, OptionsThatMakeNoSenseForOnnxAreRefused) {
   const std::string base =
       "lock --model " + f("m.onnx") + " --key-out " + f("k.clk") + " --out " + f("l.onnx");
-  for (const std::string extra :
-       {" --tier-bands 30-35", " --mean 0.5", " --pad 32", " --dataset cifar10"}) {
+  for (const std::string extra : {" --mean 0.5", " --pad 32", " --dataset cifar10"}) {
     CliRun r = run(base + extra);
     EXPECT_EQ(r.code, 2) << extra << ": " << r.out;
     EXPECT_NE(r.out.find("usage error"), std::string::npos) << r.out;
@@ -358,11 +357,144 @@ TEST_F(CliOnnx, AGraphOpenCvCannotImportIsRefusedNamingTheNodeAndNothingIsWritte
 }
 
 TEST_F(CliOnnx, CommandsThatCannotRunOnnxSaySo) {
-  CliRun r = run("calibrate --model " + f("m.onnx") + " --target 50-55 --out " + f("l.onnx") +
-                 " --key-out " + f("k.clk"));
+  CliRun r = run("attack all --model " + f("m.onnx"));
   EXPECT_EQ(r.code, 2) << r.out;
-  EXPECT_NE(r.out.find("eval, lock --eval and predict only"), std::string::npos) << r.out;
-  EXPECT_FALSE(file_exists(f("l.onnx")));
+  EXPECT_NE(r.out.find("needs gradients"), std::string::npos) << r.out;
+  // calibrate writes the locked model in the model's own format.
+  r = run("calibrate --model " + f("m.onnx") + " --target 0-100 --target-plain --val-size 50 " +
+          "--out " + f("l.ckpt") + " --key-out " + f("k.clk"));
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_NE(r.out.find("written as onnx"), std::string::npos) << r.out;
+  EXPECT_FALSE(file_exists(f("l.ckpt")));
+  EXPECT_FALSE(file_exists(f("k.clk")));
+}
+
+std::string text_of(const std::string& path) {
+  const auto bytes = read_file(path);
+  return std::string(bytes.begin(), bytes.end());
+}
+
+// The number after "top1": in a JSON line.
+double json_top1(const std::string& out) {
+  const size_t at = out.find("\"top1\":");
+  if (at == std::string::npos) {
+    ADD_FAILURE() << "no top1 in " << out;
+    return -1.0;
+  }
+  return std::stod(out.substr(at + 7));
+}
+
+// `calibrate`, `bands`, `sweep` and `lock --tier-bands` on a trained ONNX model: each probe locks
+// the initializers in memory and runs the graph through OpenCV; the model file is never changed,
+// and what calibrate and the tiers write unlocks to the original bytes.
+class CliOnnxSearch : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string why;
+    bool skip = false;
+    const std::string trained = testing::trained_onnx_fixture(&why, &skip);
+    if (trained.empty() && skip) GTEST_SKIP() << why;
+    ASSERT_FALSE(trained.empty()) << why;
+    write_file_atomic(f("m.onnx"), read_file(trained));
+    const CliRun e = run("eval --model " + f("m.onnx") + " --json" + kTest);
+    ASSERT_EQ(e.code, 0) << e.out;
+    unlocked_ = json_top1(e.out);
+    ASSERT_GT(unlocked_, 40.0) << "the fixture is not trained: " << e.out;
+  }
+  std::string f(const std::string& name) const { return dir_.file(name); }
+  static constexpr const char* kTest = " --test-subset 500 --threads 2";
+  testing::TempDir dir_;
+  double unlocked_ = 0.0;
+};
+
+TEST_F(CliOnnxSearch, CalibrateFindsTheBandAndWritesALockThatRestores) {
+  const auto before = read_file(f("m.onnx"));
+  const CliRun c = run("calibrate --model " + f("m.onnx") +
+                       " --target 15-40 --target-plain --val-size 500 --max-evals 12 --out " +
+                       f("l.onnx") + " --key-out " + f("k.clk") + kTest);
+  ASSERT_EQ(c.code, 0) << c.out;
+  EXPECT_NE(c.out.find("found after"), std::string::npos) << c.out;
+  EXPECT_EQ(read_file(f("m.onnx")), before);
+  // The locked file, run by OpenCV on the test split, lands near the validation band.
+  const CliRun l = run("eval --model " + f("l.onnx") + " --json --reestimate-images 32" + kTest);
+  ASSERT_EQ(l.code, 0) << l.out;
+  EXPECT_NE(l.out.find("\"locked\":true"), std::string::npos) << l.out;
+  const double locked = json_top1(l.out);
+  EXPECT_GT(locked, 9.0) << l.out;
+  EXPECT_LT(locked, 46.0) << l.out;
+  ASSERT_EQ(
+      run("unlock --model " + f("l.onnx") + " --key " + f("k.clk") + " --out " + f("r.onnx")).code,
+      0);
+  EXPECT_EQ(read_file(f("r.onnx")), before);
+
+  // With the effective target (BatchNorm re-estimation and pruning at each probe).
+  const CliRun ce =
+      run("calibrate --model " + f("m.onnx") +
+          " --target 10-40 --val-size 300 --reestimate-images 64 --max-evals 12" + kTest);
+  ASSERT_EQ(ce.code, 0) << ce.out;
+  EXPECT_NE(ce.out.find("effective"), std::string::npos) << ce.out;
+  EXPECT_EQ(read_file(f("m.onnx")), before);
+}
+
+TEST_F(CliOnnxSearch, BandsAndSweepMeasureTheGraph) {
+  const auto before = read_file(f("m.onnx"));
+  const CliRun b =
+      run("bands --model " + f("m.onnx") +
+          " --target-plain --width 20 --val-size 300 --no-test --json " + f("b.json") + kTest);
+  ASSERT_EQ(b.code, 0) << b.out;
+  const nlohmann::json table = nlohmann::json::parse(text_of(f("b.json")));
+  ASSERT_FALSE(table["rows"].empty()) << b.out;
+  double last_ratio = 0.0;
+  int reached = 0;
+  for (const auto& row : table["rows"]) {
+    if (!row["reached"].get<bool>()) continue;
+    ++reached;
+    const double acc = row["val_top1"];
+    EXPECT_GE(acc, row["low"].get<double>()) << row;
+    EXPECT_LT(acc, row["high"].get<double>()) << row;
+    EXPECT_GT(row["ratio"].get<double>(), last_ratio) << row;  // lower bands, larger ratios
+    last_ratio = row["ratio"];
+  }
+  EXPECT_GE(reached, 2) << b.out;
+
+  const CliRun s = run("sweep --model " + f("m.onnx") +
+                       " --ratios 0,0.3 --criteria l1,bn --plain-only --no-plot --out-dir " +
+                       f("sweep") + kTest);
+  ASSERT_EQ(s.code, 0) << s.out;
+  const nlohmann::json sw = nlohmann::json::parse(text_of(f("sweep/sweep.json")));
+  ASSERT_EQ(sw["points"].size(), 4u) << s.out;
+  for (const auto& p : sw["points"]) {
+    if (p["ratio"].get<double>() == 0.0)
+      EXPECT_DOUBLE_EQ(p["top1"].get<double>(), unlocked_) << p;  // nothing extracted
+    else
+      EXPECT_LT(p["top1"].get<double>(), unlocked_ - 10.0) << p;
+  }
+  EXPECT_EQ(read_file(f("m.onnx")), before);
+}
+
+TEST_F(CliOnnxSearch, TierBandsLockTiersThatUnlockStepByStep) {
+  const auto before = read_file(f("m.onnx"));
+  const CliRun t = run("lock --model " + f("m.onnx") +
+                       " --tier-bands 18-40,4-15 --target-plain --val-size 500 --out " +
+                       f("t.onnx") + " --key-out " + f("k.clk") + " --threads 2");
+  ASSERT_EQ(t.code, 0) << t.out;
+  EXPECT_NE(t.out.find("band 18.0-40.0%: ratio"), std::string::npos) << t.out;
+  EXPECT_NE(t.out.find("band 4.0-15.0%: ratio"), std::string::npos) << t.out;
+  // Tier 1 (the larger ratio) first, then tier 2, back to the original bytes.
+  ASSERT_EQ(
+      run("unlock --model " + f("t.onnx") + " --key " + f("k.tier1.clk") + " --out " + f("t2.onnx"))
+          .code,
+      0);
+  const CliRun mid = run("eval --model " + f("t2.onnx") + " --json --reestimate-images 32" + kTest);
+  ASSERT_EQ(mid.code, 0) << mid.out;
+  const double mid_top1 = json_top1(mid.out);  // the upper band's state, near 18-40
+  EXPECT_GT(mid_top1, 12.0) << mid.out;
+  EXPECT_LT(mid_top1, 46.0) << mid.out;
+  ASSERT_EQ(
+      run("unlock --model " + f("t2.onnx") + " --key " + f("k.tier2.clk") + " --out " + f("r.onnx"))
+          .code,
+      0);
+  EXPECT_EQ(read_file(f("r.onnx")), before);
 }
 
 TEST_F(CliOnnx, HostileExternalDataIsRefusedAndNothingIsWritten) {

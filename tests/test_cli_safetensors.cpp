@@ -295,8 +295,8 @@ TEST_F(CliSt, InspectShowsLayersAndTheLock) {
 }
 
 TEST_F(CliSt, OptionsThatDoNotApplyAreRefused) {
-  for (const std::string extra :
-       {"--tiers 0.01,0.05", "--eval", "--criterion bn", "--fill decoy", "--criterion random"}) {
+  for (const std::string extra : {"--tiers 0.01,0.05", "--eval", "--criterion bn", "--fill decoy",
+                                  "--criterion random --units bn", "--units kernels"}) {
     CliRun l = lock("m.safetensors", "locked.safetensors", "key.clk", extra);
     EXPECT_EQ(l.code, 2) << extra << ": " << l.out;
     EXPECT_FALSE(file_exists(dir_.file("locked.safetensors"))) << extra;
@@ -369,6 +369,31 @@ TEST_F(CliSt, DefaultLockRanksGloballyWithTheFirstAndLastLayerAsEveryFormatDoes)
             2);
   ASSERT_EQ(unlock("locked.safetensors", "key.clk", "restored.safetensors").code, 0);
   EXPECT_TRUE(same_bytes("restored.safetensors", "m.safetensors"));
+}
+
+// --criterion random: the seed decides the units (the same in both binaries), the key records it,
+// and the key restores the file.
+TEST_F(CliSt, RandomDrawsBySeedInBothBinaries) {
+  const std::string whole = torch_binary();
+  const std::string m = dir_.file("m.safetensors");
+  const CliRun a = lock("m.safetensors", "a.safetensors", "a.clk", "--criterion random --seed 4");
+  ASSERT_EQ(a.code, 0) << a.out;
+  const CliRun b =
+      shell(whole + " lock --model " + m + " --ratio 0.1 --out " + dir_.file("b.safetensors") +
+            " --key-out " + dir_.file("b.clk") + " --criterion random --seed 4");
+  ASSERT_EQ(b.code, 0) << b.out;
+  const CliRun c = lock("m.safetensors", "c.safetensors", "c.clk", "--criterion random --seed 5");
+  ASSERT_EQ(c.code, 0) << c.out;
+  const std::string fa = run("fingerprint " + dir_.file("a.safetensors")).out;
+  EXPECT_EQ(fa, run("fingerprint " + dir_.file("b.safetensors")).out);
+  EXPECT_NE(fa, run("fingerprint " + dir_.file("c.safetensors")).out);
+  const CliRun k = run("inspect --json " + dir_.file("a.clk"));
+  ASSERT_EQ(k.code, 0) << k.out;
+  const auto j = nlohmann::json::parse(k.out);
+  EXPECT_EQ(j["criterion"], "random");
+  EXPECT_EQ(j["seed"], 4);
+  ASSERT_EQ(unlock("a.safetensors", "a.clk", "ra.safetensors").code, 0);
+  EXPECT_TRUE(same_bytes("ra.safetensors", "m.safetensors"));
 }
 
 TEST_F(CliSt, FrontAndWholeToolGiveTheSameAnswers) {

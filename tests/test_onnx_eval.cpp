@@ -8,6 +8,8 @@
 #include <cstring>
 #include <optional>
 
+#include "control/calibrate.h"
+#include "formats/onnx/onnx_curve.h"
 #include "formats/onnx/onnx_eval.h"
 #include "formats/onnx/onnx_lock.h"
 #include "formats/onnx/onnx_model.h"
@@ -15,6 +17,7 @@
 #include "onnx/onnx_pb.h"
 #include "onnx_fixtures.h"
 #include "temp_dir.h"
+#include "util/atomic_file.h"
 #include "util/error.h"
 
 namespace corelocker::onnx_eval_test {
@@ -424,6 +427,73 @@ TEST(OnnxEval, EffectiveAccuracyOfALockedExportLeavesTheModelAsItWas) {
       evaluate_onnx_effective(model, test, Dataset{}, pp, "locked fixture", eo);
   EXPECT_FALSE(none.reestimated.has_value());
   EXPECT_NE(none.reestimate_note.find("no unlabelled images"), std::string::npos);
+}
+
+// The searches over the ratio on an ONNX graph: each probe locks the initializers in memory as a
+// lock at that ratio would, evaluates through OpenCV and puts the values back.
+TEST(OnnxCurve, ALockedEvaluationIsTheLockedFilesAndLeavesTheModelAsItWas) {
+  CORELOCKER_ONNX_FIXTURES(fx);
+  OnnxModel model = load_onnx_model(fx + "/resnet_bn.onnx");
+  const Digest original = onnx_fingerprint(model);
+  torch::manual_seed(72);
+  Dataset test;
+  test.images = torch::randint(0, 256, {80, 1, 28, 28}, torch::kUInt8);
+  test.labels = torch::randint(0, 10, {80}, torch::kInt64);
+  test.name = "random";
+  test.classes = 10;
+  const Dataset unlabelled = subset(test, 32, /*seed=*/2);
+  ModelMeta meta;
+  meta.preprocess.mean = {0.286};
+  meta.preprocess.std = {0.353};
+  const auto curve = onnx_curve_model(model, meta, "fixture");
+  LockOptions o;  // l1, layer scope
+  const Ranking ranking = curve->rank(o);
+  EXPECT_GT(ranking.total_units(), 0);
+  EffectiveTarget target{&unlabelled, {}};
+  target.options.reestimate_batch = 16;
+  for (const double ratio : {0.0, 0.1, 0.4}) {
+    const LockedEval e = curve->evaluate_locked(ranking, ratio, test, 32, &target, nullptr);
+    EXPECT_EQ(onnx_fingerprint(model), original) << ratio;
+    // The same numbers as the file a lock at this ratio writes.
+    OnnxModel locked = load_onnx_model(fx + "/resnet_bn.onnx");
+    o.ratio = ratio;
+    const LockOutcome lo = lock_onnx_model(locked, o);
+    EXPECT_EQ(e.stats.units, lo.stats.units) << ratio;
+    EXPECT_EQ(e.stats.values, lo.stats.values) << ratio;
+    EXPECT_EQ(e.stats.candidates, lo.stats.candidates) << ratio;
+    const EvalResult plain = evaluate_onnx(locked, test, meta.preprocess, "locked copy", 32);
+    EXPECT_EQ(e.eval.top1, plain.top1) << ratio;
+    EXPECT_EQ(e.eval.top3, plain.top3) << ratio;
+    ASSERT_TRUE(e.effective.has_value());
+    ASSERT_TRUE(e.effective->reestimated.has_value()) << e.effective->reestimate_note;
+  }
+  EXPECT_EQ(curve->evaluate(test, 32, nullptr).top1,
+            evaluate_onnx(model, test, meta.preprocess, "fixture", 32).top1);
+  EXPECT_THROW(curve->evaluate_locked(ranking, 1.5, test, 32, nullptr, nullptr), UsageError);
+
+  // A search on the curve (the band holds every accuracy: found at its first probe) ends with
+  // the model as it started.
+  const Calibration c = calibrate(*curve, ranking, test, Band{0.0, 100.0}, CalibrationOptions{});
+  EXPECT_TRUE(c.found()) << c.explanation;
+  EXPECT_EQ(onnx_fingerprint(model), original);
+
+  // Locked and written at a ratio: the key first, then an ONNX file that is the lock's.
+  testing::TempDir dir;
+  KeyCommit keys(KeyCredentials{});
+  const LockReport r =
+      curve->lock_and_write(ranking, 0.1, dir.file("l.onnx"), dir.file("k.clk"), keys);
+  EXPECT_EQ(r.keys.size(), 1u);
+  EXPECT_TRUE(curve->meta().lock.has_value());
+  OnnxModel written = load_onnx_model(dir.file("l.onnx"));
+  EXPECT_EQ(onnx_fingerprint(written), r.locked_fingerprint);
+  unlock_onnx_model(written, {read_key_file(dir.file("k.clk"))});
+  EXPECT_EQ(onnx_fingerprint(written), original);
+  // A locked model is no start for a curve, and an ONNX model is written as ONNX.
+  EXPECT_THROW(curve->evaluate_locked(ranking, 0.1, test, 32, nullptr, nullptr), UsageError);
+  EXPECT_THROW(onnx_curve_model(load_onnx_model(fx + "/resnet_bn.onnx"), meta, "fixture")
+                   ->lock_and_write(ranking, 0.1, dir.file("l.ckpt"), dir.file("k2.clk"), keys),
+               UsageError);
+  EXPECT_FALSE(file_exists(dir.file("k2.clk")));
 }
 
 }  // namespace

@@ -454,6 +454,94 @@ TEST_F(StLock, LargeLayersWithTiesSelectAsAFullSortOnOneOrTwoThreads) {
   }
 }
 
+// The documented draw of --criterion random (docs/key-format.md): SplitMix64's finaliser m, the
+// FNV-1a hash of the tensor's name, key(u) = high 32 bits of m(m(seed ^ m(fnv)) + u), 0 read as 1;
+// the k units with the highest keys, ties to the earlier unit.
+uint64_t doc_mix(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+std::vector<uint64_t> doc_random_units(const std::string& name, uint64_t n, uint64_t k,
+                                       uint64_t seed) {
+  uint64_t fnv = 0xcbf29ce484222325ull;
+  for (const char c : name) fnv = (fnv ^ static_cast<uint8_t>(c)) * 0x100000001b3ull;
+  const uint64_t base = doc_mix(seed ^ doc_mix(fnv));
+  std::vector<std::pair<uint32_t, uint64_t>> keys;
+  for (uint64_t u = 0; u < n; ++u) {
+    const auto key = static_cast<uint32_t>(doc_mix(base + u) >> 32);
+    keys.emplace_back(key == 0 ? 1u : key, u);
+  }
+  std::stable_sort(keys.begin(), keys.end(),
+                   [](const auto& a, const auto& b) { return a.first > b.first; });
+  std::vector<uint64_t> out;
+  for (uint64_t i = 0; i < k; ++i) out.push_back(keys[i].second);
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+TEST_F(StLock, RandomDrawsTheDocumentedUnitsForItsSeedAndRestoresByteExact) {
+  std::mt19937 rng(5);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  auto f32 = [&](size_t n) {
+    std::vector<uint8_t> b(n * 4);
+    for (size_t i = 0; i < n; ++i) {
+      const float x = normal(rng);
+      std::memcpy(&b[i * 4], &x, 4);
+    }
+    return b;
+  };
+  Model m;  // a large linear layer spans several of pass 2's chunks
+  m.specs = {{"stem.weight", "F32", {8, 1, 3, 3}},
+             {"conv.weight", "F32", {96, 64, 3, 3}},
+             {"big.weight", "F32", {600, 1000}},
+             {"head.weight", "F32", {10, 600}}};
+  m.data = {f32(72), f32(96 * 64 * 9), f32(600 * 1000), f32(6000)};
+  write_model(dir_.file("m.safetensors"), m, {{"format", "pt"}});
+  auto taken = [](const StLockOutcome& r) {
+    std::map<std::string, std::vector<uint64_t>> out;
+    for (const auto& e : r.key.entries) out[e.tensor] = e.units.to_vector();
+    return out;
+  };
+  StLockOptions o;
+  o.criterion = Criterion::kRandom;
+  o.seed = 11;
+  o.ratio = 0.05;
+  std::map<std::string, std::vector<uint64_t>> want;  // layer scope, first and last left alone
+  want["conv.weight"] = doc_random_units("conv.weight", 96 * 64, 307, 11);
+  want["big.weight"] = doc_random_units("big.weight", 600 * 1000, 30000, 11);
+  o.threads = 1;
+  const StLockOutcome one = lock(o, "one.safetensors");
+  const KeyFile one_key = read_key_file(dir_.file("key.clk"));
+  EXPECT_EQ(taken(one), want);
+  EXPECT_EQ(one.key.header.criterion, Criterion::kRandom);
+  EXPECT_EQ(one.key.header.seed, 11u);
+  EXPECT_EQ(StFile(dir_.file("one.safetensors")).header.metadata.at("corelocker.criterion"),
+            "random");
+  o.threads = 2;
+  const StLockOutcome two = lock(o, "two.safetensors");
+  EXPECT_EQ(taken(two), want);
+  EXPECT_EQ(two.key.header.locked_fingerprint, one.key.header.locked_fingerprint);
+  // Not l1's units, and another seed draws others.
+  StLockOptions l1 = o;
+  l1.criterion = Criterion::kL1;
+  EXPECT_NE(taken(lock(l1, "l1.safetensors")), want);
+  o.seed = 12;
+  const StLockOutcome other = lock(o, "other.safetensors");
+  EXPECT_NE(taken(other), want);
+  EXPECT_EQ(taken(other)["big.weight"], doc_random_units("big.weight", 600 * 1000, 30000, 12));
+  // Scope global: one draw over the layers of each kind.
+  o.scope = Scope::kGlobal;
+  o.include_io = true;
+  const StLockOutcome global = lock(o, "global.safetensors");
+  EXPECT_EQ(global.units, 308u + 30300u);  // round(0.05 * 6152) kernels, round(0.05 * 606000)
+  EXPECT_EQ(unlock_safetensors(dir_.file("one.safetensors"), dir_.file("r.safetensors"), one_key)
+                .fingerprint,
+            one.key.header.original_fingerprint);
+  EXPECT_EQ(read_file(dir_.file("r.safetensors")), read_file(dir_.file("m.safetensors")));
+}
+
 TEST_F(StLock, FailingKeyWriteLeavesNoLockedFile) {
   EXPECT_THROW(
       lock_safetensors(dir_.file("m.safetensors"), dir_.file("l.safetensors"), StLockOptions{},

@@ -3,6 +3,7 @@
 // evaluations are shared out, rank 0 prints and writes the files.
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
@@ -19,6 +20,7 @@
 #include "cli/format_report.h"
 #include "cli/progress.h"
 #include "control/calibrate.h"
+#include "control/curve_model.h"
 #include "control/sweep_report.h"
 #include "control/utility_curve.h"
 #include "distributed/agreement.h"
@@ -37,14 +39,14 @@ namespace {
 std::string ratio_text(double r) { return fixed(r, 6); }
 
 std::string probe_line(int n, const Probe& p, bool effective) {
+  char eff[40];
+  std::snprintf(eff, sizeof eff, "effective %6s%%", pct(p.top1).c_str());
   char b[240];
-  std::snprintf(
-      b, sizeof b,
-      "  eval %2d: ratio %s  units %7lld  params %6s%%  val top-1 %6s%%  %s %6s%%  top-3 %6s%%", n,
-      ratio_text(p.ratio).c_str(), static_cast<long long>(p.units),
-      fixed(100.0 * p.param_fraction, 3).c_str(), pct(p.plain_top1).c_str(),
-      effective ? "effective" : "         ", effective ? pct(p.top1).c_str() : "",
-      pct(p.top3).c_str());
+  std::snprintf(b, sizeof b,
+                "  eval %2d: ratio %s  units %7lld  params %6s%%  val top-1 %6s%%  %s  top-3 %6s%%",
+                n, ratio_text(p.ratio).c_str(), static_cast<long long>(p.units),
+                fixed(100.0 * p.param_fraction, 3).c_str(), pct(p.plain_top1).c_str(),
+                effective ? eff : std::string(std::strlen(eff), ' ').c_str(), pct(p.top3).c_str());
   return b;
 }
 
@@ -58,17 +60,27 @@ std::optional<EffectiveTarget> search_target(bool target_plain, const Dataset& u
 // True on the rank that reports and writes files (any process outside a group).
 bool reports(const std::unique_ptr<Group>& group) { return group == nullptr || group->rank() == 0; }
 
-// The unlocked model's evaluation, shared out over a group's ranks.
-EvalResult evaluate_unlocked(LoadedModel& model, const Dataset& data, Group* group) {
-  return group != nullptr ? evaluate_shared(model, data, 500, *group)
-                          : evaluate(*model.net, data, model.meta.preprocess);
+// The model a search runs on, in whatever format its file is (ModelFormat::open_curve), its
+// input described by the options; a locked model is refused (`verb` says what to do instead).
+std::unique_ptr<CurveModel> open_unlocked(const std::string& path, const InputArgs& input,
+                                          const char* verb) {
+  // As many threads as join_command_group gave LibTorch.
+  std::unique_ptr<CurveModel> model = model_formats().of(path).open_curve(
+      path, static_cast<unsigned>(std::max(1, torch::get_num_threads())),
+      [&input](ModelMeta& meta, bool stored, const std::string& p) {
+        apply_input_args(input, meta, stored, p);
+      });
+  if (model->meta().lock) {
+    throw UsageError("model '" + path + "' is locked; " + verb + " an unlocked model");
+  }
+  return model;
 }
 
 // Checks that every rank of a group loaded the same model and data.
-void agree_on_inputs(Group* group, const LoadedModel& model,
+void agree_on_inputs(Group* group, const CurveModel& model,
                      std::initializer_list<std::pair<const char*, const Dataset*>> data) {
   if (group == nullptr) return;
-  agree_on_model(*group, "model (fingerprint)", model);
+  group->agree("model (fingerprint)", to_hex(model.fingerprint()));
   for (const auto& [what, d] : data) agree_on_data(*group, what, *d);
 }
 
@@ -87,7 +99,7 @@ void add_sweep(CLI::App& app) {
   static Common common;
   static EffectiveArgs effective;
   static InputArgs input;
-  c->add_option("--model", model_path, "Model checkpoint or TorchScript file (unlocked)")
+  c->add_option("--model", model_path, "Model file: checkpoint, TorchScript or ONNX (unlocked)")
       ->required();
   auto* r = c->add_option("--ratios", ratios, "Comma-separated ratios, e.g. 0.0005,0.001,0.005");
   auto* f = c->add_option("--from", from, "First ratio of a range")->check(CLI::Range(0.0, 1.0));
@@ -150,24 +162,21 @@ void add_sweep(CLI::App& app) {
     o.random_bn_units = units == "bn";
     if (!scope.empty()) o.scope = parse_scope(scope);
 
-    LoadedModel model = load_model(model_path);
-    apply_input_args(input, model, model_path);
-    if (model.meta.lock)
-      throw UsageError("model '" + model_path + "' is locked; sweep an unlocked model");
-    const Digest fp_before = model_fingerprint(model);
-    const Dataset data = test_set(model.meta, common);
-    const Dataset unlabelled =
-        plain_only ? Dataset{} : effective_images(model.meta, common, effective);
-    agree_on_inputs(group.get(), model,
+    const std::unique_ptr<CurveModel> model = open_unlocked(model_path, input, "sweep");
+    const ModelMeta& meta = model->meta();
+    const Digest fp_before = model->fingerprint();
+    const Dataset data = test_set(meta, common);
+    const Dataset unlabelled = plain_only ? Dataset{} : effective_images(meta, common, effective);
+    agree_on_inputs(group.get(), *model,
                     {{"test data", &data}, {"re-estimation images", &unlabelled}});
     o.group = group.get();
-    const EvalResult original = evaluate_unlocked(model, data, group.get());
+    const EvalResult original = model->evaluate(data, 500, group.get());
     const double chance = 100.0 / double(data.classes);
     if (!plain_only) o.effective = EffectiveTarget{&unlabelled, effective.options()};
     SweepRun run;
     run.model = model_path;
     run.fingerprint = fp_before;
-    run.dataset = model.meta.dataset;
+    run.dataset = meta.dataset;
     run.test_images = data.size();
     run.unlocked = original;
     run.chance = chance;
@@ -203,7 +212,7 @@ void add_sweep(CLI::App& app) {
     Progress line;
     StopOnSigint stop;
     const auto start = std::chrono::steady_clock::now();
-    auto points = sweep(model, data, o, [&](const CurvePoint& p) {
+    auto points = sweep(*model, data, o, [&](const CurvePoint& p) {
       const bool spread = p.top1_runs.size() > 1;
       auto acc = [&](double m, double sd) {
         return spread ? pct(m) + " +- " + fixed(sd, 2) : pct(m);
@@ -223,7 +232,7 @@ void add_sweep(CLI::App& app) {
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     line.finish("");
     // The sweep restored every point from memory: the model must be exactly the one loaded.
-    if (model_fingerprint(model) != fp_before)
+    if (model->fingerprint() != fp_before)
       throw Error("model changed during the sweep (fingerprint differs)");
     const size_t measured = o.skip_points + points.size();
     const bool complete = measured == total;
@@ -254,7 +263,7 @@ void add_calibrate(CLI::App& app) {
   static EffectiveArgs effective;
   static InputArgs input;
   static bool target_plain = false;
-  c->add_option("--model", model_path, "Model checkpoint or TorchScript file (unlocked)")
+  c->add_option("--model", model_path, "Model file: checkpoint, TorchScript or ONNX (unlocked)")
       ->required();
   c->add_option("--target", target,
                 "Top-1 band in percent, e.g. 50-55, of the effective top-1 (after BatchNorm "
@@ -286,18 +295,21 @@ void add_calibrate(CLI::App& app) {
     if (out.empty() != key_out.empty()) throw UsageError("--out and --key-out go together");
     if (!out.empty() && same_file(out, key_out))
       throw UsageError("--out '" + out + "' and --key-out '" + key_out + "' name the same file");
-    LoadedModel model = load_model(model_path);
-    apply_input_args(input, model, model_path);  // stored in the locked model --out writes
-    if (model.meta.lock)
-      throw UsageError("model '" + model_path + "' is locked; calibrate an unlocked model");
-    const Dataset val_data = validation_set(model.meta, common, val);
-    const Dataset unlabelled =
-        target_plain ? Dataset{} : effective_images(model.meta, common, effective);
-    agree_on_inputs(group.get(), model,
+    if (!out.empty() && &model_formats().of(out) != &model_formats().of(model_path)) {
+      const ModelFormat& format = model_formats().of(model_path);
+      throw UsageError("--out '" + out + "': '" + model_path + "' is written as " + format.name() +
+                       " (" + format.recognition() + ")");
+    }
+    // The input description is stored in the locked model --out writes, where the format can.
+    const std::unique_ptr<CurveModel> model = open_unlocked(model_path, input, "calibrate");
+    const ModelMeta& meta = model->meta();
+    const Dataset val_data = validation_set(meta, common, val);
+    const Dataset unlabelled = target_plain ? Dataset{} : effective_images(meta, common, effective);
+    agree_on_inputs(group.get(), *model,
                     {{"validation data", &val_data}, {"re-estimation images", &unlabelled}});
     copt.effective = search_target(target_plain, unlabelled, effective);
     copt.group = group.get();
-    const Ranking ranking = rank_units(named_tensors(*model.net), model.net->structure(), lopt);
+    const Ranking ranking = model->rank(lopt);
     std::printf(
         "calibrate %s: %s to %s top-1 %s-%s%% on %lld validation images from the training "
         "split "
@@ -308,7 +320,7 @@ void add_calibrate(CLI::App& app) {
         static_cast<unsigned long long>(val.seed));
     std::fflush(stdout);
     int n = 0;
-    Calibration cal = calibrate(model, ranking, val_data, band, copt, [&](const Probe& p) {
+    Calibration cal = calibrate(*model, ranking, val_data, band, copt, [&](const Probe& p) {
       std::printf("%s\n", probe_line(++n, p, !target_plain).c_str());
       std::fflush(stdout);
     });
@@ -340,12 +352,12 @@ void add_calibrate(CLI::App& app) {
     }
     // The ranking the chosen ratio applies to, with the units that jumped over the band moved down.
     const Ranking chosen_ranking = calibrated_ranking(ranking, cal);
-    const Dataset test_data = test_set(model.meta, common);
-    agree_on_inputs(group.get(), model, {{"test data", &test_data}});
+    const Dataset test_data = test_set(meta, common);
+    agree_on_inputs(group.get(), *model, {{"test data", &test_data}});
     const EffectiveTarget test_target{&unlabelled, effective.options()};
     const LockedEval on_test =
-        evaluate_locked(model, chosen_ranking, cal.chosen.ratio, test_data, 500,
-                        target_plain ? nullptr : &test_target, group.get());
+        model->evaluate_locked(chosen_ranking, cal.chosen.ratio, test_data, 500,
+                               target_plain ? nullptr : &test_target, group.get());
     std::printf("chosen ratio %s: %lld units, %s%% of parameters\n",
                 ratio_text(cal.chosen.ratio).c_str(), static_cast<long long>(cal.chosen.units),
                 fixed(100.0 * cal.chosen.param_fraction, 3).c_str());
@@ -371,18 +383,15 @@ void add_calibrate(CLI::App& app) {
                   static_cast<long long>(on_test.eval.n));
     }
     if (!out.empty() && reports(group)) {
-      LockOutcome outcome = lock_model(model, chosen_ranking, cal.chosen.ratio);
       // Key first: a locked model without its key would be lost utility; a key without its
       // locked model is removed again.
       KeyCommit keys(KeyCredentials{});
-      const uint64_t key_bytes = keys.write(key_out, outcome.key);
-      save_model(out, model);
-      keys.keep();
+      const LockReport s =
+          model->lock_and_write(chosen_ranking, cal.chosen.ratio, out, key_out, keys);
       std::printf("locked at ratio %s\n", ratio_text(cal.chosen.ratio).c_str());
-      const LockStats& s = outcome.stats;
-      print_extraction(s.units, s.candidates, s.values, s.parameters, key_bytes);
+      print_extraction(s.units, s.candidates, s.values, s.parameters, s.keys.front().bytes);
       std::printf("  locked model:         %s\n  key:                  %s (key id %s)\n",
-                  out.c_str(), key_out.c_str(), model.meta.lock->key_id.c_str());
+                  out.c_str(), key_out.c_str(), s.key_id.c_str());
     }
     return 0;
   };
@@ -400,7 +409,7 @@ void add_bands(CLI::App& app) {
   static Common common;
   static EffectiveArgs effective;
   static InputArgs input;
-  c->add_option("--model", model_path, "Model checkpoint or TorchScript file (unlocked)")
+  c->add_option("--model", model_path, "Model file: checkpoint, TorchScript or ONNX (unlocked)")
       ->required();
   c->add_option("--width", bopt.width, "Band width in points")->capture_default_str();
   c->add_flag("--target-plain", target_plain,
@@ -425,18 +434,15 @@ void add_bands(CLI::App& app) {
     const std::unique_ptr<Group> group = join_command_group(c, common);
     require_runnable(model_path, Feature::kCalibrate, "bands");
     const LockOptions lopt = band_lock_options(unit_args);
-    LoadedModel model = load_model(model_path);
-    apply_input_args(input, model, model_path);
-    if (model.meta.lock)
-      throw UsageError("model '" + model_path + "' is locked; use an unlocked model");
-    const Dataset val_data = validation_set(model.meta, common, val);
-    const Dataset unlabelled =
-        target_plain ? Dataset{} : effective_images(model.meta, common, effective);
-    agree_on_inputs(group.get(), model,
+    const std::unique_ptr<CurveModel> model = open_unlocked(model_path, input, "use");
+    const ModelMeta& meta = model->meta();
+    const Dataset val_data = validation_set(meta, common, val);
+    const Dataset unlabelled = target_plain ? Dataset{} : effective_images(meta, common, effective);
+    agree_on_inputs(group.get(), *model,
                     {{"validation data", &val_data}, {"re-estimation images", &unlabelled}});
     bopt.effective = search_target(target_plain, unlabelled, effective);
     bopt.group = group.get();
-    const Ranking ranking = rank_units(named_tensors(*model.net), model.net->structure(), lopt);
+    const Ranking ranking = model->rank(lopt);
     std::printf(
         "bands %s: %s, %s-point bands of the %s top-1, on %lld validation images from the training "
         "split\n",
@@ -445,14 +451,14 @@ void add_bands(CLI::App& app) {
         static_cast<long long>(val_data.size()));
     std::fflush(stdout);
     int n = 0;
-    BandsTable table = utility_bands(model, ranking, val_data, bopt, [&](const Probe& p) {
+    BandsTable table = utility_bands(*model, ranking, val_data, bopt, [&](const Probe& p) {
       std::printf("%s\n", probe_line(++n, p, !target_plain).c_str());
       std::fflush(stdout);
     });
     Dataset test_data;
     if (!no_test) {
-      test_data = test_set(model.meta, common);
-      agree_on_inputs(group.get(), model, {{"test data", &test_data}});
+      test_data = test_set(meta, common);
+      agree_on_inputs(group.get(), *model, {{"test data", &test_data}});
     }
     std::printf("\nunlocked: validation top-1 %s%%; chance %s%%; %d evaluations%s\n",
                 pct(table.original_top1).c_str(), pct(table.chance).c_str(), table.evaluations,
@@ -477,8 +483,9 @@ void add_bands(CLI::App& app) {
       std::string test_col = "-";
       if (!no_test) {
         const EffectiveTarget test_target{&unlabelled, effective.options()};
-        const LockedEval e = evaluate_locked(model, ranking, row.first.ratio, test_data, 500,
-                                             target_plain ? nullptr : &test_target, group.get());
+        const LockedEval e =
+            model->evaluate_locked(ranking, row.first.ratio, test_data, 500,
+                                   target_plain ? nullptr : &test_target, group.get());
         test_col = pct(e.target_top1());
         jr["test_top1"] = e.eval.top1;
         jr["test_top3"] = e.eval.top3;

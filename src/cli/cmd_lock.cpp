@@ -45,9 +45,8 @@ std::vector<double> parse_ratios(const std::string& list) {
 void add_lock(CLI::App& app) {
   auto* c = app.add_subcommand("lock", "Extract the most significant units into an access key");
   static LockArgs args;  // what every format reads (format_options.h)
-  static std::string units = "l1", tiers, tier_bands;
+  static std::string tiers, tier_bands;
   static ValArgs val;
-  static uint64_t seed = 0;
   static bool eval_after = false, target_plain = false;
   static EffectiveArgs effective;
   static int decoy_tries = 8;
@@ -65,9 +64,6 @@ void add_lock(CLI::App& app) {
   c->add_flag("--target-plain", target_plain,
               "--tier-bands: bands of the plain top-1 (default: of the effective top-1, after "
               "BatchNorm re-estimation and pruning)");
-  c->add_option("--seed", seed, "Seed for --criterion random")->capture_default_str();
-  c->add_option("--units", units, "Units drawn by --criterion random: l1 | bn")
-      ->capture_default_str();
   c->add_option("--decoy-tries", decoy_tries,
                 "With --fill decoy (single ratio): draw this many decoy fills and keep the one "
                 "that --decoy-target picks by top-1 on the validation split (1: no search, no "
@@ -96,10 +92,6 @@ void add_lock(CLI::App& app) {
       r.units = band_units(args.criterion, args.scope, args.include_io, args.exclude_io);
     if (!tiers.empty()) r.tier_ratios = parse_ratios(tiers);
     r.tier_bands = !tier_bands.empty();
-    r.seed = seed;
-    if (units != "l1" && units != "bn")
-      throw UsageError("units '" + units + "': expected l1 or bn");
-    r.random_bn_units = units == "bn";
     check_lock_request(format, r);
     const Support evaluates = format.supports(Feature::kEvaluate);
     if (!evaluates.works) {

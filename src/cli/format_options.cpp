@@ -85,6 +85,9 @@ void add_lock_options(CLI::App* c, LockArgs& a) {
       ->capture_default_str()
       ->check(CLI::Range(0.0, 1.0));
   c->add_option("--scope", a.scope, kScopeHelp);
+  c->add_option("--seed", a.seed, "Seed for --criterion random")->capture_default_str();
+  c->add_option("--units", a.units, "Units drawn by --criterion random: l1 | bn")
+      ->capture_default_str();
   c->add_option("--fill", a.fill,
                 "What extracted positions hold: zero | decoy | decoy-v1 (the earlier decoys, for "
                 "comparison)")
@@ -112,6 +115,10 @@ LockRequest lock_request(const LockArgs& a) {
   r.criterion_named = !a.criterion.empty();
   r.ratio = a.ratio;
   r.fill = parse_fill(a.fill);
+  r.seed = a.seed;
+  if (a.units != "l1" && a.units != "bn")
+    throw UsageError("units '" + a.units + "': expected l1 or bn");
+  r.random_bn_units = a.units == "bn";
   r.keep = a.keep;
   r.threads = static_cast<unsigned>(a.threads);
   return r;

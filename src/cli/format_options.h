@@ -5,6 +5,7 @@
 #pragma once
 
 #include <CLI/CLI.hpp>
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -20,6 +21,8 @@ extern const char* const kExcludeIoHelp;
 
 struct LockArgs {
   std::string model, out, key_out, criterion, scope, fill = "zero";
+  std::string units = "l1";  // drawn by --criterion random: l1 | bn
+  uint64_t seed = 0;         // --criterion random
   double ratio = 0.05;
   bool include_io = false, exclude_io = false;
   std::vector<std::string> keep;

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <map>
 
+#include "formats/evaluation.h"
 #include "util/error.h"
 
 namespace corelocker {
@@ -135,18 +136,18 @@ double distance(const Band& band, double acc) {
   return acc > band.high ? acc - band.high : acc < band.low ? band.low - acc : 0.0;
 }
 
-void check_unlocked(const LoadedModel& model) {
-  if (model.meta.lock)
-    throw UsageError("model is already locked (key id " + model.meta.lock->key_id +
+void check_unlocked(const CurveModel& model) {
+  if (model.meta().lock)
+    throw UsageError("model is already locked (key id " + model.meta().lock->key_id +
                      "); unlock it first");
 }
 
-Evaluator locked_evaluator(LoadedModel& model, const Ranking& ranking, const Dataset& data,
+Evaluator locked_evaluator(CurveModel& model, const Ranking& ranking, const Dataset& data,
                            int64_t batch_size, const std::optional<EffectiveTarget>& effective,
                            Collective* group) {
   return [&model, &ranking, &data, batch_size, effective, group](double ratio) {
-    LockedEval e = evaluate_locked(model, ranking, ratio, data, batch_size,
-                                   effective ? &*effective : nullptr, group);
+    LockedEval e = model.evaluate_locked(ranking, ratio, data, batch_size,
+                                         effective ? &*effective : nullptr, group);
     return Probe{ratio,           e.stats.units, e.stats.param_fraction(),
                  e.target_top1(), e.eval.top3,   e.eval.top1};
   };
@@ -234,6 +235,11 @@ Ranking calibrated_ranking(const Ranking& ranking, const Calibration& calibratio
 }
 
 Calibration calibrate(LoadedModel& model, const Ranking& ranking, const Dataset& data, Band band,
+                      const CalibrationOptions& options, const ProbeCallback& on_probe) {
+  return calibrate(*torch_curve_model(model), ranking, data, band, options, on_probe);
+}
+
+Calibration calibrate(CurveModel& model, const Ranking& ranking, const Dataset& data, Band band,
                       const CalibrationOptions& options, const ProbeCallback& on_probe) {
   check_unlocked(model);
   Ranking work = ranking;  // the evaluator reads it, the reordering changes it
@@ -481,6 +487,11 @@ Calibration search_band(const std::vector<int64_t>& groups, const Evaluator& eva
 
 BandsTable utility_bands(LoadedModel& model, const Ranking& ranking, const Dataset& data,
                          const BandsOptions& options, const ProbeCallback& on_probe) {
+  return utility_bands(*torch_curve_model(model), ranking, data, options, on_probe);
+}
+
+BandsTable utility_bands(CurveModel& model, const Ranking& ranking, const Dataset& data,
+                         const BandsOptions& options, const ProbeCallback& on_probe) {
   check_unlocked(model);
   if (data.classes < 1) throw UsageError("data set '" + data.name + "' has no classes");
   return search_bands(
@@ -567,6 +578,12 @@ BandsTable search_bands(const std::vector<int64_t>& groups, const Evaluator& eva
 TierCalibration calibrate_tiers(LoadedModel& model, const Ranking& ranking, const Dataset& data,
                                 const std::vector<Band>& bands, const CalibrationOptions& options,
                                 const ProbeCallback& on_probe) {
+  return calibrate_tiers(*torch_curve_model(model), ranking, data, bands, options, on_probe);
+}
+
+TierCalibration calibrate_tiers(CurveModel& model, const Ranking& ranking, const Dataset& data,
+                                const std::vector<Band>& bands, const CalibrationOptions& options,
+                                const ProbeCallback& on_probe) {
   if (bands.empty()) throw UsageError("tier bands: give at least one band");
   TierCalibration out;
   // Tiers share one ranking (each tier's units contain the next's), so no band may reorder it.
@@ -588,6 +605,20 @@ TierCalibration calibrate_tiers(LoadedModel& model, const Ranking& ranking, cons
     out.calibrations.push_back(std::move(cal));
   }
   return out;
+}
+
+std::vector<double> calibrate_tier_bands(CurveModel& model, const LockOptions& options,
+                                         const LockEvaluation& ev) {
+  if (ev.tier_bands.empty()) throw UsageError("--tier-bands: no band given");
+  const Dataset val = ev.validation(model.meta());
+  const Ranking ranking = model.rank(options);
+  const Dataset band_images = ev.target_plain ? Dataset{} : ev.unlabelled(model.meta());
+  CalibrationOptions copt;
+  if (!ev.target_plain) copt.effective = EffectiveTarget{&band_images, ev.effective};
+  const TierCalibration tc = calibrate_tiers(model, ranking, val, ev.tier_bands, copt);
+  for (size_t i = 0; i < ev.tier_bands.size(); ++i)
+    if (ev.on_band) ev.on_band(ev.tier_bands[i], tc.calibrations[i]);
+  return tc.ratios;
 }
 
 }  // namespace corelocker

@@ -22,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "control/curve_model.h"
 #include "control/utility_curve.h"
 
 namespace corelocker {
@@ -123,6 +124,9 @@ Ranking calibrated_ranking(const Ranking& ranking, const Calibration& calibratio
 // Searches a ratio whose top-1 accuracy on `data` (a validation split) lies in `band`, reordering
 // the ranking as the options allow (lock with calibrated_ranking(ranking, result)).
 // Throws UsageError (bad options, model locked) / Error.
+// The model may be any CurveModel (an ONNX graph, say); the LoadedModel overload is ours in place.
+Calibration calibrate(CurveModel& model, const Ranking& ranking, const Dataset& data, Band band,
+                      const CalibrationOptions& options, const ProbeCallback& on_probe = {});
 Calibration calibrate(LoadedModel& model, const Ranking& ranking, const Dataset& data, Band band,
                       const CalibrationOptions& options, const ProbeCallback& on_probe = {});
 
@@ -134,6 +138,9 @@ struct TierCalibration {
   std::vector<double> ratios;
   std::vector<Calibration> calibrations;
 };
+TierCalibration calibrate_tiers(CurveModel& model, const Ranking& ranking, const Dataset& data,
+                                const std::vector<Band>& bands, const CalibrationOptions& options,
+                                const ProbeCallback& on_probe = {});
 TierCalibration calibrate_tiers(LoadedModel& model, const Ranking& ranking, const Dataset& data,
                                 const std::vector<Band>& bands, const CalibrationOptions& options,
                                 const ProbeCallback& on_probe = {});
@@ -174,6 +181,8 @@ BandsTable search_bands(const std::vector<int64_t>& groups, const Evaluator& eva
 // For each `width`-point band from the original accuracy (rounded down to a multiple of width)
 // down to chance (100 / classes), the smallest ratio whose top-1 on `data` falls into it.
 // Throws UsageError / Error.
+BandsTable utility_bands(CurveModel& model, const Ranking& ranking, const Dataset& data,
+                         const BandsOptions& options, const ProbeCallback& on_probe = {});
 BandsTable utility_bands(LoadedModel& model, const Ranking& ranking, const Dataset& data,
                          const BandsOptions& options, const ProbeCallback& on_probe = {});
 

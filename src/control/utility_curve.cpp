@@ -5,6 +5,7 @@
 #include <sstream>
 #include <tuple>
 
+#include "control/curve_model.h"
 #include "util/error.h"
 #include "util/stats.h"
 
@@ -129,6 +130,11 @@ void sample_mean_sd(const std::vector<double>& v, double* mean, double* sd) {
 
 std::vector<CurvePoint> sweep(LoadedModel& model, const Dataset& data, const SweepOptions& options,
                               const SweepCallback& on_point) {
+  return sweep(*torch_curve_model(model), data, options, on_point);
+}
+
+std::vector<CurvePoint> sweep(CurveModel& model, const Dataset& data, const SweepOptions& options,
+                              const SweepCallback& on_point) {
   if (options.criteria.empty()) throw UsageError("sweep: no criteria given");
   if (options.ratios.empty()) throw UsageError("sweep: no ratios given");
   if (options.seeds < 1)
@@ -138,7 +144,6 @@ std::vector<CurvePoint> sweep(LoadedModel& model, const Dataset& data, const Swe
       throw UsageError("ratio " + std::to_string(r) + ": must be within [0, 1]");
   }
   // Rank once per criterion (per seed for random); every ratio below reuses these.
-  const auto tensors = named_tensors(*model.net);
   std::vector<std::vector<Ranking>> rankings;
   for (Criterion c : options.criteria) {
     std::vector<Ranking> per_seed;
@@ -150,7 +155,7 @@ std::vector<CurvePoint> sweep(LoadedModel& model, const Dataset& data, const Swe
       o.include_io = options.include_io;
       o.random_bn_units = options.random_bn_units;
       o.seed = c == Criterion::kRandom ? options.first_seed + static_cast<uint64_t>(s) : 0;
-      per_seed.push_back(rank_units(tensors, model.net->structure(), o));
+      per_seed.push_back(model.rank(o));
     }
     rankings.push_back(std::move(per_seed));
   }
@@ -167,8 +172,8 @@ std::vector<CurvePoint> sweep(LoadedModel& model, const Dataset& data, const Swe
       std::vector<double> reestimated;
       for (const Ranking& ranking : rankings[ci]) {
         LockedEval e =
-            evaluate_locked(model, ranking, ratio, data, options.batch_size,
-                            options.effective ? &*options.effective : nullptr, options.group);
+            model.evaluate_locked(ranking, ratio, data, options.batch_size,
+                                  options.effective ? &*options.effective : nullptr, options.group);
         p.top1_runs.push_back(e.eval.top1);
         p.top3_runs.push_back(e.eval.top3);
         if (e.effective) {

@@ -20,6 +20,8 @@
 
 namespace corelocker {
 
+class CurveModel;
+
 // Where a curve or a search measures the effective accuracy (attacks/effective.h) beside the
 // plain one: the unlabelled images the BatchNorm re-estimation uses (not owned; empty: no
 // re-estimation) and the options.
@@ -113,6 +115,10 @@ void sample_mean_sd(const std::vector<double>& v, double* mean, double* sd);
 // `skip_points`. The model must not be locked; it ends bit for bit as it started. Returns the
 // points measured (fewer than all when the callback stopped the sweep). Throws UsageError (bad
 // options, bn on a model without normalisation) / Error.
+// `model` may be any CurveModel (control/curve_model.h: an ONNX graph, say); the LoadedModel
+// overload is ours in place.
+std::vector<CurvePoint> sweep(CurveModel& model, const Dataset& data, const SweepOptions& options,
+                              const SweepCallback& on_point = {});
 std::vector<CurvePoint> sweep(LoadedModel& model, const Dataset& data, const SweepOptions& options,
                               const SweepCallback& on_point = {});
 

@@ -12,6 +12,7 @@
 #include "attacks/effective.h"
 #include "control/calibrate.h"
 #include "data/dataset.h"
+#include "formats/format.h"
 #include "locking/lock.h"
 
 namespace corelocker {
@@ -22,7 +23,7 @@ struct ModelData {
   // description to the model's metadata (`stored`: the file stores its own, which it is checked
   // against); `input_given`: the user gave one.
   bool input_given = false;
-  std::function<void(ModelMeta& meta, bool stored, const std::string& path)> describe_input;
+  DescribeInput describe_input;
   // The data, by the model's metadata: test split, validation images (from the training split),
   // unlabelled images for BatchNorm re-estimation.
   std::function<Dataset(const ModelMeta&)> test, validation, unlabelled;
@@ -48,7 +49,7 @@ struct PredictionJob {
   std::vector<KeyFile> keys;
   unsigned threads = 0;
   int64_t batch_size = 256;
-  std::function<void(ModelMeta& meta, bool stored, const std::string& path)> describe_input;
+  DescribeInput describe_input;
   std::function<torch::Tensor(const ModelMeta& meta)> images;
   std::function<void(bool locked)> on_model;
   std::function<void(int64_t first, const torch::Tensor& probabilities)> on_batch;
@@ -71,5 +72,12 @@ struct LockEvaluation : ModelData {
   std::function<void(double tier_ratio, const EffectiveEval& eval, const std::string& runtime)>
       on_evaluated;
 };
+
+// The ratios of `ev.tier_bands` (LockRequest::tier_bands), in their order: each band's ratio
+// calibrated on the validation split (ev.validation) for `options`' units, of the effective top-1
+// unless ev.target_plain, each reported through ev.on_band. The model ends as it started.
+// Throws UsageError (no band) and what calibrate_tiers throws.
+std::vector<double> calibrate_tier_bands(CurveModel& model, const LockOptions& options,
+                                         const LockEvaluation& ev);
 
 }  // namespace corelocker

@@ -122,6 +122,12 @@ void ModelFormat::predict(const std::string& path, const PredictionJob&) const {
   throw UsageError("predict: '" + path + "' (" + name() + ") cannot be run");
 }
 
+std::unique_ptr<CurveModel> ModelFormat::open_curve(const std::string& path, unsigned,
+                                                    const DescribeInput&) const {
+  require(*this, Feature::kCalibrate, path);
+  throw UsageError("calibrate: '" + path + "' (" + name() + ") cannot be run");
+}
+
 void check_lock_request(const ModelFormat& format, const LockRequest& r) {
   require(format, Feature::kLock, r.in);
   if (!r.criterion_named) {

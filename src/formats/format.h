@@ -62,6 +62,12 @@ inline Support cannot(std::string why) { return {false, std::move(why)}; }
 struct LockEvaluation;
 struct EvaluationJob;
 struct PredictionJob;
+// Torch side (control/curve_model.h): a model the searches over the ratio lock and evaluate.
+class CurveModel;
+struct ModelMeta;
+// How a command describes a model's input (--dataset, --mean, ...): applied to the model's
+// metadata (`stored`: the file stores its own, which the description is checked against).
+using DescribeInput = std::function<void(ModelMeta& meta, bool stored, const std::string& path)>;
 
 // What `lock` asks of a format.
 struct LockRequest {
@@ -164,6 +170,11 @@ class ModelFormat {
   virtual void evaluate(const std::string& path, const EvaluationJob& job) const;
   // `predict` of the file as `job` says. The default refuses (UsageError with the kPredict note).
   virtual void predict(const std::string& path, const PredictionJob& job) const;
+  // `calibrate`, `bands`, `sweep`: the model at `path` in memory, its input described by
+  // `describe_input` (`threads` 0: all cores). The default refuses (UsageError with the
+  // kCalibrate note).
+  virtual std::unique_ptr<CurveModel> open_curve(const std::string& path, unsigned threads,
+                                                 const DescribeInput& describe_input) const;
 };
 
 // Refuses, before anything is read, a request that uses a feature the format does not support

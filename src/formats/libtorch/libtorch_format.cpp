@@ -2,6 +2,7 @@
 // a ModelFormat: the in-memory lock of locking/lock.h with everything that evaluates.
 #include <algorithm>
 #include <memory>
+#include <utility>
 
 #include "control/calibrate.h"
 #include "eval/evaluate.h"
@@ -113,17 +114,8 @@ class LibTorchFormat : public ModelFormat {
 
     std::vector<double> ratios = r.tier_ratios;
     if (r.tier_bands) {
-      if (ev == nullptr || ev->tier_bands.empty()) throw UsageError("--tier-bands: no band given");
-      const Dataset val = ev->validation(model.meta);
-      auto tensors = named_tensors(*model.net);
-      const Ranking ranking = rank_units(tensors, model.net->structure(), o);
-      const Dataset band_images = ev->target_plain ? Dataset{} : ev->unlabelled(model.meta);
-      CalibrationOptions copt;
-      if (!ev->target_plain) copt.effective = EffectiveTarget{&band_images, ev->effective};
-      const TierCalibration tc = calibrate_tiers(model, ranking, val, ev->tier_bands, copt);
-      for (size_t i = 0; i < ev->tier_bands.size(); ++i)
-        if (ev->on_band) ev->on_band(ev->tier_bands[i], tc.calibrations[i]);
-      ratios = tc.ratios;
+      if (ev == nullptr) throw UsageError("--tier-bands: no band given");
+      ratios = calibrate_tier_bands(*torch_curve_model(model), o, *ev);
     }
 
     std::vector<std::pair<std::string, KeyFile>> made;
@@ -161,6 +153,13 @@ class LibTorchFormat : public ModelFormat {
     report.parameters = stats.parameters;
     if (ratios.empty()) evaluate_state(0.0);
     return report;
+  }
+
+  std::unique_ptr<CurveModel> open_curve(const std::string& path, unsigned,
+                                         const DescribeInput& describe_input) const override {
+    LoadedModel model = load_model(path);
+    if (describe_input) describe_input(model.meta, model.meta_stored, path);
+    return torch_curve_model(std::move(model));
   }
 
   void evaluate(const std::string& path, const EvaluationJob& job) const override {

@@ -1,12 +1,16 @@
 // ONNX models as a ModelFormat: the initializers locked with the library's ranking
 // (formats/onnx/onnx_lock.h), evaluation through OpenCV's dnn module (formats/onnx/onnx_eval.h).
+#include <algorithm>
 #include <functional>
 #include <memory>
 #include <string>
+#include <thread>
+#include <utility>
 #include <vector>
 
 #include "formats/evaluation.h"
 #include "formats/format.h"
+#include "formats/onnx/onnx_curve.h"
 #include "formats/onnx/onnx_eval.h"
 #include "formats/onnx/onnx_lock.h"
 #include "formats/onnx/onnx_model.h"
@@ -18,11 +22,19 @@ namespace {
 
 using OJson = nlohmann::ordered_json;
 
-constexpr char kLibTorchOnly[] =
-    "not yet: this command runs LibTorch models (OpenCV runs ONNX graphs for eval, lock --eval "
-    "and predict only)";
+constexpr char kNoTraining[] =
+    "`attack` fine-tunes, which needs gradients, and OpenCV's dnn module runs graphs forward only; "
+    "`analyze` and `detect` read LibTorch networks. `eval` of a locked ONNX file reports its "
+    "effective top-1 (after BatchNorm re-estimation and pruning, the attacks that need no "
+    "training)";
 
 std::string model_what(const std::string& path) { return "ONNX model '" + path + "'"; }
+
+// OpenCV's threads: `threads`, or every core for 0.
+void use_threads(unsigned threads) {
+  set_onnx_runtime_threads(
+      static_cast<int>(threads > 0 ? threads : std::max(1u, std::thread::hardware_concurrency())));
+}
 
 // A model made ready to run: read, unlocked in memory with `keys` (if any), its input described
 // over Fashion-MNIST's defaults (ONNX files store no preprocessing).
@@ -33,8 +45,8 @@ struct OnnxRun {
 };
 
 OnnxRun open_to_run(const std::string& path, const std::vector<KeyFile>& keys, unsigned threads,
-                    const std::function<void(ModelMeta&, bool, const std::string&)>& describe) {
-  set_onnx_runtime_threads(static_cast<int>(threads));
+                    const DescribeInput& describe) {
+  use_threads(threads);
   OnnxRun ready{load_onnx_model(path), model_what(path), {}};
   if (!keys.empty()) {
     unlock_onnx_model(ready.model, keys);  // in memory only
@@ -69,12 +81,15 @@ class OnnxFormat : public ModelFormat {
             "one draw; with --eval (the input described) the best of --decoy-tries draws on the "
             "validation split");
       case Feature::kTierBands:
-        return cannot(kLibTorchOnly);
+        return works(
+            "each tier's ratio calibrated on a validation split through OpenCV (the input "
+            "described as for --eval)");
       case Feature::kEvaluate:
         return works("OpenCV's dnn module; graphs it cannot import are refused naming the node");
       case Feature::kCalibrate:
+        return works("the model locked in memory at each ratio and run through OpenCV");
       case Feature::kAttack:
-        return cannot(kLibTorchOnly);
+        return cannot(kNoTraining);
       case Feature::kPredict:
         return works("OpenCV's dnn module, unlocked in memory with --key");
       default:
@@ -124,11 +139,13 @@ class OnnxFormat : public ModelFormat {
   LockReport lock(const LockRequest& r, KeyCommit& keys) const override {
     const LockEvaluation* ev = r.evaluation;
     const bool evaluate = ev != nullptr && ev->evaluate_locked;
-    if (ev != nullptr && ev->input_given && !evaluate) {
+    const bool runs = evaluate || r.tier_bands;  // the lock runs the model
+    if (ev != nullptr && ev->input_given && !runs) {
       throw UsageError(
           "--dataset, --mean, --std, --pad, --resize and --channels say how to feed a model that "
-          "is evaluated; '" +
-          r.in + "' is an ONNX file and is evaluated only with --eval (they are not stored)");
+          "is run; '" +
+          r.in +
+          "' is an ONNX file and runs only with --eval or --tier-bands (they are not stored)");
     }
     if (ev != nullptr && ev->decoy_search_given && r.fill != Fill::kZero && !evaluate) {
       throw UsageError(
@@ -142,9 +159,11 @@ class OnnxFormat : public ModelFormat {
     ModelMeta meta;
     use_dataset(dataset_info("fashion-mnist"), meta);
     std::unique_ptr<Dataset> test;
-    if (evaluate) {
+    if (runs) {
       if (ev->describe_input) ev->describe_input(meta, /*stored=*/false, r.in);
-      set_onnx_runtime_threads(static_cast<int>(r.threads));
+      use_threads(r.threads);
+    }
+    if (evaluate) {
       test = std::make_unique<Dataset>(ev->test(meta));
       check_onnx_runnable(model, *test, meta.preprocess, model_what(r.in));
     }
@@ -162,9 +181,14 @@ class OnnxFormat : public ModelFormat {
                                                       model_what(r.out), ev->effective);
       if (ev->on_evaluated) ev->on_evaluated(tier_ratio, e, onnx_runtime_name());
     };
+    std::vector<double> ratios = r.tier_ratios;
+    if (r.tier_bands) {
+      if (ev == nullptr) throw UsageError("--tier-bands: no band given");
+      ratios = calibrate_tier_bands(*onnx_curve_model(model, meta, model_what(r.in)), o, *ev);
+    }
     std::vector<std::pair<std::string, KeyFile>> made;
     LockStats stats;
-    if (r.tier_ratios.empty()) {
+    if (ratios.empty()) {
       // A decoy search runs the model, so it needs the input described (--eval and its options).
       OnnxDecoySearch search;
       std::unique_ptr<Dataset> val;
@@ -182,9 +206,9 @@ class OnnxFormat : public ModelFormat {
       made.emplace_back(r.key_out, std::move(outcome.key));
       stats = outcome.stats;
     } else {
-      if (ev != nullptr && ev->on_tiers) ev->on_tiers(r.tier_ratios);
+      if (ev != nullptr && ev->on_tiers) ev->on_tiers(ratios);
       auto outcomes = lock_onnx_model_tiers(
-          model, o, r.tier_ratios, [&](double ratio, OnnxModel&) { evaluate_state(ratio); });
+          model, o, ratios, [&](double ratio, OnnxModel&) { evaluate_state(ratio); });
       for (auto& t : outcomes)
         made.emplace_back(tier_key_path(r.key_out, t.key.header.tier), std::move(t.key));
       stats = outcomes.front().stats;
@@ -197,7 +221,7 @@ class OnnxFormat : public ModelFormat {
     report.values = stats.values;
     report.parameters = stats.parameters;
     report.note = "passes the ONNX checker";
-    if (r.tier_ratios.empty()) evaluate_state(0.0);  // the locked model in memory: as written
+    if (ratios.empty()) evaluate_state(0.0);  // the locked model in memory: as written
     return report;
   }
 
@@ -216,6 +240,12 @@ class OnnxFormat : public ModelFormat {
     const EffectiveEval e = evaluate_onnx_effective(model, test, job.unlabelled(meta),
                                                     meta.preprocess, what, job.effective);
     if (job.on_locked) job.on_locked(e, onnx_runtime_name());
+  }
+
+  std::unique_ptr<CurveModel> open_curve(const std::string& path, unsigned threads,
+                                         const DescribeInput& describe_input) const override {
+    OnnxRun ready = open_to_run(path, {}, threads, describe_input);
+    return onnx_curve_model(std::move(ready.model), ready.meta, ready.what);
   }
 
   void predict(const std::string& path, const PredictionJob& job) const override {

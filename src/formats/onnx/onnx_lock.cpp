@@ -17,18 +17,6 @@
 namespace corelocker {
 namespace {
 
-// The layers' weights as tensors, for the shared ranking code (copies; the model is not touched).
-std::vector<NamedTensor> layer_tensors(const OnnxModel& model) {
-  std::vector<NamedTensor> out;
-  for (const auto& layer : model.structure()) {
-    const OnnxTensor* t = model.find(layer.weight);
-    if (t == nullptr)
-      throw Error("ONNX layer '" + layer.name + "': no initializer '" + layer.weight + "'");
-    out.push_back({t->name, onnx_to_tensor(*t), false});
-  }
-  return out;
-}
-
 // The shortest decimal that reads back as exactly `r` ("0.05", not "0.050000000000000003").
 std::string ratio_str(double r) {
   for (int digits = 1;; ++digits) {
@@ -50,9 +38,21 @@ void set_header(KeyHeader& h, const LockOptions& options) {
   h.seed = options.criterion == Criterion::kRandom ? options.seed : 0;
 }
 
-// Moves the plan's units into key entries and zeroes them in the model: every value is gathered
-// first, then zeroed (a bn plan touches a tensor through one entry). Returns the values moved.
-int64_t extract(OnnxModel& model, const ExtractionPlan& plan, KeyFile& key) {
+}  // namespace
+
+std::vector<NamedTensor> onnx_layer_tensors(const OnnxModel& model) {
+  std::vector<NamedTensor> out;
+  for (const auto& layer : model.structure()) {
+    const OnnxTensor* t = model.find(layer.weight);
+    if (t == nullptr)
+      throw Error("ONNX layer '" + layer.name + "': no initializer '" + layer.weight + "'");
+    out.push_back({t->name, onnx_to_tensor(*t), false});
+  }
+  return out;
+}
+
+// Every value is gathered first, then zeroed: a bn plan touches a tensor through one entry.
+int64_t take_onnx_units(OnnxModel& model, const ExtractionPlan& plan, KeyFile& key) {
   int64_t values = 0;
   for (const auto& p : plan.entries) {
     const OnnxTensor* t = model.find(p.tensor);
@@ -86,6 +86,28 @@ int64_t extract(OnnxModel& model, const ExtractionPlan& plan, KeyFile& key) {
   return values;
 }
 
+void put_back_onnx_units(OnnxModel& model, const KeyFile& key) {
+  for (const auto& e : key.entries) {
+    OnnxTensor* t = model.find(e.tensor);
+    if (t == nullptr)
+      throw MismatchError("key entry '" + e.tensor + "': model has no such initializer");
+    const size_t block = static_cast<size_t>(e.unit_size) * dtype_size(e.dtype);
+    size_t i = 0;
+    for (const uint64_t u : e.units) {
+      std::memcpy(t->bytes.data() + u * block, e.values.data() + i++ * block, block);
+    }
+  }
+}
+
+int64_t onnx_float_parameters(const OnnxModel& model) {
+  int64_t n = 0;
+  for (const auto& t : model.initializers())
+    if (onnx_is_float(t.data_type)) n += static_cast<int64_t>(t.numel());
+  return n;
+}
+
+namespace {
+
 // Zeroes the plan's units in the model again (between the draws of a decoy search).
 void zero_units(OnnxModel& model, const ExtractionPlan& plan) {
   for (const auto& p : plan.entries) {
@@ -117,13 +139,6 @@ void fill_onnx_decoys(OnnxModel& model, const ExtractionPlan& plan, const Extrac
     }
   }
   fill_decoys(views, plan, no_donors, fill, seed);
-}
-
-int64_t float_parameters(const OnnxModel& model) {
-  int64_t n = 0;
-  for (const auto& t : model.initializers())
-    if (onnx_is_float(t.data_type)) n += static_cast<int64_t>(t.numel());
-  return n;
 }
 
 void record_lock(OnnxModel& model, const KeyHeader& h, const Digest& original, double ratio) {
@@ -172,12 +187,18 @@ LockInfo onnx_lock_info(const OnnxModel& model) {
 LockOutcome lock_onnx_model(OnnxModel& model, const LockOptions& options,
                             const OnnxDecoySearch& search) {
   check_lockable(model);
+  // ranked as our own checkpoints are
+  return lock_onnx_model(model, rank_units(onnx_layer_tensors(model), model.structure(), options),
+                         options, search);
+}
+
+LockOutcome lock_onnx_model(OnnxModel& model, const Ranking& ranking, const LockOptions& options,
+                            const OnnxDecoySearch& search) {
+  check_lockable(model);
   if (!(options.ratio >= 0.0 && options.ratio <= 1.0)) {
     throw UsageError("ratio " + std::to_string(options.ratio) + ": must be within [0, 1]");
   }
-  // rank and plan (shared with our own checkpoints)
-  const std::vector<NamedTensor> tensors = layer_tensors(model);
-  const Ranking ranking = rank_units(tensors, model.structure(), options);
+  const std::vector<NamedTensor> tensors = onnx_layer_tensors(model);
   const ExtractionPlan plan = plan_at(ranking, tensors, model.structure(), options.ratio);
 
   LockOutcome out;
@@ -186,7 +207,7 @@ LockOutcome lock_onnx_model(OnnxModel& model, const LockOptions& options,
   random_bytes(h.key_id.data(), h.key_id.size());
   set_header(h, options);
   h.units = static_cast<uint64_t>(plan.units);
-  out.stats.values = extract(model, plan, out.key);
+  out.stats.values = take_onnx_units(model, plan, out.key);
   if (options.fill != Fill::kZero) {
     uint64_t seed = 0;
     if (search.tries > 1 && search.score) {
@@ -207,7 +228,7 @@ LockOutcome lock_onnx_model(OnnxModel& model, const LockOptions& options,
   h.locked_fingerprint = onnx_fingerprint(model);
   out.stats.units = plan.units;
   out.stats.candidates = ranking.total_units();
-  out.stats.parameters = float_parameters(model);
+  out.stats.parameters = onnx_float_parameters(model);
   record_lock(model, h, h.original_fingerprint, h.ratio);
   return out;
 }
@@ -226,7 +247,7 @@ std::vector<TierOutcome> lock_onnx_model_tiers(
     if (i > 0 && ratios[i] == ratios[i - 1])
       throw UsageError("tier ratio " + std::to_string(ratios[i]) + " given twice");
   }
-  const std::vector<NamedTensor> tensors = layer_tensors(model);
+  const std::vector<NamedTensor> tensors = onnx_layer_tensors(model);
   const Ranking ranking = rank_units(tensors, model.structure(), options);
   std::vector<ExtractionPlan> plans;
   for (size_t i = 0; i < ratios.size(); ++i) {
@@ -245,7 +266,7 @@ std::vector<TierOutcome> lock_onnx_model_tiers(
   random_bytes(lock_id.data(), lock_id.size());
   const Digest original = onnx_fingerprint(model);
   const auto n = static_cast<uint16_t>(ratios.size());
-  const int64_t parameters = float_parameters(model);
+  const int64_t parameters = onnx_float_parameters(model);
   std::vector<TierOutcome> out;
   ExtractionPlan previous;
   int64_t values = 0;
@@ -259,7 +280,7 @@ std::vector<TierOutcome> lock_onnx_model_tiers(
     set_header(h, o);
     const ExtractionPlan step = plan_difference(plans[i], previous);
     h.units = static_cast<uint64_t>(plans[i].units - previous.units);
-    values += extract(model, step, t.key);
+    values += take_onnx_units(model, step, t.key);
     if (o.fill != Fill::kZero) {
       // Decoys never modelled on units a larger tier takes (as lock_model_tiers draws them).
       uint64_t seed = 0;
@@ -310,14 +331,7 @@ void unlock_onnx_model(OnnxModel& model, const std::vector<KeyFile>& keys) {
                             " out of range");
       }
     }
-    for (const auto& e : key.entries) {
-      OnnxTensor* t = model.find(e.tensor);
-      const size_t block = static_cast<size_t>(e.unit_size) * dtype_size(e.dtype);
-      size_t i = 0;
-      for (const uint64_t u : e.units) {
-        std::memcpy(t->bytes.data() + u * block, e.values.data() + i++ * block, block);
-      }
-    }
+    put_back_onnx_units(model, key);
     check_key_restored(onnx_fingerprint(model), key.header);
   }
   const KeyHeader& last = keys.back().header;

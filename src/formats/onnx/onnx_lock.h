@@ -41,6 +41,26 @@ struct OnnxDecoySearch {
 LockOutcome lock_onnx_model(OnnxModel& model, const LockOptions& options,
                             const OnnxDecoySearch& search = {});
 
+// Same, with the units ranked already (`ranking` of this model; options.ratio the ratio, the
+// criterion and scope recorded in the key are the ranking's).
+LockOutcome lock_onnx_model(OnnxModel& model, const Ranking& ranking, const LockOptions& options,
+                            const OnnxDecoySearch& search = {});
+
+// The weights of the model's layers (OnnxModel::structure) as tensors for the shared ranking code
+// (copies: the model is not touched). Throws Error when a layer's initializer is missing.
+std::vector<NamedTensor> onnx_layer_tensors(const OnnxModel& model);
+
+// Moves the plan's units into entries of `key` (values in the initializers' own dtype) and leaves
+// zeros in the model; returns the values moved. Throws Error when the plan does not fit the model.
+int64_t take_onnx_units(OnnxModel& model, const ExtractionPlan& plan, KeyFile& key);
+
+// Writes a key's values back into the model, unchecked: for keys take_onnx_units made of this
+// model (unlock_onnx_model checks a key first). Throws MismatchError for a missing initializer.
+void put_back_onnx_units(OnnxModel& model, const KeyFile& key);
+
+// The float values of the model's initializers, counted.
+int64_t onnx_float_parameters(const OnnxModel& model);
+
 // Tiered lock (as lock_model_tiers for our checkpoints): ranks once and returns one key per
 // ratio in the order of application (largest ratio first); the model ends locked at the
 // largest ratio and `on_state` sees it locked at each ratio, smallest first. A decoy fill is one

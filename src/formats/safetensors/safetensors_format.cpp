@@ -40,7 +40,9 @@ class SafetensorsFormat : public ModelFormat {
             "the file has no graph to say which BatchNorm follows which convolution (pairing "
             "them by name is not implemented)");
       case Feature::kCriterionRandom:
-        return cannot("the streaming lock ranks by l1 only");
+        return works(
+            "units drawn by a hash of --seed, the tensor's name and the unit's index (l1 units; "
+            "--units bn needs the BatchNorm pairing)");
       case Feature::kKeep:
         return works(
             "glob patterns on tensor names (file order does not say which layer is first)");
@@ -102,7 +104,14 @@ class SafetensorsFormat : public ModelFormat {
 
   LockReport lock(const LockRequest& r, KeyCommit& keys) const override {
     if (r.evaluation != nullptr) throw UsageError("safetensors lock: " + std::string(kNoNetwork));
+    if (r.random_bn_units) {
+      throw UsageError("--units bn: '" + r.in +
+                       "' is a safetensors file, which has no graph to pair a BatchNorm with its "
+                       "convolution; draw l1 units (--units l1)");
+    }
     StLockOptions o;
+    o.criterion = r.units.criterion;
+    o.seed = r.seed;
     o.ratio = r.ratio;
     o.scope = r.units.scope;
     o.include_io = r.units.include_io;

@@ -63,6 +63,10 @@ struct StLayer {
 std::vector<StLayer> st_layers(const StHeader& header, bool include_io);
 
 struct StLockOptions {
+  // l1, or random: units drawn by a seeded hash of the layer's name and the unit's index
+  // (st_select.h), the same draw for the same seed and file.
+  Criterion criterion = Criterion::kL1;
+  uint64_t seed = 0;  // random
   Scope scope = Scope::kLayer;
   double ratio = 0.05;
   bool include_io = false;
@@ -82,9 +86,9 @@ struct StLockOutcome {
   std::vector<std::string> kept;      // layers left alone by StLockOptions::keep
 };
 
-// Locks `in` into `out` with l1: ranks, writes the locked file to a temporary sibling of `out`,
-// calls `before_commit` with the key (to write it; if it throws, nothing is left at `out`), then
-// renames the locked file into place. Throws UsageError (nothing eligible, already locked) /
+// Locks `in` into `out` with l1 or random: ranks, writes the locked file to a temporary sibling of
+// `out`, calls `before_commit` with the key (to write it; if it throws, nothing is left at `out`),
+// then renames the locked file into place. Throws UsageError (nothing eligible, already locked) /
 // FormatError / IoError.
 StLockOutcome lock_safetensors(const std::string& in, const std::string& out,
                                const StLockOptions& options,

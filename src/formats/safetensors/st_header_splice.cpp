@@ -109,7 +109,7 @@ std::string locked_header_text(const StHeader& h, const KeyFile& key, const std:
   std::vector<std::pair<std::string, std::string>> entries = {
       {"corelocker.tool_version", CORELOCKER_VERSION},
       {"corelocker.key_id", to_hex(key.header.key_id.data(), key.header.key_id.size())},
-      {"corelocker.criterion", "l1"},
+      {"corelocker.criterion", to_string(key.header.criterion)},
       {"corelocker.scope", scope_text},
       {"corelocker.ratio", ratio_buf},
       {"corelocker.original_fingerprint", to_hex(key.header.original_fingerprint)},

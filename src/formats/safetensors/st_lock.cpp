@@ -63,7 +63,9 @@ using st_detail::kRelease;
 using st_detail::kRing;
 using st_detail::KthKey;
 using st_detail::kWindow;
+using st_detail::layer_salt;
 using st_detail::locked_header_text;
+using st_detail::random_keys;
 using st_detail::resolve_threads;
 using st_detail::Rule;
 using st_detail::RuleSink;
@@ -117,6 +119,11 @@ StLockOutcome lock_safetensors(const std::string& in, const std::string& out,
   if (!(options.ratio >= 0.0 && options.ratio <= 1.0)) {
     throw UsageError("ratio " + std::to_string(options.ratio) + " is outside [0, 1]");
   }
+  if (options.criterion != Criterion::kL1 && options.criterion != Criterion::kRandom) {
+    throw UsageError(std::string("safetensors lock: criterion ") + to_string(options.criterion) +
+                     " (l1 or random)");
+  }
+  const bool random = options.criterion == Criterion::kRandom;
   const StFile file(in);
   const StHeader& h = file.header;
   const std::string what = "safetensors file '" + in + "'";
@@ -212,10 +219,18 @@ StLockOutcome lock_safetensors(const std::string& in, const std::string& out,
     const uint64_t unit_bytes = layer.unit_size * dtype_size(dt);
     const uint64_t window_units = std::max<uint64_t>(1, kWindow / unit_bytes);
     const uint8_t* p = file.tensor_data(t);
+    // Pass 1's keys of units [u0, u1) of this layer: l1 scores, or the seeded draw.
+    const uint64_t salt = layer_salt(t.name);
+    auto keys_of = [&](uint64_t u0, uint64_t u1) {
+      if (random)
+        random_keys(options.seed, salt, u0, u1, 0, lid, sel);
+      else
+        score_chunk(dt, p, u0, u1, layer.unit_size, lid, sel);
+    };
     if (options.scope == Scope::kLayer) {
       sel.reset(units_at_ratio(layer.units, options.ratio));
       uint32_t guess = 0;
-      if (sample_threshold(dt, p, layer.units, layer.unit_size, sel.k(), guess)) {
+      if (!random && sample_threshold(dt, p, layer.units, layer.unit_size, sel.k(), guess)) {
         sel.prime(guess);
         // The sample touched pages all over the layer. A large layer gives them back (the windows
         // map them again); a smaller one keeps them for its windows, which give them back as they
@@ -228,7 +243,7 @@ StLockOutcome lock_safetensors(const std::string& in, const std::string& out,
       const uint64_t u1 = std::min(layer.units, u0 + window_units);
       const uint64_t n = (u1 - u0) * unit_bytes;
       const uint64_t ticket = background.update(hasher, p + u0 * unit_bytes, n);
-      score_chunk(dt, p, u0, u1, layer.unit_size, lid, sel);
+      keys_of(u0, u1);
       background.wait(ticket);
       file.map.release(h.data_start + t.begin + u0 * unit_bytes, n);
     }
@@ -236,7 +251,7 @@ StLockOutcome lock_safetensors(const std::string& in, const std::string& out,
     if (options.scope == Scope::kLayer && !sel.finish(rule_of(li->second))) {
       // the guess was above the k-th key: select again without it
       sel.reset(sel.k());
-      score_chunk(dt, p, 0, layer.units, layer.unit_size, lid, sel);
+      keys_of(0, layer.units);
       file.map.release(h.data_start + t.begin, t.nbytes());
       if (!sel.finish(rule_of(li->second)))
         throw Error("safetensors lock: selection of '" + t.name + "' failed");
@@ -250,7 +265,8 @@ StLockOutcome lock_safetensors(const std::string& in, const std::string& out,
   KeyFile& key = outcome.key;
   key.header.original_fingerprint = combine(h, digests, scheme);
   random_bytes(key.header.key_id.data(), key.header.key_id.size());
-  key.header.criterion = Criterion::kL1;
+  key.header.criterion = options.criterion;
+  key.header.seed = random ? options.seed : 0;
   key.header.scope = options.scope;
   key.header.fill = Fill::kZero;
   key.header.include_io = options.include_io;
@@ -295,13 +311,16 @@ StLockOutcome lock_safetensors(const std::string& in, const std::string& out,
       slot = ring.take(background, units * unit_bytes);
       picked[slot].units.resize(chunk_units);
       // by value, or declared before the helper: a job may still run while an exception unwinds
-      const uint64_t ticket =
-          background.call([&ring, &picked, &rule, slot, units, dt, unit_bytes,
-                           unit_size = layer.unit_size, src = p + u0 * unit_bytes] {
+      const uint64_t ticket = background.call(
+          [&ring, &picked, &rule, slot, units, dt, unit_bytes, u0, random, seed = options.seed,
+           salt = layer_salt(t.name), unit_size = layer.unit_size, src = p + u0 * unit_bytes] {
             uint8_t* b = ring.data(slot);
             std::memcpy(b, src, units * unit_bytes);
             RuleSink sink{rule, picked[slot].units.data()};
-            score_chunk(dt, b, 0, units, unit_size, 0, sink);
+            if (random)
+              random_keys(seed, salt, u0, u0 + units, u0, 0, sink);
+            else
+              score_chunk(dt, b, 0, units, unit_size, 0, sink);
             picked[slot].count = sink.count;
           });
       ring.hand_over(slot, ticket);

@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <limits>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -147,6 +148,31 @@ struct RuleSink {
 template <typename Sink>
 void score_chunk(DType d, const uint8_t* p, uint64_t u0, uint64_t u1, uint64_t unit_size,
                  uint32_t layer, Sink& sel);
+
+// --criterion random: the key of a unit is a hash of the seed, its layer's name (`salt`, from
+// layer_salt) and its index in the layer, never 0, so the k best keys of a group are k of its
+// units drawn uniformly, and pass 2 finds the same ones again. The keys of units [u0, u1) of the
+// layer go to `sel` as units [u0 - first, u1 - first) (`first`: where pass 2's chunk starts).
+inline uint64_t mix64(uint64_t x) {  // SplitMix64's finaliser
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+inline uint64_t layer_salt(const std::string& name) {  // FNV-1a
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (const char c : name) h = (h ^ static_cast<uint8_t>(c)) * 0x100000001b3ull;
+  return h;
+}
+template <typename Sink>
+void random_keys(uint64_t seed, uint64_t salt, uint64_t u0, uint64_t u1, uint64_t first,
+                 uint32_t layer, Sink& sel) {
+  const uint64_t base = mix64(seed ^ mix64(salt));
+  for (uint64_t u = u0; u < u1; ++u) {
+    const auto key = static_cast<uint32_t>(mix64(base + u) >> 32);
+    sel.push_key(key == 0 ? 1u : key, layer, u - first);
+  }
+}
 
 // A guess at the key of the k-th best of a layer's n units, a little below it, from a sample of
 // the units (see st_select.cpp); false for small layers or large k.
