@@ -387,6 +387,17 @@ TEST(OnnxEval, BrokenReplacementsAndShapesAreRefused) {
   }
 }
 
+// `n` random 1x28x28 images with random labels of 10 classes, drawn with `seed`.
+Dataset random_images(int64_t n, uint64_t seed) {
+  torch::manual_seed(seed);
+  Dataset d;
+  d.images = torch::randint(0, 256, {n, 1, 28, 28}, torch::kUInt8);
+  d.labels = torch::randint(0, 10, {n}, torch::kInt64);
+  d.name = "random";
+  d.classes = 10;
+  return d;
+}
+
 TEST(OnnxEval, EffectiveAccuracyOfALockedExportLeavesTheModelAsItWas) {
   CORELOCKER_ONNX_FIXTURES(fx);
   OnnxModel model = load_onnx_model(fx + "/resnet_bn.onnx");
@@ -396,11 +407,7 @@ TEST(OnnxEval, EffectiveAccuracyOfALockedExportLeavesTheModelAsItWas) {
   o.ratio = 0.3;
   lock_onnx_model(model, o);
   const Digest locked = onnx_fingerprint(model);
-  torch::manual_seed(71);
-  Dataset test;
-  test.images = torch::randint(0, 256, {60, 1, 28, 28}, torch::kUInt8);
-  test.labels = torch::randint(0, 10, {60}, torch::kInt64);
-  test.name = "random";
+  const Dataset test = random_images(60, 71);
   const Dataset unlabelled = subset(test, 32, /*seed=*/1);
   Preprocess pp;
   pp.mean = {0.286};
@@ -435,12 +442,7 @@ TEST(OnnxCurve, ALockedEvaluationIsTheLockedFilesAndLeavesTheModelAsItWas) {
   CORELOCKER_ONNX_FIXTURES(fx);
   OnnxModel model = load_onnx_model(fx + "/resnet_bn.onnx");
   const Digest original = onnx_fingerprint(model);
-  torch::manual_seed(72);
-  Dataset test;
-  test.images = torch::randint(0, 256, {80, 1, 28, 28}, torch::kUInt8);
-  test.labels = torch::randint(0, 10, {80}, torch::kInt64);
-  test.name = "random";
-  test.classes = 10;
+  const Dataset test = random_images(80, 72);
   const Dataset unlabelled = subset(test, 32, /*seed=*/2);
   ModelMeta meta;
   meta.preprocess.mean = {0.286};

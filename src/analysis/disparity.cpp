@@ -338,4 +338,43 @@ DisparityReport analyze_disparity(LoadedModel& original, LoadedModel& locked, co
   return r;
 }
 
+nlohmann::json disparity_to_json(const DisparityReport& r) {
+  using Json = nlohmann::json;
+  auto number_or_null = [](double v) { return std::isnan(v) ? Json(nullptr) : Json(v); };
+  Json layers = Json::array();
+  for (const auto& d : r.layers) {
+    layers.push_back({{"m", d.m},
+                      {"layer", d.name},
+                      {"kind", to_string(d.kind)},
+                      {"changed", d.changed},
+                      {"delta_norm", d.delta_norm},
+                      {"weight_norm", d.weight_norm},
+                      {"random_estimate", number_or_null(d.random_estimate)},
+                      {"delta_bias", d.delta_bias},
+                      {"in_norm", d.in_norm},
+                      {"out_norm", d.out_norm},
+                      {"G", d.g},
+                      {"observed", d.observed},
+                      {"step_bound", d.step_bound},
+                      {"eta", d.eta},
+                      {"paper_bound", d.g + d.eta},
+                      {"samples", d.samples},
+                      {"theorem2_violations", d.thm2_violations},
+                      {"theorem2_worst_relative", d.thm2_worst},
+                      {"step_violations", d.step_violations},
+                      {"theorem3_violations", d.thm3_violations}});
+  }
+  Json var = {{"applicable", r.variance.applicable}};
+  if (r.variance.applicable) {
+    var["original"] = {{"measured", r.variance.measured_original},
+                       {"bound", r.variance.bound_original}};
+    var["locked"] = {{"measured", r.variance.measured_locked}, {"bound", r.variance.bound_locked}};
+  } else {
+    var["reason"] = r.variance.reason;
+  }
+  return {{"mode", to_string(r.mode)}, {"samples", r.samples}, {"input_norm", r.input_norm},
+          {"lipschitz", r.lipschitz},  {"lambda", r.lambda},   {"layers", layers},
+          {"skipped", r.skipped},      {"theorem1", var}};
+}
+
 }  // namespace corelocker

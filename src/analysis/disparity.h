@@ -27,6 +27,7 @@
 #include <torch/torch.h>
 
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -113,5 +114,11 @@ struct ConvGeometry {
 // the convolution and its adjoint (the transposed convolution).
 double conv_operator_norm(const torch::Tensor& kernel, const ConvGeometry& geometry, int iterations,
                           uint64_t seed);
+
+// The report as `analyze --json` and `attack` write it: mode, samples, input_norm, lipschitz,
+// lambda, one object a layer (its fields; NaN estimates as null), skipped, and theorem1 (the
+// variance bound: measured and bound for the original and the locked model, or the reason it
+// does not apply).
+nlohmann::json disparity_to_json(const DisparityReport& r);
 
 }  // namespace corelocker

@@ -417,4 +417,24 @@ EvalResult evaluate_shared(LoadedModel& model, const Dataset& test, int64_t batc
   return add_up(answers, 0, slices.size());
 }
 
+nlohmann::json effective_to_json(const EffectiveEval& e) {
+  using Json = nlohmann::json;
+  Json pruned = Json::object();
+  for (const auto& p : e.pruned) {
+    char ratio[32];
+    std::snprintf(ratio, sizeof ratio, "%.2f", p.ratio);
+    pruned[ratio] = p.eval.top1;
+  }
+  Json j = {{"top1", e.plain.top1},
+            {"top3", e.plain.top3},
+            {"images", e.plain.n},
+            {"top1_reestimated", e.reestimated ? Json(e.reestimated->top1) : Json()},
+            {"reestimate_images", e.reestimate_images},
+            {"top1_pruned", pruned},
+            {"top1_effective", e.top1_effective},
+            {"effective_from", e.worst}};
+  if (!e.reestimated) j["reestimate_note"] = e.reestimate_note;
+  return j;
+}
+
 }  // namespace corelocker

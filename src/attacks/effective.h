@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <vector>
@@ -108,5 +109,10 @@ EvalResult evaluate_shared(LoadedModel& model, const Dataset& test, int64_t batc
 // The images `evaluate_effective` re-estimates on: options.reestimate_images of the training
 // split, drawn with options.seed (all of them when there are fewer).
 Dataset reestimation_images(const Dataset& train_split, const EffectiveOptions& options);
+
+// The effective accuracy as the tool reports it in JSON (`eval --json`, `attack`): top1, top3,
+// images, top1_reestimated (null when not done, with reestimate_note), reestimate_images,
+// top1_pruned by ratio ("0.20": top-1), top1_effective and effective_from.
+nlohmann::json effective_to_json(const EffectiveEval& e);
 
 }  // namespace corelocker

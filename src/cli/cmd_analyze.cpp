@@ -19,45 +19,6 @@ std::string num(double v) {
   return b;
 }
 
-Json number_or_null(double v) { return std::isnan(v) ? Json(nullptr) : Json(v); }
-
-Json report_json(const DisparityReport& r) {
-  Json layers = Json::array();
-  for (const auto& d : r.layers) {
-    layers.push_back({{"m", d.m},
-                      {"layer", d.name},
-                      {"kind", to_string(d.kind)},
-                      {"changed", d.changed},
-                      {"delta_norm", d.delta_norm},
-                      {"weight_norm", d.weight_norm},
-                      {"random_estimate", number_or_null(d.random_estimate)},
-                      {"delta_bias", d.delta_bias},
-                      {"in_norm", d.in_norm},
-                      {"out_norm", d.out_norm},
-                      {"G", d.g},
-                      {"observed", d.observed},
-                      {"step_bound", d.step_bound},
-                      {"eta", d.eta},
-                      {"paper_bound", d.g + d.eta},
-                      {"samples", d.samples},
-                      {"theorem2_violations", d.thm2_violations},
-                      {"theorem2_worst_relative", d.thm2_worst},
-                      {"step_violations", d.step_violations},
-                      {"theorem3_violations", d.thm3_violations}});
-  }
-  Json var = {{"applicable", r.variance.applicable}};
-  if (r.variance.applicable) {
-    var["original"] = {{"measured", r.variance.measured_original},
-                       {"bound", r.variance.bound_original}};
-    var["locked"] = {{"measured", r.variance.measured_locked}, {"bound", r.variance.bound_locked}};
-  } else {
-    var["reason"] = r.variance.reason;
-  }
-  return {{"mode", to_string(r.mode)}, {"samples", r.samples}, {"input_norm", r.input_norm},
-          {"lipschitz", r.lipschitz},  {"lambda", r.lambda},   {"layers", layers},
-          {"skipped", r.skipped},      {"theorem1", var}};
-}
-
 void print_report(const DisparityReport& r) {
   std::printf("mode %s (%s), %lld inputs, mean ||x||_2 %s, L %s, lambda = max ||W*||_2 = %s\n",
               to_string(r.mode),
@@ -121,45 +82,48 @@ void print_report(const DisparityReport& r) {
   for (const auto& s : r.skipped) std::printf("not measured: %s\n", s.c_str());
 }
 
-}  // namespace
+struct Analyze : Command {
+  std::string model_path, json_out;
+  std::vector<std::string> key_paths;
+  UnitArgs units;
+  double ratio = -1.0;
+  uint64_t sample_seed = 0;
+  bool unscaled = false;
+  DisparityOptions opts;
+  Common common;
+  KeyAccess access;
+  InputArgs input;
 
-void add_analyze(CLI::App& app) {
-  auto* c = app.add_subcommand(
-      "analyze", "Measure the paper's disparity bounds (Theorems 1-4) layer by layer");
-  static std::string model_path, json_out;
-  static std::vector<std::string> key_paths;
-  static UnitArgs units;
-  static double ratio = -1.0;
-  static uint64_t sample_seed = 0;
-  static bool unscaled = false;
-  static DisparityOptions opts;
-  static Common common;
-  static KeyAccess access;
-  static InputArgs input;
-  c->add_option("--model", model_path,
-                "Locked model (with --key) or unlocked model (with --criterion and --ratio)")
-      ->required();
-  auto* k = c->add_option("--key", key_paths, "Key(s) that unlock --model, tier 1 first");
-  c->add_option("--ratio", ratio, "Extraction ratio of the in-memory lock (instead of --key)")
-      ->check(CLI::Range(0.0, 1.0));
-  k->excludes(add_unit_args(c, units, /*random_allowed=*/true));
-  c->add_option("--samples", opts.samples, "Test images to measure on")
-      ->capture_default_str()
-      ->check(CLI::PositiveNumber);
-  c->add_option("--sample-seed", sample_seed, "Seed that draws the test images")
-      ->capture_default_str();
-  c->add_option("--power-iterations", opts.power_iterations, "Power iterations per operator norm")
-      ->capture_default_str()
-      ->check(CLI::Range(1, 100000));
-  c->add_flag(
-      "--unscaled", unscaled,
-      "Use the inputs as preprocessed (default: scaled to ||x||_2 <= 1 as the paper assumes)");
-  c->add_option("--json", json_out, "Also write the report as JSON to this file");
-  add_key_access(c, access, /*writing=*/false);
-  add_threads(c, common);
-  add_data(c, common);
-  add_input_args(c, input);
-  handlers()[c] = [] {
+  CLI::App* add(CLI::App& app) override {
+    auto* c = app.add_subcommand(
+        "analyze", "Measure the paper's disparity bounds (Theorems 1-4) layer by layer");
+    c->add_option("--model", model_path,
+                  "Locked model (with --key) or unlocked model (with --criterion and --ratio)")
+        ->required();
+    auto* k = c->add_option("--key", key_paths, "Key(s) that unlock --model, tier 1 first");
+    c->add_option("--ratio", ratio, "Extraction ratio of the in-memory lock (instead of --key)")
+        ->check(CLI::Range(0.0, 1.0));
+    k->excludes(add_unit_args(c, units, /*random_allowed=*/true));
+    c->add_option("--samples", opts.samples, "Test images to measure on")
+        ->capture_default_str()
+        ->check(CLI::PositiveNumber);
+    c->add_option("--sample-seed", sample_seed, "Seed that draws the test images")
+        ->capture_default_str();
+    c->add_option("--power-iterations", opts.power_iterations, "Power iterations per operator norm")
+        ->capture_default_str()
+        ->check(CLI::Range(1, 100000));
+    c->add_flag(
+        "--unscaled", unscaled,
+        "Use the inputs as preprocessed (default: scaled to ||x||_2 <= 1 as the paper assumes)");
+    c->add_option("--json", json_out, "Also write the report as JSON to this file");
+    add_key_access(c, access, /*writing=*/false);
+    add_threads(c, common);
+    add_data(c, common);
+    add_input_args(c, input);
+    return c;
+  }
+
+  int run() override {
     apply_threads(common);
     require_runnable(model_path, Feature::kAttack, "analyze");
     opts.scale_inputs = !unscaled;
@@ -171,8 +135,8 @@ void add_analyze(CLI::App& app) {
         throw UsageError("model '" + model_path +
                          "' is not locked; give --ratio [--criterion] instead");
       original = load_unlocked(model_path, read_keys(key_paths, access));
-      apply_input_args(input, locked, model_path);
-      apply_input_args(input, original, model_path);
+      apply_input_override(input, locked.meta, locked.meta_stored, model_path);
+      apply_input_override(input, original.meta, original.meta_stored, model_path);
     } else {
       if (ratio < 0.0)
         throw UsageError("give --key (a locked model) or --ratio [--criterion] (an unlocked one)");
@@ -180,8 +144,8 @@ void add_analyze(CLI::App& app) {
       if (original.meta.lock)
         throw UsageError("model '" + model_path + "' is locked; give its --key instead");
       locked = load_model(model_path);
-      apply_input_args(input, original, model_path);
-      apply_input_args(input, locked, model_path);
+      apply_input_override(input, original.meta, original.meta_stored, model_path);
+      apply_input_override(input, locked.meta, locked.meta_stored, model_path);
       LockOptions lo = lock_options(units);
       lo.ratio = ratio;
       const LockOutcome out = lock_model(locked, lo);
@@ -194,7 +158,7 @@ void add_analyze(CLI::App& app) {
     const DisparityReport report = analyze_disparity(original, locked, data, opts);
     print_report(report);
     if (!json_out.empty()) {
-      Json j = report_json(report);
+      Json j = disparity_to_json(report);
       j["model"] = model_path;
       j["keys"] = key_paths;
       if (key_paths.empty()) {
@@ -208,7 +172,11 @@ void add_analyze(CLI::App& app) {
       std::printf("wrote %s\n", json_out.c_str());
     }
     return 0;
-  };
-}
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<Command> make_analyze() { return std::make_unique<Analyze>(); }
 
 }  // namespace corelocker::cli

@@ -18,64 +18,70 @@
 
 namespace corelocker::cli {
 
-void add_attack(CLI::App& app) {
-  auto* c = app.add_subcommand("attack",
-                               "Attack a locked model without its key: finetune | reinit | "
-                               "prune | zero-retrain | bn-recalibrate | scratch | all");
-  static std::string kind, model_path, original_path, report_path;
-  static std::vector<double> fractions, ratios;
-  static int trials = 3, epochs = -1, prune_epochs = 0;
-  static uint64_t seed = 0;
-  static bool affine = false, json = false;
-  static TrainOptions topts;
-  static Common common;
-  static EffectiveArgs effective;
-  static InputArgs input;
-  topts.lr = 0.05;
-  c->add_option(
-       "kind", kind,
-       "finetune | reinit | prune | zero-retrain | bn-recalibrate | scratch, or a comma-separated "
-       "list of them (finetune,reinit,scratch), or all")
-      ->required();
-  c->add_option("--model", model_path,
-                "Locked model to attack (checkpoint or TorchScript file; never written to)")
-      ->required();
-  c->add_option("--original", original_path,
-                "Original model: report its accuracy beside the attack's");
-  c->add_option("--data-fraction", fractions,
-                "Attacker's share of the training split, fresh random subset per trial; several "
-                "(0.05,0.1) run one "
-                "set each (default 0.05)")
-      ->delimiter(',');
-  c->add_option("--trials", trials, "Trials per attack (each on its own data subset)")
-      ->capture_default_str()
-      ->check(CLI::PositiveNumber);
-  c->add_option("--seed", seed, "Trial t draws its data and trains with seed + t")
-      ->capture_default_str();
-  c->add_option("--epochs", epochs,
-                "Training epochs of the attack (default 2; prune: 0, no fine-tuning)")
-      ->check(CLI::NonNegativeNumber);
-  c->add_option("--lr", topts.lr, "Peak learning rate")->capture_default_str();
-  c->add_option("--batch-size", topts.batch_size, "Batch size")->capture_default_str();
-  c->add_option("--schedule", topts.schedule, "onecycle | cosine | constant")
-      ->capture_default_str();
-  c->add_option("--weight-decay", topts.weight_decay, "Weight decay")->capture_default_str();
-  c->add_option("--ratio", ratios,
-                "prune: fraction of conv/linear weights to prune (default 0.2; all: 0.2,0.4)")
-      ->delimiter(',')
-      ->check(CLI::Range(0.0, 1.0));
-  c->add_option("--prune-epochs", prune_epochs, "all: fine-tuning epochs after pruning")
-      ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
-  c->add_flag("--affine", affine,
-              "bn-recalibrate: then train the BatchNorm affine parameters (all runs both)");
-  c->add_flag("--json", json, "Print one JSON object instead of the table");
-  c->add_option("--report", report_path, "Also write the JSON report to this file");
-  add_threads(c, common);
-  add_data(c, common);
-  add_effective_args(c, effective);
-  add_input_args(c, input);
-  handlers()[c] = [] {
+namespace {
+
+struct Attack : Command {
+  std::string kind, model_path, original_path, report_path;
+  std::vector<double> fractions, ratios;
+  int trials = 3, epochs = -1, prune_epochs = 0;
+  uint64_t seed = 0;
+  bool affine = false, json = false;
+  TrainOptions topts;
+  Common common;
+  EffectiveArgs effective;
+  InputArgs input;
+
+  CLI::App* add(CLI::App& app) override {
+    auto* c = app.add_subcommand("attack",
+                                 "Attack a locked model without its key: finetune | reinit | "
+                                 "prune | zero-retrain | bn-recalibrate | scratch | all");
+    topts.lr = 0.05;
+    c->add_option("kind", kind,
+                  "finetune | reinit | prune | zero-retrain | bn-recalibrate | scratch, or a "
+                  "comma-separated list of them (finetune,reinit,scratch), or all")
+        ->required();
+    c->add_option("--model", model_path,
+                  "Locked model to attack (checkpoint or TorchScript file; never written to)")
+        ->required();
+    c->add_option("--original", original_path,
+                  "Original model: report its accuracy beside the attack's");
+    c->add_option("--data-fraction", fractions,
+                  "Attacker's share of the training split, fresh random subset per trial; several "
+                  "(0.05,0.1) run one "
+                  "set each (default 0.05)")
+        ->delimiter(',');
+    c->add_option("--trials", trials, "Trials per attack (each on its own data subset)")
+        ->capture_default_str()
+        ->check(CLI::PositiveNumber);
+    c->add_option("--seed", seed, "Trial t draws its data and trains with seed + t")
+        ->capture_default_str();
+    c->add_option("--epochs", epochs,
+                  "Training epochs of the attack (default 2; prune: 0, no fine-tuning)")
+        ->check(CLI::NonNegativeNumber);
+    c->add_option("--lr", topts.lr, "Peak learning rate")->capture_default_str();
+    c->add_option("--batch-size", topts.batch_size, "Batch size")->capture_default_str();
+    c->add_option("--schedule", topts.schedule, "onecycle | cosine | constant")
+        ->capture_default_str();
+    c->add_option("--weight-decay", topts.weight_decay, "Weight decay")->capture_default_str();
+    c->add_option("--ratio", ratios,
+                  "prune: fraction of conv/linear weights to prune (default 0.2; all: 0.2,0.4)")
+        ->delimiter(',')
+        ->check(CLI::Range(0.0, 1.0));
+    c->add_option("--prune-epochs", prune_epochs, "all: fine-tuning epochs after pruning")
+        ->capture_default_str()
+        ->check(CLI::NonNegativeNumber);
+    c->add_flag("--affine", affine,
+                "bn-recalibrate: then train the BatchNorm affine parameters (all runs both)");
+    c->add_flag("--json", json, "Print one JSON object instead of the table");
+    c->add_option("--report", report_path, "Also write the JSON report to this file");
+    add_threads(c, common);
+    add_data(c, common);
+    add_effective_args(c, effective);
+    add_input_args(c, input);
+    return c;
+  }
+
+  int run() override {
     // A group of processes when the environment describes one: the trials are shared out.
     const std::unique_ptr<Group> group = join_group_from_environment();
     const bool rank0 = group == nullptr || group->rank() == 0;
@@ -88,7 +94,7 @@ void add_attack(CLI::App& app) {
     if (ratios.empty()) ratios = all ? std::vector<double>{0.2, 0.4} : std::vector<double>{0.2};
 
     LoadedModel locked = load_model(model_path);
-    apply_input_args(input, locked, model_path);
+    apply_input_override(input, locked.meta, locked.meta_stored, model_path);
     // Refused before any data is read when no attack asked for can run on this model; otherwise
     // those that cannot are skipped with their reason.
     std::string cannot_run;
@@ -118,7 +124,7 @@ void add_attack(CLI::App& app) {
                          ", the locked model is a " + locked.meta.arch);
       }
       if (original.meta_stored) {
-        apply_input_args(input, original, original_path);
+        apply_input_override(input, original.meta, original.meta_stored, original_path);
       } else {
         // A TorchScript file straight from PyTorch: the same network as the locked one, fed the
         // same way.
@@ -174,7 +180,7 @@ void add_attack(CLI::App& app) {
     j["dataset"] = dataset;
     j["test_images"] = test.size();
     j["locked_top1"] = locked_top1;
-    j["locked"] = effective_json(locked_eval);
+    j["locked"] = effective_to_json(locked_eval);
     j["original_top1"] = original_top1 ? Json(*original_top1) : Json();
     if (!traced_note.empty()) j["note"] = traced_note;
     j["lock"] = locked.meta.lock ? Json{{"criterion", locked.meta.lock->criterion},
@@ -218,7 +224,11 @@ void add_attack(CLI::App& app) {
     const std::string summary = advantage_summary(reports);  // empty unless scratch ran
     if (!summary.empty()) std::printf("\n%s", summary.c_str());
     return 0;
-  };
-}
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<Command> make_attack() { return std::make_unique<Attack>(); }
 
 }  // namespace corelocker::cli

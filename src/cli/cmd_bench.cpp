@@ -10,29 +10,37 @@
 
 namespace corelocker::cli {
 
-void add_bench(CLI::App& app) {
-  auto* c = app.add_subcommand(
-      "bench", "Train / eval images per second of each architecture, beside Python PyTorch");
-  static std::vector<std::string> archs;
-  static std::string dataset = "cifar10";
-  static int64_t batch = 128, steps = 6;
-  static PeerCommand peer;
-  static bool no_peer = false;
-  static Common common;
-  c->add_option("--arch", archs, "Architectures (default: all)");
-  c->add_option("--dataset", dataset, "Data set whose input shape and classes to use")
-      ->capture_default_str();
-  c->add_option("--batch-size", batch, "Batch size")
-      ->capture_default_str()
-      ->check(CLI::PositiveNumber);
-  c->add_option("--steps", steps, "Timed batches per measurement (plus one warm-up)")
-      ->capture_default_str()
-      ->check(CLI::Range(2, 10000));
-  c->add_option("--python", peer.python, "Python with PyTorch for the peer")->capture_default_str();
-  c->add_option("--peer", peer.script, "The peer script")->capture_default_str();
-  c->add_flag("--no-peer", no_peer, "Measure corelocker only");
-  add_threads(c, common);
-  handlers()[c] = [] {
+namespace {
+
+struct Bench : Command {
+  std::vector<std::string> archs;
+  std::string dataset = "cifar10";
+  int64_t batch = 128, steps = 6;
+  PeerCommand peer;
+  bool no_peer = false;
+  Common common;
+
+  CLI::App* add(CLI::App& app) override {
+    auto* c = app.add_subcommand(
+        "bench", "Train / eval images per second of each architecture, beside Python PyTorch");
+    c->add_option("--arch", archs, "Architectures (default: all)");
+    c->add_option("--dataset", dataset, "Data set whose input shape and classes to use")
+        ->capture_default_str();
+    c->add_option("--batch-size", batch, "Batch size")
+        ->capture_default_str()
+        ->check(CLI::PositiveNumber);
+    c->add_option("--steps", steps, "Timed batches per measurement (plus one warm-up)")
+        ->capture_default_str()
+        ->check(CLI::Range(2, 10000));
+    c->add_option("--python", peer.python, "Python with PyTorch for the peer")
+        ->capture_default_str();
+    c->add_option("--peer", peer.script, "The peer script")->capture_default_str();
+    c->add_flag("--no-peer", no_peer, "Measure corelocker only");
+    add_threads(c, common);
+    return c;
+  }
+
+  int run() override {
     apply_threads(common);
     const int threads = torch::get_num_threads();
     if (archs.empty()) {
@@ -64,7 +72,11 @@ void add_bench(CLI::App& app) {
       std::fflush(stdout);
     }
     return 0;
-  };
-}
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<Command> make_bench() { return std::make_unique<Bench>(); }
 
 }  // namespace corelocker::cli

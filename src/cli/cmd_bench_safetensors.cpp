@@ -13,29 +13,38 @@
 
 namespace corelocker::cli {
 
-void add_bench_safetensors(CLI::App& app) {
-  auto* c = app.add_subcommand(
-      "bench-safetensors",
-      "Time cp, lock and unlock of a synthetic safetensors file and report peak memory");
-  static SafetensorsBenchOptions o;
-  c->add_option("--size-gib", o.size_gib, "Size of the synthetic file in GiB")
-      ->capture_default_str()
-      ->check(CLI::Range(0.001, 64.0));
-  c->add_option("--dir", o.dir, "Folder for the files (needs about 4x the size free)")->required();
-  c->add_option("--ratio", o.ratio, "Extraction ratio of the lock")
-      ->capture_default_str()
-      ->check(CLI::Range(0.0, 1.0));
-  c->add_option("--repeat", o.repeat, "Runs of each step (the median is compared)")
-      ->capture_default_str()
-      ->check(CLI::Range(1, 20));
-  c->add_option(
-      "--criterion", o.criterion,
-      "Lock with this criterion (l1: the paper's per-layer lock, the one timed before the default "
-      "lock existed; default: the default lock, global ranking with the first and last layers)");
-  c->add_flag("--keep", o.keep, "Keep the files");
-  c->add_option("--binary", o.binary,
-                "corelocker binary to time (default: the one beside this; e.g. an older build)");
-  handlers()[c] = [] {
+namespace {
+
+struct BenchSafetensors : Command {
+  SafetensorsBenchOptions o;
+
+  CLI::App* add(CLI::App& app) override {
+    auto* c = app.add_subcommand(
+        "bench-safetensors",
+        "Time cp, lock and unlock of a synthetic safetensors file and report peak memory");
+    c->add_option("--size-gib", o.size_gib, "Size of the synthetic file in GiB")
+        ->capture_default_str()
+        ->check(CLI::Range(0.001, 64.0));
+    c->add_option("--dir", o.dir, "Folder for the files (needs about 4x the size free)")
+        ->required();
+    c->add_option("--ratio", o.ratio, "Extraction ratio of the lock")
+        ->capture_default_str()
+        ->check(CLI::Range(0.0, 1.0));
+    c->add_option("--repeat", o.repeat, "Runs of each step (the median is compared)")
+        ->capture_default_str()
+        ->check(CLI::Range(1, 20));
+    c->add_option(
+        "--criterion", o.criterion,
+        "Lock with this criterion (l1: the paper's per-layer lock, the one timed before the "
+        "default lock existed; default: the default lock, global ranking with the first and last "
+        "layers)");
+    c->add_flag("--keep", o.keep, "Keep the files");
+    c->add_option("--binary", o.binary,
+                  "corelocker binary to time (default: the one beside this; e.g. an older build)");
+    return c;
+  }
+
+  int run() override {
     SafetensorsBenchOptions opts = o;
     if (opts.binary.empty()) opts.binary = sibling_binary("corelocker");  // the binary users run
     if (opts.binary.empty()) throw IoError("cannot find the corelocker binary (/proc/self/exe)");
@@ -83,7 +92,11 @@ void add_bench_safetensors(CLI::App& app) {
                   fixed(load[1], 2).c_str(), fixed(load[2], 2).c_str());
     }
     return r.restored_identical ? 0 : 1;
-  };
-}
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<Command> make_bench_safetensors() { return std::make_unique<BenchSafetensors>(); }
 
 }  // namespace corelocker::cli

@@ -68,7 +68,7 @@ std::unique_ptr<CurveModel> open_unlocked(const std::string& path, const InputAr
   std::unique_ptr<CurveModel> model = model_formats().of(path).open_curve(
       path, static_cast<unsigned>(std::max(1, torch::get_num_threads())),
       [&input](ModelMeta& meta, bool stored, const std::string& p) {
-        apply_input_args(input, meta, stored, p);
+        apply_input_override(input, meta, stored, p);
       });
   if (model->meta().lock) {
     throw UsageError("model '" + path + "' is locked; " + verb + " an unlocked model");
@@ -86,59 +86,67 @@ void agree_on_inputs(Group* group, const CurveModel& model,
 
 }  // namespace
 
+namespace {
+
 // ---------------------------------------------------------------- sweep
-void add_sweep(CLI::App& app) {
-  auto* c = app.add_subcommand(
-      "sweep", "Accuracy against extraction ratio for several criteria (CSV, JSON, plot)");
-  static std::string model_path, ratios, criteria = "l1,bn,random", units = "l1", out_dir, scope;
-  static double from = 0.0, to = 0.0;
-  static int steps = 0, seeds = 5;
-  static uint64_t first_seed = 0;
-  static bool log_space = false, include_io = false, exclude_io = false, no_plot = false,
-              plain_only = false, resume = false;
-  static Common common;
-  static EffectiveArgs effective;
-  static InputArgs input;
-  c->add_option("--model", model_path, "Model file: checkpoint, TorchScript or ONNX (unlocked)")
-      ->required();
-  auto* r = c->add_option("--ratios", ratios, "Comma-separated ratios, e.g. 0.0005,0.001,0.005");
-  auto* f = c->add_option("--from", from, "First ratio of a range")->check(CLI::Range(0.0, 1.0));
-  auto* t = c->add_option("--to", to, "Last ratio of a range")->check(CLI::Range(0.0, 1.0));
-  auto* s = c->add_option("--steps", steps, "Ratios in the range, ends included")
-                ->check(CLI::PositiveNumber);
-  c->add_flag("--log", log_space, "Space the range evenly in log(ratio) (default: linearly)");
-  r->excludes(f)->excludes(t)->excludes(s);
-  c->add_option("--criteria", criteria,
-                "Comma-separated: l1, bn, random (the paper's criteria, each in its own scope "
-                "unless --scope; "
-                "--scope global --include-io gives the default lock's units)")
-      ->capture_default_str();
-  c->add_option("--seeds", seeds, "Seeds for random (mean and sample sd)")
-      ->capture_default_str()
-      ->check(CLI::PositiveNumber);
-  c->add_option("--first-seed", first_seed, "First seed for random")->capture_default_str();
-  c->add_option("--units", units, "Units drawn by random: l1 | bn")->capture_default_str();
-  auto* io = c->add_flag("--include-io", include_io, kIncludeIoHelp);
-  c->add_flag("--exclude-io", exclude_io, "Leave the first and last layer alone (the default here)")
-      ->excludes(io);
-  c->add_option("--scope", scope,
-                "layer | global for every criterion (default: the paper's, layer for l1/random, "
-                "global for bn)");
-  c->add_flag("--plain-only", plain_only,
-              "Measure only the plain top-1 (no effective top-1: BatchNorm re-estimation and "
-              "pruning per point)");
-  add_effective_args(c, effective);
-  c->add_option("--out-dir", out_dir,
-                "Folder for sweep.csv (row by row), sweep.json, sweep.png, sweep.svg, sweep.gp");
-  c->add_flag("--no-plot", no_plot, "Skip the plot (no gnuplot needed)");
-  c->add_flag("--resume", resume,
-              "Go on from the points an interrupted run of the same sweep left in --out-dir "
-              "(sweep.json); without one there, start");
-  add_threads(c, common);
-  add_data(c, common);
-  add_input_args(c, input);
-  handlers()[c] = [c] {
-    const std::unique_ptr<Group> group = join_command_group(c, common);
+struct Sweep : Command {
+  std::string model_path, ratios, criteria = "l1,bn,random", units = "l1", out_dir, scope;
+  double from = 0.0, to = 0.0;
+  int steps = 0, seeds = 5;
+  uint64_t first_seed = 0;
+  bool log_space = false, include_io = false, exclude_io = false, no_plot = false,
+       plain_only = false, resume = false;
+  Common common;
+  EffectiveArgs effective;
+  InputArgs input;
+
+  CLI::App* add(CLI::App& app) override {
+    auto* c = app.add_subcommand(
+        "sweep", "Accuracy against extraction ratio for several criteria (CSV, JSON, plot)");
+    c->add_option("--model", model_path, "Model file: checkpoint, TorchScript or ONNX (unlocked)")
+        ->required();
+    auto* r = c->add_option("--ratios", ratios, "Comma-separated ratios, e.g. 0.0005,0.001,0.005");
+    auto* f = c->add_option("--from", from, "First ratio of a range")->check(CLI::Range(0.0, 1.0));
+    auto* t = c->add_option("--to", to, "Last ratio of a range")->check(CLI::Range(0.0, 1.0));
+    auto* s = c->add_option("--steps", steps, "Ratios in the range, ends included")
+                  ->check(CLI::PositiveNumber);
+    c->add_flag("--log", log_space, "Space the range evenly in log(ratio) (default: linearly)");
+    r->excludes(f)->excludes(t)->excludes(s);
+    c->add_option("--criteria", criteria,
+                  "Comma-separated: l1, bn, random (the paper's criteria, each in its own scope "
+                  "unless --scope; "
+                  "--scope global --include-io gives the default lock's units)")
+        ->capture_default_str();
+    c->add_option("--seeds", seeds, "Seeds for random (mean and sample sd)")
+        ->capture_default_str()
+        ->check(CLI::PositiveNumber);
+    c->add_option("--first-seed", first_seed, "First seed for random")->capture_default_str();
+    c->add_option("--units", units, "Units drawn by random: l1 | bn")->capture_default_str();
+    auto* io = c->add_flag("--include-io", include_io, kIncludeIoHelp);
+    c->add_flag("--exclude-io", exclude_io,
+                "Leave the first and last layer alone (the default here)")
+        ->excludes(io);
+    c->add_option("--scope", scope,
+                  "layer | global for every criterion (default: the paper's, layer for l1/random, "
+                  "global for bn)");
+    c->add_flag("--plain-only", plain_only,
+                "Measure only the plain top-1 (no effective top-1: BatchNorm re-estimation and "
+                "pruning per point)");
+    add_effective_args(c, effective);
+    c->add_option("--out-dir", out_dir,
+                  "Folder for sweep.csv (row by row), sweep.json, sweep.png, sweep.svg, sweep.gp");
+    c->add_flag("--no-plot", no_plot, "Skip the plot (no gnuplot needed)");
+    c->add_flag("--resume", resume,
+                "Go on from the points an interrupted run of the same sweep left in --out-dir "
+                "(sweep.json); without one there, start");
+    add_threads(c, common);
+    add_data(c, common);
+    add_input_args(c, input);
+    return c;
+  }
+
+  int run() override {
+    const std::unique_ptr<Group> group = join_command_group(sub, common);
     require_runnable(model_path, Feature::kCalibrate, "sweep");
     if (resume && out_dir.empty()) throw UsageError("--resume needs the sweep's --out-dir");
     if (!resume && !out_dir.empty() && holds_finished_sweep(out_dir)) {
@@ -248,47 +256,52 @@ void add_sweep(CLI::App& app) {
                   std::to_string(total) +
                   " points; the files hold the points measured (--resume goes on)");
     return 0;
-  };
-}
+  }
+};
 
 // ---------------------------------------------------------------- calibrate
-void add_calibrate(CLI::App& app) {
-  auto* c = app.add_subcommand("calibrate",
-                               "Find an extraction ratio whose accuracy falls in a target band");
-  static std::string model_path, target, out, key_out;
-  static UnitArgs unit_args;
-  static ValArgs val;
-  static CalibrationOptions copt;
-  static Common common;
-  static EffectiveArgs effective;
-  static InputArgs input;
-  static bool target_plain = false;
-  c->add_option("--model", model_path, "Model file: checkpoint, TorchScript or ONNX (unlocked)")
-      ->required();
-  c->add_option("--target", target,
-                "Top-1 band in percent, e.g. 50-55, of the effective top-1 (after BatchNorm "
-                "re-estimation and "
-                "pruning; measured on validation)")
-      ->required();
-  c->add_flag("--target-plain", target_plain,
-              "Target the plain top-1 of the locked model instead of the effective one");
-  add_effective_args(c, effective);
-  add_unit_args(c, unit_args, /*random_allowed=*/true);
-  add_val_args(c, val);
-  c->add_option("--max-evals", copt.max_evaluations, "Most evaluations to spend")
-      ->capture_default_str()
-      ->check(CLI::PositiveNumber);
-  c->add_option("--start", copt.start_ratio, "First ratio tried")
-      ->capture_default_str()
-      ->check(CLI::Range(1e-9, 1.0));
-  c->add_option("--step", copt.step, "Bracketing factor")->capture_default_str();
-  c->add_option("--out", out, "Write the model locked at the chosen ratio here (with --key-out)");
-  c->add_option("--key-out", key_out, "Write its access key here (with --out)");
-  add_threads(c, common);
-  add_data(c, common);
-  add_input_args(c, input);
-  handlers()[c] = [c] {
-    const std::unique_ptr<Group> group = join_command_group(c, common);
+struct Calibrate : Command {
+  std::string model_path, target, out, key_out;
+  UnitArgs unit_args;
+  ValArgs val;
+  CalibrationOptions copt;
+  Common common;
+  EffectiveArgs effective;
+  InputArgs input;
+  bool target_plain = false;
+
+  CLI::App* add(CLI::App& app) override {
+    auto* c = app.add_subcommand("calibrate",
+                                 "Find an extraction ratio whose accuracy falls in a target band");
+    c->add_option("--model", model_path, "Model file: checkpoint, TorchScript or ONNX (unlocked)")
+        ->required();
+    c->add_option("--target", target,
+                  "Top-1 band in percent, e.g. 50-55, of the effective top-1 (after BatchNorm "
+                  "re-estimation and "
+                  "pruning; measured on validation)")
+        ->required();
+    c->add_flag("--target-plain", target_plain,
+                "Target the plain top-1 of the locked model instead of the effective one");
+    add_effective_args(c, effective);
+    add_unit_args(c, unit_args, /*random_allowed=*/true);
+    add_val_args(c, val);
+    c->add_option("--max-evals", copt.max_evaluations, "Most evaluations to spend")
+        ->capture_default_str()
+        ->check(CLI::PositiveNumber);
+    c->add_option("--start", copt.start_ratio, "First ratio tried")
+        ->capture_default_str()
+        ->check(CLI::Range(1e-9, 1.0));
+    c->add_option("--step", copt.step, "Bracketing factor")->capture_default_str();
+    c->add_option("--out", out, "Write the model locked at the chosen ratio here (with --key-out)");
+    c->add_option("--key-out", key_out, "Write its access key here (with --out)");
+    add_threads(c, common);
+    add_data(c, common);
+    add_input_args(c, input);
+    return c;
+  }
+
+  int run() override {
+    const std::unique_ptr<Group> group = join_command_group(sub, common);
     require_runnable(model_path, Feature::kCalibrate, "calibrate");
     const Band band = parse_band(target);
     const LockOptions lopt = band_lock_options(unit_args);
@@ -333,21 +346,7 @@ void add_calibrate(CLI::App& app) {
         std::printf("  closest: ratio %s gives %s%% on validation\n",
                     ratio_text(cal.chosen.ratio).c_str(), pct(cal.chosen.top1).c_str());
       }
-      std::string hint;
-      if (cal.status == CalibrationStatus::kBetweenSteps &&
-          ranking.options.scope == Scope::kLayer) {
-        // Layers of equal size gain their next unit at the same ratio, so layer scope moves in
-        // steps of several units; global scope adds one unit at a time.
-        hint =
-            " (layer scope steps several equally sized layers at once: --scope global adds one "
-            "unit at a time)";
-      } else if (cal.status == CalibrationStatus::kBetweenSteps && ranking.options.include_io) {
-        // A stem or head kernel can carry tens of points of accuracy on its own.
-        hint =
-            " (units of the first and last layers move the accuracy in large steps: try without "
-            "--include-io)";
-      }
-      throw Error("no ratio found for band " + target + ": " + cal.explanation + hint +
+      throw Error("no ratio found for band " + target + ": " + cal.explanation +
                   "; nothing written");
     }
     // The ranking the chosen ratio applies to, with the units that jumped over the band moved down.
@@ -394,44 +393,49 @@ void add_calibrate(CLI::App& app) {
                   out.c_str(), key_out.c_str(), s.key_id.c_str());
     }
     return 0;
-  };
-}
+  }
+};
 
 // ---------------------------------------------------------------- bands
-void add_bands(CLI::App& app) {
-  auto* c = app.add_subcommand(
-      "bands", "The smallest ratio for each utility band (the paper's Tables 5 and 6)");
-  static std::string model_path, json_out;
-  static UnitArgs unit_args;
-  static ValArgs val;
-  static BandsOptions bopt;
-  static bool no_test = false, target_plain = false;
-  static Common common;
-  static EffectiveArgs effective;
-  static InputArgs input;
-  c->add_option("--model", model_path, "Model file: checkpoint, TorchScript or ONNX (unlocked)")
-      ->required();
-  c->add_option("--width", bopt.width, "Band width in points")->capture_default_str();
-  c->add_flag("--target-plain", target_plain,
-              "Bands of the plain top-1 of the locked model (default: of the effective top-1, "
-              "after BatchNorm "
-              "re-estimation and pruning)");
-  add_effective_args(c, effective);
-  add_unit_args(c, unit_args, /*random_allowed=*/true);
-  add_val_args(c, val);
-  c->add_option("--tolerance", bopt.tolerance, "Relative precision of each band's smallest ratio")
-      ->capture_default_str();
-  c->add_option("--max-evals", bopt.max_evaluations,
-                "Most validation evaluations for the whole table")
-      ->capture_default_str()
-      ->check(CLI::PositiveNumber);
-  c->add_flag("--no-test", no_test, "Do not evaluate each band's ratio on the test split");
-  c->add_option("--json", json_out, "Also write the table as JSON");
-  add_threads(c, common);
-  add_data(c, common);
-  add_input_args(c, input);
-  handlers()[c] = [c] {
-    const std::unique_ptr<Group> group = join_command_group(c, common);
+struct Bands : Command {
+  std::string model_path, json_out;
+  UnitArgs unit_args;
+  ValArgs val;
+  BandsOptions bopt;
+  bool no_test = false, target_plain = false;
+  Common common;
+  EffectiveArgs effective;
+  InputArgs input;
+
+  CLI::App* add(CLI::App& app) override {
+    auto* c = app.add_subcommand(
+        "bands", "The smallest ratio for each utility band (the paper's Tables 5 and 6)");
+    c->add_option("--model", model_path, "Model file: checkpoint, TorchScript or ONNX (unlocked)")
+        ->required();
+    c->add_option("--width", bopt.width, "Band width in points")->capture_default_str();
+    c->add_flag("--target-plain", target_plain,
+                "Bands of the plain top-1 of the locked model (default: of the effective top-1, "
+                "after BatchNorm "
+                "re-estimation and pruning)");
+    add_effective_args(c, effective);
+    add_unit_args(c, unit_args, /*random_allowed=*/true);
+    add_val_args(c, val);
+    c->add_option("--tolerance", bopt.tolerance, "Relative precision of each band's smallest ratio")
+        ->capture_default_str();
+    c->add_option("--max-evals", bopt.max_evaluations,
+                  "Most validation evaluations for the whole table")
+        ->capture_default_str()
+        ->check(CLI::PositiveNumber);
+    c->add_flag("--no-test", no_test, "Do not evaluate each band's ratio on the test split");
+    c->add_option("--json", json_out, "Also write the table as JSON");
+    add_threads(c, common);
+    add_data(c, common);
+    add_input_args(c, input);
+    return c;
+  }
+
+  int run() override {
+    const std::unique_ptr<Group> group = join_command_group(sub, common);
     require_runnable(model_path, Feature::kCalibrate, "bands");
     const LockOptions lopt = band_lock_options(unit_args);
     const std::unique_ptr<CurveModel> model = open_unlocked(model_path, input, "use");
@@ -531,7 +535,13 @@ void add_bands(CLI::App& app) {
       throw Error("bands: --max-evals " + std::to_string(bopt.max_evaluations) +
                   " ran out; table incomplete");
     return 0;
-  };
-}
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<Command> make_sweep() { return std::make_unique<Sweep>(); }
+std::unique_ptr<Command> make_calibrate() { return std::make_unique<Calibrate>(); }
+std::unique_ptr<Command> make_bands() { return std::make_unique<Bands>(); }
 
 }  // namespace corelocker::cli

@@ -20,32 +20,39 @@
 namespace corelocker::cli {
 
 // ---------------------------------------------------------------- demo (the README's main job)
-void add_demo(CLI::App& app) {
-  auto* c = app.add_subcommand("demo",
-                               "Train (or reuse) resnet20 on Fashion-MNIST, lock with the default "
-                               "lock and the paper's l1 / bn / random, "
-                               "unlock, print one table");
-  static TrainArgs a;
-  static Common common;
-  static std::string workdir = "runs/demo";
-  static double ratio = 0.05;
-  static int seeds = 5;
-  static bool retrain = false;
-  static EffectiveArgs effective;
-  add_train_args(c, a);
-  add_effective_args(c, effective);
-  add_threads(c, common);
-  add_data(c, common);
-  c->add_option("--workdir", workdir, "Folder for the checkpoint, locked models and keys")
-      ->capture_default_str();
-  c->add_option("--ratio", ratio, "Extraction ratio")
-      ->capture_default_str()
-      ->check(CLI::Range(0.0, 1.0));
-  c->add_option("--seeds", seeds, "Seeds for the random baseline")
-      ->capture_default_str()
-      ->check(CLI::PositiveNumber);
-  c->add_flag("--retrain", retrain, "Train even when a cached checkpoint exists");
-  handlers()[c] = [] {
+namespace {
+
+struct Demo : Command {
+  TrainArgs a;
+  Common common;
+  std::string workdir = "runs/demo";
+  double ratio = 0.05;
+  int seeds = 5;
+  bool retrain = false;
+  EffectiveArgs effective;
+
+  CLI::App* add(CLI::App& app) override {
+    auto* c = app.add_subcommand("demo",
+                                 "Train (or reuse) resnet20 on Fashion-MNIST, lock with the "
+                                 "default lock and the paper's l1 / bn / random, "
+                                 "unlock, print one table");
+    add_train_args(c, a);
+    add_effective_args(c, effective);
+    add_threads(c, common);
+    add_data(c, common);
+    c->add_option("--workdir", workdir, "Folder for the checkpoint, locked models and keys")
+        ->capture_default_str();
+    c->add_option("--ratio", ratio, "Extraction ratio")
+        ->capture_default_str()
+        ->check(CLI::Range(0.0, 1.0));
+    c->add_option("--seeds", seeds, "Seeds for the random baseline")
+        ->capture_default_str()
+        ->check(CLI::PositiveNumber);
+    c->add_flag("--retrain", retrain, "Train even when a cached checkpoint exists");
+    return c;
+  }
+
+  int run() override {
     apply_threads(common);
     if (std::system(("mkdir -p '" + workdir + "'").c_str()) != 0)
       throw IoError("cannot create '" + workdir + "'");
@@ -175,7 +182,11 @@ void add_demo(CLI::App& app) {
     std::printf("\noriginal fingerprint %s\nrestore bit-exact: %s\n", to_hex(original_fp).c_str(),
                 all_exact ? "yes" : "NO");
     return all_exact ? 0 : 1;
-  };
-}
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<Command> make_demo() { return std::make_unique<Demo>(); }
 
 }  // namespace corelocker::cli

@@ -42,47 +42,70 @@ std::vector<double> parse_ratios(const std::string& list) {
   return out;
 }
 
-void add_lock(CLI::App& app) {
-  auto* c = app.add_subcommand("lock", "Extract the most significant units into an access key");
-  static LockArgs args;  // what every format reads (format_options.h)
-  static std::string tiers, tier_bands;
-  static ValArgs val;
-  static bool eval_after = false, target_plain = false;
-  static EffectiveArgs effective;
-  static int decoy_tries = 8;
-  static std::string decoy_target = "zero";
-  static Common common;  // data options (threads: args.threads)
-  static InputArgs input;
-  add_lock_options(c, args);
-  c->add_option("--tiers", tiers,
-                "Tiered keys: comma-separated ratios, e.g. 0.005,0.02,0.05 (replaces --ratio)");
-  c->add_option(
-      "--tier-bands", tier_bands,
-      "Tiered keys by utility: comma-separated top-1 bands, e.g. 30-35,60-65; each tier's ratio is "
-      "calibrated on a validation split of the training data");
-  add_val_args(c, val);
-  c->add_flag("--target-plain", target_plain,
-              "--tier-bands: bands of the plain top-1 (default: of the effective top-1, after "
-              "BatchNorm re-estimation and pruning)");
-  c->add_option("--decoy-tries", decoy_tries,
-                "With --fill decoy (single ratio): draw this many decoy fills and keep the one "
-                "that --decoy-target picks by top-1 on the validation split (1: no search, no "
-                "data needed)")
-      ->capture_default_str()
-      ->check(CLI::Range(1, 1000));
-  c->add_option(
-       "--decoy-target", decoy_target,
-       "zero: the draw nearest the zero-filled lock's accuracy (same utility, hidden positions); "
-       "lowest: the lowest accuracy")
-      ->capture_default_str()
-      ->check(CLI::IsMember({"zero", "lowest"}));
-  c->add_flag("--eval", eval_after,
-              "Evaluate the locked model (every tier) on the test split: plain, after BatchNorm "
-              "re-estimation and pruning, and the effective top-1 (the highest of them)");
-  add_effective_args(c, effective);
-  add_data(c, common);
-  add_input_args(c, input);
-  handlers()[c] = [c] {
+namespace {
+
+struct Lock : Command {
+  LockArgs args;  // what every format reads (format_options.h)
+  std::string tiers, tier_bands;
+  ValArgs val;
+  bool eval_after = false, target_plain = false;
+  EffectiveArgs effective;
+  int decoy_tries = 8;
+  std::string decoy_target = "zero";
+  Common common;  // data options (threads: args.threads)
+  InputArgs input;
+  // The options run() asks about: whether --decoy-tries / --decoy-target were given, and those
+  // that only matter when the model runs (refused for a format that cannot run it), in order.
+  CLI::Option* decoy_tries_opt = nullptr;
+  CLI::Option* decoy_target_opt = nullptr;
+  std::vector<CLI::Option*> run_only;
+
+  CLI::App* add(CLI::App& app) override {
+    auto* c = app.add_subcommand("lock", "Extract the most significant units into an access key");
+    add_lock_options(c, args);
+    c->add_option("--tiers", tiers,
+                  "Tiered keys: comma-separated ratios, e.g. 0.005,0.02,0.05 (replaces --ratio)");
+    auto* tier_bands_opt = c->add_option(
+        "--tier-bands", tier_bands,
+        "Tiered keys by utility: comma-separated top-1 bands, e.g. 30-35,60-65; each tier's ratio "
+        "is calibrated on a validation split of the training data");
+    add_val_args(c, val);
+    auto* target_plain_opt =
+        c->add_flag("--target-plain", target_plain,
+                    "--tier-bands: bands of the plain top-1 (default: of the effective top-1, "
+                    "after BatchNorm re-estimation and pruning)");
+    decoy_tries_opt =
+        c->add_option("--decoy-tries", decoy_tries,
+                      "With --fill decoy (single ratio): draw this many decoy fills and keep the "
+                      "one that --decoy-target picks by top-1 on the validation split (1: no "
+                      "search, no data needed)")
+            ->capture_default_str()
+            ->check(CLI::Range(1, 1000));
+    decoy_target_opt =
+        c->add_option("--decoy-target", decoy_target,
+                      "zero: the draw nearest the zero-filled lock's accuracy (same utility, "
+                      "hidden positions); lowest: the lowest accuracy")
+            ->capture_default_str()
+            ->check(CLI::IsMember({"zero", "lowest"}));
+    auto* eval_opt =
+        c->add_flag("--eval", eval_after,
+                    "Evaluate the locked model (every tier) on the test split: plain, after "
+                    "BatchNorm re-estimation and pruning, and the effective top-1 (the highest of "
+                    "them)");
+    add_effective_args(c, effective);
+    add_data(c, common);
+    add_input_args(c, input);
+    run_only = {eval_opt, tier_bands_opt, target_plain_opt, decoy_tries_opt, decoy_target_opt};
+    // Declared by the helpers above (common.h): looked up once, while building the parser.
+    for (const char* name :
+         {"--val-size", "--val-seed", "--data-dir", "--test-subset", "--dataset", "--mean", "--std",
+          "--pad", "--resize", "--channels", "--reestimate-images", "--reestimate-seed"}) {
+      run_only.push_back(c->get_option(name));
+    }
+    return c;
+  }
+
+  int run() override {
     const std::string& model_path = args.model;
     const ModelFormat& format = model_formats().of(model_path);
     if (!tiers.empty() && !tier_bands.empty())
@@ -96,12 +119,9 @@ void add_lock(CLI::App& app) {
     const Support evaluates = format.supports(Feature::kEvaluate);
     if (!evaluates.works) {
       // Options that only matter when the model runs are refused, not silently dropped.
-      for (const char* name : {"--eval", "--tier-bands", "--target-plain", "--decoy-tries",
-                               "--decoy-target", "--val-size", "--val-seed", "--data-dir",
-                               "--test-subset", "--dataset", "--mean", "--std", "--pad", "--resize",
-                               "--channels", "--reestimate-images", "--reestimate-seed"}) {
-        if (c->get_option(name)->count() > 0) {
-          throw UsageError(std::string(name) + ": not for '" + model_path + "' (" + format.name() +
+      for (const CLI::Option* o : run_only) {
+        if (o->count() > 0) {
+          throw UsageError(o->get_name() + ": not for '" + model_path + "' (" + format.name() +
                            "): " + evaluates.note);
         }
       }
@@ -116,22 +136,24 @@ void add_lock(CLI::App& app) {
     std::string after_lock;  // the single lock's evaluation, printed after the lock's report
     LockEvaluation ev;
     ev.input_given = input.given();
-    ev.describe_input = [](ModelMeta& meta, bool stored, const std::string& path) {
-      apply_input_args(input, meta, stored, path);
+    ev.describe_input = [this](ModelMeta& meta, bool stored, const std::string& path) {
+      apply_input_override(input, meta, stored, path);
     };
-    ev.test = [](const ModelMeta& meta) { return test_set(meta, common); };
-    ev.validation = [](const ModelMeta& meta) { return validation_set(meta, common, val); };
-    ev.unlabelled = [](const ModelMeta& meta) { return effective_images(meta, common, effective); };
+    ev.test = [this](const ModelMeta& meta) { return test_set(meta, common); };
+    ev.validation = [this](const ModelMeta& meta) { return validation_set(meta, common, val); };
+    ev.unlabelled = [this](const ModelMeta& meta) {
+      return effective_images(meta, common, effective);
+    };
     ev.effective = effective.options();
     ev.evaluate_locked = eval_after;
     ev.decoy_tries = decoy_tries;
-    ev.decoy_search_given = decoy_tries > 1 && (c->get_option("--decoy-tries")->count() > 0 ||
-                                                c->get_option("--decoy-target")->count() > 0);
+    ev.decoy_search_given =
+        decoy_tries > 1 && (decoy_tries_opt->count() > 0 || decoy_target_opt->count() > 0);
     ev.decoy_target =
         decoy_target == "lowest" ? DecoySearch::Target::kLowest : DecoySearch::Target::kMatchZero;
     ev.tier_bands = bands;
     ev.target_plain = target_plain;
-    ev.on_band = [](const Band& b, const Calibration& cal) {
+    ev.on_band = [this](const Band& b, const Calibration& cal) {
       const Probe& p = cal.chosen;
       std::printf("band %s-%s%%: ratio %s, validation top-1 %s%%%s (%zu evaluations)\n",
                   fixed(b.low, 1).c_str(), fixed(b.high, 1).c_str(), fixed(p.ratio, 6).c_str(),
@@ -165,44 +187,72 @@ void add_lock(CLI::App& app) {
     run_lock(format, r, args.access);
     std::fputs(after_lock.c_str(), stdout);
     return 0;
-  };
-}
+  }
+};
 
 // ---------------------------------------------------------------- unlock
-void add_unlock(CLI::App& app) {
-  auto* c =
-      app.add_subcommand("unlock", "Restore the original model from a locked model and its key(s)");
-  static UnlockArgs args;
-  add_unlock_options(c, args);
-  handlers()[c] = [] { return run_unlock(model_formats().of(args.model), args); };
-}
+struct Unlock : Command {
+  UnlockArgs args;
+
+  CLI::App* add(CLI::App& app) override {
+    auto* c = app.add_subcommand("unlock",
+                                 "Restore the original model from a locked model and its key(s)");
+    add_unlock_options(c, args);
+    return c;
+  }
+
+  int run() override { return run_unlock(model_formats().of(args.model), args); }
+};
 
 // ---------------------------------------------------------------- fingerprint
-void add_fingerprint(CLI::App& app) {
-  auto* c = app.add_subcommand("fingerprint", "Print a model's fingerprint (BLAKE2b-256, hex)");
-  static InspectArgs args;
-  add_fingerprint_options(c, args);
-  handlers()[c] = [] { return run_fingerprint(model_formats().of(args.file), args); };
-}
+struct Fingerprint : Command {
+  InspectArgs args;
+
+  CLI::App* add(CLI::App& app) override {
+    auto* c = app.add_subcommand("fingerprint", "Print a model's fingerprint (BLAKE2b-256, hex)");
+    add_fingerprint_options(c, args);
+    return c;
+  }
+
+  int run() override { return run_fingerprint(model_formats().of(args.file), args); }
+};
 
 // ---------------------------------------------------------------- inspect
-void add_inspect(CLI::App& app) {
-  auto* c = app.add_subcommand("inspect", "Describe a model file or a key");
-  static InspectArgs args;
-  add_inspect_options(c, args);
-  handlers()[c] = [] { return run_inspect(model_formats(), args); };
-}
+struct Inspect : Command {
+  InspectArgs args;
+
+  CLI::App* add(CLI::App& app) override {
+    auto* c = app.add_subcommand("inspect", "Describe a model file or a key");
+    add_inspect_options(c, args);
+    return c;
+  }
+
+  int run() override { return run_inspect(model_formats(), args); }
+};
 
 // ---------------------------------------------------------------- formats
-void add_formats(CLI::App& app) {
-  auto* c = app.add_subcommand(
-      "formats", "Print what each model format supports (the capability matrix) and why not");
-  static bool json = false;
-  c->add_flag("--json", json, "Print one JSON array");
-  handlers()[c] = [] {
+struct Formats : Command {
+  bool json = false;
+
+  CLI::App* add(CLI::App& app) override {
+    auto* c = app.add_subcommand(
+        "formats", "Print what each model format supports (the capability matrix) and why not");
+    c->add_flag("--json", json, "Print one JSON array");
+    return c;
+  }
+
+  int run() override {
     print_formats(model_formats(), json);
     return 0;
-  };
-}
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<Command> make_lock() { return std::make_unique<Lock>(); }
+std::unique_ptr<Command> make_unlock() { return std::make_unique<Unlock>(); }
+std::unique_ptr<Command> make_fingerprint() { return std::make_unique<Fingerprint>(); }
+std::unique_ptr<Command> make_inspect() { return std::make_unique<Inspect>(); }
+std::unique_ptr<Command> make_formats() { return std::make_unique<Formats>(); }
 
 }  // namespace corelocker::cli

@@ -22,25 +22,32 @@
 
 namespace corelocker::cli {
 
+namespace {
+
 // ---------------------------------------------------------------- train
-void add_train(CLI::App& app) {
-  auto* c = app.add_subcommand(
-      "train",
-      "Train a built-in architecture and write a checkpoint (data-parallel when launched by "
-      "torchrun, or with WORLD_SIZE > 1: docs/distributed.md)");
-  static TrainArgs a;
-  static Common common;
-  static std::string out;
-  static bool eval_after = true;
-  add_train_args(c, a);
-  add_threads(c, common);
-  add_data(c, common);
-  c->add_option("--out", out, "Checkpoint to write (also after every epoch, with OUT.optim)")
-      ->required();
-  c->add_flag("--resume", a.resume,
-              "Go on training from the unfinished checkpoint --out (its options win)");
-  c->add_flag("!--no-eval", eval_after, "Skip the test-set evaluation at the end");
-  handlers()[c] = [] {
+struct Train : Command {
+  TrainArgs a;
+  Common common;
+  std::string out;
+  bool eval_after = true;
+
+  CLI::App* add(CLI::App& app) override {
+    auto* c = app.add_subcommand(
+        "train",
+        "Train a built-in architecture and write a checkpoint (data-parallel when launched by "
+        "torchrun, or with WORLD_SIZE > 1: docs/distributed.md)");
+    add_train_args(c, a);
+    add_threads(c, common);
+    add_data(c, common);
+    c->add_option("--out", out, "Checkpoint to write (also after every epoch, with OUT.optim)")
+        ->required();
+    c->add_flag("--resume", a.resume,
+                "Go on training from the unfinished checkpoint --out (its options win)");
+    c->add_flag("!--no-eval", eval_after, "Skip the test-set evaluation at the end");
+    return c;
+  }
+
+  int run() override {
     // A group of processes when the environment describes one (torchrun sets it).
     const std::unique_ptr<Group> group = join_group_from_environment();
     const bool rank0 = group == nullptr || group->rank() == 0;
@@ -79,45 +86,50 @@ void add_train(CLI::App& app) {
     }
     std::printf(")\n");
     return 0;
-  };
-}
+  }
+};
 
 // ---------------------------------------------------------------- eval
-void add_eval(CLI::App& app) {
-  auto* c = app.add_subcommand("eval", "Top-1 / top-3 accuracy of a model on the test split");
-  static std::string model_path;
-  static std::vector<std::string> key_paths;
-  static bool json = false;
-  static Common common;
-  static KeyAccess access;
-  static InputArgs input;
-  static EffectiveArgs effective;
-  c->add_option("--model", model_path,
-                "Model checkpoint, TorchScript or ONNX file (original or locked; a locked one also "
-                "gets its effective "
-                "top-1: after BatchNorm re-estimation and pruning)")
-      ->required();
-  c->add_option("--key", key_paths,
-                "Unlock in memory with this key (repeat for tier keys) before evaluating; nothing "
-                "is written");
-  add_key_access(c, access, /*writing=*/false);
-  c->add_flag("--json", json, "Print one JSON object");
-  add_threads(c, common);
-  add_data(c, common);
-  add_input_args(c, input);
-  add_effective_args(c, effective);
-  handlers()[c] = [] {
+struct Eval : Command {
+  std::string model_path;
+  std::vector<std::string> key_paths;
+  bool json = false;
+  Common common;
+  KeyAccess access;
+  InputArgs input;
+  EffectiveArgs effective;
+
+  CLI::App* add(CLI::App& app) override {
+    auto* c = app.add_subcommand("eval", "Top-1 / top-3 accuracy of a model on the test split");
+    c->add_option("--model", model_path,
+                  "Model checkpoint, TorchScript or ONNX file (original or locked; a locked one "
+                  "also gets its effective "
+                  "top-1: after BatchNorm re-estimation and pruning)")
+        ->required();
+    c->add_option("--key", key_paths,
+                  "Unlock in memory with this key (repeat for tier keys) before evaluating; "
+                  "nothing is written");
+    add_key_access(c, access, /*writing=*/false);
+    c->add_flag("--json", json, "Print one JSON object");
+    add_threads(c, common);
+    add_data(c, common);
+    add_input_args(c, input);
+    add_effective_args(c, effective);
+    return c;
+  }
+
+  int run() override {
     const ModelFormat& format = model_formats().of(model_path);
     EvaluationJob job;
     job.threads = static_cast<unsigned>(apply_threads(common));
     require_runnable(model_path, Feature::kEvaluate, "eval");
     if (!key_paths.empty()) job.keys = read_keys(key_paths, access);
     job.input_given = input.given();
-    job.describe_input = [](ModelMeta& meta, bool stored, const std::string& path) {
-      apply_input_args(input, meta, stored, path);
+    job.describe_input = [this](ModelMeta& meta, bool stored, const std::string& path) {
+      apply_input_override(input, meta, stored, path);
     };
-    job.test = [](const ModelMeta& meta) { return test_set(meta, common); };
-    job.unlabelled = [](const ModelMeta& meta) {
+    job.test = [this](const ModelMeta& meta) { return test_set(meta, common); };
+    job.unlabelled = [this](const ModelMeta& meta) {
       return effective_images(meta, common, effective);
     };
     job.effective = effective.options();
@@ -132,16 +144,21 @@ void add_eval(CLI::App& app) {
     };
     format.evaluate(model_path, job);
     return 0;
-  };
-}
+  }
+};
 
 // ---------------------------------------------------------------- models
-void add_models(CLI::App& app) {
-  auto* c = app.add_subcommand("models", "List the built-in architectures with parameter counts");
-  static std::string dataset = "fashion-mnist";
-  c->add_option("--dataset", dataset, "Data set that sets input shape and classes")
-      ->capture_default_str();
-  handlers()[c] = [] {
+struct Models : Command {
+  std::string dataset = "fashion-mnist";
+
+  CLI::App* add(CLI::App& app) override {
+    auto* c = app.add_subcommand("models", "List the built-in architectures with parameter counts");
+    c->add_option("--dataset", dataset, "Data set that sets input shape and classes")
+        ->capture_default_str();
+    return c;
+  }
+
+  int run() override {
     const DatasetInfo info = dataset_info(dataset);
     std::printf("on %s (%lldx%lldx%lld, %lld classes), default options:\n", info.name.c_str(),
                 static_cast<long long>(info.input.channels),
@@ -161,7 +178,13 @@ void add_models(CLI::App& app) {
       std::printf("%-10s %10s %s\n", "", "", opts.c_str());
     }
     return 0;
-  };
-}
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<Command> make_train() { return std::make_unique<Train>(); }
+std::unique_ptr<Command> make_eval() { return std::make_unique<Eval>(); }
+std::unique_ptr<Command> make_models() { return std::make_unique<Models>(); }
 
 }  // namespace corelocker::cli

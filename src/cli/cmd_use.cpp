@@ -46,41 +46,45 @@ torch::Tensor read_images(const std::string& path, bool raw, const ModelMeta& me
   return torch::from_blob(data.data(), shape, torch::kUInt8).clone();
 }
 
-}  // namespace
+struct Predict : Command {
+  std::string model_path, input;
+  std::vector<std::string> key_paths;
+  bool raw = false, json = false;
+  int top = 1;
+  Common common;
+  KeyAccess access;
+  InputArgs input_args;
 
-void add_predict(CLI::App& app) {
-  auto* c = app.add_subcommand(
-      "predict", "Classify images with a locked model unlocked in memory (nothing written)");
-  static std::string model_path, input;
-  static std::vector<std::string> key_paths;
-  static bool raw = false, json = false;
-  static int top = 1;
-  static Common common;
-  static KeyAccess access;
-  static InputArgs input_args;
-  c->add_option("--model", model_path, "Model checkpoint, TorchScript or ONNX file (locked or not)")
-      ->required();
-  c->add_option("--key", key_paths, "Key(s) to unlock with in memory, tier 1 first");
-  c->add_option("--input", input, "Images: IDX (.gz or plain), or raw bytes with --raw")
-      ->required();
-  c->add_flag("--raw", raw, "Input is raw uint8 images in the model's input shape, back to back");
-  c->add_option("--top", top, "Classes to print per image")
-      ->capture_default_str()
-      ->check(CLI::Range(1, 1000));
-  c->add_flag("--json", json, "Print one JSON object");
-  add_key_access(c, access, /*writing=*/false);
-  add_threads(c, common);
-  add_input_args(c, input_args);
-  handlers()[c] = [] {
+  CLI::App* add(CLI::App& app) override {
+    auto* c = app.add_subcommand(
+        "predict", "Classify images with a locked model unlocked in memory (nothing written)");
+    c->add_option("--model", model_path,
+                  "Model checkpoint, TorchScript or ONNX file (locked or not)")
+        ->required();
+    c->add_option("--key", key_paths, "Key(s) to unlock with in memory, tier 1 first");
+    c->add_option("--input", input, "Images: IDX (.gz or plain), or raw bytes with --raw")
+        ->required();
+    c->add_flag("--raw", raw, "Input is raw uint8 images in the model's input shape, back to back");
+    c->add_option("--top", top, "Classes to print per image")
+        ->capture_default_str()
+        ->check(CLI::Range(1, 1000));
+    c->add_flag("--json", json, "Print one JSON object");
+    add_key_access(c, access, /*writing=*/false);
+    add_threads(c, common);
+    add_input_args(c, input_args);
+    return c;
+  }
+
+  int run() override {
     const ModelFormat& format = model_formats().of(model_path);
     PredictionJob job;
     job.threads = static_cast<unsigned>(apply_threads(common));
     require_runnable(model_path, Feature::kPredict, "predict");
     if (!key_paths.empty()) job.keys = read_keys(key_paths, access);
-    job.describe_input = [](ModelMeta& meta, bool stored, const std::string& path) {
-      apply_input_args(input_args, meta, stored, path);
+    job.describe_input = [this](ModelMeta& meta, bool stored, const std::string& path) {
+      apply_input_override(input_args, meta, stored, path);
     };
-    job.images = [](const ModelMeta& meta) { return read_images(input, raw, meta); };
+    job.images = [this](const ModelMeta& meta) { return read_images(input, raw, meta); };
     bool locked = false;
     job.on_model = [&](bool l) { locked = l; };
     Json out = Json::array();
@@ -108,39 +112,44 @@ void add_predict(CLI::App& app) {
           Json{{"model", model_path}, {"locked", locked}, {"predictions", out}}.dump().c_str());
     }
     return 0;
-  };
-}
+  }
+};
 
-void add_detect(CLI::App& app) {
-  auto* c = app.add_subcommand(
-      "detect", "Audit a locked model: can the extracted units be found from its weights alone?");
-  static std::string model_path, key_path;
-  static bool json = false;
-  static DetectOptions options;
-  static Common common;
-  static KeyAccess access;
-  options.learned_locks = 2;
-  c->add_option("--model", model_path, "Locked model")->required();
-  c->add_option("--key", key_path, "Its key: the ground truth the detectors are scored against")
-      ->required();
-  c->add_option(
-       "--learned-locks", options.learned_locks,
-       "Training locks for the learned detector: the locked model locked again with the key's "
-       "options "
-       "and other decoy seeds (what an attacker with the tool can make); 0: no learned detector")
-      ->capture_default_str()
-      ->check(CLI::Range(0, 100));
-  c->add_option("--seed", options.learned_seed,
-                "Decoy seed of the first training lock (the next ones count up)")
-      ->capture_default_str();
-  c->add_option("--permutations", options.permutations,
-                "Random truth sets each detector's chance level is drawn from")
-      ->capture_default_str()
-      ->check(CLI::Range(2, 100000));
-  c->add_flag("--json", json, "Print one JSON object");
-  add_key_access(c, access, /*writing=*/false);
-  add_threads(c, common);
-  handlers()[c] = [] {
+struct Detect : Command {
+  std::string model_path, key_path;
+  bool json = false;
+  DetectOptions options;
+  Common common;
+  KeyAccess access;
+
+  CLI::App* add(CLI::App& app) override {
+    auto* c = app.add_subcommand(
+        "detect", "Audit a locked model: can the extracted units be found from its weights alone?");
+    options.learned_locks = 2;
+    c->add_option("--model", model_path, "Locked model")->required();
+    c->add_option("--key", key_path, "Its key: the ground truth the detectors are scored against")
+        ->required();
+    c->add_option(
+         "--learned-locks", options.learned_locks,
+         "Training locks for the learned detector: the locked model locked again with the key's "
+         "options "
+         "and other decoy seeds (what an attacker with the tool can make); 0: no learned detector")
+        ->capture_default_str()
+        ->check(CLI::Range(0, 100));
+    c->add_option("--seed", options.learned_seed,
+                  "Decoy seed of the first training lock (the next ones count up)")
+        ->capture_default_str();
+    c->add_option("--permutations", options.permutations,
+                  "Random truth sets each detector's chance level is drawn from")
+        ->capture_default_str()
+        ->check(CLI::Range(2, 100000));
+    c->add_flag("--json", json, "Print one JSON object");
+    add_key_access(c, access, /*writing=*/false);
+    add_threads(c, common);
+    return c;
+  }
+
+  int run() override {
     apply_threads(common);
     LoadedModel model = load_model(model_path);
     const KeyFile key = read_keys({key_path}, access).front();
@@ -240,7 +249,13 @@ void add_detect(CLI::App& app) {
                     ? "every detector that depends on the fill is at chance (z <= 3)"
                     : "ABOVE chance (z > 3): the locked weights give extracted positions away");
     return 0;
-  };
-}
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<Command> make_predict() { return std::make_unique<Predict>(); }
+
+std::unique_ptr<Command> make_detect() { return std::make_unique<Detect>(); }
 
 }  // namespace corelocker::cli

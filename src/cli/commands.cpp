@@ -1,5 +1,6 @@
 #include "cli/commands.h"
 
+#include <algorithm>
 #include <set>
 #include <string>
 
@@ -9,31 +10,24 @@
 
 namespace corelocker::cli {
 
-void register_commands(CLI::App& app) {
-  add_train(app);
-  add_eval(app);
-  add_lock(app);
-  add_unlock(app);
-  add_fingerprint(app);
-  add_inspect(app);
-  add_formats(app);
-  add_models(app);
-  add_demo(app);
-  add_predict(app);
-  add_detect(app);
-  add_bench(app);
-  add_sweep(app);
-  add_calibrate(app);
-  add_bands(app);
-  add_attack(app);
-  add_analyze(app);
-  add_bench_safetensors(app);
+Commands register_commands(CLI::App& app) {
+  Commands commands;
+  for (auto make :
+       {make_train, make_eval, make_lock, make_unlock, make_fingerprint, make_inspect, make_formats,
+        make_models, make_demo, make_predict, make_detect, make_bench, make_sweep, make_calibrate,
+        make_bands, make_attack, make_analyze, make_bench_safetensors}) {
+    commands.push_back(make());
+    commands.back()->sub = commands.back()->add(app);
+  }
+  return commands;
 }
 
-int run_selected(CLI::App& app) {
+int run_selected(CLI::App& app, const Commands& commands) {
   for (auto* sub : app.get_subcommands()) {
-    auto it = handlers().find(sub);
-    if (it == handlers().end()) continue;
+    const auto it =
+        std::find_if(commands.begin(), commands.end(),
+                     [sub](const std::unique_ptr<Command>& c) { return c->sub == sub; });
+    if (it == commands.end()) continue;
     // These commands share their work out over a group; any other launched as one would run
     // whole on every rank, each writing the same files.
     static const std::set<std::string> kShared = {"train", "attack", "sweep", "calibrate", "bands"};
@@ -46,7 +40,7 @@ int run_selected(CLI::App& app) {
             "run over a group)");
       }
     }
-    return it->second();
+    return (*it)->run();
   }
   throw UsageError("no command given (see --help)");
 }

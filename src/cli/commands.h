@@ -1,34 +1,52 @@
-// The corelocker subcommands.
+// The corelocker subcommands. Each is a Command: its options are members, add() declares them on
+// the parser (bound to those members), run() does the work with them once parsed. No command
+// keeps state outside its object, and none reads the parser back by option name.
 #pragma once
 
 #include <CLI/CLI.hpp>
+#include <memory>
+#include <vector>
 
 namespace corelocker::cli {
 
-// One function per subcommand (cmd_*.cpp); each adds its options and handler.
-void add_train(CLI::App& app);
-void add_eval(CLI::App& app);
-void add_models(CLI::App& app);
-void add_lock(CLI::App& app);
-void add_unlock(CLI::App& app);
-void add_fingerprint(CLI::App& app);
-void add_inspect(CLI::App& app);
-void add_formats(CLI::App& app);
-void add_demo(CLI::App& app);
-void add_predict(CLI::App& app);
-void add_detect(CLI::App& app);
-void add_bench(CLI::App& app);
-void add_sweep(CLI::App& app);
-void add_calibrate(CLI::App& app);
-void add_bands(CLI::App& app);
-void add_attack(CLI::App& app);
-void add_analyze(CLI::App& app);
-void add_bench_safetensors(CLI::App& app);
+class Command {
+ public:
+  virtual ~Command() = default;
+  // Adds the subcommand and its options to `app`; returns the subcommand. The options write into
+  // members of this object, which must outlive the parse.
+  virtual CLI::App* add(CLI::App& app) = 0;
+  // Runs the subcommand with the parsed options; returns the exit code. Throws corelocker errors.
+  virtual int run() = 0;
+  // The subcommand add() made (for options that need it: group agreement, help).
+  CLI::App* sub = nullptr;
+};
 
-// Adds every subcommand and its options to `app`.
-void register_commands(CLI::App& app);
+// One factory per subcommand (cmd_*.cpp).
+std::unique_ptr<Command> make_train();
+std::unique_ptr<Command> make_eval();
+std::unique_ptr<Command> make_models();
+std::unique_ptr<Command> make_lock();
+std::unique_ptr<Command> make_unlock();
+std::unique_ptr<Command> make_fingerprint();
+std::unique_ptr<Command> make_inspect();
+std::unique_ptr<Command> make_formats();
+std::unique_ptr<Command> make_demo();
+std::unique_ptr<Command> make_predict();
+std::unique_ptr<Command> make_detect();
+std::unique_ptr<Command> make_bench();
+std::unique_ptr<Command> make_sweep();
+std::unique_ptr<Command> make_calibrate();
+std::unique_ptr<Command> make_bands();
+std::unique_ptr<Command> make_attack();
+std::unique_ptr<Command> make_analyze();
+std::unique_ptr<Command> make_bench_safetensors();
+
+using Commands = std::vector<std::unique_ptr<Command>>;
+
+// Makes every subcommand and adds it with its options to `app`.
+Commands register_commands(CLI::App& app);
 
 // Runs the subcommand the user selected; returns the exit code. Throws corelocker errors.
-int run_selected(CLI::App& app);
+int run_selected(CLI::App& app, const Commands& commands);
 
 }  // namespace corelocker::cli

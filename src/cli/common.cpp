@@ -28,11 +28,6 @@
 
 namespace corelocker::cli {
 
-std::map<CLI::App*, std::function<int()>>& handlers() {
-  static std::map<CLI::App*, std::function<int()>> h;
-  return h;
-}
-
 // Options shared by commands that touch data or compute.
 
 void add_threads(CLI::App* c, Common& o) {
@@ -117,14 +112,6 @@ UnitChoice band_units(const std::string& criterion, const std::string& scope, bo
 
 LockOptions band_lock_options(const UnitArgs& a) {
   return options_for(band_units(a.criterion, a.scope, a.include_io, a.exclude_io), a);
-}
-
-void apply_input_args(const InputArgs& a, ModelMeta& meta, bool stored, const std::string& path) {
-  apply_input_override(a, meta, stored, path);
-}
-
-void apply_input_args(const InputArgs& a, LoadedModel& model, const std::string& path) {
-  apply_input_override(a, model.meta, model.meta_stored, path);
 }
 
 void require_runnable(const std::string& path, Feature feature, const char* command) {
@@ -295,21 +282,6 @@ std::string effective_text(const EffectiveEval& e) {
   return s + "; effective " + pct(e.top1_effective) + "%";
 }
 
-Json effective_json(const EffectiveEval& e) {
-  Json pruned = Json::object();
-  for (const auto& p : e.pruned) pruned[fixed(p.ratio, 2)] = p.eval.top1;
-  Json j = {{"top1", e.plain.top1},
-            {"top3", e.plain.top3},
-            {"images", e.plain.n},
-            {"top1_reestimated", e.reestimated ? Json(e.reestimated->top1) : Json()},
-            {"reestimate_images", e.reestimate_images},
-            {"top1_pruned", pruned},
-            {"top1_effective", e.top1_effective},
-            {"effective_from", e.worst}};
-  if (!e.reestimated) j["reestimate_note"] = e.reestimate_note;
-  return j;
-}
-
 void print_eval(const std::string& model, const EvalResult& r, bool json, const Json& extra) {
   if (json) {
     Json j = {{"model", model}, {"top1", r.top1},  {"top3", r.top3},
@@ -324,7 +296,7 @@ void print_eval(const std::string& model, const EvalResult& r, bool json, const 
 
 void print_eval(const std::string& model, const EffectiveEval& e, bool json, const Json& extra) {
   if (json) {
-    Json j = effective_json(e);
+    Json j = effective_to_json(e);
     j.update({{"model", model}, {"n", e.plain.n}, {"locked", true}, {"seconds", e.plain.seconds}});
     j.update(extra);
     std::printf("%s\n", j.dump().c_str());

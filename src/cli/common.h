@@ -26,9 +26,6 @@ namespace corelocker::cli {
 
 using Json = nlohmann::json;
 
-// Subcommand -> what runs it. Filled by the add_* functions.
-std::map<CLI::App*, std::function<int()>>& handlers();
-
 // Options shared by commands that touch data or compute.
 struct Common {
   int threads = 0;
@@ -45,12 +42,7 @@ struct Common {
 // used.
 using InputArgs = InputOverride;  // models/input_override.h
 void add_input_args(CLI::App* c, InputArgs& a);
-// Applies the options to `model`, loaded from `path`: with model.meta_stored, checks each given
-// option against the stored value (UsageError naming the option, the value given and the value
-// stored); otherwise applies them over the defaults and checks the result. Throws UsageError.
-void apply_input_args(const InputArgs& a, LoadedModel& model, const std::string& path);
-// The same on metadata; `stored`: the file stores its own (checked, not replaced).
-void apply_input_args(const InputArgs& a, ModelMeta& meta, bool stored, const std::string& path);
+// The commands apply them with apply_input_override (models/input_override.h).
 // Refuses a model file whose format (formats/format.h) lacks `feature`, the feature `command`
 // needs; the message gives the format's reason. Throws UsageError / FormatError.
 void require_runnable(const std::string& path, Feature feature, const char* command);
@@ -151,9 +143,6 @@ Dataset effective_images(const ModelMeta& meta, const Common& common, const Effe
 // "top-1 14.08%, after BN re-estimation 83.06%, pruned 0.20 / 0.40: 14.10 / 13.20%;
 // effective 83.06%"
 std::string effective_text(const EffectiveEval& e);
-// {"top1", "top3", "top1_reestimated" (null when not measured), "top1_pruned" {"0.20": ...},
-//  "top1_effective", "effective_from"}
-Json effective_json(const EffectiveEval& e);
 // What `eval` prints for a model: one line, or with `json` one object with `extra` merged in.
 void print_eval(const std::string& model, const EvalResult& r, bool json,
                 const Json& extra = Json::object());

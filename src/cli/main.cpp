@@ -21,9 +21,9 @@ int main(int argc, char** argv) {
   CLI::App app{"corelocker: neuron-level usage control for neural networks (CoreLocker, S&P 2024)"};
   app.require_subcommand(1);
   app.set_version_flag("--version", std::string("corelocker ") + CORELOCKER_VERSION);
-  corelocker::cli::register_commands(app);
+  const corelocker::cli::Commands commands = corelocker::cli::register_commands(app);
   return corelocker::cli::exit_code_of(app, [&] {
     app.parse(argc, argv);
-    return corelocker::cli::run_selected(app);
+    return corelocker::cli::run_selected(app, commands);
   });
 }

@@ -4,7 +4,6 @@
 #include <cmath>
 #include <map>
 
-#include "formats/evaluation.h"
 #include "util/error.h"
 
 namespace corelocker {
@@ -168,47 +167,6 @@ std::string describe(const Probe& p) {
 
 }  // namespace
 
-Band parse_band(const std::string& text) {
-  const size_t dash = text.find('-', 1);
-  auto fail = [&](const std::string& why) {
-    return UsageError("band '" + text + "': " + why +
-                      " (expected LOW-HIGH in percent, e.g. 50-55)");
-  };
-  if (dash == std::string::npos) throw fail("no '-'");
-  Band b;
-  try {
-    size_t used = 0;
-    const std::string lo = text.substr(0, dash), hi = text.substr(dash + 1);
-    b.low = std::stod(lo, &used);
-    if (used != lo.size()) throw fail("'" + lo + "' is not a number");
-    b.high = std::stod(hi, &used);
-    if (used != hi.size()) throw fail("'" + hi + "' is not a number");
-  } catch (const std::invalid_argument&) {
-    throw fail("not a number");
-  } catch (const std::out_of_range&) {
-    throw fail("number out of range");
-  }
-  if (!(b.low >= 0.0 && b.high <= 100.0 && b.low < b.high))
-    throw fail("needs 0 <= LOW < HIGH <= 100");
-  return b;
-}
-
-const char* to_string(CalibrationStatus s) {
-  switch (s) {
-    case CalibrationStatus::kFound:
-      return "found";
-    case CalibrationStatus::kAboveReach:
-      return "above reach";
-    case CalibrationStatus::kBelowReach:
-      return "below reach";
-    case CalibrationStatus::kBetweenSteps:
-      return "between unit steps";
-    case CalibrationStatus::kOutOfBudget:
-      return "out of evaluations";
-  }
-  return "?";
-}
-
 std::vector<int64_t> group_sizes(const Ranking& ranking) {
   std::vector<int64_t> g;
   for (const auto& group : ranking.groups) g.push_back(static_cast<int64_t>(group.ranked.size()));
@@ -234,11 +192,6 @@ Ranking calibrated_ranking(const Ranking& ranking, const Calibration& calibratio
   return out;
 }
 
-Calibration calibrate(LoadedModel& model, const Ranking& ranking, const Dataset& data, Band band,
-                      const CalibrationOptions& options, const ProbeCallback& on_probe) {
-  return calibrate(*torch_curve_model(model), ranking, data, band, options, on_probe);
-}
-
 Calibration calibrate(CurveModel& model, const Ranking& ranking, const Dataset& data, Band band,
                       const CalibrationOptions& options, const ProbeCallback& on_probe) {
   check_unlocked(model);
@@ -249,10 +202,23 @@ Calibration calibrate(CurveModel& model, const Ranking& ranking, const Dataset& 
       move_down(work, {group, position, count});
     };
   }
-  return search_band(
+  Calibration c = search_band(
       group_sizes(work),
       locked_evaluator(model, work, data, options.batch_size, options.effective, options.group),
       band, options, on_probe, reorder);
+  if (c.status == CalibrationStatus::kBetweenSteps && ranking.options.scope == Scope::kLayer) {
+    // Layers of equal size gain their next unit at the same ratio, so layer scope moves in steps
+    // of several units; global scope adds one unit at a time.
+    c.explanation +=
+        " (layer scope steps several equally sized layers at once: --scope global adds one unit "
+        "at a time)";
+  } else if (c.status == CalibrationStatus::kBetweenSteps && ranking.options.include_io) {
+    // A stem or head kernel can carry tens of points of accuracy on its own.
+    c.explanation +=
+        " (units of the first and last layers move the accuracy in large steps: try without "
+        "--include-io)";
+  }
+  return c;
 }
 
 Calibration search_band(const std::vector<int64_t>& groups, const Evaluator& evaluate, Band band,
@@ -485,11 +451,6 @@ Calibration search_band(const std::vector<int64_t>& groups, const Evaluator& eva
   }
 }
 
-BandsTable utility_bands(LoadedModel& model, const Ranking& ranking, const Dataset& data,
-                         const BandsOptions& options, const ProbeCallback& on_probe) {
-  return utility_bands(*torch_curve_model(model), ranking, data, options, on_probe);
-}
-
 BandsTable utility_bands(CurveModel& model, const Ranking& ranking, const Dataset& data,
                          const BandsOptions& options, const ProbeCallback& on_probe) {
   check_unlocked(model);
@@ -575,12 +536,6 @@ BandsTable search_bands(const std::vector<int64_t>& groups, const Evaluator& eva
   return done(true);
 }
 
-TierCalibration calibrate_tiers(LoadedModel& model, const Ranking& ranking, const Dataset& data,
-                                const std::vector<Band>& bands, const CalibrationOptions& options,
-                                const ProbeCallback& on_probe) {
-  return calibrate_tiers(*torch_curve_model(model), ranking, data, bands, options, on_probe);
-}
-
 TierCalibration calibrate_tiers(CurveModel& model, const Ranking& ranking, const Dataset& data,
                                 const std::vector<Band>& bands, const CalibrationOptions& options,
                                 const ProbeCallback& on_probe) {
@@ -605,20 +560,6 @@ TierCalibration calibrate_tiers(CurveModel& model, const Ranking& ranking, const
     out.calibrations.push_back(std::move(cal));
   }
   return out;
-}
-
-std::vector<double> calibrate_tier_bands(CurveModel& model, const LockOptions& options,
-                                         const LockEvaluation& ev) {
-  if (ev.tier_bands.empty()) throw UsageError("--tier-bands: no band given");
-  const Dataset val = ev.validation(model.meta());
-  const Ranking ranking = model.rank(options);
-  const Dataset band_images = ev.target_plain ? Dataset{} : ev.unlabelled(model.meta());
-  CalibrationOptions copt;
-  if (!ev.target_plain) copt.effective = EffectiveTarget{&band_images, ev.effective};
-  const TierCalibration tc = calibrate_tiers(model, ranking, val, ev.tier_bands, copt);
-  for (size_t i = 0; i < ev.tier_bands.size(); ++i)
-    if (ev.on_band) ev.on_band(ev.tier_bands[i], tc.calibrations[i]);
-  return tc.ratios;
 }
 
 }  // namespace corelocker

@@ -2,7 +2,9 @@
 
 #include <utility>
 
+#include "control/calibrate.h"
 #include "eval/evaluate.h"
+#include "formats/evaluation.h"
 #include "locking/fingerprint.h"
 #include "util/error.h"
 
@@ -35,10 +37,7 @@ class TorchCurveModel : public CurveModel {
     LockOutcome outcome = lock_model(model_, ranking, ratio);
     LockReport report =
         commit_lock(keys, {{key_out, outcome.key}}, [&] { save_model(out, model_); });
-    report.units = outcome.stats.units;
-    report.candidates = outcome.stats.candidates;
-    report.values = outcome.stats.values;
-    report.parameters = outcome.stats.parameters;
+    set_counts(report, outcome.stats);
     return report;
   }
 
@@ -64,6 +63,37 @@ std::unique_ptr<CurveModel> torch_curve_model(LoadedModel& model) {
 
 std::unique_ptr<CurveModel> torch_curve_model(LoadedModel&& model) {
   return std::make_unique<OwningTorchCurveModel>(std::make_unique<LoadedModel>(std::move(model)));
+}
+
+// Our networks in place through the searches written for any CurveModel (control/calibrate.h).
+Calibration calibrate(LoadedModel& model, const Ranking& ranking, const Dataset& data, Band band,
+                      const CalibrationOptions& options, const ProbeCallback& on_probe) {
+  return calibrate(*torch_curve_model(model), ranking, data, band, options, on_probe);
+}
+
+BandsTable utility_bands(LoadedModel& model, const Ranking& ranking, const Dataset& data,
+                         const BandsOptions& options, const ProbeCallback& on_probe) {
+  return utility_bands(*torch_curve_model(model), ranking, data, options, on_probe);
+}
+
+TierCalibration calibrate_tiers(LoadedModel& model, const Ranking& ranking, const Dataset& data,
+                                const std::vector<Band>& bands, const CalibrationOptions& options,
+                                const ProbeCallback& on_probe) {
+  return calibrate_tiers(*torch_curve_model(model), ranking, data, bands, options, on_probe);
+}
+
+std::vector<double> calibrate_tier_bands(CurveModel& model, const LockOptions& options,
+                                         const LockEvaluation& ev) {
+  if (ev.tier_bands.empty()) throw UsageError("--tier-bands: no band given");
+  const Dataset val = ev.validation(model.meta());
+  const Ranking ranking = model.rank(options);
+  const Dataset band_images = ev.target_plain ? Dataset{} : ev.unlabelled(model.meta());
+  CalibrationOptions copt;
+  if (!ev.target_plain) copt.effective = EffectiveTarget{&band_images, ev.effective};
+  const TierCalibration tc = calibrate_tiers(model, ranking, val, ev.tier_bands, copt);
+  for (size_t i = 0; i < ev.tier_bands.size(); ++i)
+    if (ev.on_band) ev.on_band(ev.tier_bands[i], tc.calibrations[i]);
+  return tc.ratios;
 }
 
 }  // namespace corelocker

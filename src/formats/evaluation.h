@@ -73,6 +73,14 @@ struct LockEvaluation : ModelData {
       on_evaluated;
 };
 
+// A lock's counts into its report (units, candidates, values, parameters).
+inline void set_counts(LockReport& report, const LockStats& stats) {
+  report.units = stats.units;
+  report.candidates = stats.candidates;
+  report.values = stats.values;
+  report.parameters = stats.parameters;
+}
+
 // The ratios of `ev.tier_bands` (LockRequest::tier_bands), in their order: each band's ratio
 // calibrated on the validation split (ev.validation) for `options`' units, of the effective top-1
 // unless ev.target_plain, each reported through ev.on_band. The model ends as it started.

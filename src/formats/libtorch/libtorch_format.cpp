@@ -147,10 +147,7 @@ class LibTorchFormat : public ModelFormat {
     // Keys first (a locked model without its keys would be lost utility).
     LockReport report = commit_lock(keys, made, [&] { save_model(r.out, model); });
     report.kept = kept;
-    report.units = stats.units;
-    report.candidates = stats.candidates;
-    report.values = stats.values;
-    report.parameters = stats.parameters;
+    set_counts(report, stats);
     if (ratios.empty()) evaluate_state(0.0);
     return report;
   }

@@ -2,6 +2,7 @@
 
 #include <utility>
 
+#include "formats/evaluation.h"
 #include "formats/onnx/onnx_eval.h"
 #include "formats/onnx/onnx_lock.h"
 #include "util/error.h"
@@ -82,10 +83,7 @@ class OnnxCurveModel : public CurveModel {
     note_lock();
     LockReport report =
         commit_lock(keys, {{key_out, outcome.key}}, [&] { save_onnx_model(out, model_); });
-    report.units = outcome.stats.units;
-    report.candidates = outcome.stats.candidates;
-    report.values = outcome.stats.values;
-    report.parameters = outcome.stats.parameters;
+    set_counts(report, outcome.stats);
     return report;
   }
 

@@ -216,10 +216,7 @@ class OnnxFormat : public ModelFormat {
     // Keys first (a locked model without its keys would be lost utility).
     LockReport report = commit_lock(keys, made, [&] { save_onnx_model(r.out, model); });
     report.kept = kept;
-    report.units = stats.units;
-    report.candidates = stats.candidates;
-    report.values = stats.values;
-    report.parameters = stats.parameters;
+    set_counts(report, stats);
     report.note = "passes the ONNX checker";
     if (ratios.empty()) evaluate_state(0.0);  // the locked model in memory: as written
     return report;
