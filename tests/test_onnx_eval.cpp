@@ -9,6 +9,7 @@
 #include <optional>
 
 #include "control/calibrate.h"
+#include "formats/format.h"
 #include "formats/onnx/onnx_curve.h"
 #include "formats/onnx/onnx_eval.h"
 #include "formats/onnx/onnx_lock.h"
@@ -496,6 +497,19 @@ TEST(OnnxCurve, ALockedEvaluationIsTheLockedFilesAndLeavesTheModelAsItWas) {
                    ->lock_and_write(ranking, 0.1, dir.file("l.ckpt"), dir.file("k2.clk"), keys),
                UsageError);
   EXPECT_FALSE(file_exists(dir.file("k2.clk")));
+
+  // Tiers by band asked of the format without the evaluation that calibrates them (a library
+  // caller): a usage error before anything is read or written.
+  FormatRegistry formats;
+  register_onnx_format(formats);
+  LockRequest request;
+  request.in = fx + "/resnet_bn.onnx";
+  request.out = dir.file("t.onnx");
+  request.key_out = dir.file("t.clk");
+  request.tier_bands = true;
+  KeyCommit tier_keys(KeyCredentials{});
+  EXPECT_THROW(formats.of(request.in).lock(request, tier_keys), UsageError);
+  EXPECT_FALSE(file_exists(dir.file("t.onnx")));
 }
 
 }  // namespace

@@ -84,10 +84,6 @@ void agree_on_inputs(Group* group, const CurveModel& model,
   for (const auto& [what, d] : data) agree_on_data(*group, what, *d);
 }
 
-}  // namespace
-
-namespace {
-
 // ---------------------------------------------------------------- sweep
 struct Sweep : Command {
   std::string model_path, ratios, criteria = "l1,bn,random", units = "l1", out_dir, scope;

@@ -125,7 +125,7 @@ struct Detect : Command {
   CLI::App* add(CLI::App& app) override {
     auto* c = app.add_subcommand(
         "detect", "Audit a locked model: can the extracted units be found from its weights alone?");
-    options.learned_locks = 2;
+    options.learned_locks = 2;  // the command's default (the library's is no learned detector)
     c->add_option("--model", model_path, "Locked model")->required();
     c->add_option("--key", key_path, "Its key: the ground truth the detectors are scored against")
         ->required();

@@ -139,7 +139,8 @@ class OnnxFormat : public ModelFormat {
   LockReport lock(const LockRequest& r, KeyCommit& keys) const override {
     const LockEvaluation* ev = r.evaluation;
     const bool evaluate = ev != nullptr && ev->evaluate_locked;
-    const bool runs = evaluate || r.tier_bands;  // the lock runs the model
+    if (r.tier_bands && ev == nullptr) throw UsageError("--tier-bands: no band given");
+    const bool runs = evaluate || r.tier_bands;  // the lock runs the model (ev is set)
     if (ev != nullptr && ev->input_given && !runs) {
       throw UsageError(
           "--dataset, --mean, --std, --pad, --resize and --channels say how to feed a model that "
@@ -183,7 +184,6 @@ class OnnxFormat : public ModelFormat {
     };
     std::vector<double> ratios = r.tier_ratios;
     if (r.tier_bands) {
-      if (ev == nullptr) throw UsageError("--tier-bands: no band given");
       ratios = calibrate_tier_bands(*onnx_curve_model(model, meta, model_what(r.in)), o, *ev);
     }
     std::vector<std::pair<std::string, KeyFile>> made;
