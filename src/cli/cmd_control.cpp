@@ -84,23 +84,39 @@ void agree_on_inputs(Group* group, const CurveModel& model,
   for (const auto& [what, d] : data) agree_on_data(*group, what, *d);
 }
 
+// What sweep, calibrate and bands share: the unlocked model, and the options of its data,
+// compute, effective target and input description.
+struct SearchCommand : Command {
+  std::string model_path;
+  Common common;
+  EffectiveArgs effective;
+  InputArgs input;
+
+  void add_model(CLI::App* c) {
+    c->add_option("--model", model_path, "Model file: checkpoint, TorchScript or ONNX (unlocked)")
+        ->required();
+  }
+  // The options every search ends with.
+  void add_run_options(CLI::App* c) {
+    add_threads(c, common);
+    add_data(c, common);
+    add_input_args(c, input);
+  }
+};
+
 // ---------------------------------------------------------------- sweep
-struct Sweep : Command {
-  std::string model_path, ratios, criteria = "l1,bn,random", units = "l1", out_dir, scope;
+struct Sweep : SearchCommand {
+  std::string ratios, criteria = "l1,bn,random", units = "l1", out_dir, scope;
   double from = 0.0, to = 0.0;
   int steps = 0, seeds = 5;
   uint64_t first_seed = 0;
   bool log_space = false, include_io = false, exclude_io = false, no_plot = false,
        plain_only = false, resume = false;
-  Common common;
-  EffectiveArgs effective;
-  InputArgs input;
 
   CLI::App* add(CLI::App& app) override {
     auto* c = app.add_subcommand(
         "sweep", "Accuracy against extraction ratio for several criteria (CSV, JSON, plot)");
-    c->add_option("--model", model_path, "Model file: checkpoint, TorchScript or ONNX (unlocked)")
-        ->required();
+    add_model(c);
     auto* r = c->add_option("--ratios", ratios, "Comma-separated ratios, e.g. 0.0005,0.001,0.005");
     auto* f = c->add_option("--from", from, "First ratio of a range")->check(CLI::Range(0.0, 1.0));
     auto* t = c->add_option("--to", to, "Last ratio of a range")->check(CLI::Range(0.0, 1.0));
@@ -135,9 +151,7 @@ struct Sweep : Command {
     c->add_flag("--resume", resume,
                 "Go on from the points an interrupted run of the same sweep left in --out-dir "
                 "(sweep.json); without one there, start");
-    add_threads(c, common);
-    add_data(c, common);
-    add_input_args(c, input);
+    add_run_options(c);
     return c;
   }
 
@@ -256,21 +270,17 @@ struct Sweep : Command {
 };
 
 // ---------------------------------------------------------------- calibrate
-struct Calibrate : Command {
-  std::string model_path, target, out, key_out;
+struct Calibrate : SearchCommand {
+  std::string target, out, key_out;
   UnitArgs unit_args;
   ValArgs val;
   CalibrationOptions copt;
-  Common common;
-  EffectiveArgs effective;
-  InputArgs input;
   bool target_plain = false;
 
   CLI::App* add(CLI::App& app) override {
     auto* c = app.add_subcommand("calibrate",
                                  "Find an extraction ratio whose accuracy falls in a target band");
-    c->add_option("--model", model_path, "Model file: checkpoint, TorchScript or ONNX (unlocked)")
-        ->required();
+    add_model(c);
     c->add_option("--target", target,
                   "Top-1 band in percent, e.g. 50-55, of the effective top-1 (after BatchNorm "
                   "re-estimation and "
@@ -290,9 +300,7 @@ struct Calibrate : Command {
     c->add_option("--step", copt.step, "Bracketing factor")->capture_default_str();
     c->add_option("--out", out, "Write the model locked at the chosen ratio here (with --key-out)");
     c->add_option("--key-out", key_out, "Write its access key here (with --out)");
-    add_threads(c, common);
-    add_data(c, common);
-    add_input_args(c, input);
+    add_run_options(c);
     return c;
   }
 
@@ -393,21 +401,17 @@ struct Calibrate : Command {
 };
 
 // ---------------------------------------------------------------- bands
-struct Bands : Command {
-  std::string model_path, json_out;
+struct Bands : SearchCommand {
+  std::string json_out;
   UnitArgs unit_args;
   ValArgs val;
   BandsOptions bopt;
   bool no_test = false, target_plain = false;
-  Common common;
-  EffectiveArgs effective;
-  InputArgs input;
 
   CLI::App* add(CLI::App& app) override {
     auto* c = app.add_subcommand(
         "bands", "The smallest ratio for each utility band (the paper's Tables 5 and 6)");
-    c->add_option("--model", model_path, "Model file: checkpoint, TorchScript or ONNX (unlocked)")
-        ->required();
+    add_model(c);
     c->add_option("--width", bopt.width, "Band width in points")->capture_default_str();
     c->add_flag("--target-plain", target_plain,
                 "Bands of the plain top-1 of the locked model (default: of the effective top-1, "
@@ -424,9 +428,7 @@ struct Bands : Command {
         ->check(CLI::PositiveNumber);
     c->add_flag("--no-test", no_test, "Do not evaluate each band's ratio on the test split");
     c->add_option("--json", json_out, "Also write the table as JSON");
-    add_threads(c, common);
-    add_data(c, common);
-    add_input_args(c, input);
+    add_run_options(c);
     return c;
   }
 
