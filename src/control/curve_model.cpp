@@ -5,7 +5,6 @@
 #include "control/calibrate.h"
 #include "eval/evaluate.h"
 #include "formats/evaluation.h"
-#include "locking/fingerprint.h"
 #include "util/error.h"
 
 namespace corelocker {
@@ -16,9 +15,7 @@ class TorchCurveModel : public CurveModel {
   explicit TorchCurveModel(LoadedModel& model) : model_(model) {}
 
   const ModelMeta& meta() const override { return model_.meta; }
-  Digest fingerprint() const override {
-    return corelocker::fingerprint(named_tensors(*model_.net));
-  }
+  Digest fingerprint() const override { return model_fingerprint(model_); }
   Ranking rank(const LockOptions& options) const override {
     return rank_units(named_tensors(*model_.net), model_.net->structure(), options);
   }
@@ -36,7 +33,7 @@ class TorchCurveModel : public CurveModel {
                             const std::string& key_out, KeyCommit& keys) override {
     LockOutcome outcome = lock_model(model_, ranking, ratio);
     LockReport report =
-        commit_lock(keys, {{key_out, outcome.key}}, [&] { save_model(out, model_); });
+        commit_lock(keys, {{key_out, std::move(outcome.key)}}, [&] { save_model(out, model_); });
     set_counts(report, outcome.stats);
     return report;
   }

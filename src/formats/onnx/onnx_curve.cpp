@@ -81,8 +81,8 @@ class OnnxCurveModel : public CurveModel {
     options.ratio = ratio;
     LockOutcome outcome = lock_onnx_model(model_, ranking, options);
     note_lock();
-    LockReport report =
-        commit_lock(keys, {{key_out, outcome.key}}, [&] { save_onnx_model(out, model_); });
+    LockReport report = commit_lock(keys, {{key_out, std::move(outcome.key)}},
+                                    [&] { save_onnx_model(out, model_); });
     set_counts(report, outcome.stats);
     return report;
   }
