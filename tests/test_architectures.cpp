@@ -2,8 +2,12 @@
 // states for extraction, and lock/unlock with every criterion.
 #include <gtest/gtest.h>
 
+#include <filesystem>
+#include <map>
 #include <set>
 
+#include "formats/safetensors/safetensors.h"
+#include "formats/safetensors/safetensors_lock.h"
 #include "locking/fingerprint.h"
 #include "locking/lock.h"
 #include "models/checkpoint.h"
@@ -286,6 +290,66 @@ TEST(Architectures, BnOnConvBnNetworksTakesTheProducingFilters) {
     }
     EXPECT_GT(with_filters, 0);
   }
+}
+
+// A network's tensors as a safetensors file (what safetensors.torch.save_file writes of its
+// state dict, in the network's order).
+void write_state_dict(const std::string& path, const std::vector<NamedTensor>& tensors) {
+  std::vector<StSpec> specs;
+  std::vector<torch::Tensor> data;
+  uint64_t bytes = 0;
+  for (const auto& t : tensors) {
+    const torch::Tensor c = t.tensor.detach().contiguous();
+    ASSERT_TRUE(c.scalar_type() == torch::kFloat32 || c.scalar_type() == torch::kInt64) << t.name;
+    std::vector<uint64_t> shape(c.sizes().begin(), c.sizes().end());
+    specs.push_back({t.name, c.scalar_type() == torch::kFloat32 ? "F32" : "I64", shape});
+    data.push_back(c);
+    bytes += static_cast<uint64_t>(c.nbytes());
+  }
+  StWriter w(path, st_make_header(specs, {{"format", "pt"}}), bytes);
+  for (const auto& c : data) w.write(c.data_ptr(), static_cast<uint64_t>(c.nbytes()));
+  w.commit();
+}
+
+// The safetensors lock has no graph: it finds the BatchNorms, and the layer feeding each, by name.
+// On the state dicts of our own networks it takes exactly the units the graph gives the LibTorch
+// lock: conv -> BN networks their filters, pre-activation and dense ones (whose names break the
+// rule) gamma and beta alone, a linear -> BN network its rows.
+TEST(Architectures, SafetensorsBnTakesTheUnitsTheGraphGivesOnEveryFamilyWithBatchNorm) {
+  int families = 0;
+  for (const auto& [arch, opts] : small_models()) {
+    if (arch == "vit") continue;  // LayerNorm: no running statistics, so no BatchNorm by name
+    SCOPED_TRACE(arch);
+    LoadedModel m = random_model(arch, opts);
+    const auto tensors = named_tensors(*m.net);
+    const std::string path = std::string(::testing::TempDir()) + "/state-" + arch +
+                             std::to_string(++families) + ".safetensors";
+    write_state_dict(path, tensors);
+    for (const Scope scope : {Scope::kGlobal, Scope::kLayer}) {
+      LockOptions o;
+      o.criterion = Criterion::kBn;
+      o.scope = scope;
+      o.ratio = 0.3;
+      const ExtractionPlan plan =
+          plan_at(rank_units(tensors, m.net->structure(), o), tensors, m.net->structure(), o.ratio);
+      std::map<std::string, std::pair<uint64_t, std::vector<uint64_t>>> want, got;
+      for (const auto& e : plan.entries) {
+        want[e.tensor] = {static_cast<uint64_t>(e.unit_size), e.units.to_vector()};
+      }
+      StLockOptions so;
+      so.criterion = Criterion::kBn;
+      so.scope = scope;
+      so.ratio = 0.3;
+      so.threads = 1;
+      const StLockOutcome r = lock_safetensors(path, path + ".locked", so, [](const KeyFile&) {});
+      for (const auto& e : r.key.entries) got[e.tensor] = {e.unit_size, e.units.to_vector()};
+      EXPECT_EQ(got, want) << to_string(scope);
+      EXPECT_EQ(static_cast<int64_t>(r.units), plan.units) << to_string(scope);
+      std::filesystem::remove(path + ".locked");
+    }
+    std::filesystem::remove(path);
+  }
+  EXPECT_EQ(families, 8);
 }
 
 TEST(Architectures, L1TreatsLstmAndAttentionMatricesAsLinearUnits) {

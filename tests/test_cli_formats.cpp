@@ -21,14 +21,20 @@ namespace {
 using testing::CliRun;
 using testing::run;
 
-// A safetensors file by hand: a 3x3 conv, an inner conv and a linear head, seeded values.
+// A safetensors file by hand: a 3x3 conv, an inner conv with its BatchNorm and a linear head,
+// seeded values.
 void write_safetensors(const std::string& path) {
   struct T {
     std::string name;
     std::vector<uint64_t> shape;
   };
-  const std::vector<T> tensors = {
-      {"conv1.weight", {4, 1, 3, 3}}, {"conv2.weight", {8, 4, 3, 3}}, {"fc.weight", {10, 32}}};
+  const std::vector<T> tensors = {{"conv1.weight", {4, 1, 3, 3}},
+                                  {"conv2.weight", {8, 4, 3, 3}},
+                                  {"bn2.weight", {8}},
+                                  {"bn2.bias", {8}},
+                                  {"bn2.running_mean", {8}},
+                                  {"bn2.running_var", {8}},
+                                  {"fc.weight", {10, 32}}};
   nlohmann::ordered_json header = nlohmann::ordered_json::object();
   std::vector<uint8_t> data;
   uint32_t state = 7;

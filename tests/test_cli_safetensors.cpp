@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <set>
@@ -31,17 +32,8 @@ CliRun shell(const std::string& cmd) {
   return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
 }
 
-// A small CNN in safetensors: stem conv, BN, two inner convs, a hidden linear, a head, buffers.
-void write_cnn(const std::string& path, uint32_t seed) {
-  const std::vector<StSpec> specs = {{"conv1.weight", "F32", {8, 1, 3, 3}},
-                                     {"bn1.weight", "F32", {8}},
-                                     {"bn1.running_mean", "F32", {8}},
-                                     {"bn1.num_batches_tracked", "I64", {}},
-                                     {"layer1.conv1.weight", "F32", {16, 8, 3, 3}},
-                                     {"layer1.conv2.weight", "BF16", {16, 16, 3, 3}},
-                                     {"fc1.weight", "F16", {32, 64}},
-                                     {"fc.weight", "F32", {10, 32}},
-                                     {"fc.bias", "F32", {10}}};
+// A safetensors file of the given tensors, values drawn from N(0, 0.1) by `seed` (I64: 1, 2, ...).
+void write_specs(const std::string& path, const std::vector<StSpec>& specs, uint32_t seed) {
   std::mt19937 rng(seed);
   std::normal_distribution<float> w(0.0f, 0.1f);
   std::vector<uint8_t> data;
@@ -76,6 +68,42 @@ void write_cnn(const std::string& path, uint32_t seed) {
   StWriter writer(path, st_make_header(specs, {{"format", "pt"}}), data.size());
   writer.write(data.data(), data.size());
   writer.commit();
+}
+
+// A small CNN in safetensors: stem conv, a norm without BatchNorm's running statistics, two inner
+// convs, a hidden linear, a head, buffers.
+void write_cnn(const std::string& path, uint32_t seed) {
+  write_specs(path,
+              {{"conv1.weight", "F32", {8, 1, 3, 3}},
+               {"bn1.weight", "F32", {8}},
+               {"bn1.running_mean", "F32", {8}},
+               {"bn1.num_batches_tracked", "I64", {}},
+               {"layer1.conv1.weight", "F32", {16, 8, 3, 3}},
+               {"layer1.conv2.weight", "BF16", {16, 16, 3, 3}},
+               {"fc1.weight", "F16", {32, 64}},
+               {"fc.weight", "F32", {10, 32}},
+               {"fc.bias", "F32", {10}}},
+              seed);
+}
+
+// conv -> BatchNorm pairs as a post-activation network names them; with `preact`, BatchNorms
+// before the convs of the same number (the second block widens, which shows it).
+void write_bn_cnn(const std::string& path, bool preact) {
+  std::vector<StSpec> specs = {{"conv1.weight", "F32", {8, 1, 3, 3}}};
+  auto bn = [&](const std::string& p, uint64_t c) {
+    for (const char* part : {".weight", ".bias", ".running_mean", ".running_var"})
+      specs.push_back({p + part, "F32", {c}});
+  };
+  if (preact) {
+    bn("layer1.bn1", 8);
+    specs.push_back({"layer1.conv1.weight", "F32", {16, 8, 3, 3}});
+  } else {
+    bn("bn1", 8);
+    specs.push_back({"layer1.conv1.weight", "F32", {16, 8, 3, 3}});
+    bn("layer1.bn1", 16);
+  }
+  specs.push_back({"fc.weight", "F32", {10, 16}});
+  write_specs(path, specs, 3);
 }
 
 class CliSt : public ::testing::Test {
@@ -295,7 +323,8 @@ TEST_F(CliSt, InspectShowsLayersAndTheLock) {
 }
 
 TEST_F(CliSt, OptionsThatDoNotApplyAreRefused) {
-  for (const std::string extra : {"--tiers 0.01,0.05", "--eval", "--criterion bn", "--fill decoy",
+  // --criterion bn: the file's bn1 has no running statistics, so it has no BatchNorm
+  for (const std::string extra : {"--tier-bands 10-50", "--eval", "--criterion bn", "--fill decoy",
                                   "--criterion random --units bn", "--units kernels"}) {
     CliRun l = lock("m.safetensors", "locked.safetensors", "key.clk", extra);
     EXPECT_EQ(l.code, 2) << extra << ": " << l.out;
@@ -396,6 +425,91 @@ TEST_F(CliSt, RandomDrawsBySeedInBothBinaries) {
   EXPECT_TRUE(same_bytes("ra.safetensors", "m.safetensors"));
 }
 
+TEST_F(CliSt, BnPairsByNameInBothBinariesAndInspectShowsThePairs) {
+  const std::string whole = torch_binary();
+  write_bn_cnn(dir_.file("bn.safetensors"), false);
+  write_bn_cnn(dir_.file("pre.safetensors"), true);
+  const std::string m = dir_.file("bn.safetensors");
+  const std::string opts = " --criterion bn --scope layer --threads 1";  // lock(): --ratio 0.1
+  const CliRun a = lock("bn.safetensors", "a.safetensors", "a.clk", opts);
+  ASSERT_EQ(a.code, 0) << a.out;
+  EXPECT_NE(a.out.find("units extracted:      3 of 24"), std::string::npos) << a.out;
+  const CliRun b = shell(whole + " lock --model " + m + " --ratio 0.1 --out " +
+                         dir_.file("b.safetensors") + " --key-out " + dir_.file("b.clk") + opts);
+  ASSERT_EQ(b.code, 0) << b.out;
+  EXPECT_EQ(run("fingerprint " + dir_.file("a.safetensors")).out,
+            run("fingerprint " + dir_.file("b.safetensors")).out);
+  const auto key = nlohmann::json::parse(run("inspect --json " + dir_.file("a.clk")).out);
+  EXPECT_EQ(key["criterion"], "bn");
+  // 1 of bn1's 8 channels (conv1 is the first layer: its filters stay), 2 of layer1.bn1's 16 with
+  // their filters
+  std::map<std::string, std::pair<int, int>> entries;  // tensor -> (unit size, units)
+  for (const auto& e : key["entries"]) entries[e["tensor"]] = {e["unit_size"], e["units"]};
+  EXPECT_EQ(entries, (std::map<std::string, std::pair<int, int>>{{"bn1.weight", {1, 1}},
+                                                                 {"bn1.bias", {1, 1}},
+                                                                 {"layer1.conv1.weight", {72, 2}},
+                                                                 {"layer1.bn1.weight", {1, 2}},
+                                                                 {"layer1.bn1.bias", {1, 2}}}));
+  ASSERT_EQ(unlock("a.safetensors", "a.clk", "ra.safetensors").code, 0);
+  EXPECT_TRUE(same_bytes("ra.safetensors", "bn.safetensors"));
+  // random bn units
+  const CliRun r = lock("bn.safetensors", "r.safetensors", "r.clk",
+                        "--criterion random --units bn --seed 3 --threads 1");
+  ASSERT_EQ(r.code, 0) << r.out;
+  ASSERT_EQ(unlock("r.safetensors", "r.clk", "rr.safetensors").code, 0);
+  EXPECT_TRUE(same_bytes("rr.safetensors", "bn.safetensors"));
+
+  const auto j = nlohmann::json::parse(run("inspect --json " + m).out);
+  ASSERT_EQ(j["batchnorms"].size(), 2u) << j.dump();
+  EXPECT_EQ(j["batchnorms"][1]["name"], "layer1.bn1");
+  EXPECT_EQ(j["batchnorms"][1]["fed_by"], "layer1.conv1.weight");
+  EXPECT_FALSE(j.contains("batchnorm_pairing"));
+  const CliRun pre = run("inspect " + dir_.file("pre.safetensors"));
+  ASSERT_EQ(pre.code, 0) << pre.out;
+  EXPECT_NE(pre.out.find("batchnorm_pairing: BatchNorm 'layer1.bn1' has 8 channels but "
+                         "'layer1.conv1.weight'"),
+            std::string::npos)
+      << pre.out;
+  const CliRun lp = lock("pre.safetensors", "p.safetensors", "p.clk", opts);
+  ASSERT_EQ(lp.code, 0) << lp.out;
+  const auto pk = nlohmann::json::parse(run("inspect --json " + dir_.file("p.clk")).out);
+  ASSERT_EQ(pk["entries"].size(), 2u) << pk.dump();  // gamma and beta of layer1.bn1 alone
+  EXPECT_EQ(pk["entries"][0]["tensor"], "layer1.bn1.weight");
+}
+
+TEST_F(CliSt, TierKeysUnlockStepByStepInBothBinaries) {
+  const std::string whole = torch_binary();
+  const CliRun l =
+      run("lock --model " + dir_.file("m.safetensors") + " --tiers 0.02,0.1 --out " +
+          dir_.file("t.safetensors") + " --key-out " + dir_.file("k.clk") + " --criterion l1");
+  ASSERT_EQ(l.code, 0) << l.out;
+  EXPECT_NE(
+      l.out.find("tier 1 of 2: " + dir_.file("k.tier1.clk") + " takes ratio 0.1000 -> 0.0200"),
+      std::string::npos)
+      << l.out;
+  EXPECT_TRUE(file_exists(dir_.file("k.tier2.clk")));
+  // tier 1 with the front: still locked at 0.02; tier 2 with the whole tool: the original
+  const CliRun u1 = unlock("t.safetensors", "k.tier1.clk", "s.safetensors");
+  ASSERT_EQ(u1.code, 0) << u1.out;
+  EXPECT_NE(u1.out.find("still locked at ratio 0.0200 (1 tier key(s) to go)"), std::string::npos)
+      << u1.out;
+  const CliRun u2 = shell(whole + " unlock --model " + dir_.file("s.safetensors") + " --key " +
+                          dir_.file("k.tier2.clk") + " --out " + dir_.file("r.safetensors"));
+  ASSERT_EQ(u2.code, 0) << u2.out;
+  EXPECT_TRUE(same_bytes("r.safetensors", "m.safetensors"));
+  // both keys at once; the second key alone does not apply to the locked file
+  ASSERT_EQ(
+      run("unlock --model " + dir_.file("t.safetensors") + " --key " + dir_.file("k.tier1.clk") +
+          " --key " + dir_.file("k.tier2.clk") + " --out " + dir_.file("r2.safetensors"))
+          .code,
+      0);
+  EXPECT_TRUE(same_bytes("r2.safetensors", "m.safetensors"));
+  const CliRun wrong = unlock("t.safetensors", "k.tier2.clk", "w.safetensors");
+  EXPECT_EQ(wrong.code, 1) << wrong.out;
+  EXPECT_NE(wrong.out.find("tier 2 is not the next to apply"), std::string::npos) << wrong.out;
+  EXPECT_FALSE(file_exists(dir_.file("w.safetensors")));
+}
+
 TEST_F(CliSt, FrontAndWholeToolGiveTheSameAnswers) {
   const std::string whole = torch_binary();
   const std::string m = dir_.file("m.safetensors");
@@ -435,9 +549,9 @@ TEST_F(CliSt, FrontHandsOverHelpOtherOptionsAndOtherCommands) {
   EXPECT_EQ(help.code, 0) << help.out;
   EXPECT_NE(help.out.find("--tier-bands"), std::string::npos)
       << "the whole tool's help: " << help.out;
-  const CliRun tiers = lock("m.safetensors", "l.safetensors", "l.clk", "--tiers 0.1,0.2");
+  const CliRun tiers = lock("m.safetensors", "l.safetensors", "l.clk", "--tier-bands 10-50");
   EXPECT_EQ(tiers.code, 2) << tiers.out;
-  EXPECT_NE(tiers.out.find("(safetensors): the streaming lock writes one key a file"),
+  EXPECT_NE(tiers.out.find("(safetensors): tier bands are calibrated by evaluating the model"),
             std::string::npos)
       << tiers.out;
   EXPECT_FALSE(std::filesystem::exists(dir_.file("l.safetensors")));

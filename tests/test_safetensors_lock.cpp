@@ -542,6 +542,379 @@ TEST_F(StLock, RandomDrawsTheDocumentedUnitsForItsSeedAndRestoresByteExact) {
   EXPECT_EQ(read_file(dir_.file("r.safetensors")), read_file(dir_.file("m.safetensors")));
 }
 
+// A header of tensors with the given names and shapes (F32), for the BatchNorm finder.
+StHeader header_of(const std::vector<std::pair<std::string, std::vector<uint64_t>>>& tensors) {
+  StHeader h;
+  for (const auto& [name, shape] : tensors) h.tensors.push_back({name, "F32", shape, 0, 0});
+  return h;
+}
+void add_bn(std::vector<std::pair<std::string, std::vector<uint64_t>>>& t, const std::string& path,
+            uint64_t c) {
+  for (const char* part : {".weight", ".bias", ".running_mean", ".running_var"})
+    t.push_back({path + part, {c}});
+}
+std::map<std::string, std::string> fed_by(const StBatchNorms& norms) {
+  std::map<std::string, std::string> out;
+  for (const auto& bn : norms.layers) out[bn.path] = bn.producer + "|" + bn.producer_bias;
+  return out;
+}
+
+TEST(StBatchNorms, PairByNameWithTheChannelsCheckedAndGiveUpWhenTheNamesBreakTheRule) {
+  std::vector<std::pair<std::string, std::vector<uint64_t>>> t = {{"conv1.weight", {8, 1, 3, 3}}};
+  add_bn(t, "bn1", 8);                                   // conv1 -> bn1
+  t.push_back({"layer1.0.conv1.weight", {8, 8, 3, 3}});  // layer1.0.conv1 -> layer1.0.bn1
+  add_bn(t, "layer1.0.bn1", 8);
+  t.push_back({"layer1.0.downsample.0.weight", {16, 8, 1, 1}});  // a numbered sequence
+  add_bn(t, "layer1.0.downsample.1", 16);
+  t.push_back({"head.fc2.weight", {6, 16}});  // a linear layer and its bias
+  t.push_back({"head.fc2.bias", {6}});
+  add_bn(t, "head.bn2", 6);
+  add_bn(t, "seq.0", 4);            // first of its sequence: nothing before it
+  add_bn(t, "block.norm1", 8);      // not named bnN: no rule pairs it
+  t.push_back({"ln.weight", {8}});  // no running statistics: not a BatchNorm
+  t.push_back({"ln.bias", {8}});
+  t.push_back({"short.weight", {8}});  // running_var of another length: not a BatchNorm
+  t.push_back({"short.bias", {8}});
+  t.push_back({"short.running_mean", {8}});
+  t.push_back({"short.running_var", {7}});
+  const StBatchNorms norms = st_batchnorms(header_of(t));
+  EXPECT_EQ(norms.unpaired, "");
+  EXPECT_EQ(fed_by(norms), (std::map<std::string, std::string>{
+                               {"bn1", "conv1.weight|"},
+                               {"layer1.0.bn1", "layer1.0.conv1.weight|"},
+                               {"layer1.0.downsample.1", "layer1.0.downsample.0.weight|"},
+                               {"head.bn2", "head.fc2.weight|head.fc2.bias"},
+                               {"seq.0", "|"},
+                               {"block.norm1", "|"}}));
+  EXPECT_EQ(norms.layers.front().weight, "bn1.weight");
+  EXPECT_EQ(norms.layers.front().channels, 8u);
+
+  // Pre-activation: bn1 comes before conv1 and has the block's input channels; the first block
+  // that changes the width shows it, and then nothing is paired.
+  std::vector<std::pair<std::string, std::vector<uint64_t>>> pre;
+  add_bn(pre, "layer1.0.bn1", 16);
+  pre.push_back({"layer1.0.conv1.weight", {16, 16, 3, 3}});
+  add_bn(pre, "layer1.0.bn2", 16);
+  pre.push_back({"layer1.0.conv2.weight", {16, 16, 3, 3}});
+  add_bn(pre, "layer2.0.bn1", 16);
+  pre.push_back({"layer2.0.conv1.weight", {32, 16, 3, 3}});
+  const StBatchNorms preact = st_batchnorms(header_of(pre));
+  EXPECT_NE(preact.unpaired.find("BatchNorm 'layer2.0.bn1' has 16 channels but "
+                                 "'layer2.0.conv1.weight' (F32 [32x16x3x3])"),
+            std::string::npos)
+      << preact.unpaired;
+  ASSERT_EQ(preact.layers.size(), 3u);
+  for (const auto& bn : preact.layers) EXPECT_EQ(bn.producer, "") << bn.path;
+
+  // bnN: the first of convN, fcN, linearN that fits; one that does not fit is passed over when
+  // another does.
+  std::vector<std::pair<std::string, std::vector<uint64_t>>> two = {{"conv3.weight", {4, 2, 3, 3}},
+                                                                    {"fc3.weight", {4, 9}},
+                                                                    {"fc4.weight", {10, 9}},
+                                                                    {"linear4.weight", {5, 9}}};
+  add_bn(two, "bn3", 4);
+  add_bn(two, "bn4", 5);
+  const StBatchNorms both = st_batchnorms(header_of(two));
+  EXPECT_EQ(both.unpaired, "");
+  EXPECT_EQ(fed_by(both), (std::map<std::string, std::string>{{"bn3", "conv3.weight|"},
+                                                              {"bn4", "linear4.weight|"}}));
+}
+
+// The file of the bn tests: a stem conv and its BatchNorm, an inner conv with a bias feeding a
+// BatchNorm in BF16, a pre-activation style BatchNorm that nothing feeds, a head.
+Model bn_model() {
+  std::mt19937 rng(9);
+  std::uniform_real_distribution<float> u(0.1f, 1.0f);
+  auto f32 = [&](size_t n) {
+    std::vector<uint8_t> b(n * 4);
+    for (size_t i = 0; i < n; ++i) {
+      const float x = (i % 3 == 0 ? -1.0f : 1.0f) * u(rng);
+      std::memcpy(&b[i * 4], &x, 4);
+    }
+    return b;
+  };
+  auto bf16 = [&](size_t n) {
+    std::vector<uint8_t> b(n * 2);
+    for (size_t i = 0; i < n; ++i) {
+      const uint16_t h = to_bf16((i % 2 == 0 ? -1.0f : 1.0f) * u(rng));
+      std::memcpy(&b[i * 2], &h, 2);
+    }
+    return b;
+  };
+  Model m;
+  auto add = [&](const std::string& n, const std::string& dt, std::vector<uint64_t> shape,
+                 std::vector<uint8_t> d) {
+    m.specs.push_back({n, dt, std::move(shape)});
+    m.data.push_back(std::move(d));
+  };
+  add("conv1.weight", "F32", {4, 1, 3, 3}, f32(36));
+  for (const char* p : {"bn1.weight", "bn1.bias", "bn1.running_mean", "bn1.running_var"})
+    add(p, "F32", {4}, f32(4));
+  add("layer.conv2.weight", "F32", {8, 4, 3, 3}, f32(288));
+  add("layer.conv2.bias", "F32", {8}, f32(8));
+  for (const char* p :
+       {"layer.bn2.weight", "layer.bn2.bias", "layer.bn2.running_mean", "layer.bn2.running_var"})
+    add(p, "BF16", {8}, bf16(8));
+  for (const char* p :
+       {"pre.norm.weight", "pre.norm.bias", "pre.norm.running_mean", "pre.norm.running_var"})
+    add(p, "F32", {8}, f32(8));
+  add("fc.weight", "F32", {10, 8}, f32(80));
+  return m;
+}
+
+// |gamma| of a BatchNorm channel, as the test wrote it.
+float gamma_of(const StFile& f, const std::string& name, uint64_t c) {
+  for (const auto& t : f.header.tensors)
+    if (t.name == name) return abs_value(t.dtype, f.tensor_data(t), c);
+  ADD_FAILURE() << "no " << name;
+  return 0.0f;
+}
+
+TEST_F(StLock, BnTakesTheLargestGammasWithTheirFiltersAndRestoresByteExact) {
+  write_model(dir_.file("m.safetensors"), bn_model(), {{"format", "pt"}});
+  const StFile original(dir_.file("m.safetensors"));
+  auto taken = [](const StLockOutcome& r) {
+    std::map<std::string, std::pair<uint64_t, std::vector<uint64_t>>> out;
+    for (const auto& e : r.key.entries) out[e.tensor] = {e.unit_size, e.units.to_vector()};
+    return out;
+  };
+  // Scope global: the 5 of 20 channels with the largest |gamma|, by a full sort.
+  std::vector<std::tuple<float, int, uint64_t>> all;  // (-|gamma|, BatchNorm, channel)
+  const std::vector<std::pair<std::string, uint64_t>> bns = {
+      {"bn1", 4}, {"layer.bn2", 8}, {"pre.norm", 8}};
+  for (int b = 0; b < 3; ++b)
+    for (uint64_t c = 0; c < bns[static_cast<size_t>(b)].second; ++c)
+      all.emplace_back(-gamma_of(original, bns[static_cast<size_t>(b)].first + ".weight", c), b, c);
+  std::sort(all.begin(), all.end());
+  std::map<std::string, std::vector<uint64_t>> channels;
+  for (size_t i = 0; i < 5; ++i)
+    channels[bns[static_cast<size_t>(std::get<1>(all[i]))].first].push_back(std::get<2>(all[i]));
+  for (auto& [name, list] : channels) std::sort(list.begin(), list.end());
+
+  StLockOptions o;
+  o.criterion = Criterion::kBn;
+  o.scope = Scope::kGlobal;
+  o.ratio = 0.25;
+  o.threads = 1;
+  const StLockOutcome r = lock(o);
+  EXPECT_EQ(r.units, 5u);
+  EXPECT_EQ(r.candidates, 20u);
+  std::map<std::string, std::pair<uint64_t, std::vector<uint64_t>>> want;
+  for (const auto& [bn, list] : channels) {
+    want[bn + ".weight"] = {1, list};
+    want[bn + ".bias"] = {1, list};
+  }
+  if (channels.count("layer.bn2")) {  // its filters and bias go along; conv1 is the first layer
+    want["layer.conv2.weight"] = {36, channels["layer.bn2"]};
+    want["layer.conv2.bias"] = {1, channels["layer.bn2"]};
+  }
+  ASSERT_TRUE(channels.count("layer.bn2")) << "the fixture should put a top gamma in layer.bn2";
+  EXPECT_EQ(taken(r), want);
+  EXPECT_EQ(r.values, 5u * 2 + channels["layer.bn2"].size() * 37);
+  EXPECT_EQ(r.key.header.criterion, Criterion::kBn);
+  // The locked file: the taken values are zero, everything else (running statistics too) as it was.
+  const StFile locked(dir_.file("locked.safetensors"));
+  for (size_t i = 0; i < original.header.tensors.size(); ++i) {
+    const StTensor& a = original.header.tensors[i];
+    const StTensor& b = locked.header.tensors[i];
+    const size_t es = st_dtype_size(a.dtype);
+    auto w = want.find(a.name);
+    std::vector<uint8_t> expect(original.tensor_data(a), original.tensor_data(a) + a.nbytes());
+    if (w != want.end()) {
+      for (const uint64_t u : w->second.second)
+        std::fill_n(expect.begin() + static_cast<std::ptrdiff_t>(u * w->second.first * es),
+                    w->second.first * es, uint8_t{0});
+    }
+    EXPECT_EQ(std::vector<uint8_t>(locked.tensor_data(b), locked.tensor_data(b) + b.nbytes()),
+              expect)
+        << a.name;
+  }
+  const KeyFile key = read_key_file(dir_.file("key.clk"));
+  EXPECT_EQ(unlock_safetensors(dir_.file("locked.safetensors"), dir_.file("r.safetensors"), key)
+                .fingerprint,
+            r.key.header.original_fingerprint);
+  EXPECT_EQ(read_file(dir_.file("r.safetensors")), read_file(dir_.file("m.safetensors")));
+
+  // Two threads: the same lock.
+  o.threads = 2;
+  EXPECT_EQ(taken(lock(o, "two.safetensors")), want);
+  // --keep the conv: gamma and beta still go, the filters stay.
+  o.keep = {"layer.conv2.weight"};
+  const auto kept = taken(lock(o, "kept.safetensors"));
+  EXPECT_EQ(kept.count("layer.conv2.weight"), 0u);
+  EXPECT_EQ(kept.at("layer.bn2.weight").second, channels["layer.bn2"]);
+  // --keep a BatchNorm by its path: none of its channels compete.
+  o.keep = {"layer.bn2"};
+  const StLockOutcome without = lock(o, "without.safetensors");
+  EXPECT_EQ(without.candidates, 12u);
+  EXPECT_EQ(without.kept, std::vector<std::string>{"layer.bn2"});
+  for (const auto& e : without.key.entries) EXPECT_EQ(e.tensor.find("layer."), std::string::npos);
+}
+
+TEST_F(StLock, RandomBnUnitsDrawTheDocumentedChannelsAndBnNeedsABatchNorm) {
+  write_model(dir_.file("m.safetensors"), bn_model(), {{"format", "pt"}});
+  StLockOptions o;
+  o.criterion = Criterion::kRandom;
+  o.bn_units = true;
+  o.seed = 21;
+  o.ratio = 0.5;
+  const StLockOutcome r = lock(o);
+  std::map<std::string, std::vector<uint64_t>> got;
+  for (const auto& e : r.key.entries) got[e.tensor] = e.units.to_vector();
+  const auto bn1 = doc_random_units("bn1.weight", 4, 2, 21);
+  const auto bn2 = doc_random_units("layer.bn2.weight", 8, 4, 21);
+  const auto pre = doc_random_units("pre.norm.weight", 8, 4, 21);
+  EXPECT_EQ(got, (std::map<std::string, std::vector<uint64_t>>{{"bn1.weight", bn1},
+                                                               {"bn1.bias", bn1},
+                                                               {"layer.conv2.weight", bn2},
+                                                               {"layer.conv2.bias", bn2},
+                                                               {"layer.bn2.weight", bn2},
+                                                               {"layer.bn2.bias", bn2},
+                                                               {"pre.norm.weight", pre},
+                                                               {"pre.norm.bias", pre}}));
+  EXPECT_TRUE(r.key.header.random_bn_units);
+  EXPECT_EQ(r.key.header.seed, 21u);
+  // A file without BatchNorms: refused, nothing written.
+  write_model(dir_.file("m.safetensors"), sample_model(7), {{"format", "pt"}});
+  o.criterion = Criterion::kBn;
+  try {
+    lock(o, "none.safetensors");
+    ADD_FAILURE() << "no BatchNorm, yet locked";
+  } catch (const UsageError& e) {
+    EXPECT_NE(std::string(e.what()).find("no BatchNorm to take channels of (0 found by name"),
+              std::string::npos)
+        << e.what();
+  }
+  EXPECT_FALSE(std::filesystem::exists(dir_.file("none.safetensors")));
+}
+
+// The data region of a safetensors file (its tensors' bytes).
+std::vector<uint8_t> data_of(const std::string& path) {
+  const StFile f(path);
+  return {f.map.data() + f.header.data_start, f.map.data() + f.map.size()};
+}
+
+// Tier keys turn the locked file, key by key, into the file each single-ratio lock writes (the
+// same tensors' bytes), and the last one into the original, header included.
+TEST_F(StLock, TiersUnlockStepByStepThroughTheSingleLocksStates) {
+  std::mt19937 rng(13);
+  std::uniform_int_distribution<int> level(-6, 6);  // few levels: scores tie
+  auto f32 = [&](size_t n) {
+    std::vector<uint8_t> b(n * 4);
+    for (size_t i = 0; i < n; ++i) {
+      const float x = static_cast<float>(level(rng)) / 4.0f;
+      std::memcpy(&b[i * 4], &x, 4);
+    }
+    return b;
+  };
+  Model m;  // the large layer spans several of pass 2's chunks
+  m.specs = {{"stem.weight", "F32", {8, 1, 3, 3}},
+             {"conv.weight", "F32", {64, 32, 3, 3}},
+             {"big.weight", "F32", {500, 1000}},
+             {"head.weight", "F32", {10, 500}}};
+  m.data = {f32(72), f32(64 * 32 * 9), f32(500 * 1000), f32(5000)};
+  write_model(dir_.file("m.safetensors"), m, {{"format", "pt"}});
+  const std::vector<double> ratios = {0.02, 0.05, 0.1};
+  for (const Scope scope : {Scope::kLayer, Scope::kGlobal}) {
+    for (const Criterion criterion : {Criterion::kL1, Criterion::kRandom}) {
+      SCOPED_TRACE(std::string(to_string(scope)) + " " + to_string(criterion));
+      StLockOptions o;
+      o.criterion = criterion;
+      o.scope = scope;
+      o.seed = 3;
+      o.threads = 1;
+      std::vector<std::string> singles;
+      for (const double r : ratios) {  // the single locks, state by state
+        o.ratio = r;
+        singles.push_back("single" + std::to_string(singles.size()) + ".safetensors");
+        lock(o, singles.back());
+      }
+      o.tiers = {0.05, 0.1, 0.02};  // any order
+      std::vector<KeyFile> keys;
+      const StLockOutcome t =
+          lock_safetensors(dir_.file("m.safetensors"), dir_.file("tiered.safetensors"), o,
+                           [&](const KeyFile& k) { keys.push_back(k); });
+      ASSERT_EQ(keys.size(), 3u);
+      ASSERT_EQ(t.tier_keys.size(), 3u);
+      EXPECT_EQ(data_of(dir_.file("tiered.safetensors")), data_of(dir_.file(singles[2])));
+      for (size_t i = 0; i < 3; ++i) {
+        const KeyHeader& kh = keys[i].header;
+        EXPECT_EQ(kh.tier, i + 1);
+        EXPECT_EQ(kh.tiers, 3u);
+        EXPECT_EQ(kh.ratio, ratios[2 - i]);
+        EXPECT_EQ(kh.ratio_after, i == 2 ? 0.0 : ratios[1 - i]);
+        EXPECT_EQ(kh.key_id, keys[0].header.key_id);
+        EXPECT_EQ(t.tier_keys[i].header.locked_fingerprint, kh.locked_fingerprint);
+        EXPECT_GT(kh.units, 0u);
+      }
+      EXPECT_EQ(keys[0].header.locked_fingerprint,
+                st_fingerprint(StFile(dir_.file("tiered.safetensors"))));
+      // Key by key: each state is the single lock's tensors, fingerprinted as the keys say.
+      std::string at = "tiered.safetensors";
+      for (size_t i = 0; i < 3; ++i) {
+        const std::string next = "step" + std::to_string(i) + ".safetensors";
+        const StUnlockOutcome u =
+            unlock_safetensors(dir_.file(at), dir_.file(next), keys[i], i % 2 + 1);
+        EXPECT_EQ(u.fingerprint, keys[i].header.original_fingerprint);
+        EXPECT_EQ(u.ratio_left, i == 2 ? 0.0 : ratios[1 - i]);
+        if (i < 2) {
+          EXPECT_EQ(data_of(dir_.file(next)), data_of(dir_.file(singles[1 - i])));
+          const StFile state(dir_.file(next));
+          EXPECT_EQ(st_fingerprint(state), keys[i + 1].header.locked_fingerprint);
+          EXPECT_EQ(state.header.metadata.at("corelocker.ratio"),
+                    i == 0 ? "0.050000000000000003" : "0.02");
+          EXPECT_EQ(state.header.metadata.at("corelocker.original_fingerprint"),
+                    to_hex(keys[2].header.original_fingerprint));
+        }
+        at = next;
+      }
+      EXPECT_EQ(read_file(dir_.file(at)), read_file(dir_.file("m.safetensors")));
+      // All at once, or the last two on the first state.
+      unlock_safetensors(dir_.file("tiered.safetensors"), dir_.file("all.safetensors"), keys, 2);
+      EXPECT_EQ(read_file(dir_.file("all.safetensors")), read_file(dir_.file("m.safetensors")));
+      unlock_safetensors(dir_.file("step0.safetensors"), dir_.file("rest.safetensors"),
+                         std::vector<KeyFile>{keys[1], keys[2]});
+      EXPECT_EQ(read_file(dir_.file("rest.safetensors")), read_file(dir_.file("m.safetensors")));
+      // Out of order, or a tier that does not come next: refused, nothing written.
+      EXPECT_THROW(unlock_safetensors(dir_.file("tiered.safetensors"), dir_.file("bad.safetensors"),
+                                      std::vector<KeyFile>{keys[1], keys[0]}),
+                   MismatchError);
+      EXPECT_THROW(unlock_safetensors(dir_.file("tiered.safetensors"), dir_.file("bad.safetensors"),
+                                      keys[1]),
+                   MismatchError);
+      EXPECT_FALSE(std::filesystem::exists(dir_.file("bad.safetensors")));
+    }
+  }
+}
+
+TEST_F(StLock, TiersOfBnUnitsAndTiersThatTakeTheSameUnitsAreRefused) {
+  write_model(dir_.file("m.safetensors"), bn_model(), {{"format", "pt"}});
+  StLockOptions o;
+  o.criterion = Criterion::kBn;
+  o.scope = Scope::kGlobal;
+  o.tiers = {0.25, 0.5};
+  std::vector<KeyFile> keys;
+  lock_safetensors(dir_.file("m.safetensors"), dir_.file("tiered.safetensors"), o,
+                   [&](const KeyFile& k) { keys.push_back(k); });
+  ASSERT_EQ(keys.size(), 2u);
+  EXPECT_EQ(keys[0].header.units, 5u);  // 10 of 20 channels, 5 of them in tier 2's key
+  EXPECT_EQ(keys[1].header.units, 5u);
+  o.tiers.clear();
+  o.ratio = 0.25;
+  lock(o, "single.safetensors");
+  unlock_safetensors(dir_.file("tiered.safetensors"), dir_.file("s1.safetensors"), keys[0]);
+  EXPECT_EQ(data_of(dir_.file("s1.safetensors")), data_of(dir_.file("single.safetensors")));
+  unlock_safetensors(dir_.file("s1.safetensors"), dir_.file("s2.safetensors"), keys[1]);
+  EXPECT_EQ(read_file(dir_.file("s2.safetensors")), read_file(dir_.file("m.safetensors")));
+
+  for (const std::vector<double>& bad :
+       {std::vector<double>{0.25, 0.26}, {0.2, 0.2}, {0.0, 0.5}, {0.01, 0.5}, {0.5, 1.5}}) {
+    o.tiers = bad;
+    EXPECT_THROW(lock(o, "bad.safetensors"), UsageError) << bad[0] << "," << bad[1];
+    EXPECT_FALSE(std::filesystem::exists(dir_.file("bad.safetensors")));
+  }
+}
+
 TEST_F(StLock, FailingKeyWriteLeavesNoLockedFile) {
   EXPECT_THROW(
       lock_safetensors(dir_.file("m.safetensors"), dir_.file("l.safetensors"), StLockOptions{},

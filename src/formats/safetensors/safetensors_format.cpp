@@ -36,21 +36,26 @@ class SafetensorsFormat : public ModelFormat {
       case Feature::kCriterionL1:
         return works("--scope layer or global");
       case Feature::kCriterionBn:
-        return cannot(
-            "the file has no graph to say which BatchNorm follows which convolution (pairing "
-            "them by name is not implemented)");
+        return works(
+            "BatchNorms found and paired with the conv or linear layer feeding them by name "
+            "(bnN after convN or fcN, K after K-1 in a numbered sequence, the channels checked); "
+            "a file whose names break the rule gets gamma and beta alone (`inspect` says why)");
       case Feature::kCriterionRandom:
         return works(
-            "units drawn by a hash of --seed, the tensor's name and the unit's index (l1 units; "
-            "--units bn needs the BatchNorm pairing)");
+            "units drawn by a hash of --seed, the tensor's name and the unit's index (l1 or bn "
+            "units)");
       case Feature::kKeep:
         return works(
             "glob patterns on tensor names (file order does not say which layer is first)");
       case Feature::kDecoyFill:
-        return cannot("decoys are chosen by evaluating the locked model, and " +
-                      std::string(kNoNetwork));
+        return cannot(
+            "not built: decoys are drawn from a model of each tensor's remaining units that the "
+            "LibTorch and ONNX locks fit with the whole model in memory, and the streaming lock "
+            "holds no tensor whole");
       case Feature::kTiers:
-        return cannot("the streaming lock writes one key a file");
+        return works(
+            "one ranking pass; the write pass fingerprints every tier's state, and `unlock` with "
+            "the first keys writes the file locked at the next ratio");
       case Feature::kTierBands:
         return cannot("tier bands are calibrated by evaluating the model, and " +
                       std::string(kNoNetwork));
@@ -82,6 +87,13 @@ class SafetensorsFormat : public ModelFormat {
                         {"unit_size", l.unit_size},
                         {"eligible", l.eligible}});
     }
+    const StBatchNorms norms = st_batchnorms(h);
+    OJson batchnorms = OJson::array();
+    for (const auto& bn : norms.layers) {
+      batchnorms.push_back({{"name", bn.path},
+                            {"channels", bn.channels},
+                            {"fed_by", bn.producer.empty() ? OJson() : OJson(bn.producer)}});
+    }
     OJson metadata = OJson::object();
     for (const auto& [k, v] : h.metadata) {
       if (k.rfind(kStLockPrefix, 0) != 0) metadata[k] = v;
@@ -93,7 +105,9 @@ class SafetensorsFormat : public ModelFormat {
                {"fingerprint", to_hex(st_fingerprint(file))},
                {"metadata", metadata},
                {"layers", layers},
+               {"batchnorms", batchnorms},
                {"tensors", tensors}};
+    if (!norms.unpaired.empty()) j["batchnorm_pairing"] = norms.unpaired;
     if (!lock.empty()) {
       OJson l = OJson::object();
       for (const auto& [k, v] : lock) l[k.substr(std::string(kStLockPrefix).size())] = v;
@@ -104,22 +118,19 @@ class SafetensorsFormat : public ModelFormat {
 
   LockReport lock(const LockRequest& r, KeyCommit& keys) const override {
     if (r.evaluation != nullptr) throw UsageError("safetensors lock: " + std::string(kNoNetwork));
-    if (r.random_bn_units) {
-      throw UsageError("--units bn: '" + r.in +
-                       "' is a safetensors file, which has no graph to pair a BatchNorm with its "
-                       "convolution; draw l1 units (--units l1)");
-    }
     StLockOptions o;
     o.criterion = r.units.criterion;
     o.seed = r.seed;
+    o.bn_units = r.random_bn_units;
     o.ratio = r.ratio;
+    o.tiers = r.tier_ratios;
     o.scope = r.units.scope;
     o.include_io = r.units.include_io;
     o.threads = r.threads;
     o.keep = r.keep;
-    uint64_t key_bytes = 0;
-    StLockOutcome s = lock_safetensors(r.in, r.out, o, [&](const KeyFile& key) {
-      key_bytes = keys.write(r.key_out, key);  // the key first: a locked file without it is lost
+    const StLockOutcome s = lock_safetensors(r.in, r.out, o, [&](const KeyFile& key) {
+      // the keys first: a locked file without them is lost
+      keys.write(key.header.tiers > 1 ? tier_key_path(r.key_out, key.header.tier) : r.key_out, key);
     });
     keys.keep();  // the locked file is in place
     LockReport report;
@@ -130,25 +141,27 @@ class SafetensorsFormat : public ModelFormat {
     report.parameters = static_cast<int64_t>(s.elements);
     report.left_alone = s.excluded;
     report.kept = s.kept;
-    report.locked_fingerprint = s.key.header.locked_fingerprint;
-    report.key_id = to_hex(s.key.header.key_id.data(), s.key.header.key_id.size());
+    const KeyHeader& first = s.tier_keys.empty() ? s.key.header : s.tier_keys.front().header;
+    report.locked_fingerprint = first.locked_fingerprint;
+    report.key_id = to_hex(first.key_id.data(), first.key_id.size());
     return report;
   }
 
   UnlockReport unlock(const std::string& in, const std::vector<KeyFile>& keys,
                       const std::string& out, unsigned threads) const override {
-    if (keys.size() != 1) {
-      throw UsageError("safetensors files are locked with one key; " + std::to_string(keys.size()) +
-                       " given");
-    }
     if (same_file(out, in)) {
       throw UsageError("--out '" + out + "' names the input file '" + in +
                        "'; write the restored file elsewhere");
     }
     // Both fingerprints are checked before the restored file is renamed into place.
-    const StUnlockOutcome s = unlock_safetensors(in, out, keys.front(), threads);
+    const StUnlockOutcome s = unlock_safetensors(in, out, keys, threads);
     UnlockReport report;
     report.fingerprint = s.fingerprint;
+    if (s.ratio_left > 0.0) {
+      report.original = false;
+      report.ratio_left = s.ratio_left;
+      report.keys_left = keys.back().header.tiers - keys.back().header.tier;
+    }
     return report;
   }
 };

@@ -5,7 +5,7 @@
 // thread beside the scoring and the writing (the hashes, and so the files and keys, are the same
 // for any number of threads).
 //
-// Layers (l1 only): a float tensor whose name ends in "weight" is a conv layer when it is 4-D
+// Layers (l1 and random): a float tensor whose name ends in "weight" is a conv layer when it is 4-D
 // (unit: one kernel F[o,i,:,:], score sum |w|) and a linear layer when it is 2-D (unit: one
 // weight, score |w|). The first layer is the first conv in file order (the first linear when
 // there is no conv), the last layer is the last linear (the last conv when there is no linear);
@@ -62,13 +62,45 @@ struct StLayer {
 // The layers of a file in file order, with first and last marked not eligible unless include_io.
 std::vector<StLayer> st_layers(const StHeader& header, bool include_io);
 
+// A BatchNorm layer found by name: a module path P with 1-D float tensors P.weight (gamma),
+// P.bias (beta), P.running_mean and P.running_var of one length, the channels. The file has no
+// graph, so the layer that feeds it (whose output filter or row a bn unit takes along, as in a
+// network's graph) is decided by name:
+//   P = Q.bnN (N: digits or none)  the first of the siblings Q.convN, Q.fcN, Q.linearN that fits;
+//   P = Q.K   (K >= 1)             Q.(K-1), the layer before it in a numbered sequence;
+// where a layer fits when its weight is 4-D or 2-D float with as many outputs as P has channels
+// (its bias goes along when it has one of that length). When names the rule gives exist but none
+// fits, the file does not follow the rule (a pre-activation network names bnN before convN, and
+// the first block that changes the width shows it): no BatchNorm of the file is paired, each bn
+// unit is gamma and beta alone (what a network's graph gives for BN -> ReLU -> conv), and
+// `unpaired` says which name broke the rule.
+struct StBatchNorm {
+  std::string path;    // P
+  std::string weight;  // P.weight
+  std::string bias;    // P.bias
+  uint64_t channels = 0;
+  std::string producer;       // weight of the layer that feeds it; empty: none by the rule
+  std::string producer_bias;  // that layer's bias, empty when it has none
+};
+struct StBatchNorms {
+  std::vector<StBatchNorm> layers;  // in file order of their weights
+  std::string unpaired;             // non-empty: why no BatchNorm is paired
+};
+StBatchNorms st_batchnorms(const StHeader& header);
+
 struct StLockOptions {
-  // l1, or random: units drawn by a seeded hash of the layer's name and the unit's index
-  // (st_select.h), the same draw for the same seed and file.
+  // l1; bn: BatchNorm channels by |gamma| (st_batchnorms); random: units drawn by a seeded hash of
+  // the layer's name and the unit's index (st_select.h), the same draw for the same seed and file.
   Criterion criterion = Criterion::kL1;
-  uint64_t seed = 0;  // random
+  uint64_t seed = 0;      // random
+  bool bn_units = false;  // random: draw BatchNorm channels (bn units) instead of l1 units
   Scope scope = Scope::kLayer;
   double ratio = 0.05;
+  // Several keys: the ratios of the tiers (any order; ratio is then not used). Key r of the
+  // ratios sorted ascending holds the units ratio r adds to ratio r - 1 and turns the file locked
+  // at ratio r into the file locked at ratio r - 1 (the original for r = 0); the locked file is
+  // locked at the largest ratio. Empty: one key at ratio.
+  std::vector<double> tiers;
   bool include_io = false;
   // Layers left alone by name: glob patterns (fnmatch: *, ?, [...]) matched against the whole
   // tensor name; each must match at least one layer.
@@ -77,8 +109,9 @@ struct StLockOptions {
 };
 
 struct StLockOutcome {
-  KeyFile key;
-  uint64_t units = 0;                 // units extracted
+  KeyFile key;                        // without tiers
+  std::vector<KeyFile> tier_keys;     // with tiers, in order of application (tier 1 first)
+  uint64_t units = 0;                 // units extracted (at the largest ratio, with tiers)
   uint64_t candidates = 0;            // units that competed
   uint64_t values = 0;                // elements moved into the key
   uint64_t elements = 0;              // elements of all float tensors in the file
@@ -86,22 +119,27 @@ struct StLockOutcome {
   std::vector<std::string> kept;      // layers left alone by StLockOptions::keep
 };
 
-// Locks `in` into `out` with l1 or random: ranks, writes the locked file to a temporary sibling of
-// `out`, calls `before_commit` with the key (to write it; if it throws, nothing is left at `out`),
-// then renames the locked file into place. Throws UsageError (nothing eligible, already locked) /
-// FormatError / IoError.
+// Locks `in` into `out` with l1, bn or random: ranks, writes the locked file to a temporary sibling
+// of `out`, calls `before_commit` with each key in order of application (to write it; if it throws,
+// nothing is left at `out`), then renames the locked file into place. Throws UsageError (nothing
+// eligible, already locked, tiers that extract the same units) / FormatError / IoError.
 StLockOutcome lock_safetensors(const std::string& in, const std::string& out,
                                const StLockOptions& options,
                                const std::function<void(const KeyFile&)>& before_commit);
 
 struct StUnlockOutcome {
-  Digest fingerprint{};  // of the restored file, equal to the key's original fingerprint
+  Digest fingerprint{};  // of the file written, equal to the last key's original fingerprint
   uint64_t values = 0;
+  double ratio_left = 0.0;  // tier keys that leave the file locked at a smaller ratio: that ratio
 };
 
-// Restores `in` (locked) into `out` with its key: the original header is spliced back and the
-// key's values written back in one pass; both fingerprints are checked before the file is renamed
-// into place. Throws MismatchError (key of another file) / FormatError / IoError.
+// Restores `in` (locked) into `out` with its key, or with tier keys in order of application (tier
+// 1 first, any number of them): the original header (or, when tiers are left, the header of the
+// file locked at the last key's smaller ratio) is spliced back and the keys' values written back in
+// one pass; both fingerprints are checked before the file is renamed into place. Throws
+// MismatchError (key of another file, tier keys out of order) / FormatError / IoError.
+StUnlockOutcome unlock_safetensors(const std::string& in, const std::string& out,
+                                   const std::vector<KeyFile>& keys, unsigned threads = 0);
 StUnlockOutcome unlock_safetensors(const std::string& in, const std::string& out,
                                    const KeyFile& key, unsigned threads = 0);
 

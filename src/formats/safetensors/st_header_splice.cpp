@@ -100,19 +100,19 @@ std::string meta_or_throw(const StHeader& h, const std::string& key, const std::
 // The locked header: the original text with the lock entries spliced in and space padding so
 // that the data stays 8-aligned. Entry values are fixed-width so the text's length is known
 // before the splice entry that records it is written.
-std::string locked_header_text(const StHeader& h, const KeyFile& key, const std::string& scope_text,
-                               double ratio) {
+std::string locked_header_text(const StHeader& h, const KeyHeader& key,
+                               const std::string& scope_text, double ratio) {
   const SplicePoint sp = find_splice_point(h.header_text);
   const std::string& orig = h.header_text;
   char ratio_buf[64];
   std::snprintf(ratio_buf, sizeof ratio_buf, "%.17g", ratio);
   std::vector<std::pair<std::string, std::string>> entries = {
       {"corelocker.tool_version", CORELOCKER_VERSION},
-      {"corelocker.key_id", to_hex(key.header.key_id.data(), key.header.key_id.size())},
-      {"corelocker.criterion", to_string(key.header.criterion)},
+      {"corelocker.key_id", to_hex(key.key_id.data(), key.key_id.size())},
+      {"corelocker.criterion", to_string(key.criterion)},
       {"corelocker.scope", scope_text},
       {"corelocker.ratio", ratio_buf},
-      {"corelocker.original_fingerprint", to_hex(key.header.original_fingerprint)},
+      {"corelocker.original_fingerprint", to_hex(key.original_fingerprint)},
       {"corelocker.fingerprint_scheme", std::to_string(static_cast<int>(kStFingerprintCurrent))},
       {"corelocker.original_header_blake2b", to_hex(hash_bytes(orig.data(), orig.size()))},
       {"corelocker.original_header_bytes", fixed20(orig.size())},

@@ -1,10 +1,7 @@
 // Locking a safetensors file in two streaming passes (formats/safetensors/safetensors_lock.h): pass
 // 1 hashes every tensor and finds each group's selection rule, pass 2 writes the locked file and
-// the key.
-#include <fnmatch.h>
-
+// the keys (one, or one a tier with the states between them fingerprinted on the way).
 #include <algorithm>
-#include <cmath>
 #include <cstring>
 #include <deque>
 #include <exception>
@@ -36,19 +33,34 @@ DType key_dtype(const std::string& st) {
 
 namespace {
 
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() &&
-         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
-// The units of the chunk in a ring slot that its group's rule picks (chunk-relative indices).
+// The units of the chunk in a ring slot that pass 2 takes (chunk-relative indices), their keys
+// (tiers: to find each unit's tier) and each one's tier (the index of the smallest ratio that
+// takes it).
 struct Picked {
   std::vector<uint64_t> units;
+  std::vector<uint32_t> keys;
+  std::vector<uint16_t> tier;
   size_t count = 0;
 };
 
-uint64_t units_at_ratio(uint64_t n, double ratio) {
-  return std::min<uint64_t>(n, static_cast<uint64_t>(std::llround(ratio * static_cast<double>(n))));
+// The ratios of a lock, ascending: its tiers, or its one ratio. Throws UsageError.
+std::vector<double> lock_ratios(const StLockOptions& options) {
+  if (options.tiers.empty()) {
+    if (!(options.ratio >= 0.0 && options.ratio <= 1.0))
+      throw UsageError("ratio " + std::to_string(options.ratio) + " is outside [0, 1]");
+    return {options.ratio};
+  }
+  std::vector<double> ratios = options.tiers;
+  if (ratios.size() > 1000)
+    throw UsageError("tiers: " + std::to_string(ratios.size()) + " ratios (at most 1000)");
+  std::sort(ratios.begin(), ratios.end());
+  for (size_t i = 0; i < ratios.size(); ++i) {
+    if (!(ratios[i] > 0.0 && ratios[i] <= 1.0))
+      throw UsageError("tier ratio " + std::to_string(ratios[i]) + ": must be within (0, 1]");
+    if (i > 0 && ratios[i] == ratios[i - 1])
+      throw UsageError("tier ratio " + std::to_string(ratios[i]) + " given twice");
+  }
+  return ratios;
 }
 
 }  // namespace
@@ -64,6 +76,7 @@ using st_detail::kRing;
 using st_detail::KthKey;
 using st_detail::kWindow;
 using st_detail::layer_salt;
+using st_detail::ListedUnits;
 using st_detail::locked_header_text;
 using st_detail::random_keys;
 using st_detail::resolve_threads;
@@ -73,56 +86,14 @@ using st_detail::sample_threshold;
 using st_detail::score_chunk;
 using st_detail::tensor_digest;
 using st_detail::TensorHasher;
-
-std::vector<StLayer> st_layers(const StHeader& header, bool include_io) {
-  std::vector<StLayer> layers;
-  for (const auto& t : header.tensors) {
-    if (!st_is_float(t.dtype) || !ends_with(t.name, "weight") || t.numel() == 0) continue;
-    if (t.shape.size() == 4) {
-      layers.push_back(
-          {t.name, StLayerKind::kConv, t.shape[2] * t.shape[3], t.shape[0] * t.shape[1], true});
-    } else if (t.shape.size() == 2) {
-      layers.push_back({t.name, StLayerKind::kLinear, 1, t.numel(), true});
-    }
-  }
-  if (include_io || layers.empty()) return layers;
-  auto first_of = [&](StLayerKind k) {
-    for (size_t i = 0; i < layers.size(); ++i)
-      if (layers[i].kind == k) return static_cast<std::ptrdiff_t>(i);
-    return std::ptrdiff_t{-1};
-  };
-  auto last_of = [&](StLayerKind k) {
-    for (size_t i = layers.size(); i-- > 0;)
-      if (layers[i].kind == k) return static_cast<std::ptrdiff_t>(i);
-    return std::ptrdiff_t{-1};
-  };
-  std::ptrdiff_t first = first_of(StLayerKind::kConv);
-  if (first < 0) first = first_of(StLayerKind::kLinear);
-  std::ptrdiff_t last = last_of(StLayerKind::kLinear);
-  if (last < 0) last = last_of(StLayerKind::kConv);
-  layers[static_cast<size_t>(first)].eligible = false;
-  layers[static_cast<size_t>(last)].eligible = false;
-  return layers;
-}
-
-std::vector<std::pair<std::string, std::string>> st_lock_metadata(const StHeader& header) {
-  std::vector<std::pair<std::string, std::string>> out;
-  for (const auto& [k, v] : header.metadata) {
-    if (k.rfind(kStLockPrefix, 0) == 0) out.emplace_back(k, v);
-  }
-  return out;
-}
+using st_detail::units_at_ratio;
 
 StLockOutcome lock_safetensors(const std::string& in, const std::string& out,
                                const StLockOptions& options,
                                const std::function<void(const KeyFile&)>& before_commit) {
-  if (!(options.ratio >= 0.0 && options.ratio <= 1.0)) {
-    throw UsageError("ratio " + std::to_string(options.ratio) + " is outside [0, 1]");
-  }
-  if (options.criterion != Criterion::kL1 && options.criterion != Criterion::kRandom) {
-    throw UsageError(std::string("safetensors lock: criterion ") + to_string(options.criterion) +
-                     " (l1 or random)");
-  }
+  const std::vector<double> ratios = lock_ratios(options);
+  const size_t n_ratios = ratios.size();
+  const bool tiered = !options.tiers.empty();
   const bool random = options.criterion == Criterion::kRandom;
   const StFile file(in);
   const StHeader& h = file.header;
@@ -131,68 +102,45 @@ StLockOutcome lock_safetensors(const std::string& in, const std::string& out,
     throw UsageError(what + " is already locked (key id " + h.metadata.at("corelocker.key_id") +
                      "); unlock it first");
   }
+  const st_detail::LockPlan plan = st_detail::plan_lock(file, options, ratios, what);
+  for (size_t r = 1; r < n_ratios; ++r) {
+    if (plan.units[r] == plan.units[r - 1]) {
+      throw UsageError("tiers " + std::to_string(ratios[r - 1]) + " and " +
+                       std::to_string(ratios[r]) + " both extract " +
+                       std::to_string(plan.units[r]) + " units: choose ratios further apart");
+    }
+  }
+  if (tiered && plan.units.front() == 0)
+    throw UsageError("tier ratio " + std::to_string(ratios.front()) + " extracts no unit");
+  const std::vector<StLayer>& layers = plan.layers;
+  const auto& layer_of = plan.layer_of;
   StLockOutcome outcome;
-  std::vector<StLayer> layers = st_layers(h, options.include_io);
-  std::vector<bool> kept(layers.size(), false);
-  for (const auto& pattern : options.keep) {
-    bool matched = false;
-    for (size_t i = 0; i < layers.size(); ++i) {
-      if (::fnmatch(pattern.c_str(), layers[i].tensor.c_str(), 0) != 0) continue;
-      matched = true;
-      kept[i] = true;
-    }
-    if (!matched) {
-      throw UsageError("--keep '" + pattern + "' matches no layer of " + what + " (" +
-                       std::to_string(layers.size()) +
-                       " 4-D or 2-D float '*weight' tensors; `inspect` lists them)");
-    }
-  }
-  std::map<std::string, size_t> layer_of;  // tensor name -> index into layers
-  for (size_t i = 0; i < layers.size(); ++i) {
-    if (kept[i]) {
-      layers[i].eligible = false;
-      outcome.kept.push_back(layers[i].tensor);
-    } else if (layers[i].eligible) {
-      layer_of[layers[i].tensor] = i;
-    } else {
-      outcome.excluded.push_back(layers[i].tensor);
-    }
-  }
-  if (layer_of.empty()) {
-    throw UsageError(what + ": no eligible layer (" + std::to_string(layers.size()) +
-                     " 4-D or 2-D float '*weight' tensors" +
-                     (options.include_io ? "" : ", first and last excluded") +
-                     (options.keep.empty()
-                          ? ""
-                          : ", --keep left " + std::to_string(outcome.kept.size()) + " alone") +
-                     ")");
-  }
+  outcome.excluded = plan.excluded;
+  outcome.kept = plan.kept;
+  outcome.candidates = plan.candidates;
+  outcome.units = plan.units.back();
 
-  // groups: one per layer (scope layer) or one per kind of unit (scope global)
-  std::vector<int> group_of(layers.size(), -1);
-  std::vector<uint64_t> group_units;
-  for (size_t i = 0; i < layers.size(); ++i) {
-    if (!layers[i].eligible) continue;
-    if (options.scope == Scope::kLayer) {
-      group_of[i] = static_cast<int>(group_units.size());
-      group_units.push_back(0);
-    } else {
-      group_of[i] = layers[i].kind == StLayerKind::kConv ? 0 : 1;
-      if (group_units.empty()) group_units.assign(2, 0);
-    }
-    group_units[static_cast<size_t>(group_of[i])] += layers[i].units;
-    outcome.candidates += layers[i].units;
-  }
-  // Scope layer: one selector reused layer after layer; scope global: one per kind of unit.
-  std::vector<KthKey> selectors(options.scope == Scope::kLayer ? 1 : 2);
-  if (options.scope == Scope::kGlobal) {
+  // Scope layer: one selector reused layer after layer; scope global: one per kind of unit. Each
+  // selects the largest ratio's units; the smaller ratios' rules come from the same keys.
+  const bool by_layer = options.scope == Scope::kLayer;
+  std::vector<KthKey> selectors(by_layer ? 1 : 2);
+  if (!by_layer && !layer_of.empty()) {
     for (size_t g = 0; g < 2; ++g)
-      selectors[g].reset(units_at_ratio(group_units[g], options.ratio));
+      selectors[g].reset(units_at_ratio(plan.group_units[g], ratios.back()));
   }
-  // by layer, or by group; declared before the helper, whose jobs count their ties down
-  std::vector<Rule> rules(options.scope == Scope::kLayer ? layers.size() : 2);
-  auto rule_of = [&](size_t layer) -> Rule& {
-    return rules[options.scope == Scope::kLayer ? layer : static_cast<size_t>(group_of[layer])];
+  // [ratio][layer, or group]; declared before the helper, whose jobs count their ties down
+  std::vector<std::vector<Rule>> rules(n_ratios, std::vector<Rule>(by_layer ? layers.size() : 2));
+  auto rule_of = [&](size_t layer, size_t r) -> Rule& {
+    return rules[r][by_layer ? layer : static_cast<size_t>(plan.group_of[layer])];
+  };
+  // Sets the rules of a selection of n units (a layer, or a group) at every ratio.
+  auto finish = [&](KthKey& sel, uint64_t n, size_t at) {
+    std::vector<uint64_t> ks;
+    for (const double r : ratios) ks.push_back(units_at_ratio(n, r));
+    std::vector<Rule> got;
+    if (!sel.finish(ks, got)) return false;
+    for (size_t r = 0; r < n_ratios; ++r) rules[r][at] = got[r];
+    return true;
   };
   // The hashers, the copy buffers and the map outlive the helper thread that may still read them
   // when an exception unwinds (its destructor waits for what is queued).
@@ -203,17 +151,16 @@ StLockOutcome lock_safetensors(const std::string& in, const std::string& out,
   BackgroundHasher background(resolve_threads(options.threads) >= 2);
 
   // pass 1: hash every tensor, score every unit of the eligible layers (hashing on the helper)
-  std::map<std::string, Digest> digests;
+  std::map<std::string, Digest> original;
   for (const auto& t : h.tensors) {
     if (st_is_float(t.dtype)) outcome.elements += t.numel();
     auto li = layer_of.find(t.name);
     if (li == layer_of.end()) {
-      digests[t.name] = tensor_digest(file, t, scheme);
+      original[t.name] = tensor_digest(file, t, scheme);
       continue;
     }
     const StLayer& layer = layers[li->second];
-    KthKey& sel =
-        selectors[options.scope == Scope::kLayer ? 0 : static_cast<size_t>(group_of[li->second])];
+    KthKey& sel = selectors[by_layer ? 0 : static_cast<size_t>(plan.group_of[li->second])];
     const uint32_t lid = static_cast<uint32_t>(li->second);
     const DType dt = key_dtype(t.dtype);
     const uint64_t unit_bytes = layer.unit_size * dtype_size(dt);
@@ -227,8 +174,8 @@ StLockOutcome lock_safetensors(const std::string& in, const std::string& out,
       else
         score_chunk(dt, p, u0, u1, layer.unit_size, lid, sel);
     };
-    if (options.scope == Scope::kLayer) {
-      sel.reset(units_at_ratio(layer.units, options.ratio));
+    if (by_layer) {
+      sel.reset(units_at_ratio(layer.units, ratios.back()));
       uint32_t guess = 0;
       if (!random && sample_threshold(dt, p, layer.units, layer.unit_size, sel.k(), guess)) {
         sel.prime(guess);
@@ -247,40 +194,54 @@ StLockOutcome lock_safetensors(const std::string& in, const std::string& out,
       background.wait(ticket);
       file.map.release(h.data_start + t.begin + u0 * unit_bytes, n);
     }
-    digests[t.name] = hasher.finish();
-    if (options.scope == Scope::kLayer && !sel.finish(rule_of(li->second))) {
+    original[t.name] = hasher.finish();
+    if (by_layer && !finish(sel, layer.units, li->second)) {
       // the guess was above the k-th key: select again without it
       sel.reset(sel.k());
       keys_of(0, layer.units);
       file.map.release(h.data_start + t.begin, t.nbytes());
-      if (!sel.finish(rule_of(li->second)))
+      if (!finish(sel, layer.units, li->second))
         throw Error("safetensors lock: selection of '" + t.name + "' failed");
     }
   }
-  if (options.scope == Scope::kGlobal) {
-    for (size_t g = 0; g < 2; ++g) selectors[g].finish(rules[g]);
+  if (!by_layer && !layer_of.empty()) {
+    for (size_t g = 0; g < 2; ++g) finish(selectors[g], plan.group_units[g], g);
   }
 
-  // the key's header (the locked fingerprint follows after pass 2)
-  KeyFile& key = outcome.key;
-  key.header.original_fingerprint = combine(h, digests, scheme);
-  random_bytes(key.header.key_id.data(), key.header.key_id.size());
-  key.header.criterion = options.criterion;
-  key.header.seed = random ? options.seed : 0;
-  key.header.scope = options.scope;
-  key.header.fill = Fill::kZero;
-  key.header.include_io = options.include_io;
-  key.header.ratio = options.ratio;
-  key.header.ratio_after = 0.0;
+  // The keys' headers (the fingerprints of the states follow after pass 2): key r restores the
+  // state at ratio r - 1 (the original for r = 0) from the state at ratio r.
+  std::vector<KeyFile> keys(n_ratios);
+  KeyHeader record;  // what the locked header records
+  record.original_fingerprint = combine(h, original, scheme);
+  random_bytes(record.key_id.data(), record.key_id.size());
+  record.criterion = options.criterion;
+  record.seed = random ? options.seed : 0;
+  record.random_bn_units = random && options.bn_units;
+  record.scope = options.scope;
+  record.fill = Fill::kZero;
+  record.include_io = options.include_io;
+  for (size_t r = 0; r < n_ratios; ++r) {
+    KeyHeader& kh = keys[r].header;
+    kh = record;
+    kh.ratio = ratios[r];
+    kh.ratio_after = r == 0 ? 0.0 : ratios[r - 1];
+    kh.units = plan.units[r] - (r == 0 ? 0 : plan.units[r - 1]);
+    kh.tier = static_cast<uint16_t>(n_ratios - r);
+    kh.tiers = static_cast<uint16_t>(n_ratios);
+  }
 
   // pass 2: the locked file; the rules pick the units again as each chunk is copied
-  const std::string header_text =
-      locked_header_text(h, key, to_string(options.scope), options.ratio);
-  StWriter writer(out, header_text, h.data_size);
+  StWriter writer(out, locked_header_text(h, record, to_string(options.scope), ratios.back()),
+                  h.data_size);
+  std::vector<std::map<std::string, Digest>> changed(n_ratios);  // per state: tensors it changed
+  Rule no_rule;  // the rule of a tensor whose units are listed
   for (const auto& t : h.tensors) {
     const uint8_t* p = file.tensor_data(t);
     auto li = layer_of.find(t.name);
-    if (li == layer_of.end() || rule_of(li->second).k == 0) {  // unchanged: its digest is pass 1's
+    auto lu = plan.listed.find(t.name);
+    const ListedUnits* list = lu == plan.listed.end() ? nullptr : &lu->second;
+    if (list == nullptr && (li == layer_of.end() || rule_of(li->second, n_ratios - 1).k == 0)) {
+      // unchanged: its digest is pass 1's
       for (uint64_t at = 0; at < t.nbytes(); at += kRelease) {
         const uint64_t n = std::min(kRelease, t.nbytes() - at);
         writer.write(p + at, n);
@@ -288,82 +249,135 @@ StLockOutcome lock_safetensors(const std::string& in, const std::string& out,
       }
       continue;
     }
-    const StLayer& layer = layers[li->second];
-    Rule& rule = rule_of(li->second);
+    const uint64_t unit_size = list != nullptr ? list->unit_size : layers[li->second].unit_size;
+    const uint64_t layer_units = t.numel() / unit_size;
+    Rule& rule = list != nullptr ? no_rule : rule_of(li->second, n_ratios - 1);
+    std::vector<Rule*> smaller;  // the smaller ratios' rules of this tensor
+    for (size_t r = 0; r + 1 < n_ratios && list == nullptr; ++r)
+      smaller.push_back(&rule_of(li->second, r));
     const DType dt = key_dtype(t.dtype);
-    const uint64_t unit_bytes = layer.unit_size * dtype_size(dt);
-    KeyEntry entry;
-    entry.tensor = t.name;
-    entry.dtype = dt;
-    entry.shape = t.shape;
-    entry.unit_size = layer.unit_size;
-    if (options.scope == Scope::kLayer) {  // exactly k units
-      entry.units.reserve(rule.k);
-      entry.values.reserve(checked_mul(rule.k, unit_bytes, "key entry '" + t.name + "'"));
+    const uint64_t unit_bytes = unit_size * dtype_size(dt);
+    std::vector<KeyEntry> entries(n_ratios);
+    for (auto& entry : entries) {
+      entry.tensor = t.name;
+      entry.dtype = dt;
+      entry.shape = t.shape;
+      entry.unit_size = unit_size;
+    }
+    if (!tiered) {
+      const uint64_t exact = list != nullptr ? list->units.size() : by_layer ? rule.k : 0;
+      if (exact > 0) {  // a global rule: unknown
+        entries[0].units.reserve(exact);
+        entries[0].values.reserve(checked_mul(exact, unit_bytes, "key entry '" + t.name + "'"));
+      }
     }
     const uint64_t chunk_units = std::max<uint64_t>(1, kChunk / unit_bytes);
     TensorHasher& hasher = hashers.emplace_back(scheme);
+    std::deque<TensorHasher> state_hashers;  // of the states at the smaller ratios
+    for (size_t r = 0; r + 1 < n_ratios; ++r) state_hashers.emplace_back(scheme);
     // The helper copies chunk i + 1 out of the map and picks its units (in chunk order, so ties
-    // go to the earliest) while this thread moves the picked values of chunk i into the key,
+    // go to the earliest) while this thread moves the picked values of chunk i into the keys,
     // zeroes them and writes the chunk; then the helper hashes chunk i.
     auto queue_pick = [&](uint64_t u0, size_t& slot) {
-      const uint64_t units = std::min(layer.units, u0 + chunk_units) - u0;
+      const uint64_t units = std::min(layer_units, u0 + chunk_units) - u0;
       slot = ring.take(background, units * unit_bytes);
-      picked[slot].units.resize(chunk_units);
+      Picked& pk = picked[slot];
+      pk.units.resize(chunk_units);
+      if (tiered) {
+        pk.keys.resize(chunk_units);
+        pk.tier.resize(chunk_units);
+      }
       // by value, or declared before the helper: a job may still run while an exception unwinds
       const uint64_t ticket = background.call(
-          [&ring, &picked, &rule, slot, units, dt, unit_bytes, u0, random, seed = options.seed,
-           salt = layer_salt(t.name), unit_size = layer.unit_size, src = p + u0 * unit_bytes] {
+          [&ring, &pk, &rule, &smaller, list, slot, units, dt, unit_bytes, u0, random, tiered,
+           seed = options.seed, salt = layer_salt(t.name), unit_size, src = p + u0 * unit_bytes] {
             uint8_t* b = ring.data(slot);
             std::memcpy(b, src, units * unit_bytes);
-            RuleSink sink{rule, picked[slot].units.data()};
+            pk.count = 0;
+            if (list != nullptr) {  // the listed units in [u0, u0 + units)
+              const auto& l = list->units;
+              for (auto it = std::lower_bound(l.begin(), l.end(), u0);
+                   it != l.end() && *it < u0 + units; ++it) {
+                if (tiered) pk.tier[pk.count] = list->tier[static_cast<size_t>(it - l.begin())];
+                pk.units[pk.count++] = *it - u0;
+              }
+              return;
+            }
+            RuleSink sink{rule, pk.units.data(), tiered ? pk.keys.data() : nullptr};
             if (random)
               random_keys(seed, salt, u0, u0 + units, u0, 0, sink);
             else
               score_chunk(dt, b, 0, units, unit_size, 0, sink);
-            picked[slot].count = sink.count;
+            pk.count = sink.count;
+            // In file order, each smaller ratio's rule counts its ties down on the units the
+            // largest took (which hold every unit a smaller one takes).
+            for (size_t i = 0; i < pk.count && tiered; ++i) {
+              pk.tier[i] = static_cast<uint16_t>(smaller.size());
+              for (size_t r = 0; r < smaller.size(); ++r) {
+                if (RuleSink::takes(*smaller[r], pk.keys[i]) && pk.tier[i] == smaller.size())
+                  pk.tier[i] = static_cast<uint16_t>(r);
+              }
+            }
           });
       ring.hand_over(slot, ticket);
       return ticket;
     };
+    // Moves unit u of chunk b into the entry: its values into the key, zeros into the chunk.
+    auto take = [&](KeyEntry& entry, uint8_t* b, uint64_t u, uint64_t u0) {
+      const size_t old_bytes = entry.values.size();
+      entry.values.resize(old_bytes + unit_bytes);
+      uint8_t* v = entry.values.data() + old_bytes;
+      entry.units.push_back(u0 + u);
+      uint8_t* up = b + u * unit_bytes;
+      if (unit_bytes == 4) {  // single F32 weights: plain moves instead of calls
+        std::memcpy(v, up, 4);
+        std::memset(up, 0, 4);
+      } else {
+        std::memcpy(v, up, unit_bytes);
+        std::memset(up, 0, unit_bytes);  // +0.0 in every float dtype
+      }
+    };
     size_t next_slot = 0;
     uint64_t next_pick = queue_pick(0, next_slot);
-    for (uint64_t u0 = 0; u0 < layer.units; u0 += chunk_units) {
-      const uint64_t u1 = std::min(layer.units, u0 + chunk_units);
+    for (uint64_t u0 = 0; u0 < layer_units; u0 += chunk_units) {
+      const uint64_t u1 = std::min(layer_units, u0 + chunk_units);
       const uint64_t n = (u1 - u0) * unit_bytes;
       const size_t slot = next_slot;
       uint8_t* b = ring.data(slot);
       background.wait(next_pick);
       file.map.release(h.data_start + t.begin + u0 * unit_bytes, n);
-      if (u1 < layer.units) next_pick = queue_pick(u1, next_slot);
+      if (u1 < layer_units) next_pick = queue_pick(u1, next_slot);
       const Picked& got = picked[slot];
-      const size_t old_bytes = entry.values.size();
-      entry.values.resize(old_bytes + got.count * unit_bytes);
-      uint8_t* v = entry.values.data() + old_bytes;
-      for (size_t i = 0; i < got.count; ++i, v += unit_bytes) {
-        entry.units.push_back(u0 + got.units[i]);
-        uint8_t* up = b + got.units[i] * unit_bytes;
-        if (unit_bytes == 4) {  // single F32 weights: plain moves instead of calls
-          std::memcpy(v, up, 4);
-          std::memset(up, 0, 4);
-        } else {
-          std::memcpy(v, up, unit_bytes);
-          std::memset(up, 0, unit_bytes);  // +0.0 in every float dtype
+      if (!tiered) {
+        for (size_t i = 0; i < got.count; ++i) take(entries[0], b, got.units[i], u0);
+      } else {
+        // State by state from the smallest ratio: take that tier's units, hash the state.
+        for (size_t r = 0; r < n_ratios; ++r) {
+          for (size_t i = 0; i < got.count; ++i)
+            if (got.tier[i] == r) take(entries[r], b, got.units[i], u0);
+          if (r + 1 < n_ratios) state_hashers[r].update(b, n);
         }
       }
       ring.hand_over(slot, background.update(hasher, b, n));
       writer.write(b, n);
     }
     background.wait_all();
-    digests[t.name] = hasher.finish();
-    if (entry.units.empty()) continue;  // a layer of a global group that gave up nothing
-    outcome.units += entry.units.size();
-    outcome.values += entry.units.size() * layer.unit_size;
-    key.entries.push_back(std::move(entry));
+    changed[n_ratios - 1][t.name] = hasher.finish();
+    for (size_t r = 0; r + 1 < n_ratios; ++r) changed[r][t.name] = state_hashers[r].finish();
+    for (size_t r = 0; r < n_ratios; ++r) {
+      if (entries[r].units.empty()) continue;  // a layer of a global group that gave up nothing
+      outcome.values += entries[r].units.size() * unit_size;
+      keys[r].entries.push_back(std::move(entries[r]));
+    }
   }
-  key.header.locked_fingerprint = combine(h, digests, scheme);
-  key.header.units = outcome.units;
-  // The locked file's flush to disk (0.3 s for 1 GiB here) runs beside the key's writing.
+  // The fingerprint of each state: the original's digests, with those of the tensors it changed.
+  for (size_t r = 0; r < n_ratios; ++r) {
+    std::map<std::string, Digest> state = original;
+    for (const auto& [name, d] : changed[r]) state[name] = d;
+    keys[r].header.locked_fingerprint = combine(h, state, scheme);
+    if (r > 0) keys[r].header.original_fingerprint = keys[r - 1].header.locked_fingerprint;
+  }
+  // The locked file's flush to disk (0.3 s for 1 GiB here) runs beside the keys' writing.
   std::exception_ptr sync_error;
   std::thread syncer;
   if (resolve_threads(options.threads) >= 2) {
@@ -375,8 +389,9 @@ StLockOutcome lock_safetensors(const std::string& in, const std::string& out,
       }
     });
   }
+  std::reverse(keys.begin(), keys.end());  // in order of application: tier 1 first
   try {
-    before_commit(key);
+    for (const auto& key : keys) before_commit(key);
   } catch (...) {
     if (syncer.joinable()) syncer.join();
     throw;
@@ -384,6 +399,10 @@ StLockOutcome lock_safetensors(const std::string& in, const std::string& out,
   if (syncer.joinable()) syncer.join();
   if (sync_error) std::rethrow_exception(sync_error);
   writer.commit();
+  if (tiered)
+    outcome.tier_keys = std::move(keys);
+  else
+    outcome.key = std::move(keys.front());
   return outcome;
 }
 

@@ -139,6 +139,8 @@ template void score_chunk<KthKey>(DType, const uint8_t*, uint64_t, uint64_t, uin
                                   KthKey&);
 template void score_chunk<RuleSink>(DType, const uint8_t*, uint64_t, uint64_t, uint64_t, uint32_t,
                                     RuleSink&);
+template void score_chunk<UnitKeys>(DType, const uint8_t*, uint64_t, uint64_t, uint64_t, uint32_t,
+                                    UnitKeys&);
 
 namespace {
 

@@ -64,13 +64,25 @@ class KthKey {
   // The rule of the keys pushed since reset(); false when a guess from prime() was above the k-th
   // key. The selector is then empty.
   bool finish(Rule& rule) {
-    rule = Rule{};
-    rule.k = k_;
+    std::vector<Rule> rules;
+    if (!finish({k_}, rules)) return false;
+    rule = rules.front();
+    return true;
+  }
+  // The rules of the keys pushed since reset() for each of `ks` (each at most k, the k of reset()):
+  // the buffer holds the k best keys, so it holds the best of any smaller count too, and the units
+  // the rules take are nested (tiers). False as finish(Rule&).
+  bool finish(const std::vector<uint64_t>& ks, std::vector<Rule>& rules) {
+    rules.assign(ks.size(), Rule{});
+    for (size_t i = 0; i < ks.size(); ++i) rules[i].k = ks[i];
     if (k_ == 0) return true;
     if (n_ < k_) return false;  // unprimed, every key was pushed, and k <= units
-    const auto [kth, above] = kth_key();
-    rule.kth = kth;
-    rule.ties = k_ - above;
+    for (size_t i = 0; i < ks.size(); ++i) {
+      if (ks[i] == 0) continue;
+      const auto [kth, above] = kth_key(ks[i]);
+      rules[i].kth = kth;
+      rules[i].ties = ks[i] - above;
+    }
     n_ = 0;
     return true;
   }
@@ -81,7 +93,7 @@ class KthKey {
   size_t limit() const { return static_cast<size_t>(2 * k_ + 1024); }
   // The k-th best key (1 <= k <= n_) and how many keys are above it: two counting passes, over
   // the high and then the low 16 bits.
-  std::pair<uint32_t, uint64_t> kth_key() {
+  std::pair<uint32_t, uint64_t> kth_key(uint64_t k) {
     uint64_t above = 0;
     uint32_t prefix = 0;
     for (int shift : {16, 0}) {
@@ -92,13 +104,13 @@ class KthKey {
         ++hist_[(key >> shift) & 0xffffu];
       }
       uint32_t bin = 0xffffu;
-      while (above + hist_[bin] < k_) above += hist_[bin--];  // k_ <= n_: stops at a bin
+      while (above + hist_[bin] < k) above += hist_[bin--];  // k <= n_: stops at a bin
       prefix = shift == 16 ? bin : (prefix << 16) | bin;
     }
     return {prefix, above};
   }
   __attribute__((noinline)) void compact() {
-    const auto [kth, above] = kth_key();
+    const auto [kth, above] = kth_key(k_);
     size_t kept = 0;
     for (size_t i = 0; i < n_; ++i) {
       if (buf_[i] > kth) buf_[kept++] = buf_[i];
@@ -119,32 +131,55 @@ class KthKey {
 };
 
 // Applies a group's Rule to the units of one chunk of a tensor in pass 2: collects the selected
-// units' indices (into `picked`, which has room for every unit of the chunk) and counts the rule's
-// ties down (a global group's rule serves all its layers, in file order).
+// units' indices (into `picked`, which has room for every unit of the chunk) and, when `keys` is
+// given, their keys, and counts the rule's ties down (a global group's rule serves all its
+// layers, in file order).
 struct RuleSink {
   Rule& rule;
   uint64_t* picked = nullptr;
+  uint32_t* keys = nullptr;
   size_t count = 0;
   uint32_t floor() const { return rule.kth == 0 ? 0 : rule.kth - 1; }
   void push_key(uint32_t key, uint32_t /*layer*/, uint64_t unit) {
-    if (key > rule.kth) {
-      picked[count++] = unit;
-    } else if (key == rule.kth && rule.ties > 0) {
-      --rule.ties;
+    if (key > rule.kth || (key == rule.kth && rule.ties > 0)) {
+      if (key == rule.kth) --rule.ties;
+      if (keys != nullptr) keys[count] = key;
       picked[count++] = unit;
     }
   }
-  void push_block(const uint32_t* keys, unsigned mask, uint64_t unit) {  // as KthKey::push_block
+  // Whether a rule takes a unit of key `key` (with k > 0), counting its ties down: a unit a
+  // larger rule took, evaluated in file order.
+  static bool takes(Rule& r, uint32_t key) {
+    if (r.k == 0) return false;
+    if (key > r.kth) return true;
+    if (key != r.kth || r.ties == 0) return false;
+    --r.ties;
+    return true;
+  }
+  void push_block(const uint32_t* block, unsigned mask, uint64_t unit) {  // as KthKey::push_block
     for (; mask != 0; mask &= mask - 1) {
       const int i = __builtin_ctz(mask);
-      push_key(keys[i], 0, unit + static_cast<uint64_t>(i));
+      push_key(block[i], 0, unit + static_cast<uint64_t>(i));
+    }
+  }
+};
+
+// Keeps every key it is handed with its unit (a bn lock's BatchNorm channels, st_batchnorm.cpp).
+struct UnitKeys {
+  std::vector<std::pair<uint32_t, uint64_t>> keys;  // (key, unit)
+  uint32_t floor() const { return 0; }
+  void push_key(uint32_t key, uint32_t /*layer*/, uint64_t unit) { keys.emplace_back(key, unit); }
+  void push_block(const uint32_t* k, unsigned mask, uint64_t unit) {
+    for (; mask != 0; mask &= mask - 1) {
+      const int i = __builtin_ctz(mask);
+      keys.emplace_back(k[i], unit + static_cast<uint64_t>(i));
     }
   }
 };
 
 // Scores units [u0, u1) of a layer of dtype `d` at `p` (unit_size elements each) and hands their
 // keys to `sel`: sum |w| of each unit, for single F32 weights straight from the bits (SSE2 where
-// available). Instantiated for KthKey and RuleSink (st_select.cpp).
+// available). Instantiated for KthKey, RuleSink and UnitKeys (st_select.cpp).
 template <typename Sink>
 void score_chunk(DType d, const uint8_t* p, uint64_t u0, uint64_t u1, uint64_t unit_size,
                  uint32_t layer, Sink& sel);
