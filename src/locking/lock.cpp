@@ -8,6 +8,7 @@
 #include "locking/decoy_search.h"
 #include "locking/decoys.h"
 #include "locking/fingerprint.h"
+#include "locking/tiers.h"
 #include "util/error.h"
 
 namespace corelocker {
@@ -147,17 +148,7 @@ LoadedModel load_unlocked(const std::string& locked_path, const std::vector<KeyF
 std::vector<TierOutcome> lock_model_tiers(
     LoadedModel& model, const LockOptions& options, std::vector<double> ratios,
     const std::function<void(double, LoadedModel&)>& on_state) {
-  if (ratios.empty()) throw UsageError("tiers: give at least one ratio");
-  if (ratios.size() > 1000)
-    throw UsageError("tiers: " + std::to_string(ratios.size()) + " ratios (at most 1000)");
-  std::sort(ratios.begin(), ratios.end());
-  for (size_t i = 0; i < ratios.size(); ++i) {
-    if (!(ratios[i] > 0.0 && ratios[i] <= 1.0)) {
-      throw UsageError("tier ratio " + std::to_string(ratios[i]) + ": must be within (0, 1]");
-    }
-    if (i > 0 && ratios[i] == ratios[i - 1])
-      throw UsageError("tier ratio " + std::to_string(ratios[i]) + " given twice");
-  }
+  ratios = sorted_tier_ratios(std::move(ratios));
   if (model.meta.lock) {
     throw UsageError("model is already locked (key id " + model.meta.lock->key_id +
                      "); unlock it first");
@@ -165,17 +156,12 @@ std::vector<TierOutcome> lock_model_tiers(
   auto tensors = named_tensors(*model.net);
   const Ranking ranking = rank_units(tensors, model.net->structure(), options);
   std::vector<ExtractionPlan> plans;
-  for (size_t i = 0; i < ratios.size(); ++i) {
-    plans.push_back(plan_at(ranking, tensors, model.net->structure(), ratios[i]));
-    if (i > 0 && plans[i].units == plans[i - 1].units) {
-      throw UsageError("tiers " + std::to_string(ratios[i - 1]) + " and " +
-                       std::to_string(ratios[i]) + " both extract " +
-                       std::to_string(plans[i].units) + " units: choose ratios further apart");
-    }
+  std::vector<uint64_t> units;
+  for (const double r : ratios) {
+    plans.push_back(plan_at(ranking, tensors, model.net->structure(), r));
+    units.push_back(static_cast<uint64_t>(plans.back().units));
   }
-  if (plans.front().units == 0) {
-    throw UsageError("tier ratio " + std::to_string(ratios.front()) + " extracts no unit");
-  }
+  check_tier_units(ratios, units);
   KeyId lock_id{};
   random_bytes(lock_id.data(), lock_id.size());
   const uint16_t n = static_cast<uint16_t>(ratios.size());

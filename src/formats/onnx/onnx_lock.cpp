@@ -11,6 +11,7 @@
 #include "locking/decoy_search.h"
 #include "locking/decoys.h"
 #include "locking/selection.h"
+#include "locking/tiers.h"
 #include "util/error.h"
 #include "util/hash.h"
 
@@ -237,29 +238,16 @@ std::vector<TierOutcome> lock_onnx_model_tiers(
     OnnxModel& model, const LockOptions& options, std::vector<double> ratios,
     const std::function<void(double ratio, OnnxModel& state)>& on_state) {
   check_lockable(model);
-  if (ratios.empty()) throw UsageError("tiers: give at least one ratio");
-  if (ratios.size() > 1000)
-    throw UsageError("tiers: " + std::to_string(ratios.size()) + " ratios (at most 1000)");
-  std::sort(ratios.begin(), ratios.end());
-  for (size_t i = 0; i < ratios.size(); ++i) {
-    if (!(ratios[i] > 0.0 && ratios[i] <= 1.0))
-      throw UsageError("tier ratio " + std::to_string(ratios[i]) + ": must be within (0, 1]");
-    if (i > 0 && ratios[i] == ratios[i - 1])
-      throw UsageError("tier ratio " + std::to_string(ratios[i]) + " given twice");
-  }
+  ratios = sorted_tier_ratios(std::move(ratios));
   const std::vector<NamedTensor> tensors = onnx_layer_tensors(model);
   const Ranking ranking = rank_units(tensors, model.structure(), options);
   std::vector<ExtractionPlan> plans;
-  for (size_t i = 0; i < ratios.size(); ++i) {
-    plans.push_back(plan_at(ranking, tensors, model.structure(), ratios[i]));
-    if (i > 0 && plans[i].units == plans[i - 1].units) {
-      throw UsageError("tiers " + std::to_string(ratios[i - 1]) + " and " +
-                       std::to_string(ratios[i]) + " both extract " +
-                       std::to_string(plans[i].units) + " units: choose ratios further apart");
-    }
+  std::vector<uint64_t> units;
+  for (const double r : ratios) {
+    plans.push_back(plan_at(ranking, tensors, model.structure(), r));
+    units.push_back(static_cast<uint64_t>(plans.back().units));
   }
-  if (plans.front().units == 0)
-    throw UsageError("tier ratio " + std::to_string(ratios.front()) + " extracts no unit");
+  check_tier_units(ratios, units);
   // From the smallest ratio up: each key takes the units its ratio adds to the one below and
   // restores the state locked at that ratio (the original for the smallest).
   KeyId lock_id{};

@@ -15,6 +15,7 @@
 #include "formats/safetensors/st_lock_internal.h"
 #include "formats/safetensors/st_select.h"
 #include "formats/safetensors/st_stream.h"
+#include "locking/tiers.h"
 #include "util/checked.h"
 #include "util/error.h"
 
@@ -50,17 +51,7 @@ std::vector<double> lock_ratios(const StLockOptions& options) {
       throw UsageError("ratio " + std::to_string(options.ratio) + " is outside [0, 1]");
     return {options.ratio};
   }
-  std::vector<double> ratios = options.tiers;
-  if (ratios.size() > 1000)
-    throw UsageError("tiers: " + std::to_string(ratios.size()) + " ratios (at most 1000)");
-  std::sort(ratios.begin(), ratios.end());
-  for (size_t i = 0; i < ratios.size(); ++i) {
-    if (!(ratios[i] > 0.0 && ratios[i] <= 1.0))
-      throw UsageError("tier ratio " + std::to_string(ratios[i]) + ": must be within (0, 1]");
-    if (i > 0 && ratios[i] == ratios[i - 1])
-      throw UsageError("tier ratio " + std::to_string(ratios[i]) + " given twice");
-  }
-  return ratios;
+  return sorted_tier_ratios(options.tiers);
 }
 
 }  // namespace
@@ -103,15 +94,7 @@ StLockOutcome lock_safetensors(const std::string& in, const std::string& out,
                      "); unlock it first");
   }
   const st_detail::LockPlan plan = st_detail::plan_lock(file, options, ratios, what);
-  for (size_t r = 1; r < n_ratios; ++r) {
-    if (plan.units[r] == plan.units[r - 1]) {
-      throw UsageError("tiers " + std::to_string(ratios[r - 1]) + " and " +
-                       std::to_string(ratios[r]) + " both extract " +
-                       std::to_string(plan.units[r]) + " units: choose ratios further apart");
-    }
-  }
-  if (tiered && plan.units.front() == 0)
-    throw UsageError("tier ratio " + std::to_string(ratios.front()) + " extracts no unit");
+  if (tiered) check_tier_units(ratios, plan.units);
   const std::vector<StLayer>& layers = plan.layers;
   const auto& layer_of = plan.layer_of;
   StLockOutcome outcome;
@@ -264,11 +247,17 @@ StLockOutcome lock_safetensors(const std::string& in, const std::string& out,
       entry.shape = t.shape;
       entry.unit_size = unit_size;
     }
-    if (!tiered) {
-      const uint64_t exact = list != nullptr ? list->units.size() : by_layer ? rule.k : 0;
-      if (exact > 0) {  // a global rule: unknown
-        entries[0].units.reserve(exact);
-        entries[0].values.reserve(checked_mul(exact, unit_bytes, "key entry '" + t.name + "'"));
+    for (size_t r = 0; r < n_ratios; ++r) {  // each key's share, where it is known
+      uint64_t exact = 0;                    // a global rule's share of a layer is not
+      if (list != nullptr) {
+        exact = tiered ? static_cast<uint64_t>(std::count(list->tier.begin(), list->tier.end(), r))
+                       : list->units.size();
+      } else if (by_layer) {
+        exact = rule_of(li->second, r).k - (r == 0 ? 0 : rule_of(li->second, r - 1).k);
+      }
+      if (exact > 0) {
+        entries[r].units.reserve(exact);
+        entries[r].values.reserve(checked_mul(exact, unit_bytes, "key entry '" + t.name + "'"));
       }
     }
     const uint64_t chunk_units = std::max<uint64_t>(1, kChunk / unit_bytes);
