@@ -75,18 +75,16 @@ def top1(net, x, y):
     return 100.0 * correct / len(x)
 
 
-def train(a):
-    torch.manual_seed(a.seed)
-    torch.set_num_threads(a.threads)
-    net = build(a.arch)
-    x, y = idx("train-images-idx3-ubyte.gz", a.pad, a.pad_after_normalise), idx("train-labels-idx1-ubyte.gz")
-    if a.train_subset > 0:
-        keep = torch.randperm(len(x))[:a.train_subset]
+def fit(net, x, y, epochs, train_subset=0):
+    """SGD with Nesterov momentum and a one-cycle schedule, batches of 128 (on `train_subset`
+    random images when > 0). Returns the number of images trained on."""
+    if train_subset > 0:
+        keep = torch.randperm(len(x))[:train_subset]
         x, y = x[keep], y[keep]
     opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=True)
-    steps = a.epochs * ((len(x) + 127) // 128)
+    steps = epochs * ((len(x) + 127) // 128)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=steps)
-    for _ in range(a.epochs):
+    for _ in range(epochs):
         net.train()
         perm = torch.randperm(len(x))
         for i in range(0, len(x), 128):
@@ -96,11 +94,20 @@ def train(a):
             opt.step()
             sched.step()
     net.eval()
+    return len(x)
+
+
+def train(a):
+    torch.manual_seed(a.seed)
+    torch.set_num_threads(a.threads)
+    net = build(a.arch)
+    x, y = idx("train-images-idx3-ubyte.gz", a.pad, a.pad_after_normalise), idx("train-labels-idx1-ubyte.gz")
+    trained = fit(net, x, y, a.epochs, a.train_subset)
     torch.onnx.export(net, x[:1], a.out, input_names=["input"], output_names=["logits"], opset_version=13,
                       do_constant_folding=False, training=torch.onnx.TrainingMode.PRESERVE)
     xt, yt = idx("t10k-images-idx3-ubyte.gz", a.pad, a.pad_after_normalise), idx("t10k-labels-idx1-ubyte.gz")
     print(json.dumps({"file": a.out, "arch": a.arch, "pad": a.pad,
-                      "pad_after_normalise": a.pad_after_normalise, "train_images": len(x), "epochs": a.epochs,
+                      "pad_after_normalise": a.pad_after_normalise, "train_images": trained, "epochs": a.epochs,
                       "pytorch_top1": top1(net, xt, yt)}))
 
 

@@ -14,7 +14,6 @@ Debian; the few lines below read and write the published format). Measurement to
 the product.
 """
 import argparse
-import gzip
 import importlib.util
 import json
 import os
@@ -22,30 +21,24 @@ import struct
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-DATA = "/usr/share/datasets/fashion-mnist"
 DTYPES = {torch.float32: ("F32", np.float32), torch.int64: ("I64", np.int64)}
 
 
-def build():
-    path = os.path.join(HERE, "..", "tests", "fixtures", "torchscript_model.py")
-    spec = importlib.util.spec_from_file_location("torchscript_model", path)
+def peer(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(HERE, name + ".py"))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    return mod.SmallResNet(16, blocks=3, shortcut="projection")
+    return mod
 
 
-def idx(name):
-    with gzip.open(os.path.join(DATA, name)) as f:
-        data = f.read()
-    magic, n = struct.unpack(">II", data[:8])
-    if magic == 2049:
-        return torch.from_numpy(np.frombuffer(data, np.uint8, n, 8).astype(np.int64))
-    rows, cols = struct.unpack(">II", data[8:16])
-    x = np.frombuffer(data, np.uint8, n * rows * cols, 16).reshape(n, 1, rows, cols)
-    return (torch.from_numpy(x.astype(np.float32)) / 255.0 - 0.2860) / 0.3530
+ONNX_PEER = peer("onnx_peer")  # data, training and top-1, shared with the ONNX measurements
+idx, top1 = ONNX_PEER.idx, ONNX_PEER.top1
+
+
+def build():
+    return ONNX_PEER.build("resnet20")
 
 
 def save(state, path):
@@ -76,15 +69,6 @@ def load(path):
     return state, meta
 
 
-def top1(net, x, y):
-    net.eval()
-    correct = 0
-    with torch.no_grad():
-        for i in range(0, len(x), 1000):
-            correct += (net(x[i:i + 1000]).argmax(1) == y[i:i + 1000]).sum().item()
-    return 100.0 * correct / len(x)
-
-
 def reestimate(net, x):
     """BatchNorm statistics recomputed from unlabelled images (cumulative average)."""
     for m in net.modules():
@@ -103,24 +87,10 @@ def train(a):
     torch.set_num_threads(a.threads)
     net = build()
     x, y = idx("train-images-idx3-ubyte.gz"), idx("train-labels-idx1-ubyte.gz")
-    if a.train_subset > 0:
-        keep = torch.randperm(len(x))[:a.train_subset]
-        x, y = x[keep], y[keep]
-    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=True)
-    steps = a.epochs * ((len(x) + 127) // 128)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=steps)
-    for _ in range(a.epochs):
-        net.train()
-        perm = torch.randperm(len(x))
-        for i in range(0, len(x), 128):
-            b = perm[i:i + 128]
-            opt.zero_grad()
-            F.cross_entropy(net(x[b]), y[b]).backward()
-            opt.step()
-            sched.step()
+    trained = ONNX_PEER.fit(net, x, y, a.epochs, a.train_subset)
     save(net.state_dict(), a.out)
     xt, yt = idx("t10k-images-idx3-ubyte.gz"), idx("t10k-labels-idx1-ubyte.gz")
-    print(json.dumps({"file": a.out, "train_images": len(x), "epochs": a.epochs,
+    print(json.dumps({"file": a.out, "train_images": trained, "epochs": a.epochs,
                       "pytorch_top1": top1(net, xt, yt)}))
 
 

@@ -113,6 +113,7 @@ StLockOutcome lock_safetensors(const std::string& in, const std::string& out,
   }
   // [ratio][layer, or group]; declared before the helper, whose jobs count their ties down
   std::vector<std::vector<Rule>> rules(n_ratios, std::vector<Rule>(by_layer ? layers.size() : 2));
+  Rule no_rule;  // the rule of a tensor whose units are listed
   auto rule_of = [&](size_t layer, size_t r) -> Rule& {
     return rules[r][by_layer ? layer : static_cast<size_t>(plan.group_of[layer])];
   };
@@ -217,7 +218,6 @@ StLockOutcome lock_safetensors(const std::string& in, const std::string& out,
   StWriter writer(out, locked_header_text(h, record, to_string(options.scope), ratios.back()),
                   h.data_size);
   std::vector<std::map<std::string, Digest>> changed(n_ratios);  // per state: tensors it changed
-  Rule no_rule;  // the rule of a tensor whose units are listed
   for (const auto& t : h.tensors) {
     const uint8_t* p = file.tensor_data(t);
     auto li = layer_of.find(t.name);
@@ -278,7 +278,7 @@ StLockOutcome lock_safetensors(const std::string& in, const std::string& out,
       }
       // by value, or declared before the helper: a job may still run while an exception unwinds
       const uint64_t ticket = background.call(
-          [&ring, &pk, &rule, &smaller, list, slot, units, dt, unit_bytes, u0, random, tiered,
+          [&ring, &pk, &rule, smaller, list, slot, units, dt, unit_bytes, u0, random, tiered,
            seed = options.seed, salt = layer_salt(t.name), unit_size, src = p + u0 * unit_bytes] {
             uint8_t* b = ring.data(slot);
             std::memcpy(b, src, units * unit_bytes);
