@@ -108,9 +108,8 @@ def evaluate(a):
         reestimate(net, xu)
         print(json.dumps({"file": path, "top1": plain, "effective_top1": top1(net, xt, yt),
                           "reestimate_images": a.reestimate_images,
-                          "lock": {k: v for k, v in meta.items() if k.startswith("corelocker.")
-                                   and k in ("corelocker.criterion", "corelocker.scope",
-                                             "corelocker.ratio")}}))
+                          "lock": {k: v for k, v in meta.items()
+                                   if k in ("corelocker.criterion", "corelocker.scope", "corelocker.ratio")}}))
 
 
 def main():

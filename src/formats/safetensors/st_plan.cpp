@@ -171,6 +171,11 @@ LockPlan plan_lock(const StFile& file, const StLockOptions& options,
                                    [&](const StLayer& l) { return l.tensor == bn.producer; });
       const bool with_filter =
           !bn.producer.empty() && producer != layers.end() && producer->eligible;
+      uint64_t filter = 0;  // elements of one output filter (or row) of the feeding layer
+      if (with_filter) {
+        const StTensor& w = tensor_named(h, bn.producer);
+        filter = w.numel() / w.shape[0];
+      }
       for (size_t r = 0; r < ratios.size(); ++r) {
         const std::vector<uint64_t>& c = channels[r][i];
         plan.units[r] += c.size();
@@ -179,8 +184,7 @@ LockPlan plan_lock(const StFile& file, const StLockOptions& options,
         add_listed(plan.listed, bn.weight, 1, c, tier);
         add_listed(plan.listed, bn.bias, 1, c, tier);
         if (!with_filter) continue;
-        const StTensor& w = tensor_named(h, bn.producer);
-        add_listed(plan.listed, bn.producer, w.numel() / w.shape[0], c, tier);
+        add_listed(plan.listed, bn.producer, filter, c, tier);
         if (!bn.producer_bias.empty()) add_listed(plan.listed, bn.producer_bias, 1, c, tier);
       }
     }
