@@ -2,16 +2,20 @@
 // states for extraction, and lock/unlock with every criterion.
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <filesystem>
 #include <map>
 #include <set>
 
 #include "formats/safetensors/safetensors.h"
 #include "formats/safetensors/safetensors_lock.h"
+#include "formats/safetensors/st_decoys.h"
+#include "locking/decoys.h"
 #include "locking/fingerprint.h"
 #include "locking/lock.h"
 #include "models/checkpoint.h"
 #include "test_support.h"
+#include "util/atomic_file.h"
 #include "util/error.h"
 
 namespace corelocker::architectures_test {
@@ -350,6 +354,113 @@ TEST(Architectures, SafetensorsBnTakesTheUnitsTheGraphGivesOnEveryFamilyWithBatc
     std::filesystem::remove(path);
   }
   EXPECT_EQ(families, 8);
+}
+
+// --fill decoy on safetensors: the streaming lock lists its units, LibTorch draws the decoys
+// (st_decoys.h) and the write pass puts them where zeros would go. On a network's state dict the
+// locked file holds exactly what locking/decoys.h draws into the network's own tensors for the
+// keys' units and the seed (tier by tier with tiers, each modelled on the units no tier takes), no
+// taken unit is all zeros, and the keys restore the file byte for byte (with tiers state by state,
+// each state's fingerprint checked against its key).
+TEST(Architectures, SafetensorsDecoyFillWritesWhatTheLibTorchFillDrawsAndRestores) {
+  LoadedModel m = random_model("resnet20", {{"depth", 8}});
+  const auto tensors = named_tensors(*m.net);
+  const std::string dir = ::testing::TempDir();
+  const std::string path = dir + "/decoy-state.safetensors";
+  write_state_dict(path, tensors);
+  const std::vector<uint8_t> original = read_file(path);
+  struct Case {
+    Criterion criterion;
+    Scope scope;
+    std::vector<double> tiers;
+  };
+  for (const Case& c :
+       {Case{Criterion::kL1, Scope::kGlobal, {}}, Case{Criterion::kBn, Scope::kLayer, {}},
+        Case{Criterion::kL1, Scope::kLayer, {0.05, 0.2}}}) {
+    SCOPED_TRACE(std::string(to_string(c.criterion)) + " " + to_string(c.scope) + " tiers " +
+                 std::to_string(c.tiers.size()));
+    StLockOptions so;
+    so.criterion = c.criterion;
+    so.scope = c.scope;
+    so.ratio = 0.2;
+    so.tiers = c.tiers;
+    so.threads = 2;
+    so.fill = Fill::kDecoy;
+    so.decoys = draw_safetensors_decoys;
+    so.decoy_seed = 11;
+    const std::string locked = dir + "/decoy-locked.safetensors";
+    const StLockOutcome r = lock_safetensors(path, locked, so, [](const KeyFile&) {});
+    std::vector<KeyFile> keys = c.tiers.empty() ? std::vector<KeyFile>{r.key} : r.tier_keys;
+    for (const auto& k : keys) EXPECT_EQ(k.header.fill, Fill::kDecoy);
+
+    // What the LibTorch fill draws for the keys' units (keys[0] holds the largest ratio's
+    // increment, so tier r of the draw is key n - 1 - r).
+    std::vector<NamedTensor> want;
+    for (const auto& t : tensors) want.push_back({t.name, t.tensor.detach().clone(), t.is_buffer});
+    auto plan_of = [](const std::vector<const KeyFile*>& ks) {
+      ExtractionPlan p;
+      for (const KeyFile* k : ks) {
+        for (const auto& e : k->entries) {
+          p.entries.push_back({e.tensor, static_cast<int64_t>(e.unit_size), e.units});
+          p.units += static_cast<int64_t>(e.units.size());
+        }
+      }
+      return p;
+    };
+    if (keys.size() == 1) {
+      fill_decoys(want, plan_of({&keys[0]}), nullptr, Fill::kDecoy, 11);
+    } else {
+      std::vector<const KeyFile*> every;
+      for (const auto& k : keys) every.push_back(&k);
+      const ExtractionPlan all = plan_of(every);
+      for (size_t t = 0; t < keys.size(); ++t)
+        fill_decoys(want, plan_of({&keys[keys.size() - 1 - t]}), &all, Fill::kDecoy, 11 + t);
+    }
+    const StFile got(locked);
+    auto find = [&](const std::string& name) -> const StTensor* {
+      for (const auto& t : got.header.tensors)
+        if (t.name == name) return &t;
+      return nullptr;
+    };
+    size_t zero_units = 0, units = 0;
+    for (const auto& w : want) {
+      const StTensor* t = find(w.name);
+      ASSERT_NE(t, nullptr) << w.name;
+      const torch::Tensor c_w = w.tensor.contiguous();
+      ASSERT_EQ(t->nbytes(), static_cast<uint64_t>(c_w.nbytes())) << w.name;
+      EXPECT_EQ(std::memcmp(got.tensor_data(*t), c_w.data_ptr(), t->nbytes()), 0) << w.name;
+    }
+    for (const auto& k : keys) {
+      for (const auto& e : k.entries) {
+        const StTensor* t = find(e.tensor);
+        const auto* v = reinterpret_cast<const float*>(got.tensor_data(*t));
+        for (uint64_t u : e.units) {
+          ++units;
+          bool zero = true;
+          for (uint64_t i = 0; i < e.unit_size; ++i) zero = zero && v[u * e.unit_size + i] == 0.0f;
+          zero_units += zero;
+        }
+      }
+    }
+    EXPECT_GT(units, 0u);
+    EXPECT_EQ(zero_units, 0u) << "of " << units;
+
+    // Restored byte for byte: all keys at once, and with tiers one state after the other.
+    const std::string restored = dir + "/decoy-restored.safetensors";
+    unlock_safetensors(locked, restored, keys, 1);
+    EXPECT_EQ(read_file(restored), original);
+    if (keys.size() > 1) {
+      const std::string state = dir + "/decoy-state1.safetensors";
+      const StUnlockOutcome u = unlock_safetensors(locked, state, std::vector<KeyFile>{keys[0]}, 1);
+      EXPECT_EQ(u.ratio_left, c.tiers.front());
+      unlock_safetensors(state, restored, std::vector<KeyFile>{keys[1]}, 1);
+      EXPECT_EQ(read_file(restored), original);
+      std::filesystem::remove(state);
+    }
+    std::filesystem::remove(locked);
+    std::filesystem::remove(restored);
+  }
+  std::filesystem::remove(path);
 }
 
 TEST(Architectures, L1TreatsLstmAndAttentionMatricesAsLinearUnits) {

@@ -13,6 +13,7 @@
 
 #include "cli_run.h"
 #include "formats/safetensors/safetensors.h"
+#include "keyfile/key_file.h"
 #include "temp_dir.h"
 #include "util/atomic_file.h"
 
@@ -324,8 +325,9 @@ TEST_F(CliSt, InspectShowsLayersAndTheLock) {
 
 TEST_F(CliSt, OptionsThatDoNotApplyAreRefused) {
   // --criterion bn: the file's bn1 has no running statistics, so it has no BatchNorm
-  for (const std::string extra : {"--tier-bands 10-50", "--eval", "--criterion bn", "--fill decoy",
-                                  "--criterion random --units bn", "--units kernels"}) {
+  for (const std::string extra :
+       {"--tier-bands 10-50", "--eval", "--criterion bn", "--fill decoy --decoy-tries 2",
+        "--fill decoy --decoy-target lowest", "--criterion random --units bn", "--units kernels"}) {
     CliRun l = lock("m.safetensors", "locked.safetensors", "key.clk", extra);
     EXPECT_EQ(l.code, 2) << extra << ": " << l.out;
     EXPECT_FALSE(file_exists(dir_.file("locked.safetensors"))) << extra;
@@ -508,6 +510,59 @@ TEST_F(CliSt, TierKeysUnlockStepByStepInBothBinaries) {
   EXPECT_EQ(wrong.code, 1) << wrong.out;
   EXPECT_NE(wrong.out.find("tier 2 is not the next to apply"), std::string::npos) << wrong.out;
   EXPECT_FALSE(file_exists(dir_.file("w.safetensors")));
+}
+
+// The front cannot draw decoys (LibTorch does): it hands `--fill decoy` to the whole tool, whose
+// file holds no all-zero unit where the key took one (F32, BF16 and F16 tensors alike), and which
+// the front unlocks byte for byte.
+TEST_F(CliSt, DecoyFillIsHandedToTheWholeToolAndTheFrontUnlocksIt) {
+  const CliRun l = lock("m.safetensors", "d.safetensors", "d.clk",
+                        "--fill decoy --scope global --include-io --threads 1");
+  ASSERT_EQ(l.code, 0) << l.out;
+  const KeyFile key = read_key_file(dir_.file("d.clk"));
+  EXPECT_EQ(key.header.fill, Fill::kDecoy);
+  const StFile locked(dir_.file("d.safetensors"));
+  std::set<std::string> dtypes;
+  size_t units = 0, zero_units = 0;
+  for (const auto& e : key.entries) {
+    for (const auto& t : locked.header.tensors) {
+      if (t.name != e.tensor) continue;
+      dtypes.insert(t.dtype);
+      const uint64_t unit_bytes = e.unit_size * (t.dtype == "F32" ? 4 : 2);
+      const uint8_t* data = locked.tensor_data(t);
+      for (uint64_t u : e.units) {
+        ++units;
+        const uint8_t* b = data + u * unit_bytes;
+        // +0.0 or -0.0 in every element: all bytes zero but the sign bits
+        bool zero = true;
+        for (uint64_t i = 0; i < unit_bytes; ++i) {
+          const bool high = (i + 1) % (t.dtype == "F32" ? 4 : 2) == 0;
+          zero = zero && (b[i] & (high ? 0x7f : 0xff)) == 0;
+        }
+        zero_units += zero;
+      }
+    }
+  }
+  EXPECT_EQ(dtypes, (std::set<std::string>{"F32", "BF16", "F16"}));
+  EXPECT_GT(units, 0u);
+  EXPECT_EQ(zero_units, 0u) << "of " << units;
+  const CliRun u = unlock("d.safetensors", "d.clk", "r.safetensors");
+  ASSERT_EQ(u.code, 0) << u.out;
+  EXPECT_TRUE(same_bytes("r.safetensors", "m.safetensors"));
+  // Two decoy locks differ (a random draw each); a zero lock of the same units differs from both.
+  ASSERT_EQ(lock("m.safetensors", "d2.safetensors", "d2.clk",
+                 "--fill decoy --scope global --include-io --threads 1")
+                .code,
+            0);
+  ASSERT_EQ(
+      lock("m.safetensors", "z.safetensors", "z.clk", "--scope global --include-io --threads 1")
+          .code,
+      0);
+  // (fingerprints leave the random key id out)
+  const std::string fd = run("fingerprint " + dir_.file("d.safetensors")).out;
+  EXPECT_NE(fd, run("fingerprint " + dir_.file("d2.safetensors")).out);
+  EXPECT_NE(fd, run("fingerprint " + dir_.file("z.safetensors")).out);
+  EXPECT_EQ(read_key_file(dir_.file("z.clk")).entries.size(), key.entries.size());
 }
 
 TEST_F(CliSt, FrontAndWholeToolGiveTheSameAnswers) {

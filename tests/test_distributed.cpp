@@ -9,7 +9,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
+#include <csignal>
 #include <exception>
 #include <fstream>
 #include <functional>
@@ -263,6 +265,33 @@ TEST(Group, ARankThatNeverComesIsNamed) {
         << e.what();
   }
   EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(30));
+}
+
+// Gloo writes to a gone rank's socket with writev, which raises SIGPIPE: joining sets it to be
+// ignored where it had its default action (a write then fails with EPIPE, which the collective
+// reports naming the rank), and leaves a handler someone set alone.
+extern "C" void count_sigpipe(int) {}
+
+TEST(Group, JoiningIgnoresSigpipeUnlessAHandlerIsSet) {
+  const auto disposition = [] {
+    struct sigaction a {};
+    sigaction(SIGPIPE, nullptr, &a);
+    return a.sa_handler;
+  };
+  for (const auto before : {&count_sigpipe, SIG_DFL}) {
+    std::signal(SIGPIPE, before);
+    const int port = free_port();
+    on_ranks(2, [&](int r) { Group g(config_of(r, 2, port)); });
+    EXPECT_EQ(disposition(), before == SIG_DFL ? SIG_IGN : before);
+  }
+  // Where the default action would end the process, a write to a closed peer now fails.
+  int fds[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, fds), 0);
+  close(fds[1]);
+  const char byte = 1;
+  EXPECT_EQ(write(fds[0], &byte, 1), -1);
+  EXPECT_EQ(errno, EPIPE);
+  close(fds[0]);
 }
 
 // ------------------------------------------------------------ train as two processes

@@ -120,6 +120,7 @@ struct Lock : Command {
     if (!evaluates.works) {
       // Options that only matter when the model runs are refused, not silently dropped.
       for (const CLI::Option* o : run_only) {
+        if (o == decoy_tries_opt && decoy_tries == 1) continue;  // one draw: nothing runs
         if (o->count() > 0) {
           throw UsageError(o->get_name() + ": not for '" + model_path + "' (" + format.name() +
                            "): " + evaluates.note);

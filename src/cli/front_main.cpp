@@ -85,6 +85,7 @@ int main(int argc, char** argv) {
   return exit_code_of(app, [&] {
     if (c.lock->parsed()) {
       LockRequest r = lock_request(c.lock_args);
+      if (!serves(*format, r)) hand_over(argv);  // --fill decoy: LibTorch draws the decoys
       return run_lock(*format, r, c.lock_args.access);
     }
     if (c.unlock->parsed()) return run_unlock(*format, c.unlock_args);

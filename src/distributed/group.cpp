@@ -1,5 +1,7 @@
 #include "distributed/group.h"
 
+#include <signal.h>
+
 #include <algorithm>
 #include <condition_variable>
 #include <future>
@@ -47,6 +49,16 @@ std::string first_line(const std::exception& e) {
 std::string shorten(const std::string& s) {
   constexpr size_t kMax = 160;
   return s.size() <= kMax ? s : s.substr(0, kMax) + "...";
+}
+
+// Leaves a handler or an ignore someone else set in place.
+void ignore_sigpipe_if_default() {
+  struct sigaction current {};
+  if (sigaction(SIGPIPE, nullptr, &current) != 0 || current.sa_handler != SIG_DFL) return;
+  struct sigaction ignore {};
+  ignore.sa_handler = SIG_IGN;
+  sigemptyset(&ignore.sa_mask);
+  sigaction(SIGPIPE, &ignore, nullptr);
 }
 
 std::string bytes_to_string(const std::vector<uint8_t>& v) { return {v.begin(), v.end()}; }
@@ -233,6 +245,7 @@ Group::Group(const GroupConfig& config) : impl_(std::make_unique<Impl>()) {
     throw UsageError("group of " + std::to_string(config.size) + " ranks: rank " +
                      std::to_string(config.rank) + " is not one of them");
   }
+  ignore_sigpipe_if_default();
   const std::string joining = "rank " + std::to_string(config.rank) + " of " +
                               std::to_string(config.size) + ": joining the group at " + m.where();
   try {

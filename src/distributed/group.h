@@ -42,7 +42,10 @@ std::optional<GroupConfig> group_config(const std::function<const char*(const ch
 class Group : public Collective {
  public:
   // Joins the group: connects to the store and to every other rank. Throws Error naming the
-  // ranks that did not come within config.timeout.
+  // ranks that did not come within config.timeout. Where SIGPIPE has its default action, sets it
+  // to be ignored for the process (as Python does at start): Gloo writes to its sockets with
+  // writev, which raises SIGPIPE when a rank is gone, and the default action would kill this
+  // rank with exit code 141 instead of the error that names the one gone.
   explicit Group(const GroupConfig& config);
   ~Group() override;
   Group(const Group&) = delete;

@@ -128,27 +128,38 @@ std::unique_ptr<CurveModel> ModelFormat::open_curve(const std::string& path, uns
   throw UsageError("calibrate: '" + path + "' (" + name() + ") cannot be run");
 }
 
-void check_lock_request(const ModelFormat& format, const LockRequest& r) {
-  require(format, Feature::kLock, r.in);
+std::vector<Feature> requested_features(const LockRequest& r) {
+  std::vector<Feature> fs{Feature::kLock};
   if (!r.criterion_named) {
-    require(format, Feature::kDefaultLock, r.in);
+    fs.push_back(Feature::kDefaultLock);
   } else {
     switch (r.units.criterion) {
       case Criterion::kL1:
-        require(format, Feature::kCriterionL1, r.in);
+        fs.push_back(Feature::kCriterionL1);
         break;
       case Criterion::kBn:
-        require(format, Feature::kCriterionBn, r.in);
+        fs.push_back(Feature::kCriterionBn);
         break;
       case Criterion::kRandom:
-        require(format, Feature::kCriterionRandom, r.in);
+        fs.push_back(Feature::kCriterionRandom);
         break;
     }
   }
-  if (!r.keep.empty()) require(format, Feature::kKeep, r.in);
-  if (r.fill != Fill::kZero) require(format, Feature::kDecoyFill, r.in);
-  if (!r.tier_ratios.empty()) require(format, Feature::kTiers, r.in);
-  if (r.tier_bands) require(format, Feature::kTierBands, r.in);
+  if (!r.keep.empty()) fs.push_back(Feature::kKeep);
+  if (r.fill != Fill::kZero) fs.push_back(Feature::kDecoyFill);
+  if (!r.tier_ratios.empty()) fs.push_back(Feature::kTiers);
+  if (r.tier_bands) fs.push_back(Feature::kTierBands);
+  return fs;
+}
+
+bool serves(const ModelFormat& format, const LockRequest& request) {
+  for (Feature f : requested_features(request))
+    if (!format.supports(f).works) return false;
+  return true;
+}
+
+void check_lock_request(const ModelFormat& format, const LockRequest& r) {
+  for (Feature f : requested_features(r)) require(format, f, r.in);
   if (same_file(r.out, r.key_out)) {
     throw UsageError("--out '" + r.out + "' and --key-out '" + r.key_out + "' name the same file");
   }

@@ -177,6 +177,11 @@ class ModelFormat {
                                                  const DescribeInput& describe_input) const;
 };
 
+// The features `request` asks for (lock, its criterion or the default lock, --keep, --fill decoy,
+// --tiers, --tier-bands), and whether `format` supports every one of them.
+std::vector<Feature> requested_features(const LockRequest& request);
+bool serves(const ModelFormat& format, const LockRequest& request);
+
 // Refuses, before anything is read, a request that uses a feature the format does not support
 // (UsageError naming the option, the file and the format's reason), and the rules every format
 // shares (--out and --key-out the same file, --out the input).
@@ -199,9 +204,10 @@ class FormatRegistry {
 FormatRegistry& model_formats();
 
 // Each format's one registration, defined in its folder (link the library that holds it):
-void register_safetensors_format(FormatRegistry& registry);  // corelocker_core
-void register_libtorch_format(FormatRegistry& registry);     // corelocker (checkpoint, TorchScript)
-void register_onnx_format(FormatRegistry& registry);         // corelocker_onnx
+// corelocker_core; without decoy fill (the overload in safetensors_lock.h takes LibTorch's)
+void register_safetensors_format(FormatRegistry& registry);
+void register_libtorch_format(FormatRegistry& registry);  // corelocker (checkpoint, TorchScript)
+void register_onnx_format(FormatRegistry& registry);      // corelocker_onnx
 
 // The capability matrix of `registry` as rows of cells (row: format name, then one cell per
 // all_features()), for `corelocker formats`.

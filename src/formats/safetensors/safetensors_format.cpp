@@ -17,6 +17,8 @@ constexpr char kNoNetwork[] =
 
 class SafetensorsFormat : public ModelFormat {
  public:
+  explicit SafetensorsFormat(StDecoyFill decoys) : decoys_(std::move(decoys)) {}
+
   std::string name() const override { return "safetensors"; }
   std::string recognition() const override {
     return "name ending in .safetensors, or an 8-byte header length followed by '{'";
@@ -48,10 +50,11 @@ class SafetensorsFormat : public ModelFormat {
         return works(
             "glob patterns on tensor names (file order does not say which layer is first)");
       case Feature::kDecoyFill:
-        return cannot(
-            "not built: decoys are drawn from a model of each tensor's remaining units that the "
-            "LibTorch and ONNX locks fit with the whole model in memory, and the streaming lock "
-            "holds no tensor whole");
+        if (!decoys_)
+          return cannot("the decoys are drawn with LibTorch: corelocker-torch serves it");
+        return works(
+            "drawn with LibTorch, once (nothing runs the file), from the tensors whose units are "
+            "taken and every conv weight, read whole for it");
       case Feature::kTiers:
         return works(
             "one ranking pass; the write pass fingerprints every tier's state, and `unlock` with "
@@ -128,6 +131,8 @@ class SafetensorsFormat : public ModelFormat {
     o.include_io = r.units.include_io;
     o.threads = r.threads;
     o.keep = r.keep;
+    o.fill = r.fill;
+    o.decoys = decoys_;
     const StLockOutcome s = lock_safetensors(r.in, r.out, o, [&](const KeyFile& key) {
       // the keys first: a locked file without them is lost
       keys.write(key.header.tiers > 1 ? tier_key_path(r.key_out, key.header.tier) : r.key_out, key);
@@ -164,12 +169,19 @@ class SafetensorsFormat : public ModelFormat {
     }
     return report;
   }
+
+ private:
+  StDecoyFill decoys_;
 };
 
 }  // namespace
 
 void register_safetensors_format(FormatRegistry& registry) {
-  registry.add(std::make_unique<SafetensorsFormat>());
+  registry.add(std::make_unique<SafetensorsFormat>(nullptr));
+}
+
+void register_safetensors_format(FormatRegistry& registry, const StDecoyFill& decoys) {
+  registry.add(std::make_unique<SafetensorsFormat>(decoys));
 }
 
 }  // namespace corelocker

@@ -18,6 +18,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -88,6 +89,24 @@ struct StBatchNorms {
 };
 StBatchNorms st_batchnorms(const StHeader& header);
 
+// A tensor of the file as a decoy fill sees it (StLockOptions::decoys): its original values and
+// the units the lock takes of it (none for a tensor given only as a donor of kernel shapes).
+struct StDecoyTensor {
+  std::string name;
+  std::string dtype;  // F32, F64, F16 or BF16
+  std::vector<uint64_t> shape;
+  const uint8_t* data = nullptr;  // the original values, in the file
+  uint64_t unit_size = 1;
+  std::vector<uint64_t> units;  // strictly increasing
+  std::vector<uint16_t> tier;   // per unit, with tiers: the index of the smallest ratio taking it
+};
+// Draws the decoys (locking/decoys.h: `fill` kDecoy or kDecoyV1, deterministic in `seed`) of every
+// tensor's units; with `tiers` > 1, tier by tier, each modelled on the units no tier takes. Returns
+// per tensor the decoy values of its units in its dtype, unit after unit (empty for a donor).
+// LibTorch's: formats/safetensors/st_decoys.h; the torch-free front binary has none.
+using StDecoyFill = std::function<std::vector<std::vector<uint8_t>>(
+    const std::vector<StDecoyTensor>& tensors, Fill fill, size_t tiers, uint64_t seed)>;
+
 struct StLockOptions {
   // l1; bn: BatchNorm channels by |gamma| (st_batchnorms); random: units drawn by a seeded hash of
   // the layer's name and the unit's index (st_select.h), the same draw for the same seed and file.
@@ -106,6 +125,12 @@ struct StLockOptions {
   // tensor name; each must match at least one layer.
   std::vector<std::string> keep;
   unsigned threads = 0;  // 2 or more: hashing runs beside scoring and writing; 0: all cores
+  // What the taken positions hold: zeros, or decoys drawn by `decoys` (required then) from the
+  // tensors the lock takes units of and every conv weight, which are read whole first; unset
+  // decoy_seed: a random one (decoys must not be predictable).
+  Fill fill = Fill::kZero;
+  StDecoyFill decoys;
+  std::optional<uint64_t> decoy_seed;
 };
 
 struct StLockOutcome {
@@ -145,5 +170,10 @@ StUnlockOutcome unlock_safetensors(const std::string& in, const std::string& out
 
 // Lock entries of a locked file's metadata (key id, criterion...), empty for an unlocked file.
 std::vector<std::pair<std::string, std::string>> st_lock_metadata(const StHeader& header);
+
+class FormatRegistry;
+// The safetensors format (formats/format.h) whose lock draws decoys with `decoys`; the one-argument
+// registration has none and refuses --fill decoy.
+void register_safetensors_format(FormatRegistry& registry, const StDecoyFill& decoys);
 
 }  // namespace corelocker

@@ -44,6 +44,29 @@ struct Picked {
   size_t count = 0;
 };
 
+// Picks the units of a rule tensor's chunk [u0, u0 + units) whose bytes start at b (chunk-relative
+// indices, in chunk order so that ties go to the earliest) by the largest ratio's rule, and gives
+// each its tier: the first of the smaller ratios' rules that also takes it (each counts its ties
+// down in file order on the units the largest took, which hold every unit a smaller one takes).
+// pk's arrays hold at least `units` entries.
+void pick_by_rule(st_detail::Rule& rule, const std::vector<st_detail::Rule*>& smaller, bool random,
+                  uint64_t seed, uint64_t salt, DType dt, const uint8_t* b, uint64_t u0,
+                  uint64_t units, uint64_t unit_size, bool tiered, Picked& pk) {
+  st_detail::RuleSink sink{rule, pk.units.data(), tiered ? pk.keys.data() : nullptr};
+  if (random)
+    st_detail::random_keys(seed, salt, u0, u0 + units, u0, 0, sink);
+  else
+    st_detail::score_chunk(dt, b, 0, units, unit_size, 0, sink);
+  pk.count = sink.count;
+  for (size_t i = 0; i < pk.count && tiered; ++i) {
+    pk.tier[i] = static_cast<uint16_t>(smaller.size());
+    for (size_t r = 0; r < smaller.size(); ++r) {
+      if (st_detail::RuleSink::takes(*smaller[r], pk.keys[i]) && pk.tier[i] == smaller.size())
+        pk.tier[i] = static_cast<uint16_t>(r);
+    }
+  }
+}
+
 // The ratios of a lock, ascending: its tiers, or its one ratio. Throws UsageError.
 std::vector<double> lock_ratios(const StLockOptions& options) {
   if (options.tiers.empty()) {
@@ -72,7 +95,6 @@ using st_detail::locked_header_text;
 using st_detail::random_keys;
 using st_detail::resolve_threads;
 using st_detail::Rule;
-using st_detail::RuleSink;
 using st_detail::sample_threshold;
 using st_detail::score_chunk;
 using st_detail::tensor_digest;
@@ -93,7 +115,13 @@ StLockOutcome lock_safetensors(const std::string& in, const std::string& out,
     throw UsageError(what + " is already locked (key id " + h.metadata.at("corelocker.key_id") +
                      "); unlock it first");
   }
-  const st_detail::LockPlan plan = st_detail::plan_lock(file, options, ratios, what);
+  const bool decoys = options.fill != Fill::kZero;
+  if (decoys && !options.decoys) {
+    throw UsageError("--fill " + std::string(to_string(options.fill)) + " of " + what +
+                     ": decoys are drawn with LibTorch, which this binary lacks (corelocker-torch "
+                     "has it)");
+  }
+  st_detail::LockPlan plan = st_detail::plan_lock(file, options, ratios, what);
   if (tiered) check_tier_units(ratios, plan.units);
   const std::vector<StLayer>& layers = plan.layers;
   const auto& layer_of = plan.layer_of;
@@ -192,6 +220,79 @@ StLockOutcome lock_safetensors(const std::string& in, const std::string& out,
     for (size_t g = 0; g < 2; ++g) finish(selectors[g], plan.group_units[g], g);
   }
 
+  // A decoy fill lists the rules' units first (one more read of the layers that give some up) and
+  // draws the decoys of every listed unit before pass 2, which then takes the lists and writes the
+  // decoys where it would write zeros.
+  std::map<std::string, std::vector<uint8_t>> decoy_values;  // per tensor, unit after unit
+  if (decoys) {
+    for (const auto& t : h.tensors) {
+      auto li = layer_of.find(t.name);
+      if (li == layer_of.end() || plan.listed.count(t.name) != 0) continue;
+      Rule& rule = rule_of(li->second, n_ratios - 1);
+      if (rule.k == 0) continue;
+      std::vector<Rule*> smaller;
+      for (size_t r = 0; r + 1 < n_ratios; ++r) smaller.push_back(&rule_of(li->second, r));
+      const uint64_t unit_size = layers[li->second].unit_size;
+      ListedUnits& list = plan.listed[t.name];
+      list.unit_size = unit_size;
+      const DType dt = key_dtype(t.dtype);
+      const uint64_t unit_bytes = unit_size * dtype_size(dt);
+      const uint64_t chunk_units = std::max<uint64_t>(1, kChunk / unit_bytes);
+      const uint64_t layer_units = t.numel() / unit_size;
+      Picked pk;
+      pk.units.resize(chunk_units);
+      pk.keys.resize(tiered ? chunk_units : 0);
+      pk.tier.resize(tiered ? chunk_units : 0);
+      const uint8_t* p = file.tensor_data(t);
+      for (uint64_t u0 = 0; u0 < layer_units; u0 += chunk_units) {
+        const uint64_t units = std::min(layer_units, u0 + chunk_units) - u0;
+        pick_by_rule(rule, smaller, random, options.seed, layer_salt(t.name), dt,
+                     p + u0 * unit_bytes, u0, units, unit_size, tiered, pk);
+        for (size_t i = 0; i < pk.count; ++i) {
+          list.units.push_back(u0 + pk.units[i]);
+          list.tier.push_back(tiered ? pk.tier[i] : 0);
+        }
+        file.map.release(h.data_start + t.begin + u0 * unit_bytes, units * unit_bytes);
+      }
+    }
+    // The tensors whose units are taken, and every conv weight (a donor of kernel shapes).
+    std::vector<StDecoyTensor> request;
+    for (const auto& t : h.tensors) {
+      auto lu = plan.listed.find(t.name);
+      if (lu == plan.listed.end() && !(st_is_float(t.dtype) && t.shape.size() == 4)) continue;
+      StDecoyTensor d;
+      d.name = t.name;
+      d.dtype = t.dtype;
+      d.shape = t.shape;
+      d.data = file.tensor_data(t);
+      if (lu != plan.listed.end()) {
+        d.unit_size = lu->second.unit_size;
+        d.units = lu->second.units;
+        if (tiered) d.tier = lu->second.tier;
+      }
+      request.push_back(std::move(d));
+    }
+    uint64_t seed = 0;
+    if (options.decoy_seed) {
+      seed = *options.decoy_seed;
+    } else {
+      random_bytes(&seed, sizeof seed);  // decoys must not be predictable
+    }
+    std::vector<std::vector<uint8_t>> drawn = options.decoys(request, options.fill, n_ratios, seed);
+    if (drawn.size() != request.size())
+      throw Error("safetensors lock: the decoy fill returned a wrong number of tensors");
+    for (size_t i = 0; i < request.size(); ++i) {
+      const StDecoyTensor& d = request[i];
+      const uint64_t want = d.units.size() * d.unit_size * dtype_size(key_dtype(d.dtype));
+      if (drawn[i].size() != want) {
+        throw Error("safetensors lock: the decoys of '" + d.name + "' have " +
+                    std::to_string(drawn[i].size()) + " bytes, not " + std::to_string(want));
+      }
+      if (!d.units.empty()) decoy_values[d.name] = std::move(drawn[i]);
+    }
+    for (const auto& t : h.tensors) file.map.release(h.data_start + t.begin, t.nbytes());
+  }
+
   // The keys' headers (the fingerprints of the states follow after pass 2): key r restores the
   // state at ratio r - 1 (the original for r = 0) from the state at ratio r.
   std::vector<KeyFile> keys(n_ratios);
@@ -202,7 +303,7 @@ StLockOutcome lock_safetensors(const std::string& in, const std::string& out,
   record.seed = random ? options.seed : 0;
   record.random_bn_units = random && options.bn_units;
   record.scope = options.scope;
-  record.fill = Fill::kZero;
+  record.fill = options.fill;
   record.include_io = options.include_io;
   for (size_t r = 0; r < n_ratios; ++r) {
     KeyHeader& kh = keys[r].header;
@@ -277,48 +378,43 @@ StLockOutcome lock_safetensors(const std::string& in, const std::string& out,
         pk.tier.resize(chunk_units);
       }
       // by value, or declared before the helper: a job may still run while an exception unwinds
-      const uint64_t ticket = background.call(
-          [&ring, &pk, &rule, smaller, list, slot, units, dt, unit_bytes, u0, random, tiered,
-           seed = options.seed, salt = layer_salt(t.name), unit_size, src = p + u0 * unit_bytes] {
-            uint8_t* b = ring.data(slot);
-            std::memcpy(b, src, units * unit_bytes);
-            pk.count = 0;
-            if (list != nullptr) {  // the listed units in [u0, u0 + units)
-              const auto& l = list->units;
-              for (auto it = std::lower_bound(l.begin(), l.end(), u0);
-                   it != l.end() && *it < u0 + units; ++it) {
-                if (tiered) pk.tier[pk.count] = list->tier[static_cast<size_t>(it - l.begin())];
-                pk.units[pk.count++] = *it - u0;
-              }
-              return;
-            }
-            RuleSink sink{rule, pk.units.data(), tiered ? pk.keys.data() : nullptr};
-            if (random)
-              random_keys(seed, salt, u0, u0 + units, u0, 0, sink);
-            else
-              score_chunk(dt, b, 0, units, unit_size, 0, sink);
-            pk.count = sink.count;
-            // In file order, each smaller ratio's rule counts its ties down on the units the
-            // largest took (which hold every unit a smaller one takes).
-            for (size_t i = 0; i < pk.count && tiered; ++i) {
-              pk.tier[i] = static_cast<uint16_t>(smaller.size());
-              for (size_t r = 0; r < smaller.size(); ++r) {
-                if (RuleSink::takes(*smaller[r], pk.keys[i]) && pk.tier[i] == smaller.size())
-                  pk.tier[i] = static_cast<uint16_t>(r);
-              }
-            }
-          });
+      const uint64_t ticket = background.call([&ring, &pk, &rule, smaller, list, slot, units, dt,
+                                               unit_bytes, u0, random, tiered, seed = options.seed,
+                                               salt = layer_salt(t.name), unit_size,
+                                               src = p + u0 * unit_bytes] {
+        uint8_t* b = ring.data(slot);
+        std::memcpy(b, src, units * unit_bytes);
+        pk.count = 0;
+        if (list != nullptr) {  // the listed units in [u0, u0 + units)
+          const auto& l = list->units;
+          for (auto it = std::lower_bound(l.begin(), l.end(), u0);
+               it != l.end() && *it < u0 + units; ++it) {
+            if (tiered) pk.tier[pk.count] = list->tier[static_cast<size_t>(it - l.begin())];
+            pk.units[pk.count++] = *it - u0;
+          }
+          return;
+        }
+        pick_by_rule(rule, smaller, random, seed, salt, dt, b, u0, units, unit_size, tiered, pk);
+      });
       ring.hand_over(slot, ticket);
       return ticket;
     };
-    // Moves unit u of chunk b into the entry: its values into the key, zeros into the chunk.
+    auto dv = decoy_values.find(t.name);
+    const std::vector<uint8_t>* decoy = dv == decoy_values.end() ? nullptr : &dv->second;
+    // Moves unit u of chunk b into the entry: its values into the key, zeros (or its decoy) into
+    // the chunk.
     auto take = [&](KeyEntry& entry, uint8_t* b, uint64_t u, uint64_t u0) {
       const size_t old_bytes = entry.values.size();
       entry.values.resize(old_bytes + unit_bytes);
       uint8_t* v = entry.values.data() + old_bytes;
       entry.units.push_back(u0 + u);
       uint8_t* up = b + u * unit_bytes;
-      if (unit_bytes == 4) {  // single F32 weights: plain moves instead of calls
+      if (decoy != nullptr) {  // the unit's place in the list is its place among the decoys
+        const auto at = static_cast<uint64_t>(
+            std::lower_bound(list->units.begin(), list->units.end(), u0 + u) - list->units.begin());
+        std::memcpy(v, up, unit_bytes);
+        std::memcpy(up, decoy->data() + at * unit_bytes, unit_bytes);
+      } else if (unit_bytes == 4) {  // single F32 weights: plain moves instead of calls
         std::memcpy(v, up, 4);
         std::memset(up, 0, 4);
       } else {
