@@ -6,11 +6,13 @@
 #include <filesystem>
 #include <map>
 #include <set>
+#include <tuple>
 
 #include "formats/safetensors/safetensors.h"
 #include "formats/safetensors/safetensors_lock.h"
-#include "formats/safetensors/st_decoys.h"
+#include "formats/safetensors/st_torch.h"
 #include "locking/decoys.h"
+#include "locking/detect.h"
 #include "locking/fingerprint.h"
 #include "locking/lock.h"
 #include "models/checkpoint.h"
@@ -461,6 +463,94 @@ TEST(Architectures, SafetensorsDecoyFillWritesWhatTheLibTorchFillDrawsAndRestore
     std::filesystem::remove(restored);
   }
   std::filesystem::remove(path);
+}
+
+// st_structure, the safetensors file's layers as a network's structure (what `detect`'s learned
+// detector relocks by): on the state dict of every family, a structure lock takes exactly the
+// units the streaming lock takes, for l1 in both scopes, the default lock and bn.
+TEST(Architectures, SafetensorsStructureLocksWhatTheStreamingLockTakesOnEveryFamily) {
+  int families = 0;
+  for (const auto& [arch, opts] : small_models()) {
+    SCOPED_TRACE(arch);
+    LoadedModel m = random_model(arch, opts);
+    const auto tensors = named_tensors(*m.net);
+    const std::string path = std::string(::testing::TempDir()) + "/structure-" + arch +
+                             std::to_string(++families) + ".safetensors";
+    write_state_dict(path, tensors);
+    const StFile file(path);
+    const Structure structure = st_structure(file.header);
+    const bool has_bn = !st_batchnorms(file.header).layers.empty();
+    for (const auto& [criterion, scope, io] :
+         {std::make_tuple(Criterion::kL1, Scope::kLayer, false),
+          std::make_tuple(Criterion::kL1, Scope::kGlobal, false),
+          std::make_tuple(Criterion::kL1, Scope::kGlobal, true),
+          std::make_tuple(Criterion::kBn, Scope::kGlobal, false),
+          std::make_tuple(Criterion::kBn, Scope::kLayer, true)}) {
+      if (criterion == Criterion::kBn && !has_bn) continue;
+      SCOPED_TRACE(std::string(to_string(criterion)) + " " + to_string(scope) + (io ? " io" : ""));
+      LockOptions o;
+      o.criterion = criterion;
+      o.scope = scope;
+      o.include_io = io;
+      o.ratio = 0.2;
+      const ExtractionPlan plan =
+          plan_at(rank_units(tensors, structure, o), tensors, structure, o.ratio);
+      std::map<std::string, std::pair<uint64_t, std::vector<uint64_t>>> want, got;
+      for (const auto& e : plan.entries)
+        want[e.tensor] = {static_cast<uint64_t>(e.unit_size), e.units.to_vector()};
+      StLockOptions so;
+      so.criterion = criterion;
+      so.scope = scope;
+      so.include_io = io;
+      so.ratio = 0.2;
+      so.threads = 1;
+      const StLockOutcome r = lock_safetensors(path, path + ".locked", so, [](const KeyFile&) {});
+      for (const auto& e : r.key.entries) got[e.tensor] = {e.unit_size, e.units.to_vector()};
+      EXPECT_EQ(got, want);
+      std::filesystem::remove(path + ".locked");
+    }
+    std::filesystem::remove(path);
+  }
+  EXPECT_EQ(families, 9);
+}
+
+// `detect` of a safetensors file: a zero fill is found by every detector that reads the values,
+// a decoy fill trains the learned detector on relocks of the file, and a key of another file is
+// refused.
+TEST(Architectures, SafetensorsDetectScoresTheFileAgainstItsKey) {
+  LoadedModel m = random_model("resnet20", {{"depth", 8}});
+  const std::string dir = ::testing::TempDir();
+  const std::string path = dir + "/detect-state.safetensors";
+  write_state_dict(path, named_tensors(*m.net));
+  DetectOptions d;
+  d.permutations = 20;
+  d.learned_locks = 1;
+  StLockOptions so;
+  so.ratio = 0.1;
+  so.threads = 1;
+  so.scope = Scope::kGlobal;
+  const StLockOutcome zero =
+      lock_safetensors(path, dir + "/detect-zero.safetensors", so, [](const KeyFile&) {});
+  DetectionReport r;
+  detect_safetensors(dir + "/detect-zero.safetensors", zero.key, d, r);
+  EXPECT_EQ(r.layers.size(), zero.key.entries.size());
+  for (const auto& det : r.detectors) {
+    if (det.name == "position") continue;  // the criterion, not the fill
+    EXPECT_GE(det.precision(), 0.99) << det.name;
+  }
+  so.fill = Fill::kDecoy;
+  so.decoys = draw_safetensors_decoys;
+  so.decoy_seed = 5;
+  const StLockOutcome decoy =
+      lock_safetensors(path, dir + "/detect-decoy.safetensors", so, [](const KeyFile&) {});
+  DetectionReport rd;
+  detect_safetensors(dir + "/detect-decoy.safetensors", decoy.key, d, rd);
+  EXPECT_EQ(rd.learned_locks, 1);
+  EXPECT_GT(rd.learned_training_units, 0);
+  EXPECT_THROW(detect_safetensors(dir + "/detect-decoy.safetensors", zero.key, d, r),
+               MismatchError);
+  for (const char* f : {"detect-state", "detect-zero", "detect-decoy"})
+    std::filesystem::remove(dir + "/" + f + ".safetensors");
 }
 
 TEST(Architectures, L1TreatsLstmAndAttentionMatricesAsLinearUnits) {

@@ -126,6 +126,10 @@ TEST_F(CliFormatMatrix, EveryCellOfTheMatrixIsWhatTheToolDoes) {
       if (feature == "calibrate")
         args =
             "calibrate --model " + model + " --target 0-100 --target-plain --val-size 100" + data;
+      if (feature == "detect") {
+        ASSERT_EQ(run(lock).code, 0) << lock;
+        args = "detect --model " + o + " --key " + k + " --permutations 20 --learned-locks 1";
+      }
       if (feature == "attack")
         args = "analyze --model " + model + " --criterion l1 --ratio 0.05 --samples 5";
       if (feature == "predict") args = "predict --model " + model + " --input " + f("x.idx");

@@ -356,6 +356,30 @@ TEST_F(CliOnnx, AGraphOpenCvCannotImportIsRefusedNamingTheNodeAndNothingIsWritte
       0);
 }
 
+// `detect` reads the initializers: a zero fill is found by every detector that reads the values,
+// the learned detector trains on relocks of the graph's layers, a key of another file is refused.
+TEST_F(CliOnnx, DetectAuditsTheLockedFileAgainstItsKey) {
+  const std::string lock = "lock --model " + f("m.onnx") + " --ratio 0.1 --key-out ";
+  ASSERT_EQ(run(lock + f("z.clk") + " --out " + f("z.onnx")).code, 0);
+  ASSERT_EQ(run(lock + f("d.clk") + " --out " + f("d.onnx") + " --fill decoy").code, 0);
+  const std::string opts = " --permutations 20 --learned-locks 1 --json";
+  const CliRun z = run("detect --model " + f("z.onnx") + " --key " + f("z.clk") + opts);
+  ASSERT_EQ(z.code, 0) << z.out;
+  const auto zj = nlohmann::json::parse(z.out);
+  EXPECT_FALSE(zj["at_chance"].get<bool>()) << z.out;
+  for (const auto& d : zj["detectors"]) {
+    if (d["name"] == "position") continue;  // the criterion, not the fill
+    EXPECT_GE(d["precision"].get<double>(), 0.99) << d.dump();
+  }
+  EXPECT_EQ(zj["layers"].size(), read_key_file(f("z.clk")).entries.size());
+  const CliRun d = run("detect --model " + f("d.onnx") + " --key " + f("d.clk") + opts);
+  ASSERT_EQ(d.code, 0) << d.out;
+  EXPECT_GT(nlohmann::json::parse(d.out)["learned"]["training_kernels"].get<int64_t>(), 0) << d.out;
+  const CliRun wrong = run("detect --model " + f("d.onnx") + " --key " + f("z.clk") + opts);
+  EXPECT_EQ(wrong.code, 1) << wrong.out;
+  EXPECT_NE(wrong.out.find("does not apply"), std::string::npos) << wrong.out;
+}
+
 TEST_F(CliOnnx, CommandsThatCannotRunOnnxSaySo) {
   CliRun r = run("attack all --model " + f("m.onnx"));
   EXPECT_EQ(r.code, 2) << r.out;

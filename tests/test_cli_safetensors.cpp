@@ -565,6 +565,41 @@ TEST_F(CliSt, DecoyFillIsHandedToTheWholeToolAndTheFrontUnlocksIt) {
   EXPECT_EQ(read_key_file(dir_.file("z.clk")).entries.size(), key.entries.size());
 }
 
+// `detect` audits a locked safetensors file against its key (the front hands it to the whole
+// tool): zeros give every unit away, decoys train the learned detector on relocks of the file,
+// and a key of another file is refused.
+TEST_F(CliSt, DetectAuditsTheLockedFileAgainstItsKey) {
+  const std::string opts = "--scope global --include-io --threads 1";
+  ASSERT_EQ(lock("m.safetensors", "z.safetensors", "z.clk", opts).code, 0);
+  ASSERT_EQ(lock("m.safetensors", "d.safetensors", "d.clk", "--fill decoy " + opts).code, 0);
+  ASSERT_EQ(lock("other.safetensors", "o.safetensors", "o.clk", opts).code, 0);
+  auto detect = [&](const std::string& model, const std::string& key) {
+    return run("detect --model " + dir_.file(model) + " --key " + dir_.file(key) +
+               " --permutations 20 --learned-locks 1 --json");
+  };
+  const CliRun z = detect("z.safetensors", "z.clk");
+  ASSERT_EQ(z.code, 0) << z.out;
+  const auto zj = nlohmann::json::parse(z.out);
+  EXPECT_EQ(zj["fill"], "zero");
+  EXPECT_FALSE(zj["at_chance"].get<bool>()) << z.out;
+  for (const auto& d : zj["detectors"]) {
+    if (d["name"] == "position") continue;  // the criterion, not the fill
+    EXPECT_GE(d["precision"].get<double>(), 0.99) << d.dump();
+  }
+  // every tensor the key took units of is scored (F32, BF16 and F16)
+  EXPECT_EQ(zj["layers"].size(), read_key_file(dir_.file("z.clk")).entries.size());
+  const CliRun d = detect("d.safetensors", "d.clk");
+  ASSERT_EQ(d.code, 0) << d.out;
+  const auto dj = nlohmann::json::parse(d.out);
+  EXPECT_EQ(dj["fill"], "decoy");
+  EXPECT_GT(dj["learned"]["training_kernels"].get<int64_t>(), 0) << d.out;
+  const CliRun wrong = detect("z.safetensors", "o.clk");
+  EXPECT_EQ(wrong.code, 1) << wrong.out;
+  EXPECT_NE(wrong.out.find("does not apply to '" + dir_.file("z.safetensors") + "'"),
+            std::string::npos)
+      << wrong.out;
+}
+
 TEST_F(CliSt, FrontAndWholeToolGiveTheSameAnswers) {
   const std::string whole = torch_binary();
   const std::string m = dir_.file("m.safetensors");

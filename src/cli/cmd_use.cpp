@@ -5,6 +5,7 @@
 #include "cli/common.h"
 #include "data/idx.h"
 #include "formats/evaluation.h"
+#include "formats/format.h"
 #include "locking/detect.h"
 #include "util/atomic_file.h"
 #include "util/error.h"
@@ -151,13 +152,10 @@ struct Detect : Command {
 
   int run() override {
     apply_threads(common);
-    LoadedModel model = load_model(model_path);
+    const ModelFormat& format = model_formats().of(model_path);
     const KeyFile key = read_keys({key_path}, access).front();
-    if (model_fingerprint(model) != key.header.locked_fingerprint) {
-      throw MismatchError("key '" + key_path + "' does not apply to '" + model_path +
-                          "' (fingerprints differ)");
-    }
-    DetectionReport r = detect_extracted(model, key, options);
+    DetectionReport r;
+    format.detect(model_path, key, options, r);
     Json layers = Json::array();
     for (const auto& l : r.layers) {
       Json by_detector = Json::object();

@@ -9,14 +9,14 @@
 #include "cli/commands.h"
 #include "cli/exit_codes.h"
 #include "formats/format.h"
-#include "formats/safetensors/st_decoys.h"
+#include "formats/safetensors/st_torch.h"
 
 int main(int argc, char** argv) {
   corelocker::cli::tune_allocator();
   // Every format this binary serves; the LibTorch one last, since it takes any file the others
   // do not recognise.
   corelocker::FormatRegistry& formats = corelocker::model_formats();
-  corelocker::register_safetensors_format(formats, corelocker::draw_safetensors_decoys);
+  corelocker::register_safetensors_format(formats, corelocker::safetensors_torch_parts());
   corelocker::register_onnx_format(formats);
   corelocker::register_libtorch_format(formats);
   CLI::App app{"corelocker: neuron-level usage control for neural networks (CoreLocker, S&P 2024)"};

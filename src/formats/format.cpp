@@ -33,7 +33,8 @@ constexpr FeatureText kFeatures[] = {
      "--passphrase-file / --passphrase-env / --secret-file"},
     {Feature::kEvaluate, "eval", "eval / --eval"},
     {Feature::kCalibrate, "calibrate", "calibrate / bands / sweep"},
-    {Feature::kAttack, "attack", "attack / analyze / detect"},
+    {Feature::kAttack, "attack", "attack / analyze"},
+    {Feature::kDetect, "detect", "detect"},
     {Feature::kPredict, "predict", "predict"},
 };
 
@@ -120,6 +121,19 @@ void ModelFormat::evaluate(const std::string& path, const EvaluationJob&) const 
 void ModelFormat::predict(const std::string& path, const PredictionJob&) const {
   require(*this, Feature::kPredict, path);
   throw UsageError("predict: '" + path + "' (" + name() + ") cannot be run");
+}
+
+void ModelFormat::detect(const std::string& path, const KeyFile&, const DetectOptions&,
+                         DetectionReport&) const {
+  require(*this, Feature::kDetect, path);
+  throw UsageError("detect: '" + path + "' (" + name() + ") cannot be audited");
+}
+
+void check_key_applies(const Digest& found, const KeyFile& key, const std::string& path) {
+  if (found == key.header.locked_fingerprint) return;
+  throw MismatchError("the key does not apply to '" + path + "' (fingerprints differ: the key's " +
+                      "locked model is " + to_hex(key.header.locked_fingerprint).substr(0, 16) +
+                      ", this file is " + to_hex(found).substr(0, 16) + ")");
 }
 
 std::unique_ptr<CurveModel> ModelFormat::open_curve(const std::string& path, unsigned,

@@ -39,7 +39,8 @@ enum class Feature {
   kEncryption,       // --passphrase-file / --secret-file
   kEvaluate,         // eval, lock --eval
   kCalibrate,        // calibrate, bands, sweep
-  kAttack,           // attack, analyze, detect
+  kAttack,           // attack, analyze
+  kDetect,           // detect: the detectors against a locked file and its key
   kPredict,          // predict
 };
 // Every feature, in the matrix's column order.
@@ -64,6 +65,9 @@ struct EvaluationJob;
 struct PredictionJob;
 // Torch side (control/curve_model.h): a model the searches over the ratio lock and evaluate.
 class CurveModel;
+// Torch side (locking/detect.h): what `detect` reports, and its options.
+struct DetectionReport;
+struct DetectOptions;
 struct ModelMeta;
 // How a command describes a model's input (--dataset, --mean, ...): applied to the model's
 // metadata (`stored`: the file stores its own, which the description is checked against).
@@ -175,7 +179,15 @@ class ModelFormat {
   // kCalibrate note).
   virtual std::unique_ptr<CurveModel> open_curve(const std::string& path, unsigned threads,
                                                  const DescribeInput& describe_input) const;
+  // `detect`: the detectors of locking/detect.h on the locked file at `path` against `key` (the
+  // ground truth; check_key_applies first), into `report`. The default refuses (UsageError with
+  // the kDetect note).
+  virtual void detect(const std::string& path, const KeyFile& key, const DetectOptions& options,
+                      DetectionReport& report) const;
 };
+
+// Throws MismatchError naming `path` unless `found` (its fingerprint) is the key's locked one.
+void check_key_applies(const Digest& found, const KeyFile& key, const std::string& path);
 
 // The features `request` asks for (lock, its criterion or the default lock, --keep, --fill decoy,
 // --tiers, --tier-bands), and whether `format` supports every one of them.

@@ -186,7 +186,8 @@ struct LearnedModel {
 
 // Locks copies of the locked model's tensors again with the key's options and other decoy
 // seeds, and fits the logistic regression on their kernels.
-LearnedModel train_learned(LoadedModel& locked, const KeyHeader& h, const DetectOptions& options) {
+LearnedModel train_learned(const std::vector<NamedTensor>& tensors, const Structure& structure,
+                           const KeyHeader& h, const DetectOptions& options) {
   LockOptions lo;
   lo.criterion = h.criterion;
   lo.scope = h.scope;
@@ -194,12 +195,10 @@ LearnedModel train_learned(LoadedModel& locked, const KeyHeader& h, const Detect
   lo.include_io = h.include_io;
   lo.random_bn_units = h.random_bn_units;
   lo.fill = h.fill;
-  const Structure structure = locked.net->structure();
   std::vector<torch::Tensor> xs, ys;
   for (int i = 0; i < options.learned_locks; ++i) {
     std::vector<NamedTensor> copy;
-    for (const auto& t : named_tensors(*locked.net))
-      copy.push_back({t.name, t.tensor.detach().clone(), t.is_buffer});
+    for (const auto& t : tensors) copy.push_back({t.name, t.tensor.detach().clone(), t.is_buffer});
     // The random criterion's positions come from the key's seed, which the attacker lacks.
     lo.seed = options.learned_seed + 1000 + static_cast<uint64_t>(i);
     const Ranking ranking = rank_units(copy, structure, lo);
@@ -418,14 +417,19 @@ DetectionReport detect_extracted(const std::vector<NamedTensor>& tensors, const 
 
 DetectionReport detect_extracted(LoadedModel& locked, const KeyFile& truth,
                                  const DetectOptions& options) {
+  return detect_extracted(named_tensors(*locked.net), locked.net->structure(), truth, options);
+}
+
+DetectionReport detect_extracted(const std::vector<NamedTensor>& tensors,
+                                 const Structure& structure, const KeyFile& truth,
+                                 const DetectOptions& options) {
   if (options.learned_locks < 0 || options.learned_locks > 100) {
     throw UsageError("learned detector locks " + std::to_string(options.learned_locks) +
                      ": must be within [0, 100]");
   }
-  auto tensors = named_tensors(*locked.net);
   if (options.learned_locks == 0)
     return run_detectors(tensors, truth, options.permutations, nullptr);
-  const LearnedModel learned = train_learned(locked, truth.header, options);
+  const LearnedModel learned = train_learned(tensors, structure, truth.header, options);
   DetectionReport r = run_detectors(tensors, truth, options.permutations, &learned);
   r.learned_locks = learned.locks;
   r.learned_training_units = learned.training_units;

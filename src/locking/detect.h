@@ -116,9 +116,14 @@ struct DetectOptions {
 DetectionReport detect_extracted(const std::vector<NamedTensor>& tensors, const KeyFile& truth,
                                  int permutations = 200);
 
-// Same on a loaded locked model, with the learned detector when options.learned_locks > 0. The
-// model is not modified (training locks are made on copies of its tensors). Throws what the
-// other overload throws, and UsageError when the key's options cannot lock the model again.
+// Same on a locked model's tensors, with the learned detector when options.learned_locks > 0:
+// its training locks rank copies of `tensors` by `structure` (the model's layers, as the lock
+// ranked them) with the key's options. `tensors` are not modified. Throws what the other overload
+// throws, and UsageError when the key's options cannot lock the model again.
+DetectionReport detect_extracted(const std::vector<NamedTensor>& tensors,
+                                 const Structure& structure, const KeyFile& truth,
+                                 const DetectOptions& options);
+// Same on a loaded locked model (its tensors and structure).
 DetectionReport detect_extracted(LoadedModel& locked, const KeyFile& truth,
                                  const DetectOptions& options);
 

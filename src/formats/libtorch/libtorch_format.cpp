@@ -8,6 +8,8 @@
 #include "eval/evaluate.h"
 #include "formats/evaluation.h"
 #include "formats/format.h"
+#include "locking/detect.h"
+#include "locking/fingerprint.h"
 #include "locking/lock.h"
 #include "locking/selection.h"
 #include "models/checkpoint.h"
@@ -150,6 +152,13 @@ class LibTorchFormat : public ModelFormat {
     set_counts(report, stats);
     if (ratios.empty()) evaluate_state(0.0);
     return report;
+  }
+
+  void detect(const std::string& path, const KeyFile& key, const DetectOptions& options,
+              DetectionReport& report) const override {
+    LoadedModel model = load_model(path);
+    check_key_applies(model_fingerprint(model), key, path);
+    report = detect_extracted(model, key, options);
   }
 
   std::unique_ptr<CurveModel> open_curve(const std::string& path, unsigned,

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <functional>
 #include <memory>
+#include <set>
 #include <string>
 #include <thread>
 #include <utility>
@@ -15,6 +16,7 @@
 #include "formats/onnx/onnx_lock.h"
 #include "formats/onnx/onnx_model.h"
 #include "formats/onnx/onnx_runtime.h"
+#include "locking/detect.h"
 #include "util/error.h"
 
 namespace corelocker {
@@ -24,9 +26,9 @@ using OJson = nlohmann::ordered_json;
 
 constexpr char kNoTraining[] =
     "`attack` fine-tunes, which needs gradients, and OpenCV's dnn module runs graphs forward only; "
-    "`analyze` and `detect` read LibTorch networks. `eval` of a locked ONNX file reports its "
-    "effective top-1 (after BatchNorm re-estimation and pruning, the attacks that need no "
-    "training)";
+    "`analyze` captures each layer's input in a LibTorch network's forward pass. `eval` of a "
+    "locked ONNX file reports its effective top-1 (after BatchNorm re-estimation and pruning, the "
+    "attacks that need no training)";
 
 std::string model_what(const std::string& path) { return "ONNX model '" + path + "'"; }
 
@@ -92,6 +94,8 @@ class OnnxFormat : public ModelFormat {
         return cannot(kNoTraining);
       case Feature::kPredict:
         return works("OpenCV's dnn module, unlocked in memory with --key");
+      case Feature::kDetect:
+        return works("the initializers, ranked by the graph's layers for the learned detector");
       default:
         return works();
     }
@@ -237,6 +241,26 @@ class OnnxFormat : public ModelFormat {
     const EffectiveEval e = evaluate_onnx_effective(model, test, job.unlabelled(meta),
                                                     meta.preprocess, what, job.effective);
     if (job.on_locked) job.on_locked(e, onnx_runtime_name());
+  }
+
+  void detect(const std::string& path, const KeyFile& key, const DetectOptions& options,
+              DetectionReport& report) const override {
+    const OnnxModel model = load_onnx_model(path);
+    check_key_applies(onnx_fingerprint(model), key, path);
+    std::set<std::string> statistics;  // running means and variances: buffers, never locked
+    for (const auto& bn : model.batchnorms()) {
+      statistics.insert(bn.mean);
+      statistics.insert(bn.var);
+    }
+    std::vector<NamedTensor> tensors;
+    for (const auto& t : model.initializers()) {
+      if (!onnx_is_float(t.data_type)) continue;
+      torch::Tensor x = onnx_to_tensor(t);
+      if (x.scalar_type() == torch::kHalf || x.scalar_type() == torch::kBFloat16)
+        x = x.to(torch::kFloat32);
+      tensors.push_back({t.name, x, statistics.count(t.name) > 0});
+    }
+    report = detect_extracted(tensors, model.structure(), key, options);
   }
 
   std::unique_ptr<CurveModel> open_curve(const std::string& path, unsigned threads,

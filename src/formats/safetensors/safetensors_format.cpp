@@ -17,7 +17,7 @@ constexpr char kNoNetwork[] =
 
 class SafetensorsFormat : public ModelFormat {
  public:
-  explicit SafetensorsFormat(StDecoyFill decoys) : decoys_(std::move(decoys)) {}
+  explicit SafetensorsFormat(StTorchParts torch) : torch_(std::move(torch)) {}
 
   std::string name() const override { return "safetensors"; }
   std::string recognition() const override {
@@ -50,7 +50,7 @@ class SafetensorsFormat : public ModelFormat {
         return works(
             "glob patterns on tensor names (file order does not say which layer is first)");
       case Feature::kDecoyFill:
-        if (!decoys_)
+        if (!torch_.decoys)
           return cannot("the decoys are drawn with LibTorch: corelocker-torch serves it");
         return works(
             "drawn with LibTorch, once (nothing runs the file), from the tensors whose units are "
@@ -62,6 +62,12 @@ class SafetensorsFormat : public ModelFormat {
       case Feature::kTierBands:
         return cannot("tier bands are calibrated by evaluating the model, and " +
                       std::string(kNoNetwork));
+      case Feature::kDetect:
+        if (!torch_.detect)
+          return cannot("the detectors run on LibTorch: corelocker-torch serves it");
+        return works(
+            "the file's tensors; the learned detector's locks rank its layers as the lock finds "
+            "them");
       case Feature::kEvaluate:
       case Feature::kCalibrate:
       case Feature::kAttack:
@@ -132,7 +138,7 @@ class SafetensorsFormat : public ModelFormat {
     o.threads = r.threads;
     o.keep = r.keep;
     o.fill = r.fill;
-    o.decoys = decoys_;
+    o.decoys = torch_.decoys;
     const StLockOutcome s = lock_safetensors(r.in, r.out, o, [&](const KeyFile& key) {
       // the keys first: a locked file without them is lost
       keys.write(key.header.tiers > 1 ? tier_key_path(r.key_out, key.header.tier) : r.key_out, key);
@@ -170,18 +176,24 @@ class SafetensorsFormat : public ModelFormat {
     return report;
   }
 
+  void detect(const std::string& path, const KeyFile& key, const DetectOptions& options,
+              DetectionReport& report) const override {
+    if (!torch_.detect) return ModelFormat::detect(path, key, options, report);  // refuses
+    torch_.detect(path, key, options, report);
+  }
+
  private:
-  StDecoyFill decoys_;
+  StTorchParts torch_;
 };
 
 }  // namespace
 
 void register_safetensors_format(FormatRegistry& registry) {
-  registry.add(std::make_unique<SafetensorsFormat>(nullptr));
+  registry.add(std::make_unique<SafetensorsFormat>(StTorchParts{}));
 }
 
-void register_safetensors_format(FormatRegistry& registry, const StDecoyFill& decoys) {
-  registry.add(std::make_unique<SafetensorsFormat>(decoys));
+void register_safetensors_format(FormatRegistry& registry, const StTorchParts& parts) {
+  registry.add(std::make_unique<SafetensorsFormat>(parts));
 }
 
 }  // namespace corelocker

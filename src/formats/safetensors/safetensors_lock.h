@@ -103,7 +103,7 @@ struct StDecoyTensor {
 // Draws the decoys (locking/decoys.h: `fill` kDecoy or kDecoyV1, deterministic in `seed`) of every
 // tensor's units; with `tiers` > 1, tier by tier, each modelled on the units no tier takes. Returns
 // per tensor the decoy values of its units in its dtype, unit after unit (empty for a donor).
-// LibTorch's: formats/safetensors/st_decoys.h; the torch-free front binary has none.
+// LibTorch's: formats/safetensors/st_torch.h; the torch-free front binary has none.
 using StDecoyFill = std::function<std::vector<std::vector<uint8_t>>(
     const std::vector<StDecoyTensor>& tensors, Fill fill, size_t tiers, uint64_t seed)>;
 
@@ -172,8 +172,19 @@ StUnlockOutcome unlock_safetensors(const std::string& in, const std::string& out
 std::vector<std::pair<std::string, std::string>> st_lock_metadata(const StHeader& header);
 
 class FormatRegistry;
-// The safetensors format (formats/format.h) whose lock draws decoys with `decoys`; the one-argument
-// registration has none and refuses --fill decoy.
-void register_safetensors_format(FormatRegistry& registry, const StDecoyFill& decoys);
+struct DetectOptions;
+struct DetectionReport;
+// What only LibTorch does for safetensors files, handed to the format by a binary that links it
+// (formats/safetensors/st_torch.h has LibTorch's).
+struct StTorchParts {
+  StDecoyFill decoys;  // --fill decoy
+  // `detect` (ModelFormat::detect of formats/format.h)
+  std::function<void(const std::string& path, const KeyFile& key, const DetectOptions& options,
+                     DetectionReport& report)>
+      detect;
+};
+// The safetensors format (formats/format.h) with `parts`; the one-argument registration has none
+// and refuses --fill decoy and `detect`.
+void register_safetensors_format(FormatRegistry& registry, const StTorchParts& parts);
 
 }  // namespace corelocker

@@ -1,8 +1,8 @@
-#include "formats/safetensors/st_decoys.h"
-
+// Decoy fill of a safetensors lock, drawn with LibTorch (formats/safetensors/st_torch.h).
 #include <cstring>
 #include <string>
 
+#include "formats/safetensors/st_torch.h"
 #include "locking/decoys.h"
 #include "util/error.h"
 

@@ -1,0 +1,112 @@
+// `detect` of a safetensors file (formats/safetensors/st_torch.h), and the parts LibTorch gives
+// the torch-free safetensors format.
+#include <algorithm>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "formats/format.h"
+#include "formats/safetensors/st_torch.h"
+#include "util/error.h"
+
+namespace corelocker {
+namespace {
+
+bool ends_with(const std::string& s, const std::string& tail) {
+  return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
+}
+
+std::string module_of(const std::string& weight) {
+  return ends_with(weight, "weight") ? weight.substr(0, weight.size() - 6) : weight;
+}
+
+}  // namespace
+
+Structure st_structure(const StHeader& header) {
+  std::map<std::string, const StTensor*> by_name;
+  for (const auto& t : header.tensors) by_name[t.name] = &t;
+  const std::vector<StLayer> layers = st_layers(header, /*include_io=*/false);
+  const StBatchNorms norms = st_batchnorms(header);
+  auto spec_of = [&](const StLayer& l) {
+    LayerSpec s;
+    s.name = module_of(l.tensor);
+    if (!s.name.empty() && s.name.back() == '.') s.name.pop_back();
+    s.kind = l.kind == StLayerKind::kConv ? LayerKind::kConv2d : LayerKind::kLinear;
+    s.weight = l.tensor;
+    const auto w = by_name.find(l.tensor);
+    const auto b = by_name.find(module_of(l.tensor) + "bias");
+    if (w != by_name.end() && b != by_name.end() && st_is_float(b->second->dtype) &&
+        b->second->shape.size() == 1 && !w->second->shape.empty() &&
+        b->second->shape[0] == w->second->shape[0])
+      s.bias = b->first;
+    return s;
+  };
+  // The two layers left alone go first and last; every BatchNorm follows the layer feeding it
+  // (those fed by nothing the rule finds, and by the last layer, come before the last layer).
+  std::vector<const StLayer*> order, alone;
+  for (const auto& l : layers) (l.eligible ? order : alone).push_back(&l);
+  if (!alone.empty()) order.insert(order.begin(), alone.front());
+  const StLayer* last = alone.size() > 1 ? alone.back() : nullptr;
+  Structure s;
+  std::map<std::string, int> index;  // weight name -> structure index
+  auto add_norms_fed_by = [&](const std::string& producer) {
+    for (const auto& bn : norms.layers) {
+      if (bn.producer != producer) continue;
+      LayerSpec n;
+      n.name = bn.path;
+      n.kind = LayerKind::kBatchNorm;
+      n.weight = bn.weight;
+      n.bias = bn.bias;
+      const auto p = index.find(bn.producer);
+      n.producer = p == index.end() ? -1 : p->second;
+      s.push_back(n);
+    }
+  };
+  for (const StLayer* l : order) {
+    index[l->tensor] = static_cast<int>(s.size());
+    s.push_back(spec_of(*l));
+    add_norms_fed_by(l->tensor);
+  }
+  add_norms_fed_by("");
+  if (last != nullptr) {
+    const int at = static_cast<int>(s.size());
+    index[last->tensor] =
+        at + static_cast<int>(
+                 std::count_if(norms.layers.begin(), norms.layers.end(),
+                               [&](const StBatchNorm& bn) { return bn.producer == last->tensor; }));
+    add_norms_fed_by(last->tensor);
+    s.push_back(spec_of(*last));
+  }
+  return s;
+}
+
+void detect_safetensors(const std::string& path, const KeyFile& key, const DetectOptions& options,
+                        DetectionReport& report) {
+  const StFile file(path);
+  check_key_applies(st_fingerprint(file), key, path);
+  std::vector<NamedTensor> tensors;
+  torch::NoGradGuard no_grad;
+  for (const auto& t : file.header.tensors) {
+    if (!st_is_float(t.dtype)) continue;
+    const torch::ScalarType type = t.dtype == "F32"   ? torch::kFloat32
+                                   : t.dtype == "F64" ? torch::kFloat64
+                                   : t.dtype == "F16" ? torch::kFloat16
+                                                      : torch::kBFloat16;
+    const std::vector<int64_t> shape(t.shape.begin(), t.shape.end());
+    const torch::Tensor in =
+        torch::from_blob(const_cast<uint8_t*>(file.tensor_data(t)), shape, type);
+    const bool half = type == torch::kFloat16 || type == torch::kBFloat16;
+    const bool statistics = ends_with(t.name, "running_mean") || ends_with(t.name, "running_var");
+    tensors.push_back({t.name, half ? in.to(torch::kFloat32) : in.clone(), statistics});
+  }
+  report = detect_extracted(tensors, st_structure(file.header), key, options);
+}
+
+StTorchParts safetensors_torch_parts() {
+  StTorchParts parts;
+  parts.decoys = draw_safetensors_decoys;
+  parts.detect = detect_safetensors;
+  return parts;
+}
+
+}  // namespace corelocker
