@@ -359,7 +359,7 @@ TEST(Architectures, SafetensorsBnTakesTheUnitsTheGraphGivesOnEveryFamilyWithBatc
 }
 
 // --fill decoy on safetensors: the streaming lock lists its units, LibTorch draws the decoys
-// (st_decoys.h) and the write pass puts them where zeros would go. On a network's state dict the
+// (st_torch.h) and the write pass puts them where zeros would go. On a network's state dict the
 // locked file holds exactly what locking/decoys.h draws into the network's own tensors for the
 // keys' units and the seed (tier by tier with tiers, each modelled on the units no tier takes), no
 // taken unit is all zeros, and the keys restore the file byte for byte (with tiers state by state,
