@@ -131,15 +131,20 @@ def evaluate(a):
                           "metadata": {p.key: p.value for p in m.metadata_props}}))
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    t = sub.add_parser("train")
+def train_args(t):
+    """The options of a `train` subcommand (shared with safetensors_peer.py)."""
     t.add_argument("--out", required=True)
     t.add_argument("--epochs", type=int, default=1)
     t.add_argument("--seed", type=int, default=1)
     t.add_argument("--threads", type=int, default=2)
     t.add_argument("--train-subset", type=int, default=0, help="train on N random training images (0: all)")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train")
+    train_args(t)
     e = sub.add_parser("eval")
     e.add_argument("models", nargs="+")
     e.add_argument("--threads", type=int, default=2)

@@ -7,6 +7,7 @@ that needs no labels (BatchNorm statistics re-estimated on unlabelled training i
 
   safetensors_peer.py train --out model.safetensors [--train-subset N] [--epochs 1] [--seed 1]
   safetensors_peer.py eval FILE [FILE ...] [--reestimate-images 500]   one JSON line per file
+  safetensors_peer.py scale --zero Z --decoy D --factor S --out F   decoys scaled by S
 
 The network is tests/fixtures/torchscript_model.py's SmallResNet (width 16, 3 blocks a stage,
 1x1 projection shortcuts). Needs Debian's python3-torch (the safetensors package is not in
@@ -112,22 +113,33 @@ def evaluate(a):
                                    if k in ("corelocker.criterion", "corelocker.scope", "corelocker.ratio")}}))
 
 
+def scale(a):
+    """`zero + factor * (decoy - zero)` per float tensor: the decoys of a lock scaled, where the
+    zero-fill and the decoy lock took the same units (the same criterion, scope and ratio)."""
+    zero, _ = load(a.zero)
+    decoy, _ = load(a.decoy)
+    if zero.keys() != decoy.keys():
+        raise SystemExit(f"{a.zero} and {a.decoy} hold different tensors")
+    save({k: z + a.factor * (decoy[k] - z) if z.is_floating_point() else z for k, z in zero.items()},
+         a.out)
+
+
 def main():
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
-    t = sub.add_parser("train")
-    t.add_argument("--out", required=True)
-    t.add_argument("--epochs", type=int, default=1)
-    t.add_argument("--seed", type=int, default=1)
-    t.add_argument("--threads", type=int, default=2)
-    t.add_argument("--train-subset", type=int, default=0, help="train on N random training images (0: all)")
+    ONNX_PEER.train_args(sub.add_parser("train"))
     e = sub.add_parser("eval")
     e.add_argument("files", nargs="+")
     e.add_argument("--reestimate-images", type=int, default=500)
     e.add_argument("--seed", type=int, default=1)
     e.add_argument("--threads", type=int, default=2)
+    s = sub.add_parser("scale")
+    s.add_argument("--zero", required=True)
+    s.add_argument("--decoy", required=True)
+    s.add_argument("--factor", type=float, required=True)
+    s.add_argument("--out", required=True)
     a = ap.parse_args()
-    train(a) if a.cmd == "train" else evaluate(a)
+    {"train": train, "eval": evaluate, "scale": scale}[a.cmd](a)
 
 
 if __name__ == "__main__":
