@@ -1,6 +1,5 @@
 // `detect` of a safetensors file (formats/safetensors/st_torch.h), and the parts LibTorch gives
 // the torch-free safetensors format.
-#include <algorithm>
 #include <map>
 #include <string>
 #include <vector>
@@ -48,8 +47,8 @@ Structure st_structure(const StHeader& header) {
   if (!alone.empty()) order.insert(order.begin(), alone.front());
   const StLayer* last = alone.size() > 1 ? alone.back() : nullptr;
   Structure s;
-  std::map<std::string, int> index;  // weight name -> structure index
-  auto add_norms_fed_by = [&](const std::string& producer) {
+  // The BatchNorms `producer` feeds, each with the producer's structure index `at`.
+  auto add_norms_fed_by = [&](const std::string& producer, int at) {
     for (const auto& bn : norms.layers) {
       if (bn.producer != producer) continue;
       LayerSpec n;
@@ -57,24 +56,19 @@ Structure st_structure(const StHeader& header) {
       n.kind = LayerKind::kBatchNorm;
       n.weight = bn.weight;
       n.bias = bn.bias;
-      const auto p = index.find(bn.producer);
-      n.producer = p == index.end() ? -1 : p->second;
+      n.producer = at;
       s.push_back(n);
     }
   };
   for (const StLayer* l : order) {
-    index[l->tensor] = static_cast<int>(s.size());
     s.push_back(spec_of(*l));
-    add_norms_fed_by(l->tensor);
+    add_norms_fed_by(l->tensor, static_cast<int>(s.size()) - 1);
   }
-  add_norms_fed_by("");
-  if (last != nullptr) {
-    const int at = static_cast<int>(s.size());
-    index[last->tensor] =
-        at + static_cast<int>(
-                 std::count_if(norms.layers.begin(), norms.layers.end(),
-                               [&](const StBatchNorm& bn) { return bn.producer == last->tensor; }));
-    add_norms_fed_by(last->tensor);
+  add_norms_fed_by("", -1);
+  if (last != nullptr) {  // it stays last: the norms it feeds go before it
+    const size_t norms_at = s.size();
+    add_norms_fed_by(last->tensor, -1);
+    for (size_t i = norms_at; i < s.size(); ++i) s[i].producer = static_cast<int>(s.size());
     s.push_back(spec_of(*last));
   }
   return s;
@@ -88,16 +82,9 @@ void detect_safetensors(const std::string& path, const KeyFile& key, const Detec
   torch::NoGradGuard no_grad;
   for (const auto& t : file.header.tensors) {
     if (!st_is_float(t.dtype)) continue;
-    const torch::ScalarType type = t.dtype == "F32"   ? torch::kFloat32
-                                   : t.dtype == "F64" ? torch::kFloat64
-                                   : t.dtype == "F16" ? torch::kFloat16
-                                                      : torch::kBFloat16;
-    const std::vector<int64_t> shape(t.shape.begin(), t.shape.end());
-    const torch::Tensor in =
-        torch::from_blob(const_cast<uint8_t*>(file.tensor_data(t)), shape, type);
-    const bool half = type == torch::kFloat16 || type == torch::kBFloat16;
     const bool statistics = ends_with(t.name, "running_mean") || ends_with(t.name, "running_var");
-    tensors.push_back({t.name, half ? in.to(torch::kFloat32) : in.clone(), statistics});
+    tensors.push_back(
+        {t.name, st_float_copy(file.tensor_data(t), t.dtype, t.shape, t.name), statistics});
   }
   report = detect_extracted(tensors, st_structure(file.header), key, options);
 }

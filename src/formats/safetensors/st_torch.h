@@ -2,6 +2,8 @@
 // (the streaming lock and the format itself are torch-free and take these as StTorchParts).
 #pragma once
 
+#include <torch/torch.h>
+
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -11,6 +13,12 @@
 #include "models/structure.h"
 
 namespace corelocker {
+
+// The torch dtype of a safetensors float dtype; throws Error naming `tensor` for another.
+torch::ScalarType st_scalar_type(const std::string& dtype, const std::string& tensor);
+// A copy of a tensor's values in the file (`data`), F16 and BF16 as F32. Throws as above.
+torch::Tensor st_float_copy(const uint8_t* data, const std::string& dtype,
+                            const std::vector<uint64_t>& shape, const std::string& tensor);
 
 // StDecoyFill of locking/decoys.h's fill_decoys: the tensors are copied out of the file (F16 and
 // BF16 as F32, whose decoys are rounded back), the lock's units are the plan; with tiers, tier r
